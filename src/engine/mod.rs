@@ -1,0 +1,196 @@
+//! The storage engine: the [`Engine`] trait every backend implements, and the
+//! embedded RocksDB backend.
+//!
+//! The trait is deliberately small — point reads, ordered prefix scans and an
+//! atomic batch with preconditions — and speaks in whole [`Record`]s, so that a
+//! distributed backend can implement it and pass the same suite
+//! ([`conformance`]). Expiry is the engine's job: an expired record is invisible
+//! to every read as soon as the engine's clock passes its `expire_at`.
+
+pub mod conformance;
+pub mod namespace;
+pub mod record;
+pub mod rocks;
+
+use async_trait::async_trait;
+use thiserror::Error;
+
+pub use namespace::Namespaces;
+pub use record::{Record, ValueKind};
+pub use rocks::{RocksEngine, RocksOptions};
+
+/// A condition a write needs to hold, checked atomically with the write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Precondition {
+    /// Write unconditionally.
+    #[default]
+    None,
+    /// The key's live version must equal this.
+    IfVersion(u64),
+    /// The key must not exist (expired keys count as absent).
+    IfAbsent,
+}
+
+impl Precondition {
+    /// Whether the condition holds for a key whose live version is `current`.
+    pub fn holds(self, current: Option<u64>) -> bool {
+        match self {
+            Precondition::None => true,
+            Precondition::IfVersion(expected) => current == Some(expected),
+            Precondition::IfAbsent => current.is_none(),
+        }
+    }
+}
+
+/// Writes one key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PutOp {
+    /// The key.
+    pub key: String,
+    /// How the value was written.
+    pub kind: ValueKind,
+    /// The value bytes.
+    pub value: Vec<u8>,
+    /// Serialized JSON metadata.
+    pub metadata: Option<Vec<u8>>,
+    /// Expiry in milliseconds since the Unix epoch.
+    pub expire_at_millis: Option<u64>,
+    /// Schema version to store (1 for new records).
+    pub schema_version: u32,
+    /// Checked before writing.
+    pub precondition: Precondition,
+}
+
+/// Deletes one key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeleteOp {
+    /// The key.
+    pub key: String,
+    /// Checked before deleting.
+    pub precondition: Precondition,
+}
+
+/// One mutation of an atomic batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WriteOp {
+    /// Write a key.
+    Put(PutOp),
+    /// Delete a key.
+    Delete(DeleteOp),
+}
+
+impl WriteOp {
+    /// The key the mutation touches.
+    pub fn key(&self) -> &str {
+        match self {
+            WriteOp::Put(put) => &put.key,
+            WriteOp::Delete(delete) => &delete.key,
+        }
+    }
+}
+
+/// What one mutation did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteOutcome {
+    /// A put stored a record with this version.
+    Put {
+        /// The version assigned.
+        version: u64,
+    },
+    /// A delete ran.
+    Delete {
+        /// Whether a live record was there.
+        existed: bool,
+    },
+}
+
+/// A request for one page of an ordered prefix scan.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ScanRequest {
+    /// Only keys starting with this.
+    pub prefix: String,
+    /// Only keys strictly greater than this (the previous page's last key).
+    pub start_after: Option<String>,
+    /// At most this many records.
+    pub limit: usize,
+    /// Whether to read values too; listings need only metadata.
+    pub include_values: bool,
+}
+
+/// A failure of the storage engine.
+#[derive(Debug, Error)]
+pub enum EngineError {
+    /// A mutation's precondition did not hold; nothing of the batch was written.
+    #[error("precondition failed for key {key:?} (mutation {index}): current version is {current_version:?}")]
+    PreconditionFailed {
+        /// Index of the mutation in its batch.
+        index: usize,
+        /// The key.
+        key: String,
+        /// The precondition that failed.
+        precondition: Precondition,
+        /// The key's live version, `None` when absent.
+        current_version: Option<u64>,
+    },
+    /// A transient failure; the same call may succeed later.
+    #[error("storage temporarily unavailable: {0}")]
+    Unavailable(String),
+    /// A stored record could not be decoded.
+    #[error("corrupt record for key {key:?}: {reason}")]
+    Corrupt {
+        /// The key.
+        key: String,
+        /// Why.
+        reason: String,
+    },
+    /// The data directory holds something this configuration would hide or lose.
+    #[error("{0}")]
+    Layout(String),
+    /// Any other storage failure.
+    #[error("storage error: {0}")]
+    Storage(String),
+}
+
+impl EngineError {
+    /// Whether retrying the same call may succeed.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, EngineError::Unavailable(_))
+    }
+}
+
+/// A key-value storage backend.
+///
+/// Implementations must:
+/// - hide records whose `expire_at` is at or before their clock's now from every read;
+/// - apply a `write` batch atomically: every mutation or none, preconditions
+///   checked against the state left by the batch's earlier mutations;
+/// - assign versions that increase on every write of a key and never repeat
+///   across the store, even across restarts and deletes;
+/// - return scans in ascending byte order of keys.
+#[async_trait]
+pub trait Engine: Send + Sync + 'static {
+    /// Reads live records, one result per key in order.
+    async fn get_many(&self, keys: Vec<String>) -> Result<Vec<Option<Record>>, EngineError>;
+
+    /// Reads one live record.
+    async fn get(&self, key: String) -> Result<Option<Record>, EngineError> {
+        let mut results = self.get_many(vec![key]).await?;
+        Ok(results.pop().flatten())
+    }
+
+    /// Reads up to `limit` live records with a prefix, in key order.
+    async fn scan(&self, request: ScanRequest) -> Result<Vec<(String, Record)>, EngineError>;
+
+    /// Applies mutations atomically, returning one outcome per mutation.
+    async fn write(&self, ops: Vec<WriteOp>) -> Result<Vec<WriteOutcome>, EngineError>;
+
+    /// Makes every acknowledged write durable on disk and flushes buffers, for shutdown.
+    async fn flush(&self) -> Result<(), EngineError>;
+
+    /// A secret persisted with the data and shared by every server over it;
+    /// used to sign page tokens so they survive restarts and work on any replica.
+    fn instance_secret(&self) -> &[u8];
+
+    /// The namespaces keys are routed to.
+    fn namespaces(&self) -> &Namespaces;
+}

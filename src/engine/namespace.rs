@@ -1,0 +1,169 @@
+//! Routing keys to namespaces by prefix.
+//!
+//! Each configured prefix is a namespace (one RocksDB column family); a key
+//! belongs to the namespace of the longest configured prefix it starts with, or
+//! to the default namespace when none matches.
+
+/// Index of a namespace in [`Namespaces`]; 0 is always the default namespace.
+pub type NamespaceId = usize;
+
+/// The default namespace, for keys matching no configured prefix.
+pub const DEFAULT_NAMESPACE: NamespaceId = 0;
+
+/// The configured namespaces.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Namespaces {
+    /// `prefixes[0]` is the default namespace's empty prefix; the rest are the
+    /// configured prefixes, sorted and unique.
+    prefixes: Vec<String>,
+}
+
+impl Namespaces {
+    /// Namespaces for the given prefixes (empty ones and duplicates are ignored).
+    pub fn new<I, S>(prefixes: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        let mut configured: Vec<String> = prefixes
+            .into_iter()
+            .map(Into::into)
+            .filter(|prefix| !prefix.is_empty())
+            .collect();
+        configured.sort();
+        configured.dedup();
+        let mut prefixes = vec![String::new()];
+        prefixes.extend(configured);
+        Self { prefixes }
+    }
+
+    /// The default set: `user:`, `session:`, `cache:`, `feature:`.
+    pub fn default_prefixes() -> Vec<String> {
+        ["user:", "session:", "cache:", "feature:"]
+            .into_iter()
+            .map(String::from)
+            .collect()
+    }
+
+    /// How many namespaces there are, the default one included.
+    pub fn len(&self) -> usize {
+        self.prefixes.len()
+    }
+
+    /// Always false: the default namespace always exists.
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+
+    /// The prefix of a namespace (empty for the default one).
+    pub fn prefix(&self, id: NamespaceId) -> &str {
+        &self.prefixes[id]
+    }
+
+    /// The configured prefixes, without the default namespace.
+    pub fn configured_prefixes(&self) -> impl Iterator<Item = &str> {
+        self.prefixes[1..].iter().map(String::as_str)
+    }
+
+    /// The namespace a key is stored in: the longest matching prefix.
+    pub fn route(&self, key: &str) -> NamespaceId {
+        self.prefixes
+            .iter()
+            .enumerate()
+            .skip(1)
+            .filter(|(_, prefix)| key.starts_with(prefix.as_str()))
+            .max_by_key(|(_, prefix)| prefix.len())
+            .map(|(id, _)| id)
+            .unwrap_or(DEFAULT_NAMESPACE)
+    }
+
+    /// Every namespace that can hold a key starting with `prefix`: the one the
+    /// prefix itself routes to, plus every namespace nested under the prefix.
+    pub fn spanning(&self, prefix: &str) -> Vec<NamespaceId> {
+        let routed = self.route(prefix);
+        let mut ids = vec![routed];
+        ids.extend(
+            (1..self.prefixes.len())
+                .filter(|id| *id != routed && self.prefixes[*id].starts_with(prefix)),
+        );
+        ids
+    }
+
+    /// Namespaces nested strictly inside namespace `id`: keys with their
+    /// prefixes would route to them, never to `id`.
+    pub fn nested_in(&self, id: NamespaceId) -> Vec<NamespaceId> {
+        (1..self.prefixes.len())
+            .filter(|other| *other != id && self.route(&self.prefixes[*other]) == id)
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Longest prefix wins; unmatched keys go to the default namespace.
+    #[test]
+    fn routes_by_longest_prefix() {
+        let namespaces = Namespaces::new(["user:", "user:admin:", "cache:"]);
+        assert_eq!(namespaces.prefix(namespaces.route("user:1")), "user:");
+        assert_eq!(
+            namespaces.prefix(namespaces.route("user:admin:1")),
+            "user:admin:"
+        );
+        assert_eq!(namespaces.route("other"), DEFAULT_NAMESPACE);
+        assert_eq!(namespaces.route("User:1"), DEFAULT_NAMESPACE);
+    }
+
+    /// A listing prefix spans its own namespace and the ones nested under it.
+    #[test]
+    fn spanning_covers_nested_namespaces() {
+        let namespaces = Namespaces::new(["user:", "user:admin:", "cache:"]);
+        let names = |ids: Vec<NamespaceId>| {
+            let mut names: Vec<&str> = ids.into_iter().map(|id| namespaces.prefix(id)).collect();
+            names.sort();
+            names
+        };
+        assert_eq!(
+            names(namespaces.spanning("")),
+            vec!["", "cache:", "user:", "user:admin:"]
+        );
+        assert_eq!(
+            names(namespaces.spanning("u")),
+            vec!["", "user:", "user:admin:"]
+        );
+        assert_eq!(
+            names(namespaces.spanning("user:")),
+            vec!["user:", "user:admin:"]
+        );
+        assert_eq!(
+            names(namespaces.spanning("user:a")),
+            vec!["user:", "user:admin:"]
+        );
+        assert_eq!(names(namespaces.spanning("user:b")), vec!["user:"]);
+        assert_eq!(
+            names(namespaces.spanning("user:admin:x")),
+            vec!["user:admin:"]
+        );
+    }
+
+    /// Nested namespaces are found for the startup repair of misplaced keys.
+    #[test]
+    fn finds_nested_namespaces() {
+        let namespaces = Namespaces::new(["user:", "user:admin:", "cache:"]);
+        let user = namespaces.route("user:");
+        let nested: Vec<&str> = namespaces
+            .nested_in(user)
+            .into_iter()
+            .map(|id| namespaces.prefix(id))
+            .collect();
+        assert_eq!(nested, vec!["user:admin:"]);
+        let mut top: Vec<&str> = namespaces
+            .nested_in(DEFAULT_NAMESPACE)
+            .into_iter()
+            .map(|id| namespaces.prefix(id))
+            .collect();
+        top.sort();
+        assert_eq!(top, vec!["cache:", "user:"]);
+    }
+}

@@ -1,0 +1,30 @@
+//! The limits every request is checked against.
+
+use std::time::Duration;
+
+/// Longest key, in UTF-8 bytes.
+pub const MAX_KEY_BYTES: usize = 512;
+/// Largest value: 25 MiB.
+pub const MAX_VALUE_BYTES: usize = 25 * 1024 * 1024;
+/// Largest metadata, serialized as JSON.
+pub const MAX_METADATA_BYTES: usize = 1024;
+/// Shortest time to live.
+pub const MIN_TTL: Duration = Duration::from_secs(1);
+/// Most keys in one `BatchGet`.
+pub const MAX_BATCH_GET_KEYS: usize = 100;
+/// Most mutations in one `BatchWrite`.
+pub const MAX_BATCH_WRITE_MUTATIONS: usize = 10_000;
+/// Largest `BatchWrite`, counting keys, values and metadata: 100 MiB.
+pub const MAX_BATCH_WRITE_BYTES: usize = 100 * 1024 * 1024;
+/// Largest page of a listing.
+pub const MAX_PAGE_SIZE: usize = 1000;
+/// Page size when the request leaves it at 0.
+pub const DEFAULT_PAGE_SIZE: usize = 1000;
+/// Largest response the server builds (values and metadata of a `BatchGet`).
+pub const MAX_RESPONSE_BYTES: usize = 100 * 1024 * 1024;
+/// Largest gRPC message the server accepts or sends: the largest batch plus
+/// room for framing.
+pub const MAX_MESSAGE_BYTES: usize = MAX_BATCH_WRITE_BYTES + 4 * 1024 * 1024;
+/// The latest expiry a `google.protobuf.Timestamp` can express
+/// (9999-12-31T23:59:59.999Z), in milliseconds since the Unix epoch.
+pub const MAX_EXPIRE_AT_MILLIS: u64 = 253_402_300_799_999;

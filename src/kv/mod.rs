@@ -1,0 +1,754 @@
+//! The key-value service's domain logic: validation, value representations,
+//! expiry, compare-and-set and paging. No transport types live here; the gRPC
+//! adapter in `crate::api::kv` converts to and from these.
+
+pub mod limits;
+mod page_token;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use thiserror::Error;
+use tokio::sync::broadcast;
+
+use crate::clock::SharedClock;
+use crate::engine::{
+    DeleteOp, Engine, EngineError, Precondition, PutOp, Record, ScanRequest, ValueKind, WriteOp,
+    WriteOutcome,
+};
+use limits::*;
+pub use page_token::PageTokenError;
+
+/// A value as clients see it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Value {
+    /// A UTF-8 string.
+    Text(String),
+    /// A JSON value.
+    Json(serde_json::Value),
+    /// Raw bytes.
+    Bytes(Vec<u8>),
+}
+
+/// The representation a read asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ValueType {
+    /// The representation the value was written in.
+    #[default]
+    AsStored,
+    /// Text.
+    Text,
+    /// JSON.
+    Json,
+    /// Bytes.
+    Bytes,
+}
+
+/// When a written key expires.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Expiration {
+    /// Never.
+    #[default]
+    Never,
+    /// After this long (at least one second).
+    Ttl(Duration),
+    /// At this instant, in milliseconds since the Unix epoch (must be in the future).
+    AtMillis(i128),
+}
+
+/// Writes one key.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct PutCommand {
+    /// The key.
+    pub key: String,
+    /// The value; required.
+    pub value: Option<Value>,
+    /// Metadata to store with the value.
+    pub metadata: Option<serde_json::Value>,
+    /// When the key expires.
+    pub expiration: Expiration,
+    /// A condition checked atomically with the write.
+    pub precondition: Precondition,
+}
+
+/// Deletes one key.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct DeleteCommand {
+    /// The key.
+    pub key: String,
+    /// Delete only if the key's version equals this.
+    pub if_version: Option<u64>,
+}
+
+/// One mutation of a batch.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Mutation {
+    /// A put.
+    Put(PutCommand),
+    /// A delete.
+    Delete(DeleteCommand),
+}
+
+/// A live key with its value.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Entry {
+    /// The value, in the requested representation.
+    pub value: Value,
+    /// The metadata, if any.
+    pub metadata: Option<serde_json::Value>,
+    /// Expiry in milliseconds since the Unix epoch.
+    pub expire_at_millis: Option<u64>,
+    /// The key's version.
+    pub version: u64,
+    /// The record's schema version.
+    pub schema_version: u32,
+}
+
+/// What a put did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PutResult {
+    /// The key's new version.
+    pub version: u64,
+    /// Expiry in milliseconds since the Unix epoch.
+    pub expire_at_millis: Option<u64>,
+}
+
+/// What one mutation of a batch did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MutationResult {
+    /// A put.
+    Put(PutResult),
+    /// A delete, and whether the key existed.
+    Delete {
+        /// Whether a live key was deleted.
+        existed: bool,
+    },
+}
+
+/// A key in a listing.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ListedKey {
+    /// The key.
+    pub name: String,
+    /// Expiry in milliseconds since the Unix epoch.
+    pub expire_at_millis: Option<u64>,
+    /// The metadata, if any.
+    pub metadata: Option<serde_json::Value>,
+    /// The key's version.
+    pub version: u64,
+}
+
+/// One page of a listing.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ListPage {
+    /// Keys in byte order.
+    pub keys: Vec<ListedKey>,
+    /// The token for the next page; empty when the listing is complete.
+    pub next_page_token: String,
+}
+
+/// One invalid field of a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldViolation {
+    /// The field's path, e.g. `mutations[3].put.key`.
+    pub field: String,
+    /// What is wrong, with the limit and the actual size where there is one.
+    pub description: String,
+}
+
+impl FieldViolation {
+    fn new(field: impl Into<String>, description: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            description: description.into(),
+        }
+    }
+}
+
+/// A failure of a KV operation.
+#[derive(Debug, Error)]
+pub enum KvError {
+    /// The request is malformed; nothing was done.
+    #[error("{}", describe_violations(.0))]
+    InvalidArgument(Vec<FieldViolation>),
+    /// A compare-and-set precondition did not hold; nothing was written.
+    #[error("precondition failed for key {key:?}: {}", describe_precondition(*.precondition, *.current_version))]
+    PreconditionFailed {
+        /// The key.
+        key: String,
+        /// The mutation's index within a batch.
+        index: Option<usize>,
+        /// The condition that failed.
+        precondition: Precondition,
+        /// The key's current version, `None` when absent.
+        current_version: Option<u64>,
+    },
+    /// The stored value cannot be returned in the requested representation.
+    #[error("value of key {key:?} cannot be read as {requested}: {reason}")]
+    NotConvertible {
+        /// The key.
+        key: String,
+        /// The representation asked for.
+        requested: &'static str,
+        /// Why not.
+        reason: String,
+    },
+    /// The response would exceed a size limit.
+    #[error("{what} would be {actual} bytes; the limit is {limit} bytes")]
+    ResponseTooLarge {
+        /// What is too large.
+        what: &'static str,
+        /// The limit.
+        limit: usize,
+        /// The size it would have.
+        actual: usize,
+    },
+    /// The storage engine failed.
+    #[error(transparent)]
+    Engine(EngineError),
+}
+
+fn describe_violations(violations: &[FieldViolation]) -> String {
+    violations
+        .iter()
+        .map(|violation| format!("{}: {}", violation.field, violation.description))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+fn describe_precondition(precondition: Precondition, current: Option<u64>) -> String {
+    let current = match current {
+        Some(version) => format!("current version is {version}"),
+        None => "the key does not exist".to_string(),
+    };
+    match precondition {
+        Precondition::IfVersion(expected) => format!("expected version {expected}, {current}"),
+        Precondition::IfAbsent => format!("expected the key to be absent, {current}"),
+        Precondition::None => current,
+    }
+}
+
+impl From<EngineError> for KvError {
+    fn from(error: EngineError) -> Self {
+        match error {
+            EngineError::PreconditionFailed {
+                index,
+                key,
+                precondition,
+                current_version,
+            } => KvError::PreconditionFailed {
+                key,
+                index: Some(index),
+                precondition,
+                current_version,
+            },
+            other => KvError::Engine(other),
+        }
+    }
+}
+
+fn invalid(field: impl Into<String>, description: impl Into<String>) -> KvError {
+    KvError::InvalidArgument(vec![FieldViolation::new(field, description)])
+}
+
+/// The keys a successful write changed, published after it is durable.
+pub type ChangedKeys = Arc<[String]>;
+
+/// The key-value service.
+#[derive(Clone)]
+pub struct KvService {
+    engine: Arc<dyn Engine>,
+    clock: SharedClock,
+    changes: broadcast::Sender<ChangedKeys>,
+}
+
+impl KvService {
+    /// A service over `engine`, taking time from `clock`.
+    pub fn new(engine: Arc<dyn Engine>, clock: SharedClock) -> Self {
+        let (changes, _) = broadcast::channel(1024);
+        Self {
+            engine,
+            clock,
+            changes,
+        }
+    }
+
+    /// The engine the service runs on.
+    pub fn engine(&self) -> &Arc<dyn Engine> {
+        &self.engine
+    }
+
+    /// Subscribes to the keys every successful write changes, e.g. to
+    /// invalidate an in-memory cache. A receiver that lags behind must treat
+    /// `RecvError::Lagged` as "anything may have changed".
+    pub fn subscribe_changes(&self) -> broadcast::Receiver<ChangedKeys> {
+        self.changes.subscribe()
+    }
+
+    /// Reads one key; `None` when it is absent or expired.
+    pub async fn get(&self, key: &str, value_type: ValueType) -> Result<Option<Entry>, KvError> {
+        validate_key("key", key).map_err(|violation| KvError::InvalidArgument(vec![violation]))?;
+        let record = self.engine.get(key.to_string()).await?;
+        record
+            .map(|record| entry_from_record(key, record, value_type))
+            .transpose()
+    }
+
+    /// Reads up to [`MAX_BATCH_GET_KEYS`] keys, one result per key in order.
+    pub async fn batch_get(
+        &self,
+        keys: Vec<String>,
+        value_type: ValueType,
+    ) -> Result<Vec<Option<Entry>>, KvError> {
+        if keys.is_empty() || keys.len() > MAX_BATCH_GET_KEYS {
+            return Err(invalid(
+                "keys",
+                format!(
+                    "{} keys requested; a batch reads 1 to {MAX_BATCH_GET_KEYS} keys",
+                    keys.len()
+                ),
+            ));
+        }
+        let violations: Vec<FieldViolation> = keys
+            .iter()
+            .enumerate()
+            .filter_map(|(index, key)| validate_key(&format!("keys[{index}]"), key).err())
+            .collect();
+        if !violations.is_empty() {
+            return Err(KvError::InvalidArgument(violations));
+        }
+        let records = self.engine.get_many(keys.clone()).await?;
+        let total: usize = records
+            .iter()
+            .flatten()
+            .map(|record| record.value.len() + record.metadata.as_ref().map_or(0, Vec::len))
+            .sum();
+        if total > MAX_RESPONSE_BYTES {
+            return Err(KvError::ResponseTooLarge {
+                what: "the batch response",
+                limit: MAX_RESPONSE_BYTES,
+                actual: total,
+            });
+        }
+        records
+            .into_iter()
+            .zip(&keys)
+            .map(|(record, key)| {
+                record
+                    .map(|record| entry_from_record(key, record, value_type))
+                    .transpose()
+            })
+            .collect()
+    }
+
+    /// Writes one key.
+    pub async fn put(&self, command: PutCommand) -> Result<PutResult, KvError> {
+        let key = command.key.clone();
+        let op = self.prepare_put("", command)?;
+        let expire_at_millis = op.expire_at_millis;
+        let outcomes = self
+            .write(vec![WriteOp::Put(op)])
+            .await
+            .map_err(single_op)?;
+        match outcomes.first() {
+            Some(WriteOutcome::Put { version }) => Ok(PutResult {
+                version: *version,
+                expire_at_millis,
+            }),
+            _ => Err(KvError::Engine(EngineError::Storage(format!(
+                "engine returned no put outcome for key {key:?}"
+            )))),
+        }
+    }
+
+    /// Deletes one key, returning whether it existed.
+    pub async fn delete(&self, command: DeleteCommand) -> Result<bool, KvError> {
+        let op = prepare_delete("", command)?;
+        let outcomes = self
+            .write(vec![WriteOp::Delete(op)])
+            .await
+            .map_err(single_op)?;
+        Ok(matches!(
+            outcomes.first(),
+            Some(WriteOutcome::Delete { existed: true })
+        ))
+    }
+
+    /// Applies up to [`MAX_BATCH_WRITE_MUTATIONS`] mutations atomically.
+    pub async fn batch_write(
+        &self,
+        mutations: Vec<Mutation>,
+    ) -> Result<Vec<MutationResult>, KvError> {
+        if mutations.is_empty() || mutations.len() > MAX_BATCH_WRITE_MUTATIONS {
+            return Err(invalid(
+                "mutations",
+                format!(
+                    "{} mutations; a batch holds 1 to {MAX_BATCH_WRITE_MUTATIONS}",
+                    mutations.len()
+                ),
+            ));
+        }
+        let mut ops = Vec::with_capacity(mutations.len());
+        let mut violations = Vec::new();
+        let mut total_bytes = 0usize;
+        for (index, mutation) in mutations.into_iter().enumerate() {
+            let prepared = match mutation {
+                Mutation::Put(put) => self
+                    .prepare_put(&format!("mutations[{index}].put."), put)
+                    .map(WriteOp::Put),
+                Mutation::Delete(delete) => {
+                    prepare_delete(&format!("mutations[{index}].delete."), delete)
+                        .map(WriteOp::Delete)
+                }
+            };
+            match prepared {
+                Ok(op) => {
+                    total_bytes += op_size(&op);
+                    ops.push(op);
+                }
+                Err(KvError::InvalidArgument(mut found)) => violations.append(&mut found),
+                Err(other) => return Err(other),
+            }
+        }
+        if !violations.is_empty() {
+            return Err(KvError::InvalidArgument(violations));
+        }
+        if total_bytes > MAX_BATCH_WRITE_BYTES {
+            return Err(invalid(
+                "mutations",
+                format!("batch is {total_bytes} bytes; the limit is {MAX_BATCH_WRITE_BYTES} bytes"),
+            ));
+        }
+        let expiries: Vec<Option<u64>> = ops
+            .iter()
+            .map(|op| match op {
+                WriteOp::Put(put) => put.expire_at_millis,
+                WriteOp::Delete(_) => None,
+            })
+            .collect();
+        let outcomes = self.write(ops).await?;
+        Ok(outcomes
+            .into_iter()
+            .zip(expiries)
+            .map(|(outcome, expire_at_millis)| match outcome {
+                WriteOutcome::Put { version } => MutationResult::Put(PutResult {
+                    version,
+                    expire_at_millis,
+                }),
+                WriteOutcome::Delete { existed } => MutationResult::Delete { existed },
+            })
+            .collect())
+    }
+
+    /// Lists one page of live keys starting with `prefix`.
+    pub async fn list(
+        &self,
+        prefix: &str,
+        page_size: i32,
+        page_token: &str,
+    ) -> Result<ListPage, KvError> {
+        if prefix.len() > MAX_KEY_BYTES {
+            return Err(invalid(
+                "prefix",
+                format!(
+                    "prefix is {} bytes; the limit is {MAX_KEY_BYTES} bytes",
+                    prefix.len()
+                ),
+            ));
+        }
+        let page_size = match page_size {
+            0 => DEFAULT_PAGE_SIZE,
+            size if size < 0 || size as usize > MAX_PAGE_SIZE => {
+                return Err(invalid(
+                    "page_size",
+                    format!("page_size is {size}; it must be between 0 and {MAX_PAGE_SIZE}"),
+                ))
+            }
+            size => size as usize,
+        };
+        let secret = self.engine.instance_secret();
+        let start_after = if page_token.is_empty() {
+            None
+        } else {
+            Some(
+                page_token::decode(secret, prefix, page_token)
+                    .map_err(|error| invalid("page_token", error.to_string()))?,
+            )
+        };
+        // One extra record tells whether another page exists, so a page is
+        // only ever empty when the listing is complete.
+        let mut records = self
+            .engine
+            .scan(ScanRequest {
+                prefix: prefix.to_string(),
+                start_after,
+                limit: page_size + 1,
+                include_values: false,
+            })
+            .await?;
+        let more = records.len() > page_size;
+        records.truncate(page_size);
+        let next_page_token = match (more, records.last()) {
+            (true, Some((last, _))) => page_token::encode(secret, prefix, last),
+            _ => String::new(),
+        };
+        let keys = records
+            .into_iter()
+            .map(|(name, record)| {
+                let metadata = parse_metadata(&name, record.metadata.as_deref())?;
+                Ok(ListedKey {
+                    name,
+                    expire_at_millis: record.expire_at_millis,
+                    metadata,
+                    version: record.version,
+                })
+            })
+            .collect::<Result<Vec<_>, KvError>>()?;
+        Ok(ListPage {
+            keys,
+            next_page_token,
+        })
+    }
+
+    async fn write(&self, ops: Vec<WriteOp>) -> Result<Vec<WriteOutcome>, KvError> {
+        let keys: ChangedKeys = ops.iter().map(|op| op.key().to_string()).collect();
+        let outcomes = self.engine.write(ops).await?;
+        // No receivers is normal; nothing to do then.
+        let _ = self.changes.send(keys);
+        Ok(outcomes)
+    }
+
+    fn prepare_put(&self, field_prefix: &str, command: PutCommand) -> Result<PutOp, KvError> {
+        let mut violations = Vec::new();
+        if let Err(violation) = validate_key(&format!("{field_prefix}key"), &command.key) {
+            violations.push(violation);
+        }
+        let (kind, value) = match command.value {
+            None => {
+                violations.push(FieldViolation::new(
+                    format!("{field_prefix}value"),
+                    "a value is required: set text, json or bytes",
+                ));
+                (ValueKind::Bytes, Vec::new())
+            }
+            Some(Value::Text(text)) => (ValueKind::Text, text.into_bytes()),
+            Some(Value::Bytes(bytes)) => (ValueKind::Bytes, bytes),
+            Some(Value::Json(json)) => (ValueKind::Json, serialize_json(&json)),
+        };
+        if value.len() > MAX_VALUE_BYTES {
+            violations.push(FieldViolation::new(
+                format!("{field_prefix}value"),
+                format!(
+                    "value is {} bytes; the limit is {MAX_VALUE_BYTES} bytes (25 MiB)",
+                    value.len()
+                ),
+            ));
+        }
+        let metadata = command.metadata.as_ref().map(serialize_json);
+        if let Some(metadata) = &metadata {
+            if metadata.len() > MAX_METADATA_BYTES {
+                violations.push(FieldViolation::new(
+                    format!("{field_prefix}metadata"),
+                    format!(
+                        "metadata is {} bytes serialized; the limit is {MAX_METADATA_BYTES} bytes",
+                        metadata.len()
+                    ),
+                ));
+            }
+        }
+        let expire_at_millis =
+            match resolve_expiration(field_prefix, command.expiration, self.clock.now_millis()) {
+                Ok(expire_at) => expire_at,
+                Err(violation) => {
+                    violations.push(violation);
+                    None
+                }
+            };
+        if !violations.is_empty() {
+            return Err(KvError::InvalidArgument(violations));
+        }
+        Ok(PutOp {
+            key: command.key,
+            kind,
+            value,
+            metadata,
+            expire_at_millis,
+            schema_version: 1,
+            precondition: command.precondition,
+        })
+    }
+}
+
+fn prepare_delete(field_prefix: &str, command: DeleteCommand) -> Result<DeleteOp, KvError> {
+    validate_key(&format!("{field_prefix}key"), &command.key)
+        .map_err(|violation| KvError::InvalidArgument(vec![violation]))?;
+    Ok(DeleteOp {
+        key: command.key,
+        precondition: command
+            .if_version
+            .map_or(Precondition::None, Precondition::IfVersion),
+    })
+}
+
+/// A single-key call reports no batch index.
+fn single_op(error: KvError) -> KvError {
+    match error {
+        KvError::PreconditionFailed {
+            key,
+            precondition,
+            current_version,
+            ..
+        } => KvError::PreconditionFailed {
+            key,
+            index: None,
+            precondition,
+            current_version,
+        },
+        other => other,
+    }
+}
+
+fn op_size(op: &WriteOp) -> usize {
+    match op {
+        WriteOp::Put(put) => {
+            put.key.len() + put.value.len() + put.metadata.as_ref().map_or(0, Vec::len)
+        }
+        WriteOp::Delete(delete) => delete.key.len(),
+    }
+}
+
+/// Checks a key against the limits.
+pub fn validate_key(field: &str, key: &str) -> Result<(), FieldViolation> {
+    if key.is_empty() {
+        return Err(FieldViolation::new(field, "key must not be empty"));
+    }
+    if key.len() > MAX_KEY_BYTES {
+        return Err(FieldViolation::new(
+            field,
+            format!(
+                "key is {} bytes; the limit is {MAX_KEY_BYTES} bytes",
+                key.len()
+            ),
+        ));
+    }
+    if key == "." || key == ".." {
+        return Err(FieldViolation::new(
+            field,
+            format!("key must not be {key:?} (reserved, as in Workers KV)"),
+        ));
+    }
+    Ok(())
+}
+
+fn resolve_expiration(
+    field_prefix: &str,
+    expiration: Expiration,
+    now_millis: u64,
+) -> Result<Option<u64>, FieldViolation> {
+    match expiration {
+        Expiration::Never => Ok(None),
+        Expiration::Ttl(ttl) => {
+            if ttl < MIN_TTL {
+                return Err(FieldViolation::new(
+                    format!("{field_prefix}ttl"),
+                    format!(
+                        "ttl is {:.3}s; the minimum is {}s",
+                        ttl.as_secs_f64(),
+                        MIN_TTL.as_secs()
+                    ),
+                ));
+            }
+            let ttl_millis = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
+            let expire_at = now_millis.saturating_add(ttl_millis);
+            if expire_at > MAX_EXPIRE_AT_MILLIS {
+                return Err(FieldViolation::new(
+                    format!("{field_prefix}ttl"),
+                    "ttl reaches past the year 9999, the largest expire_time",
+                ));
+            }
+            Ok(Some(expire_at))
+        }
+        Expiration::AtMillis(at) => {
+            if at <= i128::from(now_millis) {
+                return Err(FieldViolation::new(
+                    format!("{field_prefix}expire_time"),
+                    format!(
+                        "expire_time must be in the future; it is {} ms before now",
+                        i128::from(now_millis) - at
+                    ),
+                ));
+            }
+            if at > i128::from(MAX_EXPIRE_AT_MILLIS) {
+                return Err(FieldViolation::new(
+                    format!("{field_prefix}expire_time"),
+                    "expire_time must be before the year 10000",
+                ));
+            }
+            Ok(Some(at as u64))
+        }
+    }
+}
+
+fn serialize_json(value: &serde_json::Value) -> Vec<u8> {
+    // Serializing a serde_json::Value cannot fail: its keys are strings.
+    serde_json::to_vec(value).unwrap_or_default()
+}
+
+fn parse_metadata(
+    key: &str,
+    metadata: Option<&[u8]>,
+) -> Result<Option<serde_json::Value>, KvError> {
+    metadata
+        .map(|bytes| {
+            serde_json::from_slice(bytes).map_err(|error| {
+                KvError::Engine(EngineError::Corrupt {
+                    key: key.to_string(),
+                    reason: format!("metadata is not JSON: {error}"),
+                })
+            })
+        })
+        .transpose()
+}
+
+fn entry_from_record(key: &str, record: Record, value_type: ValueType) -> Result<Entry, KvError> {
+    let metadata = parse_metadata(key, record.metadata.as_deref())?;
+    let value = convert_value(key, record.kind, record.value, value_type)?;
+    Ok(Entry {
+        value,
+        metadata,
+        expire_at_millis: record.expire_at_millis,
+        version: record.version,
+        schema_version: record.schema_version,
+    })
+}
+
+/// Converts a stored value to the requested representation.
+fn convert_value(
+    key: &str,
+    kind: ValueKind,
+    bytes: Vec<u8>,
+    value_type: ValueType,
+) -> Result<Value, KvError> {
+    let not_convertible = |requested: &'static str, reason: String| KvError::NotConvertible {
+        key: key.to_string(),
+        requested,
+        reason,
+    };
+    let target = match value_type {
+        ValueType::AsStored => match kind {
+            ValueKind::Text => ValueType::Text,
+            ValueKind::Json => ValueType::Json,
+            ValueKind::Bytes => ValueType::Bytes,
+        },
+        other => other,
+    };
+    match target {
+        ValueType::Bytes | ValueType::AsStored => Ok(Value::Bytes(bytes)),
+        ValueType::Text => String::from_utf8(bytes)
+            .map(Value::Text)
+            .map_err(|_| not_convertible("text", "the bytes are not valid UTF-8".into())),
+        ValueType::Json => serde_json::from_slice(&bytes)
+            .map(Value::Json)
+            .map_err(|error| not_convertible("json", format!("it is not valid JSON ({error})"))),
+    }
+}

@@ -1,0 +1,40 @@
+//! tierkv: a gRPC key-value store with TTLs, metadata and prefix listing, over
+//! an embedded RocksDB.
+//!
+//! # Layout
+//! - [`proto`] — the generated protobuf messages, server traits and **clients**
+//!   (`tierkv::proto::v1::kv_service_client::KvServiceClient`), for other Rust
+//!   services to depend on.
+//! - [`engine`] — the [`engine::Engine`] trait (namespaces, point reads,
+//!   ordered scans, atomic batches with preconditions, expiry), the RocksDB
+//!   implementation, the record format and the shared conformance suite.
+//! - [`kv`] — the KV service's domain logic: validation, limits, value
+//!   representations, compare-and-set, page tokens. No transport types.
+//! - [`api`] — thin tonic adapters and the single error-to-status mapping.
+//! - [`config`], [`server`], [`telemetry`] — configuration, wiring and
+//!   graceful shutdown, logging.
+//! - [`cli`] — the `tierkv` command line (server and `wrangler kv`-like client).
+//! - [`clock`] — injectable wall-clock time, so expiry is testable.
+
+pub mod api;
+pub mod cli;
+pub mod clock;
+pub mod config;
+pub mod engine;
+pub mod kv;
+pub mod server;
+pub mod telemetry;
+
+/// Generated protobuf code.
+pub mod proto {
+    /// The `tierkv.v1` package.
+    #[allow(missing_docs, clippy::all)]
+    pub mod v1 {
+        tonic::include_proto!("tierkv.v1");
+    }
+
+    /// The encoded descriptor set of every tierkv proto file (with imports),
+    /// served by reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] =
+        include_bytes!(concat!(env!("OUT_DIR"), "/tierkv_descriptor.bin"));
+}

@@ -1,0 +1,168 @@
+//! Shared test set-up: a real server on 127.0.0.1:0 over a temporary RocksDB
+//! directory, with a manual clock, reached through the generated client.
+#![allow(dead_code)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tempfile::TempDir;
+use tierkv::clock::{ManualClock, SharedClock};
+use tierkv::config::Config;
+use tierkv::kv::limits::MAX_MESSAGE_BYTES;
+use tierkv::proto::v1 as pb;
+use tierkv::server::RunningServer;
+use tonic::transport::Channel;
+
+pub use pb::kv_service_client::KvServiceClient;
+
+/// A running server, its clock and a connected client.
+pub struct TestServer {
+    /// The server.
+    pub server: RunningServer,
+    /// The clock the server reads; advance it instead of sleeping.
+    pub clock: Arc<ManualClock>,
+    /// A client connected to the server.
+    pub client: KvServiceClient<Channel>,
+    /// The configuration it was started with.
+    pub config: Config,
+    dir: Arc<TempDir>,
+}
+
+/// The configuration tests start from: port 0, a data dir, default namespaces.
+pub fn test_config(dir: &TempDir) -> Config {
+    Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        data_dir: dir.path().join("data"),
+        shutdown_grace_ms: 2_000,
+        ..Config::default()
+    }
+}
+
+/// Starts a server with the default test configuration.
+pub async fn start() -> TestServer {
+    start_with(|_| {}).await
+}
+
+/// Starts a server after `configure` adjusts the test configuration.
+pub async fn start_with(configure: impl FnOnce(&mut Config)) -> TestServer {
+    let dir = Arc::new(tempfile::tempdir().expect("temp dir"));
+    let mut config = test_config(&dir);
+    configure(&mut config);
+    launch(config, ManualClock::starting_now(), dir).await
+}
+
+async fn launch(config: Config, clock: Arc<ManualClock>, dir: Arc<TempDir>) -> TestServer {
+    let shared: SharedClock = clock.clone();
+    let server = RunningServer::start(config.clone(), shared)
+        .await
+        .expect("server starts");
+    let client = connect(&server.endpoint()).await;
+    TestServer {
+        server,
+        clock,
+        client,
+        config,
+        dir,
+    }
+}
+
+/// A client for `endpoint` that accepts the largest messages the server sends.
+pub async fn connect(endpoint: &str) -> KvServiceClient<Channel> {
+    let channel = tonic::transport::Endpoint::from_shared(endpoint.to_string())
+        .expect("endpoint")
+        .connect_timeout(Duration::from_secs(5))
+        .connect()
+        .await
+        .expect("connect");
+    KvServiceClient::new(channel)
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES)
+}
+
+impl TestServer {
+    /// Stops the server gracefully and starts a new one on the same data
+    /// directory and clock.
+    pub async fn restart(self) -> TestServer {
+        let TestServer {
+            server,
+            clock,
+            config,
+            dir,
+            client,
+        } = self;
+        drop(client);
+        server.stop().await.expect("clean stop");
+        launch(config, clock, dir).await
+    }
+
+    /// Stops the server gracefully.
+    pub async fn stop(self) {
+        self.server.stop().await.expect("clean stop");
+    }
+
+    /// The data directory.
+    pub fn data_dir(&self) -> std::path::PathBuf {
+        self.config.data_dir.clone()
+    }
+}
+
+/// A text put request.
+pub fn put_text(key: &str, text: &str) -> pb::PutRequest {
+    pb::PutRequest {
+        key: key.to_string(),
+        value: Some(pb::put_request::Value::Text(text.to_string())),
+        ..Default::default()
+    }
+}
+
+/// A get request for the stored representation.
+pub fn get(key: &str) -> pb::GetRequest {
+    pb::GetRequest {
+        key: key.to_string(),
+        r#type: 0,
+    }
+}
+
+/// Every key of a listing, paging with `page_size`.
+pub async fn list_all(
+    client: &mut KvServiceClient<Channel>,
+    prefix: &str,
+    page_size: i32,
+) -> Vec<String> {
+    let mut names = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let page = client
+            .list(pb::ListRequest {
+                prefix: prefix.to_string(),
+                page_size,
+                page_token,
+            })
+            .await
+            .expect("list")
+            .into_inner();
+        assert!(
+            !page.keys.is_empty() || page.next_page_token.is_empty(),
+            "a page is empty only when the listing is complete"
+        );
+        names.extend(page.keys.into_iter().map(|key| key.name));
+        if page.next_page_token.is_empty() {
+            return names;
+        }
+        page_token = page.next_page_token;
+    }
+}
+
+/// Writes `keys` with text values in one batch.
+pub async fn put_all(client: &mut KvServiceClient<Channel>, keys: &[&str]) {
+    let mutations = keys
+        .iter()
+        .map(|key| pb::Mutation {
+            operation: Some(pb::mutation::Operation::Put(put_text(key, "v"))),
+        })
+        .collect();
+    client
+        .batch_write(pb::BatchWriteRequest { mutations })
+        .await
+        .expect("batch write");
+}

@@ -1,0 +1,298 @@
+//! Model-based test: random sequences of writes, batches, clock moves and
+//! restarts against the RocksDB engine and a `BTreeMap` model must agree on
+//! every read, scan, version and precondition outcome.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use proptest::prelude::*;
+use tierkv::clock::{ManualClock, SharedClock};
+use tierkv::engine::conformance::SUITE_NAMESPACES;
+use tierkv::engine::{
+    DeleteOp, Engine, EngineError, Namespaces, Precondition, PutOp, RocksEngine, RocksOptions,
+    ScanRequest, ValueKind, WriteOp, WriteOutcome,
+};
+
+const KEYS: &[&str] = &[
+    "a",
+    "u",
+    "user:a",
+    "user:b",
+    "user:admin:x",
+    "user:admin:y",
+    "user;",
+    "cache:1",
+    "cache:2",
+    "z",
+];
+const PREFIXES: &[&str] = &["", "u", "user:", "user:a", "user:admin:", "cache:", "q"];
+const T0: u64 = 1_800_000_000_000;
+
+#[derive(Debug, Clone)]
+enum Step {
+    Write(Vec<MutationSpec>),
+    Advance(u64),
+    Restart,
+    Get(usize),
+    Scan {
+        prefix: usize,
+        after: Option<usize>,
+        limit: usize,
+    },
+}
+
+#[derive(Debug, Clone)]
+struct MutationSpec {
+    key: usize,
+    delete: bool,
+    value: u8,
+    ttl_millis: Option<u64>,
+    precondition: PreconditionSpec,
+}
+
+#[derive(Debug, Clone)]
+enum PreconditionSpec {
+    None,
+    IfAbsent,
+    /// Expect the model's current version (or a wrong one when false).
+    IfCurrentVersion(bool),
+}
+
+fn mutation() -> impl Strategy<Value = MutationSpec> {
+    (
+        0..KEYS.len(),
+        prop::bool::weighted(0.25),
+        any::<u8>(),
+        prop::option::weighted(0.4, 1u64..5_000),
+        prop_oneof![
+            6 => Just(PreconditionSpec::None),
+            1 => Just(PreconditionSpec::IfAbsent),
+            2 => any::<bool>().prop_map(PreconditionSpec::IfCurrentVersion),
+        ],
+    )
+        .prop_map(
+            |(key, delete, value, ttl_millis, precondition)| MutationSpec {
+                key,
+                delete,
+                value,
+                ttl_millis,
+                precondition,
+            },
+        )
+}
+
+fn step() -> impl Strategy<Value = Step> {
+    prop_oneof![
+        8 => prop::collection::vec(mutation(), 1..4).prop_map(Step::Write),
+        2 => (1u64..3_000).prop_map(Step::Advance),
+        1 => Just(Step::Restart),
+        3 => (0..KEYS.len()).prop_map(Step::Get),
+        3 => (0..PREFIXES.len(), prop::option::of(0..KEYS.len()), 1usize..6)
+            .prop_map(|(prefix, after, limit)| Step::Scan { prefix, after, limit }),
+    ]
+}
+
+#[derive(Debug, Clone, PartialEq)]
+struct ModelRecord {
+    value: Vec<u8>,
+    expire_at: Option<u64>,
+    version: u64,
+}
+
+#[derive(Default)]
+struct Model {
+    records: BTreeMap<String, ModelRecord>,
+    last_version: u64,
+}
+
+impl Model {
+    fn live(&self, key: &str, now: u64) -> Option<&ModelRecord> {
+        self.records
+            .get(key)
+            .filter(|record| record.expire_at.is_none_or(|at| at > now))
+    }
+
+    /// Applies a batch to a copy; commits only if every precondition holds.
+    fn apply(&mut self, ops: &[WriteOp], now: u64) -> Result<Vec<WriteOutcome>, usize> {
+        let mut next = Model {
+            records: self.records.clone(),
+            last_version: self.last_version,
+        };
+        let mut outcomes = Vec::new();
+        for (index, op) in ops.iter().enumerate() {
+            let current = next.live(op.key(), now).map(|record| record.version);
+            match op {
+                WriteOp::Put(put) => {
+                    if !put.precondition.holds(current) {
+                        return Err(index);
+                    }
+                    next.last_version += 1;
+                    next.records.insert(
+                        put.key.clone(),
+                        ModelRecord {
+                            value: put.value.clone(),
+                            expire_at: put.expire_at_millis,
+                            version: next.last_version,
+                        },
+                    );
+                    outcomes.push(WriteOutcome::Put {
+                        version: next.last_version,
+                    });
+                }
+                WriteOp::Delete(delete) => {
+                    if !delete.precondition.holds(current) {
+                        return Err(index);
+                    }
+                    next.records.remove(&delete.key);
+                    outcomes.push(WriteOutcome::Delete {
+                        existed: current.is_some(),
+                    });
+                }
+            }
+        }
+        *self = next;
+        Ok(outcomes)
+    }
+}
+
+fn open(dir: &std::path::Path, clock: SharedClock) -> Arc<dyn Engine> {
+    Arc::new(
+        RocksEngine::open(
+            dir,
+            Namespaces::new(SUITE_NAMESPACES.iter().copied()),
+            RocksOptions::default(),
+            clock,
+        )
+        .expect("open"),
+    )
+}
+
+async fn run(steps: Vec<Step>) -> Result<(), TestCaseError> {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(T0);
+    let shared: SharedClock = clock.clone();
+    let mut engine = open(dir.path(), shared.clone());
+    let mut model = Model::default();
+    let now = |clock: &ManualClock| tierkv::clock::Clock::now_millis(clock);
+
+    for step in steps {
+        match step {
+            Step::Write(specs) => {
+                let at = now(&clock);
+                let ops: Vec<WriteOp> = specs
+                    .iter()
+                    .map(|spec| {
+                        let key = KEYS[spec.key].to_string();
+                        let current = model.live(&key, at).map(|record| record.version);
+                        let precondition = match spec.precondition {
+                            PreconditionSpec::None => Precondition::None,
+                            PreconditionSpec::IfAbsent => Precondition::IfAbsent,
+                            PreconditionSpec::IfCurrentVersion(true) => {
+                                Precondition::IfVersion(current.unwrap_or(999_999))
+                            }
+                            PreconditionSpec::IfCurrentVersion(false) => {
+                                Precondition::IfVersion(current.unwrap_or(0) + 7)
+                            }
+                        };
+                        if spec.delete {
+                            WriteOp::Delete(DeleteOp { key, precondition })
+                        } else {
+                            WriteOp::Put(PutOp {
+                                key,
+                                kind: ValueKind::Bytes,
+                                value: vec![spec.value],
+                                metadata: None,
+                                expire_at_millis: spec.ttl_millis.map(|ttl| at + ttl),
+                                schema_version: 1,
+                                precondition,
+                            })
+                        }
+                    })
+                    .collect();
+                let expected = model.apply(&ops, at);
+                let actual = engine.write(ops).await;
+                match (expected, actual) {
+                    (Ok(expected), Ok(actual)) => prop_assert_eq!(expected, actual),
+                    (Err(index), Err(EngineError::PreconditionFailed { index: actual, .. })) => {
+                        prop_assert_eq!(index, actual)
+                    }
+                    (expected, actual) => {
+                        return Err(TestCaseError::fail(format!(
+                            "model {expected:?} but engine {actual:?}"
+                        )))
+                    }
+                }
+            }
+            Step::Advance(millis) => clock.advance(Duration::from_millis(millis)),
+            Step::Restart => {
+                drop(engine);
+                engine = open(dir.path(), shared.clone());
+            }
+            Step::Get(key) => {
+                let expected = model.live(KEYS[key], now(&clock)).cloned();
+                let actual = engine
+                    .get(KEYS[key].to_string())
+                    .await
+                    .unwrap()
+                    .map(|record| ModelRecord {
+                        value: record.value,
+                        expire_at: record.expire_at_millis,
+                        version: record.version,
+                    });
+                prop_assert_eq!(expected, actual);
+            }
+            Step::Scan {
+                prefix,
+                after,
+                limit,
+            } => {
+                let at = now(&clock);
+                let prefix = PREFIXES[prefix];
+                let after = after.map(|key| KEYS[key].to_string());
+                let expected: Vec<(String, u64)> = model
+                    .records
+                    .iter()
+                    .filter(|(key, _)| key.starts_with(prefix))
+                    .filter(|(key, _)| {
+                        after
+                            .as_ref()
+                            .is_none_or(|after| key.as_str() > after.as_str())
+                    })
+                    .filter(|(key, _)| model.live(key, at).is_some())
+                    .take(limit)
+                    .map(|(key, record)| (key.clone(), record.version))
+                    .collect();
+                let actual: Vec<(String, u64)> = engine
+                    .scan(ScanRequest {
+                        prefix: prefix.to_string(),
+                        start_after: after,
+                        limit,
+                        include_values: false,
+                    })
+                    .await
+                    .unwrap()
+                    .into_iter()
+                    .map(|(key, record)| (key, record.version))
+                    .collect();
+                prop_assert_eq!(expected, actual);
+            }
+        }
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+    /// The engine behaves like the model for every generated history.
+    #[test]
+    fn engine_matches_model(steps in prop::collection::vec(step(), 1..40)) {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(run(steps))?;
+    }
+}
