@@ -138,8 +138,7 @@ impl Config {
             }
             None => toml::Table::new(),
         };
-        let overrides = env_overrides(env)?;
-        let from_env: Vec<String> = overrides.keys().cloned().collect();
+        let (overrides, from_env) = env_overrides(env)?;
         table.extend(overrides);
         let config = Config::deserialize(table).map_err(|error| ConfigError::Parse {
             origin: match (file, from_env.is_empty()) {
@@ -203,10 +202,12 @@ impl Config {
     }
 }
 
-fn env_overrides(
-    env: &HashMap<String, String>,
-) -> Result<BTreeMap<String, toml::Value>, ConfigError> {
+/// The config values `TIERKV_*` variables set, and the names of those variables.
+type EnvOverrides = (BTreeMap<String, toml::Value>, Vec<String>);
+
+fn env_overrides(env: &HashMap<String, String>) -> Result<EnvOverrides, ConfigError> {
     let mut overrides = BTreeMap::new();
+    let mut used = Vec::new();
     let mut names: Vec<&String> = env
         .keys()
         .filter(|name| name.starts_with("TIERKV_"))
@@ -253,8 +254,9 @@ fn env_overrides(
             ),
         };
         overrides.insert(key.to_string(), value);
+        used.push(name.clone());
     }
-    Ok(overrides)
+    Ok((overrides, used))
 }
 
 #[cfg(test)]

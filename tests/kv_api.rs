@@ -460,8 +460,8 @@ fn delete_mutation(key: &str) -> pb::Mutation {
 async fn batch_write_is_atomic() {
     let mut server = start().await;
     let client = &mut server.client;
-    put_all(client, &["existing"]).await;
-    let mut guarded = put_text("existing", "changed");
+    put_all(client, &["existing", "guarded"]).await;
+    let mut guarded = put_text("guarded", "changed");
     guarded.precondition = Some(pb::put_request::Precondition::IfAbsent(true));
     let error = client
         .batch_write(pb::BatchWriteRequest {
@@ -535,13 +535,23 @@ async fn batch_write_limits() {
             mutations: vec![
                 put_mutation(put_text("fine", "v")),
                 put_mutation(put_text("", "v")),
-                pb::Mutation { operation: None },
+                put_mutation(put_text(".", "v")),
             ],
         })
         .await
         .unwrap_err();
     assert_invalid(invalid.clone(), "mutations[1].put.key", "empty");
-    assert_invalid(invalid, "mutations[2]", "put or delete");
+    assert_invalid(invalid, "mutations[2].put.key", "\".\"");
+    let no_operation = client
+        .batch_write(pb::BatchWriteRequest {
+            mutations: vec![
+                put_mutation(put_text("fine", "v")),
+                pb::Mutation { operation: None },
+            ],
+        })
+        .await
+        .unwrap_err();
+    assert_invalid(no_operation, "mutations[1]", "put or delete");
     assert!(!client.get(get("fine")).await.unwrap().into_inner().found);
 
     let ten_thousand = client

@@ -89,12 +89,25 @@ impl Namespaces {
         ids
     }
 
-    /// Namespaces nested strictly inside namespace `id`: keys with their
-    /// prefixes would route to them, never to `id`.
+    /// Namespaces nested directly inside namespace `id`: keys with their
+    /// prefixes would have been stored in `id` had they not been configured.
     pub fn nested_in(&self, id: NamespaceId) -> Vec<NamespaceId> {
         (1..self.prefixes.len())
-            .filter(|other| *other != id && self.route(&self.prefixes[*other]) == id)
+            .filter(|other| *other != id && self.parent(*other) == id)
             .collect()
+    }
+
+    /// The namespace a configured prefix's keys would route to without it.
+    fn parent(&self, id: NamespaceId) -> NamespaceId {
+        let prefix = &self.prefixes[id];
+        self.prefixes
+            .iter()
+            .enumerate()
+            .skip(1)
+            .filter(|(other, candidate)| *other != id && prefix.starts_with(candidate.as_str()))
+            .max_by_key(|(_, candidate)| candidate.len())
+            .map(|(other, _)| other)
+            .unwrap_or(DEFAULT_NAMESPACE)
     }
 }
 
