@@ -61,19 +61,21 @@ pub fn kv_status(method: &'static str, error: KvError) -> Status {
         KvError::ResponseTooLarge { .. } => Status::resource_exhausted(message),
         KvError::Engine(engine) => return engine_status(method, engine),
     };
-    tracing::debug!(method, code = ?status.code(), error = %status.message(), "request rejected");
+    // Client errors are expected traffic: one line at debug, without the
+    // message, which can carry a key (and keys can be secrets).
+    tracing::debug!(method, code = ?status.code(), "request rejected");
     status
 }
 
 /// Maps a storage failure to a status, logging it once.
 pub fn engine_status(method: &'static str, error: EngineError) -> Status {
-    let retryable = error.is_retryable();
+    let summary = error.log_summary();
     let message = error.to_string();
-    if retryable {
-        tracing::warn!(method, error = %message, "storage unavailable");
+    if error.is_retryable() {
+        tracing::warn!(method, error = %summary, "storage unavailable");
         Status::unavailable(message)
     } else {
-        tracing::error!(method, error = %message, "storage failure");
+        tracing::error!(method, error = %summary, "storage failure");
         Status::internal(message)
     }
 }

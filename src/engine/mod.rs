@@ -156,6 +156,18 @@ impl EngineError {
     pub fn is_retryable(&self) -> bool {
         matches!(self, EngineError::Unavailable(_))
     }
+
+    /// A description safe for logs: keys are left out, because a key can be a
+    /// secret (a session id used as a bearer token, for instance).
+    pub fn log_summary(&self) -> String {
+        match self {
+            EngineError::PreconditionFailed { index, .. } => {
+                format!("precondition failed (mutation {index})")
+            }
+            EngineError::Corrupt { reason, .. } => format!("corrupt record: {reason}"),
+            other => other.to_string(),
+        }
+    }
 }
 
 /// A key-value storage backend.
