@@ -43,7 +43,19 @@ async fn get_put_delete() {
     let endpoint = server.server.endpoint();
     let endpoint = endpoint.as_str();
 
-    let put = kv(endpoint, &["put", "user:1", "hello", "--metadata", r#"{"a":1}"#, "--ttl", "3600"]).await;
+    let put = kv(
+        endpoint,
+        &[
+            "put",
+            "user:1",
+            "hello",
+            "--metadata",
+            r#"{"a":1}"#,
+            "--ttl",
+            "3600",
+        ],
+    )
+    .await;
     assert_eq!(put.code, 0, "{}", put.stderr);
     let got = kv(endpoint, &["get", "user:1"]).await;
     assert_eq!((got.code, got.stdout.as_str()), (0, "hello"));
@@ -55,7 +67,16 @@ async fn get_put_delete() {
     assert!(json["expiration"].as_i64().unwrap() > 1_700_000_000);
     assert!(json["version"].as_u64().unwrap() > 0);
 
-    let json_put = kv(endpoint, &["put", "config:app", r#"{"theme":"light","maxItems":10}"#, "--json"]).await;
+    let json_put = kv(
+        endpoint,
+        &[
+            "put",
+            "config:app",
+            r#"{"theme":"light","maxItems":10}"#,
+            "--json",
+        ],
+    )
+    .await;
     assert_eq!(json_put.code, 0, "{}", json_put.stderr);
     let json_get = kv(endpoint, &["get", "config:app"]).await;
     let value: serde_json::Value = serde_json::from_str(&json_get.stdout).unwrap();
@@ -71,14 +92,27 @@ async fn get_put_delete() {
 
     let invalid = kv(endpoint, &["put", "", "x"]).await;
     assert_eq!(invalid.code, 2);
-    assert!(invalid.stderr.contains("key must not be empty"), "{}", invalid.stderr);
+    assert!(
+        invalid.stderr.contains("key must not be empty"),
+        "{}",
+        invalid.stderr
+    );
 
-    let flag = Command::new(BINARY)
-        .args(["kv", "--endpoint", endpoint, "get", "config:app"])
-        .env_remove("TIERKV_ENDPOINT")
-        .output()
-        .unwrap();
-    assert!(flag.status.success(), "--endpoint works like TIERKV_ENDPOINT");
+    // The blocking child runs off the runtime, which serves the in-process server.
+    let flag_endpoint = endpoint.to_string();
+    let flag = tokio::task::spawn_blocking(move || {
+        Command::new(BINARY)
+            .args(["kv", "--endpoint", &flag_endpoint, "get", "config:app"])
+            .env_remove("TIERKV_ENDPOINT")
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(
+        flag.status.success(),
+        "--endpoint works like TIERKV_ENDPOINT"
+    );
     server.stop().await;
 }
 
@@ -97,7 +131,9 @@ async fn bulk_and_list() {
         serde_json::json!({"key": "bulk:c", "value": "3", "expiration_ttl": 600}),
     ];
     // Enough keys to need more than one List page.
-    entries.extend((0..1500).map(|i| serde_json::json!({"key": format!("many:{i:04}"), "value": "v"})));
+    entries.extend(
+        (0..1500).map(|i| serde_json::json!({"key": format!("many:{i:04}"), "value": "v"})),
+    );
     let put_file = dir.path().join("put.json");
     std::fs::write(&put_file, serde_json::to_string(&entries).unwrap()).unwrap();
     let bulk = kv(endpoint, &["bulk", "put", put_file.to_str().unwrap()]).await;
@@ -108,7 +144,10 @@ async fn bulk_and_list() {
 
     let listed = kv(endpoint, &["list", "--prefix", "bulk:"]).await;
     let listed: serde_json::Value = serde_json::from_str(&listed.stdout).unwrap();
-    assert_eq!(listed[0], serde_json::json!({"name": "bulk:a", "metadata": {"m": true}}));
+    assert_eq!(
+        listed[0],
+        serde_json::json!({"name": "bulk:a", "metadata": {"m": true}})
+    );
     assert_eq!(listed[1], serde_json::json!({"name": "bulk:b"}));
     assert_eq!(listed[2]["name"], "bulk:c");
     assert!(listed[2]["expiration"].as_i64().is_some());

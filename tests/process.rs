@@ -55,7 +55,10 @@ fn spawn_server(mut command: Command) -> ServerProcess {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
             if let Ok(json) = serde_json::from_str::<serde_json::Value>(&line) {
                 if json["message"] == "serving" {
-                    if let Some(addr) = json["addr"].as_str().and_then(|addr| addr.parse::<SocketAddr>().ok()) {
+                    if let Some(addr) = json["addr"]
+                        .as_str()
+                        .and_then(|addr| addr.parse::<SocketAddr>().ok())
+                    {
                         let _ = addr_tx.send(addr);
                     }
                 }
@@ -65,7 +68,12 @@ fn spawn_server(mut command: Command) -> ServerProcess {
     });
     let addr = addr_rx
         .recv_timeout(Duration::from_secs(60))
-        .unwrap_or_else(|_| panic!("server did not announce its address: {:?}", lines.lock().unwrap()));
+        .unwrap_or_else(|_| {
+            panic!(
+                "server did not announce its address: {:?}",
+                lines.lock().unwrap()
+            )
+        });
     ServerProcess {
         child,
         addr,
@@ -93,14 +101,18 @@ async fn kill_9_under_load_loses_no_acknowledged_write() {
                 }
                 if writer == 0 {
                     // One writer uses atomic batches of 10 keys.
-                    let keys: Vec<String> = (0..10).map(|i| format!("load:batch:{n}:{i}")).collect();
+                    let keys: Vec<String> =
+                        (0..10).map(|i| format!("load:batch:{n}:{i}")).collect();
                     let mutations = keys
                         .iter()
                         .map(|key| pb::Mutation {
                             operation: Some(pb::mutation::Operation::Put(put_text(key, "v"))),
                         })
                         .collect();
-                    match client.batch_write(pb::BatchWriteRequest { mutations }).await {
+                    match client
+                        .batch_write(pb::BatchWriteRequest { mutations })
+                        .await
+                    {
                         Ok(response) => {
                             let results = response.into_inner().results;
                             let mut acked = acknowledged.lock().unwrap();
@@ -209,7 +221,10 @@ fn bad_configuration_is_refused_at_start() {
     command.arg("--config").arg(&config);
     let (code, stderr) = run_to_exit(command);
     assert_eq!(code, 1, "{stderr}");
-    assert!(stderr.contains("sync_writes") || stderr.contains("boolean"), "{stderr}");
+    assert!(
+        stderr.contains("sync_writes") || stderr.contains("boolean"),
+        "{stderr}"
+    );
 
     let mut command = server_command(&dir.path().join("data"));
     command.env("TIERKV_LISTEN_ADDR", "127.0.0.1:1");
@@ -241,5 +256,8 @@ async fn dropping_a_namespace_is_refused_at_start() {
     command.env("TIERKV_NAMESPACES", "user:");
     let (code, stderr) = run_to_exit(command);
     assert_eq!(code, 1, "{stderr}");
-    assert!(stderr.contains("\\\"orders:\\\"") || stderr.contains("\"orders:\""), "{stderr}");
+    assert!(
+        stderr.contains("\\\"orders:\\\"") || stderr.contains("\"orders:\""),
+        "{stderr}"
+    );
 }
