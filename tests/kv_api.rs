@@ -269,14 +269,7 @@ async fn overwrite_and_empty_value() {
         Some(pb::get_response::Value::Text(String::new()))
     );
     client.put(bytes_put("empty-bytes", b"")).await.unwrap();
-    assert!(
-        client
-            .get(get("empty-bytes"))
-            .await
-            .unwrap()
-            .into_inner()
-            .found
-    );
+    assert!(exists(client, "empty-bytes").await);
     server.stop().await;
 }
 
@@ -292,7 +285,7 @@ async fn keys_are_case_sensitive() {
         upper.value,
         Some(pb::get_response::Value::Text("upper".into()))
     );
-    assert!(!client.get(get("KEY")).await.unwrap().into_inner().found);
+    assert!(!exists(client, "KEY").await);
     server.stop().await;
 }
 
@@ -371,7 +364,7 @@ async fn delete_semantics() {
         .unwrap()
         .into_inner();
     assert!(deleted.existed);
-    assert!(!client.get(get("d")).await.unwrap().into_inner().found);
+    assert!(!exists(client, "d").await);
     let again = client
         .delete(pb::DeleteRequest {
             key: "d".into(),
@@ -476,22 +469,8 @@ async fn batch_write_is_atomic() {
     assert_eq!(error.code(), Code::Aborted);
     let info = error.get_details_error_info().expect("ErrorInfo");
     assert_eq!(info.metadata.get("mutation_index"), Some(&"2".to_string()));
-    assert!(
-        !client
-            .get(get("user:new"))
-            .await
-            .unwrap()
-            .into_inner()
-            .found
-    );
-    assert!(
-        client
-            .get(get("existing"))
-            .await
-            .unwrap()
-            .into_inner()
-            .found
-    );
+    assert!(!exists(client, "user:new").await);
+    assert!(exists(client, "existing").await);
 
     let results = client
         .batch_write(pb::BatchWriteRequest {
@@ -552,7 +531,7 @@ async fn batch_write_limits() {
         .await
         .unwrap_err();
     assert_invalid(no_operation, "mutations[1]", "put or delete");
-    assert!(!client.get(get("fine")).await.unwrap().into_inner().found);
+    assert!(!exists(client, "fine").await);
 
     let ten_thousand = client
         .batch_write(pb::BatchWriteRequest {
@@ -586,7 +565,7 @@ async fn batch_write_byte_limit() {
         .await
         .unwrap_err();
     assert_invalid(error, "mutations", "the limit is 104857600 bytes");
-    assert!(!client.get(get("big:0")).await.unwrap().into_inner().found);
+    assert!(!exists(client, "big:0").await);
     server.stop().await;
 }
 
@@ -700,10 +679,7 @@ async fn validation_errors_name_the_limit() {
             .unwrap_err();
         assert_invalid(error, "page_size", "1000");
     }
-    assert!(
-        !client.get(get("k")).await.unwrap().into_inner().found,
-        "nothing was written"
-    );
+    assert!(!exists(client, "k").await, "nothing was written");
     server.stop().await;
 }
 
@@ -772,15 +748,7 @@ async fn ttl_expiry_with_injected_clock() {
     assert_eq!(found.expire_time, Some(expire_time));
 
     server.clock.advance(Duration::from_secs(1));
-    assert!(
-        !server
-            .client
-            .get(get("session:short"))
-            .await
-            .unwrap()
-            .into_inner()
-            .found
-    );
+    assert!(!exists(&mut server.client, "session:short").await);
     assert_eq!(
         list_all(&mut server.client, "session:", 10).await,
         vec!["session:absolute", "session:forever"]
@@ -833,15 +801,7 @@ async fn data_survives_restart() {
         response.value,
         Some(pb::get_response::Value::Text("kept".into()))
     );
-    assert!(
-        server
-            .client
-            .get(get("other"))
-            .await
-            .unwrap()
-            .into_inner()
-            .found
-    );
+    assert!(exists(&mut server.client, "other").await);
     let after = server
         .client
         .put(put_text("user:2", "new"))

@@ -127,15 +127,7 @@ async fn expired_deadline_is_deadline_exceeded() {
     )
     .await;
     assert_eq!(status, (Code::DeadlineExceeded as i32).to_string());
-    assert!(
-        !server
-            .client
-            .get(get("late"))
-            .await
-            .unwrap()
-            .into_inner()
-            .found
-    );
+    assert!(!exists(&mut server.client, "late").await);
     let on_time = raw_unary_status(
         server.server.addr,
         "/tierkv.v1.KvService/Put",
@@ -145,15 +137,7 @@ async fn expired_deadline_is_deadline_exceeded() {
     .await;
     assert_eq!(on_time, "0");
 
-    assert!(
-        server
-            .client
-            .get(get("on-time"))
-            .await
-            .unwrap()
-            .into_inner()
-            .found
-    );
+    assert!(exists(&mut server.client, "on-time").await);
     server.stop().await;
 }
 

@@ -32,15 +32,7 @@ const T0: u64 = 1_800_000_000_000;
 
 /// A put with no metadata, expiry or precondition.
 pub fn put(key: &str, value: &str) -> WriteOp {
-    WriteOp::Put(PutOp {
-        key: key.to_string(),
-        kind: ValueKind::Text,
-        value: value.as_bytes().to_vec(),
-        metadata: None,
-        expire_at_millis: None,
-        schema_version: 1,
-        precondition: Precondition::None,
-    })
+    put_with(key, value, |_| {})
 }
 
 fn put_with(key: &str, value: &str, configure: impl FnOnce(&mut PutOp)) -> WriteOp {

@@ -123,6 +123,11 @@ pub fn get(key: &str) -> pb::GetRequest {
     }
 }
 
+/// Whether a live key exists.
+pub async fn exists(client: &mut KvServiceClient<Channel>, key: &str) -> bool {
+    client.get(get(key)).await.expect("get").into_inner().found
+}
+
 /// Every key of a listing, paging with `page_size`.
 pub async fn list_all(
     client: &mut KvServiceClient<Channel>,
