@@ -112,6 +112,10 @@ struct Args {
     /// A short run: `--ops 2000`.
     #[arg(long, conflicts_with = "ops")]
     quick: bool,
+    /// Serve with `sync_writes = true` (fsync the write-ahead log before each
+    /// acknowledgement), to measure the cost of power-loss durability.
+    #[arg(long)]
+    sync_writes: bool,
 }
 
 /// The operation counts every benchmark runs, derived from the flags.
@@ -649,6 +653,10 @@ fn print_parameters(plan: &Plan, args: &Args, server: &RunningServer, data_dir: 
         data_dir.display()
     );
     println!("  runtime       tokio multi-thread, {workers} workers, shared by server and client");
+    println!(
+        "  sync_writes   {} (fsync the WAL before each acknowledgement)",
+        args.sync_writes
+    );
     println!("  ops           {}{ops_note}", plan.ops);
     println!(
         "  concurrency   {} requests in flight (tasks sharing one cloned client, one connection)",
@@ -846,6 +854,7 @@ async fn main() -> Result<(), BoxError> {
         listen: "127.0.0.1:0".parse()?,
         data_dir: data_dir.clone(),
         shutdown_grace_ms: 2_000,
+        sync_writes: args.sync_writes,
         ..Default::default()
     };
     let clock: SharedClock = Arc::new(SystemClock);
