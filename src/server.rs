@@ -103,6 +103,8 @@ pub async fn serve(
         .unwrap_or_default();
     let (drain_tx, drain_rx) = oneshot::channel::<()>();
     let router = tonic::transport::Server::builder()
+        // Every log line a request causes carries its method.
+        .trace_fn(|request| tracing::info_span!("rpc", method = %request.uri().path()))
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .layer(DeadlineLayer::new(config.request_timeout()))
         .add_service(health_service)
