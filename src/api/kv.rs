@@ -165,9 +165,7 @@ impl KvServiceRpc for KvApi {
         let request = request.into_inner();
         let result = async {
             let value_type = value_type_from_proto(request.r#type)?;
-            self.service
-                .batch_get(request.keys.clone(), value_type)
-                .await
+            self.service.batch_get(&request.keys, value_type).await
         }
         .await;
         let entries = result.map_err(|error| kv_status("BatchGet", error))?;

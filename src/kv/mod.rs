@@ -297,7 +297,7 @@ impl KvService {
     /// Reads up to [`MAX_BATCH_GET_KEYS`] keys, one result per key in order.
     pub async fn batch_get(
         &self,
-        keys: Vec<String>,
+        keys: &[String],
         value_type: ValueType,
     ) -> Result<Vec<Option<Entry>>, KvError> {
         if keys.is_empty() || keys.len() > MAX_BATCH_GET_KEYS {
@@ -317,7 +317,7 @@ impl KvService {
         if !violations.is_empty() {
             return Err(KvError::InvalidArgument(violations));
         }
-        let records = self.engine.get_many(keys.clone()).await?;
+        let records = self.engine.get_many(keys.to_vec()).await?;
         let total: usize = records
             .iter()
             .flatten()
@@ -332,7 +332,7 @@ impl KvService {
         }
         records
             .into_iter()
-            .zip(&keys)
+            .zip(keys)
             .map(|(record, key)| {
                 record
                     .map(|record| entry_from_record(key, record, value_type))
@@ -511,10 +511,14 @@ impl KvService {
     }
 
     async fn write(&self, ops: Vec<WriteOp>) -> Result<Vec<WriteOutcome>, KvError> {
-        let keys: ChangedKeys = ops.iter().map(|op| op.key().to_string()).collect();
+        // Only pay for the change feed when someone listens.
+        let changed: Option<ChangedKeys> = (self.changes.receiver_count() > 0)
+            .then(|| ops.iter().map(|op| op.key().to_string()).collect());
         let outcomes = self.engine.write(ops).await?;
-        // No receivers is normal; nothing to do then.
-        let _ = self.changes.send(keys);
+        if let Some(changed) = changed {
+            // A receiver may have gone meanwhile; that is fine.
+            let _ = self.changes.send(changed);
+        }
         Ok(outcomes)
     }
 
