@@ -21,7 +21,7 @@ use rocksdb::{
 
 use super::namespace::{NamespaceId, DEFAULT_NAMESPACE};
 use super::record::{self, Record};
-use super::{Engine, EngineError, Namespaces, ScanRequest, WriteOp, WriteOutcome};
+use super::{Engine, EngineError, Namespaces, Precondition, ScanRequest, WriteOp, WriteOutcome};
 use crate::clock::SharedClock;
 
 const META_CF: &str = "tierkv/meta";
@@ -536,13 +536,17 @@ impl Inner {
         for (index, (op, bytes)) in ops.iter().zip(encoded).enumerate() {
             let key = op.key();
             let cf = &handles[self.namespaces.route(key)];
-            let current = match pending.get(key) {
-                Some(version) => *version,
-                None => self.live_version(cf, key, now)?,
-            };
             let precondition = match op {
                 WriteOp::Put(put) => put.precondition,
                 WriteOp::Delete(delete) => delete.precondition,
+            };
+            // An unconditional put needs nothing from the current record, so
+            // it skips the read; deletes read to report whether the key existed.
+            let blind_put = matches!(op, WriteOp::Put(_)) && precondition == Precondition::None;
+            let current = match pending.get(key) {
+                Some(version) => *version,
+                None if blind_put => None,
+                None => self.live_version(cf, key, now)?,
             };
             if !precondition.holds(current) {
                 return Err(EngineError::PreconditionFailed {
