@@ -72,6 +72,12 @@ async fn scans_merge_namespaces_in_byte_order() {
     conformance::scans_merge_namespaces_in_byte_order(RocksHarness::new()).await;
 }
 
+/// Suite: concurrent compare-and-set loses no update.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_compare_and_set_loses_no_update() {
+    conformance::concurrent_compare_and_set_loses_no_update(RocksHarness::new()).await;
+}
+
 fn open(dir: &TempDir, prefixes: &[&str], clock: SharedClock) -> Result<RocksEngine, EngineError> {
     RocksEngine::open(
         dir.path(),

@@ -157,6 +157,14 @@ impl EngineError {
         matches!(self, EngineError::Unavailable(_))
     }
 
+    /// The same failure again, for every caller of a group that failed together.
+    pub fn duplicate(&self) -> EngineError {
+        match self {
+            EngineError::Unavailable(message) => EngineError::Unavailable(message.clone()),
+            other => EngineError::Storage(other.to_string()),
+        }
+    }
+
     /// A description safe for logs: keys are left out, because a key can be a
     /// secret (a session id used as a bearer token, for instance).
     pub fn log_summary(&self) -> String {

@@ -84,18 +84,14 @@ impl Record {
 
     /// Serializes the record.
     pub fn encode(&self) -> Vec<u8> {
-        let metadata = self.metadata.as_deref().unwrap_or_default();
-        let mut out = Vec::with_capacity(HEADER_LEN + metadata.len() + self.value.len());
-        out.push(FORMAT_VERSION);
-        out.push(self.kind.to_byte());
-        out.extend_from_slice(&[0, 0]);
-        out.extend_from_slice(&self.version.to_le_bytes());
-        out.extend_from_slice(&self.schema_version.to_le_bytes());
-        out.extend_from_slice(&self.expire_at_millis.unwrap_or(0).to_le_bytes());
-        out.extend_from_slice(&(metadata.len() as u32).to_le_bytes());
-        out.extend_from_slice(metadata);
-        out.extend_from_slice(&self.value);
-        out
+        encode_parts(RecordParts {
+            kind: self.kind,
+            value: &self.value,
+            metadata: self.metadata.as_deref(),
+            expire_at_millis: self.expire_at_millis,
+            version: self.version,
+            schema_version: self.schema_version,
+        })
     }
 
     /// Deserializes a record; with `include_value = false` the value is left empty.
@@ -131,6 +127,39 @@ impl Record {
             schema_version,
         })
     }
+}
+
+/// A record's fields by reference, to encode without building a [`Record`].
+#[derive(Debug, Clone, Copy)]
+pub struct RecordParts<'a> {
+    /// How the value was written.
+    pub kind: ValueKind,
+    /// The value bytes.
+    pub value: &'a [u8],
+    /// Serialized JSON metadata.
+    pub metadata: Option<&'a [u8]>,
+    /// Expiry in milliseconds since the Unix epoch.
+    pub expire_at_millis: Option<u64>,
+    /// The record's version.
+    pub version: u64,
+    /// The record's schema version.
+    pub schema_version: u32,
+}
+
+/// Serializes a record from its parts.
+pub fn encode_parts(parts: RecordParts<'_>) -> Vec<u8> {
+    let metadata = parts.metadata.unwrap_or_default();
+    let mut out = Vec::with_capacity(HEADER_LEN + metadata.len() + parts.value.len());
+    out.push(FORMAT_VERSION);
+    out.push(parts.kind.to_byte());
+    out.extend_from_slice(&[0, 0]);
+    out.extend_from_slice(&parts.version.to_le_bytes());
+    out.extend_from_slice(&parts.schema_version.to_le_bytes());
+    out.extend_from_slice(&parts.expire_at_millis.unwrap_or(0).to_le_bytes());
+    out.extend_from_slice(&(metadata.len() as u32).to_le_bytes());
+    out.extend_from_slice(metadata);
+    out.extend_from_slice(parts.value);
+    out
 }
 
 /// Reads only the expiry of an encoded record, for the compaction filter and

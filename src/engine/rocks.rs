@@ -4,12 +4,13 @@
 //! holds each configured prefix, and `tierkv/meta` holds the engine's own state
 //! (the version counter and the page-token secret).
 //!
-//! Every RocksDB call blocks, so each [`Engine`] method runs on tokio's blocking
-//! pool (`spawn_blocking`) and the async workers never wait on disk.
+//! Every RocksDB call blocks, so the async workers never make one: reads run on
+//! tokio's blocking pool (`spawn_blocking`), and writes are queued to a writer
+//! thread that group-commits them (see [`RocksEngine`]).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use rand::Rng;
@@ -20,15 +21,15 @@ use rocksdb::{
 };
 
 use super::namespace::{NamespaceId, DEFAULT_NAMESPACE};
-use super::record::{self, Record};
+use super::record::{self, Record, RecordParts};
 use super::{Engine, EngineError, Namespaces, Precondition, ScanRequest, WriteOp, WriteOutcome};
 use crate::clock::SharedClock;
+use tokio::sync::{mpsc, oneshot};
 
 const META_CF: &str = "tierkv/meta";
 const NAMESPACE_CF_PREFIX: &str = "kv/";
 const VERSION_COUNTER_KEY: &[u8] = b"version_counter";
 const SECRET_KEY: &[u8] = b"page_token_secret";
-const VERSION_OFFSET: usize = 4;
 /// How many misplaced keys move per atomic batch during the startup repair.
 const REPAIR_BATCH: usize = 1000;
 
@@ -55,9 +56,91 @@ impl Default for RocksOptions {
 }
 
 /// The RocksDB engine: a cheap-to-clone handle.
+///
+/// Reads run on tokio's blocking pool. Writes go to one writer thread that
+/// commits whatever requests are queued as a single `WriteBatch` (group
+/// commit): preconditions are checked and versions assigned in queue order,
+/// and concurrent writers share one WAL write and, with `sync_writes`, one
+/// fsync.
 #[derive(Clone)]
 pub struct RocksEngine {
     inner: Arc<Inner>,
+    writer: Arc<Writer>,
+}
+
+/// Most requests one group commit takes.
+const MAX_GROUP_REQUESTS: usize = 256;
+/// A group stops taking requests once its values reach this size.
+const MAX_GROUP_BYTES: usize = 64 * 1024 * 1024;
+/// Requests that may wait for the writer before callers wait to enqueue.
+const WRITE_QUEUE_DEPTH: usize = 1024;
+
+/// A batch waiting for the writer thread.
+struct WriteRequest {
+    ops: Vec<WriteOp>,
+    reply: oneshot::Sender<Result<Vec<WriteOutcome>, EngineError>>,
+}
+
+impl WriteRequest {
+    fn value_bytes(&self) -> usize {
+        self.ops
+            .iter()
+            .map(|op| match op {
+                WriteOp::Put(put) => put.value.len(),
+                WriteOp::Delete(_) => 0,
+            })
+            .sum()
+    }
+}
+
+/// One request, checked and encoded, ready to join the group's batch.
+struct Staged {
+    /// (namespace, key, encoded record or `None` for a delete).
+    entries: Vec<(NamespaceId, String, Option<Vec<u8>>)>,
+    /// The live version each touched key is left with.
+    pending: HashMap<String, Option<u64>>,
+    outcomes: Vec<WriteOutcome>,
+    /// The last version the request assigned.
+    last_version: u64,
+}
+
+/// The writer thread and its queue. Dropping the last engine handle closes
+/// the queue; the thread finishes what is queued and exits, releasing the store.
+struct Writer {
+    sender: Option<mpsc::Sender<WriteRequest>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        self.sender.take();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// The writer thread: takes every request queued behind the first, up to the
+/// group limits, and commits them together.
+fn run_writer(
+    inner: Arc<Inner>,
+    mut requests: mpsc::Receiver<WriteRequest>,
+    mut last_version: u64,
+) {
+    while let Some(first) = requests.blocking_recv() {
+        let mut group_bytes = first.value_bytes();
+        let mut group = vec![first];
+        while group.len() < MAX_GROUP_REQUESTS && group_bytes < MAX_GROUP_BYTES {
+            match requests.try_recv() {
+                Ok(request) => {
+                    group_bytes += request.value_bytes();
+                    group.push(request);
+                }
+                Err(_) => break,
+            }
+        }
+        inner.commit_group(group, &mut last_version);
+    }
 }
 
 struct Inner {
@@ -68,11 +151,6 @@ struct Inner {
     clock: SharedClock,
     write_options: WriteOptions,
     secret: Vec<u8>,
-    /// Serializes batches: preconditions are checked and versions assigned
-    /// against the state the previous batch left. Guards the last version
-    /// handed out. A std mutex is right: it is held only on blocking-pool
-    /// threads, never across an await.
-    last_version: Mutex<u64>,
 }
 
 impl std::fmt::Debug for RocksEngine {
@@ -193,20 +271,32 @@ impl RocksEngine {
         };
         drop(meta);
 
-        let engine = Self {
-            inner: Arc::new(Inner {
-                db,
-                path,
-                namespaces,
-                column_families,
-                clock,
-                write_options,
-                secret,
-                last_version: Mutex::new(last_version),
+        let inner = Arc::new(Inner {
+            db,
+            path,
+            namespaces,
+            column_families,
+            clock,
+            write_options,
+            secret,
+        });
+        // Before the writer starts, so the repair is the only writer.
+        inner.repair_misplaced_keys()?;
+        let (sender, requests) = mpsc::channel(WRITE_QUEUE_DEPTH);
+        let writer_inner = Arc::clone(&inner);
+        let thread = std::thread::Builder::new()
+            .name("tierkv-writer".into())
+            .spawn(move || run_writer(writer_inner, requests, last_version))
+            .map_err(|error| {
+                EngineError::Storage(format!("cannot start the writer thread: {error}"))
+            })?;
+        Ok(Self {
+            inner,
+            writer: Arc::new(Writer {
+                sender: Some(sender),
+                thread: Some(thread),
             }),
-        };
-        engine.inner.repair_misplaced_keys()?;
-        Ok(engine)
+        })
     }
 
     /// The data directory.
@@ -496,46 +586,91 @@ impl Inner {
             })
     }
 
-    fn write(&self, ops: Vec<WriteOp>) -> Result<Vec<WriteOutcome>, EngineError> {
-        // Encode outside the lock; only the version bytes are patched inside it.
-        let encoded: Vec<Option<Vec<u8>>> = ops
-            .iter()
-            .map(|op| match op {
-                WriteOp::Put(put) => Some(
-                    Record {
-                        kind: put.kind,
-                        value: put.value.clone(),
-                        metadata: put.metadata.clone(),
-                        expire_at_millis: put.expire_at_millis,
-                        version: 0,
-                        schema_version: put.schema_version,
-                    }
-                    .encode(),
-                ),
-                WriteOp::Delete(_) => None,
-            })
-            .collect();
-        let handles = (0..self.namespaces.len())
+    /// Commits a group of requests in one `WriteBatch` (one WAL write, one
+    /// fsync with `sync_writes`). Each request stays all-or-nothing: one whose
+    /// precondition fails is answered with the failure and left out, and the
+    /// rest are checked against the state the earlier ones leave.
+    fn commit_group(&self, group: Vec<WriteRequest>, last_version: &mut u64) {
+        let prepared = (0..self.namespaces.len())
             .map(|id| self.handle(id))
-            .collect::<Result<Vec<_>, _>>()?;
-        let meta = self
-            .db
-            .cf_handle(META_CF)
-            .ok_or_else(|| EngineError::Storage("meta column family missing".into()))?;
+            .collect::<Result<Vec<_>, _>>()
+            .and_then(|handles| {
+                self.db
+                    .cf_handle(META_CF)
+                    .map(|meta| (handles, meta))
+                    .ok_or_else(|| EngineError::Storage("meta column family missing".into()))
+            });
+        let (handles, meta) = match prepared {
+            Ok(prepared) => prepared,
+            Err(error) => {
+                for request in group {
+                    let _ = request.reply.send(Err(error.duplicate()));
+                }
+                return;
+            }
+        };
 
-        let mut last_version = self
-            .last_version
-            .lock()
-            .map_err(|_| EngineError::Storage("write lock poisoned".into()))?;
         let now = self.clock.now_millis();
         let mut next_version = *last_version;
-        // The live version of each key as left by the batch's earlier mutations.
-        let mut pending: HashMap<&str, Option<u64>> = HashMap::new();
+        let mut group_pending: HashMap<String, Option<u64>> = HashMap::new();
         let mut batch = WriteBatch::default();
+        let mut accepted = Vec::with_capacity(group.len());
+        for request in group {
+            match self.stage(&request.ops, &handles, &group_pending, now, next_version) {
+                Ok(staged) => {
+                    for (namespace, key, value) in &staged.entries {
+                        match value {
+                            Some(bytes) => batch.put_cf(&handles[*namespace], key, bytes),
+                            None => batch.delete_cf(&handles[*namespace], key),
+                        }
+                    }
+                    next_version = staged.last_version;
+                    group_pending.extend(staged.pending);
+                    accepted.push((request.reply, staged.outcomes));
+                }
+                Err(error) => {
+                    let _ = request.reply.send(Err(error));
+                }
+            }
+        }
+        if accepted.is_empty() {
+            return;
+        }
+        if next_version != *last_version {
+            batch.put_cf(&meta, VERSION_COUNTER_KEY, next_version.to_le_bytes());
+        }
+        match self.db.write_opt(batch, &self.write_options) {
+            Ok(()) => {
+                *last_version = next_version;
+                for (reply, outcomes) in accepted {
+                    let _ = reply.send(Ok(outcomes));
+                }
+            }
+            Err(error) => {
+                let error = storage_error(error);
+                for (reply, _) in accepted {
+                    let _ = reply.send(Err(error.duplicate()));
+                }
+            }
+        }
+    }
+
+    /// Checks one request's preconditions and encodes its records, against
+    /// the store plus what earlier requests of the group wrote.
+    fn stage(
+        &self,
+        ops: &[WriteOp],
+        handles: &[Arc<BoundColumnFamily<'_>>],
+        group_pending: &HashMap<String, Option<u64>>,
+        now: u64,
+        mut version: u64,
+    ) -> Result<Staged, EngineError> {
+        let mut pending: HashMap<String, Option<u64>> = HashMap::new();
+        let mut entries = Vec::with_capacity(ops.len());
         let mut outcomes = Vec::with_capacity(ops.len());
-        for (index, (op, bytes)) in ops.iter().zip(encoded).enumerate() {
+        for (index, op) in ops.iter().enumerate() {
             let key = op.key();
-            let cf = &handles[self.namespaces.route(key)];
+            let namespace = self.namespaces.route(key);
             let precondition = match op {
                 WriteOp::Put(put) => put.precondition,
                 WriteOp::Delete(delete) => delete.precondition,
@@ -543,10 +678,10 @@ impl Inner {
             // An unconditional put needs nothing from the current record, so
             // it skips the read; deletes read to report whether the key existed.
             let blind_put = matches!(op, WriteOp::Put(_)) && precondition == Precondition::None;
-            let current = match pending.get(key) {
+            let current = match pending.get(key).or_else(|| group_pending.get(key)) {
                 Some(version) => *version,
                 None if blind_put => None,
-                None => self.live_version(cf, key, now)?,
+                None => self.live_version(&handles[namespace], key, now)?,
             };
             if !precondition.holds(current) {
                 return Err(EngineError::PreconditionFailed {
@@ -556,35 +691,37 @@ impl Inner {
                     current_version: current,
                 });
             }
-            match (op, bytes) {
-                (WriteOp::Put(put), Some(mut bytes)) => {
-                    next_version += 1;
-                    bytes[VERSION_OFFSET..VERSION_OFFSET + 8]
-                        .copy_from_slice(&next_version.to_le_bytes());
-                    batch.put_cf(cf, key.as_bytes(), bytes);
-                    let live = put.expire_at_millis.is_none_or(|at| at > now);
-                    pending.insert(key, live.then_some(next_version));
-                    outcomes.push(WriteOutcome::Put {
-                        version: next_version,
+            match op {
+                WriteOp::Put(put) => {
+                    version += 1;
+                    let bytes = record::encode_parts(RecordParts {
+                        kind: put.kind,
+                        value: &put.value,
+                        metadata: put.metadata.as_deref(),
+                        expire_at_millis: put.expire_at_millis,
+                        version,
+                        schema_version: put.schema_version,
                     });
+                    entries.push((namespace, key.to_string(), Some(bytes)));
+                    let live = put.expire_at_millis.is_none_or(|at| at > now);
+                    pending.insert(key.to_string(), live.then_some(version));
+                    outcomes.push(WriteOutcome::Put { version });
                 }
-                _ => {
-                    batch.delete_cf(cf, key.as_bytes());
-                    pending.insert(key, None);
+                WriteOp::Delete(_) => {
+                    entries.push((namespace, key.to_string(), None));
+                    pending.insert(key.to_string(), None);
                     outcomes.push(WriteOutcome::Delete {
                         existed: current.is_some(),
                     });
                 }
             }
         }
-        if next_version != *last_version {
-            batch.put_cf(&meta, VERSION_COUNTER_KEY, next_version.to_le_bytes());
-        }
-        self.db
-            .write_opt(batch, &self.write_options)
-            .map_err(storage_error)?;
-        *last_version = next_version;
-        Ok(outcomes)
+        Ok(Staged {
+            entries,
+            pending,
+            outcomes,
+            last_version: version,
+        })
     }
 
     fn flush(&self) -> Result<(), EngineError> {
@@ -611,7 +748,14 @@ impl Engine for RocksEngine {
         if ops.is_empty() {
             return Ok(Vec::new());
         }
-        self.blocking(move |inner| inner.write(ops)).await
+        let closed = || EngineError::Unavailable("the engine is shutting down".into());
+        let sender = self.writer.sender.as_ref().ok_or_else(closed)?;
+        let (reply, response) = oneshot::channel();
+        sender
+            .send(WriteRequest { ops, reply })
+            .await
+            .map_err(|_| closed())?;
+        response.await.map_err(|_| closed())?
     }
 
     async fn flush(&self) -> Result<(), EngineError> {
