@@ -628,6 +628,13 @@ async fn validation_errors_name_the_limit() {
         "metadata is 1102 bytes serialized; the limit is 1024 bytes",
     );
 
+    let mut max_metadata = put_text("meta-max", "v");
+    max_metadata.metadata = Some(json_to_proto(serde_json::json!("m".repeat(1022))));
+    client
+        .put(max_metadata)
+        .await
+        .expect("metadata of exactly 1024 bytes is accepted");
+
     let mut short_ttl = put_text("k", "v");
     short_ttl.expiration = Some(pb::put_request::Expiration::Ttl(prost_types::Duration {
         seconds: 0,
