@@ -64,6 +64,21 @@ pub async fn open_engine(config: &Config, clock: SharedClock) -> Result<RocksEng
     Ok(engine)
 }
 
+/// Opens the store and binds the listen address of a validated `config`.
+pub async fn open_and_bind(
+    config: &Config,
+    clock: SharedClock,
+) -> Result<(RocksEngine, TcpListener), ServerError> {
+    let engine = open_engine(config, clock).await?;
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| ServerError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+    Ok((engine, listener))
+}
+
 /// Serves on `listener` until `shutdown` resolves, then drains: health turns
 /// NOT_SERVING, new connections are refused, in-flight calls get up to the
 /// configured grace period, and the store is flushed.
@@ -159,14 +174,7 @@ impl RunningServer {
     /// Starts a server for `config` (its `listen` may use port 0).
     pub async fn start(config: Config, clock: SharedClock) -> Result<Self, ServerError> {
         config.validate()?;
-        let engine = open_engine(&config, Arc::clone(&clock)).await?;
-        let listener =
-            TcpListener::bind(config.listen)
-                .await
-                .map_err(|source| ServerError::Bind {
-                    addr: config.listen,
-                    source,
-                })?;
+        let (engine, listener) = open_and_bind(&config, Arc::clone(&clock)).await?;
         let addr = listener.local_addr().map_err(|source| ServerError::Bind {
             addr: config.listen,
             source,

@@ -75,13 +75,7 @@ async fn serve(args: ServeArgs) -> Result<(), ServerError> {
     crate::telemetry::init(config.log_format, &config.log_level);
 
     let clock: SharedClock = Arc::new(SystemClock);
-    let engine = server::open_engine(&config, Arc::clone(&clock)).await?;
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .map_err(|source| ServerError::Bind {
-            addr: config.listen,
-            source,
-        })?;
+    let (engine, listener) = server::open_and_bind(&config, Arc::clone(&clock)).await?;
     server::serve(
         config,
         Arc::new(engine),

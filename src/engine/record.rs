@@ -96,6 +96,24 @@ impl Record {
 
     /// Deserializes a record; with `include_value = false` the value is left empty.
     pub fn decode(bytes: &[u8], include_value: bool) -> Result<Self, RecordError> {
+        let (mut record, value_start) = Self::decode_header(bytes)?;
+        if include_value {
+            record.value = bytes[value_start..].to_vec();
+        }
+        Ok(record)
+    }
+
+    /// Deserializes a record that is already owned, reusing its buffer for the
+    /// value instead of copying it (values can be 25 MiB).
+    pub fn decode_owned(mut bytes: Vec<u8>) -> Result<Self, RecordError> {
+        let (mut record, value_start) = Self::decode_header(&bytes)?;
+        bytes.drain(..value_start);
+        record.value = bytes;
+        Ok(record)
+    }
+
+    /// Everything but the value, and where the value starts.
+    fn decode_header(bytes: &[u8]) -> Result<(Self, usize), RecordError> {
         if bytes.len() < HEADER_LEN {
             return Err(RecordError::Truncated { len: bytes.len() });
         }
@@ -113,19 +131,15 @@ impl Record {
             .filter(|end| *end <= bytes.len())
             .ok_or(RecordError::Truncated { len: bytes.len() })?;
         let metadata = (metadata_len > 0).then(|| bytes[HEADER_LEN..value_start].to_vec());
-        let value = if include_value {
-            bytes[value_start..].to_vec()
-        } else {
-            Vec::new()
-        };
-        Ok(Record {
+        let record = Record {
             kind,
-            value,
+            value: Vec::new(),
             metadata,
             expire_at_millis: (expire_at != 0).then_some(expire_at),
             version,
             schema_version,
-        })
+        };
+        Ok((record, value_start))
     }
 }
 
@@ -250,6 +264,7 @@ mod tests {
         let record = sample();
         let encoded = record.encode();
         assert_eq!(Record::decode(&encoded, true).unwrap(), record);
+        assert_eq!(Record::decode_owned(encoded.clone()).unwrap(), record);
         assert_eq!(peek_expire_at_millis(&encoded), Some(1_700_000_000_123));
         assert_eq!(peek_version(&encoded), Some(42));
         let without_value = Record::decode(&encoded, false).unwrap();
@@ -265,6 +280,7 @@ mod tests {
         let mut bad_len = sample().encode();
         bad_len[24..28].copy_from_slice(&u32::MAX.to_le_bytes());
         assert!(Record::decode(&bad_len, true).is_err());
+        assert!(Record::decode_owned(bad_len).is_err());
         assert_eq!(peek_expire_at_millis(&[1, 2, 3]), None);
     }
 }

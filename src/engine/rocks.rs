@@ -95,8 +95,8 @@ impl WriteRequest {
 
 /// One request, checked and encoded, ready to join the group's batch.
 struct Staged {
-    /// (namespace, key, encoded record or `None` for a delete).
-    entries: Vec<(NamespaceId, String, Option<Vec<u8>>)>,
+    /// (namespace, index of the op, encoded record or `None` for a delete).
+    entries: Vec<(NamespaceId, usize, Option<Vec<u8>>)>,
     /// The live version each touched key is left with.
     pending: HashMap<String, Option<u64>>,
     outcomes: Vec<WriteOutcome>,
@@ -468,12 +468,20 @@ impl Inner {
 
     fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Record>>, EngineError> {
         let now = self.clock.now_millis();
-        let handles = (0..self.namespaces.len())
-            .map(|id| self.handle(id))
-            .collect::<Result<Vec<_>, _>>()?;
-        let lookups = keys
-            .iter()
-            .map(|key| (&handles[self.namespaces.route(key)], key.as_bytes()));
+        let routes: Vec<NamespaceId> = keys.iter().map(|key| self.namespaces.route(key)).collect();
+        // Handles only for the namespaces these keys live in (one for a Get).
+        let mut handles: Vec<Option<Arc<BoundColumnFamily<'_>>>> =
+            (0..self.namespaces.len()).map(|_| None).collect();
+        for &namespace in &routes {
+            if handles[namespace].is_none() {
+                handles[namespace] = Some(self.handle(namespace)?);
+            }
+        }
+        let lookups = keys.iter().zip(&routes).filter_map(|(key, &namespace)| {
+            handles[namespace]
+                .as_ref()
+                .map(|handle| (handle, key.as_bytes()))
+        });
         self.db
             .multi_get_cf(lookups)
             .into_iter()
@@ -481,7 +489,11 @@ impl Inner {
             .map(|(result, key)| match result.map_err(storage_error)? {
                 None => Ok(None),
                 Some(bytes) => {
-                    let record = Self::decode(key.as_bytes(), &bytes, true)?;
+                    let record =
+                        Record::decode_owned(bytes).map_err(|error| EngineError::Corrupt {
+                            key: key.clone(),
+                            reason: error.to_string(),
+                        })?;
                     Ok((!record.is_expired_at(now)).then_some(record))
                 }
             })
@@ -618,7 +630,8 @@ impl Inner {
         for request in group {
             match self.stage(&request.ops, &handles, &group_pending, now, next_version) {
                 Ok(staged) => {
-                    for (namespace, key, value) in &staged.entries {
+                    for (namespace, index, value) in &staged.entries {
+                        let key = request.ops[*index].key().as_bytes();
                         match value {
                             Some(bytes) => batch.put_cf(&handles[*namespace], key, bytes),
                             None => batch.delete_cf(&handles[*namespace], key),
@@ -702,13 +715,13 @@ impl Inner {
                         version,
                         schema_version: put.schema_version,
                     });
-                    entries.push((namespace, key.to_string(), Some(bytes)));
+                    entries.push((namespace, index, Some(bytes)));
                     let live = put.expire_at_millis.is_none_or(|at| at > now);
                     pending.insert(key.to_string(), live.then_some(version));
                     outcomes.push(WriteOutcome::Put { version });
                 }
                 WriteOp::Delete(_) => {
-                    entries.push((namespace, key.to_string(), None));
+                    entries.push((namespace, index, None));
                     pending.insert(key.to_string(), None);
                     outcomes.push(WriteOutcome::Delete {
                         existed: current.is_some(),

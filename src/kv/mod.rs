@@ -343,7 +343,6 @@ impl KvService {
 
     /// Writes one key.
     pub async fn put(&self, command: PutCommand) -> Result<PutResult, KvError> {
-        let key = command.key.clone();
         let op = self.prepare_put("", command)?;
         let expire_at_millis = op.expire_at_millis;
         let outcomes = self
@@ -355,9 +354,9 @@ impl KvService {
                 version: *version,
                 expire_at_millis,
             }),
-            _ => Err(KvError::Engine(EngineError::Storage(format!(
-                "engine returned no put outcome for key {key:?}"
-            )))),
+            _ => Err(KvError::Engine(EngineError::Storage(
+                "engine returned no outcome for a put".into(),
+            ))),
         }
     }
 
