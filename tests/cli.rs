@@ -15,17 +15,17 @@ struct Outcome {
     stderr: String,
 }
 
-/// Runs `tierkv kv ARGS…` against `endpoint` off the async runtime.
-async fn kv(endpoint: &str, args: &[&str]) -> Outcome {
-    let endpoint = endpoint.to_string();
-    let args: Vec<String> = args.iter().map(|arg| arg.to_string()).collect();
+/// Runs `tierkv ARGS…` off the async runtime (which serves the in-process
+/// server), with `TIERKV_ENDPOINT` set to `endpoint_env` or removed.
+async fn tierkv(args: Vec<String>, endpoint_env: Option<String>) -> Outcome {
     tokio::task::spawn_blocking(move || {
-        let output = Command::new(BINARY)
-            .arg("kv")
-            .args(&args)
-            .env("TIERKV_ENDPOINT", &endpoint)
-            .output()
-            .expect("run tierkv");
+        let mut command = Command::new(BINARY);
+        command.args(&args);
+        match endpoint_env {
+            Some(endpoint) => command.env("TIERKV_ENDPOINT", endpoint),
+            None => command.env_remove("TIERKV_ENDPOINT"),
+        };
+        let output = command.output().expect("run tierkv");
         Outcome {
             code: output.status.code().unwrap_or(-1),
             stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
@@ -34,6 +34,15 @@ async fn kv(endpoint: &str, args: &[&str]) -> Outcome {
     })
     .await
     .unwrap()
+}
+
+/// Runs `tierkv kv ARGS…` against `endpoint`, given through `TIERKV_ENDPOINT`.
+async fn kv(endpoint: &str, args: &[&str]) -> Outcome {
+    let args = std::iter::once("kv")
+        .chain(args.iter().copied())
+        .map(String::from)
+        .collect();
+    tierkv(args, Some(endpoint.to_string())).await
 }
 
 /// put / get / get --with-metadata / delete, and exit code 1 on a miss.
@@ -98,19 +107,16 @@ async fn get_put_delete() {
         invalid.stderr
     );
 
-    // The blocking child runs off the runtime, which serves the in-process server.
-    let flag_endpoint = endpoint.to_string();
-    let flag = tokio::task::spawn_blocking(move || {
-        Command::new(BINARY)
-            .args(["kv", "--endpoint", &flag_endpoint, "get", "config:app"])
-            .env_remove("TIERKV_ENDPOINT")
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
-    assert!(
-        flag.status.success(),
+    let flag = tierkv(
+        ["kv", "--endpoint", endpoint, "get", "config:app"]
+            .map(String::from)
+            .to_vec(),
+        None,
+    )
+    .await;
+    assert_eq!(
+        (flag.code, flag.stdout.as_str()),
+        (0, "{\"maxItems\":10,\"theme\":\"light\"}\n"),
         "--endpoint works like TIERKV_ENDPOINT"
     );
     server.stop().await;

@@ -676,6 +676,19 @@ async fn validation_errors_name_the_limit() {
         "not a JSON number",
     );
 
+    let error = client
+        .list(pb::ListRequest {
+            prefix: "p".repeat(513),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_invalid(
+        error,
+        "prefix",
+        "prefix is 513 bytes; the limit is 512 bytes",
+    );
+
     for page_size in [-1, 1001] {
         let error = client
             .list(pb::ListRequest {
@@ -714,6 +727,42 @@ async fn value_size_limit() {
         "value",
         &format!("value is {} bytes; the limit is {limit} bytes", limit + 1),
     );
+    server.stop().await;
+}
+
+/// A BatchGet whose values would exceed 100 MiB in one response is
+/// RESOURCE_EXHAUSTED, naming the limit; fewer keys still work.
+#[tokio::test]
+async fn batch_get_response_limit() {
+    let mut server = start().await;
+    let client = &mut server.client;
+    let max_value = vec![1u8; 25 * 1024 * 1024];
+    let keys: Vec<String> = (0..5).map(|i| format!("huge:{i}")).collect();
+    for key in &keys {
+        client.put(bytes_put(key, &max_value)).await.unwrap();
+    }
+    let error = client
+        .batch_get(pb::BatchGetRequest {
+            keys: keys.clone(),
+            r#type: 0,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(error.code(), Code::ResourceExhausted, "{error:?}");
+    assert!(
+        error.message().contains("the limit is 104857600 bytes"),
+        "{}",
+        error.message()
+    );
+    let three = client
+        .batch_get(pb::BatchGetRequest {
+            keys: keys[..3].to_vec(),
+            r#type: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(three.results.iter().all(|result| result.found));
     server.stop().await;
 }
 

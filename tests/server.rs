@@ -141,62 +141,47 @@ async fn expired_deadline_is_deadline_exceeded() {
     server.stop().await;
 }
 
+/// Lists services through one reflection protocol's generated client; the
+/// v1 and v1alpha modules mirror each other, so one body serves both.
+macro_rules! reflected_services {
+    ($pb:ident, $channel:expr) => {{
+        use tonic_reflection::pb::$pb::{
+            server_reflection_client::ServerReflectionClient,
+            server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+            ServerReflectionRequest,
+        };
+        let request = ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::ListServices(String::new())),
+        };
+        let mut responses = ServerReflectionClient::new($channel)
+            .server_reflection_info(tokio_stream::once(request))
+            .await
+            .unwrap()
+            .into_inner();
+        let response = responses.next().await.unwrap().unwrap();
+        let Some(MessageResponse::ListServicesResponse(list)) = response.message_response else {
+            panic!("expected a service list, got {response:?}");
+        };
+        list.service
+            .into_iter()
+            .map(|service| service.name)
+            .collect::<Vec<String>>()
+    }};
+}
+
 /// Both reflection protocols list every service.
 #[tokio::test]
 async fn reflection_v1_and_v1alpha() {
-    use tonic_reflection::pb::{v1, v1alpha};
     let server = start().await;
     let channel = channel(&server.server.endpoint()).await;
-
-    let mut client_v1 = v1::server_reflection_client::ServerReflectionClient::new(channel.clone());
-    let request = v1::ServerReflectionRequest {
-        host: String::new(),
-        message_request: Some(v1::server_reflection_request::MessageRequest::ListServices(
-            String::new(),
-        )),
-    };
-    let mut responses = client_v1
-        .server_reflection_info(tokio_stream::once(request))
-        .await
-        .unwrap()
-        .into_inner();
-    let response = responses.next().await.unwrap().unwrap();
-    let Some(v1::server_reflection_response::MessageResponse::ListServicesResponse(list)) =
-        response.message_response
-    else {
-        panic!("expected a service list, got {response:?}");
-    };
-    let names: Vec<String> = list
-        .service
-        .into_iter()
-        .map(|service| service.name)
-        .collect();
-    for expected in ["tierkv.v1.KvService", "grpc.health.v1.Health"] {
-        assert!(names.iter().any(|name| name == expected), "{names:?}");
+    let v1 = reflected_services!(v1, channel.clone());
+    let v1alpha = reflected_services!(v1alpha, channel);
+    for names in [&v1, &v1alpha] {
+        for expected in ["tierkv.v1.KvService", "grpc.health.v1.Health"] {
+            assert!(names.iter().any(|name| name == expected), "{names:?}");
+        }
     }
-
-    let mut client_alpha = v1alpha::server_reflection_client::ServerReflectionClient::new(channel);
-    let request = v1alpha::ServerReflectionRequest {
-        host: String::new(),
-        message_request: Some(
-            v1alpha::server_reflection_request::MessageRequest::ListServices(String::new()),
-        ),
-    };
-    let mut responses = client_alpha
-        .server_reflection_info(tokio_stream::once(request))
-        .await
-        .unwrap()
-        .into_inner();
-    let response = responses.next().await.unwrap().unwrap();
-    let Some(v1alpha::server_reflection_response::MessageResponse::ListServicesResponse(list)) =
-        response.message_response
-    else {
-        panic!("expected a service list, got {response:?}");
-    };
-    assert!(list
-        .service
-        .iter()
-        .any(|service| service.name == "tierkv.v1.KvService"));
     server.stop().await;
 }
 
