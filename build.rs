@@ -16,6 +16,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     std::fs::write(out_dir.join("tierkv_descriptor.bin"), encoded)?;
 
     tonic_prost_build::configure()
+        // A request that does not decode answers INVALID_ARGUMENT, not INTERNAL.
+        .codec_path("crate::api::codec::TierkvCodec")
         .build_server(true)
         .build_client(true)
         .compile_fds(descriptor_set)?;

@@ -654,7 +654,7 @@ async fn validation_errors_name_the_limit() {
     assert_invalid(
         client.put(negative_ttl).await.unwrap_err(),
         "ttl",
-        "negative",
+        "ttl is -5s; the minimum is 1s",
     );
 
     let mut past = put_text("k", "v");

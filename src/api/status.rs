@@ -57,8 +57,15 @@ pub fn kv_status(method: &'static str, error: KvError) -> Status {
             }
             status
         }
-        KvError::NotConvertible { .. } => Status::failed_precondition(message),
-        KvError::ResponseTooLarge { .. } => Status::resource_exhausted(message),
+        KvError::NotConvertible { .. } | KvError::MetadataTooDeep { .. } => {
+            Status::failed_precondition(message)
+        }
+        KvError::ResponseTooLarge { limit, .. } | KvError::JsonResponseTooLarge { limit, .. } => {
+            let mut info = std::collections::HashMap::new();
+            info.insert("limit_bytes".to_string(), limit.to_string());
+            let details = ErrorDetails::with_error_info("RESPONSE_TOO_LARGE", ERROR_DOMAIN, info);
+            Status::with_error_details(Code::ResourceExhausted, message, details)
+        }
         KvError::Engine(engine) => return engine_status(method, engine),
     };
     // Client errors are expected traffic: one line at debug, without the

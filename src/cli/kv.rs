@@ -200,14 +200,8 @@ async fn execute(args: KvArgs) -> Result<ExitCode, CliError> {
             printed.map(|()| ExitCode::SUCCESS)
         }
         KvCommand::Bulk { command } => match command {
-            BulkCommand::Put { file } => {
-                let mutations = bulk_put_mutations(&read_file(&file)?)?;
-                send_in_chunks(&mut client, mutations, "writing").await
-            }
-            BulkCommand::Delete { file } => {
-                let mutations = bulk_delete_mutations(&read_file(&file)?)?;
-                send_in_chunks(&mut client, mutations, "deleting").await
-            }
+            BulkCommand::Put { file } => bulk(client, file, BulkKind::Put).await,
+            BulkCommand::Delete { file } => bulk(client, file, BulkKind::Delete).await,
         },
     }
 }
@@ -383,12 +377,6 @@ async fn list_all(
     }
 }
 
-fn read_file(path: &PathBuf) -> Result<serde_json::Value, CliError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|error| CliError::Usage(format!("cannot read {}: {error}", path.display())))?;
-    parse_json(&path.display().to_string(), &text)
-}
-
 /// One entry of wrangler's bulk put format.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -402,148 +390,334 @@ struct BulkPutEntry {
     base64: bool,
 }
 
-fn bulk_put_mutations(json: &serde_json::Value) -> Result<Vec<pb::Mutation>, CliError> {
-    let entries: Vec<BulkPutEntry> = serde_json::from_value(json.clone()).map_err(|error| {
-        CliError::Usage(format!(
-            "bulk put expects [{{\"key\", \"value\", \"expiration\"?, \"expiration_ttl\"?, \"metadata\"?, \"base64\"?}}]: {error}"
-        ))
-    })?;
-    entries
-        .into_iter()
-        .enumerate()
-        .map(|(index, entry)| {
-            let value = if entry.base64 {
-                pb::put_request::Value::Bytes(BASE64.decode(&entry.value).map_err(|error| {
-                    CliError::Usage(format!(
-                        "entry {index} ({:?}): value is not base64: {error}",
-                        entry.key
-                    ))
-                })?)
-            } else {
-                pb::put_request::Value::Text(entry.value)
-            };
-            let expiration =
-                expiration_from(entry.expiration_ttl, entry.expiration).map_err(|error| {
-                    CliError::Usage(format!("entry {index} ({:?}): {error}", entry.key))
-                })?;
-            Ok(pb::Mutation {
-                operation: Some(pb::mutation::Operation::Put(pb::PutRequest {
-                    key: entry.key,
-                    value: Some(value),
-                    metadata: entry.metadata.map(json_to_proto),
-                    expiration,
-                    precondition: None,
-                })),
-            })
-        })
-        .collect()
+/// One entry of a bulk delete file: `"key"` or `{"name": "key"}`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum BulkDeleteEntry {
+    Key(String),
+    Object {
+        name: Option<String>,
+        key: Option<String>,
+    },
 }
 
-fn bulk_delete_mutations(json: &serde_json::Value) -> Result<Vec<pb::Mutation>, CliError> {
-    let usage =
-        || CliError::Usage("bulk delete expects [\"key\", …] or [{\"name\": \"key\"}, …]".into());
-    let items = json.as_array().ok_or_else(usage)?;
-    items
-        .iter()
-        .map(|item| {
-            let key = match item {
-                serde_json::Value::String(key) => key.clone(),
-                serde_json::Value::Object(object) => object
-                    .get("name")
-                    .or_else(|| object.get("key"))
-                    .and_then(serde_json::Value::as_str)
-                    .ok_or_else(usage)?
-                    .to_string(),
-                _ => return Err(usage()),
-            };
-            Ok(pb::Mutation {
-                operation: Some(pb::mutation::Operation::Delete(pb::DeleteRequest {
-                    key,
-                    if_version: None,
-                })),
-            })
-        })
-        .collect()
-}
+const BULK_PUT_USAGE: &str = "bulk put expects [{\"key\", \"value\", \"expiration\"?, \"expiration_ttl\"?, \"metadata\"?, \"base64\"?}, …]";
+const BULK_DELETE_USAGE: &str = "bulk delete expects [\"key\", …] or [{\"name\": \"key\"}, …]";
 
-fn mutation_size(mutation: &pb::Mutation) -> usize {
-    prost::Message::encoded_len(mutation)
-}
-
-/// Splits mutations into batches within the server's count and size limits.
-fn chunk_mutations(mutations: Vec<pb::Mutation>) -> Vec<Vec<pb::Mutation>> {
-    // Leave headroom under the byte limit for framing.
-    let byte_budget = MAX_BATCH_WRITE_BYTES - MAX_BATCH_WRITE_BYTES / 16;
-    let mut chunks = Vec::new();
-    let mut current = Vec::new();
-    let mut current_bytes = 0;
-    for mutation in mutations {
-        let size = mutation_size(&mutation);
-        if !current.is_empty()
-            && (current.len() == MAX_BATCH_WRITE_MUTATIONS || current_bytes + size > byte_budget)
-        {
-            chunks.push(std::mem::take(&mut current));
-            current_bytes = 0;
-        }
-        current_bytes += size;
-        current.push(mutation);
-    }
-    if !current.is_empty() {
-        chunks.push(current);
-    }
-    chunks
-}
-
-async fn send_in_chunks(
-    client: &mut KvServiceClient<Channel>,
-    mutations: Vec<pb::Mutation>,
-    verb: &str,
-) -> Result<ExitCode, CliError> {
-    let total = mutations.len();
-    let progress = if std::io::stderr().is_terminal() {
-        let bar = indicatif::ProgressBar::new(total as u64);
-        if let Ok(style) =
-            indicatif::ProgressStyle::with_template("{msg} [{bar:40}] {pos}/{len} keys ({eta})")
-        {
-            bar.set_style(style.progress_chars("=> "));
-        }
-        bar.set_message(verb.to_string());
-        bar
+fn bulk_put_mutation(index: usize, entry: BulkPutEntry) -> Result<pb::Mutation, CliError> {
+    let value = if entry.base64 {
+        pb::put_request::Value::Bytes(BASE64.decode(&entry.value).map_err(|error| {
+            CliError::Usage(format!(
+                "entry {index} ({:?}): value is not base64: {error}",
+                entry.key
+            ))
+        })?)
     } else {
-        indicatif::ProgressBar::hidden()
+        pb::put_request::Value::Text(entry.value)
     };
-    let mut done = 0;
-    for chunk in chunk_mutations(mutations) {
-        let count = chunk.len();
-        let result = client
-            .batch_write(pb::BatchWriteRequest { mutations: chunk })
-            .await;
+    let expiration = expiration_from(entry.expiration_ttl, entry.expiration)
+        .map_err(|error| CliError::Usage(format!("entry {index} ({:?}): {error}", entry.key)))?;
+    Ok(pb::Mutation {
+        operation: Some(pb::mutation::Operation::Put(pb::PutRequest {
+            key: entry.key,
+            value: Some(value),
+            metadata: entry.metadata.map(json_to_proto),
+            expiration,
+            precondition: None,
+        })),
+    })
+}
+
+fn bulk_delete_mutation(index: usize, entry: BulkDeleteEntry) -> Result<pb::Mutation, CliError> {
+    let key = match entry {
+        BulkDeleteEntry::Key(key) => key,
+        BulkDeleteEntry::Object {
+            name: Some(key), ..
+        }
+        | BulkDeleteEntry::Object {
+            name: None,
+            key: Some(key),
+        } => key,
+        BulkDeleteEntry::Object { .. } => {
+            return Err(CliError::Usage(format!(
+                "entry {index}: {BULK_DELETE_USAGE}"
+            )))
+        }
+    };
+    Ok(pb::Mutation {
+        operation: Some(pb::mutation::Operation::Delete(pb::DeleteRequest {
+            key,
+            if_version: None,
+        })),
+    })
+}
+
+/// Calls `each` with every element of the JSON array that `reader` holds, in
+/// order, one element at a time: memory stays that of one element, whatever
+/// the size of the array. Returns the number of elements.
+fn for_each_in_array<T, F>(
+    reader: impl std::io::Read,
+    usage: &str,
+    mut each: F,
+) -> Result<usize, CliError>
+where
+    T: serde::de::DeserializeOwned,
+    F: FnMut(usize, T) -> Result<(), CliError>,
+{
+    let mut stopped = None;
+    let mut deserializer = serde_json::Deserializer::from_reader(reader);
+    let visitor = ArrayVisitor {
+        each: &mut each,
+        stopped: &mut stopped,
+        _element: std::marker::PhantomData,
+    };
+    let parsed = serde::Deserializer::deserialize_seq(&mut deserializer, visitor)
+        .and_then(|count| deserializer.end().map(|()| count));
+    match (parsed, stopped) {
+        (_, Some(error)) => Err(error),
+        (Ok(count), None) => Ok(count),
+        (Err(error), None) => Err(CliError::Usage(format!("{usage}: {error}"))),
+    }
+}
+
+struct ArrayVisitor<'a, T, F> {
+    each: &'a mut F,
+    /// The error of `each` that stopped the walk, if any.
+    stopped: &'a mut Option<CliError>,
+    _element: std::marker::PhantomData<T>,
+}
+
+impl<'de, T, F> serde::de::Visitor<'de> for ArrayVisitor<'_, T, F>
+where
+    T: serde::Deserialize<'de>,
+    F: FnMut(usize, T) -> Result<(), CliError>,
+{
+    type Value = usize;
+
+    fn expecting(&self, formatter: &mut std::fmt::Formatter) -> std::fmt::Result {
+        formatter.write_str("a JSON array")
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut items: A) -> Result<usize, A::Error> {
+        let mut index = 0;
+        while let Some(item) = items.next_element::<T>()? {
+            if let Err(error) = (self.each)(index, item) {
+                *self.stopped = Some(error);
+                return Err(serde::de::Error::custom("stopped"));
+            }
+            index += 1;
+        }
+        Ok(index)
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum BulkKind {
+    Put,
+    Delete,
+}
+
+impl BulkKind {
+    fn verb(self) -> &'static str {
+        match self {
+            BulkKind::Put => "writing",
+            BulkKind::Delete => "deleting",
+        }
+    }
+
+    /// Walks the file's entries as mutations, one at a time.
+    fn for_each_mutation(
+        self,
+        path: &std::path::Path,
+        mut each: impl FnMut(pb::Mutation) -> Result<(), CliError>,
+    ) -> Result<usize, CliError> {
+        let file = std::fs::File::open(path)
+            .map_err(|error| CliError::Usage(format!("cannot read {}: {error}", path.display())))?;
+        let reader = std::io::BufReader::with_capacity(256 * 1024, file);
+        let usage = |usage: &str| format!("{}: {usage}", path.display());
+        match self {
+            BulkKind::Put => for_each_in_array(reader, &usage(BULK_PUT_USAGE), |index, entry| {
+                each(bulk_put_mutation(index, entry)?)
+            }),
+            BulkKind::Delete => {
+                for_each_in_array(reader, &usage(BULK_DELETE_USAGE), |index, entry| {
+                    each(bulk_delete_mutation(index, entry)?)
+                })
+            }
+        }
+    }
+}
+
+/// `bulk put` / `bulk delete`: streams the file twice, holding at most one
+/// batch. The first pass checks every entry, so a bad entry anywhere stops
+/// the command before anything is written; the second sends batches as they
+/// fill, one at a time.
+async fn bulk(
+    client: KvServiceClient<Channel>,
+    path: PathBuf,
+    kind: BulkKind,
+) -> Result<ExitCode, CliError> {
+    let runtime = tokio::runtime::Handle::current();
+    // Parsing is blocking I/O and CPU: off the async workers, which drive the
+    // connection; each batch is sent from there and awaited before the next.
+    tokio::task::spawn_blocking(move || {
+        let total = kind.for_each_mutation(&path, |_| Ok(()))?;
+        let mut sender = BatchSender::new(client, runtime, total, kind.verb());
+        kind.for_each_mutation(&path, |mutation| sender.push(mutation))?;
+        sender.finish()
+    })
+    .await
+    .map_err(|error| CliError::Usage(format!("bulk command failed: {error}")))?
+}
+
+/// Groups mutations into batches within the server's count and size limits.
+struct Batcher {
+    batch: Vec<pb::Mutation>,
+    batch_bytes: usize,
+    byte_budget: usize,
+    max_mutations: usize,
+}
+
+impl Batcher {
+    fn new() -> Self {
+        Self {
+            batch: Vec::new(),
+            batch_bytes: 0,
+            // Leave headroom under the byte limit for framing.
+            byte_budget: MAX_BATCH_WRITE_BYTES - MAX_BATCH_WRITE_BYTES / 16,
+            max_mutations: MAX_BATCH_WRITE_MUTATIONS,
+        }
+    }
+
+    /// Adds a mutation; returns the full batch it does not fit in, to send.
+    fn push(&mut self, mutation: pb::Mutation) -> Option<Vec<pb::Mutation>> {
+        let size = prost::Message::encoded_len(&mutation);
+        let full = (!self.batch.is_empty()
+            && (self.batch.len() == self.max_mutations
+                || self.batch_bytes + size > self.byte_budget))
+            .then(|| self.take());
+        self.batch_bytes += size;
+        self.batch.push(mutation);
+        full
+    }
+
+    /// The batch so far, emptying it.
+    fn take(&mut self) -> Vec<pb::Mutation> {
+        self.batch_bytes = 0;
+        std::mem::take(&mut self.batch)
+    }
+}
+
+/// Sends each batch as soon as it is full and waits for it before the next.
+struct BatchSender {
+    client: KvServiceClient<Channel>,
+    runtime: tokio::runtime::Handle,
+    batcher: Batcher,
+    done: usize,
+    total: usize,
+    verb: &'static str,
+    progress: indicatif::ProgressBar,
+}
+
+impl BatchSender {
+    fn new(
+        client: KvServiceClient<Channel>,
+        runtime: tokio::runtime::Handle,
+        total: usize,
+        verb: &'static str,
+    ) -> Self {
+        let progress = if std::io::stderr().is_terminal() {
+            let bar = indicatif::ProgressBar::new(total as u64);
+            if let Ok(style) =
+                indicatif::ProgressStyle::with_template("{msg} [{bar:40}] {pos}/{len} keys ({eta})")
+            {
+                bar.set_style(style.progress_chars("=> "));
+            }
+            bar.set_message(verb.to_string());
+            bar
+        } else {
+            indicatif::ProgressBar::hidden()
+        };
+        Self {
+            client,
+            runtime,
+            batcher: Batcher::new(),
+            done: 0,
+            total,
+            verb,
+            progress,
+        }
+    }
+
+    fn push(&mut self, mutation: pb::Mutation) -> Result<(), CliError> {
+        match self.batcher.push(mutation) {
+            Some(full) => self.send(full),
+            None => Ok(()),
+        }
+    }
+
+    fn send(&mut self, mutations: Vec<pb::Mutation>) -> Result<(), CliError> {
+        let count = mutations.len();
+        let result = self
+            .runtime
+            .block_on(self.client.batch_write(pb::BatchWriteRequest { mutations }));
         if let Err(status) = result {
-            progress.abandon();
-            eprintln!("{done} of {total} keys done before this batch failed; the failed batch wrote nothing");
+            self.progress.abandon();
+            eprintln!(
+                "{} of {} keys done before this batch failed; the failed batch wrote nothing",
+                self.done, self.total
+            );
             return Err(status.into());
         }
-        done += count;
-        progress.set_position(done as u64);
+        self.done += count;
+        self.progress.set_position(self.done as u64);
+        Ok(())
     }
-    progress.finish_and_clear();
-    eprintln!("{verb} {total} keys: done");
-    Ok(ExitCode::SUCCESS)
+
+    fn finish(mut self) -> Result<ExitCode, CliError> {
+        let last = self.batcher.take();
+        if !last.is_empty() {
+            self.send(last)?;
+        }
+        self.progress.finish_and_clear();
+        eprintln!("{} {} keys: done", self.verb, self.total);
+        Ok(ExitCode::SUCCESS)
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn put_mutations(json: &str) -> Result<Vec<pb::Mutation>, CliError> {
+        let mut mutations = Vec::new();
+        for_each_in_array(json.as_bytes(), BULK_PUT_USAGE, |index, entry| {
+            mutations.push(bulk_put_mutation(index, entry)?);
+            Ok(())
+        })?;
+        Ok(mutations)
+    }
+
+    fn delete_mutations(json: &str) -> Result<Vec<pb::Mutation>, CliError> {
+        let mut mutations = Vec::new();
+        for_each_in_array(json.as_bytes(), BULK_DELETE_USAGE, |index, entry| {
+            mutations.push(bulk_delete_mutation(index, entry)?);
+            Ok(())
+        })?;
+        Ok(mutations)
+    }
+
     /// Wrangler's bulk put format, base64 included, becomes put mutations.
     #[test]
     fn parses_wrangler_bulk_put() {
-        let json = serde_json::json!([
+        let mutations = put_mutations(
+            r#"[
             {"key": "a", "value": "1"},
             {"key": "b", "value": "aGk=", "base64": true, "expiration_ttl": 60, "metadata": {"m": 1}},
-            {"key": "c", "value": "x", "expiration": 4102444800u64}
-        ]);
-        let mutations = bulk_put_mutations(&json).unwrap();
+            {"key": "c", "value": "x", "expiration": 4102444800}
+        ]"#,
+        )
+        .unwrap();
         assert_eq!(mutations.len(), 3);
         let Some(pb::mutation::Operation::Put(put)) = &mutations[1].operation else {
             panic!("expected a put");
@@ -556,35 +730,55 @@ mod tests {
             put.expiration,
             Some(pb::put_request::Expiration::Ttl(_))
         ));
-        assert!(bulk_put_mutations(&serde_json::json!([{"key": "a"}])).is_err());
-        assert!(bulk_put_mutations(&serde_json::json!([
-            {"key": "a", "value": "1", "expiration": 1, "expiration_ttl": 60}
-        ]))
-        .is_err());
+        assert_eq!(put_mutations("[]").unwrap().len(), 0);
+        let missing_value = put_mutations(r#"[{"key": "a"}]"#).unwrap_err().to_string();
+        assert!(missing_value.contains("value"), "{missing_value}");
+        let both =
+            put_mutations(r#"[{"key": "a", "value": "1", "expiration": 1, "expiration_ttl": 60}]"#)
+                .unwrap_err()
+                .to_string();
+        assert!(both.contains("entry 0 (\"a\")"), "{both}");
+        for broken in [
+            r#"{"key": "a"}"#,
+            r#"[{"key": "a", "value": "1"}"#,
+            r#"[] []"#,
+            "",
+        ] {
+            assert!(put_mutations(broken).is_err(), "{broken}");
+        }
     }
 
     /// Deletes accept strings and `{name}` objects.
     #[test]
     fn parses_wrangler_bulk_delete() {
-        let mutations = bulk_delete_mutations(&serde_json::json!(["a", {"name": "b"}])).unwrap();
-        assert_eq!(mutations.len(), 2);
-        assert!(bulk_delete_mutations(&serde_json::json!([1])).is_err());
-        assert!(bulk_delete_mutations(&serde_json::json!({"a": 1})).is_err());
+        let mutations = delete_mutations(r#"["a", {"name": "b"}, {"key": "c"}]"#).unwrap();
+        assert_eq!(mutations.len(), 3);
+        assert!(delete_mutations("[1]").is_err());
+        assert!(delete_mutations(r#"[{"other": "x"}]"#).is_err());
+        assert!(delete_mutations(r#"{"a": 1}"#).is_err());
     }
 
-    /// Chunks respect the per-batch mutation count.
+    /// Batches respect the per-batch mutation count and byte budget.
     #[test]
-    fn chunks_respect_the_count_limit() {
-        let mutations = bulk_delete_mutations(&serde_json::Value::Array(
-            (0..25_001)
-                .map(|i| serde_json::Value::String(format!("k{i}")))
-                .collect(),
-        ))
-        .unwrap();
-        let chunks = chunk_mutations(mutations);
-        assert_eq!(
-            chunks.iter().map(Vec::len).collect::<Vec<_>>(),
-            vec![10_000, 10_000, 5_001]
-        );
+    fn batches_respect_the_limits() {
+        let delete = |key: &str| bulk_delete_mutation(0, BulkDeleteEntry::Key(key.into())).unwrap();
+        let mut batcher = Batcher::new();
+        let mut sizes = Vec::new();
+        for i in 0..25_001 {
+            if let Some(full) = batcher.push(delete(&format!("k{i}"))) {
+                sizes.push(full.len());
+            }
+        }
+        sizes.push(batcher.take().len());
+        assert_eq!(sizes, vec![10_000, 10_000, 5_001]);
+
+        // A delete of a one-byte key encodes in 5 bytes.
+        let mut batcher = Batcher::new();
+        batcher.byte_budget = 12;
+        assert!(batcher.push(delete("a")).is_none());
+        assert!(batcher.push(delete("b")).is_none());
+        assert_eq!(batcher.push(delete("c")).map(|full| full.len()), Some(2));
+        assert_eq!(batcher.take().len(), 1);
+        assert!(batcher.take().is_empty());
     }
 }

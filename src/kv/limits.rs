@@ -8,8 +8,18 @@ pub const MAX_KEY_BYTES: usize = 512;
 pub const MAX_VALUE_BYTES: usize = 25 * 1024 * 1024;
 /// Largest metadata, serialized as JSON.
 pub const MAX_METADATA_BYTES: usize = 1024;
-/// Shortest time to live.
+/// Shortest time to live; an absolute `expire_time` must be at least this far
+/// ahead too.
 pub const MIN_TTL: Duration = Duration::from_secs(1);
+/// Deepest nesting of arrays and objects in a JSON value or metadata.
+///
+/// JSON travels as `google.protobuf.Value`, where each array costs two
+/// protobuf message levels and each object three (`Value`, `Struct`, map
+/// entry). Standard protobuf decoders (prost, upb in Python, C++, Go) refuse
+/// messages nested more than 100 levels; 32 objects inside the deepest
+/// envelope (`BatchWriteRequest` → `Mutation` → `PutRequest`) reach level 99,
+/// so anything within this limit is readable by every standard client.
+pub const MAX_JSON_DEPTH: usize = 32;
 /// Most keys in one `BatchGet`.
 pub const MAX_BATCH_GET_KEYS: usize = 100;
 /// Most mutations in one `BatchWrite`.
@@ -22,6 +32,12 @@ pub const MAX_PAGE_SIZE: usize = 1000;
 pub const DEFAULT_PAGE_SIZE: usize = 1000;
 /// Largest response the server builds (values and metadata of a `BatchGet`).
 pub const MAX_RESPONSE_BYTES: usize = 100 * 1024 * 1024;
+/// Largest JSON value a write accepts as `google.protobuf.Value`, measured
+/// encoded: the response limit less room for the key, the metadata and the
+/// rest of a `GetResponse`, so that every JSON value written can be read back
+/// as JSON. (The encoding of small numbers is 5.5 times their JSON text, so
+/// this can bind before [`MAX_VALUE_BYTES`] does.)
+pub const MAX_JSON_PROTO_BYTES: usize = MAX_RESPONSE_BYTES - 64 * 1024;
 /// Largest gRPC message the server accepts or sends: the largest batch plus
 /// room for framing.
 pub const MAX_MESSAGE_BYTES: usize = MAX_BATCH_WRITE_BYTES + 4 * 1024 * 1024;

@@ -6,7 +6,6 @@ pub mod limits;
 mod page_token;
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use thiserror::Error;
 use tokio::sync::broadcast;
@@ -19,13 +18,28 @@ use crate::engine::{
 use limits::*;
 pub use page_token::PageTokenError;
 
-/// A value as clients see it.
+/// A value as clients write it.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Value {
     /// A UTF-8 string.
     Text(String),
     /// A JSON value.
     Json(serde_json::Value),
+    /// Raw bytes.
+    Bytes(Vec<u8>),
+}
+
+/// A value as a read returns it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReadValue {
+    /// A UTF-8 string.
+    Text(String),
+    /// Serialized JSON, still to be parsed. It stays serialized so that the
+    /// transport builds its own representation in one pass, within its
+    /// nesting limit ([`MAX_JSON_DEPTH`]) and response budget, instead of
+    /// holding a parsed tree and a converted one at once. Text read as JSON
+    /// may turn out not to be JSON then ([`KvError::NotConvertible`]).
+    Json(Vec<u8>),
     /// Raw bytes.
     Bytes(Vec<u8>),
 }
@@ -50,10 +64,14 @@ pub enum Expiration {
     /// Never.
     #[default]
     Never,
-    /// After this long (at least one second).
-    Ttl(Duration),
-    /// At this instant, in milliseconds since the Unix epoch (must be in the future).
-    AtMillis(i128),
+    /// After this many nanoseconds (at least [`MIN_TTL`]). Signed, so that
+    /// a negative time to live is refused with its value like any other.
+    TtlNanos(i128),
+    /// At this instant, in nanoseconds since the Unix epoch (at least
+    /// [`MIN_TTL`] after now). Kept in nanoseconds so that the check against
+    /// the minimum is exact; the stored expiry is rounded up to the
+    /// millisecond, so it never comes early.
+    AtNanos(i128),
 }
 
 /// Writes one key.
@@ -93,7 +111,7 @@ pub enum Mutation {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Entry {
     /// The value, in the requested representation.
-    pub value: Value,
+    pub value: ReadValue,
     /// The metadata, if any.
     pub metadata: Option<serde_json::Value>,
     /// Expiry in milliseconds since the Unix epoch.
@@ -192,6 +210,27 @@ pub enum KvError {
         requested: &'static str,
         /// Why not.
         reason: String,
+    },
+    /// A value read as JSON would not fit in the response as
+    /// `google.protobuf.Value`, whose encoding can be several times larger
+    /// than the stored JSON (a number of 2 bytes becomes 11).
+    #[error("key {key:?} read as JSON does not fit in the response: as google.protobuf.Value it needs more than the {available} bytes left of the {limit}-byte response limit (stored, it is {stored} bytes); read it with type TEXT or BYTES, which cost its stored size")]
+    JsonResponseTooLarge {
+        /// The key.
+        key: String,
+        /// The stored size of the value.
+        stored: usize,
+        /// The bytes that were left for it in the response.
+        available: usize,
+        /// The response limit.
+        limit: usize,
+    },
+    /// Stored metadata nests deeper than [`MAX_JSON_DEPTH`]; it was written
+    /// before the limit existed and cannot be sent to standard clients.
+    #[error("metadata of key {key:?} nests more than {MAX_JSON_DEPTH} levels deep, the limit for JSON; rewrite the key with shallower metadata")]
+    MetadataTooDeep {
+        /// The key.
+        key: String,
     },
     /// The response would exceed a size limit.
     #[error("{what} would be {actual} bytes; the limit is {limit} bytes")]
@@ -536,7 +575,16 @@ impl KvService {
             }
             Some(Value::Text(text)) => (ValueKind::Text, text.into_bytes()),
             Some(Value::Bytes(bytes)) => (ValueKind::Bytes, bytes),
-            Some(Value::Json(json)) => (ValueKind::Json, serialize_json(&json)),
+            Some(Value::Json(json)) => {
+                let depth = json_depth(&json);
+                if depth > MAX_JSON_DEPTH {
+                    violations.push(FieldViolation::new(
+                        format!("{field_prefix}json"),
+                        too_deep(depth),
+                    ));
+                }
+                (ValueKind::Json, serialize_json(&json))
+            }
         };
         if value.len() > MAX_VALUE_BYTES {
             violations.push(FieldViolation::new(
@@ -546,6 +594,15 @@ impl KvService {
                     value.len()
                 ),
             ));
+        }
+        if let Some(metadata) = &command.metadata {
+            let depth = json_depth(metadata);
+            if depth > MAX_JSON_DEPTH {
+                violations.push(FieldViolation::new(
+                    format!("{field_prefix}metadata"),
+                    too_deep(depth),
+                ));
+            }
         }
         let metadata = command.metadata.as_ref().map(serialize_json);
         if let Some(metadata) = &metadata {
@@ -648,48 +705,91 @@ fn resolve_expiration(
     expiration: Expiration,
     now_millis: u64,
 ) -> Result<Option<u64>, FieldViolation> {
+    const NANOS_PER_MILLI: i128 = 1_000_000;
+    let min_nanos = MIN_TTL.as_nanos() as i128;
+    let min = format_seconds(min_nanos);
     match expiration {
         Expiration::Never => Ok(None),
-        Expiration::Ttl(ttl) => {
-            if ttl < MIN_TTL {
+        Expiration::TtlNanos(ttl_nanos) => {
+            let field = format!("{field_prefix}ttl");
+            if ttl_nanos < min_nanos {
                 return Err(FieldViolation::new(
-                    format!("{field_prefix}ttl"),
-                    format!(
-                        "ttl is {:.3}s; the minimum is {}s",
-                        ttl.as_secs_f64(),
-                        MIN_TTL.as_secs()
-                    ),
+                    field,
+                    format!("ttl is {}; the minimum is {min}", format_seconds(ttl_nanos)),
                 ));
             }
-            let ttl_millis = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
+            // Round up so that an expiry never comes early.
+            // Positive here: at least a second.
+            let ttl_millis =
+                u64::try_from(ttl_nanos.saturating_add(NANOS_PER_MILLI - 1) / NANOS_PER_MILLI)
+                    .unwrap_or(u64::MAX);
             let expire_at = now_millis.saturating_add(ttl_millis);
             if expire_at > MAX_EXPIRE_AT_MILLIS {
                 return Err(FieldViolation::new(
-                    format!("{field_prefix}ttl"),
-                    "ttl reaches past the year 9999, the largest expire_time",
+                    field,
+                    format!(
+                        "ttl is {}; it reaches past 9999-12-31T23:59:59.999Z, the latest expire_time",
+                        format_seconds(ttl_nanos)
+                    ),
                 ));
             }
             Ok(Some(expire_at))
         }
-        Expiration::AtMillis(at) => {
-            if at <= i128::from(now_millis) {
+        Expiration::AtNanos(at) => {
+            let field = format!("{field_prefix}expire_time");
+            let ahead = at.saturating_sub(i128::from(now_millis) * NANOS_PER_MILLI);
+            if ahead < min_nanos {
+                let actual = if ahead < 0 {
+                    format!("{} in the past", format_seconds(-ahead))
+                } else {
+                    format!("{} from now", format_seconds(ahead))
+                };
                 return Err(FieldViolation::new(
-                    format!("{field_prefix}expire_time"),
-                    format!(
-                        "expire_time must be in the future; it is {} ms before now",
-                        i128::from(now_millis) - at
-                    ),
+                    field,
+                    format!("expire_time is {actual}; it must be at least {min} in the future"),
                 ));
             }
-            if at > i128::from(MAX_EXPIRE_AT_MILLIS) {
+            // `at` is positive here: at least a second after now.
+            let at_millis = at.saturating_add(NANOS_PER_MILLI - 1) / NANOS_PER_MILLI;
+            if at_millis > i128::from(MAX_EXPIRE_AT_MILLIS) {
                 return Err(FieldViolation::new(
-                    format!("{field_prefix}expire_time"),
+                    field,
                     "expire_time must be before the year 10000",
                 ));
             }
-            Ok(Some(at as u64))
+            Ok(Some(at_millis as u64))
         }
     }
+}
+
+/// A signed duration in nanoseconds as exact seconds, e.g. `0.999999999s`,
+/// `-5s`, `1.5s`: error messages must never round a value across a limit.
+pub fn format_seconds(nanos: i128) -> String {
+    const NANOS_PER_SECOND: u128 = 1_000_000_000;
+    let sign = if nanos < 0 { "-" } else { "" };
+    let magnitude = nanos.unsigned_abs();
+    let (seconds, fraction) = (magnitude / NANOS_PER_SECOND, magnitude % NANOS_PER_SECOND);
+    if fraction == 0 {
+        return format!("{sign}{seconds}s");
+    }
+    let fraction = format!("{fraction:09}");
+    format!("{sign}{seconds}.{}s", fraction.trim_end_matches('0'))
+}
+
+/// How deeply arrays and objects nest in `value`: 0 for a scalar, 1 for
+/// `[1]`, 2 for `{"a": [1]}`.
+pub fn json_depth(value: &serde_json::Value) -> usize {
+    // Recursion is bounded: values come from protobuf messages, which standard
+    // decoders refuse beyond 100 levels, or from serde_json, which stops at 128.
+    match value {
+        serde_json::Value::Array(items) => 1 + items.iter().map(json_depth).max().unwrap_or(0),
+        serde_json::Value::Object(fields) => 1 + fields.values().map(json_depth).max().unwrap_or(0),
+        _ => 0,
+    }
+}
+
+fn too_deep(depth: usize) -> String {
+    format!("JSON nests {depth} levels deep; the limit is {MAX_JSON_DEPTH} levels of arrays and objects")
 }
 
 fn serialize_json(value: &serde_json::Value) -> Vec<u8> {
@@ -701,16 +801,23 @@ fn parse_metadata(
     key: &str,
     metadata: Option<&[u8]>,
 ) -> Result<Option<serde_json::Value>, KvError> {
-    metadata
-        .map(|bytes| {
-            serde_json::from_slice(bytes).map_err(|error| {
-                KvError::Engine(EngineError::Corrupt {
-                    key: key.to_string(),
-                    reason: format!("metadata is not JSON: {error}"),
-                })
-            })
+    let Some(bytes) = metadata else {
+        return Ok(None);
+    };
+    let metadata: serde_json::Value = serde_json::from_slice(bytes).map_err(|error| {
+        KvError::Engine(EngineError::Corrupt {
+            key: key.to_string(),
+            reason: format!("metadata is not JSON: {error}"),
         })
-        .transpose()
+    })?;
+    // Writes refuse deeper metadata; older records may still hold some, and
+    // sending it would produce a response standard clients cannot decode.
+    if json_depth(&metadata) > MAX_JSON_DEPTH {
+        return Err(KvError::MetadataTooDeep {
+            key: key.to_string(),
+        });
+    }
+    Ok(Some(metadata))
 }
 
 fn entry_from_record(key: &str, record: Record, value_type: ValueType) -> Result<Entry, KvError> {
@@ -725,18 +832,14 @@ fn entry_from_record(key: &str, record: Record, value_type: ValueType) -> Result
     })
 }
 
-/// Converts a stored value to the requested representation.
+/// Converts a stored value to the requested representation. JSON stays
+/// serialized (see [`ReadValue::Json`]).
 fn convert_value(
     key: &str,
     kind: ValueKind,
     bytes: Vec<u8>,
     value_type: ValueType,
-) -> Result<Value, KvError> {
-    let not_convertible = |requested: &'static str, reason: String| KvError::NotConvertible {
-        key: key.to_string(),
-        requested,
-        reason,
-    };
+) -> Result<ReadValue, KvError> {
     let target = match value_type {
         ValueType::AsStored => match kind {
             ValueKind::Text => ValueType::Text,
@@ -746,12 +849,71 @@ fn convert_value(
         other => other,
     };
     match target {
-        ValueType::Bytes | ValueType::AsStored => Ok(Value::Bytes(bytes)),
-        ValueType::Text => String::from_utf8(bytes)
-            .map(Value::Text)
-            .map_err(|_| not_convertible("text", "the bytes are not valid UTF-8".into())),
-        ValueType::Json => serde_json::from_slice(&bytes)
-            .map(Value::Json)
-            .map_err(|error| not_convertible("json", format!("it is not valid JSON ({error})"))),
+        ValueType::Bytes | ValueType::AsStored => Ok(ReadValue::Bytes(bytes)),
+        ValueType::Text => {
+            String::from_utf8(bytes)
+                .map(ReadValue::Text)
+                .map_err(|_| KvError::NotConvertible {
+                    key: key.to_string(),
+                    requested: "text",
+                    reason: "the bytes are not valid UTF-8".into(),
+                })
+        }
+        ValueType::Json => Ok(ReadValue::Json(bytes)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Seconds print exactly, never rounded across a limit.
+    #[test]
+    fn seconds_format_exactly() {
+        assert_eq!(format_seconds(999_999_999), "0.999999999s");
+        assert_eq!(format_seconds(1_000_000_000), "1s");
+        assert_eq!(format_seconds(1_500_000_000), "1.5s");
+        assert_eq!(format_seconds(0), "0s");
+        assert_eq!(format_seconds(-5_000_000_000), "-5s");
+        assert_eq!(format_seconds(-1), "-0.000000001s");
+        assert_eq!(
+            format_seconds(i128::MIN),
+            "-170141183460469231731687303715.884105728s"
+        );
+    }
+
+    /// Depth counts nested arrays and objects.
+    #[test]
+    fn json_depth_counts_containers() {
+        assert_eq!(json_depth(&serde_json::json!(1)), 0);
+        assert_eq!(json_depth(&serde_json::json!([])), 1);
+        assert_eq!(json_depth(&serde_json::json!({"a": [1, [2]], "b": 3})), 3);
+    }
+
+    /// A ttl under the minimum by a nanosecond is refused with its exact
+    /// value; an expire_time is measured from now to the nanosecond.
+    #[test]
+    fn expirations_resolve_exactly() {
+        let ttl = |nanos| resolve_expiration("", Expiration::TtlNanos(nanos), 0);
+        assert_eq!(
+            ttl(999_999_999).unwrap_err().description,
+            "ttl is 0.999999999s; the minimum is 1s"
+        );
+        assert_eq!(ttl(1_000_000_000).unwrap(), Some(1000));
+        assert_eq!(ttl(1_000_000_001).unwrap(), Some(1001), "rounded up");
+        assert_eq!(
+            ttl(-1).unwrap_err().description,
+            "ttl is -0.000000001s; the minimum is 1s"
+        );
+        assert_eq!(ttl(i128::MAX).unwrap_err().field, "ttl", "too far");
+        let at = |nanos| resolve_expiration("p.", Expiration::AtNanos(nanos), 5_000);
+        let error = at(5_999_999_999).unwrap_err();
+        assert_eq!(error.field, "p.expire_time");
+        assert_eq!(
+            error.description,
+            "expire_time is 0.999999999s from now; it must be at least 1s in the future"
+        );
+        assert_eq!(at(6_000_000_000).unwrap(), Some(6000));
+        assert_eq!(at(6_000_000_001).unwrap(), Some(6001), "rounded up");
     }
 }

@@ -1,0 +1,475 @@
+//! The Workers KV patterns of `docs/patterns.md`, run against a real server
+//! with the generated client: the Rust snippets of that page come from here.
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use common::*;
+use tierkv::api::convert::{json_from_proto, json_to_proto};
+use tierkv::clock::Clock;
+use tierkv::proto::v1 as pb;
+use tonic::transport::Channel;
+use tonic::Code;
+
+type Client = KvServiceClient<Channel>;
+
+/// Reads `key` as JSON: `Ok(None)` when absent, with its version.
+async fn get_json(
+    client: &mut Client,
+    key: &str,
+) -> Result<Option<(serde_json::Value, u64)>, tonic::Status> {
+    let response = client
+        .get(pb::GetRequest {
+            key: key.into(),
+            r#type: pb::ValueType::Json as i32,
+        })
+        .await?
+        .into_inner();
+    match response.value {
+        Some(pb::get_response::Value::Json(json)) if response.found => {
+            let json = json_from_proto(json).map_err(tonic::Status::internal)?;
+            Ok(Some((json, response.version)))
+        }
+        _ => Ok(None),
+    }
+}
+
+/// A JSON put, with a ttl in seconds if given.
+fn put_json(key: &str, json: serde_json::Value, ttl_seconds: Option<i64>) -> pb::PutRequest {
+    pb::PutRequest {
+        key: key.into(),
+        value: Some(pb::put_request::Value::Json(json_to_proto(json))),
+        expiration: ttl_seconds.map(|seconds| {
+            pb::put_request::Expiration::Ttl(prost_types::Duration { seconds, nanos: 0 })
+        }),
+        ..Default::default()
+    }
+}
+
+/// Memory → tierkv → origin. L1 entries live 60 s, L2 entries 300 s.
+struct TieredCache {
+    memory: HashMap<String, (serde_json::Value, u64)>,
+    origin_calls: usize,
+}
+
+impl TieredCache {
+    async fn get(
+        &mut self,
+        client: &mut Client,
+        key: &str,
+        now_millis: u64,
+    ) -> Result<serde_json::Value, tonic::Status> {
+        // L1: this process's memory.
+        if let Some((value, expires)) = self.memory.get(key) {
+            if *expires > now_millis {
+                return Ok(value.clone());
+            }
+        }
+        // L2: tierkv.
+        if let Some((value, _version)) = get_json(client, key).await? {
+            self.memory
+                .insert(key.into(), (value.clone(), now_millis + 60_000));
+            return Ok(value);
+        }
+        // L3: the origin (here, a stand-in), then backfill both tiers.
+        self.origin_calls += 1;
+        let origin = serde_json::json!({"users": ["ada", "linus"]});
+        client.put(put_json(key, origin.clone(), Some(300))).await?;
+        self.memory
+            .insert(key.into(), (origin.clone(), now_millis + 60_000));
+        Ok(origin)
+    }
+}
+
+/// Multi-tier caching: the origin is called once per 300 s, memory serves
+/// within 60 s, tierkv between.
+#[tokio::test]
+async fn multi_tier_caching() {
+    let mut server = start().await;
+    let mut cache = TieredCache {
+        memory: HashMap::new(),
+        origin_calls: 0,
+    };
+    let first = cache
+        .get(&mut server.client, "api:users", server.clock.now_millis())
+        .await
+        .unwrap();
+    assert_eq!(cache.origin_calls, 1);
+    server.clock.advance(Duration::from_secs(61));
+    let second = cache
+        .get(&mut server.client, "api:users", server.clock.now_millis())
+        .await
+        .unwrap();
+    assert_eq!((second, cache.origin_calls), (first, 1), "served by tierkv");
+    server.clock.advance(Duration::from_secs(300));
+    cache.memory.clear();
+    cache
+        .get(&mut server.client, "api:users", server.clock.now_millis())
+        .await
+        .unwrap();
+    assert_eq!(cache.origin_calls, 2, "tierkv's copy expired after 300 s");
+    server.stop().await;
+}
+
+/// Returns the cached value of `key`, or fetches it and caches it for 300 s.
+/// Only the first filler writes (`if_absent`); a concurrent one gets ABORTED
+/// and reads the winner's value.
+async fn get_cached_data(
+    client: &mut Client,
+    key: &str,
+    fetch: impl std::future::Future<Output = serde_json::Value>,
+) -> Result<serde_json::Value, tonic::Status> {
+    if let Some((cached, _)) = get_json(client, key).await? {
+        return Ok(cached);
+    }
+    let data = fetch.await;
+    let mut put = put_json(key, data.clone(), Some(300));
+    put.precondition = Some(pb::put_request::Precondition::IfAbsent(true));
+    match client.put(put).await {
+        Ok(_) => Ok(data),
+        Err(status) if status.code() == Code::Aborted => Ok(get_json(client, key)
+            .await?
+            .map_or(data, |(winner, _)| winner)),
+        Err(status) => Err(status),
+    }
+}
+
+/// API response caching: the fetcher runs on a miss only; a late filler
+/// keeps the first filler's value.
+#[tokio::test]
+async fn api_response_caching() {
+    let mut server = start().await;
+    let client = &mut server.client;
+    let first = get_cached_data(client, "api:users", async { serde_json::json!({"v": 1}) })
+        .await
+        .unwrap();
+    let cached = get_cached_data(client, "api:users", async {
+        panic!("a hit does not fetch")
+    })
+    .await
+    .unwrap();
+    assert_eq!((&first, &cached), (&serde_json::json!({"v": 1}), &first));
+
+    // A filler that read a miss before the first filler wrote.
+    let mut late = put_json("api:users", serde_json::json!({"v": 2}), Some(300));
+    late.precondition = Some(pb::put_request::Precondition::IfAbsent(true));
+    assert_eq!(
+        client.put(late).await.unwrap_err().code(),
+        Code::Aborted,
+        "the late filler does not overwrite"
+    );
+    server.stop().await;
+}
+
+/// Creates a session for `user_id`: 24 h, with its creation time as metadata.
+async fn create_session(
+    client: &mut Client,
+    user_id: &str,
+    now_millis: u64,
+) -> Result<String, tonic::Status> {
+    let session_id = format!("{:032x}", rand_u128());
+    let mut put = put_json(
+        &format!("sess:{session_id}"),
+        serde_json::json!({"userId": user_id}),
+        Some(86_400),
+    );
+    put.metadata = Some(json_to_proto(serde_json::json!({"createdAt": now_millis})));
+    // Never overwrite an existing session, however unlikely the collision.
+    put.precondition = Some(pb::put_request::Precondition::IfAbsent(true));
+    client.put(put).await?;
+    Ok(session_id)
+}
+
+/// The session's data, `None` once it expired: expiry is exact, no
+/// `expiresAt` check needed.
+async fn get_session(
+    client: &mut Client,
+    session_id: &str,
+) -> Result<Option<serde_json::Value>, tonic::Status> {
+    Ok(get_json(client, &format!("sess:{session_id}"))
+        .await?
+        .map(|(data, _)| data))
+}
+
+fn rand_u128() -> u128 {
+    // Tests only: real session ids need a CSPRNG (SessionService will do it).
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos()
+}
+
+/// Session management: a session reads back until its 24 h ttl passes, then
+/// is gone at once.
+#[tokio::test]
+async fn session_management() {
+    let mut server = start().await;
+    let now = server.clock.now_millis();
+    let id = create_session(&mut server.client, "u-123", now)
+        .await
+        .unwrap();
+    let data = get_session(&mut server.client, &id).await.unwrap();
+    assert_eq!(data, Some(serde_json::json!({"userId": "u-123"})));
+    server.clock.advance(Duration::from_secs(86_399));
+    assert!(get_session(&mut server.client, &id)
+        .await
+        .unwrap()
+        .is_some());
+    server.clock.advance(Duration::from_secs(1));
+    assert_eq!(get_session(&mut server.client, &id).await.unwrap(), None);
+    server.stop().await;
+}
+
+/// Sets one field of a coalesced JSON object without losing concurrent
+/// updates of other fields: read, modify, write back with `if_version`,
+/// retry on ABORTED.
+async fn set_field(
+    client: &mut Client,
+    key: &str,
+    field: &str,
+    value: serde_json::Value,
+) -> Result<u64, tonic::Status> {
+    loop {
+        let (mut object, version) = get_json(client, key)
+            .await?
+            .ok_or_else(|| tonic::Status::not_found(key.to_string()))?;
+        object[field] = value.clone();
+        let put = pb::PutRequest {
+            key: key.into(),
+            value: Some(pb::put_request::Value::Json(json_to_proto(object))),
+            precondition: Some(pb::put_request::Precondition::IfVersion(version)),
+            ..Default::default()
+        };
+        match client.put(put).await {
+            Ok(response) => return Ok(response.into_inner().version),
+            Err(status) if status.code() == Code::Aborted => continue,
+            Err(status) => return Err(status),
+        }
+    }
+}
+
+/// Coalesced keys: one JSON object per entity, fields updated safely.
+#[tokio::test]
+async fn coalesce_cold_keys() {
+    let mut server = start().await;
+    let client = &mut server.client;
+    let profile = serde_json::json!({"name": "John", "email": "john@example.com", "role": "admin"});
+    let put = put_json("user:123:profile", profile, None);
+    client.put(put).await.unwrap();
+
+    // Another writer changes the object between our read and our write.
+    let (_, seen) = get_json(client, "user:123:profile").await.unwrap().unwrap();
+    set_field(client, "user:123:profile", "role", "owner".into())
+        .await
+        .unwrap();
+    let stale = pb::PutRequest {
+        key: "user:123:profile".into(),
+        value: Some(pb::put_request::Value::Text("stale".into())),
+        precondition: Some(pb::put_request::Precondition::IfVersion(seen)),
+        ..Default::default()
+    };
+    assert_eq!(client.put(stale).await.unwrap_err().code(), Code::Aborted);
+    set_field(client, "user:123:profile", "email", "j@example.com".into())
+        .await
+        .unwrap();
+    let (profile, _) = get_json(client, "user:123:profile").await.unwrap().unwrap();
+    assert_eq!(
+        profile,
+        serde_json::json!({"name": "John", "email": "j@example.com", "role": "owner"})
+    );
+    server.stop().await;
+}
+
+/// Every id under `prefix`, paging through the listing.
+async fn list_ids(client: &mut Client, prefix: &str) -> Result<Vec<String>, tonic::Status> {
+    let mut ids = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let page = client
+            .list(pb::ListRequest {
+                prefix: prefix.into(),
+                page_size: 2,
+                page_token,
+            })
+            .await?
+            .into_inner();
+        ids.extend(
+            page.keys
+                .into_iter()
+                .filter_map(|key| key.name.strip_prefix(prefix).map(str::to_string)),
+        );
+        if page.next_page_token.is_empty() {
+            return Ok(ids);
+        }
+        page_token = page.next_page_token;
+    }
+}
+
+/// Prefix namespacing: a listing by prefix sees exactly its keys, in order.
+#[tokio::test]
+async fn prefix_namespacing() {
+    let mut server = start().await;
+    put_all(
+        &mut server.client,
+        &[
+            "user:123:profile",
+            "user:123:settings",
+            "user:456:profile",
+            "api:users",
+            "feature:flags:beta",
+        ],
+    )
+    .await;
+    assert_eq!(
+        list_ids(&mut server.client, "user:").await.unwrap(),
+        vec!["123:profile", "123:settings", "456:profile"]
+    );
+    assert_eq!(
+        list_ids(&mut server.client, "user:123:").await.unwrap(),
+        vec!["profile", "settings"]
+    );
+    server.stop().await;
+}
+
+/// Reads `key`, migrating it to format 2 if its metadata says it is older;
+/// the write-back only succeeds if nobody wrote the key meanwhile.
+async fn migrate_if_needed(
+    client: &mut Client,
+    key: &str,
+    now_millis: u64,
+) -> Result<Option<serde_json::Value>, tonic::Status> {
+    let response = client
+        .get(pb::GetRequest {
+            key: key.into(),
+            r#type: pb::ValueType::Json as i32,
+        })
+        .await?
+        .into_inner();
+    let Some(pb::get_response::Value::Json(value)) = response.value else {
+        return Ok(None);
+    };
+    let value = json_from_proto(value).map_err(tonic::Status::internal)?;
+    let metadata = response
+        .metadata
+        .map(json_from_proto)
+        .transpose()
+        .map_err(tonic::Status::internal)?;
+    let format = metadata
+        .as_ref()
+        .and_then(|metadata| metadata["version"].as_u64())
+        .unwrap_or(1);
+    if format >= 2 {
+        return Ok(Some(value));
+    }
+    // Format 1 → 2: `name` is also available as `userName`.
+    let mut migrated = value;
+    migrated["userName"] = migrated["name"].clone();
+    let put = pb::PutRequest {
+        key: key.into(),
+        value: Some(pb::put_request::Value::Json(json_to_proto(
+            migrated.clone(),
+        ))),
+        metadata: Some(json_to_proto(
+            serde_json::json!({"version": 2, "migratedAt": now_millis}),
+        )),
+        precondition: Some(pb::put_request::Precondition::IfVersion(response.version)),
+        ..Default::default()
+    };
+    match client.put(put).await {
+        Ok(_) => Ok(Some(migrated)),
+        // Someone wrote the key meanwhile: read what they wrote.
+        Err(status) if status.code() == Code::Aborted => {
+            Box::pin(migrate_if_needed(client, key, now_millis)).await
+        }
+        Err(status) => Err(status),
+    }
+}
+
+/// Metadata versioning: an old record is migrated once, then served as is.
+#[tokio::test]
+async fn metadata_versioning() {
+    let mut server = start().await;
+    let now = server.clock.now_millis();
+    let client = &mut server.client;
+    let mut put = put_json("data:1", serde_json::json!({"name": "Ada"}), None);
+    put.metadata = Some(json_to_proto(serde_json::json!({"version": 1})));
+    client.put(put).await.unwrap();
+
+    let migrated = migrate_if_needed(client, "data:1", now).await.unwrap();
+    assert_eq!(
+        migrated,
+        Some(serde_json::json!({"name": "Ada", "userName": "Ada"}))
+    );
+    let response = client.get(get("data:1")).await.unwrap().into_inner();
+    let version = response.version;
+    assert_eq!(
+        response
+            .metadata
+            .map(|metadata| json_from_proto(metadata).unwrap()),
+        Some(serde_json::json!({"version": 2, "migratedAt": now}))
+    );
+    migrate_if_needed(client, "data:1", now).await.unwrap();
+    let again = client.get(get("data:1")).await.unwrap().into_inner();
+    assert_eq!(again.version, version, "a migrated record is not rewritten");
+    server.stop().await;
+}
+
+/// Reads `key` as JSON, answering `fallback` when it is missing or tierkv
+/// cannot answer within 200 ms. Retryable failures are logged differently
+/// from the others.
+async fn resilient_get(
+    client: &mut Client,
+    key: &str,
+    fallback: serde_json::Value,
+) -> serde_json::Value {
+    let mut request = tonic::Request::new(pb::GetRequest {
+        key: key.into(),
+        r#type: pb::ValueType::Json as i32,
+    });
+    request.set_timeout(Duration::from_millis(200));
+    match client.get(request).await {
+        Ok(response) => match response.into_inner().value {
+            Some(pb::get_response::Value::Json(json)) => json_from_proto(json).unwrap_or(fallback),
+            _ => fallback,
+        },
+        Err(status) => {
+            let retryable = matches!(status.code(), Code::Unavailable | Code::DeadlineExceeded);
+            eprintln!("tierkv error (retryable: {retryable}): {:?}", status.code());
+            fallback
+        }
+    }
+}
+
+/// Error boundary: a hit, a miss, a value that is not JSON and a server
+/// that is gone all answer something usable.
+#[tokio::test]
+async fn error_boundary() {
+    let server = start().await;
+    let mut client = server.client.clone();
+    let defaults = serde_json::json!({"theme": "light", "maxItems": 10});
+    let put = put_json("config:app", serde_json::json!({"theme": "dark"}), None);
+    client.put(put).await.unwrap();
+    client.put(put_text("config:broken", "{")).await.unwrap();
+
+    assert_eq!(
+        resilient_get(&mut client, "config:app", defaults.clone()).await,
+        serde_json::json!({"theme": "dark"})
+    );
+    assert_eq!(
+        resilient_get(&mut client, "config:none", defaults.clone()).await,
+        defaults
+    );
+    assert_eq!(
+        resilient_get(&mut client, "config:broken", defaults.clone()).await,
+        defaults,
+        "FAILED_PRECONDITION falls back"
+    );
+    server.stop().await;
+    assert_eq!(
+        resilient_get(&mut client, "config:app", defaults.clone()).await,
+        defaults,
+        "UNAVAILABLE falls back"
+    );
+}
