@@ -178,3 +178,127 @@ async fn bulk_and_list() {
     assert!(refused.stderr.contains("value"), "{}", refused.stderr);
     server.stop().await;
 }
+
+/// Runs `tierkv kv ARGS…` against `endpoint` and returns its exit code,
+/// its peak resident memory in bytes and its stderr.
+///
+/// The peak is the child's `VmHWM`, read from `/proc` every 10 ms until it
+/// exits (a high-water mark, so only growth in its last 10 ms could be
+/// missed). `wait4`'s `ru_maxrss` would not do: after a vfork-style spawn it
+/// starts from the parent's peak, which here holds the server and the file.
+async fn kv_peak_memory(endpoint: &str, args: &[&str]) -> (i32, u64, String) {
+    let args: Vec<String> = std::iter::once("kv")
+        .chain(args.iter().copied())
+        .map(String::from)
+        .collect();
+    let endpoint = endpoint.to_string();
+    tokio::task::spawn_blocking(move || {
+        let stderr_file = tempfile::NamedTempFile::new().unwrap();
+        let mut child = Command::new(BINARY)
+            .args(&args)
+            .env("TIERKV_ENDPOINT", endpoint)
+            .stdout(std::process::Stdio::null())
+            .stderr(stderr_file.reopen().unwrap())
+            .spawn()
+            .expect("run tierkv");
+        let status_path = format!("/proc/{}/status", child.id());
+        let mut peak_kib = 0u64;
+        let status = loop {
+            if let Ok(status) = std::fs::read_to_string(&status_path) {
+                let hwm = status
+                    .lines()
+                    .find_map(|line| line.strip_prefix("VmHWM:"))
+                    .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok());
+                peak_kib = peak_kib.max(hwm.unwrap_or(0));
+            }
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        };
+        let stderr = std::fs::read_to_string(stderr_file.path()).unwrap();
+        assert!(peak_kib > 0, "VmHWM was read");
+        (status.code().unwrap_or(-1), peak_kib * 1024, stderr)
+    })
+    .await
+    .unwrap()
+}
+
+/// A wrangler bulk put file of `keys` entries of about 220 bytes, with
+/// metadata; returns its size.
+fn write_bulk_put_file(path: &std::path::Path, prefix: &str, keys: usize) -> u64 {
+    let value = "v".repeat(160);
+    let mut text = String::with_capacity(keys * 220);
+    text.push('[');
+    for index in 0..keys {
+        if index > 0 {
+            text.push(',');
+        }
+        text.push_str(&format!(
+            r#"{{"key":"{prefix}{index:06}","value":"{value}","metadata":{{"n":{index}}}}}"#
+        ));
+    }
+    text.push(']');
+    std::fs::write(path, &text).unwrap();
+    text.len() as u64
+}
+
+/// Bulk put and bulk delete stream their file: the client's peak memory does
+/// not grow with the file (10,000 keys, then 300,000 keys in 66 MB), and
+/// stays well under the size of the larger file. Reading the whole file took
+/// about 20 times its size.
+#[tokio::test]
+async fn bulk_files_stream_in_bounded_memory() {
+    let server = start().await;
+    let endpoint = server.server.endpoint();
+    let dir = tempfile::tempdir().unwrap();
+    let mut client = server.client.clone();
+
+    // One batch's worth: the peak of a file that is a single batch.
+    let small_file = dir.path().join("small.json");
+    let small_size = write_bulk_put_file(&small_file, "one:", 10_000);
+    let (code, one_batch_peak, stderr) =
+        kv_peak_memory(&endpoint, &["bulk", "put", small_file.to_str().unwrap()]).await;
+    assert_eq!(code, 0, "{stderr}");
+
+    let put_file = dir.path().join("put.json");
+    let file_size = write_bulk_put_file(&put_file, "stream:", 300_000);
+    let (code, peak, stderr) =
+        kv_peak_memory(&endpoint, &["bulk", "put", put_file.to_str().unwrap()]).await;
+    assert_eq!(code, 0, "{stderr}");
+    eprintln!(
+        "bulk put: {small_size}-byte file (one batch) peaked at {one_batch_peak} bytes; \
+         {file_size}-byte file (30 batches) at {peak} bytes"
+    );
+    assert!(
+        peak < one_batch_peak + one_batch_peak / 4,
+        "30 batches peaked at {peak} bytes, one batch at {one_batch_peak}"
+    );
+    assert!(
+        peak < file_size * 3 / 4,
+        "a {file_size}-byte file peaked at {peak} bytes"
+    );
+    for key in ["stream:000000", "stream:123456", "stream:299999"] {
+        assert!(exists(&mut client, key).await, "{key}");
+    }
+
+    let delete_file = dir.path().join("delete.json");
+    let keys: Vec<String> = (0..300_000)
+        .map(|index| format!("stream:{index:06}"))
+        .collect();
+    std::fs::write(&delete_file, serde_json::to_string(&keys).unwrap()).unwrap();
+    let (code, delete_peak, stderr) = kv_peak_memory(
+        &endpoint,
+        &["bulk", "delete", delete_file.to_str().unwrap()],
+    )
+    .await;
+    assert_eq!(code, 0, "{stderr}");
+    eprintln!("bulk delete: 300,000 keys peaked at {delete_peak} bytes");
+    assert!(
+        delete_peak <= peak,
+        "deleting holds less than writing: {delete_peak} bytes"
+    );
+    assert!(!exists(&mut client, "stream:123456").await);
+    assert!(list_all(&mut client, "stream:", 1000).await.is_empty());
+    server.stop().await;
+}
