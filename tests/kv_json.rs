@@ -284,3 +284,70 @@ async fn batch_get_counts_json_against_one_budget() {
     );
     server.stop().await;
 }
+
+/// Records written before the limit existed may hold deeper metadata or
+/// JSON: reading them is a clear FAILED_PRECONDITION, never an OK response
+/// that clients cannot decode. Written through the engine, as an older
+/// version of the service could have.
+#[tokio::test]
+async fn deep_records_from_before_the_limit_are_refused_on_read() {
+    use std::sync::Arc;
+    use tierkv::engine::{Engine, Precondition, PutOp, ValueKind, WriteOp};
+    use tierkv::kv::{KvError, KvService, ValueType};
+
+    let dir = tempfile::tempdir().unwrap();
+    let config = test_config(&dir);
+    let clock: tierkv::clock::SharedClock = tierkv::clock::ManualClock::starting_now();
+    let engine: Arc<dyn Engine> = Arc::new(
+        tierkv::server::open_engine(&config, Arc::clone(&clock))
+            .await
+            .unwrap(),
+    );
+    let deep = serde_json::to_vec(&nested_lists(40)).unwrap();
+    let put = |key: &str, kind, value: Vec<u8>, metadata: Option<Vec<u8>>| {
+        WriteOp::Put(PutOp {
+            key: key.into(),
+            kind,
+            value,
+            metadata,
+            expire_at_millis: None,
+            schema_version: 1,
+            precondition: Precondition::None,
+        })
+    };
+    engine
+        .write(vec![
+            put("old:json", ValueKind::Json, deep.clone(), None),
+            put("old:meta", ValueKind::Text, b"v".to_vec(), Some(deep)),
+        ])
+        .await
+        .unwrap();
+    let service = KvService::new(engine, clock);
+    let error = service
+        .get("old:meta", ValueType::AsStored)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(error, KvError::MetadataTooDeep { .. }),
+        "{error:?}"
+    );
+    assert!(error.to_string().contains("32 levels"), "{error}");
+    let listing = service.list("old:", 0, "").await.unwrap_err();
+    assert!(matches!(listing, KvError::MetadataTooDeep { .. }));
+    // The JSON value is handed over serialized; the adapter's conversion
+    // refuses it (FAILED_PRECONDITION over gRPC, as for deep text).
+    let entry = service
+        .get("old:json", ValueType::AsStored)
+        .await
+        .unwrap()
+        .unwrap();
+    let tierkv::kv::ReadValue::Json(text) = entry.value else {
+        panic!("expected JSON");
+    };
+    assert_eq!(
+        tierkv::api::convert::scan_json_text(&text, MAX_JSON_DEPTH, usize::MAX).unwrap_err(),
+        tierkv::api::convert::JsonTextError::TooDeep {
+            limit: MAX_JSON_DEPTH
+        }
+    );
+}
