@@ -56,10 +56,10 @@ fn value_type_from_proto(raw: i32) -> Result<ValueType, KvError> {
     }
 }
 
-/// Stored JSON above this size is converted on the blocking pool: parsing it
-/// into a `google.protobuf.Value` tree takes long enough (about a millisecond
-/// per 100 KiB in a release build) to stall the other requests of an async
-/// worker, while a smaller one costs less than the hop.
+/// Stored JSON above this size is converted on the blocking pool: two passes
+/// over it and a tree of one node per JSON value take hundreds of
+/// microseconds and more, long enough to stall the other requests of an async
+/// worker; a smaller one costs about what the hop to the pool costs.
 const INLINE_JSON_BYTES: usize = 64 * 1024;
 
 /// Bytes of a length-delimited field of `body` bytes with a one-byte tag.
