@@ -24,16 +24,15 @@ fn reset_peak_memory() {
     std::fs::write("/proc/self/clear_refs", "5").expect("reset VmHWM");
 }
 
+type GetResult = Result<tonic::Response<pb::GetResponse>, tonic::Status>;
+
 /// Peak memory growth of four concurrent reads of `key` as `value_type`,
 /// and their results.
 async fn peak_growth_of_reads(
     server: &TestServer,
     key: &str,
     value_type: pb::ValueType,
-) -> (
-    u64,
-    Vec<Result<tonic::Response<pb::GetResponse>, tonic::Status>>,
-) {
+) -> (u64, Vec<GetResult>) {
     reset_peak_memory();
     let before = proc_status_bytes("VmRSS:");
     let reads = (0..4).map(|_| {
