@@ -155,7 +155,7 @@ async fn expire_time_errors_name_the_minimum_and_the_exact_value() {
     assert_violation(
         status,
         "expire_time",
-        "expire_time must be before the year 10000",
+        "expire_time is 253402300800s after the Unix epoch; the latest is 9999-12-31T23:59:59.999Z",
     );
     assert!(!exists(client, "k").await, "nothing was written");
 

@@ -754,7 +754,11 @@ fn resolve_expiration(
             if at_millis > i128::from(MAX_EXPIRE_AT_MILLIS) {
                 return Err(FieldViolation::new(
                     field,
-                    "expire_time must be before the year 10000",
+                    format!(
+                        "expire_time is {} after the Unix epoch; the latest is \
+                         9999-12-31T23:59:59.999Z",
+                        format_seconds(at)
+                    ),
                 ));
             }
             Ok(Some(at_millis as u64))
