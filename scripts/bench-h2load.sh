@@ -4,8 +4,10 @@
 #
 #   scripts/bench-h2load.sh                 # 3 interleaved rounds of 4 s per RPC, 16 connections x 16 streams
 #   ROUNDS=5 DURATION=8 scripts/bench-h2load.sh
-#   TIERKV_BIN=./target/release/tierkv scripts/bench-h2load.sh    # measure a given binary
+#   SERVER_BIN=./target/release/tierkv scripts/bench-h2load.sh    # measure a given binary (tierkv refuses
+#                                           # unknown TIERKV_* variables, hence the name)
 #   ETCD=0 scripts/bench-h2load.sh          # skip the etcd baseline
+#   VALUE=text scripts/bench-h2load.sh      # 15-byte text values instead of 15-byte JSON values
 #
 # Every RPC of a round runs against the same server process, one after the other, and rounds interleave
 # (health, Get, Put, BatchGet, health, Get, ...), so slow drifts of the machine hit every RPC alike. The
@@ -23,6 +25,7 @@ CLIENTS="${CLIENTS:-16}"
 STREAMS="${STREAMS:-16}"
 THREADS="${THREADS:-1}"
 ETCD="${ETCD:-1}"
+VALUE="${VALUE:-json}"
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 
 need() { command -v "$1" >/dev/null 2>&1; }
@@ -38,10 +41,10 @@ if [ "$ETCD" = 1 ] && ! need etcd; then install_packages etcd-server; fi
 need curl || install_packages curl
 need python3 || { echo "python3 is required to build the request bodies" >&2; exit 1; }
 
-if [ -z "${TIERKV_BIN:-}" ]; then
+if [ -z "${SERVER_BIN:-}" ]; then
     TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
-    TIERKV_BIN="$TARGET_DIR/release/tierkv"
-    if [ ! -x "$TIERKV_BIN" ]; then
+    SERVER_BIN="$TARGET_DIR/release/tierkv"
+    if [ ! -x "$SERVER_BIN" ]; then
         (cd "$ROOT" && cargo build --release --locked --bin tierkv)
     fi
 fi
@@ -58,7 +61,7 @@ trap cleanup EXIT INT TERM
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 # gRPC request bodies: a 5-byte frame header (no compression, big-endian length) and the protobuf message.
-python3 - "$WORK" <<'EOF'
+python3 - "$WORK" "$VALUE" <<'EOF'
 import struct, sys
 out = sys.argv[1]
 
@@ -85,13 +88,16 @@ def json_object(pairs):              # google.protobuf.Value{struct_value: Struc
         for k, v in pairs)
     return field(5, fields)
 
-value = json_object([("user", "adam")])   # {"user":"adam"}: a 15-byte JSON value
+if sys.argv[2] == "text":
+    value = field(2, b'{"user":"adam"}')        # text: field 2
+else:
+    value = field(3, json_object([("user", "adam")]))  # {"user":"adam"}, a 15-byte JSON value: field 3
 bodies = {
     "health": field(1, b"tierkv.v1.KvService"),
     "get": field(1, b"bench:get"),
-    "put": field(1, b"bench:get") + field(3, value),
+    "put": field(1, b"bench:get") + value,
     "batchget": b"".join(field(1, b"bench:batch:%03d" % i) for i in range(100)),
-    "seed": b"".join(field(1, field(1, field(1, b"bench:batch:%03d" % i) + field(3, value)))
+    "seed": b"".join(field(1, field(1, field(1, b"bench:batch:%03d" % i) + value))
                      for i in range(100)),
     "etcd_range": field(1, b"bench:get"),
     "etcd_range_serializable": field(1, b"bench:get") + bytes([7 << 3, 1]),
@@ -115,24 +121,27 @@ grpc_call() {
     fi
 }
 
+# Waits up to 60 s for a listener on the port while the process is alive.
 wait_for_port() {
-    local port="$1" i
-    for i in $(seq 1 100); do
-        if python3 -c "import socket,sys; socket.create_connection(('127.0.0.1',$port),0.2)" 2>/dev/null; then
+    local port="$1" pid="$2" log="$3" i
+    for i in $(seq 1 600); do
+        if python3 -c "import socket; socket.create_connection(('127.0.0.1',$port),0.2)" 2>/dev/null; then
             return 0
         fi
+        if ! kill -0 "$pid" 2>/dev/null; then break; fi
         sleep 0.1
     done
-    echo "nothing listens on 127.0.0.1:$port" >&2
+    echo "nothing listens on 127.0.0.1:$port; log:" >&2
+    tail -20 "$log" >&2
     exit 1
 }
 
 TIERKV_PORT="$(free_port)"
-"$TIERKV_BIN" serve --listen "127.0.0.1:$TIERKV_PORT" --data-dir "$WORK/tierkv" \
+"$SERVER_BIN" serve --listen "127.0.0.1:$TIERKV_PORT" --data-dir "$WORK/tierkv" \
     >"$WORK/tierkv.log" 2>&1 &
 PIDS+=($!)
 TIERKV_PID=$!
-wait_for_port "$TIERKV_PORT"
+wait_for_port "$TIERKV_PORT" "$TIERKV_PID" "$WORK/tierkv.log"
 TIERKV="http://127.0.0.1:$TIERKV_PORT"
 
 if [ "$ETCD" = 1 ]; then
@@ -145,7 +154,7 @@ if [ "$ETCD" = 1 ]; then
         --initial-cluster "bench=http://127.0.0.1:$ETCD_PEER_PORT" \
         --log-level error >"$WORK/etcd.log" 2>&1 &
     PIDS+=($!)
-    wait_for_port "$ETCD_PORT"
+    wait_for_port "$ETCD_PORT" "$!" "$WORK/etcd.log"
     ETCD_URL="http://127.0.0.1:$ETCD_PORT"
 fi
 
@@ -173,7 +182,7 @@ for bench in "${BENCHES[@]}"; do
     grpc_call "$url" "$WORK/$body.bin"
 done
 
-echo "tierkv: $TIERKV_BIN (pid $TIERKV_PID); h2load -c $CLIENTS -m $STREAMS -t $THREADS -D $DURATION, $ROUNDS rounds"
+echo "tierkv: $SERVER_BIN (pid $TIERKV_PID); $VALUE values; h2load -c $CLIENTS -m $STREAMS -t $THREADS -D $DURATION, $ROUNDS rounds"
 RESULTS="$WORK/results.txt"
 : >"$RESULTS"
 for round in $(seq 1 "$ROUNDS"); do
