@@ -269,9 +269,11 @@ async fn run(steps: Vec<Step>) -> Result<(), TestCaseError> {
                         start_after: after,
                         limit,
                         include_values: false,
+                        max_examined: 0,
                     })
                     .await
                     .unwrap()
+                    .entries
                     .into_iter()
                     .map(|(key, record)| (key, record.version))
                     .collect();

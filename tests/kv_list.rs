@@ -186,6 +186,51 @@ async fn expired_keys_are_hidden() {
     server.stop().await;
 }
 
+/// One call examines at most MAX_LIST_EXAMINED stored records: past a longer
+/// run of expired keys it answers a short (here empty) page with a token
+/// that resumes after the last record it examined, and paging on reaches the
+/// live key behind them.
+#[tokio::test]
+async fn a_call_examines_a_bounded_number_of_expired_keys() {
+    use tierkv::kv::limits::{MAX_BATCH_WRITE_MUTATIONS, MAX_LIST_EXAMINED};
+    let mut server = start().await;
+    let dead = MAX_LIST_EXAMINED + 500;
+    let names_of_dead: Vec<String> = (0..dead).map(|i| format!("d{i:06}")).collect();
+    for chunk in names_of_dead.chunks(MAX_BATCH_WRITE_MUTATIONS) {
+        let mutations = chunk
+            .iter()
+            .map(|name| {
+                let mut put = put_text(name, "v");
+                put.expiration = Some(pb::put_request::Expiration::Ttl(prost_types::Duration {
+                    seconds: 60,
+                    nanos: 0,
+                }));
+                pb::Mutation {
+                    operation: Some(pb::mutation::Operation::Put(put)),
+                }
+            })
+            .collect();
+        server
+            .client
+            .batch_write(pb::BatchWriteRequest { mutations })
+            .await
+            .unwrap();
+    }
+    put_all(&mut server.client, &["zlive"]).await;
+    server.clock.advance(Duration::from_secs(60));
+
+    let first = page(&mut server.client, "", 10, "").await;
+    assert!(first.keys.is_empty(), "{:?}", names(&first));
+    assert!(
+        !first.next_page_token.is_empty(),
+        "a partial page says there is more"
+    );
+    let second = page(&mut server.client, "", 10, &first.next_page_token).await;
+    assert_eq!(names(&second), vec!["zlive"]);
+    assert!(second.next_page_token.is_empty());
+    server.stop().await;
+}
+
 /// Listed keys carry expire_time, metadata and version.
 #[tokio::test]
 async fn listed_keys_carry_their_attributes() {

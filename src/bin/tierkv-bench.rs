@@ -19,6 +19,9 @@
 //!    (`1.8x` in the latency column means 1.8 times the baseline latency).
 //!    Ratios are the numbers to compare across machines; absolute numbers
 //!    depend on the machine.
+//!    Then `List` of one page of 100 keys whose values are 1 MiB each, next to
+//!    the same page with 10-byte values: a listing reads only the records'
+//!    heads, so the two should cost the same (the ratio is printed).
 //! 2. **Runtime stalls.** RocksDB calls block, so the engine runs them on
 //!    tokio's blocking pool. To show that they do not stall the async workers,
 //!    it measures health-check latency (one probe at a time, on a connection
@@ -94,6 +97,12 @@ const PUT_PREFIX: &str = "bench/put/";
 const BATCH_PREFIX: &str = "bench/batch/";
 /// Key prefix the `List` benchmark pages through.
 const LIST_PREFIX: &str = "bench/list/";
+/// Keys per page in the value-size comparison of `List`.
+const LIST_SIZED_KEYS: u64 = 100;
+/// Key prefix of the listed keys with 1 MiB values.
+const LIST_BIG_PREFIX: &str = "bench/listbig/";
+/// Key prefix of the listed keys with 10-byte values.
+const LIST_TINY_PREFIX: &str = "bench/listtiny/";
 /// Key prefix of the stall check's 1 MiB values.
 const BIG_PREFIX: &str = "bench/big/";
 
@@ -224,6 +233,13 @@ enum Workload {
     },
     /// `BatchWrite` of [`BATCH_WRITE_PUTS`] small puts under unique keys.
     BatchWrite(KvServiceClient<Channel>),
+    /// The first `List` page of [`LIST_SIZED_KEYS`] keys under a prefix.
+    ListFirstPage {
+        /// The client.
+        client: KvServiceClient<Channel>,
+        /// The listed prefix.
+        prefix: &'static str,
+    },
     /// One `List` page, continuing where this task's previous page ended.
     List {
         /// The client.
@@ -298,6 +314,24 @@ impl Workload {
                     .into());
                 }
                 Ok(written)
+            }
+            Workload::ListFirstPage { client, prefix } => {
+                let response = client
+                    .list(pb::ListRequest {
+                        prefix: prefix.to_string(),
+                        page_size: LIST_SIZED_KEYS as i32,
+                        page_token: String::new(),
+                    })
+                    .await?
+                    .into_inner();
+                let listed = response.keys.len() as u64;
+                if listed != LIST_SIZED_KEYS {
+                    return Err(format!(
+                        "List of {prefix} returned {listed} keys, not {LIST_SIZED_KEYS}"
+                    )
+                    .into());
+                }
+                Ok(listed)
             }
             Workload::List { client, page_token } => {
                 let response = client
@@ -634,6 +668,38 @@ async fn seed_list_keys(client: &mut KvServiceClient<Channel>) -> Result<(), Box
     Ok(())
 }
 
+/// `len` random (incompressible) bytes.
+fn random_bytes(len: usize) -> Vec<u8> {
+    use rand::Rng;
+    let mut bytes = vec![0u8; len];
+    rand::rng().fill(bytes.as_mut_slice());
+    bytes
+}
+
+/// Writes [`LIST_SIZED_KEYS`] keys of `value_bytes` random bytes under `prefix`.
+async fn seed_sized_keys(
+    client: &mut KvServiceClient<Channel>,
+    prefix: &str,
+    value_bytes: usize,
+) -> Result<(), BoxError> {
+    // 25 keys per batch keeps 1 MiB values under the batch size limit.
+    for chunk in 0..LIST_SIZED_KEYS / 25 {
+        let mutations = (chunk * 25..(chunk + 1) * 25)
+            .map(|index| pb::Mutation {
+                operation: Some(pb::mutation::Operation::Put(pb::PutRequest {
+                    key: format!("{prefix}{index:04}"),
+                    value: Some(pb::put_request::Value::Bytes(random_bytes(value_bytes))),
+                    ..Default::default()
+                })),
+            })
+            .collect();
+        client
+            .batch_write(pb::BatchWriteRequest { mutations })
+            .await?;
+    }
+    Ok(())
+}
+
 /// Prints the parameters of the run.
 fn print_parameters(plan: &Plan, args: &Args, server: &RunningServer, data_dir: &Path) {
     let build = if cfg!(debug_assertions) {
@@ -682,6 +748,10 @@ fn print_parameters(plan: &Plan, args: &Args, server: &RunningServer, data_dir: 
     println!(
         "  list          {} RPCs, pages of {LIST_PAGE_SIZE} keys, cycling through {pages} keys",
         plan.lists
+    );
+    println!(
+        "  list sized    {} RPCs each, first page of {LIST_SIZED_KEYS} keys with 10-byte values, then 1 MiB values",
+        plan.lists * 2
     );
     println!(
         "  stall check   {} sequential health probes on a separate connection, idle, under {} concurrent {} MiB puts, under the same rate of rejected puts",
@@ -810,7 +880,27 @@ async fn benchmarks(plan: &Plan, server: &RunningServer) -> Result<(), BoxError>
         page_token: String::new(),
     };
     results.push(run("list", &list, plan.lists, plan.concurrency).await?);
+    seed_sized_keys(&mut kv, LIST_TINY_PREFIX, 10).await?;
+    seed_sized_keys(&mut kv, LIST_BIG_PREFIX, BIG_VALUE_BYTES).await?;
+    let sized_lists = plan.lists * 2;
+    let list_tiny = Workload::ListFirstPage {
+        client: kv.clone(),
+        prefix: LIST_TINY_PREFIX,
+    };
+    let list_big = Workload::ListFirstPage {
+        client: kv.clone(),
+        prefix: LIST_BIG_PREFIX,
+    };
+    let tiny = run("list100_10B", &list_tiny, sized_lists, plan.concurrency).await?;
+    let big = run("list100_1MiB", &list_big, sized_lists, plan.concurrency).await?;
+    let list_ratio = big.p50_us() / tiny.p50_us();
+    results.push(tiny);
+    results.push(big);
     print_table(&baseline, &results);
+    println!(
+        "List of {LIST_SIZED_KEYS} keys with 1 MiB values vs 10-byte values: {list_ratio:.2}x the p50 latency"
+    );
+    println!();
 
     let report = stall_check(&server.endpoint(), &kv, plan.concurrency, plan.probes).await?;
     print_stall(&report);

@@ -12,7 +12,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use super::{
-    DeleteOp, Engine, EngineError, Precondition, PutOp, ScanRequest, ValueKind, WriteOp,
+    DeleteOp, Engine, EngineError, Precondition, PutOp, ScanPage, ScanRequest, ValueKind, WriteOp,
     WriteOutcome,
 };
 use crate::clock::{ManualClock, SharedClock};
@@ -75,9 +75,11 @@ async fn keys(
             start_after: start_after.map(String::from),
             limit,
             include_values: false,
+            max_examined: 0,
         })
         .await
         .expect("scan")
+        .entries
         .into_iter()
         .map(|(key, _)| key)
         .collect()
@@ -343,9 +345,11 @@ pub async fn scans_merge_namespaces_in_byte_order<H: Harness>(mut harness: H) {
             start_after: None,
             limit: 1,
             include_values: true,
+            max_examined: 0,
         })
         .await
-        .unwrap();
+        .unwrap()
+        .entries;
     assert_eq!(with_values[0].1.value, b"v");
 }
 
@@ -408,6 +412,162 @@ pub async fn concurrent_compare_and_set_loses_no_update<H: Harness>(mut harness:
     assert_eq!(versions.len(), total, "every write gets its own version");
 }
 
+/// Values of every size read back whole through gets and scans, and
+/// survive being replaced by values of another size and deleted.
+pub async fn large_values_round_trip<H: Harness>(mut harness: H) {
+    let engine = harness.open(ManualClock::new(T0)).await.expect("open");
+    let big: Vec<u8> = (0..2 * 1024 * 1024).map(|i| (i % 251) as u8).collect();
+    let with_big = |key: &str, value: &[u8]| {
+        let value = value.to_vec();
+        put_with(key, "", move |op| {
+            op.kind = ValueKind::Bytes;
+            op.value = value;
+            op.metadata = Some(br#"{"big":true}"#.to_vec());
+        })
+    };
+    engine
+        .write(vec![
+            with_big("user:big", &big),
+            with_big("cache:big", &big),
+        ])
+        .await
+        .unwrap();
+    let record = engine.get("user:big".into()).await.unwrap().unwrap();
+    assert_eq!(record.value, big);
+    assert_eq!(record.metadata.as_deref(), Some(&br#"{"big":true}"#[..]));
+    let listed = scan(engine.as_ref(), "user:", 10, false, 0).await;
+    assert_eq!(listed.entries.len(), 1);
+    assert!(
+        listed.entries[0].1.value.is_empty(),
+        "a listing without values"
+    );
+    assert_eq!(listed.entries[0].1.metadata, record.metadata);
+    let with_values = scan(engine.as_ref(), "user:", 10, true, 0).await;
+    assert_eq!(with_values.entries[0].1.value, big);
+
+    // Big to small, small to big, big to a different big, then deleted.
+    engine.write(vec![put("user:big", "small")]).await.unwrap();
+    let record = engine.get("user:big".into()).await.unwrap().unwrap();
+    assert_eq!(record.value, b"small");
+    let bigger: Vec<u8> = big.iter().rev().copied().collect();
+    engine
+        .write(vec![with_big("user:big", &bigger)])
+        .await
+        .unwrap();
+    let records = engine
+        .get_many(vec!["user:big".into(), "cache:big".into()])
+        .await
+        .unwrap();
+    assert_eq!(records[0].as_ref().unwrap().value, bigger);
+    assert_eq!(records[1].as_ref().unwrap().value, big);
+    engine
+        .write(vec![delete("user:big", Precondition::None)])
+        .await
+        .unwrap();
+    assert!(engine.get("user:big".into()).await.unwrap().is_none());
+    engine.write(vec![put("user:big", "again")]).await.unwrap();
+    let record = engine.get("user:big".into()).await.unwrap().unwrap();
+    assert_eq!(record.value, b"again");
+}
+
+/// `get_many_within` refuses a read whose values and metadata exceed the
+/// budget, counting a key asked for twice twice, and allows one that fits.
+pub async fn reads_within_a_byte_budget<H: Harness>(mut harness: H) {
+    let engine = harness.open(ManualClock::new(T0)).await.expect("open");
+    let value = "x".repeat(3000);
+    engine
+        .write(vec![
+            put_with("user:1", &value, |op| op.metadata = Some(b"[1]".to_vec())),
+            put("user:small", "s"),
+        ])
+        .await
+        .unwrap();
+    let keys = |n: usize| vec!["user:1".to_string(); n];
+    let fits = engine.get_many_within(keys(3), 3 * 3003).await.unwrap();
+    assert_eq!(fits.len(), 3);
+    assert!(fits
+        .iter()
+        .all(|record| record.as_ref().unwrap().value.len() == 3000));
+    match engine.get_many_within(keys(3), 3 * 3003 - 1).await {
+        Err(EngineError::TooLarge { limit, actual }) => {
+            assert_eq!((limit, actual), (3 * 3003 - 1, 3 * 3003));
+        }
+        other => panic!("expected TooLarge, got {other:?}"),
+    }
+    let mixed = engine
+        .get_many_within(vec!["user:small".into(), "user:none".into()], 1)
+        .await
+        .unwrap();
+    assert!(mixed[0].is_some() && mixed[1].is_none());
+}
+
+/// A scan examines at most `max_examined` stored records: a run of expired
+/// ones ends it early with `resume_after`, and resuming finds what follows.
+pub async fn scans_bound_the_records_they_examine<H: Harness>(mut harness: H) {
+    let clock = ManualClock::new(T0);
+    let engine = harness.open(clock.clone()).await.expect("open");
+    let mut ops: Vec<WriteOp> = (0..10)
+        .map(|i| {
+            put_with(&format!("user:{i:02}"), "dead", |op| {
+                op.expire_at_millis = Some(T0 + 1_000)
+            })
+        })
+        .collect();
+    ops.push(put("user:99", "live"));
+    engine.write(ops).await.unwrap();
+    clock.advance(Duration::from_secs(2));
+
+    let mut after: Option<String> = None;
+    let mut found = Vec::new();
+    let mut calls = 0;
+    loop {
+        calls += 1;
+        assert!(calls <= 10, "the scan does not make progress");
+        let page = engine
+            .scan(ScanRequest {
+                prefix: "user:".into(),
+                start_after: after.clone(),
+                limit: 5,
+                include_values: false,
+                max_examined: 4,
+            })
+            .await
+            .unwrap();
+        found.extend(page.entries.into_iter().map(|(key, _)| key));
+        match page.resume_after {
+            Some(key) => {
+                assert!(after.as_ref().is_none_or(|after| key > *after), "progress");
+                after = Some(key);
+            }
+            None => break,
+        }
+    }
+    assert_eq!(found, vec!["user:99"]);
+    assert_eq!(calls, 3, "11 records examined 4 at a time");
+    let unbounded = scan(engine.as_ref(), "user:", 5, false, 0).await;
+    assert_eq!(unbounded.entries.len(), 1);
+    assert_eq!(unbounded.resume_after, None);
+}
+
+async fn scan(
+    engine: &dyn Engine,
+    prefix: &str,
+    limit: usize,
+    include_values: bool,
+    max_examined: usize,
+) -> ScanPage {
+    engine
+        .scan(ScanRequest {
+            prefix: prefix.to_string(),
+            start_after: None,
+            limit,
+            include_values,
+            max_examined,
+        })
+        .await
+        .expect("scan")
+}
+
 /// Every case, for backends that want one call.
 pub async fn run_all<H: Harness>(mut make: impl FnMut() -> H) {
     put_then_get_round_trips(make()).await;
@@ -417,4 +577,7 @@ pub async fn run_all<H: Harness>(mut make: impl FnMut() -> H) {
     expiry_hides_records(make()).await;
     scans_merge_namespaces_in_byte_order(make()).await;
     concurrent_compare_and_set_loses_no_update(make()).await;
+    large_values_round_trip(make()).await;
+    reads_within_a_byte_budget(make()).await;
+    scans_bound_the_records_they_examine(make()).await;
 }

@@ -115,6 +115,21 @@ pub struct ScanRequest {
     pub limit: usize,
     /// Whether to read values too; listings need only metadata.
     pub include_values: bool,
+    /// Most stored records one call examines, live or not (expired records
+    /// count), so that a long run of dead entries cannot make one call
+    /// unbounded; 0 for no bound.
+    pub max_examined: usize,
+}
+
+/// One page of a scan.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ScanPage {
+    /// Live records in ascending key order.
+    pub entries: Vec<(String, Record)>,
+    /// Set when the scan reached `max_examined` before filling the page: the
+    /// last key it examined. The scan continues after it; keys up to it hold
+    /// nothing more to return.
+    pub resume_after: Option<String>,
 }
 
 /// A failure of the storage engine.
@@ -142,6 +157,15 @@ pub enum EngineError {
         key: String,
         /// Why.
         reason: String,
+    },
+    /// A read would return more than the bytes it was allowed; nothing was
+    /// copied.
+    #[error("the records would be {actual} bytes; the limit is {limit} bytes")]
+    TooLarge {
+        /// The limit asked for.
+        limit: usize,
+        /// Bytes of values and metadata the read would return.
+        actual: u64,
     },
     /// The data directory holds something this configuration would hide or lose.
     #[error("{0}")]
@@ -198,8 +222,37 @@ pub trait Engine: Send + Sync + 'static {
         Ok(results.pop().flatten())
     }
 
-    /// Reads up to `limit` live records with a prefix, in key order.
-    async fn scan(&self, request: ScanRequest) -> Result<Vec<(String, Record)>, EngineError>;
+    /// Reads live records like [`Engine::get_many`], but fails with
+    /// [`EngineError::TooLarge`] when their values and metadata together
+    /// exceed `max_bytes` (a key asked for twice counts twice). An
+    /// implementation should check sizes before it copies values, so that a
+    /// small request cannot cost more memory than the limit; this default
+    /// checks after reading and exists for engines that cannot do better.
+    async fn get_many_within(
+        &self,
+        keys: Vec<String>,
+        max_bytes: usize,
+    ) -> Result<Vec<Option<Record>>, EngineError> {
+        let records = self.get_many(keys).await?;
+        let actual: u64 = records
+            .iter()
+            .flatten()
+            .map(|record| {
+                (record.value.len() + record.metadata.as_ref().map_or(0, Vec::len)) as u64
+            })
+            .sum();
+        if actual > max_bytes as u64 {
+            return Err(EngineError::TooLarge {
+                limit: max_bytes,
+                actual,
+            });
+        }
+        Ok(records)
+    }
+
+    /// Reads up to `limit` live records with a prefix, in key order, examining
+    /// at most `max_examined` stored records.
+    async fn scan(&self, request: ScanRequest) -> Result<ScanPage, EngineError>;
 
     /// Applies mutations atomically, returning one outcome per mutation.
     async fn write(&self, ops: Vec<WriteOp>) -> Result<Vec<WriteOutcome>, EngineError>;

@@ -1,12 +1,15 @@
 //! The embedded engine: RocksDB, one column family per namespace.
 //!
 //! Column families: RocksDB's `default` holds the default namespace, `kv/<prefix>`
-//! holds each configured prefix, and `tierkv/meta` holds the engine's own state
-//! (the version counter and the page-token secret).
+//! holds each configured prefix, `tierkv/values` holds values too long to keep
+//! inline with their record's head (see [`record`]), and `tierkv/meta` holds
+//! the engine's own state (the version counter and the page-token secret).
 //!
-//! Every RocksDB call blocks, so the async workers never make one: reads run on
-//! tokio's blocking pool (`spawn_blocking`), and writes are queued to a writer
-//! thread that group-commits them (see [`RocksEngine`]).
+//! Point reads that the memtables and the block cache can answer run inline on
+//! the calling async worker with RocksDB's non-blocking read tier; a read that
+//! would need I/O (or copies a large value) moves to tokio's blocking pool.
+//! Scans always run on the blocking pool. Writes are queued to a writer thread
+//! that group-commits them (see [`RocksEngine`]).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -15,18 +18,27 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use rand::Rng;
 use rocksdb::{
-    compaction_filter::Decision, BlockBasedOptions, BoundColumnFamily, Cache,
-    ColumnFamilyDescriptor, DBCompressionType, ErrorKind, Options, ReadOptions, WriteBatch,
+    compaction_filter::Decision, BlockBasedOptions, Cache, ColumnFamily, ColumnFamilyDescriptor,
+    DBCompressionType, DBPinnableSlice, ErrorKind, Options, ReadOptions, ReadTier, WriteBatch,
     WriteOptions, DB,
 };
 
 use super::namespace::{NamespaceId, DEFAULT_NAMESPACE};
-use super::record::{self, Record, RecordParts};
-use super::{Engine, EngineError, Namespaces, Precondition, ScanRequest, WriteOp, WriteOutcome};
+use super::record::{self, Record, RecordParts, StoredRecord, ValuePlace};
+use super::{
+    Engine, EngineError, Namespaces, Precondition, ScanPage, ScanRequest, WriteOp, WriteOutcome,
+};
 use crate::clock::SharedClock;
 use tokio::sync::{mpsc, oneshot};
 
 const META_CF: &str = "tierkv/meta";
+/// Values longer than [`record::INLINE_VALUE_MAX`], keyed like their heads.
+/// One column family for every namespace: keys are stored whole, so they never
+/// collide, and moving a key between namespaces leaves its value in place.
+const VALUES_CF: &str = "tierkv/values";
+/// A read on an async worker copies at most this many bytes of values; a
+/// larger one moves to the blocking pool so it cannot stall other requests.
+const INLINE_READ_MAX_BYTES: u64 = 256 * 1024;
 const NAMESPACE_CF_PREFIX: &str = "kv/";
 const VERSION_COUNTER_KEY: &[u8] = b"version_counter";
 const SECRET_KEY: &[u8] = b"page_token_secret";
@@ -96,7 +108,7 @@ impl WriteRequest {
 /// One request, checked and encoded, ready to join the group's batch.
 struct Staged {
     /// (namespace, index of the op, encoded record or `None` for a delete).
-    entries: Vec<(NamespaceId, usize, Option<Vec<u8>>)>,
+    entries: Vec<(NamespaceId, usize, Option<StoredRecord>)>,
     /// The live version each touched key is left with.
     pending: HashMap<String, Option<u64>>,
     outcomes: Vec<WriteOutcome>,
@@ -150,6 +162,10 @@ struct Inner {
     column_families: Vec<String>,
     clock: SharedClock,
     write_options: WriteOptions,
+    /// Reads that never wait for I/O ([`Tier::Memory`]).
+    memory_reads: ReadOptions,
+    /// Reads that may ([`Tier::Any`]).
+    any_reads: ReadOptions,
     secret: Vec<u8>,
 }
 
@@ -224,6 +240,10 @@ impl RocksEngine {
                 ColumnFamilyDescriptor::new(name, namespace_options(&cache, &options, &clock))
             })
             .collect();
+        descriptors.push(ColumnFamilyDescriptor::new(
+            VALUES_CF,
+            namespace_options(&cache, &options, &clock),
+        ));
         descriptors.push(ColumnFamilyDescriptor::new(META_CF, Options::default()));
 
         let mut db_options = Options::default();
@@ -269,7 +289,6 @@ impl RocksEngine {
                 secret
             }
         };
-        drop(meta);
 
         let inner = Arc::new(Inner {
             db,
@@ -278,6 +297,8 @@ impl RocksEngine {
             column_families,
             clock,
             write_options,
+            memory_reads: Tier::Memory.read_options(),
+            any_reads: Tier::Any.read_options(),
             secret,
         });
         // Before the writer starts, so the repair is the only writer.
@@ -307,12 +328,13 @@ impl RocksEngine {
     /// Compacts every namespace fully, running the expiry filter over all data.
     /// Blocking; for operators and tests.
     pub fn compact_all(&self) {
-        for id in 0..self.inner.namespaces.len() {
-            if let Ok(cf) = self.inner.handle(id) {
-                self.inner
-                    .db
-                    .compact_range_cf(&cf, None::<&[u8]>, None::<&[u8]>);
-            }
+        let handles = (0..self.inner.namespaces.len())
+            .map(|id| self.inner.handle(id))
+            .chain([self.inner.values_handle()]);
+        for cf in handles.flatten() {
+            self.inner
+                .db
+                .compact_range_cf(cf, None::<&[u8]>, None::<&[u8]>);
         }
     }
 
@@ -323,9 +345,41 @@ impl RocksEngine {
         Ok(self
             .inner
             .db
-            .get_pinned_cf(&cf, key.as_bytes())
+            .get_pinned_cf(cf, key.as_bytes())
             .map_err(storage_error)?
             .is_some())
+    }
+
+    /// Whether an out-of-line value entry for `key` is physically stored.
+    /// Blocking; for tests of the value layout and the compaction filter.
+    pub fn value_entry_present(&self, key: &str) -> Result<bool, EngineError> {
+        let values = self.inner.values_handle()?;
+        Ok(self
+            .inner
+            .db
+            .get_pinned_cf(values, key.as_bytes())
+            .map_err(storage_error)?
+            .is_some())
+    }
+
+    /// Reads records inline when memory holds them, else on the blocking pool.
+    async fn read(
+        &self,
+        keys: Vec<String>,
+        max_bytes: Option<usize>,
+    ) -> Result<Vec<Option<Record>>, EngineError> {
+        match self.inner.get_many(&keys, max_bytes, Tier::Memory) {
+            Ok(records) => Ok(records),
+            Err(ReadFailure::Engine(error)) => Err(error),
+            Err(ReadFailure::WouldBlock) => {
+                self.blocking(move |inner| {
+                    inner
+                        .get_many(&keys, max_bytes, Tier::Any)
+                        .map_err(ReadFailure::into_engine)
+                })
+                .await
+            }
+        }
     }
 
     /// Runs blocking work against the store on the blocking pool.
@@ -349,7 +403,7 @@ fn check_existing_column_families(path: &Path, configured: &[String]) -> Result<
     }
     let existing = DB::list_cf(&Options::default(), path).map_err(storage_error)?;
     for name in existing {
-        if configured.contains(&name) || name == META_CF {
+        if configured.contains(&name) || name == META_CF || name == VALUES_CF {
             continue;
         }
         return Err(match name.strip_prefix(NAMESPACE_CF_PREFIX) {
@@ -382,6 +436,10 @@ fn namespace_options(cache: &Cache, options: &RocksOptions, clock: &SharedClock)
     cf_options.set_compression_type(DBCompressionType::Lz4);
     cf_options.set_bottommost_compression_type(DBCompressionType::Zstd);
     cf_options.set_periodic_compaction_seconds(options.periodic_compaction_seconds);
+    // Deletion markers are skipped inside RocksDB's iterators, where a scan
+    // cannot bound or resume the work; files dense with them are compacted
+    // soon, which drops them, instead of waiting for the periodic compaction.
+    cf_options.add_compact_on_deletion_collector_factory(10_000, 5_000, 0.5);
 
     let clock = Arc::clone(clock);
     cf_options.set_compaction_filter(
@@ -394,8 +452,72 @@ fn namespace_options(cache: &Cache, options: &RocksOptions, clock: &SharedClock)
     cf_options
 }
 
+/// Which data a read may reach.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Tier {
+    /// Memtables and the block cache only: never waits for I/O, so it can run
+    /// on an async worker.
+    Memory,
+    /// Anything, including files; only on the blocking pool.
+    Any,
+}
+
+impl Tier {
+    fn read_options(self) -> ReadOptions {
+        let mut options = ReadOptions::default();
+        if self == Tier::Memory {
+            options.set_read_tier(ReadTier::BlockCache);
+        }
+        options
+    }
+}
+
+/// Why a read gave up.
+#[derive(Debug)]
+enum ReadFailure {
+    /// A [`Tier::Memory`] read needs I/O, or would copy too much for an async
+    /// worker; run it again with [`Tier::Any`] on the blocking pool.
+    WouldBlock,
+    /// The read failed.
+    Engine(EngineError),
+}
+
+impl From<EngineError> for ReadFailure {
+    fn from(error: EngineError) -> Self {
+        ReadFailure::Engine(error)
+    }
+}
+
+impl ReadFailure {
+    fn from_rocksdb(error: rocksdb::Error, tier: Tier) -> Self {
+        if tier == Tier::Memory && error.kind() == ErrorKind::Incomplete {
+            ReadFailure::WouldBlock
+        } else {
+            ReadFailure::Engine(storage_error(error))
+        }
+    }
+
+    fn into_engine(self) -> EngineError {
+        match self {
+            ReadFailure::Engine(error) => error,
+            ReadFailure::WouldBlock => EngineError::Storage("a blocking read gave up".into()),
+        }
+    }
+}
+
+fn corrupt(key: &[u8], error: record::RecordError) -> EngineError {
+    EngineError::Corrupt {
+        key: String::from_utf8_lossy(key).into_owned(),
+        reason: error.to_string(),
+    }
+}
+
+/// A column family handle; with RocksDB's single-threaded column family mode
+/// (the set is fixed at open) it is a plain reference, looked up without a lock.
+type CfHandle<'a> = &'a ColumnFamily;
+
 impl Inner {
-    fn handle(&self, id: NamespaceId) -> Result<Arc<BoundColumnFamily<'_>>, EngineError> {
+    fn handle(&self, id: NamespaceId) -> Result<CfHandle<'_>, EngineError> {
         self.db.cf_handle(&self.column_families[id]).ok_or_else(|| {
             EngineError::Storage(format!(
                 "column family {:?} is not open",
@@ -404,9 +526,34 @@ impl Inner {
         })
     }
 
-    /// Moves keys that a nested namespace owns out of its parent, where they
-    /// were written before the nested namespace was configured. Idempotent and
-    /// crash-safe: each chunk moves atomically, and the next start finishes.
+    fn values_handle(&self) -> Result<CfHandle<'_>, EngineError> {
+        self.db
+            .cf_handle(VALUES_CF)
+            .ok_or_else(|| EngineError::Storage("values column family missing".into()))
+    }
+
+    /// Adds a record's head, and its value entry or the deletion of a stale
+    /// one, to a write batch.
+    fn batch_put(
+        batch: &mut WriteBatch,
+        cf: CfHandle<'_>,
+        values: CfHandle<'_>,
+        key: &[u8],
+        stored: &StoredRecord,
+    ) {
+        batch.put_cf(cf, key, &stored.head);
+        match &stored.value_entry {
+            Some(entry) => batch.put_cf(values, key, entry),
+            None => batch.delete_cf(values, key),
+        }
+    }
+
+    /// Adds the deletion of a record, head and value entry, to a write batch.
+    fn batch_delete(batch: &mut WriteBatch, cf: CfHandle<'_>, values: CfHandle<'_>, key: &[u8]) {
+        batch.delete_cf(cf, key);
+        batch.delete_cf(values, key);
+    }
+
     fn repair_misplaced_keys(&self) -> Result<(), EngineError> {
         for parent in 0..self.namespaces.len() {
             for child in self.namespaces.nested_in(parent) {
@@ -459,50 +606,135 @@ impl Inner {
         }
     }
 
-    fn decode(key: &[u8], value: &[u8], include_value: bool) -> Result<Record, EngineError> {
-        Record::decode(value, include_value).map_err(|error| EngineError::Corrupt {
-            key: String::from_utf8_lossy(key).into_owned(),
-            reason: error.to_string(),
-        })
-    }
-
-    fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Record>>, EngineError> {
+    /// Reads live records. Every head is read (pinned, not copied) and the
+    /// sizes of their metadata and values are summed before any value is
+    /// copied, so a request over `max_bytes` costs no more than its heads.
+    fn get_many(
+        &self,
+        keys: &[String],
+        max_bytes: Option<usize>,
+        tier: Tier,
+    ) -> Result<Vec<Option<Record>>, ReadFailure> {
         let now = self.clock.now_millis();
-        let routes: Vec<NamespaceId> = keys.iter().map(|key| self.namespaces.route(key)).collect();
-        // Handles only for the namespaces these keys live in (one for a Get).
-        let mut handles: Vec<Option<Arc<BoundColumnFamily<'_>>>> =
-            (0..self.namespaces.len()).map(|_| None).collect();
-        for &namespace in &routes {
-            if handles[namespace].is_none() {
-                handles[namespace] = Some(self.handle(namespace)?);
+        // Read options are created once per engine: building them is an FFI
+        // allocation, a measurable share of a memtable hit.
+        let read_options = match tier {
+            Tier::Memory => &self.memory_reads,
+            Tier::Any => &self.any_reads,
+        };
+        let mut heads: Vec<Option<DBPinnableSlice<'_>>> = Vec::with_capacity(keys.len());
+        let mut total: u64 = 0;
+        for key in keys {
+            let cf = self.handle(self.namespaces.route(key))?;
+            let head = self
+                .db
+                .get_pinned_cf_opt(cf, key.as_bytes(), read_options)
+                .map_err(|error| ReadFailure::from_rocksdb(error, tier))?
+                .filter(|bytes| record::peek_expire_at_millis(bytes).is_none_or(|at| at > now));
+            if let Some(bytes) = &head {
+                total += record::peek_payload_len(bytes)
+                    .map_err(|error| corrupt(key.as_bytes(), error))?;
+            }
+            heads.push(head);
+        }
+        if let Some(limit) = max_bytes {
+            if total > limit as u64 {
+                return Err(EngineError::TooLarge {
+                    limit,
+                    actual: total,
+                }
+                .into());
             }
         }
-        let lookups = keys.iter().zip(&routes).filter_map(|(key, &namespace)| {
-            handles[namespace]
-                .as_ref()
-                .map(|handle| (handle, key.as_bytes()))
-        });
-        self.db
-            .multi_get_cf(lookups)
-            .into_iter()
+        if tier == Tier::Memory && total > INLINE_READ_MAX_BYTES {
+            return Err(ReadFailure::WouldBlock);
+        }
+        heads
+            .iter()
             .zip(keys)
-            .map(|(result, key)| match result.map_err(storage_error)? {
+            .map(|(head, key)| match head {
                 None => Ok(None),
-                Some(bytes) => {
-                    let record =
-                        Record::decode_owned(bytes).map_err(|error| EngineError::Corrupt {
-                            key: key.clone(),
-                            reason: error.to_string(),
-                        })?;
-                    Ok((!record.is_expired_at(now)).then_some(record))
-                }
+                Some(head) => self.materialize(key, head, read_options, tier, now),
             })
             .collect()
     }
 
-    fn scan(&self, request: &ScanRequest) -> Result<Vec<(String, Record)>, EngineError> {
+    /// A whole record from its head, fetching an out-of-line value.
+    fn materialize(
+        &self,
+        key: &str,
+        head: &[u8],
+        read_options: &ReadOptions,
+        tier: Tier,
+        now: u64,
+    ) -> Result<Option<Record>, ReadFailure> {
+        let (mut record, place) =
+            record::decode_head(head).map_err(|error| corrupt(key.as_bytes(), error))?;
+        match place {
+            ValuePlace::Inline { start } => record.value = head[start..].to_vec(),
+            ValuePlace::OutOfLine { .. } => {
+                let entry = self
+                    .db
+                    .get_pinned_cf_opt(self.values_handle()?, key.as_bytes(), read_options)
+                    .map_err(|error| ReadFailure::from_rocksdb(error, tier))?;
+                let value = match &entry {
+                    Some(entry) => record::value_of_entry(entry, record.version)
+                        .map_err(|error| corrupt(key.as_bytes(), error))?,
+                    None => None,
+                };
+                match value {
+                    Some(value) => record.value = value.to_vec(),
+                    // A write replaced the key between the two reads.
+                    None => return self.read_consistent(key, tier, now),
+                }
+            }
+        }
+        Ok(Some(record))
+    }
+
+    /// Reads one record, head and value, from one snapshot.
+    fn read_consistent(
+        &self,
+        key: &str,
+        tier: Tier,
+        now: u64,
+    ) -> Result<Option<Record>, ReadFailure> {
+        let snapshot = self.db.snapshot();
+        let cf = self.handle(self.namespaces.route(key))?;
+        let Some(head) = snapshot
+            .get_pinned_cf_opt(cf, key.as_bytes(), tier.read_options())
+            .map_err(|error| ReadFailure::from_rocksdb(error, tier))?
+            .filter(|bytes| record::peek_expire_at_millis(bytes).is_none_or(|at| at > now))
+        else {
+            return Ok(None);
+        };
+        let (mut record, place) =
+            record::decode_head(&head).map_err(|error| corrupt(key.as_bytes(), error))?;
+        match place {
+            ValuePlace::Inline { start } => record.value = head[start..].to_vec(),
+            ValuePlace::OutOfLine { .. } => {
+                let entry = snapshot
+                    .get_pinned_cf_opt(self.values_handle()?, key.as_bytes(), tier.read_options())
+                    .map_err(|error| ReadFailure::from_rocksdb(error, tier))?;
+                let value = match &entry {
+                    Some(entry) => record::value_of_entry(entry, record.version)
+                        .map_err(|error| corrupt(key.as_bytes(), error))?,
+                    None => None,
+                };
+                let value = value.ok_or_else(|| EngineError::Corrupt {
+                    key: key.to_string(),
+                    reason: "the out-of-line value of this version is missing".into(),
+                })?;
+                record.value = value.to_vec();
+            }
+        }
+        Ok(Some(record))
+    }
+
+    fn scan(&self, request: &ScanRequest) -> Result<ScanPage, EngineError> {
+        let mut page = ScanPage::default();
         if request.limit == 0 {
-            return Ok(Vec::new());
+            return Ok(page);
         }
         let now = self.clock.now_millis();
         let prefix = request.prefix.as_bytes();
@@ -531,13 +763,14 @@ impl Inner {
                 if let Some(upper) = &upper_bound {
                     read_options.set_iterate_upper_bound(upper.clone());
                 }
-                let mut iterator = self.db.raw_iterator_cf_opt(cf, read_options);
+                let mut iterator = self.db.raw_iterator_cf_opt(*cf, read_options);
                 iterator.seek(&start);
                 iterator
             })
             .collect();
+        let values = self.values_handle()?;
 
-        let mut page = Vec::new();
+        let mut examined = 0usize;
         // Namespaces hold disjoint keys; merge them by always taking the
         // smallest current key. There are only a handful of namespaces, so a
         // linear pick beats a heap.
@@ -551,19 +784,52 @@ impl Inner {
             }
             let Some(index) = smallest else { break };
             let iterator = &mut iterators[index];
-            if let (Some(key), Some(value)) = (iterator.key(), iterator.value()) {
-                let live = record::peek_expire_at_millis(value).is_none_or(|at| at > now);
+            if let (Some(key), Some(head)) = (iterator.key(), iterator.value()) {
+                examined += 1;
+                let live = record::peek_expire_at_millis(head).is_none_or(|at| at > now);
                 if live {
-                    let record = Self::decode(key, value, request.include_values)?;
+                    // Heads only: an out-of-line value is read only when asked for.
+                    let (mut record, place) =
+                        record::decode_head(head).map_err(|error| corrupt(key, error))?;
+                    if request.include_values {
+                        record.value = match place {
+                            ValuePlace::Inline { start } => head[start..].to_vec(),
+                            ValuePlace::OutOfLine { .. } => {
+                                let mut read_options = ReadOptions::default();
+                                read_options.set_snapshot(&snapshot);
+                                let entry = self
+                                    .db
+                                    .get_pinned_cf_opt(values, key, &read_options)
+                                    .map_err(storage_error)?;
+                                entry
+                                    .as_deref()
+                                    .map(|entry| record::value_of_entry(entry, record.version))
+                                    .transpose()
+                                    .map_err(|error| corrupt(key, error))?
+                                    .flatten()
+                                    .ok_or_else(|| EngineError::Corrupt {
+                                        key: String::from_utf8_lossy(key).into_owned(),
+                                        reason: "the out-of-line value of this version is missing"
+                                            .into(),
+                                    })?
+                                    .to_vec()
+                            }
+                        };
+                    }
                     let name =
                         String::from_utf8(key.to_vec()).map_err(|_| EngineError::Corrupt {
                             key: String::from_utf8_lossy(key).into_owned(),
                             reason: "key is not UTF-8".into(),
                         })?;
-                    page.push((name, record));
-                    if page.len() == request.limit {
+                    page.entries.push((name, record));
+                    if page.entries.len() == request.limit {
                         break;
                     }
+                }
+                if request.max_examined > 0 && examined >= request.max_examined {
+                    // Bounded work: the caller resumes after this key.
+                    page.resume_after = Some(String::from_utf8_lossy(key).into_owned());
+                    break;
                 }
             }
             iterator.next();
@@ -576,7 +842,7 @@ impl Inner {
 
     fn live_version(
         &self,
-        cf: &Arc<BoundColumnFamily<'_>>,
+        cf: CfHandle<'_>,
         key: &str,
         now: u64,
     ) -> Result<Option<u64>, EngineError> {
@@ -606,13 +872,14 @@ impl Inner {
         let prepared = (0..self.namespaces.len())
             .map(|id| self.handle(id))
             .collect::<Result<Vec<_>, _>>()
-            .and_then(|handles| {
+            .and_then(|handles| Ok((handles, self.values_handle()?)))
+            .and_then(|(handles, values)| {
                 self.db
                     .cf_handle(META_CF)
-                    .map(|meta| (handles, meta))
+                    .map(|meta| (handles, values, meta))
                     .ok_or_else(|| EngineError::Storage("meta column family missing".into()))
             });
-        let (handles, meta) = match prepared {
+        let (handles, values, meta) = match prepared {
             Ok(prepared) => prepared,
             Err(error) => {
                 for request in group {
@@ -630,11 +897,12 @@ impl Inner {
         for request in group {
             match self.stage(&request.ops, &handles, &group_pending, now, next_version) {
                 Ok(staged) => {
-                    for (namespace, index, value) in &staged.entries {
+                    for (namespace, index, stored) in &staged.entries {
                         let key = request.ops[*index].key().as_bytes();
-                        match value {
-                            Some(bytes) => batch.put_cf(&handles[*namespace], key, bytes),
-                            None => batch.delete_cf(&handles[*namespace], key),
+                        let cf = handles[*namespace];
+                        match stored {
+                            Some(stored) => Self::batch_put(&mut batch, cf, values, key, stored),
+                            None => Self::batch_delete(&mut batch, cf, values, key),
                         }
                     }
                     next_version = staged.last_version;
@@ -673,7 +941,7 @@ impl Inner {
     fn stage(
         &self,
         ops: &[WriteOp],
-        handles: &[Arc<BoundColumnFamily<'_>>],
+        handles: &[CfHandle<'_>],
         group_pending: &HashMap<String, Option<u64>>,
         now: u64,
         mut version: u64,
@@ -694,7 +962,7 @@ impl Inner {
             let current = match pending.get(key).or_else(|| group_pending.get(key)) {
                 Some(version) => *version,
                 None if blind_put => None,
-                None => self.live_version(&handles[namespace], key, now)?,
+                None => self.live_version(handles[namespace], key, now)?,
             };
             if !precondition.holds(current) {
                 return Err(EngineError::PreconditionFailed {
@@ -707,7 +975,7 @@ impl Inner {
             match op {
                 WriteOp::Put(put) => {
                     version += 1;
-                    let bytes = record::encode_parts(RecordParts {
+                    let stored = record::encode_stored(RecordParts {
                         kind: put.kind,
                         value: &put.value,
                         metadata: put.metadata.as_deref(),
@@ -715,7 +983,7 @@ impl Inner {
                         version,
                         schema_version: put.schema_version,
                     });
-                    entries.push((namespace, index, Some(bytes)));
+                    entries.push((namespace, index, Some(stored)));
                     let live = put.expire_at_millis.is_none_or(|at| at > now);
                     pending.insert(key.to_string(), live.then_some(version));
                     outcomes.push(WriteOutcome::Put { version });
@@ -740,9 +1008,11 @@ impl Inner {
     fn flush(&self) -> Result<(), EngineError> {
         self.db.flush_wal(true).map_err(storage_error)?;
         for id in 0..self.namespaces.len() {
-            let cf = self.handle(id)?;
-            self.db.flush_cf(&cf).map_err(storage_error)?;
+            self.db.flush_cf(self.handle(id)?).map_err(storage_error)?;
         }
+        self.db
+            .flush_cf(self.values_handle()?)
+            .map_err(storage_error)?;
         Ok(())
     }
 }
@@ -750,10 +1020,18 @@ impl Inner {
 #[async_trait]
 impl Engine for RocksEngine {
     async fn get_many(&self, keys: Vec<String>) -> Result<Vec<Option<Record>>, EngineError> {
-        self.blocking(move |inner| inner.get_many(&keys)).await
+        self.read(keys, None).await
     }
 
-    async fn scan(&self, request: ScanRequest) -> Result<Vec<(String, Record)>, EngineError> {
+    async fn get_many_within(
+        &self,
+        keys: Vec<String>,
+        max_bytes: usize,
+    ) -> Result<Vec<Option<Record>>, EngineError> {
+        self.read(keys, Some(max_bytes)).await
+    }
+
+    async fn scan(&self, request: ScanRequest) -> Result<ScanPage, EngineError> {
         self.blocking(move |inner| inner.scan(&request)).await
     }
 

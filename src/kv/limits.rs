@@ -28,6 +28,9 @@ pub const MAX_BATCH_WRITE_MUTATIONS: usize = 10_000;
 pub const MAX_BATCH_WRITE_BYTES: usize = 100 * 1024 * 1024;
 /// Largest page of a listing.
 pub const MAX_PAGE_SIZE: usize = 1000;
+/// Most stored records one `List` call examines, live or expired: a long run
+/// of expired records ends a call early with a short page and a token.
+pub const MAX_LIST_EXAMINED: usize = 10_000;
 /// Page size when the request leaves it at 0.
 pub const DEFAULT_PAGE_SIZE: usize = 1000;
 /// Largest response the server builds (values and metadata of a `BatchGet`).

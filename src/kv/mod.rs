@@ -356,19 +356,20 @@ impl KvService {
         if !violations.is_empty() {
             return Err(KvError::InvalidArgument(violations));
         }
-        let records = self.engine.get_many(keys.to_vec()).await?;
-        let total: usize = records
-            .iter()
-            .flatten()
-            .map(|record| record.value.len() + record.metadata.as_ref().map_or(0, Vec::len))
-            .sum();
-        if total > MAX_RESPONSE_BYTES {
-            return Err(KvError::ResponseTooLarge {
-                what: "the batch response",
-                limit: MAX_RESPONSE_BYTES,
-                actual: total,
-            });
-        }
+        // The engine sums the sizes before it copies any value, so a small
+        // request naming one huge key many times costs no more than the limit.
+        let records = self
+            .engine
+            .get_many_within(keys.to_vec(), MAX_RESPONSE_BYTES)
+            .await
+            .map_err(|error| match error {
+                EngineError::TooLarge { limit, actual } => KvError::ResponseTooLarge {
+                    what: "the batch response",
+                    limit,
+                    actual: usize::try_from(actual).unwrap_or(usize::MAX),
+                },
+                other => other.into(),
+            })?;
         records
             .into_iter()
             .zip(keys)
@@ -513,21 +514,26 @@ impl KvService {
                     .map_err(|error| invalid("page_token", error.to_string()))?,
             )
         };
-        // One extra record tells whether another page exists, so a page is
-        // only ever empty when the listing is complete.
-        let mut records = self
+        // One extra record tells whether another page exists. A call examines
+        // at most MAX_LIST_EXAMINED stored records; when dead ones (expired,
+        // not yet compacted away) use that up, the page comes back short, even
+        // empty, with a token that resumes after the last record examined.
+        let page = self
             .engine
             .scan(ScanRequest {
                 prefix: prefix.to_string(),
                 start_after,
                 limit: page_size + 1,
                 include_values: false,
+                max_examined: MAX_LIST_EXAMINED.max(page_size + 1),
             })
             .await?;
+        let mut records = page.entries;
         let more = records.len() > page_size;
         records.truncate(page_size);
-        let next_page_token = match (more, records.last()) {
-            (true, Some((last, _))) => page_token::encode(secret, prefix, last),
+        let next_page_token = match (more, records.last(), page.resume_after) {
+            (true, Some((last, _)), _) => page_token::encode(secret, prefix, last),
+            (false, _, Some(resume_after)) => page_token::encode(secret, prefix, &resume_after),
             _ => String::new(),
         };
         let keys = records

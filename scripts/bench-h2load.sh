@@ -1,0 +1,220 @@
+#!/usr/bin/env bash
+# Measures a release tierkv with h2load (an independent HTTP/2 load tool), next to the gRPC health check
+# of the same server and an etcd baseline over etcd's own gRPC API.
+#
+#   scripts/bench-h2load.sh                 # 3 interleaved rounds of 4 s per RPC, 16 connections x 16 streams
+#   ROUNDS=5 DURATION=8 scripts/bench-h2load.sh
+#   SERVER_BIN=./target/release/tierkv scripts/bench-h2load.sh    # measure a given binary (tierkv refuses
+#                                           # unknown TIERKV_* variables, hence the name)
+#   ETCD=0 scripts/bench-h2load.sh          # skip the etcd baseline
+#   VALUE=text scripts/bench-h2load.sh      # 15-byte text values instead of 15-byte JSON values
+#
+# Every RPC of a round runs against the same server process, one after the other, and rounds interleave
+# (health, Get, Put, BatchGet, health, Get, ...), so slow drifts of the machine hit every RPC alike. The
+# script prints each run, then the median per RPC and its ratio to the median health check. h2load only
+# sees HTTP status codes, so every request body is first sent once with curl and its `grpc-status` must be 0.
+#
+# Installs `nghttp2-client` (h2load) and `etcd-server` with apt-get when they are missing (Debian/Ubuntu).
+# Everything it starts (tierkv, etcd) listens on 127.0.0.1, writes under a temporary directory, and is
+# killed on exit. Total time: about ROUNDS x DURATION x 8 seconds plus start-up.
+set -euo pipefail
+
+ROUNDS="${ROUNDS:-3}"
+DURATION="${DURATION:-4}"
+CLIENTS="${CLIENTS:-16}"
+STREAMS="${STREAMS:-16}"
+THREADS="${THREADS:-1}"
+ETCD="${ETCD:-1}"
+VALUE="${VALUE:-json}"
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+
+need() { command -v "$1" >/dev/null 2>&1; }
+install_packages() {
+    local sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    echo "installing $* (apt-get)" >&2
+    $sudo apt-get update -qq >/dev/null
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "$@" >/dev/null
+}
+need h2load || install_packages nghttp2-client
+if [ "$ETCD" = 1 ] && ! need etcd; then install_packages etcd-server; fi
+need curl || install_packages curl
+need python3 || { echo "python3 is required to build the request bodies" >&2; exit 1; }
+
+if [ -z "${SERVER_BIN:-}" ]; then
+    TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
+    SERVER_BIN="$TARGET_DIR/release/tierkv"
+    if [ ! -x "$SERVER_BIN" ]; then
+        (cd "$ROOT" && cargo build --release --locked --bin tierkv)
+    fi
+fi
+
+WORK="$(mktemp -d "${TMPDIR:-/tmp}/tierkv-h2load.XXXXXX")"
+PIDS=()
+cleanup() {
+    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+    for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+    rm -rf "$WORK"
+}
+trap cleanup EXIT INT TERM
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+# gRPC request bodies: a 5-byte frame header (no compression, big-endian length) and the protobuf message.
+python3 - "$WORK" "$VALUE" <<'EOF'
+import struct, sys
+out = sys.argv[1]
+
+def varint(n):
+    b = bytearray()
+    while True:
+        byte = n & 0x7F
+        n >>= 7
+        if n:
+            b.append(byte | 0x80)
+        else:
+            b.append(byte)
+            return bytes(b)
+
+def field(number, payload):          # length-delimited field
+    return varint(number << 3 | 2) + varint(len(payload)) + payload
+
+def frame(message):
+    return b"\x00" + struct.pack(">I", len(message)) + message
+
+def json_object(pairs):              # google.protobuf.Value{struct_value: Struct{fields}}
+    fields = b"".join(
+        field(1, field(1, k.encode()) + field(2, field(3, v.encode())))  # map entry: key, Value{string_value}
+        for k, v in pairs)
+    return field(5, fields)
+
+if sys.argv[2] == "text":
+    value = field(2, b'{"user":"adam"}')        # text: field 2
+else:
+    value = field(3, json_object([("user", "adam")]))  # {"user":"adam"}, a 15-byte JSON value: field 3
+bodies = {
+    "health": field(1, b"tierkv.v1.KvService"),
+    "get": field(1, b"bench:get"),
+    "put": field(1, b"bench:get") + value,
+    "batchget": b"".join(field(1, b"bench:batch:%03d" % i) for i in range(100)),
+    "seed": b"".join(field(1, field(1, field(1, b"bench:batch:%03d" % i) + value))
+                     for i in range(100)),
+    "etcd_range": field(1, b"bench:get"),
+    "etcd_range_serializable": field(1, b"bench:get") + bytes([7 << 3, 1]),
+    "etcd_put": field(1, b"bench:get") + field(2, b'{"user":"adam"}'),
+}
+for name, message in bodies.items():
+    with open(f"{out}/{name}.bin", "wb") as f:
+        f.write(frame(message))
+EOF
+
+# Sends one body with curl and fails unless the gRPC status is 0 (h2load would count errors as successes).
+grpc_call() {
+    local url="$1" body="$2"
+    local headers="$WORK/headers.txt"
+    curl -sS --http2-prior-knowledge -o /dev/null -D "$headers" --max-time 10 \
+        -H 'content-type: application/grpc' -H 'te: trailers' --data-binary "@$body" "$url"
+    if ! grep -qi '^grpc-status: 0' "$headers"; then
+        echo "gRPC call to $url failed:" >&2
+        cat "$headers" >&2
+        exit 1
+    fi
+}
+
+# Waits up to 60 s for a listener on the port while the process is alive.
+wait_for_port() {
+    local port="$1" pid="$2" log="$3" i
+    for i in $(seq 1 600); do
+        if python3 -c "import socket; socket.create_connection(('127.0.0.1',$port),0.2)" 2>/dev/null; then
+            return 0
+        fi
+        if ! kill -0 "$pid" 2>/dev/null; then break; fi
+        sleep 0.1
+    done
+    echo "nothing listens on 127.0.0.1:$port; log:" >&2
+    tail -20 "$log" >&2
+    exit 1
+}
+
+TIERKV_PORT="$(free_port)"
+"$SERVER_BIN" serve --listen "127.0.0.1:$TIERKV_PORT" --data-dir "$WORK/tierkv" \
+    >"$WORK/tierkv.log" 2>&1 &
+PIDS+=($!)
+TIERKV_PID=$!
+wait_for_port "$TIERKV_PORT" "$TIERKV_PID" "$WORK/tierkv.log"
+TIERKV="http://127.0.0.1:$TIERKV_PORT"
+
+if [ "$ETCD" = 1 ]; then
+    ETCD_PORT="$(free_port)"
+    ETCD_PEER_PORT="$(free_port)"
+    etcd --name bench --data-dir "$WORK/etcd" \
+        --listen-client-urls "http://127.0.0.1:$ETCD_PORT" --advertise-client-urls "http://127.0.0.1:$ETCD_PORT" \
+        --listen-peer-urls "http://127.0.0.1:$ETCD_PEER_PORT" \
+        --initial-advertise-peer-urls "http://127.0.0.1:$ETCD_PEER_PORT" \
+        --initial-cluster "bench=http://127.0.0.1:$ETCD_PEER_PORT" \
+        --log-level error >"$WORK/etcd.log" 2>&1 &
+    PIDS+=($!)
+    wait_for_port "$ETCD_PORT" "$!" "$WORK/etcd.log"
+    ETCD_URL="http://127.0.0.1:$ETCD_PORT"
+fi
+
+# name, url, body; in the order each round runs them.
+BENCHES=(
+    "health|$TIERKV/grpc.health.v1.Health/Check|health"
+    "Get|$TIERKV/tierkv.v1.KvService/Get|get"
+    "Put|$TIERKV/tierkv.v1.KvService/Put|put"
+    "BatchGet x100|$TIERKV/tierkv.v1.KvService/BatchGet|batchget"
+)
+if [ "$ETCD" = 1 ]; then
+    BENCHES+=(
+        "etcd Range|$ETCD_URL/etcdserverpb.KV/Range|etcd_range"
+        "etcd Range serializable|$ETCD_URL/etcdserverpb.KV/Range|etcd_range_serializable"
+        "etcd Put|$ETCD_URL/etcdserverpb.KV/Put|etcd_put"
+    )
+fi
+
+# Seed the keys read back, and check every body once.
+grpc_call "$TIERKV/tierkv.v1.KvService/Put" "$WORK/put.bin"
+grpc_call "$TIERKV/tierkv.v1.KvService/BatchWrite" "$WORK/seed.bin"
+[ "$ETCD" = 1 ] && grpc_call "$ETCD_URL/etcdserverpb.KV/Put" "$WORK/etcd_put.bin"
+for bench in "${BENCHES[@]}"; do
+    IFS='|' read -r _ url body <<<"$bench"
+    grpc_call "$url" "$WORK/$body.bin"
+done
+
+echo "tierkv: $SERVER_BIN (pid $TIERKV_PID); $VALUE values; h2load -c $CLIENTS -m $STREAMS -t $THREADS -D $DURATION, $ROUNDS rounds"
+RESULTS="$WORK/results.txt"
+: >"$RESULTS"
+for round in $(seq 1 "$ROUNDS"); do
+    for bench in "${BENCHES[@]}"; do
+        IFS='|' read -r name url body <<<"$bench"
+        output="$(h2load -c "$CLIENTS" -m "$STREAMS" -t "$THREADS" -D "$DURATION" \
+            -H 'content-type: application/grpc' -H 'te: trailers' -d "$WORK/$body.bin" "$url" 2>&1)"
+        rps="$(sed -n 's/^finished in .*, \([0-9.]*\) req\/s.*/\1/p' <<<"$output")"
+        failed="$(sed -n 's/^requests: .* \([0-9]*\) failed.*/\1/p' <<<"$output")"
+        non2xx="$(sed -n 's/^status codes: .*, \([0-9]*\) 4xx, \([0-9]*\) 5xx/\1 \2/p' <<<"$output")"
+        if [ -z "$rps" ] || [ "${failed:-0}" != 0 ] || [ "$non2xx" != "0 0" ]; then
+            echo "h2load run of $name failed:" >&2
+            echo "$output" >&2
+            exit 1
+        fi
+        printf 'round %d  %-24s %12.0f req/s\n' "$round" "$name" "$rps"
+        printf '%s|%s\n' "$name" "$rps" >>"$RESULTS"
+    done
+done
+
+echo
+python3 - "$RESULTS" <<'EOF'
+import statistics, sys
+runs = {}
+for line in open(sys.argv[1]):
+    name, rps = line.rstrip("\n").split("|")
+    runs.setdefault(name, []).append(float(rps))
+health = statistics.median(runs["health"])
+print(f"{'RPC':<26}{'median req/s':>14}{'keys/s':>14}{'vs health':>11}   runs")
+for name, values in runs.items():
+    median = statistics.median(values)
+    keys = median * (100 if name.startswith("BatchGet") else 1)
+    ratio = "" if name == "health" else f"{median / health:.2f}x"
+    print(f"{name:<26}{median:>14,.0f}{keys:>14,.0f}{ratio:>11}   " + " ".join(f"{v:,.0f}" for v in values))
+EOF
