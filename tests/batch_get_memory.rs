@@ -64,7 +64,7 @@ async fn oversized_batch_get_is_refused_before_materialising() {
     );
 
     // Within the limit, the same key several times is answered whole.
-    let fits = (MAX_RESPONSE_BYTES / MAX_VALUE_BYTES) as usize;
+    let fits = MAX_RESPONSE_BYTES / MAX_VALUE_BYTES;
     let response = server
         .client
         .batch_get(pb::BatchGetRequest {
