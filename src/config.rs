@@ -41,6 +41,11 @@ pub struct Config {
     pub sync_writes: bool,
     /// RocksDB block cache size, in MiB.
     pub block_cache_mb: usize,
+    /// Compaction removes a record only once it has been expired this long,
+    /// in seconds, so a clock stepped forward by less destroys nothing.
+    pub expiry_grace_secs: u64,
+    /// Most MiB of writes queued for the writer thread; writers wait beyond.
+    pub write_queue_mb: usize,
     /// Longest a request may run, in milliseconds (0 = only the client's deadline).
     pub request_timeout_ms: u64,
     /// How long shutdown waits for in-flight requests, in milliseconds.
@@ -59,6 +64,8 @@ impl Default for Config {
             namespaces: Namespaces::default_prefixes(),
             sync_writes: false,
             block_cache_mb: 128,
+            expiry_grace_secs: 3600,
+            write_queue_mb: 256,
             request_timeout_ms: 30_000,
             shutdown_grace_ms: 10_000,
             log_format: LogFormat::Human,
@@ -106,6 +113,12 @@ const SERVER_ENV: &[(&str, &str, EnvKind)] = &[
     ("TIERKV_NAMESPACES", "namespaces", EnvKind::List),
     ("TIERKV_SYNC_WRITES", "sync_writes", EnvKind::Bool),
     ("TIERKV_BLOCK_CACHE_MB", "block_cache_mb", EnvKind::Integer),
+    (
+        "TIERKV_EXPIRY_GRACE_SECS",
+        "expiry_grace_secs",
+        EnvKind::Integer,
+    ),
+    ("TIERKV_WRITE_QUEUE_MB", "write_queue_mb", EnvKind::Integer),
     (
         "TIERKV_REQUEST_TIMEOUT_MS",
         "request_timeout_ms",
@@ -181,6 +194,15 @@ impl Config {
             return Err(ConfigError::Invalid(
                 "block_cache_mb must be at least 1".into(),
             ));
+        }
+        // A queue smaller than the largest batch would make that batch wait
+        // for an empty queue every time.
+        let min_queue_mb = crate::kv::limits::MAX_BATCH_WRITE_BYTES.div_ceil(1024 * 1024);
+        if self.write_queue_mb < min_queue_mb {
+            return Err(ConfigError::Invalid(format!(
+                "write_queue_mb is {}; it must be at least {min_queue_mb} (the largest batch write)",
+                self.write_queue_mb
+            )));
         }
         if self.data_dir.as_os_str().is_empty() {
             return Err(ConfigError::Invalid("data_dir must not be empty".into()));

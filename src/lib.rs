@@ -6,8 +6,10 @@
 //!   (`tierkv::proto::v1::kv_service_client::KvServiceClient`), for other Rust
 //!   services to depend on.
 //! - [`engine`] — the [`engine::Engine`] trait (namespaces, point reads,
-//!   ordered scans, atomic batches with preconditions, expiry), the RocksDB
-//!   implementation, the record format and the shared conformance suite.
+//!   ordered scans, atomic batches with preconditions, expiry, the
+//!   commit-ordered change feed), the RocksDB implementation (its writer
+//!   thread in `engine/rocks/writer.rs`), the record format and the shared
+//!   conformance suite.
 //! - [`kv`] — the KV service's domain logic: validation, limits, value
 //!   representations, compare-and-set, page tokens. No transport types.
 //! - [`api`] — thin tonic adapters and the single error-to-status mapping.

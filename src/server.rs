@@ -46,6 +46,10 @@ pub enum ServerError {
     /// The transport failed.
     #[error("transport: {0}")]
     Transport(#[from] tonic::transport::Error),
+    /// The engine can no longer write (its writer died or storage failed);
+    /// the process should exit so an orchestrator restarts it.
+    #[error("the storage engine failed: {0}")]
+    EngineFailed(String),
 }
 
 /// Opens the RocksDB engine described by `config`.
@@ -55,6 +59,8 @@ pub async fn open_engine(config: &Config, clock: SharedClock) -> Result<RocksEng
     let options = RocksOptions {
         sync_writes: config.sync_writes,
         block_cache_bytes: config.block_cache_mb * 1024 * 1024,
+        expiry_grace: Duration::from_secs(config.expiry_grace_secs),
+        write_queue_bytes: config.write_queue_mb * 1024 * 1024,
         ..RocksOptions::default()
     };
     let engine =
@@ -82,6 +88,10 @@ pub async fn open_and_bind(
 /// Serves on `listener` until `shutdown` resolves, then drains: health turns
 /// NOT_SERVING, new connections are refused, in-flight calls get up to the
 /// configured grace period, and the store is flushed.
+///
+/// If the engine fails for good (see [`Engine::failed`]), the server drains
+/// the same way and returns [`ServerError::EngineFailed`], so the process
+/// exits non-zero instead of serving UNAVAILABLE while reporting SERVING.
 pub async fn serve(
     config: Config,
     engine: Arc<dyn Engine>,
@@ -137,9 +147,20 @@ pub async fn serve(
     tokio::pin!(serving);
     tracing::info!(addr = %local_addr, data_dir = %config.data_dir.display(), "serving");
 
+    let mut engine_failure = None;
+    let stop = async {
+        tokio::select! {
+            () = shutdown => {}
+            reason = engine.failed() => {
+                tracing::error!(%reason, "the storage engine failed; stopping");
+                engine_failure = Some(reason);
+            }
+        }
+    };
+
     tokio::select! {
         result = &mut serving => result?,
-        () = shutdown => {
+        () = stop => {
             tracing::info!(grace_ms = config.shutdown_grace_ms, "shutting down: draining in-flight requests");
             for name in SERVICE_NAMES {
                 health_reporter.set_service_status(*name, ServingStatus::NotServing).await;
@@ -155,7 +176,11 @@ pub async fn serve(
             }
         }
     }
-    engine.flush().await?;
+    let flushed = engine.flush().await;
+    if let Some(reason) = engine_failure {
+        return Err(ServerError::EngineFailed(reason));
+    }
+    flushed?;
     tracing::info!("stopped");
     Ok(())
 }

@@ -8,11 +8,11 @@ use std::time::Duration;
 use async_trait::async_trait;
 use tempfile::TempDir;
 use tierkv::clock::{ManualClock, SharedClock};
-use tierkv::engine::conformance::{self, Harness, SUITE_NAMESPACES};
+use tierkv::engine::conformance::{self, Harness, SUITE_CHANGE_FEED_CAPACITY, SUITE_NAMESPACES};
 use tierkv::engine::record::INLINE_VALUE_MAX;
 use tierkv::engine::{
-    DeleteOp, Engine, EngineError, Namespaces, Precondition, Record, RocksEngine, RocksOptions,
-    ScanRequest, ValueKind, WriteOp,
+    Change, DeleteOp, Engine, EngineError, Namespaces, Precondition, Record, RocksEngine,
+    RocksOptions, ScanRequest, ValueKind, WriteOp, WriteOutcome,
 };
 
 struct RocksHarness {
@@ -33,7 +33,10 @@ impl Harness for RocksHarness {
         let engine = RocksEngine::open(
             self.dir.path(),
             Namespaces::new(SUITE_NAMESPACES.iter().copied()),
-            RocksOptions::default(),
+            RocksOptions {
+                change_feed_capacity: SUITE_CHANGE_FEED_CAPACITY,
+                ..RocksOptions::default()
+            },
             clock,
         )?;
         Ok(Arc::new(engine))
@@ -100,13 +103,69 @@ async fn concurrent_compare_and_set_loses_no_update() {
     conformance::concurrent_compare_and_set_loses_no_update(RocksHarness::new()).await;
 }
 
+/// Suite: the change feed publishes every commit in order.
+#[tokio::test]
+async fn change_feed_publishes_commits_in_order() {
+    conformance::change_feed_publishes_commits_in_order(RocksHarness::new()).await;
+}
+
+/// Suite: subscribe-then-read misses no concurrent write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn subscribe_then_read_misses_no_write() {
+    conformance::subscribe_then_read_misses_no_write(RocksHarness::new()).await;
+}
+
+/// Suite: a lagging subscriber learns how much it missed.
+#[tokio::test]
+async fn lagging_subscriber_learns_how_much_it_missed() {
+    conformance::lagging_subscriber_learns_how_much_it_missed(RocksHarness::new()).await;
+}
+
+/// Suite: the clock never goes back, even across a restart.
+#[tokio::test]
+async fn clock_never_goes_back() {
+    conformance::clock_never_goes_back(RocksHarness::new()).await;
+}
+
 fn open(dir: &TempDir, prefixes: &[&str], clock: SharedClock) -> Result<RocksEngine, EngineError> {
+    open_with(dir, prefixes, clock, RocksOptions::default())
+}
+
+fn open_with(
+    dir: &TempDir,
+    prefixes: &[&str],
+    clock: SharedClock,
+    options: RocksOptions,
+) -> Result<RocksEngine, EngineError> {
     RocksEngine::open(
         dir.path(),
         Namespaces::new(prefixes.iter().copied()),
-        RocksOptions::default(),
+        options,
         clock,
     )
+}
+
+fn no_grace() -> RocksOptions {
+    RocksOptions {
+        expiry_grace: Duration::ZERO,
+        ..RocksOptions::default()
+    }
+}
+
+fn put_expiring(key: &str, value: &str, expire_at_millis: u64) -> WriteOp {
+    let mut op = conformance::put(key, value);
+    if let WriteOp::Put(put) = &mut op {
+        put.expire_at_millis = Some(expire_at_millis);
+    }
+    op
+}
+
+fn put_if(key: &str, value: &str, precondition: Precondition) -> WriteOp {
+    let mut op = conformance::put(key, value);
+    if let WriteOp::Put(put) = &mut op {
+        put.precondition = precondition;
+    }
+    op
 }
 
 /// The compaction filter physically removes expired records (and only them).
@@ -114,14 +173,10 @@ fn open(dir: &TempDir, prefixes: &[&str], clock: SharedClock) -> Result<RocksEng
 async fn compaction_filter_drops_expired_records() {
     let dir = tempfile::tempdir().unwrap();
     let clock = ManualClock::new(1_800_000_000_000);
-    let engine = open(&dir, &["user:"], clock.clone()).unwrap();
+    let engine = open_with(&dir, &["user:"], clock.clone(), no_grace()).unwrap();
     let mut ops = Vec::new();
     for key in ["user:short", "short-default"] {
-        let mut op = conformance::put(key, "v");
-        if let tierkv::engine::WriteOp::Put(put) = &mut op {
-            put.expire_at_millis = Some(1_800_000_001_000);
-        }
-        ops.push(op);
+        ops.push(put_expiring(key, "v", 1_800_000_001_000));
     }
     ops.push(conformance::put("user:forever", "v"));
     engine.write(ops).await.unwrap();
@@ -133,7 +188,7 @@ async fn compaction_filter_drops_expired_records() {
         "not expired yet: kept"
     );
 
-    clock.advance(Duration::from_secs(1));
+    clock.advance(Duration::from_millis(1001));
     assert!(
         engine.physically_present("user:short").unwrap(),
         "expired but not yet compacted"
@@ -224,7 +279,7 @@ fn big_put(key: &str, len: usize, expire_at_millis: Option<u64>) -> WriteOp {
 async fn out_of_line_values_go_with_their_head() {
     let dir = tempfile::tempdir().unwrap();
     let clock = ManualClock::new(1_800_000_000_000);
-    let engine = open(&dir, &["user:"], clock.clone()).unwrap();
+    let engine = open_with(&dir, &["user:"], clock.clone(), no_grace()).unwrap();
     let big = INLINE_VALUE_MAX + 1;
 
     engine
@@ -269,7 +324,7 @@ async fn out_of_line_values_go_with_their_head() {
         engine.value_entry_present("user:c").unwrap(),
         "not expired yet"
     );
-    clock.advance(Duration::from_secs(1));
+    clock.advance(Duration::from_millis(1001));
     engine.compact_all();
     assert!(!engine.physically_present("user:c").unwrap());
     assert!(!engine.value_entry_present("user:c").unwrap());
@@ -365,4 +420,258 @@ async fn listings_read_heads_only() {
         heads.iter().all(|len| *len <= 64),
         "heads are small: {heads:?}"
     );
+}
+
+/// The compaction filter keeps a record until it has been expired for longer
+/// than the grace margin, so a clock stepped forward by less than the margin
+/// hides records but destroys none: when the clock comes back, they are
+/// still on disk (and stay hidden, as the engine's clock never goes back).
+#[tokio::test]
+async fn compaction_keeps_records_within_the_grace_margin() {
+    const T0: u64 = 1_800_000_000_000;
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(T0);
+    let options = RocksOptions {
+        expiry_grace: Duration::from_secs(3600),
+        ..RocksOptions::default()
+    };
+    let engine = open_with(&dir, &["user:"], clock.clone(), options).unwrap();
+    engine
+        .write(vec![put_expiring("user:s", "v", T0 + 60_000)])
+        .await
+        .unwrap();
+    engine.flush().await.unwrap();
+
+    // A step forward of 30 minutes past the expiry: hidden, not destroyed.
+    clock.set_millis(T0 + 60_000 + 30 * 60_000);
+    engine.compact_all();
+    assert!(engine.get("user:s".into()).await.unwrap().is_none());
+    assert!(engine.physically_present("user:s").unwrap());
+
+    // The clock is corrected: the record stays hidden and on disk.
+    clock.set_millis(T0);
+    engine.compact_all();
+    assert!(engine.get("user:s".into()).await.unwrap().is_none());
+    assert!(engine.physically_present("user:s").unwrap());
+
+    // Past the grace margin, compaction removes it.
+    clock.set_millis(T0 + 60_000 + 3600_000 + 1);
+    engine.compact_all();
+    assert!(!engine.physically_present("user:s").unwrap());
+}
+
+/// The resurrection case: v1 lies in an older SST file, v2 with a TTL is
+/// written over it, expires and is compacted away. v1 must not come back,
+/// whatever ends up in the same compaction, not after a restart, and not
+/// with the clock stepped back.
+#[tokio::test]
+async fn expired_overwrite_does_not_resurrect_older_version() {
+    const T0: u64 = 1_800_000_000_000;
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(T0);
+    let engine = open_with(&dir, &["user:"], clock.clone(), no_grace()).unwrap();
+    engine
+        .write(vec![conformance::put("user:r", "v1")])
+        .await
+        .unwrap();
+    engine.flush().await.unwrap();
+    // v1 goes to the bottom level, so v2's compaction can run without it.
+    engine.compact_all();
+    engine
+        .write(vec![put_expiring("user:r", "v2", T0 + 2_000)])
+        .await
+        .unwrap();
+    engine.flush().await.unwrap();
+    assert_eq!(
+        engine.get("user:r".into()).await.unwrap().unwrap().value,
+        b"v2"
+    );
+
+    clock.set_millis(T0 + 5_000);
+    assert!(engine.get("user:r".into()).await.unwrap().is_none());
+    engine.compact_all();
+    assert!(!engine.physically_present("user:r").unwrap());
+    assert!(
+        engine.get("user:r".into()).await.unwrap().is_none(),
+        "v1 resurrected"
+    );
+    let listed = engine
+        .scan(ScanRequest {
+            prefix: "user:".into(),
+            start_after: None,
+            limit: 10,
+            include_values: false,
+            max_examined: 0,
+        })
+        .await
+        .unwrap();
+    assert!(listed.entries.is_empty(), "{listed:?}");
+    engine.compact_all();
+    drop(engine);
+
+    clock.set_millis(T0);
+    let engine = open_with(&dir, &["user:"], clock.clone(), no_grace()).unwrap();
+    assert!(engine.get("user:r".into()).await.unwrap().is_none());
+    assert!(!engine.physically_present("user:r").unwrap());
+}
+
+/// A deterministic group commit: with the writer held, three requests queue
+/// up and then commit as one group. The first if_absent succeeds, the second
+/// if_absent on the same key fails alone, the unrelated write commits, and
+/// the group's versions are contiguous.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn group_commit_isolates_a_failed_precondition() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock: SharedClock = ManualClock::new(1_800_000_000_000);
+    let engine = open(&dir, &["user:"], clock).unwrap();
+    let before = engine
+        .write(vec![conformance::put("warm-up", "v")])
+        .await
+        .unwrap();
+    let WriteOutcome::Put { version: last } = before[0] else {
+        panic!("{before:?}")
+    };
+    let mut changes = engine.subscribe();
+    let groups_before = engine.groups_committed();
+
+    let pause = engine.pause_writer();
+    let requests = vec![
+        vec![put_if("user:lock", "a", Precondition::IfAbsent)],
+        vec![put_if("user:lock", "b", Precondition::IfAbsent)],
+        vec![conformance::put("user:other", "c")],
+    ];
+    let mut tasks = Vec::new();
+    for ops in requests {
+        let queued = engine.queued_write_bytes();
+        let writer = engine.clone();
+        tasks.push(tokio::spawn(async move { writer.write(ops).await }));
+        // Queue them in this order.
+        while engine.queued_write_bytes() == queued {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+    drop(pause);
+    let mut results = Vec::new();
+    for task in tasks {
+        results.push(task.await.unwrap());
+    }
+
+    assert_eq!(engine.groups_committed(), groups_before + 1, "one group");
+    let first = results[0].as_ref().expect("the first if_absent wins");
+    assert_eq!(first, &vec![WriteOutcome::Put { version: last + 1 }]);
+    match &results[1] {
+        Err(EngineError::PreconditionFailed {
+            current_version, ..
+        }) => assert_eq!(*current_version, Some(last + 1)),
+        other => panic!("the second if_absent must fail alone: {other:?}"),
+    }
+    let other = results[2].as_ref().expect("the unrelated write commits");
+    assert_eq!(other, &vec![WriteOutcome::Put { version: last + 2 }]);
+    assert_eq!(
+        engine.get("user:lock".into()).await.unwrap().unwrap().value,
+        b"a"
+    );
+    let published: Vec<(String, Change)> =
+        vec![changes.recv().await.unwrap(), changes.recv().await.unwrap()]
+            .into_iter()
+            .map(|event| (event.key.to_string(), event.change))
+            .collect();
+    assert_eq!(
+        published,
+        vec![
+            (
+                "user:lock".to_string(),
+                Change::Put {
+                    version: last + 1,
+                    expire_at_millis: None
+                }
+            ),
+            (
+                "user:other".to_string(),
+                Change::Put {
+                    version: last + 2,
+                    expire_at_millis: None
+                }
+            ),
+        ]
+    );
+}
+
+/// The write queue is bounded in bytes: with the writer held, writes queue
+/// only up to `write_queue_bytes`; the next one waits for room.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn write_queue_is_bounded_in_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock: SharedClock = ManualClock::new(1_800_000_000_000);
+    let options = RocksOptions {
+        write_queue_bytes: 3 * 1024 * 1024,
+        ..RocksOptions::default()
+    };
+    let engine = open_with(&dir, &["user:"], clock, options).unwrap();
+    let value = "x".repeat(1024 * 1024);
+    let pause = engine.pause_writer();
+    let mut tasks = Vec::new();
+    for n in 0..4 {
+        let writer = engine.clone();
+        let value = value.clone();
+        tasks.push(tokio::spawn(async move {
+            writer
+                .write(vec![conformance::put(&format!("user:{n}"), &value)])
+                .await
+        }));
+    }
+    // Two 1 MiB records fit (with headers and keys) in 3 MiB; a third does
+    // not. The writer holds the first; the second waits in the queue.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while engine.queued_write_requests() < 1 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(
+        engine.queued_write_requests(),
+        1,
+        "only two writes admitted"
+    );
+    assert!(engine.queued_write_bytes() <= 3 * 1024 * 1024);
+    drop(pause);
+    for task in tasks {
+        task.await
+            .unwrap()
+            .expect("every write commits once there is room");
+    }
+    assert_eq!(engine.queued_write_bytes(), 0);
+}
+
+/// If the writer thread dies, the engine reports it through `failed`, and
+/// writes fail with UNAVAILABLE naming the cause instead of hanging.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writer_death_is_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock: SharedClock = ManualClock::new(1_800_000_000_000);
+    let engine = open(&dir, &["user:"], clock).unwrap();
+    engine
+        .write(vec![conformance::put("user:1", "v")])
+        .await
+        .unwrap();
+    let failed = {
+        let engine = engine.clone();
+        tokio::spawn(async move { engine.failed().await })
+    };
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert!(!failed.is_finished(), "a healthy engine has not failed");
+
+    engine.crash_writer();
+    let reason = tokio::time::timeout(Duration::from_secs(10), failed)
+        .await
+        .expect("the failure is reported")
+        .unwrap();
+    assert!(reason.contains("panicked"), "{reason}");
+    let error = engine
+        .write(vec![conformance::put("user:2", "v")])
+        .await
+        .unwrap_err();
+    assert!(matches!(error, EngineError::Unavailable(_)), "{error:?}");
+    assert!(error.to_string().contains("panicked"), "{error}");
+    // Reads still work.
+    assert!(engine.get("user:1".into()).await.unwrap().is_some());
 }

@@ -1,9 +1,9 @@
-//! Model-based test: random sequences of writes, batches, clock moves and
+//! Model-based test: random sequences of writes, batches, concurrent requests
+//! committed as one group, clock moves (forward and back), compactions and
 //! restarts against the RocksDB engine and a `BTreeMap` model must agree on
 //! every read, scan, version and precondition outcome.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::time::Duration;
 
 use proptest::prelude::*;
@@ -32,7 +32,13 @@ const T0: u64 = 1_800_000_000_000;
 #[derive(Debug, Clone)]
 enum Step {
     Write(Vec<MutationSpec>),
+    /// Several requests queued while the writer is held, so they commit as
+    /// one group, in this order.
+    Group(Vec<Vec<MutationSpec>>),
     Advance(u64),
+    /// Steps the injected clock back; the engine's clock must not follow.
+    StepBack(u64),
+    Compact,
     Restart,
     Get(usize),
     Scan {
@@ -84,8 +90,12 @@ fn mutation() -> impl Strategy<Value = MutationSpec> {
 
 fn step() -> impl Strategy<Value = Step> {
     prop_oneof![
-        8 => prop::collection::vec(mutation(), 1..4).prop_map(Step::Write),
+        6 => prop::collection::vec(mutation(), 1..4).prop_map(Step::Write),
+        3 => prop::collection::vec(prop::collection::vec(mutation(), 1..3), 2..6)
+            .prop_map(Step::Group),
         2 => (1u64..3_000).prop_map(Step::Advance),
+        1 => (1u64..5_000).prop_map(Step::StepBack),
+        1 => Just(Step::Compact),
         1 => Just(Step::Restart),
         3 => (0..KEYS.len()).prop_map(Step::Get),
         3 => (0..PREFIXES.len(), prop::option::of(0..KEYS.len()), 1usize..6)
@@ -156,16 +166,70 @@ impl Model {
     }
 }
 
-fn open(dir: &std::path::Path, clock: SharedClock) -> Arc<dyn Engine> {
-    Arc::new(
-        RocksEngine::open(
-            dir,
-            Namespaces::new(SUITE_NAMESPACES.iter().copied()),
-            RocksOptions::default(),
-            clock,
-        )
-        .expect("open"),
+fn open(dir: &std::path::Path, clock: SharedClock) -> RocksEngine {
+    RocksEngine::open(
+        dir,
+        Namespaces::new(SUITE_NAMESPACES.iter().copied()),
+        // No grace: compaction steps remove every expired record they reach.
+        RocksOptions {
+            expiry_grace: Duration::ZERO,
+            ..RocksOptions::default()
+        },
+        clock,
     )
+    .expect("open")
+}
+
+/// The ops of one request, with preconditions resolved against the model.
+fn build_ops(specs: &[MutationSpec], model: &Model, at: u64, now: u64) -> Vec<WriteOp> {
+    specs
+        .iter()
+        .map(|spec| {
+            let key = KEYS[spec.key].to_string();
+            let current = model.live(&key, now).map(|record| record.version);
+            let precondition = match spec.precondition {
+                PreconditionSpec::None => Precondition::None,
+                PreconditionSpec::IfAbsent => Precondition::IfAbsent,
+                PreconditionSpec::IfCurrentVersion(true) => {
+                    Precondition::IfVersion(current.unwrap_or(999_999))
+                }
+                PreconditionSpec::IfCurrentVersion(false) => {
+                    Precondition::IfVersion(current.unwrap_or(0) + 7)
+                }
+            };
+            if spec.delete {
+                WriteOp::Delete(DeleteOp { key, precondition })
+            } else {
+                WriteOp::Put(PutOp {
+                    key,
+                    kind: ValueKind::Bytes,
+                    value: vec![spec.value],
+                    metadata: None,
+                    expire_at_millis: spec.ttl_millis.map(|ttl| at + ttl),
+                    schema_version: 1,
+                    precondition,
+                })
+            }
+        })
+        .collect()
+}
+
+fn compare(
+    expected: Result<Vec<WriteOutcome>, usize>,
+    actual: Result<Vec<WriteOutcome>, EngineError>,
+) -> Result<(), TestCaseError> {
+    match (expected, actual) {
+        (Ok(expected), Ok(actual)) => prop_assert_eq!(expected, actual),
+        (Err(index), Err(EngineError::PreconditionFailed { index: actual, .. })) => {
+            prop_assert_eq!(index, actual)
+        }
+        (expected, actual) => {
+            return Err(TestCaseError::fail(format!(
+                "model {expected:?} but engine {actual:?}"
+            )))
+        }
+    }
+    Ok(())
 }
 
 async fn run(steps: Vec<Step>) -> Result<(), TestCaseError> {
@@ -174,63 +238,72 @@ async fn run(steps: Vec<Step>) -> Result<(), TestCaseError> {
     let shared: SharedClock = clock.clone();
     let mut engine = open(dir.path(), shared.clone());
     let mut model = Model::default();
-    let now = |clock: &ManualClock| tierkv::clock::Clock::now_millis(clock);
+    let raw = |clock: &ManualClock| tierkv::clock::Clock::now_millis(clock);
+    // The engine's clock: the injected one, but never going back.
+    let mut model_now = T0;
 
     for step in steps {
+        let now = model_now;
         match step {
             Step::Write(specs) => {
-                let at = now(&clock);
-                let ops: Vec<WriteOp> = specs
-                    .iter()
-                    .map(|spec| {
-                        let key = KEYS[spec.key].to_string();
-                        let current = model.live(&key, at).map(|record| record.version);
-                        let precondition = match spec.precondition {
-                            PreconditionSpec::None => Precondition::None,
-                            PreconditionSpec::IfAbsent => Precondition::IfAbsent,
-                            PreconditionSpec::IfCurrentVersion(true) => {
-                                Precondition::IfVersion(current.unwrap_or(999_999))
-                            }
-                            PreconditionSpec::IfCurrentVersion(false) => {
-                                Precondition::IfVersion(current.unwrap_or(0) + 7)
-                            }
-                        };
-                        if spec.delete {
-                            WriteOp::Delete(DeleteOp { key, precondition })
-                        } else {
-                            WriteOp::Put(PutOp {
-                                key,
-                                kind: ValueKind::Bytes,
-                                value: vec![spec.value],
-                                metadata: None,
-                                expire_at_millis: spec.ttl_millis.map(|ttl| at + ttl),
-                                schema_version: 1,
-                                precondition,
-                            })
-                        }
-                    })
-                    .collect();
-                let expected = model.apply(&ops, at);
+                let ops = build_ops(&specs, &model, raw(&clock), now);
+                let expected = model.apply(&ops, now);
                 let actual = engine.write(ops).await;
-                match (expected, actual) {
-                    (Ok(expected), Ok(actual)) => prop_assert_eq!(expected, actual),
-                    (Err(index), Err(EngineError::PreconditionFailed { index: actual, .. })) => {
-                        prop_assert_eq!(index, actual)
-                    }
-                    (expected, actual) => {
-                        return Err(TestCaseError::fail(format!(
-                            "model {expected:?} but engine {actual:?}"
-                        )))
+                compare(expected, actual)?;
+            }
+            Step::Group(requests) => {
+                let groups_before = engine.groups_committed();
+                let pause = engine.pause_writer();
+                let mut tasks = Vec::new();
+                let mut expected = Vec::new();
+                for specs in &requests {
+                    let ops = build_ops(specs, &model, raw(&clock), now);
+                    expected.push(model.apply(&ops, now));
+                    let queued = engine.queued_write_bytes();
+                    let writer = engine.clone();
+                    tasks.push(tokio::spawn(async move { writer.write(ops).await }));
+                    while engine.queued_write_bytes() == queued {
+                        tokio::time::sleep(Duration::from_millis(1)).await;
                     }
                 }
+                drop(pause);
+                for (task, expected) in tasks.into_iter().zip(expected) {
+                    compare(expected, task.await.unwrap())?;
+                }
+                prop_assert!(
+                    engine.groups_committed() <= groups_before + 2,
+                    "the held requests commit together"
+                );
             }
-            Step::Advance(millis) => clock.advance(Duration::from_millis(millis)),
+            Step::Advance(millis) => {
+                clock.advance(Duration::from_millis(millis));
+                // The engine's clock is the latest time it has read; make it
+                // read this one now, as a background tick might anyway.
+                prop_assert_eq!(engine.now_millis(), raw(&clock).max(model_now));
+                model_now = model_now.max(raw(&clock));
+            }
+            Step::StepBack(millis) => {
+                clock.set_millis(raw(&clock) - millis);
+                prop_assert_eq!(
+                    engine.now_millis(),
+                    model_now,
+                    "the engine's clock went back"
+                );
+            }
+            Step::Compact => {
+                let compacting = engine.clone();
+                tokio::task::spawn_blocking(move || compacting.compact_all())
+                    .await
+                    .unwrap();
+            }
             Step::Restart => {
                 drop(engine);
                 engine = open(dir.path(), shared.clone());
+                // Opening reads the clock.
+                model_now = model_now.max(raw(&clock));
             }
             Step::Get(key) => {
-                let expected = model.live(KEYS[key], now(&clock)).cloned();
+                let expected = model.live(KEYS[key], now).cloned();
                 let actual = engine
                     .get(KEYS[key].to_string())
                     .await
@@ -247,7 +320,7 @@ async fn run(steps: Vec<Step>) -> Result<(), TestCaseError> {
                 after,
                 limit,
             } => {
-                let at = now(&clock);
+                let at = now;
                 let prefix = PREFIXES[prefix];
                 let after = after.map(|key| KEYS[key].to_string());
                 let expected: Vec<(String, u64)> = model

@@ -1,6 +1,8 @@
 //! The real `tierkv` binary as an operator runs it: `kill -9` under a write
-//! load loses no acknowledged write, SIGTERM drains and exits 0 with data
-//! kept, and bad configuration is refused at start with a clear message.
+//! load loses no acknowledged write and never reuses a version, SIGTERM
+//! drains and exits 0 with data kept, a storage failure the writer cannot
+//! recover from exits non-zero, and bad configuration is refused at start
+//! with a clear message.
 
 mod common;
 
@@ -82,7 +84,9 @@ fn spawn_server(mut command: Command) -> ServerProcess {
 }
 
 /// `kill -9` while writers are busy: every write the server acknowledged,
-/// single puts and atomic batches alike, is there after a restart.
+/// single puts and atomic batches alike, is there after a restart, and the
+/// versions handed out after the restart are higher than every version
+/// acknowledged before the crash.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_under_load_loses_no_acknowledged_write() {
     let dir = tempfile::tempdir().unwrap();
@@ -164,6 +168,23 @@ async fn kill_9_under_load_loses_no_acknowledged_write() {
             assert_eq!(result.version, *version, "{key}");
         }
     }
+    let highest = acknowledged
+        .iter()
+        .map(|(_, version)| *version)
+        .max()
+        .unwrap();
+    for key in ["after:new", "load:1:0"] {
+        let version = client
+            .put(put_text(key, "after the crash"))
+            .await
+            .unwrap()
+            .into_inner()
+            .version;
+        assert!(
+            version > highest,
+            "version {version} after the restart is not above {highest}, acknowledged before"
+        );
+    }
     restarted.child.kill().unwrap();
     restarted.child.wait().unwrap();
 }
@@ -192,6 +213,69 @@ async fn sigterm_exits_zero_and_keeps_data() {
     assert!(response.found);
     restarted.child.kill().unwrap();
     restarted.child.wait().unwrap();
+}
+
+/// A storage failure the writer cannot recover from stops the server with a
+/// non-zero exit code (so an orchestrator restarts it) and a log line saying
+/// why, instead of answering UNAVAILABLE forever while reporting SERVING. The
+/// failure is real: the process's file-size limit makes the write-ahead log
+/// write fail with EFBIG once it outgrows the limit.
+#[tokio::test]
+async fn fatal_storage_error_exits_non_zero() {
+    use std::os::unix::process::CommandExt;
+    const FILE_SIZE_LIMIT: libc::rlim_t = 8 * 1024 * 1024;
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut command = server_command(dir.path());
+    // SAFETY: only async-signal-safe calls (signal, setrlimit) between fork and exec.
+    unsafe {
+        command.pre_exec(|| {
+            // Without this, exceeding the limit kills the process with SIGXFSZ;
+            // ignored, the write fails with EFBIG, as a full disk would fail it.
+            libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+            let limit = libc::rlimit {
+                rlim_cur: FILE_SIZE_LIMIT,
+                rlim_max: FILE_SIZE_LIMIT,
+            };
+            if libc::setrlimit(libc::RLIMIT_FSIZE, &limit) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut server = spawn_server(command);
+    let mut client = connect(&server.endpoint()).await;
+    let value = vec![7u8; 1024 * 1024];
+    let mut failed = None;
+    for n in 0..32 {
+        let request = pb::PutRequest {
+            key: format!("big:{n}"),
+            value: Some(pb::put_request::Value::Bytes(value.clone())),
+            ..Default::default()
+        };
+        if let Err(status) = client.put(request).await {
+            failed = Some(status);
+            break;
+        }
+    }
+    let status = failed.expect("a write fails once the log outgrows the file-size limit");
+    assert_ne!(status.code(), tonic::Code::Ok);
+
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let exit = loop {
+        if let Some(exit) = server.child.try_wait().unwrap() {
+            break exit;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the server kept running after its writer failed: {:?}",
+            server.stderr.lock().unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let logs = server.stderr.lock().unwrap().join("\n");
+    assert_eq!(exit.code(), Some(1), "{exit:?}\n{logs}");
+    assert!(logs.contains("the storage engine failed"), "{logs}");
 }
 
 fn run_to_exit(mut command: Command) -> (i32, String) {

@@ -2,7 +2,9 @@
 //!
 //! A backend provides a [`Harness`] that opens the engine over one isolated
 //! store (fresh the first time, the same store on later opens, so restarts can
-//! be tested) with [`SUITE_NAMESPACES`], then calls each case. The RocksDB
+//! be tested) with [`SUITE_NAMESPACES`] and a change feed that holds
+//! [`SUITE_CHANGE_FEED_CAPACITY`] unread commits per subscriber, then calls
+//! each case. The RocksDB
 //! engine runs it from `tests/engine_conformance.rs`; a distributed engine runs
 //! the same cases.
 
@@ -12,13 +14,17 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use super::{
-    DeleteOp, Engine, EngineError, Precondition, PutOp, ScanPage, ScanRequest, ValueKind, WriteOp,
-    WriteOutcome,
+    Change, ChangeEvent, ChangeSubscription, DeleteOp, Engine, EngineError, Precondition, PutOp,
+    RecvError, ScanPage, ScanRequest, ValueKind, WriteOp, WriteOutcome,
 };
 use crate::clock::{ManualClock, SharedClock};
 
 /// The namespaces a harness must configure.
 pub const SUITE_NAMESPACES: &[&str] = &["user:", "user:admin:", "cache:"];
+
+/// How many unread commits a harness's change feed holds per subscriber
+/// before the subscriber lags.
+pub const SUITE_CHANGE_FEED_CAPACITY: usize = 256;
 
 /// Opens the engine under test.
 #[async_trait]
@@ -568,6 +574,214 @@ async fn scan(
         .expect("scan")
 }
 
+async fn next_event(changes: &mut ChangeSubscription) -> Result<ChangeEvent, RecvError> {
+    tokio::time::timeout(Duration::from_secs(10), changes.recv())
+        .await
+        .expect("a change event within 10 s")
+}
+
+/// The change feed publishes every committed mutation, with its key, version
+/// or deletion, in commit order and with consecutive sequence numbers; a
+/// batch that fails a precondition publishes nothing; each subscriber gets
+/// every event.
+pub async fn change_feed_publishes_commits_in_order<H: Harness>(mut harness: H) {
+    let engine = harness.open(ManualClock::new(T0)).await.expect("open");
+    let mut first = engine.subscribe();
+    let mut second = engine.subscribe();
+    let v1 = version_of(&engine.write(vec![put("user:1", "a")]).await.unwrap()[0]);
+    let failed = engine
+        .write(vec![
+            put("user:2", "b"),
+            put_with("user:1", "c", |op| op.precondition = Precondition::IfAbsent),
+        ])
+        .await;
+    assert!(matches!(
+        failed,
+        Err(EngineError::PreconditionFailed { .. })
+    ));
+    let outcomes = engine
+        .write(vec![
+            put_with("cache:x", "d", |op| op.expire_at_millis = Some(T0 + 5_000)),
+            delete("user:1", Precondition::IfVersion(v1)),
+            delete("never-there", Precondition::None),
+        ])
+        .await
+        .unwrap();
+    let v2 = version_of(&outcomes[0]);
+
+    for changes in [&mut first, &mut second] {
+        let events = [
+            next_event(changes).await.expect("event"),
+            next_event(changes).await.expect("event"),
+            next_event(changes).await.expect("event"),
+            next_event(changes).await.expect("event"),
+        ];
+        let seen: Vec<(&str, Change)> = events
+            .iter()
+            .map(|event| (&*event.key, event.change))
+            .collect();
+        assert_eq!(
+            seen,
+            vec![
+                (
+                    "user:1",
+                    Change::Put {
+                        version: v1,
+                        expire_at_millis: None
+                    }
+                ),
+                (
+                    "cache:x",
+                    Change::Put {
+                        version: v2,
+                        expire_at_millis: Some(T0 + 5_000)
+                    }
+                ),
+                ("user:1", Change::Delete),
+                ("never-there", Change::Delete),
+            ]
+        );
+        for pair in events.windows(2) {
+            assert_eq!(pair[1].sequence, pair[0].sequence + 1);
+        }
+        let nothing = tokio::time::timeout(Duration::from_millis(50), changes.recv()).await;
+        assert!(nothing.is_err(), "no further event: {nothing:?}");
+    }
+
+    // A subscription sees only what commits after it returns.
+    let mut late = engine.subscribe();
+    engine.write(vec![put("user:3", "e")]).await.unwrap();
+    assert_eq!(&*next_event(&mut late).await.unwrap().key, "user:3");
+}
+
+/// Subscribing and then reading never misses a write: whatever version the
+/// read saw, every later write of the key arrives on the subscription, while
+/// a writer keeps writing concurrently.
+pub async fn subscribe_then_read_misses_no_write<H: Harness>(mut harness: H) {
+    const WRITES: usize = 100;
+    const SUBSCRIBERS: usize = 10;
+    let engine = harness.open(ManualClock::new(T0)).await.expect("open");
+    let writer_engine = Arc::clone(&engine);
+    let writer = tokio::spawn(async move {
+        let mut versions = Vec::with_capacity(WRITES);
+        for n in 0..WRITES {
+            let outcomes = writer_engine
+                .write(vec![put("feed:k", &n.to_string())])
+                .await
+                .expect("write");
+            versions.push(version_of(&outcomes[0]));
+            tokio::task::yield_now().await;
+        }
+        versions
+    });
+    let mut subscribers = Vec::new();
+    for _ in 0..SUBSCRIBERS {
+        let changes = engine.subscribe();
+        let seen = engine
+            .get("feed:k".into())
+            .await
+            .expect("get")
+            .map_or(0, |record| record.version);
+        subscribers.push((changes, seen));
+        tokio::task::yield_now().await;
+    }
+    let written = writer.await.expect("writer task");
+    let last = *written.last().expect("writes");
+    for (mut changes, seen) in subscribers {
+        let expected: Vec<u64> = written.iter().copied().filter(|v| *v > seen).collect();
+        let mut received = Vec::new();
+        while received.last().is_none_or(|version| *version < last) {
+            let event = next_event(&mut changes).await.expect("no lag");
+            if let Change::Put { version, .. } = event.change {
+                // Events of writes the read already saw may arrive too.
+                if version > seen {
+                    received.push(version);
+                }
+            }
+        }
+        assert_eq!(received, expected, "read saw version {seen}");
+    }
+}
+
+/// A subscriber that falls more than the feed's capacity behind is told how
+/// many events it missed, then continues with the newest ones in order.
+pub async fn lagging_subscriber_learns_how_much_it_missed<H: Harness>(mut harness: H) {
+    let writes = 3 * SUITE_CHANGE_FEED_CAPACITY;
+    let engine = harness.open(ManualClock::new(T0)).await.expect("open");
+    let mut changes = engine.subscribe();
+    for n in 0..writes {
+        engine
+            .write(vec![put(&format!("lag:{n:04}"), "v")])
+            .await
+            .expect("write");
+    }
+    let missed = match next_event(&mut changes).await {
+        Err(RecvError::Lagged { missed }) => missed as usize,
+        other => panic!("expected a lag, got {other:?}"),
+    };
+    assert!(missed > 0 && missed < writes, "missed {missed} of {writes}");
+    let mut previous: Option<u64> = None;
+    for n in missed..writes {
+        let event = next_event(&mut changes).await.expect("event after the lag");
+        assert_eq!(&*event.key, format!("lag:{n:04}").as_str());
+        if let Some(previous) = previous {
+            assert_eq!(event.sequence, previous + 1);
+        }
+        previous = Some(event.sequence);
+    }
+}
+
+/// The engine's clock never goes back: once a record has expired it stays
+/// hidden when the injected clock steps back, even across a restart.
+pub async fn clock_never_goes_back<H: Harness>(mut harness: H) {
+    let clock = ManualClock::new(T0);
+    let engine = harness.open(clock.clone()).await.expect("open");
+    engine
+        .write(vec![
+            put_with("user:ttl", "v", |op| {
+                op.expire_at_millis = Some(T0 + 10_000)
+            }),
+            put("user:kept", "v"),
+        ])
+        .await
+        .unwrap();
+    clock.set_millis(T0 + 10_000);
+    assert!(engine.get("user:ttl".into()).await.unwrap().is_none());
+    assert!(engine.now_millis() >= T0 + 10_000);
+
+    clock.set_millis(T0);
+    assert!(
+        engine.get("user:ttl".into()).await.unwrap().is_none(),
+        "a clock stepped back must not bring an expired record back"
+    );
+    assert!(engine.now_millis() >= T0 + 10_000);
+    drop(engine);
+
+    let engine = harness.open(clock.clone()).await.expect("reopen");
+    assert!(
+        engine.get("user:ttl".into()).await.unwrap().is_none(),
+        "nor across a restart"
+    );
+    assert_eq!(
+        keys(engine.as_ref(), "user:", None, 10).await,
+        vec!["user:kept"]
+    );
+    assert!(engine.now_millis() >= T0 + 10_000);
+    engine
+        .write(vec![put_with("user:ttl", "again", |op| {
+            op.precondition = Precondition::IfAbsent
+        })])
+        .await
+        .expect("the expired key counts as absent");
+
+    clock.set_millis(T0 + 20_000);
+    assert_eq!(
+        engine.now_millis(),
+        T0 + 20_000,
+        "forward moves are followed"
+    );
+}
+
 /// Every case, for backends that want one call.
 pub async fn run_all<H: Harness>(mut make: impl FnMut() -> H) {
     put_then_get_round_trips(make()).await;
@@ -580,4 +794,8 @@ pub async fn run_all<H: Harness>(mut make: impl FnMut() -> H) {
     large_values_round_trip(make()).await;
     reads_within_a_byte_budget(make()).await;
     scans_bound_the_records_they_examine(make()).await;
+    change_feed_publishes_commits_in_order(make()).await;
+    subscribe_then_read_misses_no_write(make()).await;
+    lagging_subscriber_learns_how_much_it_missed(make()).await;
+    clock_never_goes_back(make()).await;
 }

@@ -5,8 +5,11 @@
 //! atomic batch with preconditions — and speaks in whole [`Record`]s, so that a
 //! distributed backend can implement it and pass the same suite
 //! ([`conformance`]). Expiry is the engine's job: an expired record is invisible
-//! to every read as soon as the engine's clock passes its `expire_at`.
+//! to every read as soon as the engine's clock passes its `expire_at`, and the
+//! engine's clock never goes back. Every commit is published on the engine's
+//! change feed ([`changes`]).
 
+pub mod changes;
 pub mod conformance;
 pub mod namespace;
 pub mod record;
@@ -15,9 +18,10 @@ pub mod rocks;
 use async_trait::async_trait;
 use thiserror::Error;
 
+pub use changes::{Change, ChangeEvent, ChangeFeed, ChangeSubscription, RecvError};
 pub use namespace::Namespaces;
 pub use record::{Record, ValueKind};
-pub use rocks::{RocksEngine, RocksOptions};
+pub use rocks::{RocksEngine, RocksOptions, WriterPause};
 
 /// A condition a write needs to hold, checked atomically with the write.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -206,10 +210,14 @@ impl EngineError {
 ///
 /// Implementations must:
 /// - hide records whose `expire_at` is at or before their clock's now from every read;
+/// - keep a clock that never goes back, not even across restarts: now is the
+///   greater of the injected clock and the latest time the store has seen;
 /// - apply a `write` batch atomically: every mutation or none, preconditions
 ///   checked against the state left by the batch's earlier mutations;
 /// - assign versions that increase on every write of a key and never repeat
 ///   across the store, even across restarts and deletes;
+/// - publish every committed mutation on the change feed ([`Engine::subscribe`]),
+///   in commit order, whatever happened to the caller of the write;
 /// - return scans in ascending byte order of keys.
 #[async_trait]
 pub trait Engine: Send + Sync + 'static {
@@ -256,6 +264,21 @@ pub trait Engine: Send + Sync + 'static {
 
     /// Applies mutations atomically, returning one outcome per mutation.
     async fn write(&self, ops: Vec<WriteOp>) -> Result<Vec<WriteOutcome>, EngineError>;
+
+    /// Subscribes to the change feed: every mutation committed after this
+    /// returns, in commit order, with consecutive sequence numbers. See
+    /// [`changes`] for the guarantees.
+    fn subscribe(&self) -> ChangeSubscription;
+
+    /// Resolves, with the reason, once the engine can no longer serve writes
+    /// (its writer died or the storage failed for good). Never resolves for a
+    /// healthy engine. A server watches it to turn NOT_SERVING and exit, so an
+    /// orchestrator restarts it.
+    async fn failed(&self) -> String;
+
+    /// The engine's now, in milliseconds since the Unix epoch: the time its
+    /// reads decide expiry by. Never goes back, not even across restarts.
+    fn now_millis(&self) -> u64;
 
     /// Makes every acknowledged write durable on disk and flushes buffers, for shutdown.
     async fn flush(&self) -> Result<(), EngineError>;

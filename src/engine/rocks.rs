@@ -3,17 +3,21 @@
 //! Column families: RocksDB's `default` holds the default namespace, `kv/<prefix>`
 //! holds each configured prefix, `tierkv/values` holds values too long to keep
 //! inline with their record's head (see [`record`]), and `tierkv/meta` holds
-//! the engine's own state (the version counter and the page-token secret).
+//! the engine's own state (the version counter, the change-feed sequence, the
+//! clock's high-water mark and the page-token secret).
 //!
 //! Point reads that the memtables and the block cache can answer run inline on
 //! the calling async worker with RocksDB's non-blocking read tier; a read that
 //! would need I/O (or copies a large value) moves to tokio's blocking pool.
 //! Scans always run on the blocking pool. Writes are queued to a writer thread
-//! that group-commits them (see [`RocksEngine`]).
+//! that group-commits them and publishes the change feed (`writer`).
 
-use std::collections::HashMap;
+mod writer;
+
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use rand::Rng;
@@ -23,13 +27,15 @@ use rocksdb::{
     WriteOptions, DB,
 };
 
+use super::changes::{ChangeFeed, ChangeSubscription};
 use super::namespace::{NamespaceId, DEFAULT_NAMESPACE};
-use super::record::{self, Record, RecordParts, StoredRecord, ValuePlace};
-use super::{
-    Engine, EngineError, Namespaces, Precondition, ScanPage, ScanRequest, WriteOp, WriteOutcome,
-};
-use crate::clock::SharedClock;
-use tokio::sync::{mpsc, oneshot};
+use super::record::{self, Record, StoredRecord, ValuePlace};
+use super::{Engine, EngineError, Namespaces, ScanPage, ScanRequest, WriteOp, WriteOutcome};
+use crate::clock::{Clock, MonotonicClock, SharedClock};
+use tokio::sync::watch;
+use writer::{Writer, WriterHooks, WriterState};
+
+pub use writer::WriterPause;
 
 const META_CF: &str = "tierkv/meta";
 /// Values longer than [`record::INLINE_VALUE_MAX`], keyed like their heads.
@@ -42,6 +48,10 @@ const INLINE_READ_MAX_BYTES: u64 = 256 * 1024;
 const NAMESPACE_CF_PREFIX: &str = "kv/";
 const VERSION_COUNTER_KEY: &[u8] = b"version_counter";
 const SECRET_KEY: &[u8] = b"page_token_secret";
+/// The sequence the next change-feed event gets, written with every commit.
+const CHANGE_SEQUENCE_KEY: &[u8] = b"change_sequence";
+/// The clock's high-water mark: no read after a restart uses an earlier time.
+const CLOCK_MARK_KEY: &[u8] = b"clock_high_water";
 /// How many misplaced keys move per atomic batch during the startup repair.
 const REPAIR_BATCH: usize = 1000;
 
@@ -55,6 +65,15 @@ pub struct RocksOptions {
     /// Recompact every SST file at least this often, so the expiry compaction
     /// filter reaches cold files too.
     pub periodic_compaction_seconds: u64,
+    /// Compaction removes a record only once it has been expired for longer
+    /// than this, so a clock stepped forward by less cannot destroy live data.
+    pub expiry_grace: Duration,
+    /// Most bytes of encoded writes queued for the writer or being committed;
+    /// writers wait beyond that.
+    pub write_queue_bytes: usize,
+    /// How many commits a change-feed subscriber may fall behind before it
+    /// is told it lagged.
+    pub change_feed_capacity: usize,
 }
 
 impl Default for RocksOptions {
@@ -63,6 +82,9 @@ impl Default for RocksOptions {
             sync_writes: false,
             block_cache_bytes: 128 * 1024 * 1024,
             periodic_compaction_seconds: 24 * 60 * 60,
+            expiry_grace: Duration::from_secs(60 * 60),
+            write_queue_bytes: 256 * 1024 * 1024,
+            change_feed_capacity: 4096,
         }
     }
 }
@@ -72,87 +94,13 @@ impl Default for RocksOptions {
 /// Reads run on tokio's blocking pool. Writes go to one writer thread that
 /// commits whatever requests are queued as a single `WriteBatch` (group
 /// commit): preconditions are checked and versions assigned in queue order,
-/// and concurrent writers share one WAL write and, with `sync_writes`, one
-/// fsync.
+/// concurrent writers share one WAL write and, with `sync_writes`, one fsync,
+/// and each commit is published to the change feed before its callers are
+/// answered.
 #[derive(Clone)]
 pub struct RocksEngine {
     inner: Arc<Inner>,
     writer: Arc<Writer>,
-}
-
-/// Most requests one group commit takes.
-const MAX_GROUP_REQUESTS: usize = 256;
-/// A group stops taking requests once its values reach this size.
-const MAX_GROUP_BYTES: usize = 64 * 1024 * 1024;
-/// Requests that may wait for the writer before callers wait to enqueue.
-const WRITE_QUEUE_DEPTH: usize = 1024;
-
-/// A batch waiting for the writer thread.
-struct WriteRequest {
-    ops: Vec<WriteOp>,
-    reply: oneshot::Sender<Result<Vec<WriteOutcome>, EngineError>>,
-}
-
-impl WriteRequest {
-    fn value_bytes(&self) -> usize {
-        self.ops
-            .iter()
-            .map(|op| match op {
-                WriteOp::Put(put) => put.value.len(),
-                WriteOp::Delete(_) => 0,
-            })
-            .sum()
-    }
-}
-
-/// One request, checked and encoded, ready to join the group's batch.
-struct Staged {
-    /// (namespace, index of the op, encoded record or `None` for a delete).
-    entries: Vec<(NamespaceId, usize, Option<StoredRecord>)>,
-    /// The live version each touched key is left with.
-    pending: HashMap<String, Option<u64>>,
-    outcomes: Vec<WriteOutcome>,
-    /// The last version the request assigned.
-    last_version: u64,
-}
-
-/// The writer thread and its queue. Dropping the last engine handle closes
-/// the queue; the thread finishes what is queued and exits, releasing the store.
-struct Writer {
-    sender: Option<mpsc::Sender<WriteRequest>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Drop for Writer {
-    fn drop(&mut self) {
-        self.sender.take();
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
-}
-
-/// The writer thread: takes every request queued behind the first, up to the
-/// group limits, and commits them together.
-fn run_writer(
-    inner: Arc<Inner>,
-    mut requests: mpsc::Receiver<WriteRequest>,
-    mut last_version: u64,
-) {
-    while let Some(first) = requests.blocking_recv() {
-        let mut group_bytes = first.value_bytes();
-        let mut group = vec![first];
-        while group.len() < MAX_GROUP_REQUESTS && group_bytes < MAX_GROUP_BYTES {
-            match requests.try_recv() {
-                Ok(request) => {
-                    group_bytes += request.value_bytes();
-                    group.push(request);
-                }
-                Err(_) => break,
-            }
-        }
-        inner.commit_group(group, &mut last_version);
-    }
 }
 
 struct Inner {
@@ -160,13 +108,19 @@ struct Inner {
     path: PathBuf,
     namespaces: Namespaces,
     column_families: Vec<String>,
-    clock: SharedClock,
+    /// The source clock, never going back below the persisted high-water mark.
+    clock: Arc<MonotonicClock>,
     write_options: WriteOptions,
     /// Reads that never wait for I/O ([`Tier::Memory`]).
     memory_reads: ReadOptions,
     /// Reads that may ([`Tier::Any`]).
     any_reads: ReadOptions,
     secret: Vec<u8>,
+    feed: ChangeFeed,
+    /// Set once, when the writer stops for good.
+    failure: watch::Sender<Option<String>>,
+    hooks: Arc<WriterHooks>,
+    groups_committed: AtomicU64,
 }
 
 impl std::fmt::Debug for RocksEngine {
@@ -233,6 +187,7 @@ impl RocksEngine {
             .collect();
         check_existing_column_families(&path, &column_families)?;
 
+        let clock = Arc::new(MonotonicClock::new(clock, 0));
         let cache = Cache::new_lru_cache(options.block_cache_bytes);
         let mut descriptors: Vec<ColumnFamilyDescriptor> = column_families
             .iter()
@@ -262,21 +217,33 @@ impl RocksEngine {
         let meta = db
             .cf_handle(META_CF)
             .ok_or_else(|| EngineError::Storage("meta column family missing".into()))?;
-        let last_version = match db
-            .get_cf(&meta, VERSION_COUNTER_KEY)
-            .map_err(storage_error)?
-        {
-            Some(bytes) if bytes.len() == 8 => {
-                u64::from_le_bytes(bytes.as_slice().try_into().unwrap_or_default())
+        let read_counter = |key: &[u8]| -> Result<u64, EngineError> {
+            match db.get_cf(&meta, key).map_err(storage_error)? {
+                Some(bytes) => bytes
+                    .as_slice()
+                    .try_into()
+                    .map(u64::from_le_bytes)
+                    .map_err(|_| EngineError::Corrupt {
+                        key: String::from_utf8_lossy(key).into_owned(),
+                        reason: "not 8 bytes".into(),
+                    }),
+                None => Ok(0),
             }
-            Some(_) => {
-                return Err(EngineError::Corrupt {
-                    key: "version_counter".into(),
-                    reason: "not 8 bytes".into(),
-                })
-            }
-            None => 0,
         };
+        let last_version = read_counter(VERSION_COUNTER_KEY)?;
+        let next_sequence = read_counter(CHANGE_SEQUENCE_KEY)?.max(1);
+        let clock_mark = read_counter(CLOCK_MARK_KEY)?;
+        clock.raise_floor(clock_mark);
+        // The time at open counts as seen: it is what the writer persists first.
+        clock.now_millis();
+        let source_now = clock.source_millis();
+        if source_now < clock_mark {
+            tracing::warn!(
+                behind_ms = clock_mark - source_now,
+                "the system clock is behind the time this store has already seen; \
+                 expiry keeps using the store's time until the clock catches up"
+            );
+        }
         let secret = match db.get_cf(&meta, SECRET_KEY).map_err(storage_error)? {
             Some(secret) => secret,
             None => {
@@ -300,23 +267,21 @@ impl RocksEngine {
             memory_reads: Tier::Memory.read_options(),
             any_reads: Tier::Any.read_options(),
             secret,
+            feed: ChangeFeed::new(options.change_feed_capacity, next_sequence),
+            failure: watch::Sender::new(None),
+            hooks: Arc::default(),
+            groups_committed: AtomicU64::new(0),
         });
         // Before the writer starts, so the repair is the only writer.
         inner.repair_misplaced_keys()?;
-        let (sender, requests) = mpsc::channel(WRITE_QUEUE_DEPTH);
-        let writer_inner = Arc::clone(&inner);
-        let thread = std::thread::Builder::new()
-            .name("tierkv-writer".into())
-            .spawn(move || run_writer(writer_inner, requests, last_version))
-            .map_err(|error| {
-                EngineError::Storage(format!("cannot start the writer thread: {error}"))
-            })?;
+        let state = WriterState {
+            last_version,
+            persisted_clock: clock_mark,
+        };
+        let writer = Writer::start(Arc::clone(&inner), state, options.write_queue_bytes)?;
         Ok(Self {
             inner,
-            writer: Arc::new(Writer {
-                sender: Some(sender),
-                thread: Some(thread),
-            }),
+            writer: Arc::new(writer),
         })
     }
 
@@ -382,6 +347,38 @@ impl RocksEngine {
         }
     }
 
+    /// Bytes of the write queue's budget (`write_queue_bytes`) taken by writes
+    /// queued, being committed, or waiting for room.
+    pub fn queued_write_bytes(&self) -> usize {
+        self.writer.queued_bytes()
+    }
+
+    /// Write requests waiting in the queue that the writer has not taken yet.
+    pub fn queued_write_requests(&self) -> usize {
+        self.writer.queued_requests()
+    }
+
+    /// How many groups the writer has committed since the engine opened.
+    pub fn groups_committed(&self) -> u64 {
+        self.inner.groups_committed.load(Ordering::Relaxed)
+    }
+
+    /// Test hook: holds the writer thread before its next group until the
+    /// returned guard is dropped. Writes queue up meanwhile (and commit as one
+    /// group afterwards), which lets tests build a group deterministically or
+    /// let a caller's deadline fire while its write is queued. Not for
+    /// production use: writes stall while it is held.
+    pub fn pause_writer(&self) -> WriterPause {
+        self.writer.pause()
+    }
+
+    /// Test hook: makes the writer thread panic before its next group, as a
+    /// bug would, so tests can check that the failure is reported. The
+    /// engine can no longer write afterwards.
+    pub fn crash_writer(&self) {
+        self.writer.crash();
+    }
+
     /// Runs blocking work against the store on the blocking pool.
     async fn blocking<T, F>(&self, work: F) -> Result<T, EngineError>
     where
@@ -422,7 +419,11 @@ fn check_existing_column_families(path: &Path, configured: &[String]) -> Result<
     Ok(())
 }
 
-fn namespace_options(cache: &Cache, options: &RocksOptions, clock: &SharedClock) -> Options {
+fn namespace_options(
+    cache: &Cache,
+    options: &RocksOptions,
+    clock: &Arc<MonotonicClock>,
+) -> Options {
     let mut table = BlockBasedOptions::default();
     table.set_block_cache(cache);
     // Whole-key bloom filters make point reads of absent keys skip SST files.
@@ -441,11 +442,20 @@ fn namespace_options(cache: &Cache, options: &RocksOptions, clock: &SharedClock)
     // soon, which drops them, instead of waiting for the periodic compaction.
     cf_options.add_compact_on_deletion_collector_factory(10_000, 5_000, 0.5);
 
+    // The filter reads the same never-going-back clock as reads, and keeps a
+    // record until it has been expired for longer than the grace margin: a
+    // clock stepped forward by less than that hides records for a while but
+    // destroys nothing. `Remove` turns the record into a deletion marker
+    // (RocksDB's compaction iterator rewrites it as a `Delete`), so an older
+    // version of the key in a lower level stays hidden too.
     let clock = Arc::clone(clock);
+    let grace_millis = u64::try_from(options.expiry_grace.as_millis()).unwrap_or(u64::MAX);
     cf_options.set_compaction_filter(
         "tierkv-expiry",
         move |_level: u32, _key: &[u8], value: &[u8]| match record::peek_expire_at_millis(value) {
-            Some(expire_at) if expire_at <= clock.now_millis() => Decision::Remove,
+            Some(expire_at) if clock.now_millis() > expire_at.saturating_add(grace_millis) => {
+                Decision::Remove
+            }
             _ => Decision::Keep,
         },
     );
@@ -517,6 +527,12 @@ fn corrupt(key: &[u8], error: record::RecordError) -> EngineError {
 type CfHandle<'a> = &'a ColumnFamily;
 
 impl Inner {
+    fn meta_handle(&self) -> Result<CfHandle<'_>, EngineError> {
+        self.db
+            .cf_handle(META_CF)
+            .ok_or_else(|| EngineError::Storage("meta column family missing".into()))
+    }
+
     fn handle(&self, id: NamespaceId) -> Result<CfHandle<'_>, EngineError> {
         self.db.cf_handle(&self.column_families[id]).ok_or_else(|| {
             EngineError::Storage(format!(
@@ -840,171 +856,6 @@ impl Inner {
         Ok(page)
     }
 
-    fn live_version(
-        &self,
-        cf: CfHandle<'_>,
-        key: &str,
-        now: u64,
-    ) -> Result<Option<u64>, EngineError> {
-        let Some(bytes) = self
-            .db
-            .get_pinned_cf(cf, key.as_bytes())
-            .map_err(storage_error)?
-        else {
-            return Ok(None);
-        };
-        if record::peek_expire_at_millis(&bytes).is_some_and(|at| at <= now) {
-            return Ok(None);
-        }
-        record::peek_version(&bytes)
-            .map(Some)
-            .ok_or_else(|| EngineError::Corrupt {
-                key: key.to_string(),
-                reason: "unreadable record header".into(),
-            })
-    }
-
-    /// Commits a group of requests in one `WriteBatch` (one WAL write, one
-    /// fsync with `sync_writes`). Each request stays all-or-nothing: one whose
-    /// precondition fails is answered with the failure and left out, and the
-    /// rest are checked against the state the earlier ones leave.
-    fn commit_group(&self, group: Vec<WriteRequest>, last_version: &mut u64) {
-        let prepared = (0..self.namespaces.len())
-            .map(|id| self.handle(id))
-            .collect::<Result<Vec<_>, _>>()
-            .and_then(|handles| Ok((handles, self.values_handle()?)))
-            .and_then(|(handles, values)| {
-                self.db
-                    .cf_handle(META_CF)
-                    .map(|meta| (handles, values, meta))
-                    .ok_or_else(|| EngineError::Storage("meta column family missing".into()))
-            });
-        let (handles, values, meta) = match prepared {
-            Ok(prepared) => prepared,
-            Err(error) => {
-                for request in group {
-                    let _ = request.reply.send(Err(error.duplicate()));
-                }
-                return;
-            }
-        };
-
-        let now = self.clock.now_millis();
-        let mut next_version = *last_version;
-        let mut group_pending: HashMap<String, Option<u64>> = HashMap::new();
-        let mut batch = WriteBatch::default();
-        let mut accepted = Vec::with_capacity(group.len());
-        for request in group {
-            match self.stage(&request.ops, &handles, &group_pending, now, next_version) {
-                Ok(staged) => {
-                    for (namespace, index, stored) in &staged.entries {
-                        let key = request.ops[*index].key().as_bytes();
-                        let cf = handles[*namespace];
-                        match stored {
-                            Some(stored) => Self::batch_put(&mut batch, cf, values, key, stored),
-                            None => Self::batch_delete(&mut batch, cf, values, key),
-                        }
-                    }
-                    next_version = staged.last_version;
-                    group_pending.extend(staged.pending);
-                    accepted.push((request.reply, staged.outcomes));
-                }
-                Err(error) => {
-                    let _ = request.reply.send(Err(error));
-                }
-            }
-        }
-        if accepted.is_empty() {
-            return;
-        }
-        if next_version != *last_version {
-            batch.put_cf(&meta, VERSION_COUNTER_KEY, next_version.to_le_bytes());
-        }
-        match self.db.write_opt(batch, &self.write_options) {
-            Ok(()) => {
-                *last_version = next_version;
-                for (reply, outcomes) in accepted {
-                    let _ = reply.send(Ok(outcomes));
-                }
-            }
-            Err(error) => {
-                let error = storage_error(error);
-                for (reply, _) in accepted {
-                    let _ = reply.send(Err(error.duplicate()));
-                }
-            }
-        }
-    }
-
-    /// Checks one request's preconditions and encodes its records, against
-    /// the store plus what earlier requests of the group wrote.
-    fn stage(
-        &self,
-        ops: &[WriteOp],
-        handles: &[CfHandle<'_>],
-        group_pending: &HashMap<String, Option<u64>>,
-        now: u64,
-        mut version: u64,
-    ) -> Result<Staged, EngineError> {
-        let mut pending: HashMap<String, Option<u64>> = HashMap::new();
-        let mut entries = Vec::with_capacity(ops.len());
-        let mut outcomes = Vec::with_capacity(ops.len());
-        for (index, op) in ops.iter().enumerate() {
-            let key = op.key();
-            let namespace = self.namespaces.route(key);
-            let precondition = match op {
-                WriteOp::Put(put) => put.precondition,
-                WriteOp::Delete(delete) => delete.precondition,
-            };
-            // An unconditional put needs nothing from the current record, so
-            // it skips the read; deletes read to report whether the key existed.
-            let blind_put = matches!(op, WriteOp::Put(_)) && precondition == Precondition::None;
-            let current = match pending.get(key).or_else(|| group_pending.get(key)) {
-                Some(version) => *version,
-                None if blind_put => None,
-                None => self.live_version(handles[namespace], key, now)?,
-            };
-            if !precondition.holds(current) {
-                return Err(EngineError::PreconditionFailed {
-                    index,
-                    key: key.to_string(),
-                    precondition,
-                    current_version: current,
-                });
-            }
-            match op {
-                WriteOp::Put(put) => {
-                    version += 1;
-                    let stored = record::encode_stored(RecordParts {
-                        kind: put.kind,
-                        value: &put.value,
-                        metadata: put.metadata.as_deref(),
-                        expire_at_millis: put.expire_at_millis,
-                        version,
-                        schema_version: put.schema_version,
-                    });
-                    entries.push((namespace, index, Some(stored)));
-                    let live = put.expire_at_millis.is_none_or(|at| at > now);
-                    pending.insert(key.to_string(), live.then_some(version));
-                    outcomes.push(WriteOutcome::Put { version });
-                }
-                WriteOp::Delete(_) => {
-                    entries.push((namespace, index, None));
-                    pending.insert(key.to_string(), None);
-                    outcomes.push(WriteOutcome::Delete {
-                        existed: current.is_some(),
-                    });
-                }
-            }
-        }
-        Ok(Staged {
-            entries,
-            pending,
-            outcomes,
-            last_version: version,
-        })
-    }
-
     fn flush(&self) -> Result<(), EngineError> {
         self.db.flush_wal(true).map_err(storage_error)?;
         for id in 0..self.namespaces.len() {
@@ -1039,14 +890,28 @@ impl Engine for RocksEngine {
         if ops.is_empty() {
             return Ok(Vec::new());
         }
-        let closed = || EngineError::Unavailable("the engine is shutting down".into());
-        let sender = self.writer.sender.as_ref().ok_or_else(closed)?;
-        let (reply, response) = oneshot::channel();
-        sender
-            .send(WriteRequest { ops, reply })
+        self.writer.submit(&self.inner, ops).await
+    }
+
+    fn subscribe(&self) -> ChangeSubscription {
+        self.inner.feed.subscribe()
+    }
+
+    async fn failed(&self) -> String {
+        let mut failure = self.inner.failure.subscribe();
+        let reason = failure
+            .wait_for(Option::is_some)
             .await
-            .map_err(|_| closed())?;
-        response.await.map_err(|_| closed())?
+            .map(|reason| reason.clone().unwrap_or_default());
+        match reason {
+            Ok(reason) => reason,
+            // The sender lives as long as this engine; unreachable in practice.
+            Err(_) => std::future::pending().await,
+        }
+    }
+
+    fn now_millis(&self) -> u64 {
+        self.inner.clock.now_millis()
     }
 
     async fn flush(&self) -> Result<(), EngineError> {

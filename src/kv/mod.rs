@@ -8,12 +8,11 @@ mod page_token;
 use std::sync::Arc;
 
 use thiserror::Error;
-use tokio::sync::broadcast;
 
 use crate::clock::SharedClock;
 use crate::engine::{
-    DeleteOp, Engine, EngineError, Precondition, PutOp, Record, ScanRequest, ValueKind, WriteOp,
-    WriteOutcome,
+    ChangeSubscription, DeleteOp, Engine, EngineError, Precondition, PutOp, Record, ScanRequest,
+    ValueKind, WriteOp, WriteOutcome,
 };
 use limits::*;
 pub use page_token::PageTokenError;
@@ -290,26 +289,17 @@ fn invalid(field: impl Into<String>, description: impl Into<String>) -> KvError 
     KvError::InvalidArgument(vec![FieldViolation::new(field, description)])
 }
 
-/// The keys a successful write changed, published after it is durable.
-pub type ChangedKeys = Arc<[String]>;
-
 /// The key-value service.
 #[derive(Clone)]
 pub struct KvService {
     engine: Arc<dyn Engine>,
     clock: SharedClock,
-    changes: broadcast::Sender<ChangedKeys>,
 }
 
 impl KvService {
     /// A service over `engine`, taking time from `clock`.
     pub fn new(engine: Arc<dyn Engine>, clock: SharedClock) -> Self {
-        let (changes, _) = broadcast::channel(1024);
-        Self {
-            engine,
-            clock,
-            changes,
-        }
+        Self { engine, clock }
     }
 
     /// The engine the service runs on.
@@ -317,11 +307,12 @@ impl KvService {
         &self.engine
     }
 
-    /// Subscribes to the keys every successful write changes, e.g. to
-    /// invalidate an in-memory cache. A receiver that lags behind must treat
-    /// `RecvError::Lagged` as "anything may have changed".
-    pub fn subscribe_changes(&self) -> broadcast::Receiver<ChangedKeys> {
-        self.changes.subscribe()
+    /// Subscribes to the engine's change feed: every committed mutation, in
+    /// commit order, e.g. to invalidate an in-memory cache. A subscriber that
+    /// lags behind must treat `RecvError::Lagged` as "anything may have
+    /// changed". See [`crate::engine::changes`].
+    pub fn subscribe_changes(&self) -> ChangeSubscription {
+        self.engine.subscribe()
     }
 
     /// Reads one key; `None` when it is absent or expired.
@@ -555,15 +546,7 @@ impl KvService {
     }
 
     async fn write(&self, ops: Vec<WriteOp>) -> Result<Vec<WriteOutcome>, KvError> {
-        // Only pay for the change feed when someone listens.
-        let changed: Option<ChangedKeys> = (self.changes.receiver_count() > 0)
-            .then(|| ops.iter().map(|op| op.key().to_string()).collect());
-        let outcomes = self.engine.write(ops).await?;
-        if let Some(changed) = changed {
-            // A receiver may have gone meanwhile; that is fine.
-            let _ = self.changes.send(changed);
-        }
-        Ok(outcomes)
+        Ok(self.engine.write(ops).await?)
     }
 
     fn prepare_put(&self, field_prefix: &str, command: PutCommand) -> Result<PutOp, KvError> {

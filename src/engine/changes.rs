@@ -1,0 +1,206 @@
+//! The change feed: every committed mutation, in commit order, published by
+//! the engine at the commit point.
+//!
+//! Services that must see every write (the cache's in-memory L1, the record
+//! migrator, a `Watch` RPC) subscribe with [`crate::engine::Engine::subscribe`].
+//! The feed is published by the engine itself right after a commit is durable
+//! as configured, and before any caller is answered, so it does not depend on
+//! what happened to the caller: a write whose client gave up after it was
+//! queued is published like any other.
+//!
+//! Guarantees:
+//! - A subscription receives every commit that happens after
+//!   [`crate::engine::Engine::subscribe`] returns, in commit order. Subscribing
+//!   and then reading is therefore safe: a write the read did not see arrives
+//!   on the subscription.
+//! - Sequence numbers are consecutive: each event's is one more than the one
+//!   committed before it, so a gap is never silent.
+//! - A subscriber that falls too far behind is told, with
+//!   [`RecvError::Lagged`], how many events it missed, and then continues with
+//!   the oldest event still held. It must treat a lag as "anything may have
+//!   changed" (a cache drops everything, for instance).
+
+use std::sync::{Arc, Mutex};
+
+use thiserror::Error;
+use tokio::sync::broadcast;
+
+/// What a committed mutation did to its key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change {
+    /// The key now holds a record with this version.
+    Put {
+        /// The version the write was given.
+        version: u64,
+        /// The record's expiry, in milliseconds since the Unix epoch.
+        expire_at_millis: Option<u64>,
+    },
+    /// The key was deleted (whether or not a live record was there).
+    Delete,
+}
+
+/// One committed mutation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChangeEvent {
+    /// The commit sequence number: consecutive across the store, in commit order.
+    pub sequence: u64,
+    /// The key. Shared between subscribers, so fan-out does not copy it.
+    pub key: Arc<str>,
+    /// What happened to the key.
+    pub change: Change,
+}
+
+/// Why [`ChangeSubscription::recv`] returned no event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
+pub enum RecvError {
+    /// The subscriber fell behind and this many events were dropped for it;
+    /// the next call continues with the oldest event still held.
+    #[error("the change feed subscriber lagged behind and missed {missed} events")]
+    Lagged {
+        /// How many events it missed.
+        missed: u64,
+    },
+    /// The engine is closed; no more events will come.
+    #[error("the change feed is closed")]
+    Closed,
+}
+
+/// The events of one commit (one group commit of the RocksDB engine).
+#[derive(Debug)]
+struct Commit {
+    events: Vec<ChangeEvent>,
+}
+
+/// The publishing side of a change feed, held by an engine. It numbers the
+/// events, so that numbering and subscribing are ordered by one lock.
+///
+/// Engines call [`ChangeFeed::publish`] once per commit, in commit order, and
+/// hand out [`ChangeFeed::subscribe`] from [`crate::engine::Engine::subscribe`].
+#[derive(Debug)]
+pub struct ChangeFeed {
+    sender: broadcast::Sender<Arc<Commit>>,
+    /// The sequence of the next event. A std mutex: it is held for a few
+    /// instructions and never across an await.
+    next_sequence: Mutex<u64>,
+}
+
+impl ChangeFeed {
+    /// A feed holding up to `capacity` unread commits per subscriber (at
+    /// least one), whose first event gets `next_sequence`.
+    pub fn new(capacity: usize, next_sequence: u64) -> Self {
+        let (sender, _) = broadcast::channel(capacity.max(1));
+        Self {
+            sender,
+            next_sequence: Mutex::new(next_sequence),
+        }
+    }
+
+    /// Publishes one commit of `count` events and returns the sequence after
+    /// the last one. Call it after the commit is visible to reads and before
+    /// its callers are answered, for every commit, subscribers or not.
+    /// `events` builds the events from the first one's sequence; it is called
+    /// only when someone listens, so an unwatched store does not pay for it.
+    /// Never blocks: a slow subscriber lags instead.
+    pub fn publish(&self, count: usize, events: impl FnOnce(u64) -> Vec<ChangeEvent>) -> u64 {
+        let mut next = self.next_sequence.lock().unwrap_or_else(|e| e.into_inner());
+        let first = *next;
+        *next = first + count as u64;
+        if count > 0 && self.sender.receiver_count() > 0 {
+            // A receiver may have gone meanwhile; that is fine.
+            let _ = self.sender.send(Arc::new(Commit {
+                events: events(first),
+            }));
+        }
+        *next
+    }
+
+    /// The sequence the next event will get.
+    pub fn next_sequence(&self) -> u64 {
+        *self.next_sequence.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A subscription to every commit published after this returns.
+    pub fn subscribe(&self) -> ChangeSubscription {
+        let next = self.next_sequence.lock().unwrap_or_else(|e| e.into_inner());
+        ChangeSubscription {
+            receiver: self.sender.subscribe(),
+            current: None,
+            position: 0,
+            next_sequence: *next,
+        }
+    }
+}
+
+/// A subscriber's view of the change feed. Dropping it unsubscribes.
+#[derive(Debug)]
+pub struct ChangeSubscription {
+    receiver: broadcast::Receiver<Arc<Commit>>,
+    /// The commit being handed out event by event.
+    current: Option<Arc<Commit>>,
+    position: usize,
+    /// The sequence the next event should have, to measure a lag in events.
+    next_sequence: u64,
+}
+
+impl ChangeSubscription {
+    /// The next event, waiting for one if needed.
+    pub async fn recv(&mut self) -> Result<ChangeEvent, RecvError> {
+        loop {
+            if let Some(event) = self.next_buffered() {
+                return Ok(event);
+            }
+            match self.receiver.recv().await {
+                Ok(commit) => {
+                    if let Some(lag) = self.take_commit(commit) {
+                        return Err(lag);
+                    }
+                }
+                Err(broadcast::error::RecvError::Closed) => return Err(RecvError::Closed),
+                // The count is in commits; the next commit's sequence tells
+                // how many events were missed.
+                Err(broadcast::error::RecvError::Lagged(_)) => {}
+            }
+        }
+    }
+
+    /// The next event if one is already here, without waiting.
+    pub fn try_recv(&mut self) -> Result<Option<ChangeEvent>, RecvError> {
+        loop {
+            if let Some(event) = self.next_buffered() {
+                return Ok(Some(event));
+            }
+            match self.receiver.try_recv() {
+                Ok(commit) => {
+                    if let Some(lag) = self.take_commit(commit) {
+                        return Err(lag);
+                    }
+                }
+                Err(broadcast::error::TryRecvError::Empty) => return Ok(None),
+                Err(broadcast::error::TryRecvError::Closed) => return Err(RecvError::Closed),
+                Err(broadcast::error::TryRecvError::Lagged(_)) => {}
+            }
+        }
+    }
+
+    fn next_buffered(&mut self) -> Option<ChangeEvent> {
+        let commit = self.current.as_ref()?;
+        let event = commit.events.get(self.position)?.clone();
+        self.position += 1;
+        if self.position == commit.events.len() {
+            self.current = None;
+            self.position = 0;
+        }
+        self.next_sequence = event.sequence + 1;
+        Some(event)
+    }
+
+    /// Starts handing out `commit`; reports a lag first if events were skipped.
+    fn take_commit(&mut self, commit: Arc<Commit>) -> Option<RecvError> {
+        let first = commit.events.first()?.sequence;
+        self.current = Some(commit);
+        self.position = 0;
+        let missed = first.saturating_sub(self.next_sequence);
+        self.next_sequence = first;
+        (missed > 0).then_some(RecvError::Lagged { missed })
+    }
+}
