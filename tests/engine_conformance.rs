@@ -455,7 +455,7 @@ async fn compaction_keeps_records_within_the_grace_margin() {
     assert!(engine.physically_present("user:s").unwrap());
 
     // Past the grace margin, compaction removes it.
-    clock.set_millis(T0 + 60_000 + 3600_000 + 1);
+    clock.set_millis(T0 + 60_000 + 3_600_000 + 1);
     engine.compact_all();
     assert!(!engine.physically_present("user:s").unwrap());
 }

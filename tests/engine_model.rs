@@ -37,7 +37,7 @@ enum Step {
     Group(Vec<Vec<MutationSpec>>),
     Advance(u64),
     /// Steps the injected clock back; the engine's clock must not follow.
-    StepBack(u64),
+    ClockBack(u64),
     Compact,
     Restart,
     Get(usize),
@@ -94,7 +94,7 @@ fn step() -> impl Strategy<Value = Step> {
         3 => prop::collection::vec(prop::collection::vec(mutation(), 1..3), 2..6)
             .prop_map(Step::Group),
         2 => (1u64..3_000).prop_map(Step::Advance),
-        1 => (1u64..5_000).prop_map(Step::StepBack),
+        1 => (1u64..5_000).prop_map(Step::ClockBack),
         1 => Just(Step::Compact),
         1 => Just(Step::Restart),
         3 => (0..KEYS.len()).prop_map(Step::Get),
@@ -282,7 +282,7 @@ async fn run(steps: Vec<Step>) -> Result<(), TestCaseError> {
                 prop_assert_eq!(engine.now_millis(), raw(&clock).max(model_now));
                 model_now = model_now.max(raw(&clock));
             }
-            Step::StepBack(millis) => {
+            Step::ClockBack(millis) => {
                 clock.set_millis(raw(&clock) - millis);
                 prop_assert_eq!(
                     engine.now_millis(),

@@ -114,7 +114,13 @@ async fn write_whose_deadline_fired_while_queued_is_published() {
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     let status = call.await.unwrap().unwrap_err();
-    assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+    // The server answers DEADLINE_EXCEEDED just before the deadline; the
+    // client's own timer, racing it, reports CANCELLED. Either way the caller
+    // gave up while its write was queued.
+    assert!(
+        matches!(status.code(), Code::DeadlineExceeded | Code::Cancelled),
+        "{status:?}"
+    );
     assert_eq!(changes.try_recv(), Ok(None), "not committed yet");
     drop(pause);
 
