@@ -605,14 +605,17 @@ impl KvService {
                 ));
             }
         }
-        let expire_at_millis =
-            match resolve_expiration(field_prefix, command.expiration, self.clock.now_millis()) {
-                Ok(expire_at) => expire_at,
-                Err(violation) => {
-                    violations.push(violation);
-                    None
-                }
-            };
+        // A TTL counts from the engine's now, which never goes back: with a
+        // clock stepped back, the service's clock alone would make a fresh
+        // write expire early (or be born expired).
+        let now = self.clock.now_millis().max(self.engine.now_millis());
+        let expire_at_millis = match resolve_expiration(field_prefix, command.expiration, now) {
+            Ok(expire_at) => expire_at,
+            Err(violation) => {
+                violations.push(violation);
+                None
+            }
+        };
         if !violations.is_empty() {
             return Err(KvError::InvalidArgument(violations));
         }

@@ -1,0 +1,101 @@
+//! Expiry through the server when the system clock steps: a clock stepped
+//! back never brings an expired key back (not even across a restart), and a
+//! TTL written meanwhile counts from the time the store has already reached.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+
+fn put_with_ttl(key: &str, seconds: i64) -> tierkv::proto::v1::PutRequest {
+    let mut request = put_text(key, "v");
+    request.expiration = Some(tierkv::proto::v1::put_request::Expiration::Ttl(
+        prost_types::Duration { seconds, nanos: 0 },
+    ));
+    request
+}
+
+/// Step the clock forward past an expiry, then back: the expired key stays
+/// gone, a fresh key with a 5 s TTL lives its 5 s, and after a restart with
+/// the clock still behind, both hold.
+#[tokio::test]
+async fn clock_stepped_back_brings_nothing_back() {
+    let mut server = start().await;
+    server
+        .client
+        .put(put_with_ttl("session:old", 10))
+        .await
+        .unwrap();
+    server.clock.advance(Duration::from_secs(20));
+    assert!(
+        !server
+            .client
+            .get(get("session:old"))
+            .await
+            .unwrap()
+            .into_inner()
+            .found
+    );
+
+    // An NTP correction (or a VM restore) steps the clock back 20 s.
+    let now = tierkv::clock::Clock::now_millis(&*server.clock);
+    server.clock.set_millis(now - 20_000);
+    assert!(
+        !server
+            .client
+            .get(get("session:old"))
+            .await
+            .unwrap()
+            .into_inner()
+            .found,
+        "an expired key reappeared when the clock stepped back"
+    );
+    server
+        .client
+        .put(put_with_ttl("session:new", 5))
+        .await
+        .unwrap();
+    assert!(
+        server
+            .client
+            .get(get("session:new"))
+            .await
+            .unwrap()
+            .into_inner()
+            .found,
+        "a 5 s TTL written after the step must not be born expired"
+    );
+
+    let mut server = server.restart().await;
+    assert!(
+        !server
+            .client
+            .get(get("session:old"))
+            .await
+            .unwrap()
+            .into_inner()
+            .found
+    );
+    assert!(
+        server
+            .client
+            .get(get("session:new"))
+            .await
+            .unwrap()
+            .into_inner()
+            .found
+    );
+    // The clock catches up with the store's time and passes the new TTL.
+    server.clock.advance(Duration::from_secs(25));
+    assert!(
+        !server
+            .client
+            .get(get("session:new"))
+            .await
+            .unwrap()
+            .into_inner()
+            .found
+    );
+    server.stop().await;
+}
