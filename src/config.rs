@@ -352,5 +352,14 @@ mod tests {
             ..Config::default()
         };
         assert!(config.validate().unwrap_err().to_string().contains("twice"));
+
+        let config = Config {
+            write_queue_mb: 10,
+            ..Config::default()
+        };
+        let error = config.validate().unwrap_err().to_string();
+        assert!(error.contains("write_queue_mb is 10"), "{error}");
+        let config = Config::load(None, &env(&[("TIERKV_EXPIRY_GRACE_SECS", "60")])).unwrap();
+        assert_eq!(config.expiry_grace_secs, 60);
     }
 }

@@ -204,3 +204,46 @@ impl ChangeSubscription {
         (missed > 0).then_some(RecvError::Lagged { missed })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(sequence: u64) -> ChangeEvent {
+        ChangeEvent {
+            sequence,
+            key: Arc::from("k"),
+            change: Change::Delete,
+        }
+    }
+
+    fn publish(feed: &ChangeFeed, count: usize) {
+        feed.publish(count, |first| {
+            (first..first + count as u64).map(event).collect()
+        });
+    }
+
+    /// A subscriber sees only commits after it subscribed, event by event; a
+    /// lag is reported in events, not commits, and reading resumes after it.
+    #[tokio::test]
+    async fn lag_is_counted_in_events() {
+        let feed = ChangeFeed::new(2, 10);
+        publish(&feed, 1);
+        let mut subscription = feed.subscribe();
+        assert_eq!(subscription.try_recv(), Ok(None));
+        publish(&feed, 3); // 11, 12, 13
+        publish(&feed, 2); // 14, 15
+        publish(&feed, 1); // 16: the first commit is dropped for the subscriber
+        assert_eq!(
+            subscription.recv().await,
+            Err(RecvError::Lagged { missed: 3 })
+        );
+        assert_eq!(subscription.recv().await.unwrap().sequence, 14);
+        assert_eq!(subscription.recv().await.unwrap().sequence, 15);
+        assert_eq!(subscription.try_recv().unwrap().unwrap().sequence, 16);
+        assert_eq!(subscription.try_recv(), Ok(None));
+        assert_eq!(feed.next_sequence(), 17);
+        drop(feed);
+        assert_eq!(subscription.recv().await, Err(RecvError::Closed));
+    }
+}
