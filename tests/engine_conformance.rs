@@ -621,16 +621,17 @@ async fn write_queue_is_bounded_in_bytes() {
         }));
     }
     // Two 1 MiB records fit (with headers and keys) in 3 MiB; a third does
-    // not. The writer holds the first; the second waits in the queue.
+    // not. The writer holds the first and the second waits in the queue (or,
+    // if an idle clock tick reached the writer first, both wait there).
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while engine.queued_write_requests() < 1 && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     tokio::time::sleep(Duration::from_millis(100)).await;
-    assert_eq!(
-        engine.queued_write_requests(),
-        1,
-        "only two writes admitted"
+    let waiting = engine.queued_write_requests();
+    assert!(
+        (1..=2).contains(&waiting),
+        "only two writes admitted, {waiting} queued"
     );
     assert!(engine.queued_write_bytes() <= 3 * 1024 * 1024);
     drop(pause);
