@@ -3,7 +3,7 @@
 
 use std::{env, path::PathBuf};
 
-const PROTO_FILES: &[&str] = &["tierkv/v1/kv.proto"];
+const PROTO_FILES: &[&str] = &["tierkv/v1/kv.proto", "tierkv/v1/session.proto"];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     for file in PROTO_FILES {

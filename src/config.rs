@@ -12,6 +12,7 @@ use thiserror::Error;
 
 use crate::engine::Namespaces;
 use crate::kv::limits::MAX_KEY_BYTES;
+use crate::session::SessionConfig;
 
 /// Environment variables read by the command-line client, not the server.
 const CLIENT_ENV: &[&str] = &["TIERKV_ENDPOINT", "TIERKV_CONFIG"];
@@ -54,6 +55,8 @@ pub struct Config {
     pub log_format: LogFormat,
     /// Log filter, in `tracing_subscriber::EnvFilter` syntax (`RUST_LOG` wins).
     pub log_level: String,
+    /// The Session service (`[session]` in the file).
+    pub session: SessionConfig,
 }
 
 impl Default for Config {
@@ -70,6 +73,7 @@ impl Default for Config {
             shutdown_grace_ms: 10_000,
             log_format: LogFormat::Human,
             log_level: "info".to_string(),
+            session: SessionConfig::default(),
         }
     }
 }
@@ -131,6 +135,42 @@ const SERVER_ENV: &[(&str, &str, EnvKind)] = &[
     ),
     ("TIERKV_LOG_FORMAT", "log_format", EnvKind::Text),
     ("TIERKV_LOG_LEVEL", "log_level", EnvKind::Text),
+    ("TIERKV_SESSION_PREFIX", "session.prefix", EnvKind::Text),
+    (
+        "TIERKV_SESSION_DEFAULT_TTL_SECS",
+        "session.default_ttl_secs",
+        EnvKind::Integer,
+    ),
+    (
+        "TIERKV_SESSION_MAX_TTL_SECS",
+        "session.max_ttl_secs",
+        EnvKind::Integer,
+    ),
+    (
+        "TIERKV_SESSION_DEFAULT_IDLE_TIMEOUT_SECS",
+        "session.default_idle_timeout_secs",
+        EnvKind::Integer,
+    ),
+    (
+        "TIERKV_SESSION_TOUCH_INTERVAL_SECS",
+        "session.touch_interval_secs",
+        EnvKind::Integer,
+    ),
+    (
+        "TIERKV_SESSION_MAX_USER_ID_BYTES",
+        "session.max_user_id_bytes",
+        EnvKind::Integer,
+    ),
+    (
+        "TIERKV_SESSION_MAX_DATA_BYTES",
+        "session.max_data_bytes",
+        EnvKind::Integer,
+    ),
+    (
+        "TIERKV_SESSION_MAX_METADATA_BYTES",
+        "session.max_metadata_bytes",
+        EnvKind::Integer,
+    ),
 ];
 
 impl Config {
@@ -152,7 +192,9 @@ impl Config {
             None => toml::Table::new(),
         };
         let (overrides, from_env) = env_overrides(env)?;
-        table.extend(overrides);
+        for (key, value) in overrides {
+            insert_dotted(&mut table, &key, value);
+        }
         let config = Config::deserialize(table).map_err(|error| ConfigError::Parse {
             origin: match (file, from_env.is_empty()) {
                 (Some(path), true) => format!(" in {}", path.display()),
@@ -210,7 +252,22 @@ impl Config {
         tracing_subscriber::EnvFilter::try_new(&self.log_level).map_err(|error| {
             ConfigError::Invalid(format!("log_level {:?}: {error}", self.log_level))
         })?;
+        self.session.validate().map_err(ConfigError::Invalid)?;
+        self.namespaces().map_err(|error| {
+            ConfigError::Invalid(format!("session.prefix {:?}: {error}", self.session.prefix))
+        })?;
         Ok(())
+    }
+
+    /// Which service owns which namespace: each service that keeps internals
+    /// in a namespace declares it here.
+    pub fn namespace_owners(&self) -> Vec<(String, &'static str)> {
+        vec![(self.session.prefix.clone(), crate::session::OWNER)]
+    }
+
+    /// The configured namespaces with their owners.
+    pub fn namespaces(&self) -> Result<Namespaces, String> {
+        Namespaces::new(self.namespaces.iter().cloned()).with_owners(self.namespace_owners())
     }
 
     /// The configured request timeout, if any.
@@ -221,6 +278,25 @@ impl Config {
     /// The shutdown grace period.
     pub fn shutdown_grace(&self) -> Duration {
         Duration::from_millis(self.shutdown_grace_ms)
+    }
+}
+
+/// Sets `key` in `table`; a dotted key (`session.prefix`) sets a member of a
+/// sub-table, keeping the sub-table's other members from the file.
+fn insert_dotted(table: &mut toml::Table, key: &str, value: toml::Value) {
+    match key.split_once('.') {
+        None => {
+            table.insert(key.to_string(), value);
+        }
+        Some((section, rest)) => {
+            let entry = table
+                .entry(section.to_string())
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            // Not a table in the file: deserialization reports it.
+            if let toml::Value::Table(inner) = entry {
+                insert_dotted(inner, rest, value);
+            }
+        }
     }
 }
 
@@ -361,5 +437,51 @@ mod tests {
         assert!(error.contains("write_queue_mb is 10"), "{error}");
         let config = Config::load(None, &env(&[("TIERKV_EXPIRY_GRACE_SECS", "60")])).unwrap();
         assert_eq!(config.expiry_grace_secs, 60);
+    }
+
+    /// The session section reads from the file and from `TIERKV_SESSION_*`,
+    /// and its prefix must be a configured namespace.
+    #[test]
+    fn session_section_and_its_namespace() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tierkv.toml");
+        std::fs::write(
+            &path,
+            "namespaces = [\"sess:\"]\n[session]\nprefix = \"sess:\"\nmax_data_bytes = 100\n",
+        )
+        .unwrap();
+        let config = Config::load(
+            Some(&path),
+            &env(&[("TIERKV_SESSION_TOUCH_INTERVAL_SECS", "5")]),
+        )
+        .unwrap();
+        assert_eq!(config.session.prefix, "sess:");
+        assert_eq!(config.session.max_data_bytes, 100);
+        assert_eq!(config.session.touch_interval_secs, 5);
+        config.validate().unwrap();
+        let namespaces = config.namespaces().unwrap();
+        assert_eq!(
+            namespaces.owner_of("sess:s/x"),
+            Some(("sess:", crate::session::OWNER))
+        );
+
+        let config = Config {
+            namespaces: vec!["user:".into()],
+            ..Config::default()
+        };
+        let error = config.validate().unwrap_err().to_string();
+        assert!(
+            error.contains("session.prefix") && error.contains("add it to namespaces"),
+            "{error}"
+        );
+        let config = Config {
+            session: SessionConfig {
+                default_ttl_secs: 0,
+                ..SessionConfig::default()
+            },
+            ..Config::default()
+        };
+        let error = config.validate().unwrap_err().to_string();
+        assert!(error.contains("session.default_ttl_secs"), "{error}");
     }
 }

@@ -12,6 +12,8 @@
 //!   conformance suite.
 //! - [`kv`] — the KV service's domain logic: validation, limits, value
 //!   representations, compare-and-set, page tokens. No transport types.
+//! - [`session`] — the Session service's domain logic: tokens, expiry,
+//!   the per-user index, rotation and revocation. No transport types.
 //! - [`api`] — thin tonic adapters and the single error-to-status mapping.
 //! - [`config`], [`server`], [`telemetry`] — configuration, wiring and
 //!   graceful shutdown, logging.
@@ -25,6 +27,7 @@ pub mod config;
 pub mod engine;
 pub mod kv;
 pub mod server;
+pub mod session;
 pub mod telemetry;
 
 /// Generated protobuf code.

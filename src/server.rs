@@ -13,15 +13,56 @@ use tokio::task::JoinHandle;
 use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 
+use std::convert::Infallible;
+
+use tonic::server::NamedService;
+use tonic::service::RoutesBuilder;
+
 use crate::api::deadline::DeadlineLayer;
 use crate::api::kv::KvApi;
+use crate::api::session::SessionApi;
 use crate::clock::SharedClock;
 use crate::config::{Config, ConfigError};
 use crate::engine::{Engine, EngineError, Namespaces, RocksEngine, RocksOptions};
 use crate::kv::KvService;
+use crate::session::SessionService;
 
-/// The services this server exposes, for health reporting.
-pub const SERVICE_NAMES: &[&str] = &["tierkv.v1.KvService"];
+/// The services this server exposes (each also has a health status).
+pub const SERVICE_NAMES: &[&str] = &["tierkv.v1.KvService", "tierkv.v1.SessionService"];
+
+/// The gRPC services of a server, collected with their names so that
+/// registering a service is one line and health reporting follows it.
+#[derive(Default)]
+pub struct ServiceSet {
+    routes: RoutesBuilder,
+    names: Vec<&'static str>,
+}
+
+impl ServiceSet {
+    /// Mounts a generated tonic server and reports its health by name.
+    pub fn add<S>(&mut self, service: S) -> &mut Self
+    where
+        S: tower::Service<
+                http::Request<tonic::body::Body>,
+                Response = http::Response<tonic::body::Body>,
+                Error = Infallible,
+            > + NamedService
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        S::Future: Send + 'static,
+    {
+        self.names.push(S::NAME);
+        self.routes.add_service(service);
+        self
+    }
+
+    /// The names of the services added so far.
+    pub fn names(&self) -> &[&'static str] {
+        &self.names
+    }
+}
 
 /// A failure to start or run the server.
 #[derive(Debug, Error)]
@@ -55,7 +96,7 @@ pub enum ServerError {
 /// Opens the RocksDB engine described by `config`.
 pub async fn open_engine(config: &Config, clock: SharedClock) -> Result<RocksEngine, ServerError> {
     let path = config.data_dir.clone();
-    let namespaces = Namespaces::new(config.namespaces.iter().cloned());
+    let namespaces: Namespaces = config.namespaces().map_err(ConfigError::Invalid)?;
     let options = RocksOptions {
         sync_writes: config.sync_writes,
         block_cache_bytes: config.block_cache_mb * 1024 * 1024,
@@ -99,8 +140,20 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServerError> {
+    let mut services = ServiceSet::default();
+    services.add(KvApi::new(KvService::new(Arc::clone(&engine), Arc::clone(&clock))).into_server());
+    services.add(
+        SessionApi::new(SessionService::new(
+            Arc::clone(&engine),
+            clock,
+            config.session.clone(),
+        ))
+        .into_server(),
+    );
+    let service_names = services.names().to_vec();
+
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
-    for name in SERVICE_NAMES {
+    for name in &service_names {
         health_reporter
             .set_service_status(*name, ServingStatus::Serving)
             .await;
@@ -121,21 +174,22 @@ pub async fn serve(
         .build_v1alpha()
         .map_err(|error| ServerError::Reflection(error.to_string()))?;
 
-    let kv = KvApi::new(KvService::new(Arc::clone(&engine), clock));
     let local_addr = listener
         .local_addr()
         .map(|addr| addr.to_string())
         .unwrap_or_default();
     let (drain_tx, drain_rx) = oneshot::channel::<()>();
+    let mut routes = services.routes;
+    routes
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha);
     let router = tonic::transport::Server::builder()
         // Every log line a request causes carries its method.
         .trace_fn(|request| tracing::info_span!("rpc", method = %request.uri().path()))
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .layer(DeadlineLayer::new(config.request_timeout()))
-        .add_service(health_service)
-        .add_service(reflection_v1)
-        .add_service(reflection_v1alpha)
-        .add_service(kv.into_server());
+        .add_routes(routes.routes());
     // The builder's tcp_nodelay does not reach connections from our own
     // listener; without it Nagle's algorithm holds small responses ~40 ms.
     let incoming = TcpIncoming::from(listener)
@@ -162,7 +216,7 @@ pub async fn serve(
         result = &mut serving => result?,
         () = stop => {
             tracing::info!(grace_ms = config.shutdown_grace_ms, "shutting down: draining in-flight requests");
-            for name in SERVICE_NAMES {
+            for name in &service_names {
                 health_reporter.set_service_status(*name, ServingStatus::NotServing).await;
             }
             health_reporter.set_service_status("", ServingStatus::NotServing).await;

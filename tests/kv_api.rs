@@ -771,7 +771,7 @@ async fn batch_get_response_limit() {
 #[tokio::test]
 async fn ttl_expiry_with_injected_clock() {
     let mut server = start().await;
-    let mut short = put_text("session:short", "s");
+    let mut short = put_text("feature:short", "s");
     short.expiration = Some(pb::put_request::Expiration::Ttl(prost_types::Duration {
         seconds: 1,
         nanos: 0,
@@ -785,18 +785,18 @@ async fn ttl_expiry_with_injected_clock() {
         seconds: now_seconds + 120,
         nanos: 0,
     };
-    let mut absolute = put_text("session:absolute", "a");
+    let mut absolute = put_text("feature:absolute", "a");
     absolute.expiration = Some(pb::put_request::Expiration::ExpireTime(at));
     server.client.put(absolute).await.unwrap();
     server
         .client
-        .put(put_text("session:forever", "f"))
+        .put(put_text("feature:forever", "f"))
         .await
         .unwrap();
 
     let found = server
         .client
-        .get(get("session:short"))
+        .get(get("feature:short"))
         .await
         .unwrap()
         .into_inner();
@@ -804,16 +804,16 @@ async fn ttl_expiry_with_injected_clock() {
     assert_eq!(found.expire_time, Some(expire_time));
 
     server.clock.advance(Duration::from_secs(1));
-    assert!(!exists(&mut server.client, "session:short").await);
+    assert!(!exists(&mut server.client, "feature:short").await);
     assert_eq!(
-        list_all(&mut server.client, "session:", 10).await,
-        vec!["session:absolute", "session:forever"]
+        list_all(&mut server.client, "feature:", 10).await,
+        vec!["feature:absolute", "feature:forever"]
     );
     server.clock.advance(Duration::from_secs(120));
     let batch = server
         .client
         .batch_get(pb::BatchGetRequest {
-            keys: vec!["session:absolute".into(), "session:forever".into()],
+            keys: vec!["feature:absolute".into(), "feature:forever".into()],
             r#type: 0,
         })
         .await

@@ -263,14 +263,19 @@ async fn listed_keys_carry_their_attributes() {
 #[tokio::test]
 async fn merges_namespaces() {
     let mut server = start_with(|config| {
-        config.namespaces = vec!["user:".into(), "user:admin:".into(), "cache:".into()];
+        config.namespaces = vec![
+            "user:".into(),
+            "user:admin:".into(),
+            "cache:".into(),
+            "session:".into(),
+        ];
     })
     .await;
     put_all(
         &mut server.client,
         &[
             "cache:api:users",
-            "session:abc",
+            "order:abc",
             "user:123:profile",
             "user:admin:1",
             "user;",
@@ -283,7 +288,7 @@ async fn merges_namespaces() {
         list_all(&mut server.client, "", 2).await,
         vec![
             "cache:api:users",
-            "session:abc",
+            "order:abc",
             "u",
             "user:123:profile",
             "user:admin:1",

@@ -30,12 +30,12 @@ fn check(service: &str) -> HealthCheckRequest {
     }
 }
 
-/// Health reports SERVING overall and for KvService, NOT_FOUND for unknown services.
+/// Health reports SERVING overall and for every tierkv service, NOT_FOUND for unknown services.
 #[tokio::test]
 async fn health_checks() {
     let server = start().await;
     let mut health = HealthClient::new(channel(&server.server.endpoint()).await);
-    for service in ["", "tierkv.v1.KvService"] {
+    for service in ["", "tierkv.v1.KvService", "tierkv.v1.SessionService"] {
         let response = health.check(check(service)).await.unwrap().into_inner();
         assert_eq!(
             response.status,
@@ -178,7 +178,11 @@ async fn reflection_v1_and_v1alpha() {
     let v1 = reflected_services!(v1, channel.clone());
     let v1alpha = reflected_services!(v1alpha, channel);
     for names in [&v1, &v1alpha] {
-        for expected in ["tierkv.v1.KvService", "grpc.health.v1.Health"] {
+        for expected in [
+            "tierkv.v1.KvService",
+            "tierkv.v1.SessionService",
+            "grpc.health.v1.Health",
+        ] {
             assert!(names.iter().any(|name| name == expected), "{names:?}");
         }
     }

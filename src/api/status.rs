@@ -66,6 +66,15 @@ pub fn kv_status(method: &'static str, error: KvError) -> Status {
             let details = ErrorDetails::with_error_info("RESPONSE_TOO_LARGE", ERROR_DOMAIN, info);
             Status::with_error_details(Code::ResourceExhausted, message, details)
         }
+        KvError::PermissionDenied {
+            namespace, owner, ..
+        } => {
+            let mut info = std::collections::HashMap::new();
+            info.insert("namespace".to_string(), namespace);
+            info.insert("owner".to_string(), owner);
+            let details = ErrorDetails::with_error_info("NAMESPACE_OWNED", ERROR_DOMAIN, info);
+            Status::with_error_details(Code::PermissionDenied, message, details)
+        }
         KvError::Engine(engine) => return engine_status(method, engine),
     };
     // Client errors are expected traffic: one line at debug, without the

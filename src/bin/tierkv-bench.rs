@@ -12,7 +12,11 @@
 //!    `Check` RPC on the same connection, which exercises the transport and
 //!    nothing else (no storage). Then `Put` (100-byte text values, unique
 //!    keys), `Get` (hits on those keys), `BatchGet` of 100 keys, `BatchWrite`
-//!    of 1000 small puts and `List` pages of 1000 keys. Each runs a bounded
+//!    of 1000 small puts and `List` pages of 1000 keys. The Session service
+//!    runs beside them: `SessionService/Create`, then `SessionService/Get` of
+//!    those sessions right after `KvService/Get` (the table prints the ratio
+//!    of the two: validating a session is on every request of every user),
+//!    and `Touch` within the touch interval (which must not write). Each runs a bounded
 //!    number of RPCs with a fixed number in flight (tokio tasks sharing clones
 //!    of one client), and the table shows ops/s, p50 and p99 latency, and the
 //!    p50 and ops/s of each RPC relative to the health-check baseline
@@ -63,6 +67,7 @@ use tierkv::config::Config;
 use tierkv::kv::limits::MAX_MESSAGE_BYTES;
 use tierkv::proto::v1 as pb;
 use tierkv::proto::v1::kv_service_client::KvServiceClient;
+use tierkv::proto::v1::session_service_client::SessionServiceClient;
 use tierkv::server::RunningServer;
 use tokio::task::JoinSet;
 use tonic::transport::{Channel, Endpoint};
@@ -247,6 +252,22 @@ enum Workload {
         /// The token of the next page; empty to start over.
         page_token: String,
     },
+    /// `SessionService/Create` with a little data; keeps the tokens.
+    SessionCreate {
+        /// The client.
+        client: SessionServiceClient<Channel>,
+        /// Tokens of the created sessions, for the benchmarks after it.
+        tokens: Arc<std::sync::Mutex<Vec<String>>>,
+    },
+    /// `SessionService/Get` (or `Touch`) of a session `SessionCreate` made.
+    SessionGet {
+        /// The client.
+        client: SessionServiceClient<Channel>,
+        /// The tokens to cycle through.
+        tokens: Arc<Vec<String>>,
+        /// Call `Touch` instead of `Get`.
+        touch: bool,
+    },
 }
 
 impl Workload {
@@ -351,6 +372,51 @@ impl Workload {
                 }
                 *page_token = response.next_page_token;
                 Ok(listed)
+            }
+            Workload::SessionCreate { client, tokens } => {
+                let data = serde_json::json!({"role": "member", "cart_items": 3, "locale": "en"});
+                let data = match tierkv::api::convert::json_to_proto(data).kind {
+                    Some(prost_types::value::Kind::StructValue(data)) => Some(data),
+                    _ => None,
+                };
+                let session = client
+                    .create(pb::CreateSessionRequest {
+                        user_id: format!("user{}", index % 1000),
+                        data,
+                        ..Default::default()
+                    })
+                    .await?
+                    .into_inner();
+                // Poisoning needs a panic while holding the lock; there is none.
+                if let Ok(mut tokens) = tokens.lock() {
+                    tokens.push(session.token);
+                }
+                Ok(1)
+            }
+            Workload::SessionGet {
+                client,
+                tokens,
+                touch,
+            } => {
+                let token = tokens[(index % tokens.len() as u64) as usize].clone();
+                let session = if *touch {
+                    client
+                        .touch(pb::TouchSessionRequest { token })
+                        .await?
+                        .into_inner()
+                } else {
+                    client
+                        .get(pb::GetSessionRequest {
+                            token,
+                            touch: false,
+                        })
+                        .await?
+                        .into_inner()
+                };
+                if session.session_id.is_empty() {
+                    return Err("a session came back without an id".into());
+                }
+                Ok(1)
             }
         }
     }
@@ -738,6 +804,10 @@ fn print_parameters(plan: &Plan, args: &Args, server: &RunningServer, data_dir: 
     );
     println!("  get           {} RPCs, hits on the put keys", plan.ops);
     println!(
+        "  session_*     {} SessionService Create RPCs, then {} Get and {} Touch RPCs of those sessions (touch within its interval)",
+        plan.ops, plan.ops, plan.ops
+    );
+    println!(
         "  batch_get     {} RPCs x {BATCH_GET_KEYS} keys (hits on the put keys)",
         plan.batch_gets
     );
@@ -765,7 +835,7 @@ fn print_parameters(plan: &Plan, args: &Args, server: &RunningServer, data_dir: 
 /// Prints the benchmark table, with ratios against `baseline`.
 fn print_table(baseline: &Stats, results: &[Stats]) {
     println!(
-        "{:<12} {:>7} {:>10} {:>11} {:>9} {:>9}  {:<24} ops/s vs health",
+        "{:<15} {:>7} {:>10} {:>11} {:>9} {:>9}  {:<24} ops/s vs health",
         "name", "rpcs", "ops/s", "keys/s", "p50 us", "p99 us", "p50 vs health"
     );
     for stats in std::iter::once(baseline).chain(results) {
@@ -784,7 +854,7 @@ fn print_table(baseline: &Stats, results: &[Stats]) {
             )
         };
         println!(
-            "{:<12} {:>7} {:>10.0} {:>11.0} {:>9.1} {:>9.1}  {:<24} {}",
+            "{:<15} {:>7} {:>10.0} {:>11.0} {:>9.1} {:>9.1}  {:<24} {}",
             stats.name,
             stats.rpcs,
             stats.ops_per_sec(),
@@ -845,6 +915,7 @@ fn print_stall(report: &StallReport) {
 /// Runs every benchmark against `server`.
 async fn benchmarks(plan: &Plan, server: &RunningServer) -> Result<(), BoxError> {
     let channel = connect(&server.endpoint()).await?;
+    let kv_channel = channel.clone();
     let mut kv = kv_client(channel.clone());
     let health = Workload::Health(HealthClient::new(channel));
 
@@ -854,11 +925,45 @@ async fn benchmarks(plan: &Plan, server: &RunningServer) -> Result<(), BoxError>
     let mut results = Vec::new();
     let put = Workload::Put(kv.clone());
     results.push(run("put", &put, plan.ops, plan.concurrency).await?);
+    let sessions = SessionServiceClient::new(kv_channel.clone());
+    let tokens = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let create = Workload::SessionCreate {
+        client: sessions.clone(),
+        tokens: Arc::clone(&tokens),
+    };
+    results.push(run("session_create", &create, plan.ops, plan.concurrency).await?);
+    let tokens: Arc<Vec<String>> = Arc::new(
+        tokens
+            .lock()
+            .map(|mut tokens| std::mem::take(&mut *tokens))
+            .unwrap_or_default(),
+    );
     let get = Workload::Get {
         client: kv.clone(),
         keyspace: plan.ops,
     };
-    results.push(run("get", &get, plan.ops, plan.concurrency).await?);
+    let session_get = Workload::SessionGet {
+        client: sessions.clone(),
+        tokens: Arc::clone(&tokens),
+        touch: false,
+    };
+    // Interleaved, so that both see the same machine: single runs swing.
+    let kv_first = run("get", &get, plan.ops, plan.concurrency).await?;
+    let session_first = run("session_get", &session_get, plan.ops, plan.concurrency).await?;
+    let kv_second = run("get", &get, plan.ops, plan.concurrency).await?;
+    let session_second = run("session_get", &session_get, plan.ops, plan.concurrency).await?;
+    let session_ratio = (session_first.ops_per_sec() + session_second.ops_per_sec())
+        / (kv_first.ops_per_sec() + kv_second.ops_per_sec());
+    results.push(kv_first);
+    results.push(session_first);
+    results.push(kv_second);
+    results.push(session_second);
+    let session_touch = Workload::SessionGet {
+        client: sessions,
+        tokens,
+        touch: true,
+    };
+    results.push(run("session_touch", &session_touch, plan.ops, plan.concurrency).await?);
     let batch_get = Workload::BatchGet {
         client: kv.clone(),
         keyspace: plan.ops,
@@ -899,6 +1004,9 @@ async fn benchmarks(plan: &Plan, server: &RunningServer) -> Result<(), BoxError>
     print_table(&baseline, &results);
     println!(
         "List of {LIST_SIZED_KEYS} keys with 1 MiB values vs 10-byte values: {list_ratio:.2}x the p50 latency"
+    );
+    println!(
+        "SessionService/Get vs KvService/Get (ops/s, both runs summed): {session_ratio:.2}x (target >= 0.85x)"
     );
     println!();
 

@@ -1,7 +1,8 @@
 //! The `tierkv` command line: `serve` runs the server; `kv` talks to one,
-//! modelled on `wrangler kv`.
+//! modelled on `wrangler kv`; `session` manages sessions.
 
 mod kv;
+mod session;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -31,6 +32,8 @@ enum Command {
     Serve(ServeArgs),
     /// Read and write keys on a running server.
     Kv(kv::KvArgs),
+    /// Create, check, rotate and revoke sessions on a running server.
+    Session(session::SessionArgs),
 }
 
 #[derive(Debug, Args)]
@@ -59,6 +62,7 @@ pub async fn main() -> ExitCode {
             }
         },
         Command::Kv(args) => kv::run(args).await,
+        Command::Session(args) => session::run(args).await,
     }
 }
 

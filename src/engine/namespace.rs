@@ -3,6 +3,12 @@
 //! Each configured prefix is a namespace (one RocksDB column family); a key
 //! belongs to the namespace of the longest configured prefix it starts with, or
 //! to the default namespace when none matches.
+//!
+//! A namespace can be **owned** by a service (`tierkv.v1.SessionService` owns
+//! `session:`): its keys are that service's internals. The KV service refuses
+//! them, and a scan whose prefix spans namespaces leaves out owned ones unless
+//! the prefix itself lies inside them, so that a listing of everything never
+//! shows another service's records.
 
 /// Index of a namespace in [`Namespaces`]; 0 is always the default namespace.
 pub type NamespaceId = usize;
@@ -16,6 +22,8 @@ pub struct Namespaces {
     /// `prefixes[0]` is the default namespace's empty prefix; the rest are the
     /// configured prefixes, sorted and unique.
     prefixes: Vec<String>,
+    /// The owning service of each namespace, parallel to `prefixes`.
+    owners: Vec<Option<String>>,
 }
 
 impl Namespaces {
@@ -34,7 +42,54 @@ impl Namespaces {
         configured.dedup();
         let mut prefixes = vec![String::new()];
         prefixes.extend(configured);
-        Self { prefixes }
+        let owners = vec![None; prefixes.len()];
+        Self { prefixes, owners }
+    }
+
+    /// Gives namespaces to services: each `(prefix, service)` pair makes the
+    /// configured namespace `prefix` owned by `service` (a gRPC service name).
+    /// Fails naming the prefix when it is not a configured namespace or is
+    /// already owned by another service.
+    pub fn with_owners<I, P, S>(mut self, owners: I) -> Result<Self, String>
+    where
+        I: IntoIterator<Item = (P, S)>,
+        P: AsRef<str>,
+        S: Into<String>,
+    {
+        for (prefix, service) in owners {
+            let prefix = prefix.as_ref();
+            let service = service.into();
+            let Some(id) = (1..self.prefixes.len()).find(|id| self.prefixes[*id] == prefix) else {
+                return Err(format!(
+                    "namespace {prefix:?} (owned by {service}) is not a configured namespace; add it to namespaces"
+                ));
+            };
+            match &self.owners[id] {
+                Some(existing) if *existing != service => {
+                    return Err(format!(
+                        "namespace {prefix:?} cannot be owned by both {existing} and {service}"
+                    ))
+                }
+                _ => self.owners[id] = Some(service),
+            }
+        }
+        Ok(self)
+    }
+
+    /// The service owning namespace `id`, if any.
+    pub fn owner(&self, id: NamespaceId) -> Option<&str> {
+        self.owners[id].as_deref()
+    }
+
+    /// The owned namespace a key falls in, as `(prefix, owning service)`.
+    pub fn owner_of(&self, key: &str) -> Option<(&str, &str)> {
+        let id = self.route(key);
+        self.owner(id).map(|owner| (self.prefix(id), owner))
+    }
+
+    /// Whether any namespace is owned; lets hot paths skip the routing.
+    pub fn has_owners(&self) -> bool {
+        self.owners.iter().any(Option::is_some)
     }
 
     /// The default set: `user:`, `session:`, `cache:`, `feature:`.
@@ -77,15 +132,18 @@ impl Namespaces {
             .unwrap_or(DEFAULT_NAMESPACE)
     }
 
-    /// Every namespace that can hold a key starting with `prefix`: the one the
-    /// prefix itself routes to, plus every namespace nested under the prefix.
+    /// Every namespace a scan of `prefix` reads: the one the prefix itself
+    /// routes to, plus every namespace nested under the prefix, except those
+    /// owned by a service other than the routed namespace's owner (a listing
+    /// of everything leaves other services' internals out).
     pub fn spanning(&self, prefix: &str) -> Vec<NamespaceId> {
         let routed = self.route(prefix);
         let mut ids = vec![routed];
-        ids.extend(
-            (1..self.prefixes.len())
-                .filter(|id| *id != routed && self.prefixes[*id].starts_with(prefix)),
-        );
+        ids.extend((1..self.prefixes.len()).filter(|id| {
+            *id != routed
+                && self.prefixes[*id].starts_with(prefix)
+                && (self.owners[*id].is_none() || self.owners[*id] == self.owners[routed])
+        }));
         ids
     }
 
@@ -158,6 +216,37 @@ mod tests {
             names(namespaces.spanning("user:admin:x")),
             vec!["user:admin:"]
         );
+    }
+
+    /// Owned namespaces are left out of spanning scans unless the prefix lies
+    /// inside them; ownership of an unknown or doubly owned prefix is refused.
+    #[test]
+    fn owned_namespaces_are_left_out_of_spanning_scans() {
+        let namespaces = Namespaces::new(["user:", "session:", "cache:"])
+            .with_owners([("session:", "tierkv.v1.SessionService")])
+            .unwrap();
+        let names = |ids: Vec<NamespaceId>| {
+            let mut names: Vec<&str> = ids.into_iter().map(|id| namespaces.prefix(id)).collect();
+            names.sort();
+            names
+        };
+        assert_eq!(names(namespaces.spanning("")), vec!["", "cache:", "user:"]);
+        assert_eq!(names(namespaces.spanning("s")), vec![""]);
+        assert_eq!(names(namespaces.spanning("session:")), vec!["session:"]);
+        assert_eq!(names(namespaces.spanning("session:u/")), vec!["session:"]);
+        assert_eq!(
+            namespaces.owner_of("session:x"),
+            Some(("session:", "tierkv.v1.SessionService"))
+        );
+        assert_eq!(namespaces.owner_of("sessions"), None);
+        assert!(namespaces.has_owners());
+        assert!(Namespaces::new(["a:"])
+            .with_owners([("b:", "X")])
+            .unwrap_err()
+            .contains("\"b:\""));
+        assert!(Namespaces::new(["a:"])
+            .with_owners([("a:", "X"), ("a:", "Y")])
+            .is_err());
     }
 
     /// Nested namespaces are found for the startup repair of misplaced keys.

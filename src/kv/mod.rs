@@ -241,6 +241,16 @@ pub enum KvError {
         /// The size it would have.
         actual: usize,
     },
+    /// The key or prefix lies in a namespace another service owns.
+    #[error("{field}: keys starting with {namespace:?} belong to {owner}; use that service")]
+    PermissionDenied {
+        /// The request field naming the key.
+        field: String,
+        /// The owned namespace's prefix.
+        namespace: String,
+        /// The owning service.
+        owner: String,
+    },
     /// The storage engine failed.
     #[error(transparent)]
     Engine(EngineError),
@@ -315,9 +325,27 @@ impl KvService {
         self.engine.subscribe()
     }
 
+    /// Refuses a key (or listing prefix) inside a namespace another service
+    /// owns: those records are that service's internals.
+    fn check_owner(&self, field: &str, key: &str) -> Result<(), KvError> {
+        let namespaces = self.engine.namespaces();
+        if !namespaces.has_owners() {
+            return Ok(());
+        }
+        match namespaces.owner_of(key) {
+            None => Ok(()),
+            Some((namespace, owner)) => Err(KvError::PermissionDenied {
+                field: field.to_string(),
+                namespace: namespace.to_string(),
+                owner: owner.to_string(),
+            }),
+        }
+    }
+
     /// Reads one key; `None` when it is absent or expired.
     pub async fn get(&self, key: &str, value_type: ValueType) -> Result<Option<Entry>, KvError> {
         validate_key("key", key).map_err(|violation| KvError::InvalidArgument(vec![violation]))?;
+        self.check_owner("key", key)?;
         let record = self.engine.get(key.to_string()).await?;
         record
             .map(|record| entry_from_record(key, record, value_type))
@@ -346,6 +374,9 @@ impl KvService {
             .collect();
         if !violations.is_empty() {
             return Err(KvError::InvalidArgument(violations));
+        }
+        for (index, key) in keys.iter().enumerate() {
+            self.check_owner(&format!("keys[{index}]"), key)?;
         }
         // The engine sums the sizes before it copies any value, so a small
         // request naming one huge key many times costs no more than the limit.
@@ -394,6 +425,7 @@ impl KvService {
     /// Deletes one key, returning whether it existed.
     pub async fn delete(&self, command: DeleteCommand) -> Result<bool, KvError> {
         let op = prepare_delete("", command)?;
+        self.check_owner("key", &op.key)?;
         let outcomes = self
             .write(vec![WriteOp::Delete(op)])
             .await
@@ -427,8 +459,11 @@ impl KvService {
                     .prepare_put(&format!("mutations[{index}].put."), put)
                     .map(WriteOp::Put),
                 Mutation::Delete(delete) => {
-                    prepare_delete(&format!("mutations[{index}].delete."), delete)
-                        .map(WriteOp::Delete)
+                    let field_prefix = format!("mutations[{index}].delete.");
+                    prepare_delete(&field_prefix, delete).and_then(|op| {
+                        self.check_owner(&format!("{field_prefix}key"), &op.key)?;
+                        Ok(WriteOp::Delete(op))
+                    })
                 }
             };
             match prepared {
@@ -486,6 +521,9 @@ impl KvService {
                 ),
             ));
         }
+        // A prefix inside an owned namespace is refused; one that spans owned
+        // namespaces (the empty prefix) is answered without them by the engine.
+        self.check_owner("prefix", prefix)?;
         let page_size = match page_size {
             0 => DEFAULT_PAGE_SIZE,
             size if size < 0 || size as usize > MAX_PAGE_SIZE => {
@@ -619,6 +657,7 @@ impl KvService {
         if !violations.is_empty() {
             return Err(KvError::InvalidArgument(violations));
         }
+        self.check_owner(&format!("{field_prefix}key"), &command.key)?;
         Ok(PutOp {
             key: command.key,
             kind,

@@ -14,6 +14,7 @@ use tierkv::server::RunningServer;
 use tonic::transport::Channel;
 
 pub use pb::kv_service_client::KvServiceClient;
+pub use pb::session_service_client::SessionServiceClient;
 
 /// A running server, its clock and a connected client.
 pub struct TestServer {
@@ -77,6 +78,13 @@ pub async fn connect(endpoint: &str) -> KvServiceClient<Channel> {
     KvServiceClient::new(channel)
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES)
+}
+
+/// A Session service client for `endpoint`.
+pub async fn connect_sessions(endpoint: &str) -> SessionServiceClient<Channel> {
+    SessionServiceClient::connect(endpoint.to_string())
+        .await
+        .expect("connect")
 }
 
 impl TestServer {

@@ -1,0 +1,252 @@
+//! The `tierkv.v1.SessionService` adapter.
+
+use prost_types::{Struct, Timestamp};
+use tonic::{Code, Request, Response, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+
+use super::convert::{json_from_proto, json_to_proto, timestamp_from_millis};
+use super::status::{engine_status, ERROR_DOMAIN};
+use crate::kv::FieldViolation;
+use crate::proto::v1 as pb;
+use crate::session::{CreateSession, RevokeTarget, Session, SessionError, SessionService};
+use pb::session_service_server::SessionService as SessionServiceRpc;
+
+/// Serves [`SessionService`] over gRPC.
+#[derive(Clone)]
+pub struct SessionApi {
+    service: SessionService,
+}
+
+impl SessionApi {
+    /// An adapter for `service`.
+    pub fn new(service: SessionService) -> Self {
+        Self { service }
+    }
+
+    /// The tonic service to mount.
+    pub fn into_server(self) -> pb::session_service_server::SessionServiceServer<Self> {
+        pb::session_service_server::SessionServiceServer::new(self)
+    }
+}
+
+/// Maps a session error to a status, logging it once. Messages never carry
+/// a token: the domain's errors do not contain one.
+pub fn session_status(method: &'static str, error: SessionError) -> Status {
+    let message = error.to_string();
+    let status = match error {
+        SessionError::InvalidArgument(violations) => {
+            let mut details = ErrorDetails::new();
+            for violation in violations {
+                details.add_bad_request_violation(violation.field, violation.description);
+            }
+            Status::with_error_details(Code::InvalidArgument, message, details)
+        }
+        SessionError::NotFound => Status::not_found(message),
+        SessionError::VersionMismatch { current, .. } => {
+            let mut info = std::collections::HashMap::new();
+            info.insert("current_version".to_string(), current.to_string());
+            let details = ErrorDetails::with_error_info("VERSION_MISMATCH", ERROR_DOMAIN, info);
+            Status::with_error_details(Code::Aborted, message, details)
+        }
+        SessionError::Contention(_) => Status::aborted(message),
+        SessionError::Engine(engine) => return engine_status(method, engine),
+    };
+    tracing::debug!(method, code = ?status.code(), "request rejected");
+    status
+}
+
+fn object_from_proto(
+    field: &str,
+    value: Option<Struct>,
+) -> Result<Option<serde_json::Map<String, serde_json::Value>>, SessionError> {
+    let Some(value) = value else { return Ok(None) };
+    let json = json_from_proto(prost_types::Value {
+        kind: Some(prost_types::value::Kind::StructValue(value)),
+    })
+    .map_err(|description| {
+        SessionError::InvalidArgument(vec![FieldViolation {
+            field: field.to_string(),
+            description,
+        }])
+    })?;
+    match json {
+        serde_json::Value::Object(map) => Ok(Some(map)),
+        _ => Ok(None),
+    }
+}
+
+fn object_to_proto(map: serde_json::Map<String, serde_json::Value>) -> Struct {
+    match json_to_proto(serde_json::Value::Object(map)).kind {
+        Some(prost_types::value::Kind::StructValue(value)) => value,
+        _ => Struct::default(),
+    }
+}
+
+fn nanos(duration: &prost_types::Duration) -> i128 {
+    i128::from(duration.seconds) * 1_000_000_000 + i128::from(duration.nanos)
+}
+
+fn time(millis: u64) -> Option<Timestamp> {
+    Some(timestamp_from_millis(millis))
+}
+
+fn session_to_proto(session: Session) -> pb::Session {
+    pb::Session {
+        token: session
+            .token
+            .map(|token| token.into_exposed())
+            .unwrap_or_default(),
+        session_id: session.session_id,
+        user_id: session.user_id,
+        data: Some(object_to_proto(session.data)),
+        metadata: session.metadata.map(object_to_proto),
+        create_time: time(session.create_at_millis),
+        expire_time: time(session.expire_at_millis),
+        idle_expire_time: session.idle_expire_at_millis.and_then(time),
+        last_seen_time: time(session.last_seen_at_millis),
+        version: session.version,
+    }
+}
+
+#[tonic::async_trait]
+impl SessionServiceRpc for SessionApi {
+    async fn create(
+        &self,
+        request: Request<pb::CreateSessionRequest>,
+    ) -> Result<Response<pb::Session>, Status> {
+        let request = request.into_inner();
+        let result = async {
+            let command = CreateSession {
+                user_id: request.user_id,
+                ttl_nanos: request.ttl.as_ref().map(nanos),
+                idle_timeout_nanos: request.idle_timeout.as_ref().map(nanos),
+                data: object_from_proto("data", request.data)?,
+                metadata: object_from_proto("metadata", request.metadata)?,
+            };
+            self.service.create(command).await
+        }
+        .await;
+        let session = result.map_err(|error| session_status("Create", error))?;
+        Ok(Response::new(session_to_proto(session)))
+    }
+
+    async fn get(
+        &self,
+        request: Request<pb::GetSessionRequest>,
+    ) -> Result<Response<pb::Session>, Status> {
+        let request = request.into_inner();
+        let session = self
+            .service
+            .get(&request.token, request.touch)
+            .await
+            .map_err(|error| session_status("Get", error))?;
+        Ok(Response::new(session_to_proto(session)))
+    }
+
+    async fn touch(
+        &self,
+        request: Request<pb::TouchSessionRequest>,
+    ) -> Result<Response<pb::Session>, Status> {
+        let session = self
+            .service
+            .touch(&request.into_inner().token)
+            .await
+            .map_err(|error| session_status("Touch", error))?;
+        Ok(Response::new(session_to_proto(session)))
+    }
+
+    async fn update(
+        &self,
+        request: Request<pb::UpdateSessionRequest>,
+    ) -> Result<Response<pb::Session>, Status> {
+        let request = request.into_inner();
+        let result = async {
+            let patch = object_from_proto("data", request.data)?.unwrap_or_default();
+            self.service
+                .update(&request.token, patch, request.if_version)
+                .await
+        }
+        .await;
+        let session = result.map_err(|error| session_status("Update", error))?;
+        Ok(Response::new(session_to_proto(session)))
+    }
+
+    async fn rotate(
+        &self,
+        request: Request<pb::RotateSessionRequest>,
+    ) -> Result<Response<pb::Session>, Status> {
+        let session = self
+            .service
+            .rotate(&request.into_inner().token)
+            .await
+            .map_err(|error| session_status("Rotate", error))?;
+        Ok(Response::new(session_to_proto(session)))
+    }
+
+    async fn revoke(
+        &self,
+        request: Request<pb::RevokeSessionRequest>,
+    ) -> Result<Response<pb::RevokeSessionResponse>, Status> {
+        let target = match request.into_inner().session {
+            Some(pb::revoke_session_request::Session::Token(token)) => RevokeTarget::Token(token),
+            Some(pb::revoke_session_request::Session::SessionId(id)) => RevokeTarget::SessionId(id),
+            None => {
+                return Err(session_status(
+                    "Revoke",
+                    SessionError::InvalidArgument(vec![FieldViolation {
+                        field: "session".into(),
+                        description: "set token or session_id".into(),
+                    }]),
+                ))
+            }
+        };
+        let revoked = self
+            .service
+            .revoke(target)
+            .await
+            .map_err(|error| session_status("Revoke", error))?;
+        Ok(Response::new(pb::RevokeSessionResponse { revoked }))
+    }
+
+    async fn list_by_user(
+        &self,
+        request: Request<pb::ListSessionsByUserRequest>,
+    ) -> Result<Response<pb::ListSessionsByUserResponse>, Status> {
+        let request = request.into_inner();
+        let page = self
+            .service
+            .list_by_user(&request.user_id, request.page_size, &request.page_token)
+            .await
+            .map_err(|error| session_status("ListByUser", error))?;
+        Ok(Response::new(pb::ListSessionsByUserResponse {
+            sessions: page.sessions.into_iter().map(session_to_proto).collect(),
+            next_page_token: page.next_page_token,
+        }))
+    }
+
+    async fn revoke_all_for_user(
+        &self,
+        request: Request<pb::RevokeAllForUserRequest>,
+    ) -> Result<Response<pb::RevokeAllForUserResponse>, Status> {
+        let request = request.into_inner();
+        let except = (!request.except_session_id.is_empty()).then_some(request.except_session_id);
+        let revoked = self
+            .service
+            .revoke_all_for_user(&request.user_id, except.as_deref())
+            .await
+            .map_err(|error| session_status("RevokeAllForUser", error))?;
+        Ok(Response::new(pb::RevokeAllForUserResponse { revoked }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// The owner named in the namespace configuration is this service.
+    #[test]
+    fn owner_is_the_generated_service_name() {
+        use tonic::server::NamedService;
+        type Server =
+            crate::proto::v1::session_service_server::SessionServiceServer<super::SessionApi>;
+        assert_eq!(<Server as NamedService>::NAME, crate::session::OWNER);
+    }
+}

@@ -1,0 +1,903 @@
+//! The Session service's domain logic: expiring user sessions with opaque
+//! bearer tokens, a per-user index, sliding idle expiry, rotation and
+//! revocation. No transport types live here; `crate::api::session` adapts it
+//! to gRPC.
+//!
+//! # Storage
+//! Two kinds of keys live in the session namespace (prefix `P`, `session:` by
+//! default), which the Session service owns (the KV service refuses them):
+//! - `P s/<session_id>`: the session (JSON: user, hash of the token's secret,
+//!   times, data, metadata);
+//! - `P u/<escaped user_id>/<session_id>`: the user → sessions index, empty.
+//!
+//! Both are written in one atomic batch with the same expiry (the earlier of
+//! the absolute and the idle expiry), so the engine's expiry removes them
+//! together and a listing (a prefix scan of the index) never disagrees with
+//! the sessions. `/` and `%` in user ids are percent-encoded so that one
+//! user's index prefix never covers another's.
+//!
+//! # Concurrency
+//! Every change is a read-modify-write guarded by the session record's
+//! version (`IfVersion`); a conflict re-reads and retries, so concurrent
+//! updates of different fields never lose each other. Creation uses
+//! `IfAbsent`, so it never overwrites.
+
+pub mod config;
+pub mod token;
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use thiserror::Error;
+
+use crate::clock::SharedClock;
+use crate::engine::{
+    DeleteOp, Engine, EngineError, Precondition, PutOp, Record, ScanRequest, ValueKind, WriteOp,
+    WriteOutcome,
+};
+use crate::kv::FieldViolation;
+pub use config::SessionConfig;
+pub use token::Token;
+
+/// The gRPC service that owns the session namespace.
+pub const OWNER: &str = "tierkv.v1.SessionService";
+/// Page size of a listing that asks for 0.
+pub const DEFAULT_PAGE_SIZE: usize = 100;
+/// Largest page of a listing.
+pub const MAX_PAGE_SIZE: usize = 1000;
+/// How many times a change re-reads and retries after losing a race.
+const MAX_ATTEMPTS: usize = 1000;
+/// Index entries revoked per atomic batch by `revoke_all_for_user`.
+const REVOKE_BATCH: usize = 500;
+/// The one message for every token that does not lead to a live session.
+pub const NOT_FOUND_MESSAGE: &str = "no live session for this token";
+
+/// A session as callers see it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Session {
+    /// The bearer token; only set by `create` and `rotate`.
+    pub token: Option<Token>,
+    /// The non-secret handle.
+    pub session_id: String,
+    /// The owning user.
+    pub user_id: String,
+    /// Application data.
+    pub data: Map<String, Value>,
+    /// Metadata given at creation.
+    pub metadata: Option<Map<String, Value>>,
+    /// Creation time, milliseconds since the Unix epoch.
+    pub create_at_millis: u64,
+    /// Absolute expiry.
+    pub expire_at_millis: u64,
+    /// Idle expiry, when the session has an idle timeout.
+    pub idle_expire_at_millis: Option<u64>,
+    /// Last recorded use.
+    pub last_seen_at_millis: u64,
+    /// The session record's version.
+    pub version: u64,
+}
+
+/// What `create` needs.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct CreateSession {
+    /// The owning user.
+    pub user_id: String,
+    /// Absolute lifetime in nanoseconds (signed, so that a negative input is
+    /// reported as such); `None` uses the configured default.
+    pub ttl_nanos: Option<i128>,
+    /// Idle timeout in nanoseconds; `None` uses the configured default.
+    pub idle_timeout_nanos: Option<i128>,
+    /// Application data.
+    pub data: Option<Map<String, Value>>,
+    /// Metadata.
+    pub metadata: Option<Map<String, Value>>,
+}
+
+/// Which session `revoke` ends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RevokeTarget {
+    /// The session a token belongs to.
+    Token(String),
+    /// A session by id.
+    SessionId(String),
+}
+
+/// One page of a user's sessions.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct SessionPage {
+    /// Sessions in order of their ids, without tokens.
+    pub sessions: Vec<Session>,
+    /// The token of the next page; empty when the listing is complete.
+    pub next_page_token: String,
+}
+
+/// A failure of a session operation.
+#[derive(Debug, Error)]
+pub enum SessionError {
+    /// The request is malformed; nothing was done.
+    #[error("{}", describe_violations(.0))]
+    InvalidArgument(Vec<FieldViolation>),
+    /// The token is malformed, unknown, expired or revoked — deliberately
+    /// indistinguishable.
+    #[error("{NOT_FOUND_MESSAGE}")]
+    NotFound,
+    /// `if_version` did not match; nothing was written.
+    #[error("session version is {current}; the request expected {expected}")]
+    VersionMismatch {
+        /// The version the caller expected.
+        expected: u64,
+        /// The session's version now.
+        current: u64,
+    },
+    /// The session kept changing while this change retried; retrying later may succeed.
+    #[error("the session changed on each of {0} attempts to apply this change; retry")]
+    Contention(usize),
+    /// The storage engine failed.
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+}
+
+fn describe_violations(violations: &[FieldViolation]) -> String {
+    violations
+        .iter()
+        .map(|violation| format!("{}: {}", violation.field, violation.description))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+fn invalid(field: &str, description: String) -> SessionError {
+    SessionError::InvalidArgument(vec![violation(field, description)])
+}
+
+fn violation(field: &str, description: String) -> FieldViolation {
+    FieldViolation {
+        field: field.to_string(),
+        description,
+    }
+}
+
+/// The session record as stored (JSON).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Stored {
+    user_id: String,
+    /// URL-safe base64 of SHA-256 of the token's secret.
+    secret_hash: String,
+    create_ms: u64,
+    expire_ms: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    idle_timeout_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    idle_expire_ms: Option<u64>,
+    last_seen_ms: u64,
+    #[serde(default)]
+    data: Map<String, Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    metadata: Option<Map<String, Value>>,
+}
+
+impl Stored {
+    /// When the record stops being live: the earlier of the two expiries.
+    fn record_expire_ms(&self) -> u64 {
+        self.idle_expire_ms
+            .map_or(self.expire_ms, |idle| idle.min(self.expire_ms))
+    }
+
+    fn into_session(self, session_id: String, version: u64, token: Option<Token>) -> Session {
+        Session {
+            token,
+            session_id,
+            user_id: self.user_id,
+            data: self.data,
+            metadata: self.metadata,
+            create_at_millis: self.create_ms,
+            expire_at_millis: self.expire_ms,
+            idle_expire_at_millis: self.idle_expire_ms,
+            last_seen_at_millis: self.last_seen_ms,
+            version,
+        }
+    }
+}
+
+/// A live session read from the engine.
+struct Found {
+    session_id: String,
+    stored: Stored,
+    version: u64,
+}
+
+/// The Session service.
+#[derive(Clone)]
+pub struct SessionService {
+    engine: Arc<dyn Engine>,
+    clock: SharedClock,
+    config: Arc<SessionConfig>,
+    /// `P s/`, precomputed: the hot path builds one key per call.
+    record_prefix: Arc<str>,
+    /// `P u/`.
+    index_prefix: Arc<str>,
+}
+
+impl SessionService {
+    /// A service over `engine` with a validated `config`.
+    pub fn new(engine: Arc<dyn Engine>, clock: SharedClock, config: SessionConfig) -> Self {
+        let record_prefix = format!("{}s/", config.prefix).into();
+        let index_prefix = format!("{}u/", config.prefix).into();
+        Self {
+            engine,
+            clock,
+            config: Arc::new(config),
+            record_prefix,
+            index_prefix,
+        }
+    }
+
+    /// The configuration it runs with.
+    pub fn config(&self) -> &SessionConfig {
+        &self.config
+    }
+
+    fn record_key(&self, session_id: &str) -> String {
+        let mut key = String::with_capacity(self.record_prefix.len() + session_id.len());
+        key.push_str(&self.record_prefix);
+        key.push_str(session_id);
+        key
+    }
+
+    fn user_index_prefix(&self, user_id: &str) -> String {
+        let mut key = String::with_capacity(self.index_prefix.len() + user_id.len() + 1);
+        key.push_str(&self.index_prefix);
+        for character in user_id.chars() {
+            match character {
+                '%' => key.push_str("%25"),
+                '/' => key.push_str("%2F"),
+                other => key.push(other),
+            }
+        }
+        key.push('/');
+        key
+    }
+
+    fn index_key(&self, user_id: &str, session_id: &str) -> String {
+        let mut key = self.user_index_prefix(user_id);
+        key.push_str(session_id);
+        key
+    }
+
+    /// Creates a session; the result carries its token.
+    pub async fn create(&self, request: CreateSession) -> Result<Session, SessionError> {
+        let mut violations = Vec::new();
+        if let Err(found) = self.check_user_id("user_id", &request.user_id) {
+            violations.push(found);
+        }
+        let max_ms = self.config.max_ttl_secs.saturating_mul(1000);
+        let ttl_ms = match request.ttl_nanos {
+            None => Some(self.config.default_ttl_secs.saturating_mul(1000)),
+            Some(nanos) => check_duration("ttl", nanos, max_ms)
+                .map_err(|found| violations.push(found))
+                .ok(),
+        };
+        let idle_ms = match request.idle_timeout_nanos {
+            None => Some(
+                (self.config.default_idle_timeout_secs > 0)
+                    .then(|| self.config.default_idle_timeout_secs.saturating_mul(1000)),
+            ),
+            Some(nanos) => check_duration("idle_timeout", nanos, max_ms)
+                .map(Some)
+                .map_err(|found| violations.push(found))
+                .ok(),
+        };
+        let data = request.data.unwrap_or_default();
+        if let Err(found) = check_json_size("data", &data, self.config.max_data_bytes) {
+            violations.push(found);
+        }
+        if let Some(metadata) = &request.metadata {
+            if let Err(found) =
+                check_json_size("metadata", metadata, self.config.max_metadata_bytes)
+            {
+                violations.push(found);
+            }
+        }
+        let (Some(ttl_ms), Some(idle_ms)) = (ttl_ms, idle_ms) else {
+            return Err(SessionError::InvalidArgument(violations));
+        };
+        if !violations.is_empty() {
+            return Err(SessionError::InvalidArgument(violations));
+        }
+
+        let now = self.clock.now_millis();
+        let expire_ms = now.saturating_add(ttl_ms);
+        let mut stored = Stored {
+            user_id: request.user_id,
+            secret_hash: String::new(),
+            create_ms: now,
+            expire_ms,
+            idle_timeout_ms: idle_ms,
+            idle_expire_ms: idle_ms.map(|idle| now.saturating_add(idle).min(expire_ms)),
+            last_seen_ms: now,
+            data,
+            metadata: request.metadata,
+        };
+        // A collision of 128 random bits does not happen; IfAbsent makes sure
+        // that if it did, nothing would be overwritten.
+        for _ in 0..3 {
+            let issued = token::issue();
+            stored.secret_hash = token::encode_hash(&issued.secret_hash);
+            let ops = vec![
+                self.put_record(&issued.session_id, &stored, Precondition::IfAbsent),
+                self.put_index(
+                    &stored.user_id,
+                    &issued.session_id,
+                    stored.record_expire_ms(),
+                    Precondition::IfAbsent,
+                ),
+            ];
+            match self.engine.write(ops).await {
+                Ok(outcomes) => {
+                    let version = put_version(&outcomes)?;
+                    tracing::info!(session_id = %issued.session_id, "session created");
+                    return Ok(stored.into_session(issued.session_id, version, Some(issued.token)));
+                }
+                Err(EngineError::PreconditionFailed { .. }) => continue,
+                Err(other) => return Err(other.into()),
+            }
+        }
+        Err(SessionError::Contention(3))
+    }
+
+    /// The live session `token` belongs to; with `touch`, also touches it.
+    pub async fn get(&self, token: &str, touch: bool) -> Result<Session, SessionError> {
+        if touch {
+            return self.touch(token).await;
+        }
+        let found = self.find(token).await?;
+        Ok(found
+            .stored
+            .into_session(found.session_id, found.version, None))
+    }
+
+    /// Slides the idle expiry forward (never past the absolute expiry) and
+    /// records the use, writing at most once per touch interval.
+    pub async fn touch(&self, token: &str) -> Result<Session, SessionError> {
+        for _ in 0..MAX_ATTEMPTS {
+            let found = self.find(token).await?;
+            let now = self.clock.now_millis();
+            if !self.touch_due(&found.stored, now) {
+                return Ok(found
+                    .stored
+                    .into_session(found.session_id, found.version, None));
+            }
+            let mut stored = found.stored;
+            stored.last_seen_ms = now;
+            if let Some(idle) = stored.idle_timeout_ms {
+                stored.idle_expire_ms = Some(now.saturating_add(idle).min(stored.expire_ms));
+            }
+            // The index entry carries the record's expiry, so it moves too.
+            let ops = vec![
+                self.put_record(
+                    &found.session_id,
+                    &stored,
+                    Precondition::IfVersion(found.version),
+                ),
+                self.put_index(
+                    &stored.user_id,
+                    &found.session_id,
+                    stored.record_expire_ms(),
+                    Precondition::None,
+                ),
+            ];
+            match self.engine.write(ops).await {
+                Ok(outcomes) => {
+                    let version = put_version(&outcomes)?;
+                    return Ok(stored.into_session(found.session_id, version, None));
+                }
+                Err(EngineError::PreconditionFailed { .. }) => continue,
+                Err(other) => return Err(other.into()),
+            }
+        }
+        Err(SessionError::Contention(MAX_ATTEMPTS))
+    }
+
+    /// Whether a touch at `now` should write: once per touch interval, and
+    /// at least once per half idle timeout so that a session in use never
+    /// idles out between writes.
+    fn touch_due(&self, stored: &Stored, now: u64) -> bool {
+        let mut interval = self.config.touch_interval_secs.saturating_mul(1000);
+        if let Some(idle) = stored.idle_timeout_ms {
+            interval = interval.min(idle / 2);
+        }
+        now.saturating_sub(stored.last_seen_ms) >= interval
+    }
+
+    /// Applies an RFC 7396 merge patch to the session's data.
+    pub async fn update(
+        &self,
+        token: &str,
+        patch: Map<String, Value>,
+        if_version: Option<u64>,
+    ) -> Result<Session, SessionError> {
+        for _ in 0..MAX_ATTEMPTS {
+            let found = self.find(token).await?;
+            if let Some(expected) = if_version {
+                if expected != found.version {
+                    return Err(SessionError::VersionMismatch {
+                        expected,
+                        current: found.version,
+                    });
+                }
+            }
+            let mut stored = found.stored;
+            for (field, value) in patch.iter() {
+                merge_field(&mut stored.data, field, value.clone());
+            }
+            if let Err(found) = check_json_size("data", &stored.data, self.config.max_data_bytes) {
+                return Err(SessionError::InvalidArgument(vec![FieldViolation {
+                    description: format!("after the patch, {}", found.description),
+                    ..found
+                }]));
+            }
+            let ops = vec![self.put_record(
+                &found.session_id,
+                &stored,
+                Precondition::IfVersion(found.version),
+            )];
+            match self.engine.write(ops).await {
+                Ok(outcomes) => {
+                    let version = put_version(&outcomes)?;
+                    return Ok(stored.into_session(found.session_id, version, None));
+                }
+                Err(EngineError::PreconditionFailed {
+                    current_version, ..
+                }) => {
+                    if let Some(expected) = if_version {
+                        return Err(SessionError::VersionMismatch {
+                            expected,
+                            current: current_version.unwrap_or(0),
+                        });
+                    }
+                }
+                Err(other) => return Err(other.into()),
+            }
+        }
+        Err(SessionError::Contention(MAX_ATTEMPTS))
+    }
+
+    /// Gives the session a new token; the old one stops working at once.
+    pub async fn rotate(&self, token: &str) -> Result<Session, SessionError> {
+        for _ in 0..MAX_ATTEMPTS {
+            let found = self.find(token).await?;
+            let issued = token::reissue(found.session_id);
+            let mut stored = found.stored;
+            stored.secret_hash = token::encode_hash(&issued.secret_hash);
+            let ops = vec![self.put_record(
+                &issued.session_id,
+                &stored,
+                Precondition::IfVersion(found.version),
+            )];
+            match self.engine.write(ops).await {
+                Ok(outcomes) => {
+                    let version = put_version(&outcomes)?;
+                    tracing::info!(session_id = %issued.session_id, "session token rotated");
+                    return Ok(stored.into_session(issued.session_id, version, Some(issued.token)));
+                }
+                // Another change won; re-read. If it was a rotation, the
+                // presented token no longer matches and this ends NOT_FOUND.
+                Err(EngineError::PreconditionFailed { .. }) => continue,
+                Err(other) => return Err(other.into()),
+            }
+        }
+        Err(SessionError::Contention(MAX_ATTEMPTS))
+    }
+
+    /// Ends a session; `false` when there was no live one (idempotent).
+    pub async fn revoke(&self, target: RevokeTarget) -> Result<bool, SessionError> {
+        if let RevokeTarget::SessionId(session_id) = &target {
+            if !token::is_session_id(session_id) {
+                return Err(invalid(
+                    "session_id",
+                    format!(
+                        "session_id must be {} URL-safe base64 characters; it is {} bytes",
+                        token::SESSION_ID_LEN,
+                        session_id.len()
+                    ),
+                ));
+            }
+        }
+        for _ in 0..MAX_ATTEMPTS {
+            let found = match &target {
+                RevokeTarget::Token(token) => match self.find(token).await {
+                    Ok(found) => found,
+                    Err(SessionError::NotFound) => return Ok(false),
+                    Err(other) => return Err(other),
+                },
+                RevokeTarget::SessionId(session_id) => match self.read(session_id).await? {
+                    Some(found) => found,
+                    None => return Ok(false),
+                },
+            };
+            let ops = vec![
+                WriteOp::Delete(DeleteOp {
+                    key: self.record_key(&found.session_id),
+                    precondition: Precondition::IfVersion(found.version),
+                }),
+                WriteOp::Delete(DeleteOp {
+                    key: self.index_key(&found.stored.user_id, &found.session_id),
+                    precondition: Precondition::None,
+                }),
+            ];
+            match self.engine.write(ops).await {
+                Ok(_) => {
+                    tracing::info!(session_id = %found.session_id, "session revoked");
+                    return Ok(true);
+                }
+                Err(EngineError::PreconditionFailed { .. }) => continue,
+                Err(other) => return Err(other.into()),
+            }
+        }
+        Err(SessionError::Contention(MAX_ATTEMPTS))
+    }
+
+    /// One page of a user's live sessions, without tokens.
+    pub async fn list_by_user(
+        &self,
+        user_id: &str,
+        page_size: i32,
+        page_token: &str,
+    ) -> Result<SessionPage, SessionError> {
+        self.check_user_id("user_id", user_id)
+            .map_err(|found| SessionError::InvalidArgument(vec![found]))?;
+        let page_size = match page_size {
+            0 => DEFAULT_PAGE_SIZE,
+            size if size < 0 || size as usize > MAX_PAGE_SIZE => {
+                return Err(invalid(
+                    "page_size",
+                    format!("page_size is {size}; it must be between 0 and {MAX_PAGE_SIZE}"),
+                ))
+            }
+            size => size as usize,
+        };
+        // A page token is the last session id of the previous page: ids are
+        // not secret, and a forged one only moves the start within this
+        // user's own index.
+        if !page_token.is_empty() && !token::is_session_id(page_token) {
+            return Err(invalid(
+                "page_token",
+                "page_token is not one this service returned".into(),
+            ));
+        }
+        let prefix = self.user_index_prefix(user_id);
+        let entries = self
+            .engine
+            .scan(ScanRequest {
+                start_after: (!page_token.is_empty()).then(|| format!("{prefix}{page_token}")),
+                prefix: prefix.clone(),
+                limit: page_size + 1,
+                include_values: false,
+            })
+            .await?;
+        let more = entries.len() > page_size;
+        let session_ids: Vec<String> = entries
+            .into_iter()
+            .take(page_size)
+            .map(|(key, _)| key[prefix.len()..].to_string())
+            .collect();
+        let next_page_token = match (more, session_ids.last()) {
+            (true, Some(last)) => last.clone(),
+            _ => String::new(),
+        };
+        let records = self
+            .engine
+            .get_many(session_ids.iter().map(|id| self.record_key(id)).collect())
+            .await?;
+        let mut sessions = Vec::with_capacity(records.len());
+        for (session_id, record) in session_ids.into_iter().zip(records) {
+            // Revoked between the scan and the read: not live any more.
+            let Some(record) = record else { continue };
+            let version = record.version;
+            let stored = decode(&session_id, record)?;
+            if stored.user_id == user_id {
+                sessions.push(stored.into_session(session_id, version, None));
+            }
+        }
+        Ok(SessionPage {
+            sessions,
+            next_page_token,
+        })
+    }
+
+    /// Ends every live session of a user except `except_session_id`; returns
+    /// how many were ended.
+    pub async fn revoke_all_for_user(
+        &self,
+        user_id: &str,
+        except_session_id: Option<&str>,
+    ) -> Result<u64, SessionError> {
+        self.check_user_id("user_id", user_id)
+            .map_err(|found| SessionError::InvalidArgument(vec![found]))?;
+        if let Some(except) = except_session_id {
+            if !token::is_session_id(except) {
+                return Err(invalid(
+                    "except_session_id",
+                    format!(
+                        "except_session_id must be {} URL-safe base64 characters; it is {} bytes",
+                        token::SESSION_ID_LEN,
+                        except.len()
+                    ),
+                ));
+            }
+        }
+        let prefix = self.user_index_prefix(user_id);
+        let mut start_after = None;
+        let mut revoked = 0u64;
+        loop {
+            let entries = self
+                .engine
+                .scan(ScanRequest {
+                    prefix: prefix.clone(),
+                    start_after: start_after.take(),
+                    limit: REVOKE_BATCH,
+                    include_values: false,
+                })
+                .await?;
+            let complete = entries.len() < REVOKE_BATCH;
+            start_after = entries.last().map(|(key, _)| key.clone());
+            let mut ops = Vec::with_capacity(entries.len() * 2);
+            for (index_key, _) in entries {
+                let session_id = &index_key[prefix.len()..];
+                if Some(session_id) == except_session_id {
+                    continue;
+                }
+                // Unconditional: a concurrent touch or update, guarded by the
+                // record's version, fails after this and finds nothing.
+                ops.push(WriteOp::Delete(DeleteOp {
+                    key: self.record_key(session_id),
+                    precondition: Precondition::None,
+                }));
+                ops.push(WriteOp::Delete(DeleteOp {
+                    key: index_key,
+                    precondition: Precondition::None,
+                }));
+            }
+            if !ops.is_empty() {
+                let outcomes = self.engine.write(ops).await?;
+                revoked += outcomes
+                    .iter()
+                    .step_by(2)
+                    .filter(|outcome| matches!(outcome, WriteOutcome::Delete { existed: true }))
+                    .count() as u64;
+            }
+            if complete {
+                break;
+            }
+        }
+        tracing::info!(revoked, "revoked every session of a user");
+        Ok(revoked)
+    }
+
+    /// Reads the session a token names and checks the token's secret.
+    async fn find(&self, token: &str) -> Result<Found, SessionError> {
+        let Some(presented) = token::parse(token) else {
+            return Err(SessionError::NotFound);
+        };
+        let found = self.read(presented.session_id).await?;
+        // Compare against something even when there is no session, so that
+        // an unknown id and a wrong secret take the same path.
+        let stored_hash = found
+            .as_ref()
+            .and_then(|found| token::decode_hash(&found.stored.secret_hash))
+            .unwrap_or([0xff; 32]);
+        let matches = token::hashes_equal(&stored_hash, &presented.secret_hash);
+        match found {
+            Some(found) if matches => Ok(found),
+            _ => Err(SessionError::NotFound),
+        }
+    }
+
+    /// Reads a live session by id.
+    async fn read(&self, session_id: &str) -> Result<Option<Found>, SessionError> {
+        let Some(record) = self.engine.get(self.record_key(session_id)).await? else {
+            return Ok(None);
+        };
+        let version = record.version;
+        let stored = decode(session_id, record)?;
+        // The engine hides expired records; this guards against a clock read
+        // between its check and ours.
+        if stored.record_expire_ms() <= self.clock.now_millis() {
+            return Ok(None);
+        }
+        Ok(Some(Found {
+            session_id: session_id.to_string(),
+            stored,
+            version,
+        }))
+    }
+
+    fn put_record(&self, session_id: &str, stored: &Stored, precondition: Precondition) -> WriteOp {
+        WriteOp::Put(PutOp {
+            key: self.record_key(session_id),
+            kind: ValueKind::Json,
+            // Serializing maps with string keys cannot fail.
+            value: serde_json::to_vec(stored).unwrap_or_default(),
+            metadata: None,
+            expire_at_millis: Some(stored.record_expire_ms()),
+            schema_version: 1,
+            precondition,
+        })
+    }
+
+    fn put_index(
+        &self,
+        user_id: &str,
+        session_id: &str,
+        expire_ms: u64,
+        precondition: Precondition,
+    ) -> WriteOp {
+        WriteOp::Put(PutOp {
+            key: self.index_key(user_id, session_id),
+            kind: ValueKind::Bytes,
+            value: Vec::new(),
+            metadata: None,
+            expire_at_millis: Some(expire_ms),
+            schema_version: 1,
+            precondition,
+        })
+    }
+
+    fn check_user_id(&self, field: &str, user_id: &str) -> Result<(), FieldViolation> {
+        let limit = self.config.max_user_id_bytes;
+        if user_id.is_empty() {
+            return Err(violation(field, "user_id must not be empty".into()));
+        }
+        if user_id.len() > limit {
+            return Err(violation(
+                field,
+                format!(
+                    "user_id is {} bytes; the limit is {limit} bytes (session.max_user_id_bytes)",
+                    user_id.len()
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn put_version(outcomes: &[WriteOutcome]) -> Result<u64, SessionError> {
+    match outcomes.first() {
+        Some(WriteOutcome::Put { version }) => Ok(*version),
+        _ => Err(EngineError::Storage("engine returned no outcome for a put".into()).into()),
+    }
+}
+
+fn decode(session_id: &str, record: Record) -> Result<Stored, SessionError> {
+    serde_json::from_slice(&record.value).map_err(|error| {
+        EngineError::Corrupt {
+            key: format!("session {session_id}"),
+            reason: format!("session record is not valid: {error}"),
+        }
+        .into()
+    })
+}
+
+/// Checks a duration in nanoseconds against 1 s..=`max_ms`; returns whole
+/// milliseconds, rounded up so that a session never ends early.
+fn check_duration(field: &str, nanos: i128, max_ms: u64) -> Result<u64, FieldViolation> {
+    let seconds = format_seconds(nanos);
+    let max_secs = max_ms / 1000;
+    if nanos < 1_000_000_000 {
+        return Err(violation(
+            field,
+            format!("{field} is {seconds}s; the minimum is 1s"),
+        ));
+    }
+    let millis = (nanos + 999_999) / 1_000_000;
+    if millis > i128::from(max_ms) {
+        return Err(violation(
+            field,
+            format!("{field} is {seconds}s; the maximum is {max_secs}s (session.max_ttl_secs)"),
+        ));
+    }
+    Ok(millis as u64)
+}
+
+/// Exact seconds for nanoseconds, without trailing zeros: rounding would
+/// report 0.9999999995 s as "1.000s" and confuse the reader of the error.
+fn format_seconds(nanos: i128) -> String {
+    let sign = if nanos < 0 { "-" } else { "" };
+    let magnitude = nanos.unsigned_abs();
+    let whole = magnitude / 1_000_000_000;
+    let fraction = magnitude % 1_000_000_000;
+    if fraction == 0 {
+        return format!("{sign}{whole}");
+    }
+    let digits = format!("{fraction:09}");
+    format!("{sign}{whole}.{}", digits.trim_end_matches('0'))
+}
+
+fn check_json_size(
+    field: &str,
+    object: &Map<String, Value>,
+    limit: usize,
+) -> Result<(), FieldViolation> {
+    let size = serde_json::to_vec(object).map_or(usize::MAX, |bytes| bytes.len());
+    if size > limit {
+        return Err(violation(
+            field,
+            format!("{field} is {size} bytes serialized; the limit is {limit} bytes (session.max_{field}_bytes)"),
+        ));
+    }
+    Ok(())
+}
+
+/// RFC 7396 for one member of an object: null removes it, an object merges
+/// into an object, anything else replaces.
+fn merge_field(target: &mut Map<String, Value>, field: &str, patch: Value) {
+    match patch {
+        Value::Null => {
+            target.remove(field);
+        }
+        Value::Object(members) => {
+            let slot = target
+                .entry(field.to_string())
+                .or_insert_with(|| Value::Object(Map::new()));
+            if !slot.is_object() {
+                *slot = Value::Object(Map::new());
+            }
+            if let Value::Object(inner) = slot {
+                for (name, value) in members {
+                    merge_field(inner, &name, value);
+                }
+            }
+        }
+        other => {
+            target.insert(field.to_string(), other);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn object(value: Value) -> Map<String, Value> {
+        match value {
+            Value::Object(map) => map,
+            _ => panic!("not an object"),
+        }
+    }
+
+    /// The RFC 7396 examples that apply to objects.
+    #[test]
+    fn merge_patch_follows_rfc_7396() {
+        let mut data = object(json!({"a": "b", "c": {"d": "e", "f": "g"}, "k": 1}));
+        for (field, value) in
+            object(json!({"a": "z", "c": {"f": null, "x": {"y": 1}}, "k": {"n": 2}}))
+        {
+            merge_field(&mut data, &field, value);
+        }
+        assert_eq!(
+            Value::Object(data),
+            json!({"a": "z", "c": {"d": "e", "x": {"y": 1}}, "k": {"n": 2}})
+        );
+    }
+
+    /// Duration limits name the field, the limit and the actual value.
+    #[test]
+    fn durations_are_checked() {
+        assert_eq!(check_duration("ttl", 1_000_000_000, 10_000).unwrap(), 1000);
+        assert_eq!(check_duration("ttl", 1_000_000_001, 10_000).unwrap(), 1001);
+        let low = check_duration("ttl", 999_999_999, 10_000).unwrap_err();
+        assert_eq!(low.description, "ttl is 0.999999999s; the minimum is 1s");
+        let negative = check_duration("idle_timeout", -5_500_000_000, 10_000).unwrap_err();
+        assert_eq!(
+            negative.description,
+            "idle_timeout is -5.5s; the minimum is 1s"
+        );
+        let high = check_duration("ttl", 11_000_000_000, 10_000).unwrap_err();
+        assert!(
+            high.description.contains("11s") && high.description.contains("10s"),
+            "{}",
+            high.description
+        );
+    }
+}

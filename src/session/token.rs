@@ -1,0 +1,204 @@
+//! Session ids and bearer tokens.
+//!
+//! A token is `<session_id>.<secret>`: the id (16 random bytes) lets the
+//! server find the session with one point read, the secret (32 random bytes)
+//! proves possession. Both come from the operating system's CSPRNG and are
+//! URL-safe base64 without padding. Only SHA-256 of the secret is stored, so a
+//! copy of the database yields no usable token; since the secret is 256
+//! random bits, a plain hash (no salt, no key stretching) is enough.
+
+use std::fmt;
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
+use rand::TryRngCore;
+use sha2::{Digest, Sha256};
+
+/// Random bytes in a session id.
+const SESSION_ID_BYTES: usize = 16;
+/// Random bytes in a token's secret.
+const SECRET_BYTES: usize = 32;
+/// Length of an encoded session id.
+pub const SESSION_ID_LEN: usize = 22;
+/// Length of an encoded secret.
+const SECRET_LEN: usize = 43;
+
+/// SHA-256 of a token's secret.
+pub type SecretHash = [u8; 32];
+
+/// A bearer token. Its `Debug` form is redacted so that it cannot reach a log
+/// line by accident; read it with [`Token::expose`].
+#[derive(Clone, PartialEq, Eq)]
+pub struct Token(String);
+
+impl Token {
+    /// The token's text, to hand to the client.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// The token's text, to hand to the client.
+    pub fn into_exposed(self) -> String {
+        self.0
+    }
+}
+
+impl fmt::Debug for Token {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Token(<redacted>)")
+    }
+}
+
+/// A new session's id, its first token and the hash to store.
+pub struct Issued {
+    /// The session id.
+    pub session_id: String,
+    /// The token for the client.
+    pub token: Token,
+    /// What the server stores.
+    pub secret_hash: SecretHash,
+}
+
+fn random_bytes<const N: usize>() -> [u8; N] {
+    let mut bytes = [0u8; N];
+    // The OS generator failing is a broken system; there is nothing safe to
+    // fall back to, so it is fatal rather than a weak token.
+    rand::rngs::OsRng
+        .try_fill_bytes(&mut bytes)
+        .expect("the operating system's random number generator failed");
+    bytes
+}
+
+/// A fresh session id and token.
+pub fn issue() -> Issued {
+    let session_id = URL_SAFE_NO_PAD.encode(random_bytes::<SESSION_ID_BYTES>());
+    reissue(session_id)
+}
+
+/// A fresh token for an existing session id.
+pub fn reissue(session_id: String) -> Issued {
+    let secret = random_bytes::<SECRET_BYTES>();
+    let encoded_secret = URL_SAFE_NO_PAD.encode(secret);
+    let token = Token(format!("{session_id}.{encoded_secret}"));
+    Issued {
+        session_id,
+        token,
+        secret_hash: Sha256::digest(secret).into(),
+    }
+}
+
+/// Whether `session_id` has the shape of an id this server issues.
+pub fn is_session_id(session_id: &str) -> bool {
+    session_id.len() == SESSION_ID_LEN
+        && URL_SAFE_NO_PAD
+            .decode(session_id)
+            .is_ok_and(|bytes| bytes.len() == SESSION_ID_BYTES)
+}
+
+/// A token taken apart: the session id and the hash of the presented secret.
+pub struct Presented<'a> {
+    /// The session id part.
+    pub session_id: &'a str,
+    /// SHA-256 of the secret part.
+    pub secret_hash: SecretHash,
+}
+
+/// Splits a token; `None` when it does not have the shape of one. Hashes
+/// something either way, so a malformed token costs what a real one does.
+pub fn parse(token: &str) -> Option<Presented<'_>> {
+    let parts = token
+        .split_once('.')
+        .filter(|(id, secret)| is_session_id(id) && secret.len() == SECRET_LEN);
+    let secret = parts.and_then(|(_, secret)| {
+        URL_SAFE_NO_PAD
+            .decode(secret)
+            .ok()
+            .and_then(|bytes| <[u8; SECRET_BYTES]>::try_from(bytes).ok())
+    });
+    let secret_hash: SecretHash = Sha256::digest(secret.unwrap_or([0u8; SECRET_BYTES])).into();
+    match (parts, secret) {
+        (Some((session_id, _)), Some(_)) => Some(Presented {
+            session_id,
+            secret_hash,
+        }),
+        _ => None,
+    }
+}
+
+/// Compares two hashes in time independent of where they differ.
+pub fn hashes_equal(left: &SecretHash, right: &SecretHash) -> bool {
+    let difference = left
+        .iter()
+        .zip(right.iter())
+        .fold(0u8, |acc, (a, b)| acc | (a ^ b));
+    // Keeps the compiler from turning the fold into an early-exit compare.
+    std::hint::black_box(difference) == 0
+}
+
+/// Encodes a stored hash.
+pub fn encode_hash(hash: &SecretHash) -> String {
+    URL_SAFE_NO_PAD.encode(hash)
+}
+
+/// Decodes a stored hash.
+pub fn decode_hash(text: &str) -> Option<SecretHash> {
+    URL_SAFE_NO_PAD
+        .decode(text)
+        .ok()
+        .and_then(|bytes| SecretHash::try_from(bytes).ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issued tokens parse back to their id and hash; tampering does not.
+    #[test]
+    fn tokens_round_trip_and_resist_tampering() {
+        let issued = issue();
+        assert!(is_session_id(&issued.session_id));
+        let text = issued.token.expose().to_string();
+        assert_eq!(text.len(), SESSION_ID_LEN + 1 + SECRET_LEN);
+        assert!(text
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.'));
+        let presented = parse(&text).expect("parses");
+        assert_eq!(presented.session_id, issued.session_id);
+        assert!(hashes_equal(&presented.secret_hash, &issued.secret_hash));
+
+        let mut tampered = text.clone().into_bytes();
+        let last = tampered.len() - 2;
+        tampered[last] = if tampered[last] == b'A' { b'B' } else { b'A' };
+        let tampered = String::from_utf8(tampered).unwrap();
+        let presented = parse(&tampered).expect("still well-formed");
+        assert!(!hashes_equal(&presented.secret_hash, &issued.secret_hash));
+
+        for bad in [
+            "",
+            ".",
+            "abc",
+            "a.b",
+            &text[1..],
+            &format!("{text}x"),
+            &format!("{text}.x"),
+        ] {
+            assert!(parse(bad).is_none(), "{bad:?}");
+        }
+        assert_eq!(format!("{:?}", issued.token), "Token(<redacted>)");
+        assert_eq!(
+            decode_hash(&encode_hash(&issued.secret_hash)),
+            Some(issued.secret_hash)
+        );
+    }
+
+    /// Two issues never collide (a smoke test of the generator's use).
+    #[test]
+    fn issues_are_distinct() {
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..1000 {
+            let issued = issue();
+            assert!(seen.insert(issued.session_id));
+            assert!(seen.insert(issued.token.into_exposed()));
+        }
+    }
+}
