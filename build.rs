@@ -3,13 +3,30 @@
 
 use std::{env, path::PathBuf};
 
-const PROTO_FILES: &[&str] = &["tierkv/v1/kv.proto", "tierkv/v1/session.proto"];
+/// The directory of the `tierkv.v1` package.
+const PACKAGE_DIR: &str = "proto/tierkv/v1";
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    for file in PROTO_FILES {
+    // Every `.proto` of the package, so that adding a service needs no edit here.
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(PACKAGE_DIR)? {
+        let path = entry?.path();
+        if path
+            .extension()
+            .is_some_and(|extension| extension == "proto")
+        {
+            if let Some(name) = path.file_name().and_then(|name| name.to_str()) {
+                files.push(format!("tierkv/v1/{name}"));
+            }
+        }
+    }
+    files.sort();
+    println!("cargo:rerun-if-changed=build.rs");
+    println!("cargo:rerun-if-changed={PACKAGE_DIR}");
+    for file in &files {
         println!("cargo:rerun-if-changed=proto/{file}");
     }
-    let descriptor_set = protox::compile(PROTO_FILES, ["proto"])?;
+    let descriptor_set = protox::compile(&files, ["proto"])?;
 
     let out_dir = PathBuf::from(env::var("OUT_DIR")?);
     let encoded = prost::Message::encode_to_vec(&descriptor_set);

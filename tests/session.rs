@@ -838,6 +838,7 @@ async fn limits_name_the_limit_and_the_actual_size() {
         config.session.max_data_bytes = 100;
         config.session.max_metadata_bytes = 50;
         config.session.max_ttl_secs = 7200;
+        config.session.default_ttl_secs = 3600;
     })
     .await;
     let mut client = sessions(&server).await;

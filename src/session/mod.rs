@@ -50,6 +50,9 @@ pub const MAX_PAGE_SIZE: usize = 1000;
 const MAX_ATTEMPTS: usize = 1000;
 /// Index entries revoked per atomic batch by `revoke_all_for_user`.
 const REVOKE_BATCH: usize = 500;
+/// A well-formed session id that is never issued (the all-zero id is as
+/// likely as any other, 2^-128), read for malformed tokens.
+const MISSING_SESSION_ID: &str = "AAAAAAAAAAAAAAAAAAAAAA";
 /// The one message for every token that does not lead to a live session.
 pub const NOT_FOUND_MESSAGE: &str = "no live session for this token";
 
@@ -677,6 +680,9 @@ impl SessionService {
     /// Reads the session a token names and checks the token's secret.
     async fn find(&self, token: &str) -> Result<Found, SessionError> {
         let Some(presented) = token::parse(token) else {
+            // Read a key that never exists, so that a malformed token costs
+            // what an unknown one does and the answer time says nothing.
+            self.read(MISSING_SESSION_ID).await?;
             return Err(SessionError::NotFound);
         };
         let found = self.read(presented.session_id).await?;
