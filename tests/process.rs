@@ -328,7 +328,7 @@ fn bad_configuration_is_refused_at_start() {
 async fn dropping_a_namespace_is_refused_at_start() {
     let dir = tempfile::tempdir().unwrap();
     let mut command = server_command(dir.path());
-    command.env("TIERKV_NAMESPACES", "user:,orders:");
+    command.env("TIERKV_NAMESPACES", "user:,orders:,session:");
     let mut server = spawn_server(command);
     let mut client = connect(&server.endpoint()).await;
     client.put(put_text("orders:1", "v")).await.unwrap();
@@ -337,7 +337,7 @@ async fn dropping_a_namespace_is_refused_at_start() {
     server.child.wait().unwrap();
 
     let mut command = server_command(dir.path());
-    command.env("TIERKV_NAMESPACES", "user:");
+    command.env("TIERKV_NAMESPACES", "user:,session:");
     let (code, stderr) = run_to_exit(command);
     assert_eq!(code, 1, "{stderr}");
     assert!(
