@@ -222,6 +222,72 @@ async fn session_management() {
     server.stop().await;
 }
 
+type Sessions = SessionServiceClient<Channel>;
+
+/// Creates a 24 h session for `user_id`; returns its token (the server
+/// cannot show it again).
+async fn create_user_session(
+    sessions: &mut Sessions,
+    user_id: &str,
+) -> Result<String, tonic::Status> {
+    let session = sessions
+        .create(pb::CreateSessionRequest {
+            user_id: user_id.into(),
+            ttl: Some(prost_types::Duration {
+                seconds: 86_400,
+                nanos: 0,
+            }),
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    Ok(session.token)
+}
+
+/// The session a request's token belongs to, `None` when it has none: any
+/// NOT_FOUND means "log in again".
+async fn current_session(
+    sessions: &mut Sessions,
+    token: &str,
+) -> Result<Option<pb::Session>, tonic::Status> {
+    match sessions
+        .get(pb::GetSessionRequest {
+            token: token.into(),
+            touch: true,
+        })
+        .await
+    {
+        Ok(response) => Ok(Some(response.into_inner())),
+        Err(status) if status.code() == Code::NotFound => Ok(None),
+        Err(status) => Err(status), // UNAVAILABLE / DEADLINE_EXCEEDED: retry later
+    }
+}
+
+/// Session management with the SessionService: create, get on every
+/// request, gone once the 24 h are over.
+#[tokio::test]
+async fn session_management_with_the_session_service() {
+    let server = start().await;
+    let mut sessions = connect_sessions(&server.server.endpoint()).await;
+    let token = create_user_session(&mut sessions, "u-123").await.unwrap();
+    let session = current_session(&mut sessions, &token)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(session.user_id, "u-123");
+    server.clock.advance(Duration::from_secs(86_399));
+    assert!(current_session(&mut sessions, &token)
+        .await
+        .unwrap()
+        .is_some());
+    server.clock.advance(Duration::from_secs(1));
+    assert!(current_session(&mut sessions, &token)
+        .await
+        .unwrap()
+        .is_none());
+    server.stop().await;
+}
+
 /// Sets one field of a coalesced JSON object without losing concurrent
 /// updates of other fields: read, modify, write back with `if_version`,
 /// retry on ABORTED.

@@ -625,7 +625,7 @@ fn contains(haystack: &[u8], needle: &str) -> bool {
 async fn database_files_contain_no_token() {
     let server = start().await;
     let mut client = sessions(&server).await;
-    let user = format!("user-{}", uuid::Uuid::new_v4().simple());
+    let user = format!("user-{}", tierkv::session::token::issue().session_id);
     let mut tokens = Vec::new();
     for n in 0..20 {
         let created = create(&mut client, create_request(&user)).await;

@@ -36,6 +36,7 @@ use crate::engine::{
     DeleteOp, Engine, EngineError, Precondition, PutOp, Record, ScanRequest, ValueKind, WriteOp,
     WriteOutcome,
 };
+use crate::kv::limits::MAX_LIST_EXAMINED;
 use crate::kv::FieldViolation;
 pub use config::SessionConfig;
 pub use token::Token;
@@ -569,23 +570,28 @@ impl SessionService {
             ));
         }
         let prefix = self.user_index_prefix(user_id);
-        let entries = self
+        let page = self
             .engine
             .scan(ScanRequest {
                 start_after: (!page_token.is_empty()).then(|| format!("{prefix}{page_token}")),
                 prefix: prefix.clone(),
                 limit: page_size + 1,
                 include_values: false,
+                max_examined: MAX_LIST_EXAMINED.max(page_size + 1),
             })
             .await?;
-        let more = entries.len() > page_size;
-        let session_ids: Vec<String> = entries
+        let more = page.entries.len() > page_size;
+        let session_ids: Vec<String> = page
+            .entries
             .into_iter()
             .take(page_size)
             .map(|(key, _)| key[prefix.len()..].to_string())
             .collect();
-        let next_page_token = match (more, session_ids.last()) {
-            (true, Some(last)) => last.clone(),
+        // A scan stopped by its bound on examined records (a run of expired
+        // entries not yet compacted away) resumes after the last one examined.
+        let next_page_token = match (more, session_ids.last(), page.resume_after) {
+            (true, Some(last), _) => last.clone(),
+            (false, _, Some(resume_after)) => resume_after[prefix.len()..].to_string(),
             _ => String::new(),
         };
         let records = self
@@ -633,19 +639,22 @@ impl SessionService {
         let mut start_after = None;
         let mut revoked = 0u64;
         loop {
-            let entries = self
+            let page = self
                 .engine
                 .scan(ScanRequest {
                     prefix: prefix.clone(),
                     start_after: start_after.take(),
                     limit: REVOKE_BATCH,
                     include_values: false,
+                    max_examined: MAX_LIST_EXAMINED,
                 })
                 .await?;
-            let complete = entries.len() < REVOKE_BATCH;
-            start_after = entries.last().map(|(key, _)| key.clone());
-            let mut ops = Vec::with_capacity(entries.len() * 2);
-            for (index_key, _) in entries {
+            let complete = page.entries.len() < REVOKE_BATCH && page.resume_after.is_none();
+            start_after = page
+                .resume_after
+                .or_else(|| page.entries.last().map(|(key, _)| key.clone()));
+            let mut ops = Vec::with_capacity(page.entries.len() * 2);
+            for (index_key, _) in page.entries {
                 let session_id = &index_key[prefix.len()..];
                 if Some(session_id) == except_session_id {
                     continue;
