@@ -24,14 +24,14 @@ async fn clock_stepped_back_brings_nothing_back() {
     let mut server = start().await;
     server
         .client
-        .put(put_with_ttl("session:old", 10))
+        .put(put_with_ttl("lease:old", 10))
         .await
         .unwrap();
     server.clock.advance(Duration::from_secs(20));
     assert!(
         !server
             .client
-            .get(get("session:old"))
+            .get(get("lease:old"))
             .await
             .unwrap()
             .into_inner()
@@ -44,7 +44,7 @@ async fn clock_stepped_back_brings_nothing_back() {
     assert!(
         !server
             .client
-            .get(get("session:old"))
+            .get(get("lease:old"))
             .await
             .unwrap()
             .into_inner()
@@ -53,13 +53,13 @@ async fn clock_stepped_back_brings_nothing_back() {
     );
     server
         .client
-        .put(put_with_ttl("session:new", 5))
+        .put(put_with_ttl("lease:new", 5))
         .await
         .unwrap();
     assert!(
         server
             .client
-            .get(get("session:new"))
+            .get(get("lease:new"))
             .await
             .unwrap()
             .into_inner()
@@ -71,7 +71,7 @@ async fn clock_stepped_back_brings_nothing_back() {
     assert!(
         !server
             .client
-            .get(get("session:old"))
+            .get(get("lease:old"))
             .await
             .unwrap()
             .into_inner()
@@ -80,7 +80,7 @@ async fn clock_stepped_back_brings_nothing_back() {
     assert!(
         server
             .client
-            .get(get("session:new"))
+            .get(get("lease:new"))
             .await
             .unwrap()
             .into_inner()
@@ -91,7 +91,7 @@ async fn clock_stepped_back_brings_nothing_back() {
     assert!(
         !server
             .client
-            .get(get("session:new"))
+            .get(get("lease:new"))
             .await
             .unwrap()
             .into_inner()
