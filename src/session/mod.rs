@@ -241,6 +241,13 @@ impl SessionService {
         &self.config
     }
 
+    /// Now, never behind the engine's clock: expiry is decided by the
+    /// engine's time, which never goes back (not even across restarts), so
+    /// a clock stepped back cannot shorten a new session or revive an old one.
+    fn now_millis(&self) -> u64 {
+        self.clock.now_millis().max(self.engine.now_millis())
+    }
+
     fn record_key(&self, session_id: &str) -> String {
         let mut key = String::with_capacity(self.record_prefix.len() + session_id.len());
         key.push_str(&self.record_prefix);
@@ -309,7 +316,7 @@ impl SessionService {
             return Err(SessionError::InvalidArgument(violations));
         }
 
-        let now = self.clock.now_millis();
+        let now = self.now_millis();
         let expire_ms = now.saturating_add(ttl_ms);
         let mut stored = Stored {
             user_id: request.user_id,
@@ -365,7 +372,7 @@ impl SessionService {
     pub async fn touch(&self, token: &str) -> Result<Session, SessionError> {
         for _ in 0..MAX_ATTEMPTS {
             let found = self.find(token).await?;
-            let now = self.clock.now_millis();
+            let now = self.now_millis();
             if !self.touch_due(&found.stored, now) {
                 return Ok(found
                     .stored
@@ -717,7 +724,7 @@ impl SessionService {
         let stored = decode(session_id, record)?;
         // The engine hides expired records; this guards against a clock read
         // between its check and ours.
-        if stored.record_expire_ms() <= self.clock.now_millis() {
+        if stored.record_expire_ms() <= self.now_millis() {
             return Ok(None);
         }
         Ok(Some(Found {
