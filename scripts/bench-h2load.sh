@@ -11,8 +11,10 @@
 #
 # Every RPC of a round runs against the same server process, one after the other, and rounds interleave
 # (health, Get, Put, BatchGet, health, Get, ...), so slow drifts of the machine hit every RPC alike. The
-# script prints each run, then the median per RPC and its ratio to the median health check. h2load only
-# sees HTTP status codes, so every request body is first sent once with curl and its `grpc-status` must be 0.
+# script prints each run, then the median per RPC and its ratio to the median health check, and the
+# server's CPU time per request (user + system, from /proc/<pid>/stat), which a busy machine disturbs far
+# less than throughput. h2load only sees HTTP status codes, so every request body is first sent once with
+# curl and its `grpc-status` must be 0.
 #
 # Installs `nghttp2-client` (h2load) and `etcd-server` with apt-get when they are missing (Debian/Ubuntu).
 # Everything it starts (tierkv, etcd) listens on 127.0.0.1, writes under a temporary directory, and is
@@ -57,6 +59,10 @@ cleanup() {
     rm -rf "$WORK"
 }
 trap cleanup EXIT INT TERM
+
+# CPU time (user + system) of a process so far, in clock ticks.
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+TICKS_PER_SEC="$(getconf CLK_TCK)"
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
@@ -154,22 +160,23 @@ if [ "$ETCD" = 1 ]; then
         --initial-cluster "bench=http://127.0.0.1:$ETCD_PEER_PORT" \
         --log-level error >"$WORK/etcd.log" 2>&1 &
     PIDS+=($!)
-    wait_for_port "$ETCD_PORT" "$!" "$WORK/etcd.log"
+    ETCD_PID=$!
+    wait_for_port "$ETCD_PORT" "$ETCD_PID" "$WORK/etcd.log"
     ETCD_URL="http://127.0.0.1:$ETCD_PORT"
 fi
 
-# name, url, body; in the order each round runs them.
+# name, url, body, server pid; in the order each round runs them.
 BENCHES=(
-    "health|$TIERKV/grpc.health.v1.Health/Check|health"
-    "Get|$TIERKV/tierkv.v1.KvService/Get|get"
-    "Put|$TIERKV/tierkv.v1.KvService/Put|put"
-    "BatchGet x100|$TIERKV/tierkv.v1.KvService/BatchGet|batchget"
+    "health|$TIERKV/grpc.health.v1.Health/Check|health|$TIERKV_PID"
+    "Get|$TIERKV/tierkv.v1.KvService/Get|get|$TIERKV_PID"
+    "Put|$TIERKV/tierkv.v1.KvService/Put|put|$TIERKV_PID"
+    "BatchGet x100|$TIERKV/tierkv.v1.KvService/BatchGet|batchget|$TIERKV_PID"
 )
 if [ "$ETCD" = 1 ]; then
     BENCHES+=(
-        "etcd Range|$ETCD_URL/etcdserverpb.KV/Range|etcd_range"
-        "etcd Range serializable|$ETCD_URL/etcdserverpb.KV/Range|etcd_range_serializable"
-        "etcd Put|$ETCD_URL/etcdserverpb.KV/Put|etcd_put"
+        "etcd Range|$ETCD_URL/etcdserverpb.KV/Range|etcd_range|$ETCD_PID"
+        "etcd Range serializable|$ETCD_URL/etcdserverpb.KV/Range|etcd_range_serializable|$ETCD_PID"
+        "etcd Put|$ETCD_URL/etcdserverpb.KV/Put|etcd_put|$ETCD_PID"
     )
 fi
 
@@ -178,7 +185,7 @@ grpc_call "$TIERKV/tierkv.v1.KvService/Put" "$WORK/put.bin"
 grpc_call "$TIERKV/tierkv.v1.KvService/BatchWrite" "$WORK/seed.bin"
 [ "$ETCD" = 1 ] && grpc_call "$ETCD_URL/etcdserverpb.KV/Put" "$WORK/etcd_put.bin"
 for bench in "${BENCHES[@]}"; do
-    IFS='|' read -r _ url body <<<"$bench"
+    IFS='|' read -r _ url body _ <<<"$bench"
     grpc_call "$url" "$WORK/$body.bin"
 done
 
@@ -187,10 +194,13 @@ RESULTS="$WORK/results.txt"
 : >"$RESULTS"
 for round in $(seq 1 "$ROUNDS"); do
     for bench in "${BENCHES[@]}"; do
-        IFS='|' read -r name url body <<<"$bench"
+        IFS='|' read -r name url body pid <<<"$bench"
+        ticks_before="$(cpu_ticks "$pid")"
         output="$(h2load -c "$CLIENTS" -m "$STREAMS" -t "$THREADS" -D "$DURATION" \
             -H 'content-type: application/grpc' -H 'te: trailers' -d "$WORK/$body.bin" "$url" 2>&1)"
+        ticks="$(( $(cpu_ticks "$pid") - ticks_before ))"
         rps="$(sed -n 's/^finished in .*, \([0-9.]*\) req\/s.*/\1/p' <<<"$output")"
+        done_requests="$(sed -n 's/^requests: .* \([0-9]*\) succeeded.*/\1/p' <<<"$output")"
         failed="$(sed -n 's/^requests: .* \([0-9]*\) failed.*/\1/p' <<<"$output")"
         non2xx="$(sed -n 's/^status codes: .*, \([0-9]*\) 4xx, \([0-9]*\) 5xx/\1 \2/p' <<<"$output")"
         if [ -z "$rps" ] || [ "${failed:-0}" != 0 ] || [ "$non2xx" != "0 0" ]; then
@@ -198,23 +208,32 @@ for round in $(seq 1 "$ROUNDS"); do
             echo "$output" >&2
             exit 1
         fi
-        printf 'round %d  %-24s %12.0f req/s\n' "$round" "$name" "$rps"
-        printf '%s|%s\n' "$name" "$rps" >>"$RESULTS"
+        cpu_us="$(python3 -c "print($ticks / $TICKS_PER_SEC * 1e6 / max($done_requests, 1))")"
+        printf 'round %d  %-24s %12.0f req/s %9.1f us server CPU/req\n' "$round" "$name" "$rps" "$cpu_us"
+        printf '%s|%s|%s\n' "$name" "$rps" "$cpu_us" >>"$RESULTS"
     done
 done
 
 echo
 python3 - "$RESULTS" <<'EOF'
 import statistics, sys
-runs = {}
+runs, cpu = {}, {}
 for line in open(sys.argv[1]):
-    name, rps = line.rstrip("\n").split("|")
+    name, rps, cpu_us = line.rstrip("\n").split("|")
     runs.setdefault(name, []).append(float(rps))
+    cpu.setdefault(name, []).append(float(cpu_us))
 health = statistics.median(runs["health"])
-print(f"{'RPC':<26}{'median req/s':>14}{'keys/s':>14}{'vs health':>11}   runs")
+health_cpu = statistics.median(cpu["health"])
+print(f"{'RPC':<26}{'median req/s':>14}{'keys/s':>14}{'vs health':>11}{'CPU us/req':>12}{'CPU vs health':>15}   runs (req/s)")
 for name, values in runs.items():
     median = statistics.median(values)
+    cpu_median = statistics.median(cpu[name])
     keys = median * (100 if name.startswith("BatchGet") else 1)
     ratio = "" if name == "health" else f"{median / health:.2f}x"
-    print(f"{name:<26}{median:>14,.0f}{keys:>14,.0f}{ratio:>11}   " + " ".join(f"{v:,.0f}" for v in values))
+    cpu_ratio = "" if name == "health" or name.startswith("etcd") else f"{health_cpu / cpu_median:.2f}x"
+    print(f"{name:<26}{median:>14,.0f}{keys:>14,.0f}{ratio:>11}{cpu_median:>12.1f}{cpu_ratio:>15}   "
+          + " ".join(f"{v:,.0f}" for v in values))
+print()
+print("CPU vs health: the health check's server CPU time per request divided by this RPC's, i.e. the")
+print("throughput ratio a server with a core of its own would reach; etcd's CPU is its own process's.")
 EOF

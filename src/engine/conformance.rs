@@ -489,19 +489,19 @@ pub async fn reads_within_a_byte_budget<H: Harness>(mut harness: H) {
         .await
         .unwrap();
     let keys = |n: usize| vec!["user:1".to_string(); n];
-    let fits = engine.get_many_within(keys(3), 3 * 3003).await.unwrap();
+    let fits = engine.get_many_within(&keys(3), 3 * 3003).await.unwrap();
     assert_eq!(fits.len(), 3);
     assert!(fits
         .iter()
         .all(|record| record.as_ref().unwrap().value.len() == 3000));
-    match engine.get_many_within(keys(3), 3 * 3003 - 1).await {
+    match engine.get_many_within(&keys(3), 3 * 3003 - 1).await {
         Err(EngineError::TooLarge { limit, actual }) => {
             assert_eq!((limit, actual), (3 * 3003 - 1, 3 * 3003));
         }
         other => panic!("expected TooLarge, got {other:?}"),
     }
     let mixed = engine
-        .get_many_within(vec!["user:small".into(), "user:none".into()], 1)
+        .get_many_within(&["user:small".into(), "user:none".into()], 1)
         .await
         .unwrap();
     assert!(mixed[0].is_some() && mixed[1].is_none());

@@ -236,12 +236,14 @@ pub trait Engine: Send + Sync + 'static {
     /// implementation should check sizes before it copies values, so that a
     /// small request cannot cost more memory than the limit; this default
     /// checks after reading and exists for engines that cannot do better.
+    /// Takes the keys by reference: an engine that answers from memory
+    /// needs no copy of them.
     async fn get_many_within(
         &self,
-        keys: Vec<String>,
+        keys: &[String],
         max_bytes: usize,
     ) -> Result<Vec<Option<Record>>, EngineError> {
-        let records = self.get_many(keys).await?;
+        let records = self.get_many(keys.to_vec()).await?;
         let actual: u64 = records
             .iter()
             .flatten()

@@ -330,13 +330,14 @@ impl RocksEngine {
     /// Reads records inline when memory holds them, else on the blocking pool.
     async fn read(
         &self,
-        keys: Vec<String>,
+        keys: &[String],
         max_bytes: Option<usize>,
     ) -> Result<Vec<Option<Record>>, EngineError> {
-        match self.inner.get_many(&keys, max_bytes, Tier::Memory) {
+        match self.inner.get_many(keys, max_bytes, Tier::Memory) {
             Ok(records) => Ok(records),
             Err(ReadFailure::Engine(error)) => Err(error),
             Err(ReadFailure::WouldBlock) => {
+                let keys = keys.to_vec();
                 self.blocking(move |inner| {
                     inner
                         .get_many(&keys, max_bytes, Tier::Any)
@@ -871,12 +872,12 @@ impl Inner {
 #[async_trait]
 impl Engine for RocksEngine {
     async fn get_many(&self, keys: Vec<String>) -> Result<Vec<Option<Record>>, EngineError> {
-        self.read(keys, None).await
+        self.read(&keys, None).await
     }
 
     async fn get_many_within(
         &self,
-        keys: Vec<String>,
+        keys: &[String],
         max_bytes: usize,
     ) -> Result<Vec<Option<Record>>, EngineError> {
         self.read(keys, Some(max_bytes)).await

@@ -382,7 +382,7 @@ impl KvService {
         // request naming one huge key many times costs no more than the limit.
         let records = self
             .engine
-            .get_many_within(keys.to_vec(), MAX_RESPONSE_BYTES)
+            .get_many_within(keys, MAX_RESPONSE_BYTES)
             .await
             .map_err(|error| match error {
                 EngineError::TooLarge { limit, actual } => KvError::ResponseTooLarge {
