@@ -382,7 +382,7 @@ async fn inline_records_of_any_size_still_read() {
     assert_eq!(listed.entries[0].1.metadata, old.metadata);
     let within = engine
         .get_many_within(
-            vec!["user:old".into(); 2],
+            &["user:old".to_string(), "user:old".to_string()],
             2 * (3 * INLINE_VALUE_MAX + 9) - 1,
         )
         .await;
