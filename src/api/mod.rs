@@ -5,4 +5,5 @@ pub mod codec;
 pub mod convert;
 pub mod deadline;
 pub mod kv;
+pub mod request_limits;
 pub mod status;
