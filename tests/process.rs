@@ -114,9 +114,14 @@ async fn sigterm_exits_zero_and_keeps_data() {
     assert_eq!(result, 0);
     let status = server.child.wait().unwrap();
     assert!(status.success(), "exit status {status:?}");
-    let logs = server.stderr.lock().unwrap().join("\n");
-    assert!(logs.contains("shutting down"), "{logs}");
-    assert!(logs.contains("stopped"), "{logs}");
+    let logs = server.logs();
+    // The drain runs in order: NOT_SERVING, then refusing new calls, then the flush.
+    let position = |needle: &str| {
+        logs.find(needle)
+            .unwrap_or_else(|| panic!("no {needle:?} in {logs}"))
+    };
+    assert!(position("health is NOT_SERVING") < position("refusing new calls"));
+    assert!(position("refusing new calls") < position("\"stopped\""));
 
     let mut restarted = spawn_server(server_command(dir.path()));
     let mut client = connect(&restarted.endpoint()).await;
