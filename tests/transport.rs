@@ -598,28 +598,6 @@ async fn memory_returns_near_baseline_after_a_burst() {
         settled / 1024
     );
     eprintln!("{summary}");
-    if std::env::var("DEBUG_SMAPS").is_ok() {
-        let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap();
-        let mut current = String::new();
-        let mut rows = Vec::new();
-        for line in smaps.lines() {
-            if line.starts_with("Rss:") {
-                let kb: u64 = line[4..]
-                    .trim()
-                    .trim_end_matches("kB")
-                    .trim()
-                    .parse()
-                    .unwrap();
-                rows.push((kb, current.clone()));
-            } else if !line.contains(':') || line.split_whitespace().next().unwrap().contains('-') {
-                current = line.to_string();
-            }
-        }
-        rows.sort();
-        for row in rows.iter().rev().take(12) {
-            eprintln!("{} kB {}", row.0, row.1);
-        }
-    }
     assert!(
         peak > baseline + 200 * 1024,
         "the burst was felt: {summary}"
