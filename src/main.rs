@@ -10,10 +10,13 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 /// jemalloc's options, read at its start: a background thread purges unused
 /// pages about a second after they are freed, whether or not anything else
-/// allocates.
+/// allocates; one arena per CPU rather than four, so memory freed by one
+/// thread is reused by the next on that CPU instead of piling up in arenas
+/// (the bulk client's peak grew 30% over 30 batches with the default).
 #[export_name = "_rjem_malloc_conf"]
-static MALLOC_CONF: MallocConf =
-    MallocConf(c"background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0".as_ptr());
+static MALLOC_CONF: MallocConf = MallocConf(
+    c"background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0,percpu_arena:percpu".as_ptr(),
+);
 
 /// A C string pointer jemalloc reads at start (`const char *malloc_conf`).
 #[repr(transparent)]
