@@ -11,7 +11,7 @@ use serde::Deserialize;
 use thiserror::Error;
 
 use crate::engine::Namespaces;
-use crate::kv::limits::MAX_KEY_BYTES;
+use crate::kv::limits::{MAX_KEY_BYTES, MAX_MESSAGE_BYTES};
 use crate::session::SessionConfig;
 
 /// Environment variables read by the command-line client, not the server.
@@ -51,6 +51,23 @@ pub struct Config {
     pub request_timeout_ms: u64,
     /// How long shutdown waits for in-flight requests, in milliseconds.
     pub shutdown_grace_ms: u64,
+    /// How long shutdown keeps serving after health turns NOT_SERVING, so
+    /// load balancers stop sending calls before new ones are refused, in
+    /// milliseconds.
+    pub shutdown_delay_ms: u64,
+    /// Most client connections open at once; more are closed when accepted.
+    pub max_connections: usize,
+    /// How long a new connection may take to send the HTTP/2 preface, in
+    /// milliseconds.
+    pub handshake_timeout_ms: u64,
+    /// Most concurrent calls (HTTP/2 streams) per connection, advertised to
+    /// clients in the HTTP/2 settings.
+    pub max_concurrent_streams: u32,
+    /// Bytes of request messages held at once across all calls, in MiB.
+    pub request_memory_mb: usize,
+    /// How long a request waits for room in `request_memory_mb` before it is
+    /// refused with RESOURCE_EXHAUSTED, in milliseconds.
+    pub request_memory_wait_ms: u64,
     /// Log line format.
     pub log_format: LogFormat,
     /// Log filter, in `tracing_subscriber::EnvFilter` syntax (`RUST_LOG` wins).
@@ -71,6 +88,12 @@ impl Default for Config {
             write_queue_mb: 256,
             request_timeout_ms: 30_000,
             shutdown_grace_ms: 10_000,
+            shutdown_delay_ms: 5_000,
+            max_connections: 10_000,
+            handshake_timeout_ms: 10_000,
+            max_concurrent_streams: 256,
+            request_memory_mb: 1024,
+            request_memory_wait_ms: 1_000,
             log_format: LogFormat::Human,
             log_level: "info".to_string(),
             session: SessionConfig::default(),
@@ -131,6 +154,36 @@ const SERVER_ENV: &[(&str, &str, EnvKind)] = &[
     (
         "TIERKV_SHUTDOWN_GRACE_MS",
         "shutdown_grace_ms",
+        EnvKind::Integer,
+    ),
+    (
+        "TIERKV_SHUTDOWN_DELAY_MS",
+        "shutdown_delay_ms",
+        EnvKind::Integer,
+    ),
+    (
+        "TIERKV_MAX_CONNECTIONS",
+        "max_connections",
+        EnvKind::Integer,
+    ),
+    (
+        "TIERKV_HANDSHAKE_TIMEOUT_MS",
+        "handshake_timeout_ms",
+        EnvKind::Integer,
+    ),
+    (
+        "TIERKV_MAX_CONCURRENT_STREAMS",
+        "max_concurrent_streams",
+        EnvKind::Integer,
+    ),
+    (
+        "TIERKV_REQUEST_MEMORY_MB",
+        "request_memory_mb",
+        EnvKind::Integer,
+    ),
+    (
+        "TIERKV_REQUEST_MEMORY_WAIT_MS",
+        "request_memory_wait_ms",
         EnvKind::Integer,
     ),
     ("TIERKV_LOG_FORMAT", "log_format", EnvKind::Text),
@@ -246,6 +299,28 @@ impl Config {
                 self.write_queue_mb
             )));
         }
+        if self.max_connections == 0 {
+            return Err(ConfigError::Invalid(
+                "max_connections must be at least 1".into(),
+            ));
+        }
+        if self.max_concurrent_streams == 0 {
+            return Err(ConfigError::Invalid(
+                "max_concurrent_streams must be at least 1".into(),
+            ));
+        }
+        if self.handshake_timeout_ms == 0 {
+            return Err(ConfigError::Invalid(
+                "handshake_timeout_ms must be at least 1".into(),
+            ));
+        }
+        if self.request_memory_bytes() < MAX_MESSAGE_BYTES {
+            return Err(ConfigError::Invalid(format!(
+                "request_memory_mb is {}; it must be at least {} so the largest request (a {MAX_MESSAGE_BYTES}-byte message) fits",
+                self.request_memory_mb,
+                MAX_MESSAGE_BYTES.div_ceil(1024 * 1024)
+            )));
+        }
         if self.data_dir.as_os_str().is_empty() {
             return Err(ConfigError::Invalid("data_dir must not be empty".into()));
         }
@@ -278,6 +353,26 @@ impl Config {
     /// The shutdown grace period.
     pub fn shutdown_grace(&self) -> Duration {
         Duration::from_millis(self.shutdown_grace_ms)
+    }
+
+    /// How long shutdown keeps serving while reporting NOT_SERVING.
+    pub fn shutdown_delay(&self) -> Duration {
+        Duration::from_millis(self.shutdown_delay_ms)
+    }
+
+    /// How long a new connection may take to send the HTTP/2 preface.
+    pub fn handshake_timeout(&self) -> Duration {
+        Duration::from_millis(self.handshake_timeout_ms)
+    }
+
+    /// The request memory budget, in bytes.
+    pub fn request_memory_bytes(&self) -> usize {
+        self.request_memory_mb.saturating_mul(1024 * 1024)
+    }
+
+    /// How long a request waits for room in the request memory budget.
+    pub fn request_memory_wait(&self) -> Duration {
+        Duration::from_millis(self.request_memory_wait_ms)
     }
 }
 
@@ -483,5 +578,41 @@ mod tests {
         };
         let error = config.validate().unwrap_err().to_string();
         assert!(error.contains("session.default_ttl_secs"), "{error}");
+    }
+
+    /// The request memory budget has a floor.
+    #[test]
+    fn request_memory_floor() {
+        let config = Config {
+            request_memory_mb: 10,
+            ..Config::default()
+        };
+        let error = config.validate().unwrap_err().to_string();
+        assert!(error.contains("request_memory_mb is 10"), "{error}");
+        assert!(error.contains("at least 104"), "{error}");
+    }
+
+    /// The transport bounds are read from TIERKV_* variables too.
+    #[test]
+    fn transport_bounds_from_environment() {
+        let config = Config::load(
+            None,
+            &env(&[
+                ("TIERKV_MAX_CONNECTIONS", "7"),
+                ("TIERKV_MAX_CONCURRENT_STREAMS", "9"),
+                ("TIERKV_HANDSHAKE_TIMEOUT_MS", "250"),
+                ("TIERKV_REQUEST_MEMORY_MB", "200"),
+                ("TIERKV_REQUEST_MEMORY_WAIT_MS", "30"),
+                ("TIERKV_SHUTDOWN_DELAY_MS", "0"),
+            ]),
+        )
+        .unwrap();
+        config.validate().unwrap();
+        assert_eq!(config.max_connections, 7);
+        assert_eq!(config.max_concurrent_streams, 9);
+        assert_eq!(config.handshake_timeout(), Duration::from_millis(250));
+        assert_eq!(config.request_memory_bytes(), 200 * 1024 * 1024);
+        assert_eq!(config.request_memory_wait(), Duration::from_millis(30));
+        assert_eq!(config.shutdown_delay(), Duration::ZERO);
     }
 }

@@ -16,7 +16,9 @@
 //!   the per-user index, rotation and revocation. No transport types.
 //! - [`api`] — thin tonic adapters and the single error-to-status mapping.
 //! - [`config`], [`server`], [`telemetry`] — configuration, wiring and
-//!   graceful shutdown, logging.
+//!   graceful shutdown, logging. `server::connections` bounds connections
+//!   (limit, handshake timeout, accept back-off); `api::request_limits`
+//!   bounds request sizes per method and request memory across calls.
 //! - [`cli`] — the `tierkv` command line (server and `wrangler kv`-like client).
 //! - [`clock`] — injectable wall-clock time, so expiry is testable.
 

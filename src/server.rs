@@ -1,5 +1,8 @@
 //! Wiring: opens the engine, builds the services, serves gRPC with health and
-//! reflection, and shuts down gracefully.
+//! reflection within the configured bounds, and shuts down gracefully.
+
+pub mod connections;
+pub mod in_flight;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -10,7 +13,6 @@ use thiserror::Error;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 
 use std::convert::Infallible;
@@ -20,12 +22,15 @@ use tonic::service::RoutesBuilder;
 
 use crate::api::deadline::DeadlineLayer;
 use crate::api::kv::KvApi;
+use crate::api::request_limits::{BudgetCounts, RequestBudget, RequestLimitLayer};
 use crate::api::session::SessionApi;
 use crate::clock::SharedClock;
 use crate::config::{Config, ConfigError};
 use crate::engine::{Engine, EngineError, Namespaces, RocksEngine, RocksOptions};
 use crate::kv::KvService;
 use crate::session::SessionService;
+use connections::{ConnectionCounts, ConnectionLimits, Connections};
+use in_flight::{InFlight, InFlightLayer};
 
 /// The services this server exposes (each also has a health status).
 pub const SERVICE_NAMES: &[&str] = &["tierkv.v1.KvService", "tierkv.v1.SessionService"];
@@ -63,6 +68,20 @@ impl ServiceSet {
         &self.names
     }
 }
+
+/// Idle time before TCP keepalive probes find dead peers.
+const TCP_KEEPALIVE: Duration = Duration::from_secs(60);
+/// Streams a client may have reset before we accepted them, before GOAWAY
+/// (h2's default, stated so it cannot silently change).
+const MAX_PENDING_RESET_STREAMS: usize = 20;
+/// Streams we may reset because of the client's errors, before GOAWAY
+/// (hyper's default, stated likewise).
+const MAX_LOCAL_ERROR_RESET_STREAMS: usize = 1024;
+/// Largest block of request headers (gRPC metadata), in bytes; hyper's
+/// default is 16 MiB per stream.
+const MAX_HEADER_LIST_BYTES: u32 = 64 * 1024;
+/// After the grace period, how long closed connections get to drop their calls.
+const FORCED_CLOSE_WAIT: Duration = Duration::from_secs(5);
 
 /// A failure to start or run the server.
 #[derive(Debug, Error)]
@@ -111,34 +130,133 @@ pub async fn open_engine(config: &Config, clock: SharedClock) -> Result<RocksEng
     Ok(engine)
 }
 
-/// Opens the store and binds the listen address of a validated `config`.
+/// Binds the listen address of a validated `config`, then opens the store.
+/// Binding first fails fast on a taken port, before a long open.
 pub async fn open_and_bind(
     config: &Config,
     clock: SharedClock,
 ) -> Result<(RocksEngine, TcpListener), ServerError> {
-    let engine = open_engine(config, clock).await?;
     let listener = TcpListener::bind(config.listen)
         .await
         .map_err(|source| ServerError::Bind {
             addr: config.listen,
             source,
         })?;
+    let engine = open_engine(config, clock).await?;
     Ok((engine, listener))
 }
 
-/// Serves on `listener` until `shutdown` resolves, then drains: health turns
-/// NOT_SERVING, new connections are refused, in-flight calls get up to the
-/// configured grace period, and the store is flushed.
-///
-/// If the engine fails for good (see [`Engine::failed`]), the server drains
-/// the same way and returns [`ServerError::EngineFailed`], so the process
-/// exits non-zero instead of serving UNAVAILABLE while reporting SERVING.
+/// Live counters of a running server: connections, request memory, calls.
+#[derive(Debug, Clone)]
+pub struct ServerStats {
+    connections: Arc<Connections>,
+    budget: Arc<RequestBudget>,
+    in_flight: Arc<InFlight>,
+}
+
+impl ServerStats {
+    /// Counters for a server configured by `config`.
+    pub fn new(config: &Config) -> Self {
+        Self {
+            connections: Connections::new(ConnectionLimits {
+                max_connections: config.max_connections,
+                handshake_timeout: config.handshake_timeout(),
+                tcp_keepalive: Some(TCP_KEEPALIVE),
+            }),
+            budget: RequestBudget::new(config.request_memory_bytes(), config.request_memory_wait()),
+            in_flight: Arc::default(),
+        }
+    }
+
+    /// Connections open, refused, timed out...
+    pub fn connections(&self) -> ConnectionCounts {
+        self.connections.counts()
+    }
+
+    /// Request memory reserved now and at peak, and requests refused.
+    pub fn request_memory(&self) -> BudgetCounts {
+        self.budget.counts()
+    }
+
+    /// Calls being handled now.
+    pub fn calls_in_flight(&self) -> usize {
+        self.in_flight.count()
+    }
+}
+
+/// Serves on `listener` until `shutdown` resolves, then drains (see
+/// [`serve_with_stats`]).
 pub async fn serve(
     config: Config,
     engine: Arc<dyn Engine>,
     clock: SharedClock,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServerError> {
+    let stats = ServerStats::new(&config);
+    serve_with_stats(config, engine, clock, listener, shutdown, stats).await
+}
+
+/// Serves on `listener` until `shutdown` resolves, counting into `stats`.
+///
+/// Shutdown runs in this order: health turns NOT_SERVING; calls are still
+/// served for `shutdown_delay_ms` so load balancers notice; then new
+/// connections and calls are refused (the listener closes, connections get
+/// GOAWAY) and in-flight calls get `shutdown_grace_ms` to finish; connections
+/// still open after that are closed, which drops their calls; once no handler
+/// runs any more, the store is flushed. The store is flushed on every way
+/// out, errors included.
+pub async fn serve_with_stats(
+    config: Config,
+    engine: Arc<dyn Engine>,
+    clock: SharedClock,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send,
+    stats: ServerStats,
+) -> Result<(), ServerError> {
+    let served = serve_until_stopped(
+        &config,
+        Arc::clone(&engine),
+        clock,
+        listener,
+        shutdown,
+        &stats,
+    )
+    .await;
+    let flushed = engine.flush().await;
+    match (served, flushed) {
+        (Ok(()), Ok(())) => {
+            tracing::info!("stopped");
+            Ok(())
+        }
+        (Ok(()), Err(error)) => Err(error.into()),
+        (Err(error), flushed) => {
+            if let Err(flush_error) = flushed {
+                tracing::error!(error = %flush_error, "flushing the store after a failure failed too");
+            }
+            Err(error)
+        }
+    }
+}
+
+/// Why the server stops serving.
+#[derive(Debug)]
+enum StopReason {
+    /// The shutdown future resolved (SIGTERM, Ctrl-C, `RunningServer::stop`).
+    Requested,
+    /// The storage engine failed for good (see [`Engine::failed`]); the
+    /// server drains like any other stop, then reports the failure so the
+    /// process exits non-zero instead of answering UNAVAILABLE while SERVING.
+    EngineFailed(String),
+}
+
+async fn serve_until_stopped(
+    config: &Config,
+    engine: Arc<dyn Engine>,
+    clock: SharedClock,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send,
+    stats: &ServerStats,
 ) -> Result<(), ServerError> {
     let mut services = ServiceSet::default();
     services.add(KvApi::new(KvService::new(Arc::clone(&engine), Arc::clone(&clock))).into_server());
@@ -153,14 +271,7 @@ pub async fn serve(
     let service_names = services.names().to_vec();
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
-    for name in &service_names {
-        health_reporter
-            .set_service_status(*name, ServingStatus::Serving)
-            .await;
-    }
-    health_reporter
-        .set_service_status("", ServingStatus::Serving)
-        .await;
+    set_health(&health_reporter, &service_names, ServingStatus::Serving).await;
 
     let reflection = || {
         tonic_reflection::server::Builder::configure()
@@ -188,55 +299,106 @@ pub async fn serve(
         // Every log line a request causes carries its method.
         .trace_fn(|request| tracing::info_span!("rpc", method = %request.uri().path()))
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        // Advertised in SETTINGS_MAX_CONCURRENT_STREAMS; tonic's default is none.
+        .max_concurrent_streams(config.max_concurrent_streams)
+        // Rapid-reset protection: a client that resets (or makes us reset)
+        // more streams than this before we accept them gets GOAWAY.
+        .http2_max_pending_accept_reset_streams(Some(MAX_PENDING_RESET_STREAMS))
+        .http2_max_local_error_reset_streams(Some(MAX_LOCAL_ERROR_RESET_STREAMS))
+        .http2_max_header_list_size(MAX_HEADER_LIST_BYTES)
+        // Outermost, so shutdown can wait for every call, whatever answered it.
+        .layer(InFlightLayer::new(Arc::clone(&stats.in_flight)))
         .layer(DeadlineLayer::new(config.request_timeout()))
+        // Inside the deadline, so waiting for request memory counts against it.
+        .layer(RequestLimitLayer::new(Arc::clone(&stats.budget)))
         .add_routes(routes.routes());
-    // The builder's tcp_nodelay does not reach connections from our own
-    // listener; without it Nagle's algorithm holds small responses ~40 ms.
-    let incoming = TcpIncoming::from(listener)
-        .with_nodelay(Some(true))
-        .with_keepalive(Some(Duration::from_secs(60)));
+    let incoming = connections::incoming(listener, Arc::clone(&stats.connections));
     let serving = router.serve_with_incoming_shutdown(incoming, async {
         let _ = drain_rx.await;
     });
     tokio::pin!(serving);
-    tracing::info!(addr = %local_addr, data_dir = %config.data_dir.display(), "serving");
+    tracing::info!(
+        addr = %local_addr,
+        data_dir = %config.data_dir.display(),
+        max_connections = config.max_connections,
+        max_concurrent_streams = config.max_concurrent_streams,
+        request_memory_mb = config.request_memory_mb,
+        "serving"
+    );
 
-    let mut engine_failure = None;
-    let stop = async {
-        tokio::select! {
-            () = shutdown => {}
-            reason = engine.failed() => {
-                tracing::error!(%reason, "the storage engine failed; stopping");
-                engine_failure = Some(reason);
-            }
+    // Every reason to stop is one arm here; the drain below is the same for all.
+    let reason = tokio::select! {
+        result = &mut serving => {
+            set_health(&health_reporter, &service_names, ServingStatus::NotServing).await;
+            return result.map_err(ServerError::from);
+        }
+        () = shutdown => StopReason::Requested,
+        reason = engine.failed() => {
+            tracing::error!(%reason, "the storage engine failed; stopping");
+            StopReason::EngineFailed(reason)
         }
     };
 
+    set_health(&health_reporter, &service_names, ServingStatus::NotServing).await;
+    tracing::info!(
+        ?reason,
+        delay_ms = config.shutdown_delay_ms,
+        grace_ms = config.shutdown_grace_ms,
+        "shutting down: health is NOT_SERVING; still serving during the delay"
+    );
     tokio::select! {
-        result = &mut serving => result?,
-        () = stop => {
-            tracing::info!(grace_ms = config.shutdown_grace_ms, "shutting down: draining in-flight requests");
-            for name in &service_names {
-                health_reporter.set_service_status(*name, ServingStatus::NotServing).await;
-            }
-            health_reporter.set_service_status("", ServingStatus::NotServing).await;
-            let _ = drain_tx.send(());
-            match tokio::time::timeout(config.shutdown_grace(), &mut serving).await {
-                Ok(result) => result?,
-                Err(_) => tracing::warn!(
-                    grace_ms = config.shutdown_grace_ms,
-                    "grace period over; closing the remaining connections"
-                ),
+        result = &mut serving => return result.map_err(ServerError::from),
+        () = tokio::time::sleep(config.shutdown_delay()) => {}
+    }
+
+    tracing::info!(
+        calls_in_flight = stats.in_flight.count(),
+        open_connections = stats.connections.counts().open,
+        "refusing new calls; draining in-flight calls"
+    );
+    let _ = drain_tx.send(());
+    match tokio::time::timeout(config.shutdown_grace(), &mut serving).await {
+        Ok(result) => result?,
+        Err(_) => {
+            let closed = stats.connections.close_all();
+            tracing::warn!(
+                grace_ms = config.shutdown_grace_ms,
+                closed_connections = closed,
+                calls_in_flight = stats.in_flight.count(),
+                "grace period over; closed the remaining connections"
+            );
+            // Closed sockets end their connections' tasks, which drops their
+            // calls; wait (briefly, in case a handler is stuck) for that.
+            let settled = async {
+                let _ = (&mut serving).await;
+                stats.in_flight.idle().await;
+            };
+            if tokio::time::timeout(FORCED_CLOSE_WAIT, settled)
+                .await
+                .is_err()
+            {
+                tracing::error!(
+                    calls_in_flight = stats.in_flight.count(),
+                    "calls still running after their connections were closed"
+                );
             }
         }
     }
-    let flushed = engine.flush().await;
-    if let Some(reason) = engine_failure {
+    if let StopReason::EngineFailed(reason) = reason {
         return Err(ServerError::EngineFailed(reason));
     }
-    flushed?;
-    tracing::info!("stopped");
     Ok(())
+}
+
+async fn set_health(
+    reporter: &tonic_health::server::HealthReporter,
+    service_names: &[&'static str],
+    status: ServingStatus,
+) {
+    for name in service_names {
+        reporter.set_service_status(*name, status).await;
+    }
+    reporter.set_service_status("", status).await;
 }
 
 /// A server running in the background, for tests and embedding.
@@ -245,6 +407,8 @@ pub struct RunningServer {
     pub addr: SocketAddr,
     /// The engine it serves.
     pub engine: RocksEngine,
+    /// Its live counters.
+    pub stats: ServerStats,
     shutdown: Option<oneshot::Sender<()>>,
     task: JoinHandle<Result<(), ServerError>>,
 }
@@ -260,12 +424,21 @@ impl RunningServer {
         })?;
         let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
         let served: Arc<dyn Engine> = Arc::new(engine.clone());
-        let task = tokio::spawn(serve(config, served, clock, listener, async {
-            let _ = shutdown_rx.await;
-        }));
+        let stats = ServerStats::new(&config);
+        let task = tokio::spawn(serve_with_stats(
+            config,
+            served,
+            clock,
+            listener,
+            async {
+                let _ = shutdown_rx.await;
+            },
+            stats.clone(),
+        ));
         Ok(Self {
             addr,
             engine,
+            stats,
             shutdown: Some(shutdown_tx),
             task,
         })

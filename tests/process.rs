@@ -6,82 +6,14 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use common::process::*;
 use common::*;
 use tierkv::proto::v1 as pb;
-
-const BINARY: &str = env!("CARGO_BIN_EXE_tierkv");
-
-/// A server process and the address it announced.
-struct ServerProcess {
-    child: Child,
-    addr: SocketAddr,
-    stderr: Arc<Mutex<Vec<String>>>,
-}
-
-impl ServerProcess {
-    fn endpoint(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-}
-
-fn server_command(data_dir: &Path) -> Command {
-    let mut command = Command::new(BINARY);
-    command
-        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(data_dir)
-        .env("TIERKV_LOG_FORMAT", "json")
-        .env("RUST_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    command
-}
-
-/// Starts the binary and waits for its "serving" log line.
-fn spawn_server(mut command: Command) -> ServerProcess {
-    let mut child = command.spawn().expect("spawn tierkv");
-    let stderr = child.stderr.take().expect("stderr");
-    let lines = Arc::new(Mutex::new(Vec::new()));
-    let (addr_tx, addr_rx) = mpsc::channel();
-    let collected = Arc::clone(&lines);
-    // Keep draining stderr for the life of the process so it never blocks on a full pipe.
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Ok(json) = serde_json::from_str::<serde_json::Value>(&line) {
-                if json["message"] == "serving" {
-                    if let Some(addr) = json["addr"]
-                        .as_str()
-                        .and_then(|addr| addr.parse::<SocketAddr>().ok())
-                    {
-                        let _ = addr_tx.send(addr);
-                    }
-                }
-            }
-            collected.lock().unwrap().push(line);
-        }
-    });
-    let addr = addr_rx
-        .recv_timeout(Duration::from_secs(60))
-        .unwrap_or_else(|_| {
-            panic!(
-                "server did not announce its address: {:?}",
-                lines.lock().unwrap()
-            )
-        });
-    ServerProcess {
-        child,
-        addr,
-        stderr: lines,
-    }
-}
 
 /// `kill -9` while writers are busy: every write the server acknowledged,
 /// single puts and atomic batches alike, is there after a restart, and the
@@ -203,9 +135,14 @@ async fn sigterm_exits_zero_and_keeps_data() {
     assert_eq!(result, 0);
     let status = server.child.wait().unwrap();
     assert!(status.success(), "exit status {status:?}");
-    let logs = server.stderr.lock().unwrap().join("\n");
-    assert!(logs.contains("shutting down"), "{logs}");
-    assert!(logs.contains("stopped"), "{logs}");
+    let logs = server.logs();
+    // The drain runs in order: NOT_SERVING, then refusing new calls, then the flush.
+    let position = |needle: &str| {
+        logs.find(needle)
+            .unwrap_or_else(|| panic!("no {needle:?} in {logs}"))
+    };
+    assert!(position("health is NOT_SERVING") < position("refusing new calls"));
+    assert!(position("refusing new calls") < position("\"stopped\""));
 
     let mut restarted = spawn_server(server_command(dir.path()));
     let mut client = connect(&restarted.endpoint()).await;

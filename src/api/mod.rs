@@ -5,5 +5,6 @@ pub mod codec;
 pub mod convert;
 pub mod deadline;
 pub mod kv;
+pub mod request_limits;
 pub mod session;
 pub mod status;

@@ -77,6 +77,15 @@ async fn serve(args: ServeArgs) -> Result<(), ServerError> {
     }
     config.validate()?;
     crate::telemetry::init(config.log_format, &config.log_level);
+    match server::connections::raise_descriptor_limit() {
+        Ok(limit) if limit < config.max_connections as u64 => tracing::warn!(
+            descriptor_limit = limit,
+            max_connections = config.max_connections,
+            "the descriptor limit is below max_connections; accept will fail (and back off) before the connection limit is reached"
+        ),
+        Ok(limit) => tracing::debug!(descriptor_limit = limit, "descriptor limit raised to the hard limit"),
+        Err(error) => tracing::warn!(%error, "cannot raise the descriptor limit"),
+    }
 
     let clock: SharedClock = Arc::new(SystemClock);
     let (engine, listener) = server::open_and_bind(&config, Arc::clone(&clock)).await?;

@@ -2,6 +2,8 @@
 //! directory, with a manual clock, reached through the generated client.
 #![allow(dead_code)]
 
+pub mod process;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -35,6 +37,7 @@ pub fn test_config(dir: &TempDir) -> Config {
         listen: "127.0.0.1:0".parse().unwrap(),
         data_dir: dir.path().join("data"),
         shutdown_grace_ms: 2_000,
+        shutdown_delay_ms: 0,
         ..Config::default()
     }
 }
