@@ -597,6 +597,66 @@ async fn group_commit_isolates_a_failed_precondition() {
     );
 }
 
+/// In one group, ops that read a key see what a blind put earlier in the
+/// group left: an `if_version` on the blind put's version commits, and a
+/// delete after it reports that the key existed. (A group of blind puts alone
+/// keeps no record of what it wrote; one such op is enough to turn it on.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn group_commit_sees_earlier_blind_puts() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock: SharedClock = ManualClock::new(1_800_000_000_000);
+    let engine = open(&dir, &["user:"], clock).unwrap();
+    let before = engine
+        .write(vec![conformance::put("warm-up", "v")])
+        .await
+        .unwrap();
+    let WriteOutcome::Put { version: last } = before[0] else {
+        panic!("{before:?}")
+    };
+    let groups_before = engine.groups_committed();
+
+    let pause = engine.pause_writer();
+    let delete = WriteOp::Delete(DeleteOp {
+        key: "user:new".into(),
+        precondition: Precondition::None,
+    });
+    let requests = vec![
+        vec![conformance::put("user:new", "a")],
+        vec![put_if("user:new", "b", Precondition::IfVersion(last + 1))],
+        vec![delete],
+    ];
+    let mut tasks = Vec::new();
+    for ops in requests {
+        let queued = engine.queued_write_bytes();
+        let writer = engine.clone();
+        tasks.push(tokio::spawn(async move { writer.write(ops).await }));
+        // Queue them in this order (a delete adds its key's bytes too).
+        while engine.queued_write_bytes() == queued {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+    drop(pause);
+    let mut results = Vec::new();
+    for task in tasks {
+        results.push(task.await.unwrap());
+    }
+
+    assert_eq!(engine.groups_committed(), groups_before + 1, "one group");
+    assert_eq!(
+        results[0].as_ref().unwrap(),
+        &vec![WriteOutcome::Put { version: last + 1 }]
+    );
+    assert_eq!(
+        results[1].as_ref().expect("if_version sees the blind put"),
+        &vec![WriteOutcome::Put { version: last + 2 }]
+    );
+    assert_eq!(
+        results[2].as_ref().unwrap(),
+        &vec![WriteOutcome::Delete { existed: true }]
+    );
+    assert!(engine.get("user:new".into()).await.unwrap().is_none());
+}
+
 /// The write queue is bounded in bytes: with the writer held, writes queue
 /// only up to `write_queue_bytes`; the next one waits for room.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
