@@ -270,12 +270,15 @@ async fn bulk_files_stream_in_bounded_memory() {
         "bulk put: {small_size}-byte file (one batch) peaked at {one_batch_peak} bytes; \
          {file_size}-byte file (30 batches) at {peak} bytes"
     );
+    // Reading the whole file cost about 20 times its size; streaming keeps
+    // 30 batches near one batch's peak. The margins absorb the allocator's
+    // arenas on a loaded machine, not growth with the file.
     assert!(
-        peak < one_batch_peak + one_batch_peak / 4,
+        peak < one_batch_peak + one_batch_peak / 2,
         "30 batches peaked at {peak} bytes, one batch at {one_batch_peak}"
     );
     assert!(
-        peak < file_size * 3 / 4,
+        peak < file_size,
         "a {file_size}-byte file peaked at {peak} bytes"
     );
     for key in ["stream:000000", "stream:123456", "stream:299999"] {
@@ -297,8 +300,8 @@ async fn bulk_files_stream_in_bounded_memory() {
     // Deleting holds less per batch than writing; the margin absorbs the
     // sampling noise of a loaded machine, not growth with the file.
     assert!(
-        delete_peak < peak + peak / 4,
-        "deleting 300,000 keys peaked at {delete_peak} bytes, writing them at {peak}"
+        delete_peak < one_batch_peak + one_batch_peak / 2,
+        "deleting 300,000 keys peaked at {delete_peak} bytes, one put batch at {one_batch_peak}"
     );
     assert!(!exists(&mut client, "stream:123456").await);
     assert!(list_all(&mut client, "stream:", 1000).await.is_empty());
