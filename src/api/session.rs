@@ -4,7 +4,7 @@ use prost_types::{Struct, Timestamp};
 use tonic::{Code, Request, Response, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
-use super::convert::{json_from_proto, json_to_proto, timestamp_from_millis};
+use super::convert::{json_from_proto, timestamp_from_millis};
 use super::status::{engine_status, ERROR_DOMAIN};
 use crate::kv::FieldViolation;
 use crate::proto::v1 as pb;
@@ -75,13 +75,6 @@ fn object_from_proto(
     }
 }
 
-fn object_to_proto(map: serde_json::Map<String, serde_json::Value>) -> Struct {
-    match json_to_proto(serde_json::Value::Object(map)).kind {
-        Some(prost_types::value::Kind::StructValue(value)) => value,
-        _ => Struct::default(),
-    }
-}
-
 fn nanos(duration: &prost_types::Duration) -> i128 {
     i128::from(duration.seconds) * 1_000_000_000 + i128::from(duration.nanos)
 }
@@ -98,8 +91,9 @@ fn session_to_proto(session: Session) -> pb::Session {
             .unwrap_or_default(),
         session_id: session.session_id,
         user_id: session.user_id,
-        data: Some(object_to_proto(session.data)),
-        metadata: session.metadata.map(object_to_proto),
+        // Stored as protobuf: handed out as they are, nothing converted.
+        data: Some(session.data),
+        metadata: session.metadata,
         create_time: time(session.create_at_millis),
         expire_time: time(session.expire_at_millis),
         idle_expire_time: session.idle_expire_at_millis.and_then(time),

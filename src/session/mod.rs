@@ -6,8 +6,8 @@
 //! # Storage
 //! Two kinds of keys live in the session namespace (prefix `P`, `session:` by
 //! default), which the Session service owns (the KV service refuses them):
-//! - `P s/<session_id>`: the session (JSON: user, hash of the token's secret,
-//!   times, data, metadata);
+//! - `P s/<session_id>`: the session (a protobuf message: user, hash of the
+//!   token's secret, times, data, metadata);
 //! - `P u/<escaped user_id>/<session_id>`: the user → sessions index, empty.
 //!
 //! Both are written in one atomic batch with the same expiry (the earlier of
@@ -27,10 +27,14 @@ pub mod token;
 
 use std::sync::Arc;
 
-use serde::{Deserialize, Serialize};
+use prost::Message as _;
+use prost_types::value::Kind;
+use prost_types::Struct;
+use serde::Deserialize;
 use serde_json::{Map, Value};
 use thiserror::Error;
 
+use crate::api::convert::{json_from_proto, json_to_proto};
 use crate::clock::SharedClock;
 use crate::engine::{
     DeleteOp, Engine, EngineError, Precondition, PutOp, Record, ScanRequest, ValueKind, WriteOp,
@@ -66,10 +70,11 @@ pub struct Session {
     pub session_id: String,
     /// The owning user.
     pub user_id: String,
-    /// Application data.
-    pub data: Map<String, Value>,
-    /// Metadata given at creation.
-    pub metadata: Option<Map<String, Value>>,
+    /// Application data, a JSON object as stored: a protobuf `Struct`, so
+    /// that reading a session converts nothing.
+    pub data: Struct,
+    /// Metadata given at creation, as stored.
+    pub metadata: Option<Struct>,
     /// Creation time, milliseconds since the Unix epoch.
     pub create_at_millis: u64,
     /// Absolute expiry.
@@ -161,23 +166,94 @@ fn violation(field: &str, description: String) -> FieldViolation {
     }
 }
 
-/// The session record as stored (JSON).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// The session record as stored: a protobuf message (see
+/// `docs/record-format.md`), so that `Get` decodes it with one pass of prost
+/// and hands `data` and `metadata` out as the `google.protobuf.Struct`s they
+/// are stored as, without a JSON round trip.
+#[derive(Clone, PartialEq, prost::Message)]
 struct Stored {
+    #[prost(string, tag = "1")]
     user_id: String,
-    /// URL-safe base64 of SHA-256 of the token's secret.
+    /// SHA-256 of the token's secret, 32 bytes.
+    #[prost(bytes = "vec", tag = "2")]
+    secret_hash: Vec<u8>,
+    #[prost(uint64, tag = "3")]
+    create_ms: u64,
+    #[prost(uint64, tag = "4")]
+    expire_ms: u64,
+    #[prost(uint64, optional, tag = "5")]
+    idle_timeout_ms: Option<u64>,
+    #[prost(uint64, optional, tag = "6")]
+    idle_expire_ms: Option<u64>,
+    #[prost(uint64, tag = "7")]
+    last_seen_ms: u64,
+    #[prost(message, optional, tag = "8")]
+    data: Option<Struct>,
+    #[prost(message, optional, tag = "9")]
+    metadata: Option<Struct>,
+}
+
+/// The JSON layout of session records written before the protobuf one
+/// (`ValueKind::Json`); still read, and rewritten in the new layout by the
+/// next change of the session.
+#[derive(Deserialize)]
+struct LegacyStored {
+    user_id: String,
     secret_hash: String,
     create_ms: u64,
     expire_ms: u64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     idle_timeout_ms: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     idle_expire_ms: Option<u64>,
     last_seen_ms: u64,
     #[serde(default)]
     data: Map<String, Value>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     metadata: Option<Map<String, Value>>,
+}
+
+impl LegacyStored {
+    fn into_stored(self) -> Stored {
+        Stored {
+            user_id: self.user_id,
+            secret_hash: token::decode_hash(&self.secret_hash)
+                .map(Vec::from)
+                .unwrap_or_default(),
+            create_ms: self.create_ms,
+            expire_ms: self.expire_ms,
+            idle_timeout_ms: self.idle_timeout_ms,
+            idle_expire_ms: self.idle_expire_ms,
+            last_seen_ms: self.last_seen_ms,
+            data: Some(struct_from_json(self.data)),
+            metadata: self.metadata.map(struct_from_json),
+        }
+    }
+}
+
+/// A JSON object as a `google.protobuf.Struct`.
+fn struct_from_json(object: Map<String, Value>) -> Struct {
+    match json_to_proto(Value::Object(object)).kind {
+        Some(Kind::StructValue(value)) => value,
+        _ => Struct::default(),
+    }
+}
+
+/// A `google.protobuf.Struct` as a JSON object. Stored structs came from
+/// JSON, so every number in them is finite and the conversion cannot fail;
+/// a record that says otherwise is corrupt.
+fn json_from_struct(session_id: &str, value: Struct) -> Result<Map<String, Value>, SessionError> {
+    match json_from_proto(prost_types::Value {
+        kind: Some(Kind::StructValue(value)),
+    }) {
+        Ok(Value::Object(object)) => Ok(object),
+        Ok(_) => Ok(Map::new()),
+        Err(reason) => Err(EngineError::Corrupt {
+            key: format!("session {session_id}"),
+            reason: format!("session data is not valid: {reason}"),
+        }
+        .into()),
+    }
 }
 
 impl Stored {
@@ -192,7 +268,7 @@ impl Stored {
             token,
             session_id,
             user_id: self.user_id,
-            data: self.data,
+            data: self.data.unwrap_or_default(),
             metadata: self.metadata,
             create_at_millis: self.create_ms,
             expire_at_millis: self.expire_ms,
@@ -320,20 +396,20 @@ impl SessionService {
         let expire_ms = now.saturating_add(ttl_ms);
         let mut stored = Stored {
             user_id: request.user_id,
-            secret_hash: String::new(),
+            secret_hash: Vec::new(),
             create_ms: now,
             expire_ms,
             idle_timeout_ms: idle_ms,
             idle_expire_ms: idle_ms.map(|idle| now.saturating_add(idle).min(expire_ms)),
             last_seen_ms: now,
-            data,
-            metadata: request.metadata,
+            data: Some(struct_from_json(data)),
+            metadata: request.metadata.map(struct_from_json),
         };
         // A collision of 128 random bits does not happen; IfAbsent makes sure
         // that if it did, nothing would be overwritten.
         for _ in 0..3 {
             let issued = token::issue();
-            stored.secret_hash = token::encode_hash(&issued.secret_hash);
+            stored.secret_hash = issued.secret_hash.to_vec();
             let ops = vec![
                 self.put_record(&issued.session_id, &stored, Precondition::IfAbsent),
                 self.put_index(
@@ -438,15 +514,18 @@ impl SessionService {
                 }
             }
             let mut stored = found.stored;
+            let mut data =
+                json_from_struct(&found.session_id, stored.data.take().unwrap_or_default())?;
             for (field, value) in patch.iter() {
-                merge_field(&mut stored.data, field, value.clone());
+                merge_field(&mut data, field, value.clone());
             }
-            if let Err(found) = check_json_size("data", &stored.data, self.config.max_data_bytes) {
+            if let Err(found) = check_json_size("data", &data, self.config.max_data_bytes) {
                 return Err(SessionError::InvalidArgument(vec![FieldViolation {
                     description: format!("after the patch, {}", found.description),
                     ..found
                 }]));
             }
+            stored.data = Some(struct_from_json(data));
             let ops = vec![self.put_record(
                 &found.session_id,
                 &stored,
@@ -479,7 +558,7 @@ impl SessionService {
             let found = self.find(token).await?;
             let issued = token::reissue(found.session_id);
             let mut stored = found.stored;
-            stored.secret_hash = token::encode_hash(&issued.secret_hash);
+            stored.secret_hash = issued.secret_hash.to_vec();
             let ops = vec![self.put_record(
                 &issued.session_id,
                 &stored,
@@ -706,7 +785,7 @@ impl SessionService {
         // an unknown id and a wrong secret take the same path.
         let stored_hash = found
             .as_ref()
-            .and_then(|found| token::decode_hash(&found.stored.secret_hash))
+            .and_then(|found| token::SecretHash::try_from(found.stored.secret_hash.as_slice()).ok())
             .unwrap_or([0xff; 32]);
         let matches = token::hashes_equal(&stored_hash, &presented.secret_hash);
         match found {
@@ -737,9 +816,8 @@ impl SessionService {
     fn put_record(&self, session_id: &str, stored: &Stored, precondition: Precondition) -> WriteOp {
         WriteOp::Put(PutOp {
             key: self.record_key(session_id),
-            kind: ValueKind::Json,
-            // Serializing maps with string keys cannot fail.
-            value: serde_json::to_vec(stored).unwrap_or_default(),
+            kind: ValueKind::Bytes,
+            value: stored.encode_to_vec(),
             metadata: None,
             expire_at_millis: Some(stored.record_expire_ms()),
             schema_version: 1,
@@ -791,13 +869,19 @@ fn put_version(outcomes: &[WriteOutcome]) -> Result<u64, SessionError> {
 }
 
 fn decode(session_id: &str, record: Record) -> Result<Stored, SessionError> {
-    serde_json::from_slice(&record.value).map_err(|error| {
+    let corrupt = |error: String| -> SessionError {
         EngineError::Corrupt {
             key: format!("session {session_id}"),
             reason: format!("session record is not valid: {error}"),
         }
         .into()
-    })
+    };
+    match record.kind {
+        ValueKind::Json => serde_json::from_slice::<LegacyStored>(&record.value)
+            .map(LegacyStored::into_stored)
+            .map_err(|error| corrupt(error.to_string())),
+        _ => Stored::decode(record.value.as_slice()).map_err(|error| corrupt(error.to_string())),
+    }
 }
 
 /// Checks a duration in nanoseconds against 1 s..=`max_ms`; returns whole
@@ -901,6 +985,67 @@ mod tests {
             Value::Object(data),
             json!({"a": "z", "c": {"d": "e", "x": {"y": 1}}, "k": {"n": 2}})
         );
+    }
+
+    fn record(kind: ValueKind, value: Vec<u8>) -> Record {
+        Record {
+            kind,
+            value,
+            metadata: None,
+            expire_at_millis: Some(5000),
+            version: 7,
+            schema_version: 1,
+        }
+    }
+
+    /// The protobuf record round-trips; a JSON record of the earlier layout
+    /// reads as the same session; garbage is corrupt, not a panic.
+    #[test]
+    fn records_decode_in_both_layouts() {
+        let hash = [7u8; 32];
+        let stored = Stored {
+            user_id: "alice".into(),
+            secret_hash: hash.to_vec(),
+            create_ms: 1000,
+            expire_ms: 5000,
+            idle_timeout_ms: Some(2000),
+            idle_expire_ms: Some(3000),
+            last_seen_ms: 1000,
+            data: Some(struct_from_json(object(json!({"role": "admin", "n": 3})))),
+            metadata: Some(struct_from_json(object(json!({"ip": "10.0.0.1"})))),
+        };
+        let decoded = decode("id", record(ValueKind::Bytes, stored.encode_to_vec())).unwrap();
+        assert_eq!(decoded, stored);
+
+        let legacy = json!({
+            "user_id": "alice",
+            "secret_hash": token::encode_hash(&hash),
+            "create_ms": 1000,
+            "expire_ms": 5000,
+            "idle_timeout_ms": 2000,
+            "idle_expire_ms": 3000,
+            "last_seen_ms": 1000,
+            "data": {"role": "admin", "n": 3},
+            "metadata": {"ip": "10.0.0.1"},
+        });
+        let value = serde_json::to_vec(&legacy).unwrap();
+        let decoded = decode("id", record(ValueKind::Json, value)).unwrap();
+        assert_eq!(decoded, stored);
+        assert_eq!(
+            json_from_struct("id", decoded.data.unwrap()).unwrap(),
+            object(json!({"role": "admin", "n": 3}))
+        );
+
+        for (kind, garbage) in [
+            (ValueKind::Bytes, vec![0xff, 0xff, 0xff]),
+            (ValueKind::Json, b"{".to_vec()),
+        ] {
+            let error = decode("id", record(kind, garbage)).unwrap_err();
+            assert!(
+                matches!(error, SessionError::Engine(EngineError::Corrupt { .. })),
+                "{error:?}"
+            );
+        }
     }
 
     /// Duration limits name the field, the limit and the actual value.
