@@ -14,7 +14,8 @@
 //!    keys), `Get` (hits on those keys), `BatchGet` of 100 keys, `BatchWrite`
 //!    of 1000 small puts and `List` pages of 1000 keys. The Session service
 //!    runs beside them: `SessionService/Create`, then `SessionService/Get` of
-//!    those sessions right after `KvService/Get` (the table prints the ratio
+//!    those sessions interleaved with `KvService/Get` (get, session_get,
+//!    session_get, get after a warm-up of each; the table prints the ratio
 //!    of the two: validating a session is on every request of every user),
 //!    and `Touch` within the touch interval (which must not write). Each runs a bounded
 //!    number of RPCs with a fixed number in flight (tokio tasks sharing clones
@@ -947,17 +948,22 @@ async fn benchmarks(plan: &Plan, server: &RunningServer) -> Result<(), BoxError>
         tokens: Arc::clone(&tokens),
         touch: false,
     };
-    // Interleaved, so that both see the same machine: single runs swing.
+    // Warmed up, then interleaved as get, session_get, session_get, get, so
+    // that both see the same machine and a drift of its load (other
+    // processes, RocksDB still flushing the writes above) weighs on both
+    // alike rather than on whichever always runs first.
+    run("warm-up", &get, plan.warmup, plan.concurrency).await?;
+    run("warm-up", &session_get, plan.warmup, plan.concurrency).await?;
     let kv_first = run("get", &get, plan.ops, plan.concurrency).await?;
     let session_first = run("session_get", &session_get, plan.ops, plan.concurrency).await?;
-    let kv_second = run("get", &get, plan.ops, plan.concurrency).await?;
     let session_second = run("session_get", &session_get, plan.ops, plan.concurrency).await?;
+    let kv_second = run("get", &get, plan.ops, plan.concurrency).await?;
     let session_ratio = (session_first.ops_per_sec() + session_second.ops_per_sec())
         / (kv_first.ops_per_sec() + kv_second.ops_per_sec());
     results.push(kv_first);
     results.push(session_first);
-    results.push(kv_second);
     results.push(session_second);
+    results.push(kv_second);
     let session_touch = Workload::SessionGet {
         client: sessions,
         tokens,
