@@ -97,16 +97,21 @@ impl Record {
             .is_some_and(|expire_at| expire_at <= now_millis)
     }
 
-    /// Serializes the record.
-    pub fn encode(&self) -> Vec<u8> {
-        encode_parts(RecordParts {
+    /// The record as borrowed parts, for the encoders.
+    pub fn parts(&self) -> RecordParts<'_> {
+        RecordParts {
             kind: self.kind,
             value: &self.value,
             metadata: self.metadata.as_deref(),
             expire_at_millis: self.expire_at_millis,
             version: self.version,
             schema_version: self.schema_version,
-        })
+        }
+    }
+
+    /// Serializes the record.
+    pub fn encode(&self) -> Vec<u8> {
+        encode_parts(self.parts())
     }
 
     /// Deserializes a record; with `include_value = false` the value is left empty.
@@ -428,14 +433,7 @@ mod tests {
         let value = vec![7u8; INLINE_VALUE_MAX + 1];
         let mut record = sample();
         record.value = value.clone();
-        let stored = encode_stored(RecordParts {
-            kind: record.kind,
-            value: &record.value,
-            metadata: record.metadata.as_deref(),
-            expire_at_millis: record.expire_at_millis,
-            version: record.version,
-            schema_version: record.schema_version,
-        });
+        let stored = encode_stored(record.parts());
         let mut head = vec![2u8, 2, 0, 0];
         head.extend_from_slice(&42u64.to_le_bytes());
         head.extend_from_slice(&3u32.to_le_bytes());
@@ -484,14 +482,7 @@ mod tests {
     #[test]
     fn short_values_stay_inline() {
         let record = sample();
-        let stored = encode_stored(RecordParts {
-            kind: record.kind,
-            value: &record.value,
-            metadata: record.metadata.as_deref(),
-            expire_at_millis: record.expire_at_millis,
-            version: record.version,
-            schema_version: record.schema_version,
-        });
+        let stored = encode_stored(record.parts());
         assert_eq!(stored.head, record.encode());
         assert_eq!(stored.value_entry, None);
         assert_eq!(peek_payload_len(&stored.head).unwrap(), 10 + 7);
