@@ -73,3 +73,16 @@ pub const MAX_BATCH_WRITE_REQUEST_BYTES: usize = MAX_MESSAGE_BYTES;
 pub const MAX_SESSION_WRITE_REQUEST_BYTES: usize = 16 * 1024 * 1024;
 /// Largest request of any other method (health checks, reflection).
 pub const MAX_OTHER_REQUEST_BYTES: usize = 64 * 1024;
+
+/// The page size a listing request asks for: `requested` of 0 means
+/// `default`; anything negative or above `max` is refused with a description
+/// naming the range and the value.
+pub fn resolve_page_size(requested: i32, default: usize, max: usize) -> Result<usize, String> {
+    match requested {
+        0 => Ok(default),
+        size if size < 0 || size as usize > max => Err(format!(
+            "page_size is {size}; it must be between 0 and {max}"
+        )),
+        size => Ok(size as usize),
+    }
+}

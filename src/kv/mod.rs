@@ -524,16 +524,9 @@ impl KvService {
         // A prefix inside an owned namespace is refused; one that spans owned
         // namespaces (the empty prefix) is answered without them by the engine.
         self.check_owner("prefix", prefix)?;
-        let page_size = match page_size {
-            0 => DEFAULT_PAGE_SIZE,
-            size if size < 0 || size as usize > MAX_PAGE_SIZE => {
-                return Err(invalid(
-                    "page_size",
-                    format!("page_size is {size}; it must be between 0 and {MAX_PAGE_SIZE}"),
-                ))
-            }
-            size => size as usize,
-        };
+        let page_size =
+            crate::kv::limits::resolve_page_size(page_size, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+                .map_err(|description| invalid("page_size", description))?;
         let secret = self.engine.instance_secret();
         let start_after = if page_token.is_empty() {
             None

@@ -636,16 +636,9 @@ impl SessionService {
     ) -> Result<SessionPage, SessionError> {
         self.check_user_id("user_id", user_id)
             .map_err(|found| SessionError::InvalidArgument(vec![found]))?;
-        let page_size = match page_size {
-            0 => DEFAULT_PAGE_SIZE,
-            size if size < 0 || size as usize > MAX_PAGE_SIZE => {
-                return Err(invalid(
-                    "page_size",
-                    format!("page_size is {size}; it must be between 0 and {MAX_PAGE_SIZE}"),
-                ))
-            }
-            size => size as usize,
-        };
+        let page_size =
+            crate::kv::limits::resolve_page_size(page_size, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+                .map_err(|description| invalid("page_size", description))?;
         // A page token is the last session id of the previous page: ids are
         // not secret, and a forged one only moves the start within this
         // user's own index.
