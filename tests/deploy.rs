@@ -1,0 +1,218 @@
+//! What `deploy/` ships holds up offline: the Kubernetes manifests validate
+//! (strictly, so a misspelled field fails) against the Kubernetes schemas, the
+//! Dockerfile passes hadolint, the configuration in the ConfigMap is one the
+//! server accepts, the pod's termination grace covers the server's drain, and
+//! the real binary starts with the variables Kubernetes injects for a Service
+//! named `tierkv`. No container engine runs here, so the image itself is not
+//! built by the tests.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::process::*;
+use tierkv::config::Config;
+use tonic_health::pb::health_client::HealthClient;
+use tonic_health::pb::{health_check_response::ServingStatus, HealthCheckRequest};
+
+/// The oldest Kubernetes the manifests support: native gRPC probes are GA in 1.27.
+const OLDEST_KUBERNETES: &str = "1.29.0";
+
+fn deploy_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy")
+}
+
+fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_else(|error| panic!("{}: {error}", path.display()))
+}
+
+/// Runs a test tool that `scripts/setup.sh --with-test-tools` installs; a missing
+/// tool fails the test rather than skipping it.
+fn run_tool(program: &str, args: &[&str]) -> (bool, String) {
+    let output = Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|error| {
+            panic!("{program} is needed ({error}); run `bash scripts/setup.sh --with-test-tools`")
+        });
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (output.status.success(), text)
+}
+
+/// The `resources:` of the base kustomization, in order.
+fn kustomization_resources() -> Vec<PathBuf> {
+    let base = deploy_dir().join("k8s/base");
+    let text = read(&base.join("kustomization.yaml"));
+    let mut resources = Vec::new();
+    let mut in_resources = false;
+    for line in text.lines() {
+        if line.starts_with("resources:") {
+            in_resources = true;
+        } else if in_resources {
+            match line.trim().strip_prefix("- ") {
+                Some(file) if line.starts_with("  ") => resources.push(base.join(file.trim())),
+                _ => in_resources = false,
+            }
+        }
+    }
+    resources
+}
+
+/// Every resource of the base validates strictly against the Kubernetes
+/// schemas of the oldest supported version and of the newest one bundled.
+#[test]
+fn kubernetes_manifests_validate_strictly() {
+    let resources = kustomization_resources();
+    assert!(resources.len() >= 3, "kustomization lists {resources:?}");
+    for resource in &resources {
+        assert!(resource.exists(), "{} is missing", resource.display());
+    }
+    let files: Vec<&str> = resources
+        .iter()
+        .map(|path| path.to_str().unwrap())
+        .collect();
+    for version in [OLDEST_KUBERNETES, ""] {
+        let mut args = vec!["--strict"];
+        if !version.is_empty() {
+            args.extend(["-k", version]);
+        }
+        args.extend(&files);
+        let (ok, output) = run_tool("kubernetes-validate", &args);
+        assert!(ok, "kubernetes-validate {args:?} failed:\n{output}");
+        for kind in [
+            "statefulset/tierkv",
+            "service/tierkv",
+            "poddisruptionbudget/tierkv",
+        ] {
+            assert!(
+                output.contains(&format!("passed for resource {kind}")),
+                "{kind} was not validated:\n{output}"
+            );
+        }
+    }
+}
+
+/// The validator really rejects a misspelled field, so the test above can fail.
+#[test]
+fn kubernetes_validation_catches_a_misspelled_field() {
+    let statefulset = read(&deploy_dir().join("k8s/base/statefulset.yaml"));
+    let broken = statefulset.replace("terminationGracePeriodSeconds", "terminationGracePeriod");
+    assert_ne!(broken, statefulset);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("statefulset.yaml");
+    std::fs::write(&path, broken).unwrap();
+    let (ok, output) = run_tool("kubernetes-validate", &["--strict", path.to_str().unwrap()]);
+    assert!(!ok, "a misspelled field passed:\n{output}");
+    assert!(output.contains("terminationGracePeriod"), "{output}");
+}
+
+/// The Dockerfile passes hadolint at its strictest threshold.
+#[test]
+fn dockerfile_passes_hadolint() {
+    let dockerfile = deploy_dir().join("Dockerfile");
+    let (ok, output) = run_tool(
+        "hadolint",
+        &[
+            "--no-color",
+            "--failure-threshold",
+            "style",
+            dockerfile.to_str().unwrap(),
+        ],
+    );
+    assert!(ok, "hadolint:\n{output}");
+    let text = read(&dockerfile);
+    assert!(
+        text.contains("USER 10001"),
+        "the image must not run as root"
+    );
+}
+
+/// The ConfigMap's configuration loads and validates in the real server's
+/// loader, and the pod's termination grace covers the drain it configures.
+#[test]
+fn kubernetes_configuration_is_accepted_and_drain_fits_the_grace_period() {
+    let config_path = deploy_dir().join("k8s/base/tierkv.toml");
+    let config = Config::load(Some(&config_path), &Default::default())
+        .unwrap_or_else(|error| panic!("{}: {error}", config_path.display()));
+    config.validate().unwrap();
+    assert_eq!(config.listen.port(), 50051);
+    assert!(
+        config.sync_writes,
+        "a pod on a PVC should fsync its commits"
+    );
+
+    let statefulset = read(&deploy_dir().join("k8s/base/statefulset.yaml"));
+    let grace_secs: u64 = statefulset
+        .lines()
+        .find_map(|line| line.trim().strip_prefix("terminationGracePeriodSeconds:"))
+        .expect("terminationGracePeriodSeconds")
+        .trim()
+        .parse()
+        .unwrap();
+    let drain_ms = config.shutdown_delay_ms + config.shutdown_grace_ms;
+    // Leave at least 5 s for RocksDB's flush after the drain.
+    assert!(
+        grace_secs * 1000 >= drain_ms + 5000,
+        "terminationGracePeriodSeconds {grace_secs} s does not cover a {drain_ms} ms drain plus flush"
+    );
+    assert!(statefulset.contains("enableServiceLinks: false"));
+    assert!(statefulset.contains("containerPort: 50051"));
+}
+
+/// Kubernetes injects `TIERKV_PORT=tcp://…`, `TIERKV_SERVICE_HOST` and friends
+/// into every pod of a namespace with a Service named `tierkv`; the real binary
+/// starts with them and serves, and still refuses a misspelled setting.
+#[tokio::test]
+async fn server_starts_with_kubernetes_service_link_variables() {
+    let links = [
+        ("TIERKV_PORT", "tcp://10.96.0.15:50051"),
+        ("TIERKV_PORT_50051_TCP", "tcp://10.96.0.15:50051"),
+        ("TIERKV_PORT_50051_TCP_ADDR", "10.96.0.15"),
+        ("TIERKV_PORT_50051_TCP_PORT", "50051"),
+        ("TIERKV_PORT_50051_TCP_PROTO", "tcp"),
+        ("TIERKV_SERVICE_HOST", "10.96.0.15"),
+        ("TIERKV_SERVICE_PORT", "50051"),
+        ("TIERKV_SERVICE_PORT_GRPC", "50051"),
+        ("TIERKV_HEADLESS_PORT", "tcp://10.96.0.16:50051"),
+        ("TIERKV_HEADLESS_SERVICE_PORT_GRPC", "50051"),
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    let mut command = server_command(dir.path());
+    command.envs(links);
+    let mut server = spawn_server(command);
+    let channel = tonic::transport::Endpoint::from_shared(server.endpoint())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let status = HealthClient::new(channel)
+        .check(HealthCheckRequest {
+            service: "tierkv.v1.KvService".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .status;
+    assert_eq!(status, ServingStatus::Serving as i32);
+    server.child.kill().unwrap();
+    server.child.wait().unwrap();
+
+    let output = Command::new(BINARY)
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path())
+        .envs(links)
+        .env("TIERKV_SYNC_WRTES", "true")
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("TIERKV_SYNC_WRTES") && stderr.contains("unknown variable"),
+        "{stderr}"
+    );
+}
