@@ -12,10 +12,17 @@ use thiserror::Error;
 
 use crate::engine::Namespaces;
 use crate::kv::limits::{MAX_KEY_BYTES, MAX_MESSAGE_BYTES};
+use crate::server::tls::TlsSettings;
 use crate::session::SessionConfig;
 
 /// Environment variables read by the command-line client, not the server.
-const CLIENT_ENV: &[&str] = &["TIERKV_ENDPOINT", "TIERKV_CONFIG"];
+const CLIENT_ENV: &[&str] = &[
+    "TIERKV_ENDPOINT",
+    "TIERKV_CONFIG",
+    "TIERKV_CA_FILE",
+    "TIERKV_CLIENT_CERT_FILE",
+    "TIERKV_CLIENT_KEY_FILE",
+];
 
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
@@ -74,6 +81,8 @@ pub struct Config {
     pub log_level: String,
     /// The Session service (`[session]` in the file).
     pub session: SessionConfig,
+    /// TLS and mutual TLS on the gRPC port (`[tls]` in the file).
+    pub tls: TlsSettings,
 }
 
 impl Default for Config {
@@ -97,6 +106,7 @@ impl Default for Config {
             log_format: LogFormat::Human,
             log_level: "info".to_string(),
             session: SessionConfig::default(),
+            tls: TlsSettings::default(),
         }
     }
 }
@@ -224,6 +234,18 @@ const SERVER_ENV: &[(&str, &str, EnvKind)] = &[
         "session.max_metadata_bytes",
         EnvKind::Integer,
     ),
+    ("TIERKV_TLS_CERT_FILE", "tls.cert_file", EnvKind::Text),
+    ("TIERKV_TLS_KEY_FILE", "tls.key_file", EnvKind::Text),
+    (
+        "TIERKV_TLS_CLIENT_CA_FILE",
+        "tls.client_ca_file",
+        EnvKind::Text,
+    ),
+    (
+        "TIERKV_TLS_RELOAD_INTERVAL_SECS",
+        "tls.reload_interval_secs",
+        EnvKind::Integer,
+    ),
 ];
 
 impl Config {
@@ -328,6 +350,7 @@ impl Config {
             ConfigError::Invalid(format!("log_level {:?}: {error}", self.log_level))
         })?;
         self.session.validate().map_err(ConfigError::Invalid)?;
+        self.tls.validate().map_err(ConfigError::Invalid)?;
         self.namespaces().map_err(|error| {
             ConfigError::Invalid(format!("session.prefix {:?}: {error}", self.session.prefix))
         })?;

@@ -3,6 +3,7 @@
 
 pub mod connections;
 pub mod in_flight;
+pub mod tls;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -103,6 +104,9 @@ pub enum ServerError {
     /// The reflection service could not be built.
     #[error("reflection: {0}")]
     Reflection(String),
+    /// The TLS certificate, key or client CA could not be loaded.
+    #[error("{0}")]
+    Tls(String),
     /// The transport failed.
     #[error("transport: {0}")]
     Transport(#[from] tonic::transport::Error),
@@ -312,7 +316,8 @@ async fn serve_until_stopped(
         // Inside the deadline, so waiting for request memory counts against it.
         .layer(RequestLimitLayer::new(Arc::clone(&stats.budget)))
         .add_routes(routes.routes());
-    let incoming = connections::incoming(listener, Arc::clone(&stats.connections));
+    let tls = config.tls.acceptor().map_err(ServerError::Tls)?;
+    let incoming = connections::incoming(listener, Arc::clone(&stats.connections), tls);
     let serving = router.serve_with_incoming_shutdown(incoming, async {
         let _ = drain_rx.await;
     });
@@ -323,6 +328,8 @@ async fn serve_until_stopped(
         max_connections = config.max_connections,
         max_concurrent_streams = config.max_concurrent_streams,
         request_memory_mb = config.request_memory_mb,
+        tls = config.tls.enabled(),
+        mutual_tls = config.tls.client_ca_file.is_some(),
         "serving"
     );
 

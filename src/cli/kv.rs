@@ -11,7 +11,7 @@ use serde::Deserialize;
 use tonic::transport::Channel;
 use tonic_types::StatusExt;
 
-use super::DEFAULT_ENDPOINT;
+use super::ConnectArgs;
 use crate::api::convert::{json_from_proto, json_to_proto};
 use crate::kv::limits::{MAX_BATCH_WRITE_BYTES, MAX_BATCH_WRITE_MUTATIONS, MAX_MESSAGE_BYTES};
 use crate::proto::v1 as pb;
@@ -20,9 +20,8 @@ use pb::kv_service_client::KvServiceClient;
 /// Arguments of `tierkv kv`.
 #[derive(Debug, Args)]
 pub struct KvArgs {
-    /// The server to talk to.
-    #[arg(long, global = true, env = "TIERKV_ENDPOINT", default_value = DEFAULT_ENDPOINT)]
-    endpoint: String,
+    #[command(flatten)]
+    connect: ConnectArgs,
     #[command(subcommand)]
     command: KvCommand,
 }
@@ -144,17 +143,15 @@ pub async fn run(args: KvArgs) -> ExitCode {
     }
 }
 
-async fn connect(endpoint: &str) -> Result<KvServiceClient<Channel>, CliError> {
-    let client = KvServiceClient::connect(endpoint.to_string())
-        .await
-        .map_err(|error| CliError::Connect(format!("{endpoint}: {error}")))?;
+async fn connect(args: &ConnectArgs) -> Result<KvServiceClient<Channel>, CliError> {
+    let client = KvServiceClient::new(args.channel().await.map_err(CliError::Connect)?);
     Ok(client
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES))
 }
 
 async fn execute(args: KvArgs) -> Result<ExitCode, CliError> {
-    let mut client = connect(&args.endpoint).await?;
+    let mut client = connect(&args.connect).await?;
     match args.command {
         KvCommand::Get {
             key,

@@ -1,8 +1,11 @@
 //! The `tierkv` command line: `serve` runs the server; `kv` talks to one,
 //! modelled on `wrangler kv`; `session` manages sessions.
 
+mod connect;
 mod kv;
 mod session;
+
+pub use connect::ConnectArgs;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

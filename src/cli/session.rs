@@ -13,7 +13,7 @@ use serde_json::{json, Map, Value};
 use tonic::transport::Channel;
 use tonic_types::StatusExt;
 
-use super::DEFAULT_ENDPOINT;
+use super::ConnectArgs;
 use crate::api::convert::{json_from_proto, json_to_proto};
 use crate::proto::v1 as pb;
 use pb::session_service_client::SessionServiceClient;
@@ -21,9 +21,8 @@ use pb::session_service_client::SessionServiceClient;
 /// Arguments of `tierkv session`.
 #[derive(Debug, Args)]
 pub struct SessionArgs {
-    /// The server to talk to.
-    #[arg(long, global = true, env = "TIERKV_ENDPOINT", default_value = DEFAULT_ENDPOINT)]
-    endpoint: String,
+    #[command(flatten)]
+    connect: ConnectArgs,
     #[command(subcommand)]
     command: SessionCommand,
 }
@@ -230,9 +229,7 @@ fn answer(result: Result<tonic::Response<pb::Session>, tonic::Status>) -> Result
 
 async fn execute(args: SessionArgs) -> Result<ExitCode, String> {
     let mut client: SessionServiceClient<Channel> =
-        SessionServiceClient::connect(args.endpoint.clone())
-            .await
-            .map_err(|error| format!("cannot connect: {}: {error}", args.endpoint))?;
+        SessionServiceClient::new(args.connect.channel().await?);
     match args.command {
         SessionCommand::Create {
             user_id,

@@ -21,7 +21,10 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
 use tokio::time::{Instant, Sleep};
+use tokio_rustls::server::TlsStream;
+use tokio_rustls::TlsAcceptor;
 use tokio_stream::Stream;
 use tonic::transport::server::{Connected, TcpConnectInfo};
 
@@ -64,6 +67,8 @@ pub struct ConnectionCounts {
     pub accept_errors: u64,
     /// Connections closed by force at the end of the shutdown grace period.
     pub forced_closed: u64,
+    /// TLS handshakes that failed (bad certificate, wrong protocol...).
+    pub tls_failures: u64,
 }
 
 /// The open connections and their counters, shared by the accept loop, every
@@ -83,6 +88,7 @@ pub struct Connections {
     handshake_timeouts: AtomicU64,
     accept_errors: AtomicU64,
     forced_closed: AtomicU64,
+    tls_failures: AtomicU64,
 }
 
 impl Connections {
@@ -99,6 +105,7 @@ impl Connections {
             handshake_timeouts: AtomicU64::new(0),
             accept_errors: AtomicU64::new(0),
             forced_closed: AtomicU64::new(0),
+            tls_failures: AtomicU64::new(0),
         })
     }
 
@@ -112,6 +119,7 @@ impl Connections {
             handshake_timeouts: self.handshake_timeouts.load(Ordering::Relaxed),
             accept_errors: self.accept_errors.load(Ordering::Relaxed),
             forced_closed: self.forced_closed.load(Ordering::Relaxed),
+            tls_failures: self.tls_failures.load(Ordering::Relaxed),
         }
     }
 
@@ -142,7 +150,7 @@ impl Connections {
     }
 
     /// Registers `stream` if there is room under the connection limit.
-    fn admit(self: &Arc<Self>, stream: TcpStream) -> Option<Connection> {
+    fn admit(self: &Arc<Self>, stream: TcpStream) -> Option<Registered> {
         let open = self.open.fetch_add(1, Ordering::AcqRel) + 1;
         if open > self.limits.max_connections {
             self.open.fetch_sub(1, Ordering::AcqRel);
@@ -153,29 +161,24 @@ impl Connections {
         self.accepted.fetch_add(1, Ordering::Relaxed);
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         self.lock_sockets().insert(id, stream.as_raw_fd());
-        Some(Connection {
+        Some(Registered {
             stream,
             id,
             connections: Arc::clone(self),
-            handshake: Some(Box::pin(tokio::time::sleep(self.limits.handshake_timeout))),
-            preface_read: 0,
         })
     }
 }
 
-/// An accepted connection: a TCP stream that leaves the registry when
-/// dropped and fails its reads if the preface does not arrive in time.
+/// A TCP stream counted against the connection limit; it leaves the
+/// registry when dropped.
 #[derive(Debug)]
-pub struct Connection {
+struct Registered {
     stream: TcpStream,
     id: u64,
     connections: Arc<Connections>,
-    /// Fires when the handshake timeout is over; `None` once the preface is in.
-    handshake: Option<Pin<Box<Sleep>>>,
-    preface_read: usize,
 }
 
-impl Drop for Connection {
+impl Drop for Registered {
     fn drop(&mut self) {
         // Leave the registry before `stream` (dropped after this) closes the
         // descriptor: see `Connections::sockets`.
@@ -184,11 +187,52 @@ impl Drop for Connection {
     }
 }
 
+/// The bytes of a connection: plain TCP, or TLS over it.
+#[derive(Debug)]
+enum Io {
+    Plain(Registered),
+    Tls(Box<TlsStream<Registered>>),
+}
+
+impl Io {
+    fn registered(&self) -> &Registered {
+        match self {
+            Io::Plain(registered) => registered,
+            Io::Tls(tls) => tls.get_ref().0,
+        }
+    }
+}
+
+/// An accepted connection: counted against the limit while it lives, and
+/// failing its reads if the HTTP/2 preface does not arrive in time (counted
+/// from the TCP accept, so a TLS handshake spends the same budget).
+#[derive(Debug)]
+pub struct Connection {
+    io: Io,
+    /// Fires when the handshake timeout is over; `None` once the preface is in.
+    handshake: Option<Pin<Box<Sleep>>>,
+    preface_read: usize,
+}
+
+impl Connection {
+    fn new(io: Io, handshake_deadline: Instant) -> Self {
+        Self {
+            io,
+            handshake: Some(Box::pin(tokio::time::sleep_until(handshake_deadline))),
+            preface_read: 0,
+        }
+    }
+
+    fn connections(&self) -> &Arc<Connections> {
+        &self.io.registered().connections
+    }
+}
+
 impl Connected for Connection {
     type ConnectInfo = TcpConnectInfo;
 
     fn connect_info(&self) -> Self::ConnectInfo {
-        self.stream.connect_info()
+        self.io.registered().stream.connect_info()
     }
 }
 
@@ -200,7 +244,7 @@ impl AsyncRead for Connection {
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         let before = buf.filled().len();
-        let polled = Pin::new(&mut this.stream).poll_read(cx, buf);
+        let polled = Pin::new(&mut this.io).poll_read(cx, buf);
         let Some(deadline) = this.handshake.as_mut() else {
             return polled;
         };
@@ -218,11 +262,12 @@ impl AsyncRead for Connection {
                 Poll::Pending => Poll::Pending,
                 Poll::Ready(()) => {
                     this.handshake = None;
-                    this.connections
+                    let connections = this.connections();
+                    connections
                         .handshake_timeouts
                         .fetch_add(1, Ordering::Relaxed);
                     tracing::debug!(
-                        timeout_ms = this.connections.limits.handshake_timeout.as_millis() as u64,
+                        timeout_ms = connections.limits.handshake_timeout.as_millis() as u64,
                         "closing a connection that sent no HTTP/2 preface in time"
                     );
                     Poll::Ready(Err(io::Error::new(
@@ -236,6 +281,104 @@ impl AsyncRead for Connection {
 }
 
 impl AsyncWrite for Connection {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+}
+
+impl AsyncRead for Io {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Io::Plain(plain) => Pin::new(plain).poll_read(cx, buf),
+            Io::Tls(tls) => Pin::new(tls.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Io {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Io::Plain(plain) => Pin::new(plain).poll_write(cx, buf),
+            Io::Tls(tls) => Pin::new(tls.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Io::Plain(plain) => Pin::new(plain).poll_flush(cx),
+            Io::Tls(tls) => Pin::new(tls.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Io::Plain(plain) => Pin::new(plain).poll_shutdown(cx),
+            Io::Tls(tls) => Pin::new(tls.as_mut()).poll_shutdown(cx),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Io::Plain(plain) => Pin::new(plain).poll_write_vectored(cx, bufs),
+            Io::Tls(tls) => Pin::new(tls.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Io::Plain(plain) => plain.is_write_vectored(),
+            Io::Tls(tls) => tls.is_write_vectored(),
+        }
+    }
+}
+
+impl AsyncRead for Registered {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Registered {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -316,7 +459,8 @@ struct AcceptLoop {
 }
 
 impl AcceptLoop {
-    async fn next(&mut self) -> Connection {
+    /// The next admitted connection, and when its handshake time is over.
+    async fn next(&mut self) -> (Registered, Instant) {
         loop {
             let stream = match self.listener.accept().await {
                 Ok((stream, _)) => stream,
@@ -342,9 +486,10 @@ impl AcceptLoop {
                 }
             };
             self.backoff = MIN_ACCEPT_BACKOFF;
+            let handshake_deadline = Instant::now() + self.connections.limits.handshake_timeout;
             configure_socket(&stream, self.connections.limits.tcp_keepalive);
             match self.connections.admit(stream) {
-                Some(connection) => return connection,
+                Some(registered) => return (registered, handshake_deadline),
                 None => {
                     if let Some(suppressed) = self.limit_warning.due() {
                         tracing::warn!(
@@ -376,16 +521,78 @@ fn configure_socket(stream: &TcpStream, keepalive: Option<Duration>) {
 /// `serve_with_incoming_shutdown`. It never yields an error: failures are
 /// handled (and logged) here, so tonic's loop never spins on them. Dropping
 /// it closes the listener.
-pub fn incoming(listener: TcpListener, connections: Arc<Connections>) -> Incoming {
-    Incoming {
-        idle: Some(AcceptLoop {
-            listener,
-            connections,
-            backoff: MIN_ACCEPT_BACKOFF,
-            accept_warning: Throttled::new(),
-            limit_warning: Throttled::new(),
-        }),
-        accepting: None,
+///
+/// With `tls`, each connection's TLS handshake runs in a task of its own
+/// (a slow client must not hold up the others), bounded by the handshake
+/// timeout; only completed handshakes are yielded.
+pub fn incoming(
+    listener: TcpListener,
+    connections: Arc<Connections>,
+    tls: Option<TlsAcceptor>,
+) -> Incoming {
+    let accept_loop = AcceptLoop {
+        listener,
+        connections,
+        backoff: MIN_ACCEPT_BACKOFF,
+        accept_warning: Throttled::new(),
+        limit_warning: Throttled::new(),
+    };
+    match tls {
+        None => Incoming {
+            idle: Some(accept_loop),
+            accepting: None,
+            handshaken: None,
+        },
+        Some(acceptor) => {
+            // Room for a burst of handshakes finishing while tonic is busy.
+            let (sender, receiver) = mpsc::channel(64);
+            tokio::spawn(accept_tls(accept_loop, acceptor, sender));
+            Incoming {
+                idle: None,
+                accepting: None,
+                handshaken: Some(receiver),
+            }
+        }
+    }
+}
+
+/// Accepts until the receiving [`Incoming`] is dropped, handing each
+/// connection to a handshake task.
+async fn accept_tls(
+    mut accept_loop: AcceptLoop,
+    acceptor: TlsAcceptor,
+    sender: mpsc::Sender<Connection>,
+) {
+    loop {
+        let (registered, deadline) = tokio::select! {
+            next = accept_loop.next() => next,
+            // Dropping the listener (with `accept_loop`) refuses new connections.
+            () = sender.closed() => return,
+        };
+        let acceptor = acceptor.clone();
+        let sender = sender.clone();
+        tokio::spawn(async move {
+            let connections = Arc::clone(&registered.connections);
+            match tokio::time::timeout_at(deadline, acceptor.accept(registered)).await {
+                Ok(Ok(tls)) => {
+                    let connection = Connection::new(Io::Tls(Box::new(tls)), deadline);
+                    // A closed channel means shutdown: the connection just closes.
+                    let _ = sender.send(connection).await;
+                }
+                Ok(Err(error)) => {
+                    connections.tls_failures.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(%error, "TLS handshake failed");
+                }
+                Err(_) => {
+                    connections
+                        .handshake_timeouts
+                        .fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(
+                        "closing a connection that did not finish its TLS handshake in time"
+                    );
+                }
+            }
+        });
     }
 }
 
@@ -393,10 +600,12 @@ type Accepting = Pin<Box<dyn Future<Output = (AcceptLoop, Connection)> + Send>>;
 
 /// See [`incoming`].
 pub struct Incoming {
-    /// The loop, while no accept is under way.
+    /// The loop, while no accept is under way (plain TCP).
     idle: Option<AcceptLoop>,
-    /// The accept under way, which owns the loop until it yields.
+    /// The accept under way, which owns the loop until it yields (plain TCP).
     accepting: Option<Accepting>,
+    /// Connections whose TLS handshake completed (TLS).
+    handshaken: Option<mpsc::Receiver<Connection>>,
 }
 
 impl Stream for Incoming {
@@ -404,13 +613,16 @@ impl Stream for Incoming {
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = self.get_mut();
+        if let Some(handshaken) = this.handshaken.as_mut() {
+            return handshaken.poll_recv(cx).map(|next| next.map(Ok));
+        }
         if this.accepting.is_none() {
             let Some(mut state) = this.idle.take() else {
                 return Poll::Ready(None);
             };
             this.accepting = Some(Box::pin(async move {
-                let connection = state.next().await;
-                (state, connection)
+                let (registered, deadline) = state.next().await;
+                (state, Connection::new(Io::Plain(registered), deadline))
             }));
         }
         let Some(accepting) = this.accepting.as_mut() else {

@@ -1,0 +1,228 @@
+//! TLS and mutual TLS for the gRPC listener, with rustls.
+//!
+//! The certificate and key are re-read when their files change (checked at
+//! most once per `reload_interval_secs`, on a handshake), so a rotation by
+//! cert-manager or a Kubernetes Secret update needs no restart. A file that
+//! fails to load keeps the previous certificate in service, with a warning.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use serde::Deserialize;
+use tokio_rustls::rustls::crypto::{ring, CryptoProvider};
+use tokio_rustls::rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
+use tokio_rustls::rustls::sign::CertifiedKey;
+use tokio_rustls::rustls::{RootCertStore, ServerConfig};
+use tokio_rustls::TlsAcceptor;
+
+/// `[tls]` in the configuration: TLS on the gRPC port when `cert_file` and
+/// `key_file` are set; mutual TLS when `client_ca_file` is set too.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsSettings {
+    /// PEM certificate chain, leaf first.
+    pub cert_file: Option<PathBuf>,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) of the leaf certificate.
+    pub key_file: Option<PathBuf>,
+    /// PEM CA certificates; when set, every client must present a
+    /// certificate signed by one of them.
+    pub client_ca_file: Option<PathBuf>,
+    /// How often, at most, the certificate files are checked for changes.
+    pub reload_interval_secs: u64,
+}
+
+impl Default for TlsSettings {
+    fn default() -> Self {
+        Self {
+            cert_file: None,
+            key_file: None,
+            client_ca_file: None,
+            reload_interval_secs: 30,
+        }
+    }
+}
+
+impl TlsSettings {
+    /// Whether TLS is configured at all.
+    pub fn enabled(&self) -> bool {
+        self.cert_file.is_some() || self.key_file.is_some()
+    }
+
+    /// Checks the settings and that the files load, so a bad certificate
+    /// stops the server at start rather than failing every handshake.
+    pub fn validate(&self) -> Result<(), String> {
+        self.acceptor().map(|_| ())
+    }
+
+    /// The acceptor for the configured certificate, or `None` without TLS.
+    pub fn acceptor(&self) -> Result<Option<TlsAcceptor>, String> {
+        let (cert_file, key_file) = match (&self.cert_file, &self.key_file) {
+            (None, None) => {
+                if self.client_ca_file.is_some() {
+                    return Err(
+                        "tls.client_ca_file needs tls.cert_file and tls.key_file: mutual TLS is TLS first"
+                            .into(),
+                    );
+                }
+                return Ok(None);
+            }
+            (Some(cert), Some(key)) => (cert.clone(), key.clone()),
+            _ => return Err("tls.cert_file and tls.key_file must be set together".into()),
+        };
+        let provider = Arc::new(ring::default_provider());
+        let resolver = ReloadingCertificate::new(
+            cert_file,
+            key_file,
+            Duration::from_secs(self.reload_interval_secs),
+            Arc::clone(&provider),
+        )?;
+        let builder = ServerConfig::builder_with_provider(Arc::clone(&provider))
+            .with_safe_default_protocol_versions()
+            .map_err(|error| format!("TLS: {error}"))?;
+        let builder = match &self.client_ca_file {
+            None => builder.with_no_client_auth(),
+            Some(path) => {
+                let mut roots = RootCertStore::empty();
+                for certificate in read_certificates(path)? {
+                    roots.add(certificate).map_err(|error| {
+                        format!("tls.client_ca_file {}: {error}", path.display())
+                    })?;
+                }
+                let verifier =
+                    WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                        .build()
+                        .map_err(|error| {
+                            format!("tls.client_ca_file {}: {error}", path.display())
+                        })?;
+                builder.with_client_cert_verifier(verifier)
+            }
+        };
+        let mut config = builder.with_cert_resolver(Arc::new(resolver));
+        // gRPC is HTTP/2 only.
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        Ok(Some(TlsAcceptor::from(Arc::new(config))))
+    }
+}
+
+fn read_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    let certificates = CertificateDer::pem_file_iter(path)
+        .map_err(|error| format!("{}: {error}", path.display()))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|error| format!("{}: {error}", path.display()))?;
+    if certificates.is_empty() {
+        return Err(format!(
+            "{}: no PEM certificate in the file",
+            path.display()
+        ));
+    }
+    Ok(certificates)
+}
+
+fn load_certified_key(
+    cert_file: &Path,
+    key_file: &Path,
+    provider: &CryptoProvider,
+) -> Result<Arc<CertifiedKey>, String> {
+    let certificates = read_certificates(cert_file)?;
+    let key = PrivateKeyDer::from_pem_file(key_file)
+        .map_err(|error| format!("{}: no usable PEM private key: {error}", key_file.display()))?;
+    let signing_key = provider
+        .key_provider
+        .load_private_key(key)
+        .map_err(|error| format!("{}: {error}", key_file.display()))?;
+    let certified = CertifiedKey::new(certificates, signing_key);
+    certified.keys_match().map_err(|error| {
+        format!(
+            "{} does not match the certificate in {}: {error}",
+            key_file.display(),
+            cert_file.display()
+        )
+    })?;
+    Ok(Arc::new(certified))
+}
+
+/// Modification times of the two files, to notice a rotation.
+fn stamp(cert_file: &Path, key_file: &Path) -> Option<(SystemTime, SystemTime)> {
+    let modified = |path: &Path| {
+        std::fs::metadata(path)
+            .and_then(|meta| meta.modified())
+            .ok()
+    };
+    Some((modified(cert_file)?, modified(key_file)?))
+}
+
+/// Serves the current certificate, re-reading the files when they change.
+#[derive(Debug)]
+struct ReloadingCertificate {
+    cert_file: PathBuf,
+    key_file: PathBuf,
+    interval: Duration,
+    provider: Arc<CryptoProvider>,
+    state: Mutex<Loaded>,
+}
+
+#[derive(Debug)]
+struct Loaded {
+    key: Arc<CertifiedKey>,
+    stamp: Option<(SystemTime, SystemTime)>,
+    checked: Instant,
+}
+
+impl ReloadingCertificate {
+    fn new(
+        cert_file: PathBuf,
+        key_file: PathBuf,
+        interval: Duration,
+        provider: Arc<CryptoProvider>,
+    ) -> Result<Self, String> {
+        let stamp = stamp(&cert_file, &key_file);
+        let key = load_certified_key(&cert_file, &key_file, &provider)?;
+        Ok(Self {
+            cert_file,
+            key_file,
+            interval,
+            provider,
+            state: Mutex::new(Loaded {
+                key,
+                stamp,
+                checked: Instant::now(),
+            }),
+        })
+    }
+
+    fn current(&self) -> Arc<CertifiedKey> {
+        // A panic while holding the lock leaves `Loaded` whole (fields are
+        // replaced, never half-written), so a poisoned lock is usable.
+        let mut state = self
+            .state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if state.checked.elapsed() >= self.interval {
+            state.checked = Instant::now();
+            let stamp = stamp(&self.cert_file, &self.key_file);
+            if stamp.is_some() && stamp != state.stamp {
+                match load_certified_key(&self.cert_file, &self.key_file, &self.provider) {
+                    Ok(key) => {
+                        state.key = key;
+                        state.stamp = stamp;
+                        tracing::info!(cert_file = %self.cert_file.display(), "reloaded the TLS certificate");
+                    }
+                    Err(error) => tracing::warn!(
+                        %error,
+                        "the TLS certificate files changed but do not load; keeping the previous certificate"
+                    ),
+                }
+            }
+        }
+        Arc::clone(&state.key)
+    }
+}
+
+impl ResolvesServerCert for ReloadingCertificate {
+    fn resolve(&self, _client_hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.current())
+    }
+}
