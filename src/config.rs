@@ -41,6 +41,8 @@ pub enum LogFormat {
 pub struct Config {
     /// Address to serve gRPC on.
     pub listen: SocketAddr,
+    /// Address of the metrics and probes HTTP listener; "off" or empty disables it.
+    pub metrics_listen: String,
     /// Directory of the RocksDB store.
     pub data_dir: PathBuf,
     /// Key prefixes with a column family of their own.
@@ -89,6 +91,7 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
+            metrics_listen: "127.0.0.1:9090".to_string(),
             data_dir: PathBuf::from("./data"),
             namespaces: Namespaces::default_prefixes(),
             sync_writes: false,
@@ -146,6 +149,7 @@ enum EnvKind {
 /// `TIERKV_<NAME>` variables the server reads, with their config keys.
 const SERVER_ENV: &[(&str, &str, EnvKind)] = &[
     ("TIERKV_LISTEN", "listen", EnvKind::Text),
+    ("TIERKV_METRICS_LISTEN", "metrics_listen", EnvKind::Text),
     ("TIERKV_DATA_DIR", "data_dir", EnvKind::Text),
     ("TIERKV_NAMESPACES", "namespaces", EnvKind::List),
     ("TIERKV_SYNC_WRITES", "sync_writes", EnvKind::Bool),
@@ -351,6 +355,7 @@ impl Config {
         })?;
         self.session.validate().map_err(ConfigError::Invalid)?;
         self.tls.validate().map_err(ConfigError::Invalid)?;
+        self.metrics_addr()?;
         self.namespaces().map_err(|error| {
             ConfigError::Invalid(format!("session.prefix {:?}: {error}", self.session.prefix))
         })?;
@@ -366,6 +371,19 @@ impl Config {
     /// The configured namespaces with their owners.
     pub fn namespaces(&self) -> Result<Namespaces, String> {
         Namespaces::new(self.namespaces.iter().cloned()).with_owners(self.namespace_owners())
+    }
+
+    /// Where metrics and probes are served, or `None` when `metrics_listen` is off.
+    pub fn metrics_addr(&self) -> Result<Option<SocketAddr>, ConfigError> {
+        let value = self.metrics_listen.trim();
+        if value.is_empty() || value.eq_ignore_ascii_case("off") {
+            return Ok(None);
+        }
+        value.parse().map(Some).map_err(|_| {
+            ConfigError::Invalid(format!(
+                "metrics_listen {value:?} is not an address like 127.0.0.1:9090, or \"off\""
+            ))
+        })
     }
 
     /// The configured request timeout, if any.

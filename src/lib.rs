@@ -28,6 +28,7 @@ pub mod clock;
 pub mod config;
 pub mod engine;
 pub mod kv;
+pub mod metrics;
 pub mod server;
 pub mod session;
 pub mod telemetry;

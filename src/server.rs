@@ -3,6 +3,8 @@
 
 pub mod connections;
 pub mod in_flight;
+pub mod metrics_http;
+pub mod rpc_metrics;
 pub mod tls;
 
 use std::future::Future;
@@ -32,6 +34,10 @@ use crate::kv::KvService;
 use crate::session::SessionService;
 use connections::{ConnectionCounts, ConnectionLimits, Connections};
 use in_flight::{InFlight, InFlightLayer};
+use metrics_http::Readiness;
+use rpc_metrics::RpcMetricsLayer;
+
+use crate::metrics::{FigureWriter, MetricsBuilder};
 
 /// The services this server exposes (each also has a health status).
 pub const SERVICE_NAMES: &[&str] = &["tierkv.v1.KvService", "tierkv.v1.SessionService"];
@@ -107,6 +113,14 @@ pub enum ServerError {
     /// The TLS certificate, key or client CA could not be loaded.
     #[error("{0}")]
     Tls(String),
+    /// The metrics listen address could not be bound.
+    #[error("cannot listen for metrics on {addr}: {source}")]
+    MetricsBind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
     /// The transport failed.
     #[error("transport: {0}")]
     Transport(#[from] tonic::transport::Error),
@@ -134,20 +148,45 @@ pub async fn open_engine(config: &Config, clock: SharedClock) -> Result<RocksEng
     Ok(engine)
 }
 
-/// Binds the listen address of a validated `config`, then opens the store.
+/// The sockets a server listens on.
+#[derive(Debug)]
+pub struct Listeners {
+    /// The gRPC port.
+    pub grpc: TcpListener,
+    /// The metrics and probes port, unless `metrics_listen` is off.
+    pub metrics: Option<TcpListener>,
+}
+
+impl Listeners {
+    /// Binds the addresses of a validated `config`.
+    pub async fn bind(config: &Config) -> Result<Self, ServerError> {
+        let grpc = TcpListener::bind(config.listen)
+            .await
+            .map_err(|source| ServerError::Bind {
+                addr: config.listen,
+                source,
+            })?;
+        let metrics = match config.metrics_addr()? {
+            None => None,
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| ServerError::MetricsBind { addr, source })?,
+            ),
+        };
+        Ok(Self { grpc, metrics })
+    }
+}
+
+/// Binds the listen addresses of a validated `config`, then opens the store.
 /// Binding first fails fast on a taken port, before a long open.
 pub async fn open_and_bind(
     config: &Config,
     clock: SharedClock,
-) -> Result<(RocksEngine, TcpListener), ServerError> {
-    let listener = TcpListener::bind(config.listen)
-        .await
-        .map_err(|source| ServerError::Bind {
-            addr: config.listen,
-            source,
-        })?;
+) -> Result<(RocksEngine, Listeners), ServerError> {
+    let listeners = Listeners::bind(config).await?;
     let engine = open_engine(config, clock).await?;
-    Ok((engine, listener))
+    Ok((engine, listeners))
 }
 
 /// Live counters of a running server: connections, request memory, calls.
@@ -156,6 +195,7 @@ pub struct ServerStats {
     connections: Arc<Connections>,
     budget: Arc<RequestBudget>,
     in_flight: Arc<InFlight>,
+    readiness: Arc<Readiness>,
 }
 
 impl ServerStats {
@@ -169,6 +209,7 @@ impl ServerStats {
             }),
             budget: RequestBudget::new(config.request_memory_bytes(), config.request_memory_wait()),
             in_flight: Arc::default(),
+            readiness: Arc::default(),
         }
     }
 
@@ -188,17 +229,120 @@ impl ServerStats {
     }
 }
 
+impl prometheus_client::collector::Collector for ServerStats {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::DescriptorEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        let connections = self.connections();
+        let memory = self.request_memory();
+        let mut out = FigureWriter::new(&mut encoder);
+        out.gauge(
+            "connections_open",
+            "Client connections open now",
+            connections.open as i64,
+        )?;
+        out.counter(
+            "connections_accepted",
+            "Client connections accepted",
+            connections.accepted,
+        )?;
+        out.counter(
+            "connections_refused",
+            "Connections closed at once because max_connections was reached",
+            connections.refused,
+        )?;
+        out.counter(
+            "connections_handshake_timeouts",
+            "Connections closed for not finishing the TLS handshake or HTTP/2 preface in time",
+            connections.handshake_timeouts,
+        )?;
+        out.counter(
+            "connections_tls_failures",
+            "TLS handshakes that failed",
+            connections.tls_failures,
+        )?;
+        out.counter(
+            "accept_errors",
+            "Failed accept calls (descriptor limit, memory)",
+            connections.accept_errors,
+        )?;
+        out.gauge(
+            "calls_in_flight",
+            "gRPC calls being handled now",
+            self.calls_in_flight() as i64,
+        )?;
+        out.gauge(
+            "request_memory_in_flight_bytes",
+            "Bytes of request messages held now (request_memory_mb budget)",
+            memory.in_flight as i64,
+        )?;
+        out.gauge(
+            "request_memory_capacity_bytes",
+            "The request memory budget",
+            memory.capacity as i64,
+        )?;
+        out.counter(
+            "requests_refused_too_large",
+            "Requests refused for exceeding their method's size limit",
+            memory.refused_too_large,
+        )?;
+        out.counter(
+            "requests_refused_busy",
+            "Requests refused because the request memory budget stayed spent",
+            memory.refused_busy,
+        )?;
+        Ok(())
+    }
+}
+
+/// Every gRPC method path this server serves (`/package.Service/Method`), for
+/// the RPC metrics' label set.
+fn known_method_paths() -> Vec<String> {
+    use prost::Message;
+    let mut paths = vec![
+        "/grpc.health.v1.Health/Check".to_string(),
+        "/grpc.health.v1.Health/Watch".to_string(),
+        "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo".to_string(),
+        "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo".to_string(),
+    ];
+    if let Ok(set) = prost_types::FileDescriptorSet::decode(crate::proto::FILE_DESCRIPTOR_SET) {
+        for file in set.file {
+            let package = file.package.unwrap_or_default();
+            for service in file.service {
+                let service_name = service.name.unwrap_or_default();
+                for method in service.method {
+                    paths.push(format!(
+                        "/{package}.{service_name}/{}",
+                        method.name.unwrap_or_default()
+                    ));
+                }
+            }
+        }
+    }
+    paths
+}
+
+/// Aborts a background task when dropped, so every way out of the server stops it.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// Serves on `listener` until `shutdown` resolves, then drains (see
 /// [`serve_with_stats`]).
 pub async fn serve(
     config: Config,
     engine: Arc<dyn Engine>,
     clock: SharedClock,
-    listener: TcpListener,
+    listeners: Listeners,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServerError> {
     let stats = ServerStats::new(&config);
-    serve_with_stats(config, engine, clock, listener, shutdown, stats).await
+    serve_with_stats(config, engine, clock, listeners, shutdown, stats).await
 }
 
 /// Serves on `listener` until `shutdown` resolves, counting into `stats`.
@@ -214,7 +358,7 @@ pub async fn serve_with_stats(
     config: Config,
     engine: Arc<dyn Engine>,
     clock: SharedClock,
-    listener: TcpListener,
+    listeners: Listeners,
     shutdown: impl Future<Output = ()> + Send,
     stats: ServerStats,
 ) -> Result<(), ServerError> {
@@ -222,7 +366,7 @@ pub async fn serve_with_stats(
         &config,
         Arc::clone(&engine),
         clock,
-        listener,
+        listeners,
         shutdown,
         &stats,
     )
@@ -258,10 +402,14 @@ async fn serve_until_stopped(
     config: &Config,
     engine: Arc<dyn Engine>,
     clock: SharedClock,
-    listener: TcpListener,
+    listeners: Listeners,
     shutdown: impl Future<Output = ()> + Send,
     stats: &ServerStats,
 ) -> Result<(), ServerError> {
+    let listener = listeners.grpc;
+    let mut metrics = MetricsBuilder::new();
+    let rpc_metrics = metrics.rpc(known_method_paths());
+    metrics.collector(stats.clone());
     let mut services = ServiceSet::default();
     services.add(KvApi::new(KvService::new(Arc::clone(&engine), Arc::clone(&clock))).into_server());
     services.add(
@@ -273,6 +421,21 @@ async fn serve_until_stopped(
         .into_server(),
     );
     let service_names = services.names().to_vec();
+
+    let metrics = metrics.build();
+    let metrics_addr = listeners
+        .metrics
+        .as_ref()
+        .and_then(|listener| listener.local_addr().ok())
+        .map(|addr| addr.to_string())
+        .unwrap_or_else(|| "off".to_string());
+    let _metrics_listener = listeners.metrics.map(|listener| {
+        AbortOnDrop(metrics_http::spawn(
+            listener,
+            metrics,
+            Arc::clone(&stats.readiness),
+        ))
+    });
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     set_health(&health_reporter, &service_names, ServingStatus::Serving).await;
@@ -312,6 +475,8 @@ async fn serve_until_stopped(
         .http2_max_header_list_size(MAX_HEADER_LIST_BYTES)
         // Outermost, so shutdown can wait for every call, whatever answered it.
         .layer(InFlightLayer::new(Arc::clone(&stats.in_flight)))
+        // Outside the deadline and request limits, so calls they answer are counted.
+        .layer(RpcMetricsLayer::new(rpc_metrics))
         .layer(DeadlineLayer::new(config.request_timeout()))
         // Inside the deadline, so waiting for request memory counts against it.
         .layer(RequestLimitLayer::new(Arc::clone(&stats.budget)))
@@ -324,6 +489,7 @@ async fn serve_until_stopped(
     tokio::pin!(serving);
     tracing::info!(
         addr = %local_addr,
+        metrics_addr = %metrics_addr,
         data_dir = %config.data_dir.display(),
         max_connections = config.max_connections,
         max_concurrent_streams = config.max_concurrent_streams,
@@ -332,6 +498,7 @@ async fn serve_until_stopped(
         mutual_tls = config.tls.client_ca_file.is_some(),
         "serving"
     );
+    stats.readiness.set(true);
 
     // Every reason to stop is one arm here; the drain below is the same for all.
     let reason = tokio::select! {
@@ -347,6 +514,7 @@ async fn serve_until_stopped(
     };
 
     set_health(&health_reporter, &service_names, ServingStatus::NotServing).await;
+    stats.readiness.set(false);
     tracing::info!(
         ?reason,
         delay_ms = config.shutdown_delay_ms,
@@ -412,6 +580,8 @@ async fn set_health(
 pub struct RunningServer {
     /// The address it listens on.
     pub addr: SocketAddr,
+    /// Where its metrics and probes are served, unless `metrics_listen` is off.
+    pub metrics_addr: Option<SocketAddr>,
     /// The engine it serves.
     pub engine: RocksEngine,
     /// Its live counters.
@@ -424,11 +594,18 @@ impl RunningServer {
     /// Starts a server for `config` (its `listen` may use port 0).
     pub async fn start(config: Config, clock: SharedClock) -> Result<Self, ServerError> {
         config.validate()?;
-        let (engine, listener) = open_and_bind(&config, Arc::clone(&clock)).await?;
-        let addr = listener.local_addr().map_err(|source| ServerError::Bind {
-            addr: config.listen,
-            source,
-        })?;
+        let (engine, listeners) = open_and_bind(&config, Arc::clone(&clock)).await?;
+        let addr = listeners
+            .grpc
+            .local_addr()
+            .map_err(|source| ServerError::Bind {
+                addr: config.listen,
+                source,
+            })?;
+        let metrics_addr = listeners
+            .metrics
+            .as_ref()
+            .and_then(|listener| listener.local_addr().ok());
         let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
         let served: Arc<dyn Engine> = Arc::new(engine.clone());
         let stats = ServerStats::new(&config);
@@ -436,7 +613,7 @@ impl RunningServer {
             config,
             served,
             clock,
-            listener,
+            listeners,
             async {
                 let _ = shutdown_rx.await;
             },
@@ -444,6 +621,7 @@ impl RunningServer {
         ));
         Ok(Self {
             addr,
+            metrics_addr,
             engine,
             stats,
             shutdown: Some(shutdown_tx),

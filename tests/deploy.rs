@@ -162,6 +162,15 @@ fn kubernetes_configuration_is_accepted_and_drain_fits_the_grace_period() {
     );
     assert!(statefulset.contains("enableServiceLinks: false"));
     assert!(statefulset.contains("containerPort: 50051"));
+    let metrics = config
+        .metrics_addr()
+        .unwrap()
+        .expect("metrics on in the pod");
+    assert!(statefulset.contains(&format!("containerPort: {}", metrics.port())));
+    assert!(
+        metrics.ip().is_unspecified(),
+        "metrics must be reachable from Prometheus"
+    );
 }
 
 /// Kubernetes injects `TIERKV_PORT=tcp://…`, `TIERKV_SERVICE_HOST` and friends

@@ -657,7 +657,14 @@ fn spawn_logged_server(
     data_dir: &std::path::Path,
 ) -> (std::process::Child, SocketAddr, Arc<Mutex<Vec<String>>>) {
     let mut child = Command::new(BINARY)
-        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
+            "off",
+            "--data-dir",
+        ])
         .arg(data_dir)
         .env("TIERKV_LOG_FORMAT", "json")
         .env("RUST_LOG", "trace")

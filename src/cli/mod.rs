@@ -50,6 +50,10 @@ struct ServeArgs {
     /// Data directory (overrides the file and TIERKV_DATA_DIR).
     #[arg(long)]
     data_dir: Option<PathBuf>,
+    /// Address of the metrics and probes listener, or "off" (overrides the file and
+    /// TIERKV_METRICS_LISTEN).
+    #[arg(long)]
+    metrics_listen: Option<String>,
 }
 
 /// Runs the command line with the process's arguments.
@@ -78,6 +82,9 @@ async fn serve(args: ServeArgs) -> Result<(), ServerError> {
     if let Some(data_dir) = args.data_dir {
         config.data_dir = data_dir;
     }
+    if let Some(metrics_listen) = args.metrics_listen {
+        config.metrics_listen = metrics_listen;
+    }
     config.validate()?;
     crate::telemetry::init(config.log_format, &config.log_level);
     match server::connections::raise_descriptor_limit() {
@@ -91,12 +98,12 @@ async fn serve(args: ServeArgs) -> Result<(), ServerError> {
     }
 
     let clock: SharedClock = Arc::new(SystemClock);
-    let (engine, listener) = server::open_and_bind(&config, Arc::clone(&clock)).await?;
+    let (engine, listeners) = server::open_and_bind(&config, Arc::clone(&clock)).await?;
     server::serve(
         config,
         Arc::new(engine),
         clock,
-        listener,
+        listeners,
         server::shutdown_signal(),
     )
     .await

@@ -30,13 +30,16 @@ pub struct TestServer {
     pub client: KvServiceClient<Channel>,
     /// The configuration it was started with.
     pub config: Config,
-    dir: Arc<TempDir>,
+    /// Keeps the data directory alive while the server runs.
+    pub dir: Arc<TempDir>,
 }
 
 /// The configuration tests start from: port 0, a data dir, default namespaces.
 pub fn test_config(dir: &TempDir) -> Config {
     Config {
         listen: "127.0.0.1:0".parse().unwrap(),
+        // Tests run in parallel: every server gets its own metrics port.
+        metrics_listen: "127.0.0.1:0".to_string(),
         data_dir: dir.path().join("data"),
         shutdown_grace_ms: 2_000,
         shutdown_delay_ms: 0,

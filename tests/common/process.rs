@@ -47,6 +47,8 @@ pub fn server_command(data_dir: &Path) -> Command {
         .arg(data_dir)
         .env("TIERKV_LOG_FORMAT", "json")
         .env("TIERKV_SHUTDOWN_DELAY_MS", "0")
+        // Tests run in parallel: every server gets its own metrics port.
+        .env("TIERKV_METRICS_LISTEN", "127.0.0.1:0")
         .env("RUST_LOG", "info")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
