@@ -323,6 +323,30 @@ fn known_method_paths() -> Vec<String> {
     paths
 }
 
+/// The span of one call: every log line the call causes carries its method
+/// and, when the caller sent a W3C `traceparent`, its trace and parent span
+/// ids; the RPC metrics layer records the status code and latency into it.
+fn rpc_span(request: &http::Request<()>) -> tracing::Span {
+    let span = tracing::info_span!(
+        "rpc",
+        method = %request.uri().path(),
+        trace_id = tracing::field::Empty,
+        parent_span_id = tracing::field::Empty,
+        code = tracing::field::Empty,
+        latency_us = tracing::field::Empty,
+    );
+    if let Some(context) = request
+        .headers()
+        .get("traceparent")
+        .and_then(|value| value.to_str().ok())
+        .and_then(crate::telemetry::parse_traceparent)
+    {
+        span.record("trace_id", context.trace_id.as_str());
+        span.record("parent_span_id", context.parent_span_id.as_str());
+    }
+    span
+}
+
 /// Aborts a background task when dropped, so every way out of the server stops it.
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
 
@@ -464,7 +488,7 @@ async fn serve_until_stopped(
         .add_service(reflection_v1alpha);
     let router = tonic::transport::Server::builder()
         // Every log line a request causes carries its method.
-        .trace_fn(|request| tracing::info_span!("rpc", method = %request.uri().path()))
+        .trace_fn(rpc_span)
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         // Advertised in SETTINGS_MAX_CONCURRENT_STREAMS; tonic's default is none.
         .max_concurrent_streams(config.max_concurrent_streams)

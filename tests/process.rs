@@ -282,3 +282,54 @@ async fn dropping_a_namespace_is_refused_at_start() {
         "{stderr}"
     );
 }
+
+/// With `tierkv::rpc=debug`, every call logs one line carrying its method,
+/// status code, latency and the caller's W3C trace context, in JSON.
+#[tokio::test]
+async fn rpc_log_lines_carry_code_latency_and_trace_context() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut command = server_command(dir.path());
+    command.env("RUST_LOG", "info,tierkv::rpc=debug");
+    let mut server = spawn_server(command);
+    let mut client = connect(&server.endpoint()).await;
+    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let mut request = tonic::Request::new(get("user:traced"));
+    request.metadata_mut().insert(
+        "traceparent",
+        format!("00-{trace_id}-00f067aa0ba902b7-01")
+            .parse()
+            .unwrap(),
+    );
+    assert!(!client.get(request).await.unwrap().into_inner().found);
+    let mut bad = put_text("user:x", "v");
+    bad.key = String::new();
+    assert!(client.put(bad).await.is_err());
+
+    // The log is read asynchronously; wait until both lines are in.
+    let finished = |logs: &str| {
+        logs.lines()
+            .filter(|line| line.contains("rpc finished"))
+            .map(|line| serde_json::from_str::<serde_json::Value>(line).unwrap())
+            .collect::<Vec<_>>()
+    };
+    let started = std::time::Instant::now();
+    let lines = loop {
+        let lines = finished(&server.logs());
+        if lines.len() >= 2 || started.elapsed() > Duration::from_secs(10) {
+            break lines;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(lines.len(), 2, "{}", server.logs());
+    let get_line = &lines[0];
+    assert_eq!(get_line["code"], "OK", "{get_line}");
+    assert_eq!(get_line["span"]["method"], "/tierkv.v1.KvService/Get");
+    assert_eq!(get_line["span"]["trace_id"], trace_id);
+    assert_eq!(get_line["span"]["parent_span_id"], "00f067aa0ba902b7");
+    assert!(get_line["latency_us"].as_u64().is_some());
+    let put_line = &lines[1];
+    assert_eq!(put_line["code"], "INVALID_ARGUMENT", "{put_line}");
+    assert!(put_line["span"].get("trace_id").is_none(), "{put_line}");
+    server.child.kill().unwrap();
+    server.child.wait().unwrap();
+}

@@ -70,10 +70,13 @@ where
             metrics: self.metrics.clone(),
             labels: Some(self.metrics.labels(request.uri().path())),
             started: Instant::now(),
+            span: tracing::Span::none(),
         };
         let response = self.inner.call(request);
         Box::pin(async move {
             let mut pending = pending;
+            // tonic runs the call's future inside its `rpc` span (not `call`).
+            pending.span = tracing::Span::current();
             let response = response.await?;
             if let Some(code) = grpc_status(response.headers()) {
                 pending.finish(code);
@@ -89,13 +92,21 @@ struct Pending {
     /// `None` once recorded.
     labels: Option<MethodLabels>,
     started: Instant,
+    /// The call's `rpc` span, which gets its code and latency.
+    span: tracing::Span,
 }
 
 impl Pending {
     fn finish(&mut self, code: i32) {
         if let Some(labels) = self.labels.take() {
-            self.metrics
-                .record(labels, code_name(code), self.started.elapsed());
+            let elapsed = self.started.elapsed();
+            let code = code_name(code);
+            self.metrics.record(labels, code, elapsed);
+            let latency_us = elapsed.as_micros() as u64;
+            self.span.record("code", code);
+            self.span.record("latency_us", latency_us);
+            // One line per call, off by default: RUST_LOG=tierkv::rpc=debug.
+            tracing::debug!(target: "tierkv::rpc", parent: &self.span, code, latency_us, "rpc finished");
         }
     }
 }
