@@ -72,6 +72,15 @@ pub struct Config {
     /// Most concurrent calls (HTTP/2 streams) per connection, advertised to
     /// clients in the HTTP/2 settings.
     pub max_concurrent_streams: u32,
+    /// Most calls handled at once across all connections; more are refused
+    /// at once with RESOURCE_EXHAUSTED (health and reflection are exempt); 0: no limit.
+    pub max_calls_in_flight: usize,
+    /// Close a connection gracefully (GOAWAY) after this many seconds, so
+    /// clients rebalance across pods; 0: never.
+    pub max_connection_age_secs: u64,
+    /// How long calls on a connection past `max_connection_age_secs` may run
+    /// before it is closed.
+    pub max_connection_age_grace_secs: u64,
     /// Bytes of request messages held at once across all calls, in MiB.
     pub request_memory_mb: usize,
     /// How long a request waits for room in `request_memory_mb` before it is
@@ -104,6 +113,9 @@ impl Default for Config {
             max_connections: 10_000,
             handshake_timeout_ms: 10_000,
             max_concurrent_streams: 256,
+            max_calls_in_flight: 2048,
+            max_connection_age_secs: 0,
+            max_connection_age_grace_secs: 30,
             request_memory_mb: 1024,
             request_memory_wait_ms: 1_000,
             log_format: LogFormat::Human,
@@ -198,6 +210,21 @@ const SERVER_ENV: &[(&str, &str, EnvKind)] = &[
     (
         "TIERKV_REQUEST_MEMORY_WAIT_MS",
         "request_memory_wait_ms",
+        EnvKind::Integer,
+    ),
+    (
+        "TIERKV_MAX_CALLS_IN_FLIGHT",
+        "max_calls_in_flight",
+        EnvKind::Integer,
+    ),
+    (
+        "TIERKV_MAX_CONNECTION_AGE_SECS",
+        "max_connection_age_secs",
+        EnvKind::Integer,
+    ),
+    (
+        "TIERKV_MAX_CONNECTION_AGE_GRACE_SECS",
+        "max_connection_age_grace_secs",
         EnvKind::Integer,
     ),
     ("TIERKV_LOG_FORMAT", "log_format", EnvKind::Text),
@@ -384,6 +411,17 @@ impl Config {
                 "metrics_listen {value:?} is not an address like 127.0.0.1:9090, or \"off\""
             ))
         })
+    }
+
+    /// The connection age after which a connection is closed gracefully, if any.
+    pub fn max_connection_age(&self) -> Option<Duration> {
+        (self.max_connection_age_secs > 0)
+            .then(|| Duration::from_secs(self.max_connection_age_secs))
+    }
+
+    /// How long calls may run on a connection past its maximum age.
+    pub fn max_connection_age_grace(&self) -> Duration {
+        Duration::from_secs(self.max_connection_age_grace_secs)
     }
 
     /// The configured request timeout, if any.

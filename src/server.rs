@@ -3,6 +3,7 @@
 
 pub mod connections;
 pub mod in_flight;
+pub mod load_shed;
 pub mod metrics_http;
 pub mod rpc_metrics;
 pub mod tls;
@@ -34,6 +35,7 @@ use crate::kv::KvService;
 use crate::session::SessionService;
 use connections::{ConnectionCounts, ConnectionLimits, Connections};
 use in_flight::{InFlight, InFlightLayer};
+use load_shed::{CallLimit, LoadShedLayer};
 use metrics_http::Readiness;
 use rpc_metrics::RpcMetricsLayer;
 
@@ -196,6 +198,7 @@ pub struct ServerStats {
     budget: Arc<RequestBudget>,
     in_flight: Arc<InFlight>,
     readiness: Arc<Readiness>,
+    call_limit: Arc<CallLimit>,
 }
 
 impl ServerStats {
@@ -210,6 +213,7 @@ impl ServerStats {
             budget: RequestBudget::new(config.request_memory_bytes(), config.request_memory_wait()),
             in_flight: Arc::default(),
             readiness: Arc::default(),
+            call_limit: CallLimit::new(config.max_calls_in_flight),
         }
     }
 
@@ -226,6 +230,11 @@ impl ServerStats {
     /// Calls being handled now.
     pub fn calls_in_flight(&self) -> usize {
         self.in_flight.count()
+    }
+
+    /// Calls refused since start because `max_calls_in_flight` were in flight.
+    pub fn calls_shed(&self) -> u64 {
+        self.call_limit.shed()
     }
 }
 
@@ -271,6 +280,16 @@ impl prometheus_client::collector::Collector for ServerStats {
             "calls_in_flight",
             "gRPC calls being handled now",
             self.calls_in_flight() as i64,
+        )?;
+        out.gauge(
+            "calls_in_flight_limit",
+            "max_calls_in_flight (0: no limit)",
+            self.call_limit.limit() as i64,
+        )?;
+        out.counter(
+            "calls_shed",
+            "Calls refused with RESOURCE_EXHAUSTED because max_calls_in_flight were in flight",
+            self.calls_shed(),
         )?;
         out.gauge(
             "request_memory_in_flight_bytes",
@@ -486,10 +505,22 @@ async fn serve_until_stopped(
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha);
-    let router = tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(age) = config.max_connection_age() {
+        // GOAWAY after this long, so long-lived clients reconnect and spread
+        // over new pods behind a Kubernetes Service; calls in flight finish
+        // within the grace period.
+        builder = builder
+            .max_connection_age(age)
+            .max_connection_age_grace(config.max_connection_age_grace());
+    }
+    let router = builder
         // Every log line a request causes carries its method.
         .trace_fn(rpc_span)
+        // A ping every 30 s finds dead peers (and keeps NAT and proxy state
+        // alive); no answer in 20 s closes the connection.
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(20)))
         // Advertised in SETTINGS_MAX_CONCURRENT_STREAMS; tonic's default is none.
         .max_concurrent_streams(config.max_concurrent_streams)
         // Rapid-reset protection: a client that resets (or makes us reset)
@@ -501,6 +532,8 @@ async fn serve_until_stopped(
         .layer(InFlightLayer::new(Arc::clone(&stats.in_flight)))
         // Outside the deadline and request limits, so calls they answer are counted.
         .layer(RpcMetricsLayer::new(rpc_metrics))
+        // Before any waiting (deadline, request memory): a shed call costs nothing.
+        .layer(LoadShedLayer::new(Arc::clone(&stats.call_limit)))
         .layer(DeadlineLayer::new(config.request_timeout()))
         // Inside the deadline, so waiting for request memory counts against it.
         .layer(RequestLimitLayer::new(Arc::clone(&stats.budget)))

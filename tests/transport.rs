@@ -681,3 +681,40 @@ async fn stalled_uploads_hold_bounded_memory_in_the_binary() {
     server.child.kill().unwrap();
     server.child.wait().unwrap();
 }
+
+/// With `max_connection_age_secs`, the server ends a connection gracefully
+/// (GOAWAY) once it is that old, so long-lived clients reconnect and spread
+/// over new pods; without it, an idle connection stays open.
+#[tokio::test]
+async fn connections_are_closed_gracefully_at_their_maximum_age() {
+    async fn connection_lifetime(addr: SocketAddr) -> Option<Duration> {
+        let stream = TcpStream::connect(addr).await.unwrap();
+        let (_sender, connection) =
+            hyper::client::conn::http2::handshake::<_, _, http_body_util::Empty<Bytes>>(
+                hyper_util::rt::TokioExecutor::new(),
+                hyper_util::rt::TokioIo::new(stream),
+            )
+            .await
+            .unwrap();
+        let opened = Instant::now();
+        tokio::time::timeout(Duration::from_secs(3), connection)
+            .await
+            .ok()
+            .map(|_| opened.elapsed())
+    }
+
+    let aged = start_with(|config| {
+        config.max_connection_age_secs = 1;
+        config.max_connection_age_grace_secs = 1;
+    })
+    .await;
+    let lifetime = connection_lifetime(aged.server.addr)
+        .await
+        .expect("the server closed the connection");
+    assert!(lifetime >= Duration::from_millis(900), "{lifetime:?}");
+    aged.stop().await;
+
+    let unaged = start().await;
+    assert_eq!(connection_lifetime(unaged.server.addr).await, None);
+    unaged.stop().await;
+}
