@@ -13,6 +13,7 @@ use thiserror::Error;
 use crate::engine::Namespaces;
 use crate::kv::limits::{MAX_KEY_BYTES, MAX_MESSAGE_BYTES};
 use crate::server::tls::TlsSettings;
+use crate::migrate::{MigrationStep, Migrations};
 use crate::session::SessionConfig;
 
 /// Environment variables read by the command-line client, not the server.
@@ -94,6 +95,10 @@ pub struct Config {
     pub session: SessionConfig,
     /// TLS and mutual TLS on the gRPC port (`[tls]` in the file).
     pub tls: TlsSettings,
+    /// Record migrations (`[[migrations]]` in the file): per key prefix,
+    /// ordered RFC 6902 JSON Patch steps from one schema version to the next.
+    #[serde(default)]
+    pub migrations: Vec<MigrationStep>,
 }
 
 impl Default for Config {
@@ -122,6 +127,7 @@ impl Default for Config {
             log_level: "info".to_string(),
             session: SessionConfig::default(),
             tls: TlsSettings::default(),
+            migrations: Vec::new(),
         }
     }
 }
@@ -386,7 +392,15 @@ impl Config {
         self.namespaces().map_err(|error| {
             ConfigError::Invalid(format!("session.prefix {:?}: {error}", self.session.prefix))
         })?;
+        self.migrations()?;
         Ok(())
+    }
+
+    /// The validated `[[migrations]]`.
+    pub fn migrations(&self) -> Result<Migrations, ConfigError> {
+        let namespaces = self.namespaces().map_err(ConfigError::Invalid)?;
+        Migrations::new(&self.migrations, &namespaces)
+            .map_err(|error| ConfigError::Invalid(error.to_string()))
     }
 
     /// Which service owns which namespace: each service that keeps internals

@@ -14,6 +14,9 @@
 //!   representations, compare-and-set, page tokens. No transport types.
 //! - [`session`] — the Session service's domain logic: tokens, expiry,
 //!   the per-user index, rotation and revocation. No transport types.
+//! - [`migrate`] — versioned records: the `[[migrations]]` chains of JSON
+//!   Patch steps, lazy migration on read and the resumable batch migrator
+//!   behind `AdminService.Migrate`. No transport types.
 //! - [`api`] — thin tonic adapters and the single error-to-status mapping.
 //! - [`config`], [`server`], [`telemetry`] — configuration, wiring and
 //!   graceful shutdown, logging. `server::connections` bounds connections
@@ -29,6 +32,7 @@ pub mod config;
 pub mod engine;
 pub mod kv;
 pub mod metrics;
+pub mod migrate;
 pub mod server;
 pub mod session;
 pub mod telemetry;

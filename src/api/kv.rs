@@ -245,6 +245,7 @@ fn put_command(field_prefix: &str, request: pb::PutRequest) -> Result<PutCommand
         metadata,
         expiration,
         precondition,
+        schema_version: request.schema_version,
     })
 }
 
@@ -386,6 +387,7 @@ impl KvServiceRpc for KvApi {
                 expire_time: key.expire_at_millis.map(timestamp_from_millis),
                 metadata: key.metadata.map(json_to_proto),
                 version: key.version,
+                schema_version: key.schema_version,
             })
             .collect();
         Ok(Response::new(pb::ListResponse {

@@ -306,7 +306,7 @@ fn put_request(
             .map(|text| parse_json("--metadata", &text).map(json_to_proto))
             .transpose()?,
         expiration: expiration_from(ttl, expiration)?,
-        precondition: None,
+        ..Default::default()
     })
 }
 
@@ -420,7 +420,7 @@ fn bulk_put_mutation(index: usize, entry: BulkPutEntry) -> Result<pb::Mutation, 
             value: Some(value),
             metadata: entry.metadata.map(json_to_proto),
             expiration,
-            precondition: None,
+            ..Default::default()
         })),
     })
 }

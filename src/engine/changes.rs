@@ -37,6 +37,13 @@ pub enum Change {
     },
     /// The key was deleted (whether or not a live record was there).
     Delete,
+    /// A whole namespace was emptied (`AdminService.DropNamespace`): the
+    /// event's `key` is the namespace's prefix, and every key starting with
+    /// it is gone, except keys of more specific namespaces nested under it
+    /// (a subscriber may drop those too: over-invalidating is safe). One
+    /// event stands for all the keys, so subscribers must handle it; the
+    /// deleted keys get no events of their own.
+    NamespaceCleared,
 }
 
 /// One committed mutation.

@@ -136,6 +136,20 @@ pub struct ScanPage {
     pub resume_after: Option<String>,
 }
 
+/// Estimated size of one namespace, from storage statistics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NamespaceStats {
+    /// The namespace's prefix (empty for the default namespace).
+    pub prefix: String,
+    /// Where the engine keeps it (the RocksDB column family).
+    pub storage: String,
+    /// Estimated number of records, expired or deleted ones possibly
+    /// included until compaction.
+    pub estimated_keys: u64,
+    /// Estimated bytes of live data.
+    pub estimated_live_bytes: u64,
+}
+
 /// A failure of the storage engine.
 #[derive(Debug, Error)]
 pub enum EngineError {
@@ -291,4 +305,30 @@ pub trait Engine: Send + Sync + 'static {
 
     /// The namespaces keys are routed to.
     fn namespaces(&self) -> &Namespaces;
+
+    /// Estimated key count and size of every namespace, the default one
+    /// first, then by prefix. Cheap: read from storage statistics.
+    async fn namespace_stats(&self) -> Result<Vec<NamespaceStats>, EngineError>;
+
+    /// The exact number of live records stored in namespace `prefix` (keys of
+    /// namespaces nested under it not included). Reads every record head, so
+    /// it costs time in proportion to the namespace. Fails with
+    /// [`EngineError::Layout`] when `prefix` is not a configured namespace.
+    async fn count_namespace(&self, prefix: &str) -> Result<u64, EngineError>;
+
+    /// Deletes every record of namespace `prefix` (nested namespaces keep
+    /// theirs) atomically, ordered with other writes, and publishes one
+    /// [`Change::NamespaceCleared`] event with the prefix as its key. Fails
+    /// with [`EngineError::Layout`] when `prefix` is not a configured
+    /// namespace.
+    async fn clear_namespace(&self, prefix: &str) -> Result<(), EngineError>;
+
+    /// Reads a named piece of server state kept with the data but outside
+    /// every namespace (no read, scan or change event of keys sees it), such
+    /// as a migration's checkpoint.
+    async fn get_state(&self, name: &str) -> Result<Option<Vec<u8>>, EngineError>;
+
+    /// Writes (or with `None` removes) a named piece of server state, durably
+    /// as configured for writes. See [`Engine::get_state`].
+    async fn put_state(&self, name: &str, value: Option<Vec<u8>>) -> Result<(), EngineError>;
 }

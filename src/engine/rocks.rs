@@ -30,7 +30,9 @@ use rocksdb::{
 use super::changes::{ChangeFeed, ChangeSubscription};
 use super::namespace::{NamespaceId, DEFAULT_NAMESPACE};
 use super::record::{self, Record, StoredRecord, ValuePlace};
-use super::{Engine, EngineError, Namespaces, ScanPage, ScanRequest, WriteOp, WriteOutcome};
+use super::{
+    Engine, EngineError, NamespaceStats, Namespaces, ScanPage, ScanRequest, WriteOp, WriteOutcome,
+};
 use crate::clock::{Clock, MonotonicClock, SharedClock};
 use tokio::sync::watch;
 use writer::{Writer, WriterHooks, WriterState};
@@ -52,6 +54,13 @@ const SECRET_KEY: &[u8] = b"page_token_secret";
 const CHANGE_SEQUENCE_KEY: &[u8] = b"change_sequence";
 /// The clock's high-water mark: no read after a restart uses an earlier time.
 const CLOCK_MARK_KEY: &[u8] = b"clock_high_water";
+/// Prefix of named server state ([`Engine::get_state`]) in the meta column family.
+const STATE_KEY_PREFIX: &str = "state/";
+/// Above every key: keys are UTF-8, which never contains the byte 0xFF.
+const ABOVE_ALL_KEYS: &[u8] = b"\xff";
+/// A leftover namespace's keys are counted up to this many for the error
+/// that refuses to open it.
+const LEFTOVER_COUNT_LIMIT: u64 = 10_000_000;
 /// How many misplaced keys move per atomic batch during the startup repair.
 const REPAIR_BATCH: usize = 1000;
 
@@ -162,6 +171,41 @@ fn prefix_successor(prefix: &[u8]) -> Option<Vec<u8>> {
     None
 }
 
+/// The key ranges `[start, end)` that hold exactly the keys routed to
+/// namespace `id`: its prefix's range minus the ranges of the namespaces
+/// nested under it.
+pub(crate) fn namespace_ranges(
+    namespaces: &Namespaces,
+    id: NamespaceId,
+) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let prefix = namespaces.prefix(id).as_bytes();
+    let end = prefix_successor(prefix).unwrap_or_else(|| ABOVE_ALL_KEYS.to_vec());
+    // Configured prefixes inside this one, outermost only (sorted, so an
+    // inner one follows the one containing it).
+    let mut holes: Vec<&[u8]> = Vec::new();
+    for other in namespaces.configured_prefixes() {
+        let other = other.as_bytes();
+        if other.len() > prefix.len()
+            && other.starts_with(prefix)
+            && !holes.last().is_some_and(|hole| other.starts_with(hole))
+        {
+            holes.push(other);
+        }
+    }
+    let mut ranges = Vec::new();
+    let mut start = prefix.to_vec();
+    for hole in holes {
+        if start.as_slice() < hole {
+            ranges.push((start, hole.to_vec()));
+        }
+        start = prefix_successor(hole).unwrap_or_else(|| ABOVE_ALL_KEYS.to_vec());
+    }
+    if start < end {
+        ranges.push((start, end));
+    }
+    ranges
+}
+
 impl RocksEngine {
     /// Opens (or creates) the store at `path` with the given namespaces.
     ///
@@ -185,7 +229,7 @@ impl RocksEngine {
         let column_families: Vec<String> = (0..namespaces.len())
             .map(|id| column_family_name(&namespaces, id))
             .collect();
-        check_existing_column_families(&path, &column_families)?;
+        let leftovers = check_existing_column_families(&path, &column_families)?;
 
         let clock = Arc::new(MonotonicClock::new(clock, 0));
         let cache = Cache::new_lru_cache(options.block_cache_bytes);
@@ -200,6 +244,14 @@ impl RocksEngine {
             namespace_options(&cache, &options, &clock),
         ));
         descriptors.push(ColumnFamilyDescriptor::new(META_CF, Options::default()));
+        // Namespaces no longer configured are opened only to see whether they
+        // still hold data.
+        for name in &leftovers {
+            descriptors.push(ColumnFamilyDescriptor::new(
+                name,
+                namespace_options(&cache, &options, &clock),
+            ));
+        }
 
         let mut db_options = Options::default();
         db_options.create_if_missing(true);
@@ -209,7 +261,8 @@ impl RocksEngine {
             .unwrap_or(2);
         db_options.increase_parallelism(parallelism);
         db_options.set_max_background_jobs(parallelism.max(2));
-        let db = DB::open_cf_descriptors(&db_options, &path, descriptors).map_err(storage_error)?;
+        let mut db =
+            DB::open_cf_descriptors(&db_options, &path, descriptors).map_err(storage_error)?;
 
         let mut write_options = WriteOptions::default();
         write_options.set_sync(options.sync_writes);
@@ -244,6 +297,10 @@ impl RocksEngine {
                  expiry keeps using the store's time until the clock catches up"
             );
         }
+        drop_empty_leftovers(&mut db, &path, &leftovers, clock.now_millis())?;
+        let meta = db
+            .cf_handle(META_CF)
+            .ok_or_else(|| EngineError::Storage("meta column family missing".into()))?;
         let secret = match db.get_cf(&meta, SECRET_KEY).map_err(storage_error)? {
             Some(secret) => secret,
             None => {
@@ -393,31 +450,105 @@ impl RocksEngine {
     }
 }
 
-/// Refuses to open a directory holding namespaces the configuration dropped,
-/// or column families this build does not know.
-fn check_existing_column_families(path: &Path, configured: &[String]) -> Result<(), EngineError> {
+/// Refuses to open a directory holding column families this build does not
+/// know; returns the namespaces the configuration no longer has, which
+/// [`drop_empty_leftovers`] checks once the store is open.
+fn check_existing_column_families(
+    path: &Path,
+    configured: &[String],
+) -> Result<Vec<String>, EngineError> {
     if !path.join("CURRENT").exists() {
-        return Ok(());
+        return Ok(Vec::new());
     }
     let existing = DB::list_cf(&Options::default(), path).map_err(storage_error)?;
+    let mut leftovers = Vec::new();
     for name in existing {
         if configured.contains(&name) || name == META_CF || name == VALUES_CF {
             continue;
         }
-        return Err(match name.strip_prefix(NAMESPACE_CF_PREFIX) {
-            Some(prefix) => EngineError::Layout(format!(
-                "data dir {} holds namespace {prefix:?}, which is not in the configured \
-                 namespaces; add it back to `namespaces` to keep serving its keys \
+        if name.starts_with(NAMESPACE_CF_PREFIX) {
+            leftovers.push(name);
+            continue;
+        }
+        return Err(EngineError::Layout(format!(
+            "data dir {} holds an unknown column family {name:?}; is it a tierkv data dir?",
+            path.display()
+        )));
+    }
+    Ok(leftovers)
+}
+
+/// Refuses to serve when a namespace removed from the configuration still
+/// holds live keys (they would silently become invisible); drops the column
+/// family of one that holds none, so retiring a namespace ends with its
+/// removal from the configuration.
+fn drop_empty_leftovers(
+    db: &mut DB,
+    path: &Path,
+    leftovers: &[String],
+    now: u64,
+) -> Result<(), EngineError> {
+    for name in leftovers {
+        let prefix = name.strip_prefix(NAMESPACE_CF_PREFIX).unwrap_or(name);
+        let cf = db
+            .cf_handle(name)
+            .ok_or_else(|| EngineError::Storage(format!("column family {name:?} is not open")))?;
+        let live = count_live(db, cf, None, now, LEFTOVER_COUNT_LIMIT)?;
+        if live > 0 {
+            let count = if live >= LEFTOVER_COUNT_LIMIT {
+                format!("at least {live}")
+            } else {
+                live.to_string()
+            };
+            return Err(EngineError::Layout(format!(
+                "data dir {} holds namespace {prefix:?} with {count} live keys, but {prefix:?} \
+                 is not in the configured namespaces; to keep serving its keys, add it back to \
+                 `namespaces`; to retire it, add it back, run `tierkv admin drop-namespace \
+                 {prefix} --expected-keys {live}` against the running server, then remove it \
                  (tierkv never drops a namespace's data silently)",
                 path.display()
-            )),
-            None => EngineError::Layout(format!(
-                "data dir {} holds an unknown column family {name:?}; is it a tierkv data dir?",
-                path.display()
-            )),
-        });
+            )));
+        }
+        db.drop_cf(name).map_err(storage_error)?;
+        tracing::info!(
+            column_family = name.as_str(),
+            "dropped the empty column family of a namespace no longer configured"
+        );
     }
     Ok(())
+}
+
+/// Counts live record heads in `cf` (within `range` if given), stopping at `limit`.
+fn count_live(
+    db: &DB,
+    cf: CfHandle<'_>,
+    range: Option<(&[u8], &[u8])>,
+    now: u64,
+    limit: u64,
+) -> Result<u64, EngineError> {
+    let mut read_options = ReadOptions::default();
+    // A one-off pass over everything should not evict the working set.
+    read_options.fill_cache(false);
+    if let Some((_, end)) = range {
+        read_options.set_iterate_upper_bound(end.to_vec());
+    }
+    let mut iterator = db.raw_iterator_cf_opt(cf, read_options);
+    match range {
+        Some((start, _)) => iterator.seek(start),
+        None => iterator.seek_to_first(),
+    }
+    let mut live = 0;
+    while let Some(head) = iterator.value() {
+        if record::peek_expire_at_millis(head).is_none_or(|at| at > now) {
+            live += 1;
+            if live >= limit {
+                break;
+            }
+        }
+        iterator.next();
+    }
+    iterator.status().map_err(storage_error)?;
+    Ok(live)
 }
 
 fn namespace_options(
@@ -926,11 +1057,138 @@ impl Engine for RocksEngine {
     fn namespaces(&self) -> &Namespaces {
         &self.inner.namespaces
     }
+
+    async fn namespace_stats(&self) -> Result<Vec<NamespaceStats>, EngineError> {
+        self.blocking(|inner| {
+            (0..inner.namespaces.len())
+                .map(|id| {
+                    let cf = inner.handle(id)?;
+                    let property = |name: &str| -> Result<u64, EngineError> {
+                        Ok(inner
+                            .db
+                            .property_int_value_cf(cf, name)
+                            .map_err(storage_error)?
+                            .unwrap_or(0))
+                    };
+                    Ok(NamespaceStats {
+                        prefix: inner.namespaces.prefix(id).to_string(),
+                        storage: inner.column_families[id].clone(),
+                        estimated_keys: property("rocksdb.estimate-num-keys")?,
+                        estimated_live_bytes: property("rocksdb.estimate-live-data-size")?,
+                    })
+                })
+                .collect()
+        })
+        .await
+    }
+
+    async fn count_namespace(&self, prefix: &str) -> Result<u64, EngineError> {
+        let id = self.namespace_id(prefix)?;
+        self.blocking(move |inner| {
+            let cf = inner.handle(id)?;
+            count_live(&inner.db, cf, None, inner.clock.now_millis(), u64::MAX)
+        })
+        .await
+    }
+
+    async fn clear_namespace(&self, prefix: &str) -> Result<(), EngineError> {
+        let id = self.namespace_id(prefix)?;
+        self.writer.submit_clear(&self.inner, id).await?;
+        // Compact the emptied ranges now, so the space comes back and the
+        // estimates drop, instead of whenever compaction gets there.
+        self.blocking(move |inner| {
+            let cf = inner.handle(id)?;
+            let values = inner.values_handle()?;
+            for (start, end) in namespace_ranges(&inner.namespaces, id) {
+                inner.db.compact_range_cf(cf, Some(&start), Some(&end));
+                inner.db.compact_range_cf(values, Some(&start), Some(&end));
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn get_state(&self, name: &str) -> Result<Option<Vec<u8>>, EngineError> {
+        let key = format!("{STATE_KEY_PREFIX}{name}");
+        self.blocking(move |inner| {
+            inner
+                .db
+                .get_cf(inner.meta_handle()?, key.as_bytes())
+                .map_err(storage_error)
+        })
+        .await
+    }
+
+    async fn put_state(&self, name: &str, value: Option<Vec<u8>>) -> Result<(), EngineError> {
+        let key = format!("{STATE_KEY_PREFIX}{name}");
+        self.blocking(move |inner| {
+            let meta = inner.meta_handle()?;
+            match value {
+                Some(value) => {
+                    inner
+                        .db
+                        .put_cf_opt(meta, key.as_bytes(), value, &inner.write_options)
+                }
+                None => inner
+                    .db
+                    .delete_cf_opt(meta, key.as_bytes(), &inner.write_options),
+            }
+            .map_err(storage_error)
+        })
+        .await
+    }
+}
+
+impl RocksEngine {
+    /// The id of the configured namespace with exactly this prefix.
+    fn namespace_id(&self, prefix: &str) -> Result<NamespaceId, EngineError> {
+        let namespaces = &self.inner.namespaces;
+        (0..namespaces.len())
+            .find(|id| namespaces.prefix(*id) == prefix)
+            .ok_or_else(|| EngineError::Layout(format!("{prefix:?} is not a configured namespace")))
+    }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::prefix_successor;
+    use super::{namespace_ranges, prefix_successor};
+    use crate::engine::Namespaces;
+
+    /// A namespace's ranges leave out the namespaces nested in it; the
+    /// default namespace's leave out every configured prefix.
+    #[test]
+    fn namespace_ranges_leave_out_nested_namespaces() {
+        let namespaces = Namespaces::new(["user:", "user:admin:", "user:admin:x:", "cache:"]);
+        let ranges = |prefix: &str| {
+            let id = namespaces.route(prefix);
+            namespace_ranges(&namespaces, id)
+                .into_iter()
+                .map(|(start, end)| {
+                    (
+                        String::from_utf8_lossy(&start).into_owned(),
+                        String::from_utf8_lossy(&end).into_owned(),
+                    )
+                })
+                .collect::<Vec<_>>()
+        };
+        let pair = |a: &str, b: &str| (a.to_string(), b.to_string());
+        assert_eq!(
+            ranges("user:"),
+            vec![pair("user:", "user:admin:"), pair("user:admin;", "user;")]
+        );
+        assert_eq!(
+            ranges("user:admin:"),
+            vec![
+                pair("user:admin:", "user:admin:x:"),
+                pair("user:admin:x;", "user:admin;")
+            ]
+        );
+        assert_eq!(ranges("cache:"), vec![pair("cache:", "cache;")]);
+        let default = ranges("other");
+        assert_eq!(default.first().unwrap(), &pair("", "cache:"));
+        assert_eq!(default[1], pair("cache;", "user:"));
+        assert_eq!(default[2].0, "user;");
+    }
 
     /// The upper bound of a prefix range is the next byte string past it.
     #[test]

@@ -20,6 +20,9 @@ pub const MIN_TTL: Duration = Duration::from_secs(1);
 /// envelope (`BatchWriteRequest` → `Mutation` → `PutRequest`) reach level 99,
 /// so anything within this limit is readable by every standard client.
 pub const MAX_JSON_DEPTH: usize = 32;
+/// Highest schema version a write may set: versions count format changes,
+/// so anything near this is a bug in the client, not a real format.
+pub const MAX_SCHEMA_VERSION: u32 = 1_000_000;
 /// Most keys in one `BatchGet`.
 pub const MAX_BATCH_GET_KEYS: usize = 100;
 /// Most mutations in one `BatchWrite`.

@@ -14,6 +14,7 @@ use crate::engine::{
     ChangeSubscription, DeleteOp, Engine, EngineError, Precondition, PutOp, Record, ScanRequest,
     ValueKind, WriteOp, WriteOutcome,
 };
+use crate::migrate::LazyMigrator;
 use limits::*;
 pub use page_token::PageTokenError;
 
@@ -86,6 +87,8 @@ pub struct PutCommand {
     pub expiration: Expiration,
     /// A condition checked atomically with the write.
     pub precondition: Precondition,
+    /// The schema version of the value's format; 0 means 1.
+    pub schema_version: u32,
 }
 
 /// Deletes one key.
@@ -153,6 +156,8 @@ pub struct ListedKey {
     pub metadata: Option<serde_json::Value>,
     /// The key's version.
     pub version: u64,
+    /// The record's schema version as stored.
+    pub schema_version: u32,
 }
 
 /// One page of a listing.
@@ -304,12 +309,34 @@ fn invalid(field: impl Into<String>, description: impl Into<String>) -> KvError 
 pub struct KvService {
     engine: Arc<dyn Engine>,
     clock: SharedClock,
+    /// Migrates records older than their prefix's target as they are read.
+    lazy_migration: Option<Arc<LazyMigrator>>,
 }
 
 impl KvService {
     /// A service over `engine`, taking time from `clock`.
     pub fn new(engine: Arc<dyn Engine>, clock: SharedClock) -> Self {
-        Self { engine, clock }
+        Self {
+            engine,
+            clock,
+            lazy_migration: None,
+        }
+    }
+
+    /// The same service, migrating records as they are read (see
+    /// [`crate::migrate::lazy`]).
+    pub fn with_lazy_migration(mut self, migrator: Arc<LazyMigrator>) -> Self {
+        self.lazy_migration = migrator.is_active().then_some(migrator);
+        self
+    }
+
+    /// A record as a read returns it: migrated when a configured migration
+    /// says it is out of date.
+    fn migrate_on_read(&self, key: &str, record: Record) -> Record {
+        match &self.lazy_migration {
+            Some(migrator) => migrator.on_read(key, record),
+            None => record,
+        }
     }
 
     /// The engine the service runs on.
@@ -348,7 +375,7 @@ impl KvService {
         self.check_owner("key", key)?;
         let record = self.engine.get(key.to_string()).await?;
         record
-            .map(|record| entry_from_record(key, record, value_type))
+            .map(|record| entry_from_record(key, self.migrate_on_read(key, record), value_type))
             .transpose()
     }
 
@@ -397,7 +424,9 @@ impl KvService {
             .zip(keys)
             .map(|(record, key)| {
                 record
-                    .map(|record| entry_from_record(key, record, value_type))
+                    .map(|record| {
+                        entry_from_record(key, self.migrate_on_read(key, record), value_type)
+                    })
                     .transpose()
             })
             .collect()
@@ -567,6 +596,7 @@ impl KvService {
                     expire_at_millis: record.expire_at_millis,
                     metadata,
                     version: record.version,
+                    schema_version: record.schema_version,
                 })
             })
             .collect::<Result<Vec<_>, KvError>>()?;
@@ -650,6 +680,7 @@ impl KvService {
         if !violations.is_empty() {
             return Err(KvError::InvalidArgument(violations));
         }
+        let schema_version = resolve_schema_version(field_prefix, command.schema_version)?;
         self.check_owner(&format!("{field_prefix}key"), &command.key)?;
         Ok(PutOp {
             key: command.key,
@@ -657,9 +688,22 @@ impl KvService {
             value,
             metadata,
             expire_at_millis,
-            schema_version: 1,
+            schema_version,
             precondition: command.precondition,
         })
+    }
+}
+
+/// The schema version a put stores: 0 (unset) means 1; more than
+/// [`MAX_SCHEMA_VERSION`] is refused.
+fn resolve_schema_version(field_prefix: &str, requested: u32) -> Result<u32, KvError> {
+    match requested {
+        0 => Ok(1),
+        version if version > MAX_SCHEMA_VERSION => Err(invalid(
+            format!("{field_prefix}schema_version"),
+            format!("schema_version is {version}; the limit is {MAX_SCHEMA_VERSION}"),
+        )),
+        version => Ok(version),
     }
 }
 

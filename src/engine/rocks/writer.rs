@@ -80,6 +80,9 @@ type Reply = oneshot::Sender<Result<Vec<WriteOutcome>, EngineError>>;
 /// wakes the writer so it persists the clock's high-water mark.
 struct WriteRequest {
     ops: Vec<PreparedOp>,
+    /// Set for a request that empties a whole namespace; it has no ops and
+    /// commits alone (see [`Inner::commit_clear`]).
+    clear: Option<NamespaceId>,
     reply: Option<Reply>,
     bytes: usize,
     /// The request's share of the queue's byte budget, returned as it is answered.
@@ -90,6 +93,7 @@ impl WriteRequest {
     fn tick() -> Self {
         Self {
             ops: Vec::new(),
+            clear: None,
             reply: None,
             bytes: 0,
             budget: None,
@@ -299,6 +303,7 @@ impl Writer {
         sender
             .send(WriteRequest {
                 ops: prepared,
+                clear: None,
                 reply: Some(reply),
                 bytes,
                 budget: Some(budget),
@@ -306,6 +311,27 @@ impl Writer {
             .await
             .map_err(|_| self.closed(inner))?;
         response.await.map_err(|_| self.closed(inner))?
+    }
+
+    /// Queues the emptying of namespace `namespace` and waits for its commit.
+    pub(super) async fn submit_clear(
+        &self,
+        inner: &Arc<Inner>,
+        namespace: NamespaceId,
+    ) -> Result<(), EngineError> {
+        let sender = self.sender.as_ref().ok_or_else(|| self.closed(inner))?;
+        let (reply, response) = oneshot::channel();
+        sender
+            .send(WriteRequest {
+                ops: Vec::new(),
+                clear: Some(namespace),
+                reply: Some(reply),
+                bytes: 0,
+                budget: None,
+            })
+            .await
+            .map_err(|_| self.closed(inner))?;
+        response.await.map_err(|_| self.closed(inner))?.map(|_| ())
     }
 
     fn closed(&self, inner: &Inner) -> EngineError {
@@ -398,12 +424,23 @@ fn run_writer(
     mut requests: mpsc::Receiver<WriteRequest>,
     mut state: WriterState,
 ) -> Result<(), String> {
-    while let Some(first) = next_request(&mut requests) {
+    // A namespace clear taken while gathering a group waits for the next turn:
+    // it commits alone, after the group queued before it.
+    let mut held: Option<WriteRequest> = None;
+    while let Some(first) = held.take().or_else(|| next_request(&mut requests)) {
         inner.hooks.checkpoint();
+        if first.clear.is_some() {
+            inner.commit_clear(first, &mut state)?;
+            continue;
+        }
         let mut group_bytes = first.bytes;
         let mut group = vec![first];
         while group.len() < MAX_GROUP_REQUESTS && group_bytes < MAX_GROUP_BYTES {
             match requests.try_recv() {
+                Ok(request) if request.clear.is_some() => {
+                    held = Some(request);
+                    break;
+                }
                 Ok(request) => {
                     group_bytes += request.bytes;
                     group.push(request);
@@ -621,6 +658,70 @@ impl Inner {
                 for mut entry in accepted {
                     entry.request.answer(Err(error.duplicate()));
                 }
+                if error.is_retryable() {
+                    Ok(())
+                } else {
+                    Err(format!("a write to the store failed: {error}"))
+                }
+            }
+        }
+    }
+}
+
+impl Inner {
+    /// Empties one namespace in one `WriteBatch`: a range deletion over its
+    /// column family, and over the out-of-line values of its key ranges
+    /// (nested namespaces' ranges left out), with one change event. Alone in
+    /// its commit, so the preconditions of every later write see the
+    /// namespace empty.
+    fn commit_clear(
+        &self,
+        mut request: WriteRequest,
+        state: &mut WriterState,
+    ) -> Result<(), String> {
+        let Some(namespace) = request.clear else {
+            return Ok(());
+        };
+        let handles = self
+            .handle(namespace)
+            .and_then(|cf| Ok((cf, self.values_handle()?, self.meta_handle()?)));
+        let (cf, values, meta) = match handles {
+            Ok(handles) => handles,
+            Err(error) => {
+                request.answer(Err(error.duplicate()));
+                return Err(format!("column families unavailable: {error}"));
+            }
+        };
+        let now = self.clock.now_millis();
+        let prefix = self.namespaces.prefix(namespace).to_string();
+        let mut batch = WriteBatch::default();
+        for (start, end) in super::namespace_ranges(&self.namespaces, namespace) {
+            batch.delete_range_cf(cf, &start, &end);
+            batch.delete_range_cf(values, &start, &end);
+        }
+        let next_sequence = self.feed.next_sequence() + 1;
+        batch.put_cf(meta, CHANGE_SEQUENCE_KEY, next_sequence.to_le_bytes());
+        let advance_clock = now > state.persisted_clock;
+        if advance_clock {
+            batch.put_cf(meta, CLOCK_MARK_KEY, now.to_le_bytes());
+        }
+        match self.db.write_opt(batch, &self.write_options) {
+            Ok(()) => {
+                state.persisted_clock = state.persisted_clock.max(now);
+                self.groups_committed.fetch_add(1, Ordering::Relaxed);
+                self.feed.publish(1, |first| {
+                    vec![ChangeEvent {
+                        sequence: first,
+                        key: Arc::from(prefix.as_str()),
+                        change: Change::NamespaceCleared,
+                    }]
+                });
+                request.answer(Ok(Vec::new()));
+                Ok(())
+            }
+            Err(error) => {
+                let error = storage_error(error);
+                request.answer(Err(error.duplicate()));
                 if error.is_retryable() {
                     Ok(())
                 } else {
