@@ -17,6 +17,8 @@
 //! - [`migrate`] — versioned records: the `[[migrations]]` chains of JSON
 //!   Patch steps, lazy migration on read and the resumable batch migrator
 //!   behind `AdminService.Migrate`. No transport types.
+//! - [`admin`] — namespace administration: estimated sizes, and retiring a
+//!   namespace by dropping its data with a confirmed key count.
 //! - [`api`] — thin tonic adapters and the single error-to-status mapping.
 //! - [`config`], [`server`], [`telemetry`] — configuration, wiring and
 //!   graceful shutdown, logging. `server::connections` bounds connections
@@ -25,6 +27,7 @@
 //! - [`cli`] — the `tierkv` command line (server and `wrangler kv`-like client).
 //! - [`clock`] — injectable wall-clock time, so expiry is testable.
 
+pub mod admin;
 pub mod api;
 pub mod cli;
 pub mod clock;

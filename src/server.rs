@@ -24,6 +24,8 @@ use std::convert::Infallible;
 use tonic::server::NamedService;
 use tonic::service::RoutesBuilder;
 
+use crate::admin::NamespaceAdmin;
+use crate::api::admin::AdminApi;
 use crate::api::deadline::DeadlineLayer;
 use crate::api::kv::KvApi;
 use crate::api::request_limits::{BudgetCounts, RequestBudget, RequestLimitLayer};
@@ -32,6 +34,7 @@ use crate::clock::SharedClock;
 use crate::config::{Config, ConfigError};
 use crate::engine::{Engine, EngineError, Namespaces, RocksEngine, RocksOptions};
 use crate::kv::KvService;
+use crate::migrate::{LazyMigrator, Migrator};
 use crate::session::SessionService;
 use connections::{ConnectionCounts, ConnectionLimits, Connections};
 use in_flight::{InFlight, InFlightLayer};
@@ -42,7 +45,11 @@ use rpc_metrics::RpcMetricsLayer;
 use crate::metrics::{FigureWriter, MetricsBuilder};
 
 /// The services this server exposes (each also has a health status).
-pub const SERVICE_NAMES: &[&str] = &["tierkv.v1.KvService", "tierkv.v1.SessionService"];
+pub const SERVICE_NAMES: &[&str] = &[
+    "tierkv.v1.KvService",
+    "tierkv.v1.SessionService",
+    "tierkv.v1.AdminService",
+];
 
 /// The gRPC services of a server, collected with their names so that
 /// registering a service is one line and health reporting follows it.
@@ -453,8 +460,26 @@ async fn serve_until_stopped(
     let mut metrics = MetricsBuilder::new();
     let rpc_metrics = metrics.rpc(known_method_paths());
     metrics.collector(stats.clone());
+    let migrations = Arc::new(config.migrations()?);
+    let lazy_migration = Arc::new(LazyMigrator::new(
+        Arc::clone(&migrations),
+        Arc::clone(&engine),
+        Arc::clone(&clock),
+    ));
+    let migrator = Arc::new(Migrator::new(
+        migrations,
+        Arc::clone(&engine),
+        Arc::clone(&clock),
+    ));
     let mut services = ServiceSet::default();
-    services.add(KvApi::new(KvService::new(Arc::clone(&engine), Arc::clone(&clock))).into_server());
+    services.add(
+        KvApi::new(
+            KvService::new(Arc::clone(&engine), Arc::clone(&clock))
+                .with_lazy_migration(lazy_migration),
+        )
+        .into_server(),
+    );
+    services.add(AdminApi::new(migrator, NamespaceAdmin::new(Arc::clone(&engine))).into_server());
     services.add(
         SessionApi::new(SessionService::new(
             Arc::clone(&engine),

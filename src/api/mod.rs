@@ -1,6 +1,7 @@
 //! gRPC adapters: each wraps a domain service, converts messages and maps
 //! errors to `tonic::Status`. No domain logic lives here.
 
+pub mod admin;
 pub mod codec;
 pub mod convert;
 pub mod deadline;

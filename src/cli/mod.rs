@@ -1,7 +1,9 @@
 //! The `tierkv` command line: `serve` runs the server; `kv` talks to one,
-//! modelled on `wrangler kv`; `session` manages sessions.
+//! modelled on `wrangler kv`; `session` manages sessions; `admin` migrates
+//! records and retires namespaces.
 
 mod connect;
+mod admin;
 mod kv;
 mod session;
 
@@ -37,6 +39,8 @@ enum Command {
     Kv(kv::KvArgs),
     /// Create, check, rotate and revoke sessions on a running server.
     Session(session::SessionArgs),
+    /// Migrate records and retire namespaces on a running server.
+    Admin(admin::AdminArgs),
 }
 
 #[derive(Debug, Args)]
@@ -70,6 +74,7 @@ pub async fn main() -> ExitCode {
         },
         Command::Kv(args) => kv::run(args).await,
         Command::Session(args) => session::run(args).await,
+        Command::Admin(args) => admin::run(args).await,
     }
 }
 

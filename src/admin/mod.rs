@@ -1,0 +1,126 @@
+//! Namespace administration: listing namespaces with their estimated sizes
+//! and retiring one by deleting its data on purpose. No transport types.
+//!
+//! A namespace removed from the configuration is refused at start while its
+//! column family holds data ([`crate::engine::RocksEngine::open`]); the way to
+//! retire one is to drop its data while it is still configured, with the
+//! exact key count as a confirmation, then remove it from `namespaces`.
+
+use std::sync::Arc;
+
+use thiserror::Error;
+
+use crate::engine::{Engine, EngineError};
+
+/// A namespace with its estimated size.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NamespaceInfo {
+    /// The prefix (empty for the default namespace).
+    pub prefix: String,
+    /// Where the engine keeps it (the column family).
+    pub column_family: String,
+    /// Estimated key count.
+    pub estimated_keys: u64,
+    /// Estimated live bytes.
+    pub estimated_live_bytes: u64,
+    /// The owning service, if any.
+    pub owner: Option<String>,
+}
+
+/// A failure of a namespace administration call.
+#[derive(Debug, Error)]
+pub enum AdminError {
+    /// The prefix is not a configured namespace.
+    #[error("{prefix:?} is not a configured namespace (configured: {configured}); only configured namespaces can be dropped")]
+    UnknownNamespace {
+        /// The prefix asked for.
+        prefix: String,
+        /// The configured prefixes, for the message.
+        configured: String,
+    },
+    /// The confirmation does not match the namespace's key count.
+    #[error("namespace {prefix:?} holds {actual} live keys{}; pass expected_keys = {actual} to drop them", match .expected { Some(expected) => format!(", not the {expected} expected"), None => String::new() })]
+    ExpectedKeysMismatch {
+        /// The prefix.
+        prefix: String,
+        /// The confirmation given, if any.
+        expected: Option<u64>,
+        /// The exact live key count.
+        actual: u64,
+    },
+    /// The storage engine failed.
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+}
+
+/// Lists and drops namespaces.
+#[derive(Clone)]
+pub struct NamespaceAdmin {
+    engine: Arc<dyn Engine>,
+}
+
+impl NamespaceAdmin {
+    /// Administration of `engine`'s namespaces.
+    pub fn new(engine: Arc<dyn Engine>) -> Self {
+        Self { engine }
+    }
+
+    /// Every namespace, the default one first, with estimates.
+    pub async fn list(&self) -> Result<Vec<NamespaceInfo>, AdminError> {
+        let namespaces = self.engine.namespaces();
+        let stats = self.engine.namespace_stats().await?;
+        Ok(stats
+            .into_iter()
+            .map(|stats| {
+                let owner = namespaces
+                    .owner(namespaces.route(&stats.prefix))
+                    .filter(|_| !stats.prefix.is_empty())
+                    .map(str::to_string);
+                NamespaceInfo {
+                    prefix: stats.prefix,
+                    column_family: stats.storage,
+                    estimated_keys: stats.estimated_keys,
+                    estimated_live_bytes: stats.estimated_live_bytes,
+                    owner,
+                }
+            })
+            .collect())
+    }
+
+    /// Deletes every key of the namespace `prefix` once `expected_keys`
+    /// equals its exact live key count; returns that count.
+    ///
+    /// The count is taken just before the drop: a key written in between is
+    /// dropped too. The confirmation guards against dropping the wrong
+    /// namespace, not against concurrent writers: stop writing to a
+    /// namespace before retiring it.
+    pub async fn drop_namespace(
+        &self,
+        prefix: &str,
+        expected_keys: Option<u64>,
+    ) -> Result<u64, AdminError> {
+        let namespaces = self.engine.namespaces();
+        let configured = prefix.is_empty() || namespaces.configured_prefixes().any(|p| p == prefix);
+        if !configured {
+            return Err(AdminError::UnknownNamespace {
+                prefix: prefix.to_string(),
+                configured: namespaces
+                    .configured_prefixes()
+                    .map(|p| format!("{p:?}"))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            });
+        }
+        let actual = self.engine.count_namespace(prefix).await?;
+        if expected_keys != Some(actual) {
+            return Err(AdminError::ExpectedKeysMismatch {
+                prefix: prefix.to_string(),
+                expected: expected_keys,
+                actual,
+            });
+        }
+        self.engine.clear_namespace(prefix).await?;
+        tracing::warn!(prefix, deleted_keys = actual, "namespace dropped");
+        Ok(actual)
+    }
+}

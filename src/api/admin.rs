@@ -1,0 +1,194 @@
+//! The `tierkv.v1.AdminService` adapter: batch migrations and namespaces.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use tokio_stream::{wrappers::ReceiverStream, Stream, StreamExt};
+use tonic::{Code, Request, Response, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+
+use super::convert::timestamp_from_millis;
+use super::status::{engine_status, ERROR_DOMAIN};
+use crate::admin::{AdminError, NamespaceAdmin};
+use crate::migrate::{MigrateError, MigrationProgress, MigrationRequest, MigrationState, Migrator};
+use crate::proto::v1 as pb;
+use pb::admin_service_server::AdminService as AdminServiceRpc;
+
+/// Serves batch migrations and namespace administration over gRPC.
+#[derive(Clone)]
+pub struct AdminApi {
+    migrator: Arc<Migrator>,
+    namespaces: NamespaceAdmin,
+}
+
+impl AdminApi {
+    /// An adapter for `migrator` and `namespaces`.
+    pub fn new(migrator: Arc<Migrator>, namespaces: NamespaceAdmin) -> Self {
+        Self {
+            migrator,
+            namespaces,
+        }
+    }
+
+    /// The tonic service to mount.
+    pub fn into_server(self) -> pb::admin_service_server::AdminServiceServer<Self> {
+        pb::admin_service_server::AdminServiceServer::new(self)
+    }
+}
+
+/// Maps a migration error to a status, logging it once.
+pub fn migrate_status(method: &'static str, error: MigrateError) -> Status {
+    let message = error.to_string();
+    let status = match error {
+        MigrateError::InvalidArgument { field, description } => {
+            let mut details = ErrorDetails::new();
+            details.add_bad_request_violation(field, description);
+            Status::with_error_details(Code::InvalidArgument, message, details)
+        }
+        MigrateError::AlreadyRunning { prefix } => {
+            let mut info = std::collections::HashMap::new();
+            info.insert("prefix".to_string(), prefix);
+            let details = ErrorDetails::with_error_info("MIGRATION_RUNNING", ERROR_DOMAIN, info);
+            Status::with_error_details(Code::Aborted, message, details)
+        }
+        MigrateError::NotFound { .. } => Status::not_found(message),
+        MigrateError::InvalidStep { .. } | MigrateError::CorruptState { .. } => {
+            tracing::error!(method, error = %message, "migration state failure");
+            return Status::internal(message);
+        }
+        MigrateError::Engine(engine) => return engine_status(method, engine),
+    };
+    tracing::debug!(method, code = ?status.code(), "request rejected");
+    status
+}
+
+/// Maps a namespace administration error to a status, logging it once.
+pub fn admin_status(method: &'static str, error: AdminError) -> Status {
+    let message = error.to_string();
+    let status = match error {
+        AdminError::UnknownNamespace { .. } => Status::not_found(message),
+        AdminError::ExpectedKeysMismatch { prefix, actual, .. } => {
+            let mut info = std::collections::HashMap::new();
+            info.insert("prefix".to_string(), prefix.clone());
+            info.insert("actual_keys".to_string(), actual.to_string());
+            let mut details =
+                ErrorDetails::with_error_info("EXPECTED_KEYS_MISMATCH", ERROR_DOMAIN, info);
+            details.add_precondition_failure_violation(
+                "EXPECTED_KEYS",
+                prefix,
+                format!("the namespace holds {actual} live keys"),
+            );
+            Status::with_error_details(Code::FailedPrecondition, message, details)
+        }
+        AdminError::Engine(engine) => return engine_status(method, engine),
+    };
+    tracing::debug!(method, code = ?status.code(), "request rejected");
+    status
+}
+
+fn state_to_proto(state: MigrationState) -> pb::MigrationState {
+    pb::MigrationState {
+        prefix: state.prefix,
+        dry_run: state.dry_run,
+        scanned: state.scanned,
+        migrated: state.migrated,
+        already_current: state.already_current,
+        failed: state.failed,
+        newer_than_known: state.newer_than_known,
+        skipped: state.skipped,
+        checkpoint: state.checkpoint.unwrap_or_default(),
+        start_time: Some(timestamp_from_millis(state.started_at_millis)),
+        finish_time: state.finished_at_millis.map(timestamp_from_millis),
+        done: state.done,
+        running: state.running,
+    }
+}
+
+fn progress_to_proto(progress: MigrationProgress) -> pb::MigrateProgress {
+    pb::MigrateProgress {
+        state: Some(state_to_proto(progress.state)),
+        failures: progress
+            .failures
+            .into_iter()
+            .map(|(key, reason)| pb::MigrationFailure { key, reason })
+            .collect(),
+    }
+}
+
+/// The stream of a `Migrate` call.
+pub type MigrateStream = Pin<Box<dyn Stream<Item = Result<pb::MigrateProgress, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl AdminServiceRpc for AdminApi {
+    type MigrateStream = MigrateStream;
+
+    async fn migrate(
+        &self,
+        request: Request<pb::MigrateRequest>,
+    ) -> Result<Response<Self::MigrateStream>, Status> {
+        let request = request.into_inner();
+        let receiver = self
+            .migrator
+            .start(MigrationRequest {
+                prefix: request.prefix,
+                dry_run: request.dry_run,
+                batch_size: request.batch_size,
+                max_records_per_second: request.max_records_per_second,
+            })
+            .await
+            .map_err(|error| migrate_status("Migrate", error))?;
+        let stream = ReceiverStream::new(receiver).map(|item| {
+            item.map(progress_to_proto)
+                .map_err(|error| migrate_status("Migrate", error))
+        });
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn get_migration(
+        &self,
+        request: Request<pb::GetMigrationRequest>,
+    ) -> Result<Response<pb::MigrationState>, Status> {
+        let state = self
+            .migrator
+            .state(&request.into_inner().prefix)
+            .await
+            .map_err(|error| migrate_status("GetMigration", error))?;
+        Ok(Response::new(state_to_proto(state)))
+    }
+
+    async fn list_namespaces(
+        &self,
+        _request: Request<pb::ListNamespacesRequest>,
+    ) -> Result<Response<pb::ListNamespacesResponse>, Status> {
+        let namespaces = self
+            .namespaces
+            .list()
+            .await
+            .map_err(|error| admin_status("ListNamespaces", error))?;
+        Ok(Response::new(pb::ListNamespacesResponse {
+            namespaces: namespaces
+                .into_iter()
+                .map(|namespace| pb::Namespace {
+                    prefix: namespace.prefix,
+                    column_family: namespace.column_family,
+                    estimated_keys: namespace.estimated_keys,
+                    estimated_live_bytes: namespace.estimated_live_bytes,
+                    owner: namespace.owner.unwrap_or_default(),
+                })
+                .collect(),
+        }))
+    }
+
+    async fn drop_namespace(
+        &self,
+        request: Request<pb::DropNamespaceRequest>,
+    ) -> Result<Response<pb::DropNamespaceResponse>, Status> {
+        let request = request.into_inner();
+        let deleted_keys = self
+            .namespaces
+            .drop_namespace(&request.prefix, request.expected_keys)
+            .await
+            .map_err(|error| admin_status("DropNamespace", error))?;
+        Ok(Response::new(pb::DropNamespaceResponse { deleted_keys }))
+    }
+}

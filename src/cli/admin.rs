@@ -1,0 +1,269 @@
+//! `tierkv admin …`: batch migrations and namespaces of a running server.
+//!
+//! Every command prints JSON on stdout; `migrate` also draws a progress bar
+//! on stderr when it is a terminal and reports keys it could not migrate on
+//! stderr as it goes.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Subcommand};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use serde_json::{json, Value};
+use tonic::transport::Channel;
+use tonic_types::StatusExt;
+
+use super::DEFAULT_ENDPOINT;
+use crate::proto::v1 as pb;
+use pb::admin_service_client::AdminServiceClient;
+
+/// Arguments of `tierkv admin`.
+#[derive(Debug, Args)]
+pub struct AdminArgs {
+    /// The server to talk to.
+    #[arg(long, global = true, env = "TIERKV_ENDPOINT", default_value = DEFAULT_ENDPOINT)]
+    endpoint: String,
+    #[command(subcommand)]
+    command: AdminCommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum AdminCommand {
+    /// Migrate every record under a prefix to its configured schema version
+    /// (resumes an interrupted run; Ctrl-C stops it, keeping its checkpoint).
+    Migrate {
+        /// The key prefix.
+        prefix: String,
+        /// Count and report what would be migrated; write nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Records per batch (default 500, at most 10,000).
+        #[arg(long, default_value_t = 0)]
+        batch_size: u32,
+        /// Most records examined per second.
+        #[arg(long)]
+        rate: Option<u32>,
+    },
+    /// Print the state of the running or last migration of a prefix.
+    Migration {
+        /// The key prefix.
+        prefix: String,
+    },
+    /// Print every namespace with its estimated key count and size.
+    Namespaces,
+    /// Delete every key of a namespace. Without --expected-keys, prints how
+    /// many live keys it holds and deletes nothing.
+    DropNamespace {
+        /// The namespace's prefix.
+        prefix: String,
+        /// The namespace's exact live key count, as a confirmation.
+        #[arg(long)]
+        expected_keys: Option<u64>,
+    },
+}
+
+/// Runs a `tierkv admin` command; exit code 0 on success, 1 when a migration
+/// left records it could not migrate, 2 on errors.
+pub async fn run(args: AdminArgs) -> ExitCode {
+    match execute(args).await {
+        Ok(code) => code,
+        Err(message) => {
+            eprintln!("error: {message}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn describe(status: &tonic::Status) -> String {
+    let mut text = format!("{:?}: {}", status.code(), status.message());
+    if let Some(bad_request) = status.get_details_bad_request() {
+        for violation in bad_request.field_violations {
+            text.push_str(&format!(
+                "\n  {}: {}",
+                violation.field, violation.description
+            ));
+        }
+    }
+    text
+}
+
+async fn execute(args: AdminArgs) -> Result<ExitCode, String> {
+    let mut client = AdminServiceClient::connect(args.endpoint.clone())
+        .await
+        .map_err(|error| format!("cannot connect: {}: {error}", args.endpoint))?;
+    match args.command {
+        AdminCommand::Migrate {
+            prefix,
+            dry_run,
+            batch_size,
+            rate,
+        } => migrate(&mut client, prefix, dry_run, batch_size, rate).await,
+        AdminCommand::Migration { prefix } => {
+            let state = client
+                .get_migration(pb::GetMigrationRequest { prefix })
+                .await
+                .map_err(|status| describe(&status))?
+                .into_inner();
+            print_json(&state_json(&state));
+            Ok(ExitCode::SUCCESS)
+        }
+        AdminCommand::Namespaces => {
+            let namespaces = namespaces(&mut client).await?;
+            let list: Vec<Value> = namespaces
+                .iter()
+                .map(|namespace| {
+                    json!({
+                        "prefix": namespace.prefix,
+                        "column_family": namespace.column_family,
+                        "estimated_keys": namespace.estimated_keys,
+                        "estimated_live_bytes": namespace.estimated_live_bytes,
+                        "owner": (!namespace.owner.is_empty()).then_some(&namespace.owner),
+                    })
+                })
+                .collect();
+            print_json(&Value::Array(list));
+            Ok(ExitCode::SUCCESS)
+        }
+        AdminCommand::DropNamespace {
+            prefix,
+            expected_keys,
+        } => {
+            let response = client
+                .drop_namespace(pb::DropNamespaceRequest {
+                    prefix,
+                    expected_keys,
+                })
+                .await
+                .map_err(|status| describe(&status))?
+                .into_inner();
+            print_json(&json!({ "deleted_keys": response.deleted_keys }));
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+async fn namespaces(
+    client: &mut AdminServiceClient<Channel>,
+) -> Result<Vec<pb::Namespace>, String> {
+    Ok(client
+        .list_namespaces(pb::ListNamespacesRequest {})
+        .await
+        .map_err(|status| describe(&status))?
+        .into_inner()
+        .namespaces)
+}
+
+async fn migrate(
+    client: &mut AdminServiceClient<Channel>,
+    prefix: String,
+    dry_run: bool,
+    batch_size: u32,
+    rate: Option<u32>,
+) -> Result<ExitCode, String> {
+    // A bar with a length when the prefix is a whole namespace, whose size is
+    // estimated; a spinner with counts otherwise.
+    let estimate = namespaces(client)
+        .await
+        .ok()
+        .and_then(|namespaces| {
+            namespaces
+                .into_iter()
+                .find(|namespace| namespace.prefix == prefix && !prefix.is_empty())
+        })
+        .map(|namespace| namespace.estimated_keys);
+    let bar = match estimate {
+        Some(total) => ProgressBar::new(total.max(1)).with_style(
+            ProgressStyle::with_template(
+                "{bar:40} {pos}/{len} scanned (estimated) {msg} [{elapsed_precise}, {per_sec}]",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        ),
+        None => ProgressBar::new_spinner().with_style(
+            ProgressStyle::with_template("{spinner} {pos} scanned {msg} [{elapsed_precise}]")
+                .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+        ),
+    };
+    bar.set_draw_target(ProgressDrawTarget::stderr());
+    bar.enable_steady_tick(Duration::from_millis(200));
+
+    let mut stream = client
+        .migrate(pb::MigrateRequest {
+            prefix,
+            dry_run,
+            batch_size,
+            max_records_per_second: rate,
+        })
+        .await
+        .map_err(|status| describe(&status))?
+        .into_inner();
+    let mut last: Option<pb::MigrationState> = None;
+    loop {
+        let message = match stream.message().await {
+            Ok(Some(message)) => message,
+            Ok(None) => break,
+            Err(status) => {
+                bar.abandon();
+                return Err(describe(&status));
+            }
+        };
+        for failure in &message.failures {
+            bar.suspend(|| eprintln!("not migrated: {:?}: {}", failure.key, failure.reason));
+        }
+        if let Some(state) = message.state {
+            if bar.length().is_some_and(|length| state.scanned > length) {
+                bar.set_length(state.scanned);
+            }
+            bar.set_position(state.scanned);
+            bar.set_message(format!(
+                "migrated {} current {} failed {} newer {} skipped {}",
+                state.migrated,
+                state.already_current,
+                state.failed,
+                state.newer_than_known,
+                state.skipped
+            ));
+            last = Some(state);
+        }
+    }
+    bar.finish();
+    let Some(state) = last else {
+        return Err("the server ended the migration without reporting progress".into());
+    };
+    print_json(&state_json(&state));
+    if !state.done {
+        return Err("the migration stopped before the end; run the command again to resume".into());
+    }
+    Ok(if state.failed > 0 {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+fn state_json(state: &pb::MigrationState) -> Value {
+    let time = |timestamp: &Option<prost_types::Timestamp>| {
+        timestamp.as_ref().map(|timestamp| timestamp.to_string())
+    };
+    json!({
+        "prefix": state.prefix,
+        "dry_run": state.dry_run,
+        "scanned": state.scanned,
+        "migrated": state.migrated,
+        "already_current": state.already_current,
+        "failed": state.failed,
+        "newer_than_known": state.newer_than_known,
+        "skipped": state.skipped,
+        "checkpoint": state.checkpoint,
+        "start_time": time(&state.start_time),
+        "finish_time": time(&state.finish_time),
+        "done": state.done,
+        "running": state.running,
+    })
+}
+
+fn print_json(value: &Value) {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(value).unwrap_or_else(|_| value.to_string())
+    );
+}
