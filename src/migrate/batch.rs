@@ -255,6 +255,7 @@ impl Migrator {
 
         let (sender, receiver) = mpsc::channel(PROGRESS_BUFFER);
         let run = Run {
+            guard: Some(guard),
             migrations: Arc::clone(&self.migrations),
             engine: Arc::clone(&self.engine),
             clock: Arc::clone(&self.clock),
@@ -262,10 +263,7 @@ impl Migrator {
             request,
             sender,
         };
-        tokio::spawn(async move {
-            let _guard = guard;
-            run.run().await;
-        });
+        tokio::spawn(run.run());
         Ok(receiver)
     }
 
@@ -303,6 +301,9 @@ impl Migrator {
 
 /// One run in its task.
 struct Run {
+    /// Released before the last report, so that a caller who saw it can
+    /// start the next run at once; dropped first otherwise.
+    guard: Option<RunGuard>,
     migrations: Arc<Migrations>,
     engine: Arc<dyn Engine>,
     clock: SharedClock,
@@ -348,9 +349,10 @@ impl Run {
         Ok(())
     }
 
-    async fn run(self) {
+    async fn run(mut self) {
         let outcome = self.batches().await;
         let state = self.update(|state| state.running = false);
+        self.guard.take();
         match outcome {
             Ok(()) | Err(Stop::Disconnected) => {}
             Err(Stop::Failed(error)) => {
@@ -360,7 +362,7 @@ impl Run {
         }
     }
 
-    async fn batches(&self) -> Result<(), Stop> {
+    async fn batches(&mut self) -> Result<(), Stop> {
         let batch_size = match self.request.batch_size {
             0 => DEFAULT_BATCH_SIZE,
             size => size,
@@ -408,6 +410,7 @@ impl Run {
                 }
                 if finished {
                     state.done = true;
+                    state.running = false;
                     state.finished_at_millis = Some(now);
                 }
             });
@@ -415,6 +418,9 @@ impl Run {
             // before this re-examines the batch, whose migrated records now
             // count as current.
             self.save(&state).await.map_err(Stop::Failed)?;
+            if finished {
+                self.guard.take();
+            }
             let progress = MigrationProgress { state, failures };
             if self.sender.send(Ok(progress)).await.is_err() {
                 return Err(Stop::Disconnected);

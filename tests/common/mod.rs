@@ -17,6 +17,7 @@ use tierkv::proto::v1 as pb;
 use tierkv::server::RunningServer;
 use tonic::transport::Channel;
 
+pub use pb::admin_service_client::AdminServiceClient;
 pub use pb::kv_service_client::KvServiceClient;
 pub use pb::session_service_client::SessionServiceClient;
 
@@ -86,6 +87,13 @@ pub async fn connect(endpoint: &str) -> KvServiceClient<Channel> {
     KvServiceClient::new(channel)
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES)
+}
+
+/// An Admin service client for `endpoint`.
+pub async fn connect_admin(endpoint: &str) -> AdminServiceClient<Channel> {
+    AdminServiceClient::connect(endpoint.to_string())
+        .await
+        .expect("connect")
 }
 
 /// A Session service client for `endpoint`.

@@ -1,0 +1,796 @@
+//! Versioned records and migrations against a real server: the seed's
+//! `{name}` → `{name, userName}` scenario lazily and in batch, multi-step
+//! chains, invalid configurations refused at start, concurrent writers
+//! losing nothing, `kill -9` of the real binary in the middle of a batch
+//! migration and its resumption, dry runs and records newer than the
+//! server knows.
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::process::*;
+use common::*;
+use tierkv::api::convert::{json_from_proto, json_to_proto};
+use tierkv::config::Config;
+use tierkv::engine::{Change, ChangeEvent, ChangeSubscription, Engine};
+use tierkv::migrate::MigrationStep;
+use tierkv::proto::v1 as pb;
+use tonic::transport::Channel;
+use tonic::Code;
+
+const COPY_NAME: &str = r#"[{"op": "copy", "from": "/name", "path": "/userName"}]"#;
+const ADD_V3: &str = r#"[{"op": "add", "path": "/v3", "value": true}]"#;
+
+fn step(prefix: &str, from: u32, to: u32, patch: &str) -> MigrationStep {
+    MigrationStep {
+        prefix: prefix.into(),
+        from,
+        to,
+        patch: patch.into(),
+    }
+}
+
+/// The seed's migration: v1 → v2 copies `name` to `userName`.
+fn seed(config: &mut Config) {
+    config.migrations = vec![step("user:", 1, 2, COPY_NAME)];
+}
+
+fn put_json(key: &str, json: serde_json::Value, schema_version: u32) -> pb::PutRequest {
+    pb::PutRequest {
+        key: key.to_string(),
+        value: Some(pb::put_request::Value::Json(json_to_proto(json))),
+        schema_version,
+        ..Default::default()
+    }
+}
+
+async fn read(client: &mut KvServiceClient<Channel>, key: &str) -> pb::GetResponse {
+    client.get(get(key)).await.expect("get").into_inner()
+}
+
+fn json_of(response: &pb::GetResponse) -> serde_json::Value {
+    match &response.value {
+        Some(pb::get_response::Value::Json(json)) => json_from_proto(json.clone()).unwrap(),
+        Some(pb::get_response::Value::Text(text)) => serde_json::Value::String(text.clone()),
+        other => panic!("expected a JSON value, got {other:?}"),
+    }
+}
+
+fn metadata_of(response: &pb::GetResponse) -> serde_json::Value {
+    json_from_proto(response.metadata.clone().expect("metadata")).unwrap()
+}
+
+async fn next_event(changes: &mut ChangeSubscription) -> ChangeEvent {
+    tokio::time::timeout(Duration::from_secs(10), changes.recv())
+        .await
+        .expect("an event within 10 s")
+        .expect("an event")
+}
+
+/// Runs a migration to its end and returns every progress message.
+async fn migrate(
+    admin: &mut AdminServiceClient<Channel>,
+    request: pb::MigrateRequest,
+) -> Vec<pb::MigrateProgress> {
+    let mut stream = admin.migrate(request).await.expect("migrate").into_inner();
+    let mut messages = Vec::new();
+    while let Some(message) = stream.message().await.expect("progress") {
+        messages.push(message);
+    }
+    messages
+}
+
+fn migrate_request(prefix: &str) -> pb::MigrateRequest {
+    pb::MigrateRequest {
+        prefix: prefix.to_string(),
+        ..Default::default()
+    }
+}
+
+fn last_state(messages: &[pb::MigrateProgress]) -> pb::MigrationState {
+    messages
+        .last()
+        .and_then(|message| message.state.clone())
+        .expect("a final state")
+}
+
+/// Writes `count` v1 users `user:NNNNN` = `{"name": "nN"}` in batches.
+async fn write_users(client: &mut KvServiceClient<Channel>, count: usize) {
+    for chunk in (0..count).collect::<Vec<_>>().chunks(1000) {
+        let mutations = chunk
+            .iter()
+            .map(|n| pb::Mutation {
+                operation: Some(pb::mutation::Operation::Put(put_json(
+                    &format!("user:{n:05}"),
+                    serde_json::json!({ "name": format!("n{n}") }),
+                    0,
+                ))),
+            })
+            .collect();
+        client
+            .batch_write(pb::BatchWriteRequest { mutations })
+            .await
+            .expect("batch write");
+    }
+}
+
+/// Every listed key under `prefix` with its stored schema version and version.
+async fn listed(client: &mut KvServiceClient<Channel>, prefix: &str) -> Vec<pb::ListedKey> {
+    let mut keys = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let page = client
+            .list(pb::ListRequest {
+                prefix: prefix.to_string(),
+                page_size: 1000,
+                page_token,
+            })
+            .await
+            .expect("list")
+            .into_inner();
+        keys.extend(page.keys);
+        if page.next_page_token.is_empty() {
+            return keys;
+        }
+        page_token = page.next_page_token;
+    }
+}
+
+/// The seed, lazily: a v1 record reads back migrated (userName, schema 2,
+/// migratedAt in its metadata, expiry kept), and the write-back lands as a
+/// compare-and-set through the change feed, after which the stored record
+/// is v2 with a new version.
+#[tokio::test]
+async fn seed_scenario_migrates_lazily_on_read() {
+    let mut server = start_with(seed).await;
+    let put = server
+        .client
+        .put(pb::PutRequest {
+            metadata: Some(json_to_proto(serde_json::json!({"owner": "crm"}))),
+            expiration: Some(pb::put_request::Expiration::Ttl(prost_types::Duration {
+                seconds: 3600,
+                nanos: 0,
+            })),
+            ..put_json("user:123", serde_json::json!({"name": "John"}), 0)
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let stored = read(&mut server.client, "user:123").await;
+    assert_eq!(stored.schema_version, 2, "the read is migrated");
+
+    // A fresh key, read with the change feed watching.
+    server
+        .client
+        .put(put_json("user:124", serde_json::json!({"name": "Ann"}), 1))
+        .await
+        .unwrap();
+    let mut changes = server.server.engine.subscribe();
+    let first = read(&mut server.client, "user:124").await;
+    assert_eq!(
+        json_of(&first),
+        serde_json::json!({"name": "Ann", "userName": "Ann"})
+    );
+    assert_eq!(first.schema_version, 2);
+    // user:123's write-back may land first.
+    let written = loop {
+        let event = next_event(&mut changes).await;
+        if &*event.key == "user:124" {
+            break event;
+        }
+    };
+    let Change::Put { version, .. } = written.change else {
+        panic!("expected a put, got {written:?}");
+    };
+    assert!(version > first.version, "the write-back is a new version");
+    let second = read(&mut server.client, "user:124").await;
+    assert_eq!(second.version, version);
+    assert_eq!(second.schema_version, 2);
+    assert_eq!(json_of(&second), json_of(&first));
+
+    // Expiry and metadata are kept; migratedAt comes from the server's clock.
+    let john = read(&mut server.client, "user:123").await;
+    assert_eq!(
+        json_of(&john),
+        serde_json::json!({"name": "John", "userName": "John"})
+    );
+    assert_eq!(john.expire_time, put.expire_time);
+    let metadata = metadata_of(&john);
+    assert_eq!(metadata["owner"], "crm");
+    let migrated_at = metadata["migratedAt"].as_str().expect("migratedAt");
+    let now = tierkv::migrate::rfc3339(
+        tierkv::clock::Clock::now_millis(&*server.clock).max(server.server.engine.now_millis()),
+    );
+    assert_eq!(&migrated_at[..16], &now[..16], "{migrated_at} vs {now}");
+    server.stop().await;
+}
+
+/// The seed in batch: `Migrate` migrates every v1 user once, reports
+/// progress per batch, and a second run finds everything current.
+/// GetMigration shows the finished run. Keys outside the prefix are untouched.
+#[tokio::test]
+async fn seed_scenario_migrates_in_batch() {
+    let mut server = start_with(seed).await;
+    write_users(&mut server.client, 250).await;
+    server
+        .client
+        .put(put_json("cache:x", serde_json::json!({"name": "C"}), 1))
+        .await
+        .unwrap();
+    let mut admin = connect_admin(&server.server.endpoint()).await;
+    let messages = migrate(
+        &mut admin,
+        pb::MigrateRequest {
+            batch_size: 100,
+            ..migrate_request("user:")
+        },
+    )
+    .await;
+    assert_eq!(messages.len(), 3, "one message per batch of 100");
+    let state = last_state(&messages);
+    assert!(state.done && !state.running);
+    assert_eq!(
+        (
+            state.scanned,
+            state.migrated,
+            state.already_current,
+            state.failed
+        ),
+        (250, 250, 0, 0)
+    );
+    assert_eq!(state.checkpoint, "user:00249");
+    for key in listed(&mut server.client, "user:").await {
+        assert_eq!(key.schema_version, 2, "{} stored migrated", key.name);
+    }
+    let user = read(&mut server.client, "user:00007").await;
+    assert_eq!(
+        json_of(&user),
+        serde_json::json!({"name": "n7", "userName": "n7"})
+    );
+    assert!(metadata_of(&user)["migratedAt"].is_string());
+    let other = listed(&mut server.client, "cache:").await;
+    assert_eq!(other[0].schema_version, 1, "outside the prefix");
+
+    let again = last_state(&migrate(&mut admin, migrate_request("user:")).await);
+    assert_eq!((again.migrated, again.already_current), (0, 250));
+    let shown = admin
+        .get_migration(pb::GetMigrationRequest {
+            prefix: "user:".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(shown.done && !shown.running && shown.finish_time.is_some());
+    assert_eq!(shown.already_current, 250);
+    let missing = admin
+        .get_migration(pb::GetMigrationRequest {
+            prefix: "user:none".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(missing.code(), Code::NotFound);
+    let uncovered = admin
+        .migrate(migrate_request("cache:"))
+        .await
+        .map(|_| ())
+        .unwrap_err();
+    assert_eq!(uncovered.code(), Code::InvalidArgument);
+    assert!(
+        uncovered.message().contains("no migration"),
+        "{uncovered:?}"
+    );
+    server.stop().await;
+}
+
+/// A chain 1 → 2 → 3 applies its steps in order, from each record's own
+/// version; the longest migration prefix wins.
+#[tokio::test]
+async fn multi_step_chains_apply_in_order() {
+    let mut server = start_with(|config| {
+        config.migrations = vec![
+            step(
+                "user:",
+                2,
+                3,
+                r#"[{"op": "move", "from": "/userName", "path": "/login"}]"#,
+            ),
+            step("user:", 1, 2, COPY_NAME),
+            step("user:vip:", 1, 2, ADD_V3),
+        ]
+    })
+    .await;
+    let client = &mut server.client;
+    client
+        .put(put_json("user:1", serde_json::json!({"name": "a"}), 1))
+        .await
+        .unwrap();
+    client
+        .put(put_json(
+            "user:2",
+            serde_json::json!({"name": "b", "userName": "bee"}),
+            2,
+        ))
+        .await
+        .unwrap();
+    client
+        .put(put_json("user:vip:1", serde_json::json!({"name": "v"}), 1))
+        .await
+        .unwrap();
+    let one = read(client, "user:1").await;
+    assert_eq!(
+        json_of(&one),
+        serde_json::json!({"name": "a", "login": "a"})
+    );
+    assert_eq!(one.schema_version, 3);
+    let two = read(client, "user:2").await;
+    assert_eq!(
+        json_of(&two),
+        serde_json::json!({"name": "b", "login": "bee"})
+    );
+    let vip = read(client, "user:vip:1").await;
+    assert_eq!(json_of(&vip), serde_json::json!({"name": "v", "v3": true}));
+    assert_eq!(vip.schema_version, 2);
+    // BatchGet migrates the same way.
+    let batch = client
+        .batch_get(pb::BatchGetRequest {
+            keys: vec!["user:1".into(), "user:vip:1".into(), "user:none".into()],
+            r#type: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .results;
+    assert_eq!(batch[0].schema_version, 3);
+    assert_eq!(batch[1].schema_version, 2);
+    assert!(!batch[2].found);
+    server.stop().await;
+}
+
+/// Invalid `[[migrations]]` are refused at start, naming the step; a valid
+/// file with the seed's example parses.
+#[tokio::test]
+async fn invalid_migration_configs_are_refused_at_start() {
+    let cases: Vec<(Vec<MigrationStep>, &str)> = vec![
+        (
+            vec![step("user:", 1, 2, COPY_NAME), step("user:", 3, 4, ADD_V3)],
+            "migrations[1]",
+        ),
+        (
+            vec![step("user:", 1, 2, COPY_NAME), step("user:", 1, 2, ADD_V3)],
+            "already configured",
+        ),
+        (vec![step("user:", 1, 3, COPY_NAME)], "from + 1"),
+        (
+            vec![step("user:", 1, 2, "[{\"op\": \"jump\"}]")],
+            "RFC 6902",
+        ),
+        (vec![step("user:", 1, 2, "not json")], "RFC 6902"),
+        (
+            vec![step("nowhere:", 1, 2, COPY_NAME)],
+            "not inside a configured namespace",
+        ),
+        (vec![step("session:", 1, 2, COPY_NAME)], "owned by"),
+    ];
+    for (steps, expected) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = test_config(&dir);
+        config.migrations = steps.clone();
+        let error = match tierkv::server::RunningServer::start(
+            config,
+            tierkv::clock::ManualClock::starting_now(),
+        )
+        .await
+        {
+            Ok(server) => {
+                server.stop().await.unwrap();
+                panic!("{steps:?} was accepted");
+            }
+            Err(error) => error.to_string(),
+        };
+        assert!(error.contains(expected), "{expected:?} not in {error}");
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("tierkv.toml");
+    std::fs::write(
+        &file,
+        "[[migrations]]\nprefix = \"user:\"\nfrom = 1\nto = 2\npatch = '[{\"op\": \"copy\", \"from\": \"/name\", \"path\": \"/userName\"}]'\n",
+    )
+    .unwrap();
+    let config = Config::load(Some(&file), &HashMap::new()).unwrap();
+    assert_eq!(config.migrations, vec![step("user:", 1, 2, COPY_NAME)]);
+    config.validate().unwrap();
+    std::fs::write(
+        &file,
+        "[[migrations]]\nprefix = \"user:\"\nfrom = 1\nto = 2\npatch = '[]'\nextra = 1\n",
+    )
+    .unwrap();
+    let error = Config::load(Some(&file), &HashMap::new()).unwrap_err();
+    assert!(error.to_string().contains("extra"), "{error}");
+}
+
+/// A writer that commits between a lazy read and its write-back wins: the
+/// write-back's compare-and-set fails and is dropped, the writer's value
+/// stays, and no further write follows.
+#[tokio::test]
+async fn concurrent_writer_wins_over_a_lazy_write_back() {
+    let mut server = start_with(seed).await;
+    server
+        .client
+        .put(put_json("user:9", serde_json::json!({"name": "old"}), 1))
+        .await
+        .unwrap();
+    let engine = server.server.engine.clone();
+    let mut changes = engine.subscribe();
+    let pause = engine.pause_writer();
+    // The writer's put is queued first...
+    let mut writer = server.client.clone();
+    let write = tokio::spawn(async move {
+        writer
+            .put(put_json(
+                "user:9",
+                serde_json::json!({"userName": "new"}),
+                2,
+            ))
+            .await
+            .unwrap()
+            .into_inner()
+    });
+    while engine.queued_write_bytes() == 0 {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let queued = engine.queued_write_bytes();
+    // ...then a read migrates the old record and queues its write-back.
+    let read_old = read(&mut server.client, "user:9").await;
+    assert_eq!(
+        json_of(&read_old),
+        serde_json::json!({"name": "old", "userName": "old"}),
+        "the reader still gets a correct answer"
+    );
+    while engine.queued_write_bytes() == queued {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    drop(pause);
+    let written = write.await.unwrap();
+    let event = next_event(&mut changes).await;
+    assert_eq!(
+        event.change,
+        Change::Put {
+            version: written.version,
+            expire_at_millis: None
+        }
+    );
+    // A marker write: if the write-back had landed, its event would come first.
+    server.client.put(put_text("marker", "m")).await.unwrap();
+    assert_eq!(&*next_event(&mut changes).await.key, "marker");
+    let now = read(&mut server.client, "user:9").await;
+    assert_eq!(json_of(&now), serde_json::json!({"userName": "new"}));
+    assert_eq!(now.version, written.version);
+    server.stop().await;
+}
+
+/// Writers rewriting keys while a batch migration runs lose nothing: every
+/// writer's last value is there at the end (migrated if the writer wrote an
+/// old version), and every record reads at the target version.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writers_lose_nothing_during_a_batch_migration() {
+    let mut server = start_with(seed).await;
+    write_users(&mut server.client, 2000).await;
+    let mut admin = connect_admin(&server.server.endpoint()).await;
+    let last_written: Arc<std::sync::Mutex<HashMap<String, u64>>> = Arc::default();
+    let mut writers = Vec::new();
+    for writer in 0..2u64 {
+        let mut client = server.client.clone();
+        let last_written = Arc::clone(&last_written);
+        writers.push(tokio::spawn(async move {
+            for round in 0..300u64 {
+                let n = (round * 7 + writer * 1000) % 2000;
+                let key = format!("user:{n:05}");
+                let stamp = writer * 1_000_000 + round;
+                // Odd rounds write the new format, even ones the old one.
+                let request = if round % 2 == 1 {
+                    put_json(
+                        &key,
+                        serde_json::json!({"userName": "w", "stamp": stamp}),
+                        2,
+                    )
+                } else {
+                    put_json(&key, serde_json::json!({"name": "w", "stamp": stamp}), 1)
+                };
+                client.put(request).await.unwrap();
+                last_written.lock().unwrap().insert(key, stamp);
+            }
+        }));
+    }
+    let state = last_state(
+        &migrate(
+            &mut admin,
+            pb::MigrateRequest {
+                batch_size: 50,
+                ..migrate_request("user:")
+            },
+        )
+        .await,
+    );
+    for writer in writers {
+        writer.await.unwrap();
+    }
+    assert!(state.done);
+    assert_eq!(state.failed, 0);
+    assert!(state.scanned >= 2000);
+    let last_written = last_written.lock().unwrap().clone();
+    assert!(!last_written.is_empty());
+    for n in 0..2000 {
+        let key = format!("user:{n:05}");
+        let record = read(&mut server.client, &key).await;
+        assert_eq!(record.schema_version, 2, "{key}");
+        let value = json_of(&record);
+        match last_written.get(&key) {
+            Some(stamp) => {
+                assert_eq!(value["stamp"], *stamp, "{key}: the writer's last value");
+                assert_eq!(value["userName"], "w", "{key}");
+            }
+            None => assert_eq!(value["userName"], format!("n{n}"), "{key}"),
+        }
+    }
+    server.stop().await;
+}
+
+/// A dry run counts what it would migrate and reports failures, but writes
+/// nothing (no change event, versions unchanged) and saves no state.
+#[tokio::test]
+async fn dry_run_changes_nothing() {
+    let mut server = start_with(seed).await;
+    write_users(&mut server.client, 30).await;
+    server
+        .client
+        .put(put_json("user:bad", serde_json::json!({"nick": "x"}), 1))
+        .await
+        .unwrap();
+    let before = listed(&mut server.client, "user:").await;
+    let mut changes = server.server.engine.subscribe();
+    let mut admin = connect_admin(&server.server.endpoint()).await;
+    let messages = migrate(
+        &mut admin,
+        pb::MigrateRequest {
+            dry_run: true,
+            ..migrate_request("user:")
+        },
+    )
+    .await;
+    let state = last_state(&messages);
+    assert!(state.dry_run && state.done);
+    assert_eq!((state.migrated, state.failed), (30, 1));
+    let failures: Vec<&pb::MigrationFailure> = messages
+        .iter()
+        .flat_map(|message| &message.failures)
+        .collect();
+    assert_eq!(failures.len(), 1);
+    assert_eq!(failures[0].key, "user:bad");
+    assert!(
+        failures[0].reason.contains("from version 1 to 2"),
+        "{failures:?}"
+    );
+    assert_eq!(changes.try_recv(), Ok(None), "nothing was written");
+    assert_eq!(listed(&mut server.client, "user:").await, before);
+    let saved = admin
+        .get_migration(pb::GetMigrationRequest {
+            prefix: "user:".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(saved.code(), Code::NotFound, "a dry run saves no state");
+    server.stop().await;
+}
+
+/// A record newer than the server's target, or one no patch applies to
+/// (a failing op, a value that is not JSON), is returned as stored and
+/// never written, lazily or in batch.
+#[tokio::test]
+async fn newer_and_unmigratable_records_are_left_alone() {
+    let mut server = start_with(seed).await;
+    let client = &mut server.client;
+    client
+        .put(put_json("user:new", serde_json::json!({"handle": "n"}), 5))
+        .await
+        .unwrap();
+    client
+        .put(put_json("user:odd", serde_json::json!({"nick": "o"}), 1))
+        .await
+        .unwrap();
+    client.put(put_text("user:text", "not json")).await.unwrap();
+    let before = listed(client, "user:").await;
+    let mut changes = server.server.engine.subscribe();
+    let newer = read(client, "user:new").await;
+    assert_eq!(newer.schema_version, 5);
+    assert_eq!(json_of(&newer), serde_json::json!({"handle": "n"}));
+    let odd = read(client, "user:odd").await;
+    assert_eq!(
+        (odd.schema_version, json_of(&odd)),
+        (1, serde_json::json!({"nick": "o"}))
+    );
+    let text = read(client, "user:text").await;
+    assert_eq!(text.schema_version, 1);
+
+    let mut admin = connect_admin(&server.server.endpoint()).await;
+    let messages = migrate(&mut admin, migrate_request("user:")).await;
+    let state = last_state(&messages);
+    assert_eq!(
+        (state.migrated, state.newer_than_known, state.failed),
+        (0, 1, 2)
+    );
+    let mut failed: Vec<String> = messages
+        .iter()
+        .flat_map(|message| message.failures.iter().map(|failure| failure.key.clone()))
+        .collect();
+    failed.sort();
+    assert_eq!(failed, vec!["user:odd", "user:text"]);
+    assert_eq!(changes.try_recv(), Ok(None), "nothing was written");
+    assert_eq!(listed(&mut server.client, "user:").await, before);
+
+    // Writes refuse absurd schema versions, naming the limit.
+    let refused = server
+        .client
+        .put(put_json("user:x", serde_json::json!({}), 1_000_001))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::InvalidArgument);
+    assert!(
+        refused.message().contains("limit is 1000000"),
+        "{refused:?}"
+    );
+    server.stop().await;
+}
+
+/// Only one migration of a prefix runs at a time: a second call is ABORTED.
+/// Dropping the call stops the run, which keeps its checkpoint; a new call
+/// resumes from it.
+#[tokio::test]
+async fn one_run_per_prefix_and_a_dropped_call_resumes() {
+    let mut server = start_with(seed).await;
+    write_users(&mut server.client, 400).await;
+    let mut admin = connect_admin(&server.server.endpoint()).await;
+    let mut stream = admin
+        .migrate(pb::MigrateRequest {
+            batch_size: 50,
+            max_records_per_second: Some(200),
+            ..migrate_request("user:")
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let first = stream.message().await.unwrap().unwrap();
+    assert_eq!(first.state.unwrap().scanned, 50);
+    let busy = admin
+        .migrate(migrate_request("user:"))
+        .await
+        .map(|_| ())
+        .unwrap_err();
+    assert_eq!(busy.code(), Code::Aborted);
+    let running = admin
+        .get_migration(pb::GetMigrationRequest {
+            prefix: "user:".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(running.running && !running.done);
+    drop(stream);
+    // The run notices at its next batch and stops, keeping its checkpoint.
+    let stopped = loop {
+        let state = admin
+            .get_migration(pb::GetMigrationRequest {
+                prefix: "user:".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        if !state.running {
+            break state;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(!stopped.done && stopped.scanned < 400, "{stopped:?}");
+    assert!(!stopped.checkpoint.is_empty());
+    let resumed = last_state(&migrate(&mut admin, migrate_request("user:")).await);
+    assert!(resumed.done);
+    assert_eq!(resumed.scanned, 400, "resumed, not restarted");
+    assert_eq!(resumed.migrated, 400);
+    assert_eq!(resumed.start_time, stopped.start_time);
+    server.stop().await;
+}
+
+/// `kill -9` of the real binary in the middle of a batch migration; after a
+/// restart the migration resumes from its checkpoint and every record is
+/// migrated exactly once: the store's version counter advanced by exactly
+/// one write per record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_during_a_batch_migration_then_resume_migrates_each_record_once() {
+    const USERS: usize = 3000;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let file = dir.path().join("tierkv.toml");
+    std::fs::write(
+        &file,
+        format!("[[migrations]]\nprefix = \"user:\"\nfrom = 1\nto = 2\npatch = '{COPY_NAME}'\n"),
+    )
+    .unwrap();
+    let command = || {
+        let mut command = server_command(&data);
+        command.arg("--config").arg(&file);
+        command
+    };
+    let mut server = spawn_server(command());
+    let mut client = connect(&server.endpoint()).await;
+    write_users(&mut client, USERS).await;
+    let before = client
+        .put(put_text("probe", "1"))
+        .await
+        .unwrap()
+        .into_inner()
+        .version;
+
+    let mut admin = connect_admin(&server.endpoint()).await;
+    let mut stream = admin
+        .migrate(pb::MigrateRequest {
+            batch_size: 100,
+            max_records_per_second: Some(1000),
+            ..migrate_request("user:")
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    loop {
+        let message = stream.message().await.unwrap().expect("progress");
+        if message.state.unwrap().scanned >= 1000 {
+            break;
+        }
+    }
+    server.child.kill().expect("SIGKILL");
+    server.child.wait().unwrap();
+    drop(stream);
+
+    let mut server = spawn_server(command());
+    let mut client = connect(&server.endpoint()).await;
+    let mut admin = connect_admin(&server.endpoint()).await;
+    let saved = admin
+        .get_migration(pb::GetMigrationRequest {
+            prefix: "user:".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!saved.done && !saved.running, "{saved:?}");
+    assert!(
+        saved.scanned >= 1000 && saved.scanned < USERS as u64,
+        "{saved:?}"
+    );
+    let state = last_state(&migrate(&mut admin, migrate_request("user:")).await);
+    assert!(state.done);
+    assert_eq!(state.scanned, USERS as u64, "resumed from the checkpoint");
+    assert_eq!(state.migrated + state.already_current, USERS as u64);
+    let keys = listed(&mut client, "user:").await;
+    assert_eq!(keys.len(), USERS);
+    assert!(keys.iter().all(|key| key.schema_version == 2));
+    let after = client
+        .put(put_text("probe", "2"))
+        .await
+        .unwrap()
+        .into_inner()
+        .version;
+    assert_eq!(
+        after,
+        before + USERS as u64 + 1,
+        "exactly one write per record between the two probes"
+    );
+    let user = read(&mut client, "user:02999").await;
+    assert_eq!(
+        json_of(&user),
+        serde_json::json!({"name": "n2999", "userName": "n2999"})
+    );
+    server.child.kill().unwrap();
+    server.child.wait().unwrap();
+}
