@@ -127,6 +127,12 @@ async fn clock_never_goes_back() {
     conformance::clock_never_goes_back(RocksHarness::new()).await;
 }
 
+/// See [`conformance::namespaces_are_counted_and_cleared`].
+#[tokio::test]
+async fn namespaces_are_counted_and_cleared() {
+    conformance::namespaces_are_counted_and_cleared(RocksHarness::new()).await;
+}
+
 fn open(dir: &TempDir, prefixes: &[&str], clock: SharedClock) -> Result<RocksEngine, EngineError> {
     open_with(dir, prefixes, clock, RocksOptions::default())
 }

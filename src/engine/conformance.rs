@@ -782,6 +782,86 @@ pub async fn clock_never_goes_back<H: Harness>(mut harness: H) {
     );
 }
 
+/// A namespace is counted exactly and cleared in one commit: its keys (large
+/// values included) are gone, a nested namespace and the others keep theirs,
+/// one [`Change::NamespaceCleared`] event carries the prefix, later writes
+/// work and versions keep increasing. Named state survives a restart and is
+/// invisible to reads and scans.
+pub async fn namespaces_are_counted_and_cleared<H: Harness>(mut harness: H) {
+    let clock: SharedClock = ManualClock::new(T0);
+    let engine = harness.open(clock.clone()).await.unwrap();
+    let big = "x".repeat(4096);
+    let outcomes = engine
+        .write(vec![
+            put("user:1", "a"),
+            put("user:2", &big),
+            put_with("user:gone", "e", |op| op.expire_at_millis = Some(T0 + 10)),
+            put("user:admin:1", "b"),
+            put("cache:1", "c"),
+            put("plain", "d"),
+        ])
+        .await
+        .unwrap();
+    let last_version = version_of(&outcomes[5]);
+    assert_eq!(engine.count_namespace("user:").await.unwrap(), 3);
+    assert_eq!(engine.count_namespace("").await.unwrap(), 1);
+    assert!(matches!(
+        engine.count_namespace("nope:").await,
+        Err(EngineError::Layout(_))
+    ));
+    let stats = engine.namespace_stats().await.unwrap();
+    let prefixes: Vec<&str> = stats.iter().map(|stats| stats.prefix.as_str()).collect();
+    assert_eq!(prefixes, vec!["", "cache:", "user:", "user:admin:"]);
+
+    let mut changes = engine.subscribe();
+    engine.clear_namespace("user:").await.unwrap();
+    let event = next_event(&mut changes).await.unwrap();
+    assert_eq!(
+        (&*event.key, event.change),
+        ("user:", Change::NamespaceCleared)
+    );
+    assert_eq!(engine.count_namespace("user:").await.unwrap(), 0);
+    let read = engine
+        .get_many(vec![
+            "user:1".into(),
+            "user:2".into(),
+            "user:admin:1".into(),
+            "cache:1".into(),
+            "plain".into(),
+        ])
+        .await
+        .unwrap();
+    let present: Vec<bool> = read.iter().map(Option::is_some).collect();
+    assert_eq!(present, vec![false, false, true, true, true]);
+    assert_eq!(
+        keys(&*engine, "user:", None, 10).await,
+        vec!["user:admin:1"]
+    );
+    let again = engine.write(vec![put("user:1", "new")]).await.unwrap();
+    assert!(version_of(&again[0]) > last_version);
+    let next = next_event(&mut changes).await.unwrap();
+    assert_eq!(next.sequence, event.sequence + 1);
+
+    assert_eq!(engine.get_state("checkpoint").await.unwrap(), None);
+    engine
+        .put_state("checkpoint", Some(b"user:5".to_vec()))
+        .await
+        .unwrap();
+    assert!(keys(&*engine, "", None, 100)
+        .await
+        .iter()
+        .all(|key| !key.contains("checkpoint")));
+    drop(changes);
+    drop(engine);
+    let engine = harness.open(clock).await.unwrap();
+    assert_eq!(
+        engine.get_state("checkpoint").await.unwrap(),
+        Some(b"user:5".to_vec())
+    );
+    engine.put_state("checkpoint", None).await.unwrap();
+    assert_eq!(engine.get_state("checkpoint").await.unwrap(), None);
+}
+
 /// Every case, for backends that want one call.
 pub async fn run_all<H: Harness>(mut make: impl FnMut() -> H) {
     put_then_get_round_trips(make()).await;
@@ -798,4 +878,5 @@ pub async fn run_all<H: Harness>(mut make: impl FnMut() -> H) {
     subscribe_then_read_misses_no_write(make()).await;
     lagging_subscriber_learns_how_much_it_missed(make()).await;
     clock_never_goes_back(make()).await;
+    namespaces_are_counted_and_cleared(make()).await;
 }
