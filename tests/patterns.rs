@@ -399,86 +399,78 @@ async fn prefix_namespacing() {
     server.stop().await;
 }
 
-/// Reads `key`, migrating it to format 2 if its metadata says it is older;
-/// the write-back only succeeds if nobody wrote the key meanwhile.
-async fn migrate_if_needed(
-    client: &mut Client,
-    key: &str,
-    now_millis: u64,
-) -> Result<Option<serde_json::Value>, tonic::Status> {
-    let response = client
-        .get(pb::GetRequest {
-            key: key.into(),
-            r#type: pb::ValueType::Json as i32,
-        })
-        .await?
-        .into_inner();
-    let Some(pb::get_response::Value::Json(value)) = response.value else {
-        return Ok(None);
-    };
-    let value = json_from_proto(value).map_err(tonic::Status::internal)?;
-    let metadata = response
-        .metadata
-        .map(json_from_proto)
-        .transpose()
-        .map_err(tonic::Status::internal)?;
-    let format = metadata
-        .as_ref()
-        .and_then(|metadata| metadata["version"].as_u64())
-        .unwrap_or(1);
-    if format >= 2 {
-        return Ok(Some(value));
-    }
-    // Format 1 → 2: `name` is also available as `userName`.
-    let mut migrated = value;
-    migrated["userName"] = migrated["name"].clone();
-    let put = pb::PutRequest {
-        key: key.into(),
-        value: Some(pb::put_request::Value::Json(json_to_proto(
-            migrated.clone(),
-        ))),
-        metadata: Some(json_to_proto(
-            serde_json::json!({"version": 2, "migratedAt": now_millis}),
-        )),
-        precondition: Some(pb::put_request::Precondition::IfVersion(response.version)),
-        ..Default::default()
-    };
-    match client.put(put).await {
-        Ok(_) => Ok(Some(migrated)),
-        // Someone wrote the key meanwhile: read what they wrote.
-        Err(status) if status.code() == Code::Aborted => {
-            Box::pin(migrate_if_needed(client, key, now_millis)).await
-        }
-        Err(status) => Err(status),
-    }
-}
-
-/// Metadata versioning: an old record is migrated once, then served as is.
+/// Metadata versioning: the server migrates old records. A `[[migrations]]`
+/// step declares v1 → v2 for `user:`; a v1 record reads back migrated (and
+/// is written back), and `AdminService.Migrate` migrates the rest in batch.
 #[tokio::test]
 async fn metadata_versioning() {
-    let mut server = start().await;
-    let now = server.clock.now_millis();
+    let mut server = start_with(|config| {
+        config.migrations = vec![tierkv::migrate::MigrationStep {
+            prefix: "user:".into(),
+            from: 1,
+            to: 2,
+            patch: r#"[{"op": "copy", "from": "/name", "path": "/userName"}]"#.into(),
+        }]
+    })
+    .await;
     let client = &mut server.client;
-    let mut put = put_json("data:1", serde_json::json!({"name": "Ada"}), None);
-    put.metadata = Some(json_to_proto(serde_json::json!({"version": 1})));
-    client.put(put).await.unwrap();
+    // Old writers keep writing v1 (schema_version unset means 1)...
+    for id in ["123", "124", "125"] {
+        client
+            .put(put_json(
+                &format!("user:{id}"),
+                serde_json::json!({"name": "John"}),
+                None,
+            ))
+            .await
+            .unwrap();
+    }
+    // ...new ones declare the format they write.
+    let mut v2 = put_json("user:126", serde_json::json!({"userName": "Ann"}), None);
+    v2.schema_version = 2;
+    client.put(v2).await.unwrap();
 
-    let migrated = migrate_if_needed(client, "data:1", now).await.unwrap();
+    // migrateIfNeeded is a plain Get now.
+    let (user, _) = get_json(client, "user:123").await.unwrap().unwrap();
     assert_eq!(
-        migrated,
-        Some(serde_json::json!({"name": "Ada", "userName": "Ada"}))
+        user,
+        serde_json::json!({"name": "John", "userName": "John"})
     );
-    let response = client.get(get("data:1")).await.unwrap().into_inner();
-    let version = response.version;
-    assert_eq!(
-        response
-            .metadata
-            .map(|metadata| json_from_proto(metadata).unwrap()),
-        Some(serde_json::json!({"version": 2, "migratedAt": now}))
-    );
-    migrate_if_needed(client, "data:1", now).await.unwrap();
-    let again = client.get(get("data:1")).await.unwrap().into_inner();
-    assert_eq!(again.version, version, "a migrated record is not rewritten");
+    let response = client.get(get("user:123")).await.unwrap().into_inner();
+    assert_eq!(response.schema_version, 2);
+    let metadata = json_from_proto(response.metadata.unwrap()).unwrap();
+    assert!(metadata["migratedAt"].is_string(), "{metadata}");
+
+    // The rest in batch, instead of waiting for reads.
+    let mut admin = connect_admin(&server.server.endpoint()).await;
+    let mut progress = admin
+        .migrate(pb::MigrateRequest {
+            prefix: "user:".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut state = None;
+    while let Some(message) = progress.message().await.unwrap() {
+        state = message.state;
+    }
+    let state = state.unwrap();
+    assert!(state.done);
+    assert_eq!(state.scanned, 4);
+    // 124 and 125 needed it; 126 was written as v2; 123 may or may not have
+    // been written back yet by its read.
+    assert_eq!(state.migrated + state.already_current, 4);
+    assert!(state.migrated >= 2);
+    let listed = client
+        .list(pb::ListRequest {
+            prefix: "user:".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(listed.keys.iter().all(|key| key.schema_version == 2));
     server.stop().await;
 }
 
