@@ -794,3 +794,35 @@ async fn kill_9_during_a_batch_migration_then_resume_migrates_each_record_once()
     server.child.kill().unwrap();
     server.child.wait().unwrap();
 }
+
+/// A large record (migrated off the async workers) reads back migrated too,
+/// and its write-back keeps the value out of line.
+#[tokio::test]
+async fn large_records_migrate_on_read() {
+    let mut server = start_with(seed).await;
+    let bio = "b".repeat(200_000);
+    server
+        .client
+        .put(put_json(
+            "user:big",
+            serde_json::json!({"name": "Big", "bio": bio}),
+            1,
+        ))
+        .await
+        .unwrap();
+    let mut changes = server.server.engine.subscribe();
+    let read_big = read(&mut server.client, "user:big").await;
+    assert_eq!(read_big.schema_version, 2);
+    let value = json_of(&read_big);
+    assert_eq!(value["userName"], "Big");
+    assert_eq!(value["bio"].as_str().unwrap().len(), 200_000);
+    assert_eq!(&*next_event(&mut changes).await.key, "user:big");
+    let again = read(&mut server.client, "user:big").await;
+    assert_eq!(json_of(&again), value);
+    assert!(server
+        .server
+        .engine
+        .value_entry_present("user:big")
+        .unwrap());
+    server.stop().await;
+}

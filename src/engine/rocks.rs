@@ -1094,14 +1094,21 @@ impl Engine for RocksEngine {
     async fn clear_namespace(&self, prefix: &str) -> Result<(), EngineError> {
         let id = self.namespace_id(prefix)?;
         self.writer.submit_clear(&self.inner, id).await?;
-        // Compact the emptied ranges now, so the space comes back and the
-        // estimates drop, instead of whenever compaction gets there.
+        // Reclaim the space now, so it comes back and the estimates drop,
+        // instead of whenever compaction gets there: files wholly inside the
+        // ranges are deleted outright (cheap; their data is already deleted
+        // by the committed range deletion), the rest compacted.
         self.blocking(move |inner| {
             let cf = inner.handle(id)?;
             let values = inner.values_handle()?;
             for (start, end) in namespace_ranges(&inner.namespaces, id) {
-                inner.db.compact_range_cf(cf, Some(&start), Some(&end));
-                inner.db.compact_range_cf(values, Some(&start), Some(&end));
+                for family in [cf, values] {
+                    inner
+                        .db
+                        .delete_file_in_range_cf(family, &start, &end)
+                        .map_err(storage_error)?;
+                    inner.db.compact_range_cf(family, Some(&start), Some(&end));
+                }
             }
             Ok(())
         })

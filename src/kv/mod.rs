@@ -332,10 +332,10 @@ impl KvService {
 
     /// A record as a read returns it: migrated when a configured migration
     /// says it is out of date.
-    fn migrate_on_read(&self, key: &str, record: Record) -> Record {
+    async fn migrate_on_read(&self, key: &str, record: Record) -> Result<Record, KvError> {
         match &self.lazy_migration {
-            Some(migrator) => migrator.on_read(key, record),
-            None => record,
+            Some(migrator) => Ok(migrator.on_read_async(key, record).await?),
+            None => Ok(record),
         }
     }
 
@@ -373,10 +373,11 @@ impl KvService {
     pub async fn get(&self, key: &str, value_type: ValueType) -> Result<Option<Entry>, KvError> {
         validate_key("key", key).map_err(|violation| KvError::InvalidArgument(vec![violation]))?;
         self.check_owner("key", key)?;
-        let record = self.engine.get(key.to_string()).await?;
-        record
-            .map(|record| entry_from_record(key, self.migrate_on_read(key, record), value_type))
-            .transpose()
+        let Some(record) = self.engine.get(key.to_string()).await? else {
+            return Ok(None);
+        };
+        let record = self.migrate_on_read(key, record).await?;
+        entry_from_record(key, record, value_type).map(Some)
     }
 
     /// Reads up to [`MAX_BATCH_GET_KEYS`] keys, one result per key in order.
@@ -419,17 +420,17 @@ impl KvService {
                 },
                 other => other.into(),
             })?;
-        records
-            .into_iter()
-            .zip(keys)
-            .map(|(record, key)| {
-                record
-                    .map(|record| {
-                        entry_from_record(key, self.migrate_on_read(key, record), value_type)
-                    })
-                    .transpose()
-            })
-            .collect()
+        let mut entries = Vec::with_capacity(records.len());
+        for (record, key) in records.into_iter().zip(keys) {
+            entries.push(match record {
+                Some(record) => {
+                    let record = self.migrate_on_read(key, record).await?;
+                    Some(entry_from_record(key, record, value_type)?)
+                }
+                None => None,
+            });
+        }
+        Ok(entries)
     }
 
     /// Writes one key.

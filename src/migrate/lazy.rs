@@ -29,6 +29,8 @@ use super::{Migrations, Plan};
 use crate::clock::SharedClock;
 use crate::engine::{Engine, EngineError, Precondition, PutOp, Record, WriteOp};
 
+/// Records larger than this are migrated on the blocking pool.
+pub const INLINE_MIGRATE_BYTES: usize = 64 * 1024;
 /// Most write-backs queued or running at once; reads beyond skip theirs.
 pub const MAX_WRITE_BACKS_IN_FLIGHT: usize = 256;
 
@@ -129,6 +131,29 @@ impl LazyMigrator {
                 migrated
             }
         }
+    }
+
+    /// Like [`LazyMigrator::on_read`], but a large record that needs a
+    /// migration is migrated on the blocking pool: parsing, patching and
+    /// serializing megabytes of JSON would stall the async worker.
+    pub async fn on_read_async(
+        self: &Arc<Self>,
+        key: &str,
+        record: Record,
+    ) -> Result<Record, EngineError> {
+        let needs_work = record.value.len() > INLINE_MIGRATE_BYTES
+            && self
+                .migrations
+                .chain_for(key)
+                .is_some_and(|chain| record.schema_version.max(1) < chain.target);
+        if !needs_work {
+            return Ok(self.on_read(key, record));
+        }
+        let migrator = Arc::clone(self);
+        let key = key.to_string();
+        tokio::task::spawn_blocking(move || migrator.on_read(&key, record))
+            .await
+            .map_err(|error| EngineError::Storage(format!("a migration task failed: {error}")))
     }
 
     /// Counts since the server started.
