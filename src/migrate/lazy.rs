@@ -73,6 +73,8 @@ pub struct LazyMigrator {
     in_flight: Arc<Mutex<HashSet<String>>>,
     room: Arc<Semaphore>,
     counters: Arc<Counters>,
+    /// When a failed migration was last logged, in milliseconds.
+    last_failure_log: AtomicU64,
 }
 
 impl std::fmt::Debug for LazyMigrator {
@@ -93,6 +95,7 @@ impl LazyMigrator {
             in_flight: Arc::default(),
             room: Arc::new(Semaphore::new(MAX_WRITE_BACKS_IN_FLIGHT)),
             counters: Arc::default(),
+            last_failure_log: AtomicU64::new(0),
         }
     }
 
@@ -115,14 +118,28 @@ impl LazyMigrator {
                 record
             }
             Plan::Failed(reason) => {
-                self.counters.failed.fetch_add(1, Ordering::Relaxed);
-                // The key stays out of the log: keys can be secrets.
-                let prefix = self
-                    .migrations
-                    .chain_for(key)
-                    .map(|chain| chain.prefix.as_str())
-                    .unwrap_or_default();
-                tracing::warn!(prefix, %reason, "a record read could not be migrated; returned as stored");
+                let failed = self.counters.failed.fetch_add(1, Ordering::Relaxed) + 1;
+                // At most one line a second: a hot unmigratable key must not
+                // flood the log. The key stays out of it: keys can be secrets.
+                let last = self.last_failure_log.load(Ordering::Relaxed);
+                if now >= last.saturating_add(1000)
+                    && self
+                        .last_failure_log
+                        .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                        .is_ok()
+                {
+                    let prefix = self
+                        .migrations
+                        .chain_for(key)
+                        .map(|chain| chain.prefix.as_str())
+                        .unwrap_or_default();
+                    tracing::warn!(
+                        prefix,
+                        %reason,
+                        failed_reads_so_far = failed,
+                        "a record read could not be migrated; returned as stored"
+                    );
+                }
                 record
             }
             Plan::Migrated(migrated) => {
