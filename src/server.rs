@@ -479,7 +479,13 @@ async fn serve_until_stopped(
         )
         .into_server(),
     );
-    services.add(AdminApi::new(migrator, NamespaceAdmin::new(Arc::clone(&engine))).into_server());
+    services.add(
+        AdminApi::new(
+            Arc::clone(&migrator),
+            NamespaceAdmin::new(Arc::clone(&engine)),
+        )
+        .into_server(),
+    );
     services.add(
         SessionApi::new(SessionService::new(
             Arc::clone(&engine),
@@ -597,6 +603,8 @@ async fn serve_until_stopped(
 
     set_health(&health_reporter, &service_names, ServingStatus::NotServing).await;
     stats.readiness.set(false);
+    // Batch migrations stop at their next batch, so they do not hold the drain.
+    migrator.shut_down();
     tracing::info!(
         ?reason,
         delay_ms = config.shutdown_delay_ms,

@@ -826,3 +826,54 @@ async fn large_records_migrate_on_read() {
         .unwrap());
     server.stop().await;
 }
+
+/// A graceful shutdown stops a running batch migration after its batch:
+/// the caller gets UNAVAILABLE saying so, the drain is not held, and after
+/// the restart `Migrate` resumes from the checkpoint.
+#[tokio::test]
+async fn shutdown_stops_a_migration_which_resumes_after_restart() {
+    let mut server = start_with(seed).await;
+    write_users(&mut server.client, 300).await;
+    let mut admin = connect_admin(&server.server.endpoint()).await;
+    let mut stream = admin
+        .migrate(pb::MigrateRequest {
+            batch_size: 20,
+            max_records_per_second: Some(100),
+            ..migrate_request("user:")
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    stream.message().await.unwrap().expect("a first batch");
+    let restarting = tokio::spawn(server.restart());
+    let ended = loop {
+        match stream.message().await {
+            Ok(Some(_)) => continue,
+            Ok(None) => panic!("the stream ended without an error"),
+            Err(status) => break status,
+        }
+    };
+    assert_eq!(ended.code(), Code::Unavailable, "{ended:?}");
+    assert!(ended.message().contains("shutting down"), "{ended:?}");
+    let mut server = restarting.await.unwrap();
+    let mut admin = connect_admin(&server.server.endpoint()).await;
+    let saved = admin
+        .get_migration(pb::GetMigrationRequest {
+            prefix: "user:".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        !saved.done && saved.scanned >= 20 && saved.scanned < 300,
+        "{saved:?}"
+    );
+    let state = last_state(&migrate(&mut admin, migrate_request("user:")).await);
+    assert!(state.done);
+    assert_eq!((state.scanned, state.migrated), (300, 300));
+    assert!(listed(&mut server.client, "user:")
+        .await
+        .iter()
+        .all(|key| key.schema_version == 2));
+    server.stop().await;
+}

@@ -52,6 +52,7 @@ pub fn migrate_status(method: &'static str, error: MigrateError) -> Status {
             Status::with_error_details(Code::Aborted, message, details)
         }
         MigrateError::NotFound { .. } => Status::not_found(message),
+        MigrateError::ShuttingDown { .. } => Status::unavailable(message),
         MigrateError::InvalidStep { .. } | MigrateError::CorruptState { .. } => {
             tracing::error!(method, error = %message, "migration state failure");
             return Status::internal(message);

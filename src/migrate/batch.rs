@@ -26,6 +26,7 @@
 //!   saves no checkpoint, and always starts from the beginning.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -113,6 +114,8 @@ pub struct Migrator {
     clock: SharedClock,
     /// Runs in progress by prefix. A std mutex: held for map operations only.
     running: Registry,
+    /// Set when the server shuts down: runs stop after their batch.
+    stopping: Arc<AtomicBool>,
 }
 
 impl std::fmt::Debug for Migrator {
@@ -150,7 +153,16 @@ impl Migrator {
             engine,
             clock,
             running: Arc::default(),
+            stopping: Arc::default(),
         }
+    }
+
+    /// Stops every run after the batch in progress, keeping its checkpoint,
+    /// and refuses new ones: the server is shutting down, and a migration
+    /// must not hold its drain. Each caller gets UNAVAILABLE and resumes by
+    /// calling `Migrate` again, on this server once restarted or another.
+    pub fn shut_down(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
     }
 
     /// The configured migrations.
@@ -217,6 +229,11 @@ impl Migrator {
             ));
         }
 
+        if self.stopping.load(Ordering::SeqCst) {
+            return Err(MigrateError::ShuttingDown {
+                prefix: request.prefix,
+            });
+        }
         let fingerprint = self.migrations.fingerprint();
         let shared = Arc::new(Mutex::new(MigrationState::default()));
         {
@@ -255,6 +272,7 @@ impl Migrator {
 
         let (sender, receiver) = mpsc::channel(PROGRESS_BUFFER);
         let run = Run {
+            stopping: Arc::clone(&self.stopping),
             guard: Some(guard),
             migrations: Arc::clone(&self.migrations),
             engine: Arc::clone(&self.engine),
@@ -301,6 +319,8 @@ impl Migrator {
 
 /// One run in its task.
 struct Run {
+    /// The migrator's shutdown flag.
+    stopping: Arc<AtomicBool>,
     /// Released before the last report, so that a caller who saw it can
     /// start the next run at once; dropped first otherwise.
     guard: Option<RunGuard>,
@@ -377,6 +397,11 @@ impl Run {
         loop {
             if self.sender.is_closed() {
                 return Err(Stop::Disconnected);
+            }
+            if self.stopping.load(Ordering::SeqCst) {
+                return Err(Stop::Failed(MigrateError::ShuttingDown {
+                    prefix: self.request.prefix.clone(),
+                }));
             }
             let checkpoint = self.snapshot().checkpoint;
             let page = self

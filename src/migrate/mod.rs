@@ -73,6 +73,13 @@ pub enum MigrateError {
         /// The prefix.
         prefix: String,
     },
+    /// The server is shutting down; the run stopped (or never started) and
+    /// keeps its checkpoint.
+    #[error("the server is shutting down; the migration of {prefix:?} stopped after its last batch and keeps its checkpoint: call Migrate again to resume")]
+    ShuttingDown {
+        /// The prefix.
+        prefix: String,
+    },
     /// No migration of that prefix has been run.
     #[error("no migration of prefix {prefix:?} has been run on this store")]
     NotFound {
