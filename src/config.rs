@@ -12,8 +12,8 @@ use thiserror::Error;
 
 use crate::engine::Namespaces;
 use crate::kv::limits::{MAX_KEY_BYTES, MAX_MESSAGE_BYTES};
-use crate::server::tls::TlsSettings;
 use crate::migrate::{MigrationStep, Migrations};
+use crate::server::tls::TlsSettings;
 use crate::session::SessionConfig;
 
 /// Environment variables read by the command-line client, not the server.

@@ -13,16 +13,15 @@ use serde_json::{json, Value};
 use tonic::transport::Channel;
 use tonic_types::StatusExt;
 
-use super::DEFAULT_ENDPOINT;
+use super::ConnectArgs;
 use crate::proto::v1 as pb;
 use pb::admin_service_client::AdminServiceClient;
 
 /// Arguments of `tierkv admin`.
 #[derive(Debug, Args)]
 pub struct AdminArgs {
-    /// The server to talk to.
-    #[arg(long, global = true, env = "TIERKV_ENDPOINT", default_value = DEFAULT_ENDPOINT)]
-    endpoint: String,
+    #[command(flatten)]
+    connect: ConnectArgs,
     #[command(subcommand)]
     command: AdminCommand,
 }
@@ -88,9 +87,7 @@ fn describe(status: &tonic::Status) -> String {
 }
 
 async fn execute(args: AdminArgs) -> Result<ExitCode, String> {
-    let mut client = AdminServiceClient::connect(args.endpoint.clone())
-        .await
-        .map_err(|error| format!("cannot connect: {}: {error}", args.endpoint))?;
+    let mut client = AdminServiceClient::new(args.connect.channel().await?);
     match args.command {
         AdminCommand::Migrate {
             prefix,

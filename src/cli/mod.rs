@@ -2,8 +2,8 @@
 //! modelled on `wrangler kv`; `session` manages sessions; `admin` migrates
 //! records and retires namespaces.
 
-mod connect;
 mod admin;
+mod connect;
 mod kv;
 mod session;
 
