@@ -314,6 +314,28 @@ async fn cli_admin_commands() {
         (Some(20), Some(true))
     );
 
+    let got = tokio::task::spawn_blocking({
+        let endpoint = endpoint.clone();
+        move || {
+            Command::new(BINARY)
+                .args([
+                    "kv",
+                    "--endpoint",
+                    &endpoint,
+                    "get",
+                    "user:3",
+                    "--with-metadata",
+                ])
+                .output()
+                .expect("run tierkv")
+        }
+    })
+    .await
+    .unwrap();
+    let got: serde_json::Value = serde_json::from_slice(&got.stdout).unwrap();
+    assert_eq!(got["schema_version"], 2, "{got}");
+    assert_eq!(got["value"]["userName"], 3, "{got}");
+
     let shown = admin_cli(&endpoint, &["migration", "user:"]).await;
     assert_eq!(shown.code, 0, "{}", shown.stderr);
     let state: serde_json::Value = serde_json::from_str(&shown.stdout).unwrap();

@@ -265,6 +265,7 @@ async fn get(
                 .map_or(serde_json::Value::Null, |at| at.seconds.into()),
         );
         object.insert("version".into(), response.version.into());
+        object.insert("schema_version".into(), response.schema_version.into());
         writeln!(stdout, "{}", serde_json::Value::Object(object)).map_err(write_error)?;
         return Ok(ExitCode::SUCCESS);
     }
