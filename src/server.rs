@@ -245,6 +245,55 @@ impl ServerStats {
     }
 }
 
+/// The lazy migrator's counts, read at every scrape.
+#[derive(Debug)]
+struct LazyMigrationFigures(Arc<LazyMigrator>);
+
+impl prometheus_client::collector::Collector for LazyMigrationFigures {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::DescriptorEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        let counts = self.0.counts();
+        let mut out = FigureWriter::new(&mut encoder);
+        out.counter(
+            "lazy_migration_reads",
+            "Reads answered with a record migrated on the fly",
+            counts.migrated_reads,
+        )?;
+        out.counter(
+            "lazy_migration_written_back",
+            "Migrated records written back by a compare-and-set",
+            counts.written_back,
+        )?;
+        out.counter(
+            "lazy_migration_lost_to_writers",
+            "Write-backs dropped because a writer changed the record first",
+            counts.lost_to_writers,
+        )?;
+        out.counter(
+            "lazy_migration_skipped",
+            "Write-backs not attempted: one for the key was in flight, or too many were",
+            counts.skipped,
+        )?;
+        out.counter(
+            "lazy_migration_write_errors",
+            "Write-backs the engine failed",
+            counts.write_errors,
+        )?;
+        out.counter(
+            "lazy_migration_failed",
+            "Reads of records no configured patch applies to, returned as stored",
+            counts.failed,
+        )?;
+        out.counter(
+            "lazy_migration_newer_than_known",
+            "Reads of records with a schema version above this server's target, returned as stored",
+            counts.newer_than_known,
+        )
+    }
+}
+
 impl prometheus_client::collector::Collector for ServerStats {
     fn encode(
         &self,
@@ -466,6 +515,7 @@ async fn serve_until_stopped(
         Arc::clone(&engine),
         Arc::clone(&clock),
     ));
+    metrics.collector(LazyMigrationFigures(Arc::clone(&lazy_migration)));
     let migrator = Arc::new(Migrator::new(
         migrations,
         Arc::clone(&engine),
@@ -475,7 +525,7 @@ async fn serve_until_stopped(
     services.add(
         KvApi::new(
             KvService::new(Arc::clone(&engine), Arc::clone(&clock))
-                .with_lazy_migration(lazy_migration),
+                .with_lazy_migration(Arc::clone(&lazy_migration)),
         )
         .into_server(),
     );
