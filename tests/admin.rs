@@ -1,6 +1,7 @@
 //! AdminService namespaces against a real server: estimated sizes, dropping
 //! a namespace with a confirmed key count (and the single change event it
-//! publishes), refusing at start a removed namespace that still holds data,
+//! publishes), refusing at start a removed namespace that still holds data
+//! (in-process and with the real binary),
 //! and the `tierkv admin` command line.
 
 mod common;
@@ -369,4 +370,60 @@ async fn cli_admin_commands() {
     assert_eq!(result["deleted_keys"], 21);
     assert!(!exists(&mut server.client, "user:1").await);
     server.stop().await;
+}
+
+/// The real binary, as an operator meets it: started without a namespace
+/// that still holds keys, it exits 1 with the prefix, the count and the way
+/// to retire it; an invalid `[[migrations]]` file is refused the same way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_refuses_a_removed_namespace_with_data_and_bad_migrations() {
+    use common::process::{server_command, spawn_server};
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut command = server_command(&data);
+    command.env("TIERKV_NAMESPACES", "user:,session:,orders:");
+    let mut server = spawn_server(command);
+    let mut client = connect(&server.endpoint()).await;
+    put_all(&mut client, &["orders:1", "orders:2"]).await;
+    drop(client);
+    server.child.kill().unwrap();
+    server.child.wait().unwrap();
+
+    let run = |mut command: Command| async move {
+        tokio::task::spawn_blocking(move || {
+            let output = command.output().expect("run tierkv");
+            (
+                output.status.code().unwrap_or(-1),
+                String::from_utf8_lossy(&output.stderr).into_owned(),
+            )
+        })
+        .await
+        .unwrap()
+    };
+    let mut command = server_command(&data);
+    command.env("TIERKV_NAMESPACES", "user:,session:");
+    let (code, stderr) = run(command).await;
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains("\"orders:\" with 2 live keys")
+            && stderr.contains("drop-namespace orders: --expected-keys 2"),
+        "{stderr}"
+    );
+
+    let config = dir.path().join("tierkv.toml");
+    std::fs::write(
+        &config,
+        "namespaces = [\"user:\", \"session:\", \"orders:\"]\n\
+         [[migrations]]\nprefix = \"orders:\"\nfrom = 1\nto = 2\npatch = '[]'\n\
+         [[migrations]]\nprefix = \"orders:\"\nfrom = 3\nto = 4\npatch = '[]'\n",
+    )
+    .unwrap();
+    let mut command = server_command(&data);
+    command.arg("--config").arg(&config);
+    let (code, stderr) = run(command).await;
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains("migrations[1] (prefix \"orders:\", 3 -> 4)") && stderr.contains("gap"),
+        "{stderr}"
+    );
 }
