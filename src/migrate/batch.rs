@@ -376,7 +376,12 @@ impl Run {
         match outcome {
             Ok(()) | Err(Stop::Disconnected) => {}
             Err(Stop::Failed(error)) => {
-                tracing::error!(prefix = %state.prefix, %error, "a batch migration stopped; its checkpoint is kept");
+                // Engine errors can name a key; their summary does not.
+                let summary = match &error {
+                    MigrateError::Engine(engine) => engine.log_summary(),
+                    other => other.to_string(),
+                };
+                tracing::warn!(prefix = %state.prefix, error = %summary, "a batch migration stopped; its checkpoint is kept");
                 let _ = self.sender.send(Err(error)).await;
             }
         }
