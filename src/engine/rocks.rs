@@ -1094,19 +1094,15 @@ impl Engine for RocksEngine {
     async fn clear_namespace(&self, prefix: &str) -> Result<(), EngineError> {
         let id = self.namespace_id(prefix)?;
         self.writer.submit_clear(&self.inner, id).await?;
-        // Reclaim the space now, so it comes back and the estimates drop,
-        // instead of whenever compaction gets there: files wholly inside the
-        // ranges are deleted outright (cheap; their data is already deleted
-        // by the committed range deletion), the rest compacted.
+        // Compact the emptied ranges now, so the space comes back and the
+        // estimates drop, instead of whenever compaction gets there. Not
+        // `DeleteFilesInRange`: it ignores sequence numbers, so a file holding
+        // a write made after the drop (compacted down meanwhile) would go too.
         self.blocking(move |inner| {
             let cf = inner.handle(id)?;
             let values = inner.values_handle()?;
             for (start, end) in namespace_ranges(&inner.namespaces, id) {
                 for family in [cf, values] {
-                    inner
-                        .db
-                        .delete_file_in_range_cf(family, &start, &end)
-                        .map_err(storage_error)?;
                     inner.db.compact_range_cf(family, Some(&start), Some(&end));
                 }
             }
