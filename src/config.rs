@@ -46,6 +46,8 @@ pub struct Config {
     pub metrics_listen: String,
     /// Directory of the RocksDB store.
     pub data_dir: PathBuf,
+    /// Where `AdminService.Backup` writes backups (one directory each); unset: backups are off.
+    pub backup_dir: Option<PathBuf>,
     /// Key prefixes with a column family of their own.
     pub namespaces: Vec<String>,
     /// fsync the write-ahead log before acknowledging writes.
@@ -107,6 +109,7 @@ impl Default for Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
             metrics_listen: "127.0.0.1:9090".to_string(),
             data_dir: PathBuf::from("./data"),
+            backup_dir: None,
             namespaces: Namespaces::default_prefixes(),
             sync_writes: false,
             block_cache_mb: 128,
@@ -169,6 +172,7 @@ const SERVER_ENV: &[(&str, &str, EnvKind)] = &[
     ("TIERKV_LISTEN", "listen", EnvKind::Text),
     ("TIERKV_METRICS_LISTEN", "metrics_listen", EnvKind::Text),
     ("TIERKV_DATA_DIR", "data_dir", EnvKind::Text),
+    ("TIERKV_BACKUP_DIR", "backup_dir", EnvKind::Text),
     ("TIERKV_NAMESPACES", "namespaces", EnvKind::List),
     ("TIERKV_SYNC_WRITES", "sync_writes", EnvKind::Bool),
     ("TIERKV_BLOCK_CACHE_MB", "block_cache_mb", EnvKind::Integer),
@@ -382,6 +386,15 @@ impl Config {
         }
         if self.data_dir.as_os_str().is_empty() {
             return Err(ConfigError::Invalid("data_dir must not be empty".into()));
+        }
+        if let Some(backup_dir) = &self.backup_dir {
+            if backup_dir.starts_with(&self.data_dir) {
+                return Err(ConfigError::Invalid(format!(
+                    "backup_dir {} is inside data_dir {}; put backups beside the data (same file system for hard links), not in it",
+                    backup_dir.display(),
+                    self.data_dir.display()
+                )));
+            }
         }
         tracing_subscriber::EnvFilter::try_new(&self.log_level).map_err(|error| {
             ConfigError::Invalid(format!("log_level {:?}: {error}", self.log_level))

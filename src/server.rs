@@ -24,6 +24,7 @@ use std::convert::Infallible;
 use tonic::server::NamedService;
 use tonic::service::RoutesBuilder;
 
+use crate::admin::backup::Backups;
 use crate::admin::NamespaceAdmin;
 use crate::api::admin::AdminApi;
 use crate::api::deadline::DeadlineLayer;
@@ -533,6 +534,7 @@ async fn serve_until_stopped(
         AdminApi::new(
             Arc::clone(&migrator),
             NamespaceAdmin::new(Arc::clone(&engine)),
+            Backups::new(Arc::clone(&engine), config.backup_dir.clone()),
         )
         .into_server(),
     );

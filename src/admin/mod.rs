@@ -6,6 +6,8 @@
 //! retire one is to drop its data while it is still configured, with the
 //! exact key count as a confirmation, then remove it from `namespaces`.
 
+pub mod backup;
+
 use std::sync::Arc;
 
 use thiserror::Error;
@@ -47,6 +49,23 @@ pub enum AdminError {
         expected: Option<u64>,
         /// The exact live key count.
         actual: u64,
+    },
+    /// No `backup_dir` is configured.
+    #[error("backups are off: set backup_dir (TIERKV_BACKUP_DIR) to the directory backups go to")]
+    BackupsOff,
+    /// The backup name is not one plain path component.
+    #[error("backup name {name:?} is invalid: {reason}")]
+    InvalidBackupName {
+        /// The name (truncated).
+        name: String,
+        /// Why.
+        reason: String,
+    },
+    /// A backup of that name exists.
+    #[error("a backup named {name:?} already exists; choose another name")]
+    BackupExists {
+        /// The name.
+        name: String,
     },
     /// The storage engine failed.
     #[error(transparent)]

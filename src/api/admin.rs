@@ -9,6 +9,7 @@ use tonic_types::{ErrorDetails, StatusExt};
 
 use super::convert::timestamp_from_millis;
 use super::status::{engine_status, ERROR_DOMAIN};
+use crate::admin::backup::Backups;
 use crate::admin::{AdminError, NamespaceAdmin};
 use crate::migrate::{MigrateError, MigrationProgress, MigrationRequest, MigrationState, Migrator};
 use crate::proto::v1 as pb;
@@ -19,14 +20,16 @@ use pb::admin_service_server::AdminService as AdminServiceRpc;
 pub struct AdminApi {
     migrator: Arc<Migrator>,
     namespaces: NamespaceAdmin,
+    backups: Backups,
 }
 
 impl AdminApi {
-    /// An adapter for `migrator` and `namespaces`.
-    pub fn new(migrator: Arc<Migrator>, namespaces: NamespaceAdmin) -> Self {
+    /// An adapter for `migrator`, `namespaces` and `backups`.
+    pub fn new(migrator: Arc<Migrator>, namespaces: NamespaceAdmin, backups: Backups) -> Self {
         Self {
             migrator,
             namespaces,
+            backups,
         }
     }
 
@@ -81,6 +84,13 @@ pub fn admin_status(method: &'static str, error: AdminError) -> Status {
             );
             Status::with_error_details(Code::FailedPrecondition, message, details)
         }
+        AdminError::BackupsOff => Status::failed_precondition(message),
+        AdminError::InvalidBackupName { .. } => {
+            let mut details = ErrorDetails::new();
+            details.add_bad_request_violation("name", message.clone());
+            Status::with_error_details(Code::InvalidArgument, message, details)
+        }
+        AdminError::BackupExists { .. } => Status::already_exists(message),
         AdminError::Engine(engine) => return engine_status(method, engine),
     };
     tracing::debug!(method, code = ?status.code(), "request rejected");
@@ -191,5 +201,22 @@ impl AdminServiceRpc for AdminApi {
             .await
             .map_err(|error| admin_status("DropNamespace", error))?;
         Ok(Response::new(pb::DropNamespaceResponse { deleted_keys }))
+    }
+
+    async fn backup(
+        &self,
+        request: Request<pb::BackupRequest>,
+    ) -> Result<Response<pb::BackupResponse>, Status> {
+        let done = self
+            .backups
+            .backup(&request.into_inner().name)
+            .await
+            .map_err(|error| admin_status("Backup", error))?;
+        Ok(Response::new(pb::BackupResponse {
+            path: done.path.display().to_string(),
+            files: done.files,
+            bytes: done.bytes,
+            took: prost_types::Duration::try_from(done.took).ok(),
+        }))
     }
 }

@@ -59,6 +59,13 @@ enum AdminCommand {
         #[arg(long)]
         expected_keys: Option<u64>,
     },
+    /// Write a consistent copy of the whole store, while serving, into the
+    /// server's backup_dir; prints where it went.
+    Backup {
+        /// The backup's directory name under backup_dir (default:
+        /// backup-<unix milliseconds>).
+        name: Option<String>,
+    },
 }
 
 /// Runs a `tierkv admin` command; exit code 0 on success, 1 when a migration
@@ -119,6 +126,26 @@ async fn execute(args: AdminArgs) -> Result<ExitCode, String> {
                 })
                 .collect();
             print_json(&Value::Array(list));
+            Ok(ExitCode::SUCCESS)
+        }
+        AdminCommand::Backup { name } => {
+            let response = client
+                .backup(pb::BackupRequest {
+                    name: name.unwrap_or_default(),
+                })
+                .await
+                .map_err(|status| describe(&status))?
+                .into_inner();
+            let took_ms = response
+                .took
+                .map(|took| took.seconds * 1000 + i64::from(took.nanos) / 1_000_000)
+                .unwrap_or_default();
+            print_json(&json!({
+                "path": response.path,
+                "files": response.files,
+                "bytes": response.bytes,
+                "took_ms": took_ms,
+            }));
             Ok(ExitCode::SUCCESS)
         }
         AdminCommand::DropNamespace {

@@ -150,6 +150,16 @@ pub struct NamespaceStats {
     pub estimated_live_bytes: u64,
 }
 
+/// What a backup wrote.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BackupInfo {
+    /// Files in the backup.
+    pub files: u64,
+    /// Their total size in bytes (files shared with the live store by hard
+    /// links count in full).
+    pub bytes: u64,
+}
+
 /// A failure of the storage engine.
 #[derive(Debug, Error)]
 pub enum EngineError {
@@ -331,4 +341,10 @@ pub trait Engine: Send + Sync + 'static {
     /// Writes (or with `None` removes) a named piece of server state, durably
     /// as configured for writes. See [`Engine::get_state`].
     async fn put_state(&self, name: &str, value: Option<Vec<u8>>) -> Result<(), EngineError>;
+
+    /// Writes a consistent, point-in-time copy of every namespace and of the
+    /// engine's own state into `dir` (which must not exist; its parent is
+    /// created), while serving. Every write acknowledged before the call is
+    /// in it. The copy is a data directory a server opens as it is.
+    async fn backup(&self, dir: &std::path::Path) -> Result<BackupInfo, EngineError>;
 }
