@@ -115,11 +115,19 @@ pub fn code_name(code: i32) -> &'static str {
     }
 }
 
+/// Figures that take an async call to read (storage statistics run on the
+/// blocking pool), refreshed before each scrape and cached for a collector.
+#[async_trait::async_trait]
+pub trait Refresh: Send + Sync + 'static {
+    /// Reads the figures anew.
+    async fn refresh(&self);
+}
+
 /// Collects the metrics of one server while it starts; [`MetricsBuilder::build`]
 /// freezes them for scraping.
-#[derive(Debug)]
 pub struct MetricsBuilder {
     registry: Registry,
+    refreshers: Vec<Arc<dyn Refresh>>,
 }
 
 impl MetricsBuilder {
@@ -127,7 +135,15 @@ impl MetricsBuilder {
     pub fn new() -> Self {
         Self {
             registry: Registry::with_prefix("tierkv"),
+            refreshers: Vec::new(),
         }
+    }
+
+    /// Registers a collector whose figures are refreshed before each scrape.
+    pub fn refreshed_collector<C: Collector + Refresh>(&mut self, collector: Arc<C>) {
+        self.registry
+            .register_collector(Box::new(Arc::clone(&collector)));
+        self.refreshers.push(collector);
     }
 
     /// Registers the per-RPC families for the methods in `known_paths`
@@ -163,6 +179,7 @@ impl MetricsBuilder {
     pub fn build(self) -> Metrics {
         Metrics {
             registry: Arc::new(self.registry),
+            refreshers: Arc::new(self.refreshers),
         }
     }
 }
@@ -174,13 +191,29 @@ impl Default for MetricsBuilder {
 }
 
 /// The metrics of one server, ready to scrape.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Metrics {
     registry: Arc<Registry>,
+    refreshers: Arc<Vec<Arc<dyn Refresh>>>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
 }
 
 impl Metrics {
-    /// Every metric in the Prometheus text format (version 0.0.4).
+    /// Refreshes the figures that need it, then encodes every metric.
+    pub async fn scrape(&self) -> String {
+        for refresher in self.refreshers.iter() {
+            refresher.refresh().await;
+        }
+        self.encode()
+    }
+
+    /// Every metric in the Prometheus text format (version 0.0.4), with the
+    /// figures as last refreshed.
     pub fn encode(&self) -> String {
         let mut text = String::with_capacity(16 * 1024);
         // Writing into a String cannot fail; a collector that fails is skipped.
@@ -261,5 +294,214 @@ impl<'a, 'b> FigureWriter<'a, 'b> {
             ConstCounter::new(*value).encode(metric)?;
         }
         Ok(())
+    }
+}
+
+/// Labels of one namespace.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct NamespaceLabels {
+    /// The prefix (empty for the default namespace).
+    namespace: String,
+    /// Where the engine keeps it (the RocksDB column family).
+    column_family: String,
+}
+
+/// Storage figures of the engine, per namespace and engine-wide.
+pub struct EngineFigures {
+    engine: Arc<dyn crate::engine::Engine>,
+    last: std::sync::Mutex<(
+        Vec<crate::engine::NamespaceStats>,
+        crate::engine::StorageSummary,
+    )>,
+}
+
+impl EngineFigures {
+    /// Figures of `engine`.
+    pub fn new(engine: Arc<dyn crate::engine::Engine>) -> Arc<Self> {
+        Arc::new(Self {
+            engine,
+            last: std::sync::Mutex::new(Default::default()),
+        })
+    }
+}
+
+impl std::fmt::Debug for EngineFigures {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EngineFigures").finish_non_exhaustive()
+    }
+}
+
+#[async_trait::async_trait]
+impl Refresh for EngineFigures {
+    async fn refresh(&self) {
+        let namespaces = self.engine.namespace_stats().await;
+        let summary = self.engine.storage_summary().await;
+        match (namespaces, summary) {
+            (Ok(namespaces), Ok(summary)) => {
+                *self.last.lock().unwrap_or_else(|p| p.into_inner()) = (namespaces, summary);
+            }
+            (Err(error), _) | (_, Err(error)) => {
+                tracing::warn!(error = %error.log_summary(), "reading storage statistics failed; serving the last ones");
+            }
+        }
+    }
+}
+
+impl Collector for EngineFigures {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::DescriptorEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        let (namespaces, summary) = self.last.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let mut out = FigureWriter::new(&mut encoder);
+        let per_namespace =
+            |pick: fn(&crate::engine::NamespaceStats) -> u64| -> Vec<(NamespaceLabels, i64)> {
+                namespaces
+                    .iter()
+                    .map(|stats| {
+                        (
+                            NamespaceLabels {
+                                namespace: stats.prefix.clone(),
+                                column_family: stats.storage.clone(),
+                            },
+                            pick(stats) as i64,
+                        )
+                    })
+                    .collect()
+            };
+        out.gauge_family(
+            "namespace_estimated_keys",
+            "Estimated keys per namespace (RocksDB estimate-num-keys; deleted and expired keys may count until compaction)",
+            &per_namespace(|stats| stats.estimated_keys),
+        )?;
+        out.gauge_family(
+            "namespace_live_data_bytes",
+            "Estimated bytes of live data per namespace",
+            &per_namespace(|stats| stats.estimated_live_bytes),
+        )?;
+        out.gauge_family(
+            "namespace_table_files_bytes",
+            "Bytes of table files on disk per namespace",
+            &per_namespace(|stats| stats.table_files_bytes),
+        )?;
+        out.gauge_family(
+            "namespace_memtable_bytes",
+            "Bytes in unflushed write buffers per namespace",
+            &per_namespace(|stats| stats.memtable_bytes),
+        )?;
+        out.gauge_family(
+            "namespace_pending_compaction_bytes",
+            "Estimated bytes compaction still has to rewrite, per namespace",
+            &per_namespace(|stats| stats.pending_compaction_bytes),
+        )?;
+        out.gauge(
+            "block_cache_used_bytes",
+            "Bytes of the RocksDB block cache in use",
+            summary.cache_used_bytes as i64,
+        )?;
+        out.gauge(
+            "block_cache_capacity_bytes",
+            "The RocksDB block cache's capacity (block_cache_mb)",
+            summary.cache_capacity_bytes as i64,
+        )?;
+        out.gauge(
+            "write_queue_bytes",
+            "Bytes of writes queued for commit (write_queue_mb budget in use)",
+            summary.queued_write_bytes as i64,
+        )?;
+        Ok(())
+    }
+}
+
+/// One sample of a scrape: a metric name, its labels and its value.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sample {
+    /// The full metric name, `tierkv_rpc_requests_total`.
+    pub name: String,
+    /// Label names and values, in order.
+    pub labels: Vec<(String, String)>,
+    /// The value.
+    pub value: f64,
+}
+
+/// The samples of a scrape in the Prometheus text format (comments skipped;
+/// label values unescaped). Lines that do not parse are skipped.
+pub fn parse_samples(text: &str) -> Vec<Sample> {
+    text.lines()
+        .filter(|line| !line.starts_with('#') && !line.trim().is_empty())
+        .filter_map(parse_sample)
+        .collect()
+}
+
+fn parse_sample(line: &str) -> Option<Sample> {
+    let (series, value) = line.rsplit_once(' ')?;
+    let value = match value {
+        "+Inf" => f64::INFINITY,
+        "-Inf" => f64::NEG_INFINITY,
+        value => value.parse().ok()?,
+    };
+    let Some((name, rest)) = series.split_once('{') else {
+        return Some(Sample {
+            name: series.to_string(),
+            labels: Vec::new(),
+            value,
+        });
+    };
+    let body = rest.strip_suffix('}')?;
+    let mut labels = Vec::new();
+    let mut chars = body.chars().peekable();
+    loop {
+        let label: String = chars.by_ref().take_while(|c| *c != '=').collect();
+        if label.is_empty() {
+            break;
+        }
+        if chars.next() != Some('"') {
+            return None;
+        }
+        let mut label_value = String::new();
+        loop {
+            match chars.next()? {
+                '\\' => match chars.next()? {
+                    'n' => label_value.push('\n'),
+                    other => label_value.push(other),
+                },
+                '"' => break,
+                other => label_value.push(other),
+            }
+        }
+        labels.push((label.trim_start_matches(',').to_string(), label_value));
+        if chars.peek() == Some(&',') {
+            chars.next();
+        }
+    }
+    Some(Sample {
+        name: name.to_string(),
+        labels,
+        value,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Samples parse with their labels, escaped values included.
+    #[test]
+    fn samples_parse() {
+        let text = "# HELP x_total help\n# TYPE x_total counter\nx_total{a=\"1\",b=\"q\\\"uote\\\\\"} 3\nplain 4.5\nh_bucket{le=\"+Inf\"} 2\n";
+        let samples = parse_samples(text);
+        assert_eq!(samples.len(), 3, "{samples:?}");
+        assert_eq!(samples[0].name, "x_total");
+        assert_eq!(
+            samples[0].labels,
+            vec![
+                ("a".to_string(), "1".to_string()),
+                ("b".to_string(), "q\"uote\\".to_string())
+            ]
+        );
+        assert_eq!(samples[0].value, 3.0);
+        assert_eq!(samples[1].labels, vec![]);
+        assert_eq!(samples[1].value, 4.5);
+        assert_eq!(samples[2].labels[0].1, "+Inf");
     }
 }

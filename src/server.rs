@@ -43,7 +43,7 @@ use load_shed::{CallLimit, LoadShedLayer};
 use metrics_http::Readiness;
 use rpc_metrics::RpcMetricsLayer;
 
-use crate::metrics::{FigureWriter, MetricsBuilder};
+use crate::metrics::{EngineFigures, FigureWriter, MetricsBuilder};
 
 /// The services this server exposes (each also has a health status).
 pub const SERVICE_NAMES: &[&str] = &[
@@ -243,6 +243,75 @@ impl ServerStats {
     /// Calls refused since start because `max_calls_in_flight` were in flight.
     pub fn calls_shed(&self) -> u64 {
         self.call_limit.shed()
+    }
+}
+
+/// Session counts and the progress of running batch migrations, read at every scrape.
+struct ServiceFigures {
+    sessions: SessionService,
+    migrator: Arc<Migrator>,
+}
+
+impl std::fmt::Debug for ServiceFigures {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServiceFigures").finish_non_exhaustive()
+    }
+}
+
+/// Labels of one running migration.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, prometheus_client::encoding::EncodeLabelSet)]
+struct MigrationLabels {
+    prefix: String,
+}
+
+impl prometheus_client::collector::Collector for ServiceFigures {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::DescriptorEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        let sessions = self.sessions.counts();
+        let mut out = FigureWriter::new(&mut encoder);
+        out.counter("sessions_created", "Sessions created", sessions.created)?;
+        out.counter(
+            "sessions_rotated",
+            "Session tokens rotated",
+            sessions.rotated,
+        )?;
+        out.counter(
+            "sessions_revoked",
+            "Sessions revoked, one by one or all of a user's at once",
+            sessions.revoked,
+        )?;
+        let running = self.migrator.running_states();
+        let per_run = |pick: fn(&crate::migrate::MigrationState) -> u64| {
+            running
+                .iter()
+                .map(|state| {
+                    (
+                        MigrationLabels {
+                            prefix: state.prefix.clone(),
+                        },
+                        pick(state) as i64,
+                    )
+                })
+                .collect::<Vec<_>>()
+        };
+        out.gauge_family(
+            "migration_running_scanned_records",
+            "Records examined so far by each running batch migration",
+            &per_run(|state| state.scanned),
+        )?;
+        out.gauge_family(
+            "migration_running_migrated_records",
+            "Records migrated so far by each running batch migration",
+            &per_run(|state| state.migrated),
+        )?;
+        out.gauge_family(
+            "migration_running_failed_records",
+            "Records no patch applied to, so far, in each running batch migration",
+            &per_run(|state| state.failed),
+        )?;
+        Ok(())
     }
 }
 
@@ -510,6 +579,10 @@ async fn serve_until_stopped(
     let mut metrics = MetricsBuilder::new();
     let rpc_metrics = metrics.rpc(known_method_paths());
     metrics.collector(stats.clone());
+    metrics.refreshed_collector(EngineFigures::new(Arc::clone(&engine)));
+    // AdminService.Stats serves the same figures; they exist once every
+    // component has registered, after the services are built.
+    let frozen_metrics = Arc::new(std::sync::OnceLock::new());
     let migrations = Arc::new(config.migrations()?);
     let lazy_migration = Arc::new(LazyMigrator::new(
         Arc::clone(&migrations),
@@ -535,20 +608,20 @@ async fn serve_until_stopped(
             Arc::clone(&migrator),
             NamespaceAdmin::new(Arc::clone(&engine)),
             Backups::new(Arc::clone(&engine), config.backup_dir.clone()),
+            Arc::clone(&frozen_metrics),
         )
         .into_server(),
     );
-    services.add(
-        SessionApi::new(SessionService::new(
-            Arc::clone(&engine),
-            clock,
-            config.session.clone(),
-        ))
-        .into_server(),
-    );
+    let sessions = SessionService::new(Arc::clone(&engine), clock, config.session.clone());
+    metrics.collector(ServiceFigures {
+        sessions: sessions.clone(),
+        migrator: Arc::clone(&migrator),
+    });
+    services.add(SessionApi::new(sessions).into_server());
     let service_names = services.names().to_vec();
 
     let metrics = metrics.build();
+    let _ = frozen_metrics.set(metrics.clone());
     let metrics_addr = listeners
         .metrics
         .as_ref()

@@ -175,3 +175,89 @@ async fn metrics_listener_can_be_turned_off_and_bad_addresses_are_refused() {
     let error = config.validate().unwrap_err().to_string();
     assert!(error.contains("metrics_listen"), "{error}");
 }
+
+/// Storage figures per namespace and engine-wide are scraped, and
+/// `AdminService.Stats` serves the same figures as samples.
+#[tokio::test]
+async fn storage_figures_and_admin_stats() {
+    let mut server = start().await;
+    for i in 0..20 {
+        server
+            .client
+            .put(put_text(&format!("user:s{i}"), "v"))
+            .await
+            .unwrap();
+    }
+    let metrics = server.server.metrics_addr.unwrap();
+    let (_, _, scrape) = http_get(metrics, "/metrics").await;
+    let memtable = sample(
+        &scrape,
+        "tierkv_namespace_memtable_bytes{namespace=\"user:\",column_family=\"kv/user:\"}",
+    );
+    assert!(memtable.unwrap_or(0.0) > 0.0, "{scrape}");
+    assert!(sample(&scrape, "tierkv_block_cache_capacity_bytes").unwrap() > 0.0);
+    assert!(scrape.contains("tierkv_namespace_pending_compaction_bytes{"));
+
+    let mut admin = pb::admin_service_client::AdminServiceClient::connect(server.server.endpoint())
+        .await
+        .unwrap();
+    let stats = admin
+        .stats(pb::StatsRequest {
+            name_prefix: "tierkv_rpc_requests".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!stats.samples.is_empty());
+    assert!(stats
+        .samples
+        .iter()
+        .all(|sample| sample.name.starts_with("tierkv_rpc_requests")));
+    let puts = stats
+        .samples
+        .iter()
+        .find(|sample| {
+            sample.labels.get("method").map(String::as_str) == Some("Put")
+                && sample.labels.get("code").map(String::as_str) == Some("OK")
+        })
+        .expect("Put OK sample");
+    assert_eq!(puts.value, 20.0);
+    assert!(stats.text.contains("tierkv_block_cache_capacity_bytes"));
+    server.stop().await;
+}
+
+/// Sessions created and revoked are counted.
+#[tokio::test]
+async fn session_counts_are_scraped() {
+    let server = start().await;
+    let mut sessions = connect_sessions(&server.server.endpoint()).await;
+    let mut tokens = Vec::new();
+    for user in ["ann", "bob"] {
+        let created = sessions
+            .create(pb::CreateSessionRequest {
+                user_id: user.into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        tokens.push(created.token);
+    }
+    sessions
+        .revoke(pb::RevokeSessionRequest {
+            session: Some(pb::revoke_session_request::Session::Token(
+                tokens[0].clone(),
+            )),
+        })
+        .await
+        .unwrap();
+    let (_, _, scrape) = http_get(server.server.metrics_addr.unwrap(), "/metrics").await;
+    assert_eq!(
+        sample(&scrape, "tierkv_sessions_created_total"),
+        Some(2.0),
+        "{scrape}"
+    );
+    assert_eq!(sample(&scrape, "tierkv_sessions_revoked_total"), Some(1.0));
+    assert_eq!(sample(&scrape, "tierkv_sessions_rotated_total"), Some(0.0));
+    server.stop().await;
+}

@@ -11,6 +11,7 @@ use super::convert::timestamp_from_millis;
 use super::status::{engine_status, ERROR_DOMAIN};
 use crate::admin::backup::Backups;
 use crate::admin::{AdminError, NamespaceAdmin};
+use crate::metrics::{parse_samples, Metrics};
 use crate::migrate::{MigrateError, MigrationProgress, MigrationRequest, MigrationState, Migrator};
 use crate::proto::v1 as pb;
 use pb::admin_service_server::AdminService as AdminServiceRpc;
@@ -21,15 +22,23 @@ pub struct AdminApi {
     migrator: Arc<Migrator>,
     namespaces: NamespaceAdmin,
     backups: Backups,
+    metrics: Arc<std::sync::OnceLock<Metrics>>,
 }
 
 impl AdminApi {
-    /// An adapter for `migrator`, `namespaces` and `backups`.
-    pub fn new(migrator: Arc<Migrator>, namespaces: NamespaceAdmin, backups: Backups) -> Self {
+    /// An adapter for `migrator`, `namespaces` and `backups`, serving the
+    /// server's `metrics` once they are set.
+    pub fn new(
+        migrator: Arc<Migrator>,
+        namespaces: NamespaceAdmin,
+        backups: Backups,
+        metrics: Arc<std::sync::OnceLock<Metrics>>,
+    ) -> Self {
         Self {
             migrator,
             namespaces,
             backups,
+            metrics,
         }
     }
 
@@ -218,5 +227,26 @@ impl AdminServiceRpc for AdminApi {
             bytes: done.bytes,
             took: prost_types::Duration::try_from(done.took).ok(),
         }))
+    }
+
+    async fn stats(
+        &self,
+        request: Request<pb::StatsRequest>,
+    ) -> Result<Response<pb::StatsResponse>, Status> {
+        let Some(metrics) = self.metrics.get() else {
+            return Err(Status::unavailable("the server is still starting"));
+        };
+        let prefix = request.into_inner().name_prefix;
+        let text = metrics.scrape().await;
+        let samples = parse_samples(&text)
+            .into_iter()
+            .filter(|sample| sample.name.starts_with(&prefix))
+            .map(|sample| pb::Sample {
+                name: sample.name,
+                labels: sample.labels.into_iter().collect(),
+                value: sample.value,
+            })
+            .collect();
+        Ok(Response::new(pb::StatsResponse { samples, text }))
     }
 }

@@ -59,6 +59,16 @@ enum AdminCommand {
         #[arg(long)]
         expected_keys: Option<u64>,
     },
+    /// Print the server's figures (the same as its /metrics): Prometheus
+    /// text, or JSON samples with --json.
+    Stats {
+        /// Only metrics whose name starts with this (e.g. tierkv_rpc_).
+        #[arg(long, default_value = "")]
+        prefix: String,
+        /// Print JSON samples instead of the Prometheus text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Write a consistent copy of the whole store, while serving, into the
     /// server's backup_dir; prints where it went.
     Backup {
@@ -126,6 +136,41 @@ async fn execute(args: AdminArgs) -> Result<ExitCode, String> {
                 })
                 .collect();
             print_json(&Value::Array(list));
+            Ok(ExitCode::SUCCESS)
+        }
+        AdminCommand::Stats { prefix, json } => {
+            let response = client
+                .stats(pb::StatsRequest {
+                    name_prefix: prefix.clone(),
+                })
+                .await
+                .map_err(|status| describe(&status))?
+                .into_inner();
+            if json {
+                let samples: Vec<Value> = response
+                    .samples
+                    .iter()
+                    .map(|sample| {
+                        json!({
+                            "name": sample.name,
+                            "labels": sample.labels,
+                            "value": sample.value,
+                        })
+                    })
+                    .collect();
+                print_json(&Value::Array(samples));
+            } else {
+                // The text, limited to the metrics asked for (and their comments).
+                for line in response.text.lines() {
+                    let name = line
+                        .strip_prefix("# HELP ")
+                        .or_else(|| line.strip_prefix("# TYPE "))
+                        .unwrap_or(line);
+                    if name.starts_with(&prefix) {
+                        println!("{line}");
+                    }
+                }
+            }
             Ok(ExitCode::SUCCESS)
         }
         AdminCommand::Backup { name } => {

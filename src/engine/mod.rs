@@ -148,6 +148,24 @@ pub struct NamespaceStats {
     pub estimated_keys: u64,
     /// Estimated bytes of live data.
     pub estimated_live_bytes: u64,
+    /// Bytes of table files on disk.
+    pub table_files_bytes: u64,
+    /// Bytes held in write buffers (memtables) not yet flushed.
+    pub memtable_bytes: u64,
+    /// Estimated bytes compaction still has to rewrite to reach its target
+    /// shape (a backlog that keeps growing means writes outpace compaction).
+    pub pending_compaction_bytes: u64,
+}
+
+/// Engine-wide storage figures, for metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StorageSummary {
+    /// Bytes of the read cache in use.
+    pub cache_used_bytes: u64,
+    /// The read cache's capacity in bytes.
+    pub cache_capacity_bytes: u64,
+    /// Bytes of writes queued for commit (the write queue's budget in use).
+    pub queued_write_bytes: u64,
 }
 
 /// What a backup wrote.
@@ -347,4 +365,7 @@ pub trait Engine: Send + Sync + 'static {
     /// created), while serving. Every write acknowledged before the call is
     /// in it. The copy is a data directory a server opens as it is.
     async fn backup(&self, dir: &std::path::Path) -> Result<BackupInfo, EngineError>;
+
+    /// Engine-wide figures for metrics: read cache and write queue use.
+    async fn storage_summary(&self) -> Result<StorageSummary, EngineError>;
 }

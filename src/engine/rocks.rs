@@ -31,8 +31,8 @@ use super::changes::{ChangeFeed, ChangeSubscription};
 use super::namespace::{NamespaceId, DEFAULT_NAMESPACE};
 use super::record::{self, Record, StoredRecord, ValuePlace};
 use super::{
-    BackupInfo, Engine, EngineError, NamespaceStats, Namespaces, ScanPage, ScanRequest, WriteOp,
-    WriteOutcome,
+    BackupInfo, Engine, EngineError, NamespaceStats, Namespaces, ScanPage, ScanRequest,
+    StorageSummary, WriteOp, WriteOutcome,
 };
 use crate::clock::{Clock, MonotonicClock, SharedClock};
 use tokio::sync::watch;
@@ -1097,6 +1097,27 @@ impl Engine for RocksEngine {
         .await
     }
 
+    async fn storage_summary(&self) -> Result<StorageSummary, EngineError> {
+        let queued_write_bytes = self.queued_write_bytes() as u64;
+        self.blocking(move |inner| {
+            // Every column family shares one block cache: any of them reports it.
+            let cf = inner.handle(0)?;
+            let property = |name: &str| -> Result<u64, EngineError> {
+                Ok(inner
+                    .db
+                    .property_int_value_cf(cf, name)
+                    .map_err(storage_error)?
+                    .unwrap_or(0))
+            };
+            Ok(StorageSummary {
+                cache_used_bytes: property("rocksdb.block-cache-usage")?,
+                cache_capacity_bytes: property("rocksdb.block-cache-capacity")?,
+                queued_write_bytes,
+            })
+        })
+        .await
+    }
+
     async fn namespace_stats(&self) -> Result<Vec<NamespaceStats>, EngineError> {
         self.blocking(|inner| {
             (0..inner.namespaces.len())
@@ -1114,6 +1135,11 @@ impl Engine for RocksEngine {
                         storage: inner.column_families[id].clone(),
                         estimated_keys: property("rocksdb.estimate-num-keys")?,
                         estimated_live_bytes: property("rocksdb.estimate-live-data-size")?,
+                        table_files_bytes: property("rocksdb.total-sst-files-size")?,
+                        memtable_bytes: property("rocksdb.cur-size-all-mem-tables")?,
+                        pending_compaction_bytes: property(
+                            "rocksdb.estimate-pending-compaction-bytes",
+                        )?,
                     })
                 })
                 .collect()

@@ -285,6 +285,17 @@ impl Migrator {
         Ok(receiver)
     }
 
+    /// The states of the runs in progress on this server, by prefix.
+    pub fn running_states(&self) -> Vec<MigrationState> {
+        let running = self.running.lock().unwrap_or_else(|e| e.into_inner());
+        let mut states: Vec<MigrationState> = running
+            .values()
+            .map(|shared| shared.lock().unwrap_or_else(|e| e.into_inner()).clone())
+            .collect();
+        states.sort_by(|a, b| a.prefix.cmp(&b.prefix));
+        states
+    }
+
     /// The state of the migration of `prefix`: the run in progress on this
     /// server if there is one, else the last one saved.
     pub async fn state(&self, prefix: &str) -> Result<MigrationState, MigrateError> {

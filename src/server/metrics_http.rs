@@ -63,8 +63,9 @@ pub fn spawn(listener: TcpListener, metrics: Metrics, readiness: Arc<Readiness>)
             let readiness = Arc::clone(&readiness);
             tokio::spawn(async move {
                 let service = hyper::service::service_fn(move |request| {
-                    let response = respond(&request, &metrics, &readiness);
-                    async move { Ok::<_, Infallible>(response) }
+                    let metrics = metrics.clone();
+                    let readiness = Arc::clone(&readiness);
+                    async move { Ok::<_, Infallible>(respond(&request, &metrics, &readiness).await) }
                 });
                 let served = hyper::server::conn::http1::Builder::new()
                     .timer(TokioTimer::new())
@@ -94,7 +95,7 @@ fn text(
     response
 }
 
-fn respond(
+async fn respond(
     request: &Request<Incoming>,
     metrics: &Metrics,
     readiness: &Readiness,
@@ -104,7 +105,7 @@ fn respond(
         return text(StatusCode::METHOD_NOT_ALLOWED, PLAIN, "only GET\n");
     }
     match request.uri().path() {
-        "/metrics" => text(StatusCode::OK, CONTENT_TYPE, metrics.encode()),
+        "/metrics" => text(StatusCode::OK, CONTENT_TYPE, metrics.scrape().await),
         "/healthz" => text(StatusCode::OK, PLAIN, "ok\n"),
         "/readyz" if readiness.get() => text(StatusCode::OK, PLAIN, "ready\n"),
         "/readyz" => text(StatusCode::SERVICE_UNAVAILABLE, PLAIN, "not ready\n"),

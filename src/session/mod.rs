@@ -296,6 +296,29 @@ pub struct SessionService {
     record_prefix: Arc<str>,
     /// `P u/`.
     index_prefix: Arc<str>,
+    counters: Arc<Counters>,
+}
+
+/// How many sessions were created, rotated and revoked since start.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SessionCounts {
+    /// Sessions created.
+    pub created: u64,
+    /// Tokens rotated.
+    pub rotated: u64,
+    /// Sessions revoked, one by one or all of a user's at once.
+    pub revoked: u64,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    created: std::sync::atomic::AtomicU64,
+    rotated: std::sync::atomic::AtomicU64,
+    revoked: std::sync::atomic::AtomicU64,
+}
+
+fn count(counter: &std::sync::atomic::AtomicU64, by: u64) {
+    counter.fetch_add(by, std::sync::atomic::Ordering::Relaxed);
 }
 
 impl SessionService {
@@ -309,6 +332,19 @@ impl SessionService {
             config: Arc::new(config),
             record_prefix,
             index_prefix,
+            counters: Arc::default(),
+        }
+    }
+
+    /// Sessions created, rotated and revoked since start.
+    pub fn counts(&self) -> SessionCounts {
+        let load = |counter: &std::sync::atomic::AtomicU64| {
+            counter.load(std::sync::atomic::Ordering::Relaxed)
+        };
+        SessionCounts {
+            created: load(&self.counters.created),
+            rotated: load(&self.counters.rotated),
+            revoked: load(&self.counters.revoked),
         }
     }
 
@@ -353,6 +389,14 @@ impl SessionService {
 
     /// Creates a session; the result carries its token.
     pub async fn create(&self, request: CreateSession) -> Result<Session, SessionError> {
+        let created = self.create_session(request).await;
+        if created.is_ok() {
+            count(&self.counters.created, 1);
+        }
+        created
+    }
+
+    async fn create_session(&self, request: CreateSession) -> Result<Session, SessionError> {
         let mut violations = Vec::new();
         if let Err(found) = self.check_user_id("user_id", &request.user_id) {
             violations.push(found);
@@ -554,6 +598,14 @@ impl SessionService {
 
     /// Gives the session a new token; the old one stops working at once.
     pub async fn rotate(&self, token: &str) -> Result<Session, SessionError> {
+        let rotated = self.rotate_session(token).await;
+        if rotated.is_ok() {
+            count(&self.counters.rotated, 1);
+        }
+        rotated
+    }
+
+    async fn rotate_session(&self, token: &str) -> Result<Session, SessionError> {
         for _ in 0..MAX_ATTEMPTS {
             let found = self.find(token).await?;
             let issued = token::reissue(found.session_id);
@@ -581,6 +633,14 @@ impl SessionService {
 
     /// Ends a session; `false` when there was no live one (idempotent).
     pub async fn revoke(&self, target: RevokeTarget) -> Result<bool, SessionError> {
+        let revoked = self.revoke_session(target).await;
+        if let Ok(true) = revoked {
+            count(&self.counters.revoked, 1);
+        }
+        revoked
+    }
+
+    async fn revoke_session(&self, target: RevokeTarget) -> Result<bool, SessionError> {
         if let RevokeTarget::SessionId(session_id) = &target {
             if !token::is_session_id(session_id) {
                 return Err(invalid(
@@ -696,6 +756,18 @@ impl SessionService {
     /// Ends every live session of a user except `except_session_id`; returns
     /// how many were ended.
     pub async fn revoke_all_for_user(
+        &self,
+        user_id: &str,
+        except_session_id: Option<&str>,
+    ) -> Result<u64, SessionError> {
+        let revoked = self.revoke_all(user_id, except_session_id).await;
+        if let Ok(ended) = revoked {
+            count(&self.counters.revoked, ended);
+        }
+        revoked
+    }
+
+    async fn revoke_all(
         &self,
         user_id: &str,
         except_session_id: Option<&str>,
