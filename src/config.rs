@@ -10,6 +10,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use thiserror::Error;
 
+use crate::auth::AuthConfig;
 use crate::engine::Namespaces;
 use crate::kv::limits::{MAX_KEY_BYTES, MAX_MESSAGE_BYTES};
 use crate::migrate::{MigrationStep, Migrations};
@@ -23,6 +24,7 @@ const CLIENT_ENV: &[&str] = &[
     "TIERKV_CA_FILE",
     "TIERKV_CLIENT_CERT_FILE",
     "TIERKV_CLIENT_KEY_FILE",
+    "TIERKV_TOKEN",
 ];
 
 /// How log lines are written.
@@ -97,6 +99,8 @@ pub struct Config {
     pub session: SessionConfig,
     /// TLS and mutual TLS on the gRPC port (`[tls]` in the file).
     pub tls: TlsSettings,
+    /// Bearer-token authentication (`[auth]`, `[[auth.tokens]]` in the file).
+    pub auth: AuthConfig,
     /// Record migrations (`[[migrations]]` in the file): per key prefix,
     /// ordered RFC 6902 JSON Patch steps from one schema version to the next.
     #[serde(default)]
@@ -130,6 +134,7 @@ impl Default for Config {
             log_level: "info".to_string(),
             session: SessionConfig::default(),
             tls: TlsSettings::default(),
+            auth: AuthConfig::default(),
             migrations: Vec::new(),
         }
     }
@@ -401,6 +406,7 @@ impl Config {
         })?;
         self.session.validate().map_err(ConfigError::Invalid)?;
         self.tls.validate().map_err(ConfigError::Invalid)?;
+        crate::auth::Authenticator::new(&self.auth).map_err(ConfigError::Invalid)?;
         self.metrics_addr()?;
         self.namespaces().map_err(|error| {
             ConfigError::Invalid(format!("session.prefix {:?}: {error}", self.session.prefix))

@@ -29,6 +29,7 @@
 
 pub mod admin;
 pub mod api;
+pub mod auth;
 pub mod cli;
 pub mod clock;
 pub mod config;

@@ -1,6 +1,7 @@
 //! Wiring: opens the engine, builds the services, serves gRPC with health and
 //! reflection within the configured bounds, and shuts down gracefully.
 
+pub mod auth_layer;
 pub mod connections;
 pub mod in_flight;
 pub mod load_shed;
@@ -37,6 +38,7 @@ use crate::engine::{Engine, EngineError, Namespaces, RocksEngine, RocksOptions};
 use crate::kv::KvService;
 use crate::migrate::{LazyMigrator, Migrator};
 use crate::session::SessionService;
+use auth_layer::AuthLayer;
 use connections::{ConnectionCounts, ConnectionLimits, Connections};
 use in_flight::{InFlight, InFlightLayer};
 use load_shed::{CallLimit, LoadShedLayer};
@@ -661,6 +663,9 @@ async fn serve_until_stopped(
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha);
+    let authenticator = crate::auth::Authenticator::new(&config.auth)
+        .map_err(ConfigError::Invalid)?
+        .map(Arc::new);
     let mut builder = tonic::transport::Server::builder();
     if let Some(age) = config.max_connection_age() {
         // GOAWAY after this long, so long-lived clients reconnect and spread
@@ -688,6 +693,8 @@ async fn serve_until_stopped(
         .layer(InFlightLayer::new(Arc::clone(&stats.in_flight)))
         // Outside the deadline and request limits, so calls they answer are counted.
         .layer(RpcMetricsLayer::new(rpc_metrics))
+        // Before shedding and any waiting: a call without a valid token costs nothing.
+        .layer(AuthLayer::new(authenticator))
         // Before any waiting (deadline, request memory): a shed call costs nothing.
         .layer(LoadShedLayer::new(Arc::clone(&stats.call_limit)))
         .layer(DeadlineLayer::new(config.request_timeout()))
@@ -708,6 +715,7 @@ async fn serve_until_stopped(
         max_concurrent_streams = config.max_concurrent_streams,
         request_memory_mb = config.request_memory_mb,
         tls = config.tls.enabled(),
+        auth_tokens = config.auth.tokens.len(),
         mutual_tls = config.tls.client_ca_file.is_some(),
         "serving"
     );

@@ -7,6 +7,7 @@ use tokio_stream::{wrappers::ReceiverStream, Stream, StreamExt};
 use tonic::{Code, Request, Response, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
+use super::auth::authorize_admin;
 use super::convert::timestamp_from_millis;
 use super::status::{engine_status, ERROR_DOMAIN};
 use crate::admin::backup::Backups;
@@ -146,6 +147,7 @@ impl AdminServiceRpc for AdminApi {
         &self,
         request: Request<pb::MigrateRequest>,
     ) -> Result<Response<Self::MigrateStream>, Status> {
+        authorize_admin(&request)?;
         let request = request.into_inner();
         let receiver = self
             .migrator
@@ -168,6 +170,7 @@ impl AdminServiceRpc for AdminApi {
         &self,
         request: Request<pb::GetMigrationRequest>,
     ) -> Result<Response<pb::MigrationState>, Status> {
+        authorize_admin(&request)?;
         let state = self
             .migrator
             .state(&request.into_inner().prefix)
@@ -178,8 +181,9 @@ impl AdminServiceRpc for AdminApi {
 
     async fn list_namespaces(
         &self,
-        _request: Request<pb::ListNamespacesRequest>,
+        request: Request<pb::ListNamespacesRequest>,
     ) -> Result<Response<pb::ListNamespacesResponse>, Status> {
+        authorize_admin(&request)?;
         let namespaces = self
             .namespaces
             .list()
@@ -203,6 +207,7 @@ impl AdminServiceRpc for AdminApi {
         &self,
         request: Request<pb::DropNamespaceRequest>,
     ) -> Result<Response<pb::DropNamespaceResponse>, Status> {
+        authorize_admin(&request)?;
         let request = request.into_inner();
         let deleted_keys = self
             .namespaces
@@ -216,6 +221,7 @@ impl AdminServiceRpc for AdminApi {
         &self,
         request: Request<pb::BackupRequest>,
     ) -> Result<Response<pb::BackupResponse>, Status> {
+        authorize_admin(&request)?;
         let done = self
             .backups
             .backup(&request.into_inner().name)
@@ -233,6 +239,7 @@ impl AdminServiceRpc for AdminApi {
         &self,
         request: Request<pb::StatsRequest>,
     ) -> Result<Response<pb::StatsResponse>, Status> {
+        authorize_admin(&request)?;
         let Some(metrics) = self.metrics.get() else {
             return Err(Status::unavailable("the server is still starting"));
         };

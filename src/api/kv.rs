@@ -4,11 +4,13 @@ use tonic::{Request, Response, Status};
 
 use prost::Message as _;
 
+use super::auth::{authorize_key, authorize_keys, authorize_prefix};
 use super::convert::{
     build_json_value, json_from_proto, json_to_proto, nanos_from_duration, nanos_from_timestamp,
     scan_json_text, timestamp_from_millis, JsonTextError,
 };
 use super::status::kv_status;
+use crate::auth::Access;
 use crate::engine::{EngineError, Precondition};
 use crate::kv::limits::{MAX_JSON_DEPTH, MAX_JSON_PROTO_BYTES, MAX_RESPONSE_BYTES};
 use crate::kv::{
@@ -262,6 +264,7 @@ impl KvServiceRpc for KvApi {
         &self,
         request: Request<pb::GetRequest>,
     ) -> Result<Response<pb::GetResponse>, Status> {
+        authorize_key(&request, Access::Read, &request.get_ref().key)?;
         let request = request.into_inner();
         let result = async {
             let value_type = value_type_from_proto(request.r#type)?;
@@ -279,6 +282,11 @@ impl KvServiceRpc for KvApi {
         &self,
         request: Request<pb::BatchGetRequest>,
     ) -> Result<Response<pb::BatchGetResponse>, Status> {
+        authorize_keys(
+            &request,
+            Access::Read,
+            request.get_ref().keys.iter().map(String::as_str),
+        )?;
         let request = request.into_inner();
         let result = async {
             let value_type = value_type_from_proto(request.r#type)?;
@@ -294,6 +302,7 @@ impl KvServiceRpc for KvApi {
         &self,
         request: Request<pb::PutRequest>,
     ) -> Result<Response<pb::PutResponse>, Status> {
+        authorize_key(&request, Access::Write, &request.get_ref().key)?;
         let result = async {
             let command = put_command("", request.into_inner())?;
             self.service.put(command).await
@@ -310,6 +319,7 @@ impl KvServiceRpc for KvApi {
         &self,
         request: Request<pb::DeleteRequest>,
     ) -> Result<Response<pb::DeleteResponse>, Status> {
+        authorize_key(&request, Access::Write, &request.get_ref().key)?;
         let existed = self
             .service
             .delete(delete_command(request.into_inner()))
@@ -322,6 +332,19 @@ impl KvServiceRpc for KvApi {
         &self,
         request: Request<pb::BatchWriteRequest>,
     ) -> Result<Response<pb::BatchWriteResponse>, Status> {
+        authorize_keys(
+            &request,
+            Access::Write,
+            request
+                .get_ref()
+                .mutations
+                .iter()
+                .map(|mutation| match &mutation.operation {
+                    Some(pb::mutation::Operation::Put(put)) => put.key.as_str(),
+                    Some(pb::mutation::Operation::Delete(delete)) => delete.key.as_str(),
+                    None => "",
+                }),
+        )?;
         let result = async {
             let mut mutations = Vec::new();
             let mut violations = Vec::new();
@@ -373,6 +396,7 @@ impl KvServiceRpc for KvApi {
         &self,
         request: Request<pb::ListRequest>,
     ) -> Result<Response<pb::ListResponse>, Status> {
+        authorize_prefix(&request, Access::Read, &request.get_ref().prefix)?;
         let request = request.into_inner();
         let page = self
             .service

@@ -2,6 +2,7 @@
 //! errors to `tonic::Status`. No domain logic lives here.
 
 pub mod admin;
+pub mod auth;
 pub mod codec;
 pub mod convert;
 pub mod deadline;

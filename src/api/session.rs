@@ -4,8 +4,10 @@ use prost_types::{Struct, Timestamp};
 use tonic::{Code, Request, Response, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
+use super::auth::authorize_prefix;
 use super::convert::{json_from_proto, timestamp_from_millis};
 use super::status::{engine_status, ERROR_DOMAIN};
+use crate::auth::Access;
 use crate::kv::FieldViolation;
 use crate::proto::v1 as pb;
 use crate::session::{CreateSession, RevokeTarget, Session, SessionError, SessionService};
@@ -102,12 +104,20 @@ fn session_to_proto(session: Session) -> pb::Session {
     }
 }
 
+impl SessionApi {
+    /// Sessions live under the session prefix: a token needs `access` to it.
+    fn authorize<T>(&self, request: &Request<T>, access: Access) -> Result<(), Status> {
+        authorize_prefix(request, access, &self.service.config().prefix)
+    }
+}
+
 #[tonic::async_trait]
 impl SessionServiceRpc for SessionApi {
     async fn create(
         &self,
         request: Request<pb::CreateSessionRequest>,
     ) -> Result<Response<pb::Session>, Status> {
+        self.authorize(&request, Access::Write)?;
         let request = request.into_inner();
         let result = async {
             let command = CreateSession {
@@ -128,6 +138,14 @@ impl SessionServiceRpc for SessionApi {
         &self,
         request: Request<pb::GetSessionRequest>,
     ) -> Result<Response<pb::Session>, Status> {
+        self.authorize(
+            &request,
+            if request.get_ref().touch {
+                Access::Write
+            } else {
+                Access::Read
+            },
+        )?;
         let request = request.into_inner();
         let session = self
             .service
@@ -141,6 +159,7 @@ impl SessionServiceRpc for SessionApi {
         &self,
         request: Request<pb::TouchSessionRequest>,
     ) -> Result<Response<pb::Session>, Status> {
+        self.authorize(&request, Access::Write)?;
         let session = self
             .service
             .touch(&request.into_inner().token)
@@ -153,6 +172,7 @@ impl SessionServiceRpc for SessionApi {
         &self,
         request: Request<pb::UpdateSessionRequest>,
     ) -> Result<Response<pb::Session>, Status> {
+        self.authorize(&request, Access::Write)?;
         let request = request.into_inner();
         let result = async {
             let patch = object_from_proto("data", request.data)?.unwrap_or_default();
@@ -169,6 +189,7 @@ impl SessionServiceRpc for SessionApi {
         &self,
         request: Request<pb::RotateSessionRequest>,
     ) -> Result<Response<pb::Session>, Status> {
+        self.authorize(&request, Access::Write)?;
         let session = self
             .service
             .rotate(&request.into_inner().token)
@@ -181,6 +202,7 @@ impl SessionServiceRpc for SessionApi {
         &self,
         request: Request<pb::RevokeSessionRequest>,
     ) -> Result<Response<pb::RevokeSessionResponse>, Status> {
+        self.authorize(&request, Access::Write)?;
         let target = match request.into_inner().session {
             Some(pb::revoke_session_request::Session::Token(token)) => RevokeTarget::Token(token),
             Some(pb::revoke_session_request::Session::SessionId(id)) => RevokeTarget::SessionId(id),
@@ -206,6 +228,7 @@ impl SessionServiceRpc for SessionApi {
         &self,
         request: Request<pb::ListSessionsByUserRequest>,
     ) -> Result<Response<pb::ListSessionsByUserResponse>, Status> {
+        self.authorize(&request, Access::Read)?;
         let request = request.into_inner();
         let page = self
             .service
@@ -222,6 +245,7 @@ impl SessionServiceRpc for SessionApi {
         &self,
         request: Request<pb::RevokeAllForUserRequest>,
     ) -> Result<Response<pb::RevokeAllForUserResponse>, Status> {
+        self.authorize(&request, Access::Write)?;
         let request = request.into_inner();
         let except = (!request.except_session_id.is_empty()).then_some(request.except_session_id);
         let revoked = self

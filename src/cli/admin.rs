@@ -7,10 +7,10 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
+use super::CliChannel as Channel;
 use clap::{Args, Subcommand};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::{json, Value};
-use tonic::transport::Channel;
 use tonic_types::StatusExt;
 
 use super::ConnectArgs;

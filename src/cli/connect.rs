@@ -5,6 +5,9 @@
 use std::path::{Path, PathBuf};
 
 use clap::Args;
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::interceptor::InterceptedService;
+use tonic::service::Interceptor;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 use super::DEFAULT_ENDPOINT;
@@ -24,6 +27,41 @@ pub struct ConnectArgs {
     /// PEM private key of `--client-cert-file`.
     #[arg(long, global = true, env = "TIERKV_CLIENT_KEY_FILE")]
     pub client_key_file: Option<PathBuf>,
+    /// Bearer token, for a server with `[auth]` tokens (prefer the variable:
+    /// arguments show in process listings).
+    #[arg(long, global = true, env = "TIERKV_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+}
+
+/// A channel whose calls carry the `authorization: Bearer` metadata when a
+/// token was given.
+pub type CliChannel = InterceptedService<Channel, BearerToken>;
+
+/// Adds the bearer token to every call.
+#[derive(Clone)]
+pub struct BearerToken(Option<MetadataValue<Ascii>>);
+
+impl std::fmt::Debug for BearerToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print the token.
+        f.debug_tuple("BearerToken")
+            .field(&self.0.as_ref().map(|_| "…"))
+            .finish()
+    }
+}
+
+impl Interceptor for BearerToken {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(value) = &self.0 {
+            request
+                .metadata_mut()
+                .insert("authorization", value.clone());
+        }
+        Ok(request)
+    }
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, String> {
@@ -31,8 +69,21 @@ fn read(path: &Path) -> Result<Vec<u8>, String> {
 }
 
 impl ConnectArgs {
-    /// A connected channel to the endpoint.
-    pub async fn channel(&self) -> Result<Channel, String> {
+    /// A connected channel to the endpoint, carrying the token if any.
+    pub async fn channel(&self) -> Result<CliChannel, String> {
+        let token = match &self.token {
+            None => None,
+            Some(token) => Some(
+                format!("Bearer {}", token.trim())
+                    .parse::<MetadataValue<Ascii>>()
+                    .map_err(|_| "the token is not valid header text".to_string())?,
+            ),
+        };
+        let channel = self.plain_channel().await?;
+        Ok(InterceptedService::new(channel, BearerToken(token)))
+    }
+
+    async fn plain_channel(&self) -> Result<Channel, String> {
         let fail =
             |error: &dyn std::fmt::Display| format!("cannot connect to {}: {error}", self.endpoint);
         let mut endpoint = Endpoint::from_shared(self.endpoint.clone()).map_err(|e| fail(&e))?;

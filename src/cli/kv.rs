@@ -4,11 +4,11 @@ use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use super::CliChannel as Channel;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
 use clap::{Args, Subcommand, ValueEnum};
 use serde::Deserialize;
-use tonic::transport::Channel;
 use tonic_types::StatusExt;
 
 use super::ConnectArgs;

@@ -7,7 +7,7 @@ mod connect;
 mod kv;
 mod session;
 
-pub use connect::ConnectArgs;
+pub use connect::{CliChannel, ConnectArgs};
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -41,6 +41,17 @@ enum Command {
     Session(session::SessionArgs),
     /// Migrate records and retire namespaces on a running server.
     Admin(admin::AdminArgs),
+    /// Make tokens for `[[auth.tokens]]`.
+    #[command(subcommand)]
+    Auth(AuthCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum AuthCommand {
+    /// Print a new random token, and the SHA-256 to put in the configuration.
+    NewToken,
+    /// Print the SHA-256 of a token read from stdin (kept out of shell history).
+    HashToken,
 }
 
 #[derive(Debug, Args)]
@@ -75,6 +86,7 @@ pub async fn main() -> ExitCode {
         Command::Kv(args) => kv::run(args).await,
         Command::Session(args) => session::run(args).await,
         Command::Admin(args) => admin::run(args).await,
+        Command::Auth(command) => auth(command),
     }
 }
 
@@ -112,4 +124,30 @@ async fn serve(args: ServeArgs) -> Result<(), ServerError> {
         server::shutdown_signal(),
     )
     .await
+}
+
+fn auth(command: AuthCommand) -> ExitCode {
+    match command {
+        AuthCommand::NewToken => {
+            let token = crate::auth::new_token();
+            println!("token:        {token}");
+            println!("token_sha256: {}", crate::auth::hash_token(&token));
+            eprintln!("give the token to the client (TIERKV_TOKEN); put only token_sha256 in [[auth.tokens]]");
+            ExitCode::SUCCESS
+        }
+        AuthCommand::HashToken => {
+            let mut token = String::new();
+            if let Err(error) = std::io::stdin().read_line(&mut token) {
+                eprintln!("error: reading the token from stdin: {error}");
+                return ExitCode::from(2);
+            }
+            let token = token.trim();
+            if token.is_empty() {
+                eprintln!("error: no token on stdin");
+                return ExitCode::from(2);
+            }
+            println!("{}", crate::auth::hash_token(token));
+            ExitCode::SUCCESS
+        }
+    }
 }

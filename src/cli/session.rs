@@ -8,9 +8,9 @@
 use std::io::{BufRead, Write};
 use std::process::ExitCode;
 
+use super::CliChannel as Channel;
 use clap::{Args, Subcommand};
 use serde_json::{json, Map, Value};
-use tonic::transport::Channel;
 use tonic_types::StatusExt;
 
 use super::ConnectArgs;
