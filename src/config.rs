@@ -11,6 +11,7 @@ use serde::Deserialize;
 use thiserror::Error;
 
 use crate::auth::AuthConfig;
+use crate::cache::config::CacheConfig;
 use crate::engine::Namespaces;
 use crate::kv::limits::{MAX_KEY_BYTES, MAX_MESSAGE_BYTES};
 use crate::migrate::{MigrationStep, Migrations};
@@ -105,6 +106,9 @@ pub struct Config {
     /// ordered RFC 6902 JSON Patch steps from one schema version to the next.
     #[serde(default)]
     pub migrations: Vec<MigrationStep>,
+    /// The cache: memory bound and HTTP origins (`[cache]` in the file).
+    #[serde(default)]
+    pub cache: CacheConfig,
 }
 
 impl Default for Config {
@@ -136,6 +140,7 @@ impl Default for Config {
             tls: TlsSettings::default(),
             auth: AuthConfig::default(),
             migrations: Vec::new(),
+            cache: CacheConfig::default(),
         }
     }
 }
@@ -292,6 +297,11 @@ const SERVER_ENV: &[(&str, &str, EnvKind)] = &[
         "tls.reload_interval_secs",
         EnvKind::Integer,
     ),
+    (
+        "TIERKV_CACHE_MEMORY_MB",
+        "cache.memory_mb",
+        EnvKind::Integer,
+    ),
 ];
 
 impl Config {
@@ -408,10 +418,13 @@ impl Config {
         self.tls.validate().map_err(ConfigError::Invalid)?;
         crate::auth::Authenticator::new(&self.auth).map_err(ConfigError::Invalid)?;
         self.metrics_addr()?;
-        self.namespaces().map_err(|error| {
+        let namespaces = self.namespaces().map_err(|error| {
             ConfigError::Invalid(format!("session.prefix {:?}: {error}", self.session.prefix))
         })?;
         self.migrations()?;
+        self.cache
+            .validate(&namespaces)
+            .map_err(ConfigError::Invalid)?;
         Ok(())
     }
 
@@ -768,6 +781,52 @@ mod tests {
         };
         let error = config.validate().unwrap_err().to_string();
         assert!(error.contains("session.default_ttl_secs"), "{error}");
+    }
+
+    /// The `[cache]` section reads from the file, its memory bound from
+    /// `TIERKV_CACHE_MEMORY_MB`, and its errors name the origin and setting.
+    #[test]
+    fn cache_section_from_file_and_environment() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tierkv.toml");
+        std::fs::write(
+            &path,
+            "[cache]\nmemory_mb = 16\n\n[[cache.origins]]\nprefix = \"cache:api:\"\nurl = \"https://api.example.com/{key}\"\nstore_ttl = \"5m\"\n\n[[cache.origins]]\nprefix = \"cache:img:\"\nurl = \"http://img.example.com/{key}\"\n",
+        )
+        .unwrap();
+        let config = Config::load(Some(&path), &HashMap::new()).unwrap();
+        config.validate().unwrap();
+        assert_eq!(config.cache.memory_mb, 16);
+        assert_eq!(config.cache.origins.len(), 2);
+        assert_eq!(config.cache.origins[0].store_ttl, Duration::from_secs(300));
+
+        let config = Config::load(Some(&path), &env(&[("TIERKV_CACHE_MEMORY_MB", "32")])).unwrap();
+        assert_eq!(config.cache.memory_mb, 32);
+        assert_eq!(config.cache.origins.len(), 2, "the file's origins stay");
+        let config = Config::load(None, &env(&[("TIERKV_CACHE_MEMORY_MB", "0")])).unwrap();
+        let error = config.validate().unwrap_err().to_string();
+        assert!(error.contains("cache.memory_mb is 0"), "{error}");
+
+        std::fs::write(
+            &path,
+            "[[cache.origins]]\nprefix = \"cache:a:\"\nurl = \"http://a/{key}\"\n\n[[cache.origins]]\nprefix = \"cache:b:\"\nurl = \"http://b/x?k={key}\"\n",
+        )
+        .unwrap();
+        let error = Config::load(Some(&path), &HashMap::new())
+            .unwrap()
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.starts_with("invalid configuration: cache.origins[1].url: "),
+            "{error}"
+        );
+
+        std::fs::write(&path, "[cache]\nmemory = 1\n").unwrap();
+        let error = Config::load(Some(&path), &HashMap::new())
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("memory"), "{error}");
     }
 
     /// The request memory budget has a floor.

@@ -19,6 +19,9 @@
 //!   behind `AdminService.Migrate`. No transport types.
 //! - [`admin`] — namespace administration: estimated sizes, and retiring a
 //!   namespace by dropping its data with a confirmed key count.
+//! - [`cache`] — the cache's configuration (`[cache]`) and its L3 origin
+//!   client: key-to-URL escaping, pooled HTTP/1.1 and HTTP/2 over rustls,
+//!   `Cache-Control` and validators. No transport types.
 //! - [`api`] — thin tonic adapters and the single error-to-status mapping.
 //! - [`config`], [`server`], [`telemetry`] — configuration, wiring and
 //!   graceful shutdown, logging. `server::connections` bounds connections
@@ -30,6 +33,7 @@
 pub mod admin;
 pub mod api;
 pub mod auth;
+pub mod cache;
 pub mod cli;
 pub mod clock;
 pub mod config;
