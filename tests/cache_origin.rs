@@ -559,3 +559,31 @@ async fn keys_never_leave_their_segment() {
     assert_eq!(evil.count(), 0);
     assert_eq!(evil.connections(), 0);
 }
+
+/// The README's worked origin example loads, validates, and maps
+/// `cache:api:users` to `https://api.example.com/users`.
+#[test]
+fn readme_origin_example_is_valid() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let section = &readme[readme.find("**Cache origins.**").expect("the section")..];
+    let start = section.find("```toml\n").expect("a toml block") + "```toml\n".len();
+    let example = &section[start..start + section[start..].find("```").unwrap()];
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tierkv.toml");
+    std::fs::write(&path, example).unwrap();
+    let config = tierkv::config::Config::load(Some(&path), &Default::default()).unwrap();
+    config.validate().unwrap();
+    let origin = &config.cache.origins[0];
+    assert_eq!(origin.store_ttl, Duration::from_secs(300));
+    assert_eq!(origin.memory_ttl, Duration::from_secs(60));
+    let client = OriginClient::new(&config.cache).unwrap();
+    assert_eq!(
+        client.url_for("cache:api:users").unwrap().as_str(),
+        "https://api.example.com/users"
+    );
+    assert_eq!(
+        client.url_for("cache:api:users/42").unwrap().as_str(),
+        "https://api.example.com/users%2F42"
+    );
+}
