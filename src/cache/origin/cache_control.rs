@@ -1,5 +1,5 @@
-//! Reading an origin response's `Cache-Control` (RFC 9111 §5.2.2, RFC 5861)
-//! and `Age` into [`Freshness`].
+//! Reading an origin response's `Cache-Control` (RFC 9111 §5.2.2, RFC 5861),
+//! `Expires`, `Date` and `Age` into [`Freshness`].
 //!
 //! Parsing is forgiving the way caches must be: directive names are
 //! case-insensitive, values may be quoted, several `Cache-Control` headers
@@ -18,11 +18,14 @@ use super::Freshness;
 /// - `no-store` and `private` (with or without a field list) → not stored.
 /// - `no-cache` (with or without a field list) → stored, `max_age` 0: every
 ///   use revalidates.
-/// - `s-maxage` is preferred over `max-age`; `Age` is subtracted.
+/// - `s-maxage` is preferred over `max-age`; without either, `Expires` less
+///   `Date` (an `Expires` that is not a valid date, like `0`, means already
+///   stale; without `Date` a valid `Expires` is not used). `Age` is
+///   subtracted.
 /// - `must-revalidate` and `proxy-revalidate` forbid serving stale: both
 ///   stale windows are `Some(0)`.
 /// - `stale-while-revalidate=N` and `stale-if-error=N` are passed on.
-/// - `Expires` and `Pragma` are not read.
+/// - `Pragma` is not read.
 pub fn freshness_from_headers(headers: &HeaderMap) -> Freshness {
     let mut directives = Directives::default();
     for value in headers.get_all(http::header::CACHE_CONTROL) {
@@ -42,6 +45,7 @@ pub fn freshness_from_headers(headers: &HeaderMap) -> Freshness {
         directives
             .s_maxage
             .or(directives.max_age)
+            .or_else(|| lifetime_from_expires(headers))
             .map(|max_age| max_age.saturating_sub(age))
     };
     let (stale_while_revalidate, stale_if_error) = if directives.must_revalidate {
@@ -55,6 +59,66 @@ pub fn freshness_from_headers(headers: &HeaderMap) -> Freshness {
         stale_while_revalidate,
         stale_if_error,
     }
+}
+
+/// `Expires - Date` (RFC 9111 §4.2.1), computed from the origin's own clock
+/// so skew between it and this server does not matter.
+fn lifetime_from_expires(headers: &HeaderMap) -> Option<Duration> {
+    let expires = headers.get(http::header::EXPIRES)?;
+    let Some(expires) = expires.to_str().ok().and_then(parse_http_date) else {
+        // RFC 9111 §5.3: an invalid date, especially "0", is in the past.
+        return Some(Duration::ZERO);
+    };
+    let date = headers
+        .get(http::header::DATE)
+        .and_then(|value| value.to_str().ok())
+        .and_then(parse_http_date)?;
+    Some(Duration::from_secs(expires.saturating_sub(date)))
+}
+
+/// Seconds since the Unix epoch of an IMF-fixdate (`Sun, 06 Nov 1994
+/// 08:49:37 GMT`), the form RFC 9110 requires senders to use. The obsolete
+/// forms are treated as invalid.
+fn parse_http_date(text: &str) -> Option<u64> {
+    let text = text.trim();
+    let (_weekday, rest) = text.split_once(", ")?;
+    let parts: Vec<&str> = rest.split(' ').collect();
+    let [day, month, year, time, "GMT"] = parts.as_slice() else {
+        return None;
+    };
+    let number = |text: &str, digits: usize| -> Option<u64> {
+        (text.len() == digits && text.bytes().all(|byte| byte.is_ascii_digit()))
+            .then(|| text.parse().ok())
+            .flatten()
+    };
+    let day = number(day, 2)?;
+    let month = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ]
+    .iter()
+    .position(|name| name == month)? as u64
+        + 1;
+    let year = number(year, 4)?;
+    let clock: Vec<&str> = time.split(':').collect();
+    let [hour, minute, second] = clock.as_slice() else {
+        return None;
+    };
+    let (hour, minute, second) = (number(hour, 2)?, number(minute, 2)?, number(second, 2)?);
+    if year < 1970 || !(1..=31).contains(&day) || hour > 23 || minute > 59 || second > 60 {
+        return None;
+    }
+    // Days from civil (Howard Hinnant's algorithm), for years from 1970.
+    let (shifted_year, shifted_month) = if month <= 2 {
+        (year - 1, month + 9)
+    } else {
+        (year, month - 3)
+    };
+    let era = shifted_year / 400;
+    let year_of_era = shifted_year - era * 400;
+    let day_of_year = (153 * shifted_month + 2) / 5 + day - 1;
+    let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
+    let days = era * 146_097 + day_of_era - 719_468;
+    Some(days * 86_400 + hour * 3600 + minute * 60 + second)
 }
 
 #[derive(Default)]
@@ -273,6 +337,70 @@ mod tests {
         assert_eq!(
             parse(&["max-age=99999999999999999999999"]).max_age,
             secs(1 << 31)
+        );
+    }
+
+    /// Without max-age, `Expires - Date` is the lifetime; a bad `Expires` is
+    /// already stale; max-age wins over `Expires`.
+    #[test]
+    fn expires_and_date() {
+        assert_eq!(parse_http_date("Thu, 01 Jan 1970 00:00:00 GMT"), Some(0));
+        assert_eq!(
+            parse_http_date("Sun, 06 Nov 1994 08:49:37 GMT"),
+            Some(784_111_777)
+        );
+        assert_eq!(
+            parse_http_date("Wed, 29 Feb 2024 23:59:60 GMT"),
+            Some(1_709_251_200)
+        );
+        for bad in [
+            "0",
+            "",
+            "Sunday, 06-Nov-94 08:49:37 GMT",
+            "Sun Nov  6 08:49:37 1994",
+            "Sun, 06 Nov 1994 08:49:37 UTC",
+            "Sun, 6 Nov 1994 08:49:37 GMT",
+            "Sun, 06 Foo 1994 08:49:37 GMT",
+            "Sun, 06 Nov 1994 24:00:00 GMT",
+        ] {
+            assert_eq!(parse_http_date(bad), None, "{bad}");
+        }
+        let headers = |pairs: &[(&str, &str)]| {
+            let mut headers = HeaderMap::new();
+            for (name, value) in pairs {
+                headers.append(
+                    http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                    value.parse().unwrap(),
+                );
+            }
+            freshness_from_headers(&headers).max_age
+        };
+        let date = ("date", "Sun, 06 Nov 1994 08:49:37 GMT");
+        assert_eq!(
+            headers(&[date, ("expires", "Sun, 06 Nov 1994 08:59:37 GMT")]),
+            secs(600)
+        );
+        assert_eq!(
+            headers(&[
+                date,
+                ("expires", "Sun, 06 Nov 1994 08:59:37 GMT"),
+                ("age", "100")
+            ]),
+            secs(500)
+        );
+        assert_eq!(
+            headers(&[date, ("expires", "Sat, 05 Nov 1994 08:49:37 GMT")]),
+            secs(0)
+        );
+        assert_eq!(headers(&[date, ("expires", "0")]), secs(0));
+        assert_eq!(headers(&[("expires", "0")]), secs(0));
+        assert_eq!(
+            headers(&[("expires", "Sun, 06 Nov 1994 08:59:37 GMT")]),
+            None
+        );
+        assert_eq!(
+            headers(&[date, ("expires", "0"), ("cache-control", "max-age=60")]),
+            secs(60)
         );
     }
 

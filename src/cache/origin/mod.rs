@@ -51,8 +51,8 @@ impl Validators {
 pub struct Freshness {
     /// False for `no-store` and `private`: do not store the response.
     pub store: bool,
-    /// The response's remaining lifetime (`s-maxage`, else `max-age`, less
-    /// `Age`); callers cap their TTLs with it. 0 means already stale: use
+    /// The response's remaining lifetime (`s-maxage`, else `max-age`, else
+    /// `Expires - Date`, less `Age`); callers cap their TTLs with it. 0 means already stale: use
     /// once, revalidate next time (`no-cache` gives 0).
     pub max_age: Option<Duration>,
     /// The origin's `stale-while-revalidate` window, if it sent one; `Some(0)`
