@@ -1,6 +1,7 @@
 //! A real HTTP origin for tests: a hyper server on 127.0.0.1:0 speaking
 //! HTTP/1.1 and HTTP/2 (the auto builder: h2 by ALPN over TLS, or by prior
-//! knowledge over plain TCP), optionally over TLS with a test CA.
+//! knowledge over plain TCP), optionally over TLS with a test CA
+//! ([`TestCa`](super::pki::TestCa)).
 //!
 //! It records every request (method, path and query exactly as they arrived,
 //! headers, HTTP version) and answers with programmed [`Reply`]s, per path or
@@ -34,10 +35,11 @@ use hyper::body::Frame;
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
-use tempfile::TempDir;
 use tierkv::cache::config::OriginConfig;
 use tokio::task::{JoinHandle, JoinSet};
 use tokio_rustls::rustls;
+
+use super::pki::TestCa;
 
 /// What the origin answers to one request.
 #[derive(Debug, Clone)]
@@ -213,7 +215,8 @@ struct State {
 struct Tls {
     acceptor: tokio_rustls::TlsAcceptor,
     ca_file: PathBuf,
-    _dir: TempDir,
+    /// Keeps the CA's directory (and so `ca_file`) alive.
+    _ca: TestCa,
 }
 
 /// A running test origin; stops when dropped.
@@ -467,54 +470,30 @@ async fn answer(request: Request<hyper::body::Incoming>, state: &State) -> Respo
     response.body(body).expect("a valid programmed reply")
 }
 
-/// A test CA, a leaf certificate for 127.0.0.1 and localhost signed by it,
-/// and the CA's PEM in a temporary file.
+/// A test CA ([`TestCa`]), a server certificate for 127.0.0.1 and localhost
+/// signed by it, and the CA's PEM in its temporary directory.
 fn tls(alpn: &[&[u8]]) -> Tls {
-    let ca_key = rcgen::KeyPair::generate().expect("CA key");
-    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("CA params");
-    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "tierkv test CA");
-    ca_params.key_usages = vec![
-        rcgen::KeyUsagePurpose::KeyCertSign,
-        rcgen::KeyUsagePurpose::CrlSign,
-        rcgen::KeyUsagePurpose::DigitalSignature,
-    ];
-    let ca_cert = ca_params.self_signed(&ca_key).expect("CA certificate");
-    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
-    let leaf_key = rcgen::KeyPair::generate().expect("leaf key");
-    let mut leaf_params =
-        rcgen::CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])
-            .expect("leaf params");
-    leaf_params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "tierkv test origin");
-    leaf_params.is_ca = rcgen::IsCa::ExplicitNoCa;
-    leaf_params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
-    let leaf_cert = leaf_params
-        .signed_by(&leaf_key, &issuer)
-        .expect("leaf certificate");
-
-    let dir = tempfile::tempdir().expect("temp dir");
-    let ca_file = dir.path().join("test-ca.pem");
-    std::fs::write(&ca_file, ca_cert.pem()).expect("write the CA");
-
+    let ca = TestCa::new("origin");
+    let issued = ca.server("origin");
+    let chain = CertificateDer::pem_file_iter(&issued.cert_file)
+        .expect("the origin certificate")
+        .collect::<Result<Vec<_>, _>>()
+        .expect("the origin certificate");
+    let key = PrivateKeyDer::from_pem_file(&issued.key_file).expect("the origin key");
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .expect("TLS versions")
         .with_no_client_auth()
-        .with_single_cert(
-            vec![leaf_cert.der().clone()],
-            rustls::pki_types::PrivateKeyDer::Pkcs8(leaf_key.serialize_der().into()),
-        )
+        .with_single_cert(chain, key)
         .expect("server certificate");
     config.alpn_protocols = alpn.iter().map(|protocol| protocol.to_vec()).collect();
     Tls {
         acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(config)),
-        ca_file,
-        _dir: dir,
+        ca_file: ca.cert_file.clone(),
+        _ca: ca,
     }
 }
