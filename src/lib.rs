@@ -19,9 +19,12 @@
 //!   behind `AdminService.Migrate`. No transport types.
 //! - [`admin`] — namespace administration: estimated sizes, and retiring a
 //!   namespace by dropping its data with a confirmed key count.
-//! - [`cache`] — the cache's configuration (`[cache]`) and its L3 origin
-//!   client: key-to-URL escaping, pooled HTTP/1.1 and HTTP/2 over rustls,
-//!   `Cache-Control` and validators. No transport types.
+//! - [`cache`] — the Cache service's domain logic: the memory tier (L1, kept
+//!   coherent by the change feed) over the store (L2) over configured HTTP
+//!   origins (L3), request coalescing, stale serving, counters; its
+//!   configuration (`[cache]`) and its origin client (key-to-URL escaping,
+//!   pooled HTTP/1.1 and HTTP/2 over rustls, `Cache-Control` and validators).
+//!   No transport types.
 //! - [`api`] — thin tonic adapters and the single error-to-status mapping.
 //! - [`config`], [`server`], [`telemetry`] — configuration, wiring and
 //!   graceful shutdown, logging. `server::connections` bounds connections

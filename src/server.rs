@@ -28,10 +28,12 @@ use tonic::service::RoutesBuilder;
 use crate::admin::backup::Backups;
 use crate::admin::NamespaceAdmin;
 use crate::api::admin::AdminApi;
+use crate::api::cache::CacheApi;
 use crate::api::deadline::DeadlineLayer;
 use crate::api::kv::KvApi;
 use crate::api::request_limits::{BudgetCounts, RequestBudget, RequestLimitLayer};
 use crate::api::session::SessionApi;
+use crate::cache::{CacheCounts, CacheService, CacheStats};
 use crate::clock::SharedClock;
 use crate::config::{Config, ConfigError};
 use crate::engine::{Engine, EngineError, Namespaces, RocksEngine, RocksOptions};
@@ -52,6 +54,7 @@ pub const SERVICE_NAMES: &[&str] = &[
     "tierkv.v1.KvService",
     "tierkv.v1.SessionService",
     "tierkv.v1.AdminService",
+    "tierkv.v1.CacheService",
 ];
 
 /// The gRPC services of a server, collected with their names so that
@@ -119,6 +122,9 @@ pub enum ServerError {
         /// Why.
         source: std::io::Error,
     },
+    /// The cache's origins could not be set up.
+    #[error("cache: {0}")]
+    Cache(String),
     /// The reflection service could not be built.
     #[error("reflection: {0}")]
     Reflection(String),
@@ -209,6 +215,7 @@ pub struct ServerStats {
     in_flight: Arc<InFlight>,
     readiness: Arc<Readiness>,
     call_limit: Arc<CallLimit>,
+    cache: Arc<CacheStats>,
 }
 
 impl ServerStats {
@@ -224,6 +231,7 @@ impl ServerStats {
             in_flight: Arc::default(),
             readiness: Arc::default(),
             call_limit: CallLimit::new(config.max_calls_in_flight),
+            cache: CacheStats::new(),
         }
     }
 
@@ -245,6 +253,12 @@ impl ServerStats {
     /// Calls refused since start because `max_calls_in_flight` were in flight.
     pub fn calls_shed(&self) -> u64 {
         self.call_limit.shed()
+    }
+
+    /// The cache's counters: hits per tier, origin requests, coalesced
+    /// waiters, stale serves, origin errors, memory size.
+    pub fn cache(&self) -> CacheCounts {
+        self.cache.snapshot()
     }
 }
 
@@ -439,6 +453,66 @@ impl prometheus_client::collector::Collector for ServerStats {
             "Requests refused because the request memory budget stayed spent",
             memory.refused_busy,
         )?;
+        let cache = self.cache();
+        out.counter_family(
+            "cache_hits",
+            "CacheService gets answered, by the tier that answered (stale: a stale copy)",
+            &[
+                (vec![("tier", "memory")], cache.memory_hits),
+                (vec![("tier", "store")], cache.store_hits),
+                (vec![("tier", "origin")], cache.origin_hits),
+                (vec![("tier", "stale")], cache.stale_serves),
+            ],
+        )?;
+        for (name, help, value) in [
+            (
+                "cache_misses",
+                "CacheService gets of keys without an origin that found nothing",
+                cache.misses,
+            ),
+            (
+                "cache_origin_requests",
+                "Requests sent to cache origins",
+                cache.origin_requests,
+            ),
+            (
+                "cache_coalesced_waiters",
+                "CacheService gets that waited for a fetch already in flight",
+                cache.coalesced_waiters,
+            ),
+            (
+                "cache_origin_errors",
+                "Origin requests that failed (connection, timeout, 5xx, body too large)",
+                cache.origin_errors,
+            ),
+            (
+                "cache_negative_hits",
+                "CacheService gets answered NOT_FOUND from a remembered 404/410",
+                cache.negative_hits,
+            ),
+            (
+                "cache_background_refreshes",
+                "Stale-while-revalidate refreshes started",
+                cache.background_refreshes,
+            ),
+            (
+                "cache_memory_clears",
+                "Times the cache's memory tier was cleared because the change feed lagged",
+                cache.memory_clears,
+            ),
+        ] {
+            out.counter(name, help, value)?;
+        }
+        out.gauge(
+            "cache_memory_bytes",
+            "Bytes the cache's memory tier holds, as its weigher counts them (bounded by cache.memory_mb)",
+            cache.memory_bytes as i64,
+        )?;
+        out.gauge(
+            "cache_memory_entries",
+            "Entries the cache's memory tier holds",
+            cache.memory_entries as i64,
+        )?;
         Ok(())
     }
 }
@@ -614,12 +688,24 @@ async fn serve_until_stopped(
         )
         .into_server(),
     );
-    let sessions = SessionService::new(Arc::clone(&engine), clock, config.session.clone());
+    let sessions = SessionService::new(
+        Arc::clone(&engine),
+        Arc::clone(&clock),
+        config.session.clone(),
+    );
     metrics.collector(ServiceFigures {
         sessions: sessions.clone(),
         migrator: Arc::clone(&migrator),
     });
     services.add(SessionApi::new(sessions).into_server());
+    let cache = CacheService::new(
+        Arc::clone(&engine),
+        clock,
+        config.cache.clone(),
+        Arc::clone(&stats.cache),
+    )
+    .map_err(|error| ServerError::Cache(error.to_string()))?;
+    services.add(CacheApi::new(cache, config.request_timeout()).into_server());
     let service_names = services.names().to_vec();
 
     let metrics = metrics.build();

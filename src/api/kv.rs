@@ -45,7 +45,7 @@ fn invalid(field: String, description: String) -> KvError {
     KvError::InvalidArgument(vec![FieldViolation { field, description }])
 }
 
-fn value_type_from_proto(raw: i32) -> Result<ValueType, KvError> {
+pub(crate) fn value_type_from_proto(raw: i32) -> Result<ValueType, KvError> {
     match pb::ValueType::try_from(raw) {
         Ok(pb::ValueType::Unspecified) => Ok(ValueType::AsStored),
         Ok(pb::ValueType::Text) => Ok(ValueType::Text),
@@ -71,7 +71,7 @@ fn delimited_len(body: usize) -> usize {
 
 /// Builds the responses for `results`, converting JSON within the response
 /// limit; large conversions run on the blocking pool.
-async fn get_responses(
+pub(crate) async fn get_responses(
     results: Vec<(String, Option<Entry>)>,
 ) -> Result<Vec<pb::GetResponse>, KvError> {
     let json_bytes: usize = results
@@ -182,7 +182,10 @@ fn json_read_error(key: String, stored: usize, budget: usize, error: JsonTextErr
     }
 }
 
-fn put_command(field_prefix: &str, request: pb::PutRequest) -> Result<PutCommand, KvError> {
+pub(crate) fn put_command(
+    field_prefix: &str,
+    request: pb::PutRequest,
+) -> Result<PutCommand, KvError> {
     let mut violations = Vec::new();
     let value = match request.value {
         None => None,

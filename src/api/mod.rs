@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod auth;
+pub mod cache;
 pub mod codec;
 pub mod convert;
 pub mod deadline;

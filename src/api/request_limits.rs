@@ -37,6 +37,7 @@ use crate::kv::limits::{
     MAX_GET_REQUEST_BYTES, MAX_LIST_REQUEST_BYTES, MAX_OTHER_REQUEST_BYTES, MAX_PUT_REQUEST_BYTES,
     MAX_SESSION_WRITE_REQUEST_BYTES,
 };
+use crate::proto::v1::cache_service_server::SERVICE_NAME as CACHE_SERVICE;
 use crate::proto::v1::kv_service_server::SERVICE_NAME as KV_SERVICE;
 use crate::proto::v1::session_service_server::SERVICE_NAME as SESSION_SERVICE;
 
@@ -56,6 +57,16 @@ pub fn request_limit(path: &str) -> usize {
         return match method {
             "Create" | "Update" => MAX_SESSION_WRITE_REQUEST_BYTES,
             _ => MAX_OTHER_REQUEST_BYTES,
+        };
+    }
+    let cache_method = path
+        .strip_prefix('/')
+        .and_then(|path| path.strip_prefix(CACHE_SERVICE))
+        .and_then(|path| path.strip_prefix('/'));
+    if let Some(method) = cache_method {
+        return match method {
+            "Put" => MAX_PUT_REQUEST_BYTES,
+            _ => MAX_GET_REQUEST_BYTES,
         };
     }
     let Some(method) = path

@@ -5,6 +5,21 @@
 //!   the origins, validated at start.
 //! - [`origin`] — the L3 client: key-to-URL mapping with escaping, pooled
 //!   HTTP/1.1 and HTTP/2 requests over rustls, `Cache-Control` and validators.
+//! - [`service`] — the Cache service's domain: the tiers, read-through,
+//!   stale serving, negative caching, Put, Invalidate, Purge.
+//! - [`memory`] — L1 and its coherence with the change feed.
+//! - [`flight`] — request coalescing (one origin request per cold key).
+//! - [`entry`] — what is kept with a cached value, in the store and in memory.
+//! - [`stats`] — the counters.
 
 pub mod config;
 pub mod origin;
+
+pub mod entry;
+pub mod flight;
+pub mod memory;
+pub mod service;
+pub mod stats;
+
+pub use service::{CacheError, CachePut, CachePutResult, CacheService, CachedValue, Tier};
+pub use stats::{CacheCounts, CacheStats};

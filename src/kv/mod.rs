@@ -907,7 +907,7 @@ fn entry_from_record(key: &str, record: Record, value_type: ValueType) -> Result
 
 /// Converts a stored value to the requested representation. JSON stays
 /// serialized (see [`ReadValue::Json`]).
-fn convert_value(
+pub fn convert_value(
     key: &str,
     kind: ValueKind,
     bytes: Vec<u8>,

@@ -1,0 +1,276 @@
+//! The `tierkv.v1.CacheService` adapter.
+
+use std::time::{Duration, Instant};
+
+use tonic::{Code, Request, Response, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+
+use super::convert::{nanos_from_duration, timestamp_from_millis};
+use super::deadline::{parse_grpc_timeout, MARGIN};
+use super::kv::{get_responses, put_command, value_type_from_proto};
+use super::status::{kv_status, ERROR_DOMAIN};
+use crate::cache::{CacheError, CachePut, CacheService, Tier};
+use crate::kv::{Expiration, FieldViolation, KvError};
+use crate::proto::v1 as pb;
+use pb::cache_service_server::CacheService as CacheServiceRpc;
+
+/// How much earlier than the deadline layer the service stops waiting for an
+/// origin, so that it can still answer with a stale copy (or its own
+/// DEADLINE_EXCEEDED) before the layer answers for it.
+const ANSWER_MARGIN: Duration = Duration::from_millis(5);
+
+/// Serves [`CacheService`] over gRPC.
+#[derive(Clone)]
+pub struct CacheApi {
+    service: CacheService,
+    server_timeout: Option<Duration>,
+}
+
+impl CacheApi {
+    /// An adapter for `service`; `server_timeout` is the server's own
+    /// request timeout, which bounds waits like a client's deadline does.
+    pub fn new(service: CacheService, server_timeout: Option<Duration>) -> Self {
+        Self {
+            service,
+            server_timeout,
+        }
+    }
+
+    /// The tonic service to mount.
+    pub fn into_server(self) -> pb::cache_service_server::CacheServiceServer<Self> {
+        use crate::kv::limits::MAX_MESSAGE_BYTES;
+        pb::cache_service_server::CacheServiceServer::new(self)
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES)
+    }
+
+    /// When the call must be answered by: the client's `grpc-timeout` or the
+    /// server's request timeout, whichever is sooner, less the margins.
+    fn deadline<T>(&self, request: &Request<T>) -> Option<Instant> {
+        let client = request
+            .metadata()
+            .get("grpc-timeout")
+            .and_then(|value| value.to_str().ok())
+            .and_then(parse_grpc_timeout)
+            .map(|timeout| timeout.saturating_sub(MARGIN));
+        let budget = match (client, self.server_timeout) {
+            (Some(client), Some(server)) => Some(client.min(server)),
+            (client, server) => client.or(server),
+        }?;
+        Some(Instant::now() + budget.saturating_sub(ANSWER_MARGIN))
+    }
+}
+
+fn tier_to_proto(tier: Tier) -> pb::CacheTier {
+    match tier {
+        Tier::Memory => pb::CacheTier::Memory,
+        Tier::Store => pb::CacheTier::Store,
+        Tier::Origin => pb::CacheTier::Origin,
+        Tier::Stale => pb::CacheTier::Stale,
+    }
+}
+
+fn duration_from_millis(millis: u64) -> prost_types::Duration {
+    prost_types::Duration {
+        seconds: (millis / 1000) as i64,
+        nanos: ((millis % 1000) * 1_000_000) as i32,
+    }
+}
+
+/// Maps a cache error to a status with `google.rpc` details, logging it once.
+pub fn cache_status(method: &'static str, error: CacheError) -> Status {
+    let message = error.to_string();
+    let with_reason = |code: Code, reason: &str, retry: Option<Duration>| {
+        let mut details = ErrorDetails::with_error_info(
+            reason,
+            ERROR_DOMAIN,
+            std::collections::HashMap::<String, String>::new(),
+        );
+        if let Some(delay) = retry {
+            details.set_retry_info(Some(delay));
+        }
+        Status::with_error_details(code, message.clone(), details)
+    };
+    let status = match &error {
+        CacheError::Kv(_) => {
+            let CacheError::Kv(kv) = error else {
+                unreachable!()
+            };
+            return kv_status(method, kv);
+        }
+        CacheError::NotFound { .. } => with_reason(Code::NotFound, "ORIGIN_NOT_FOUND", None),
+        CacheError::OriginUnavailable { .. } => with_reason(
+            Code::Unavailable,
+            "ORIGIN_UNAVAILABLE",
+            Some(Duration::from_secs(1)),
+        ),
+        CacheError::OriginTimeout { .. } | CacheError::DeadlineExceeded { .. } => {
+            with_reason(Code::DeadlineExceeded, "ORIGIN_TIMEOUT", None)
+        }
+        CacheError::InvalidOriginKey { .. } => {
+            let mut details = ErrorDetails::new();
+            details.add_bad_request_violation("key", message.clone());
+            Status::with_error_details(Code::InvalidArgument, message.clone(), details)
+        }
+        CacheError::OriginBodyTooLarge { .. } => {
+            with_reason(Code::FailedPrecondition, "ORIGIN_BODY_TOO_LARGE", None)
+        }
+        CacheError::PurgeIncomplete { .. } => Status::deadline_exceeded(message.clone()),
+    };
+    match status.code() {
+        Code::Unavailable | Code::DeadlineExceeded => {
+            tracing::warn!(method, code = ?status.code(), error = %message, "origin failure")
+        }
+        _ => tracing::debug!(method, code = ?status.code(), "request rejected"),
+    }
+    status
+}
+
+#[tonic::async_trait]
+impl CacheServiceRpc for CacheApi {
+    async fn get(
+        &self,
+        request: Request<pb::CacheGetRequest>,
+    ) -> Result<Response<pb::CacheGetResponse>, Status> {
+        let deadline = self.deadline(&request);
+        let request = request.into_inner();
+        let value_type =
+            value_type_from_proto(request.r#type).map_err(|error| kv_status("Get", error))?;
+        let cached = self
+            .service
+            .get(&request.key, value_type, deadline)
+            .await
+            .map_err(|error| cache_status("Get", error))?;
+        let Some(cached) = cached else {
+            return Ok(Response::new(pb::CacheGetResponse {
+                key: request.key,
+                ..Default::default()
+            }));
+        };
+        // The value is converted exactly as KvService.Get converts it.
+        let entry = crate::kv::Entry {
+            value: cached.value,
+            metadata: None,
+            expire_at_millis: None,
+            version: cached.version,
+            schema_version: 0,
+        };
+        let converted = get_responses(vec![(request.key, Some(entry))])
+            .await
+            .map_err(|error| kv_status("Get", error))?
+            .pop()
+            .unwrap_or_default();
+        let value = converted.value.map(|value| match value {
+            pb::get_response::Value::Text(text) => pb::cache_get_response::Value::Text(text),
+            pb::get_response::Value::Json(json) => pb::cache_get_response::Value::Json(json),
+            pb::get_response::Value::Bytes(bytes) => pb::cache_get_response::Value::Bytes(bytes),
+        });
+        Ok(Response::new(pb::CacheGetResponse {
+            found: true,
+            value,
+            content_type: cached.content_type.unwrap_or_default(),
+            tier: tier_to_proto(cached.tier) as i32,
+            age: Some(duration_from_millis(cached.age_ms)),
+            expire_time: cached.expire_at_millis.map(timestamp_from_millis),
+            version: cached.version,
+            key: converted.key,
+        }))
+    }
+
+    async fn put(
+        &self,
+        request: Request<pb::CachePutRequest>,
+    ) -> Result<Response<pb::CachePutResponse>, Status> {
+        let result = async {
+            let request = request.into_inner();
+            let mut violations = Vec::new();
+            let memory_ttl_nanos = match request.memory_ttl.as_ref().map(nanos_from_duration) {
+                None => None,
+                Some(Ok(nanos)) => Some(nanos),
+                Some(Err(reason)) => {
+                    violations.push(FieldViolation {
+                        field: "memory_ttl".into(),
+                        description: reason.replace("ttl", "memory_ttl"),
+                    });
+                    None
+                }
+            };
+            // The value and the store TTL convert exactly as KvService.Put's do.
+            let kv_request = pb::PutRequest {
+                key: request.key,
+                value: request.value.map(|value| match value {
+                    pb::cache_put_request::Value::Text(text) => pb::put_request::Value::Text(text),
+                    pb::cache_put_request::Value::Json(json) => pb::put_request::Value::Json(json),
+                    pb::cache_put_request::Value::Bytes(bytes) => {
+                        pb::put_request::Value::Bytes(bytes)
+                    }
+                }),
+                expiration: request.store_ttl.map(pb::put_request::Expiration::Ttl),
+                ..Default::default()
+            };
+            let command = match put_command("", kv_request) {
+                Ok(command) => Some(command),
+                Err(KvError::InvalidArgument(mut found)) => {
+                    for violation in &mut found {
+                        if violation.field == "ttl" {
+                            violation.field = "store_ttl".into();
+                            violation.description =
+                                violation.description.replace("ttl", "store_ttl");
+                        }
+                    }
+                    violations.append(&mut found);
+                    None
+                }
+                Err(other) => return Err(CacheError::Kv(other)),
+            };
+            let (Some(command), true) = (command, violations.is_empty()) else {
+                return Err(CacheError::Kv(KvError::InvalidArgument(violations)));
+            };
+            let store_ttl_nanos = match command.expiration {
+                Expiration::TtlNanos(nanos) => Some(nanos),
+                _ => None,
+            };
+            self.service
+                .put(CachePut {
+                    key: command.key,
+                    value: command.value,
+                    content_type: (!request.content_type.is_empty())
+                        .then_some(request.content_type),
+                    memory_ttl_nanos,
+                    store_ttl_nanos,
+                })
+                .await
+        }
+        .await;
+        let put = result.map_err(|error| cache_status("Put", error))?;
+        Ok(Response::new(pb::CachePutResponse {
+            version: put.version,
+            expire_time: put.expire_at_millis.map(timestamp_from_millis),
+        }))
+    }
+
+    async fn invalidate(
+        &self,
+        request: Request<pb::InvalidateRequest>,
+    ) -> Result<Response<pb::InvalidateResponse>, Status> {
+        let existed = self
+            .service
+            .invalidate(&request.into_inner().key)
+            .await
+            .map_err(|error| cache_status("Invalidate", error))?;
+        Ok(Response::new(pb::InvalidateResponse { existed }))
+    }
+
+    async fn purge(
+        &self,
+        request: Request<pb::PurgeRequest>,
+    ) -> Result<Response<pb::PurgeResponse>, Status> {
+        let deadline = self.deadline(&request);
+        let purged = self
+            .service
+            .purge(&request.into_inner().prefix, deadline)
+            .await
+            .map_err(|error| cache_status("Purge", error))?;
+        Ok(Response::new(pb::PurgeResponse { purged }))
+    }
+}

@@ -1,0 +1,140 @@
+//! Request coalescing ("singleflight"): concurrent misses of one key share one
+//! origin request.
+//!
+//! The first caller starts the work as a spawned task, so that its own
+//! cancellation (its client went away) does not cancel the work the others
+//! wait for; every caller waits on a `watch` channel with its own deadline.
+//! The task removes its key from the table when it ends, panics included, so a
+//! key is never stuck behind a dead flight.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::watch;
+
+/// A receiver of a flight's result (`None` until it lands).
+pub type Landing<T> = watch::Receiver<Option<T>>;
+
+/// The flights in progress, by key.
+#[derive(Debug)]
+pub struct Flights<T> {
+    /// A std mutex: held to look up or insert, never across an await.
+    in_flight: Mutex<HashMap<String, Landing<T>>>,
+}
+
+impl<T> Default for Flights<T> {
+    fn default() -> Self {
+        Self {
+            in_flight: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+/// Whether a caller started the flight or joined one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Started it.
+    Leader,
+    /// Joined one in progress.
+    Waiter,
+}
+
+impl<T: Clone + Send + Sync + 'static> Flights<T> {
+    /// The flight for `key`: the one in progress, or a new one running
+    /// `work()` on a spawned task.
+    pub fn join<F, W>(self: &Arc<Self>, key: &str, work: W) -> (Landing<T>, Role)
+    where
+        W: FnOnce() -> F,
+        F: Future<Output = T> + Send + 'static,
+    {
+        let mut in_flight = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(landing) = in_flight.get(key) {
+            return (landing.clone(), Role::Waiter);
+        }
+        let (sender, landing) = watch::channel(None);
+        in_flight.insert(key.to_string(), landing.clone());
+        drop(in_flight);
+        let guard = Landed {
+            flights: Arc::clone(self),
+            key: key.to_string(),
+        };
+        let work = work();
+        tokio::spawn(async move {
+            let result = work.await;
+            // Off the table before the result is out: a caller arriving
+            // later finds the filled cache, or starts a new flight.
+            drop(guard);
+            let _ = sender.send(Some(result));
+        });
+        (landing, Role::Leader)
+    }
+
+    /// Whether a flight for `key` is in progress.
+    pub fn is_flying(&self, key: &str) -> bool {
+        self.in_flight
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains_key(key)
+    }
+}
+
+/// Removes a flight from the table when its task ends, however it ends.
+struct Landed<T> {
+    flights: Arc<Flights<T>>,
+    key: String,
+}
+
+impl<T> Drop for Landed<T> {
+    fn drop(&mut self) {
+        self.flights
+            .in_flight
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.key);
+    }
+}
+
+/// Waits for a flight's result; `None` if its task died without one.
+pub async fn wait<T: Clone>(mut landing: Landing<T>) -> Option<T> {
+    match landing.wait_for(Option::is_some).await {
+        Ok(result) => result.clone(),
+        Err(_) => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// Concurrent joins run the work once; all get its result; the leader
+    /// going away does not stop it; the key is free again afterwards.
+    #[tokio::test]
+    async fn one_flight_per_key() {
+        let flights: Arc<Flights<u32>> = Arc::default();
+        let runs = Arc::new(AtomicUsize::new(0));
+        let (release, released) = tokio::sync::oneshot::channel::<()>();
+        let counter = Arc::clone(&runs);
+        let (leader, role) = flights.join("k", move || async move {
+            counter.fetch_add(1, Ordering::SeqCst);
+            let _ = released.await;
+            7
+        });
+        assert_eq!(role, Role::Leader);
+        let mut waiters = Vec::new();
+        for _ in 0..10 {
+            let (landing, role) = flights.join("k", || async { 0 });
+            assert_eq!(role, Role::Waiter);
+            waiters.push(tokio::spawn(wait(landing)));
+        }
+        drop(leader);
+        release.send(()).unwrap();
+        for waiter in waiters {
+            assert_eq!(waiter.await.unwrap(), Some(7));
+        }
+        assert_eq!(runs.load(Ordering::SeqCst), 1);
+        tokio::task::yield_now().await;
+        assert!(!flights.is_flying("k"));
+    }
+}

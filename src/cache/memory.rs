@@ -1,0 +1,262 @@
+//! The memory tier (L1): a moka cache bounded in bytes, kept coherent with the
+//! store by the engine's change feed.
+//!
+//! # Coherence
+//!
+//! Two rules, and why they suffice:
+//!
+//! 1. **Every read catches up with the feed before it looks.** The engine
+//!    publishes a commit before it answers the writer, so when a write has
+//!    returned, its event is in this tier's subscription. [`MemoryTier::get`]
+//!    first applies every event already published (under one lock, so a
+//!    reader never overtakes an event another reader is applying), and
+//!    applying a put or delete of a key drops that key's entry unless the
+//!    entry holds the put's version or a newer one. So no read after a write
+//!    returns sees the older value from memory. A background task applies
+//!    events too, so that a quiet tier does not lag behind the feed.
+//!
+//! 2. **A fill that raced a newer commit never stays.** A filler takes a
+//!    [`FillTicket`] *before* it reads the store (or asks the origin): a
+//!    snapshot of its key's stripe — the highest put version and the number
+//!    of deletes the feed has applied to keys hashing there — and of the
+//!    clear epoch. After inserting, [`MemoryTier::fill`] compares: if a delete
+//!    or a clear was applied since the ticket, or a put whose version is
+//!    above the inserted entry's, it removes the entry again. Versions of a
+//!    key only grow, so a commit newer than the value read has a higher
+//!    version. Either its event was applied before the filler's check — the
+//!    check sees it and removes the entry — or after the filler's insert —
+//!    and applying it drops the entry (rule 1). Both orders are covered
+//!    because the feed side updates the stripe *before* it touches the cache,
+//!    and the filler inserts *before* it checks the stripe (all `SeqCst`). A
+//!    filler's own write (a Put, an origin fill) has exactly the entry's
+//!    version, so it does not count as newer; a 404 remembered in memory
+//!    (version 0) stays only if no put at all reached its stripe. Sharing a
+//!    stripe with other keys only causes extra removals, never a stale entry.
+//!
+//! A lagging subscription may have missed anything: the tier clears itself
+//! and bumps the epoch, which fails every ticket taken before. A dropped
+//! namespace (one `NamespaceCleared` event for all its keys) bumps the epoch
+//! too and drops every entry under its prefix.
+//!
+//! Entries carry their own deadline, checked against the engine's clock (the
+//! injected one), so tests move time instead of sleeping; moka's own expiry
+//! is not used.
+
+use std::hash::BuildHasher;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+
+use crate::engine::{Change, ChangeEvent, ChangeSubscription, RecvError};
+
+use super::entry::MemoryEntry;
+
+/// Stripes of the fill check: 4096 × 16 bytes.
+const STRIPES: usize = 4096;
+
+/// A filler's view of its key's stripe, taken before it reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FillTicket {
+    stripe: usize,
+    max_put_version: u64,
+    deletes: u64,
+    epoch: u64,
+}
+
+#[derive(Debug, Default)]
+struct Stripe {
+    /// The highest version of a put the feed applied to a key of this stripe.
+    max_put_version: AtomicU64,
+    /// How many deletes the feed applied to keys of this stripe.
+    deletes: AtomicU64,
+}
+
+/// The memory tier.
+pub struct MemoryTier {
+    cache: moka::sync::Cache<Arc<str>, Arc<MemoryEntry>>,
+    stripes: Box<[Stripe]>,
+    hasher: std::collections::hash_map::RandomState,
+    /// Bumped on every clear.
+    epoch: AtomicU64,
+    /// The subscription events are applied from. A std mutex: held while
+    /// applying what is already queued, never across an await.
+    feed: Mutex<ChangeSubscription>,
+    capacity_bytes: u64,
+    on_clear: Box<dyn Fn() + Send + Sync>,
+}
+
+impl std::fmt::Debug for MemoryTier {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("MemoryTier")
+            .field("capacity_bytes", &self.capacity_bytes)
+            .field("entries", &self.cache.entry_count())
+            .finish()
+    }
+}
+
+impl MemoryTier {
+    /// A tier holding at most `capacity_bytes` (as [`MemoryEntry::weight`]
+    /// counts), applying events from `feed`; `on_clear` is called when a lag
+    /// clears it. Starts the background task that keeps it caught up, which
+    /// ends when the tier is dropped or the feed closes.
+    pub fn start(
+        capacity_bytes: u64,
+        feed: ChangeSubscription,
+        wake: ChangeSubscription,
+        on_clear: impl Fn() + Send + Sync + 'static,
+    ) -> Arc<Self> {
+        let cache = moka::sync::Cache::builder()
+            .max_capacity(capacity_bytes)
+            .weigher(|key: &Arc<str>, entry: &Arc<MemoryEntry>| entry.weight(key))
+            .support_invalidation_closures()
+            .build();
+        let tier = Arc::new(Self {
+            cache,
+            stripes: (0..STRIPES).map(|_| Stripe::default()).collect(),
+            hasher: Default::default(),
+            epoch: AtomicU64::new(0),
+            feed: Mutex::new(feed),
+            capacity_bytes,
+            on_clear: Box::new(on_clear),
+        });
+        tokio::spawn(keep_up(Arc::downgrade(&tier), wake));
+        tier
+    }
+
+    /// The largest entry worth keeping: an entry above a quarter of the
+    /// bound would push out many others.
+    pub fn max_entry_bytes(&self) -> u64 {
+        self.capacity_bytes / 4
+    }
+
+    /// The entry for `key`, after applying every published change.
+    pub fn get(&self, key: &str) -> Option<Arc<MemoryEntry>> {
+        self.catch_up();
+        self.cache.get(key)
+    }
+
+    /// A ticket for a fill of `key`; take it before reading what to fill.
+    pub fn ticket(&self, key: &str) -> FillTicket {
+        let index = self.stripe_of(key);
+        let stripe = &self.stripes[index];
+        FillTicket {
+            stripe: index,
+            epoch: self.epoch.load(Ordering::SeqCst),
+            max_put_version: stripe.max_put_version.load(Ordering::SeqCst),
+            deletes: stripe.deletes.load(Ordering::SeqCst),
+        }
+    }
+
+    /// Installs `entry` for `key` unless a newer commit was applied since
+    /// `ticket` (see the module docs); returns whether it stayed.
+    pub fn fill(&self, key: &str, entry: MemoryEntry, ticket: FillTicket) -> bool {
+        if u64::from(entry.weight(key)) > self.max_entry_bytes() {
+            return false;
+        }
+        let version = entry.version;
+        self.cache.insert(Arc::from(key), Arc::new(entry));
+        let stripe = &self.stripes[ticket.stripe];
+        let max_put_version = stripe.max_put_version.load(Ordering::SeqCst);
+        let raced = self.epoch.load(Ordering::SeqCst) != ticket.epoch
+            || stripe.deletes.load(Ordering::SeqCst) != ticket.deletes
+            || (max_put_version != ticket.max_put_version && max_put_version > version);
+        if raced {
+            self.cache.invalidate(key);
+        }
+        !raced
+    }
+
+    /// Drops `key`'s entry.
+    pub fn invalidate(&self, key: &str) {
+        self.cache.invalidate(key);
+    }
+
+    /// Drops every entry whose key starts with `prefix`.
+    pub fn invalidate_prefix(&self, prefix: &str) {
+        let prefix: Arc<str> = Arc::from(prefix);
+        // Fails only without `support_invalidation_closures`, which is set.
+        let _ = self
+            .cache
+            .invalidate_entries_if(move |key, _| key.starts_with(&*prefix));
+    }
+
+    /// Bytes held (as weighed) and entries, after pending evictions.
+    pub fn size(&self) -> (u64, u64) {
+        self.cache.run_pending_tasks();
+        (self.cache.weighted_size(), self.cache.entry_count())
+    }
+
+    /// The configured bound in bytes.
+    pub fn capacity_bytes(&self) -> u64 {
+        self.capacity_bytes
+    }
+
+    fn stripe_of(&self, key: &str) -> usize {
+        (self.hasher.hash_one(key) as usize) % STRIPES
+    }
+
+    /// Applies every event already published (every read does this first).
+    pub fn catch_up(&self) {
+        let mut feed = self.feed.lock().unwrap_or_else(|error| error.into_inner());
+        loop {
+            match feed.try_recv() {
+                Ok(Some(event)) => self.apply(&event),
+                Ok(None) => return,
+                Err(RecvError::Lagged { missed }) => {
+                    tracing::warn!(missed, "cache change feed lagged; clearing the memory tier");
+                    self.clear();
+                }
+                // The engine is gone; nothing more will change.
+                Err(RecvError::Closed) => return,
+            }
+        }
+    }
+
+    fn apply(&self, event: &ChangeEvent) {
+        let key: &str = &event.key;
+        let stripe = &self.stripes[self.stripe_of(key)];
+        match event.change {
+            Change::Put { version, .. } => {
+                stripe.max_put_version.fetch_max(version, Ordering::SeqCst);
+                let current = self.cache.get(key);
+                let keep = current
+                    .is_some_and(|entry| entry.negative.is_none() && entry.version >= version);
+                if !keep {
+                    self.cache.invalidate(key);
+                }
+            }
+            Change::Delete => {
+                stripe.deletes.fetch_add(1, Ordering::SeqCst);
+                self.cache.invalidate(key);
+            }
+            // A whole namespace was dropped (`key` is its prefix): every
+            // ticket taken before fails, like after a clear, and every entry
+            // under the prefix goes.
+            Change::NamespaceCleared => {
+                self.epoch.fetch_add(1, Ordering::SeqCst);
+                self.invalidate_prefix(key);
+            }
+        }
+    }
+
+    fn clear(&self) {
+        self.epoch.fetch_add(1, Ordering::SeqCst);
+        self.cache.invalidate_all();
+        (self.on_clear)();
+    }
+}
+
+/// Applies events as they come, so the tier's subscription does not lag while
+/// no one reads. `wake` is a second subscription used only to wait.
+async fn keep_up(tier: Weak<MemoryTier>, mut wake: ChangeSubscription) {
+    loop {
+        let woken = wake.recv().await;
+        let Some(tier) = tier.upgrade() else { return };
+        if woken == Err(RecvError::Closed) {
+            return;
+        }
+        // Drain the wake-up subscription too: one catch-up covers them all.
+        while let Ok(Some(_)) = wake.try_recv() {}
+        tier.catch_up();
+    }
+}
