@@ -190,7 +190,7 @@ impl CacheServiceRpc for CacheApi {
                 Some(Err(reason)) => {
                     violations.push(FieldViolation {
                         field: "memory_ttl".into(),
-                        description: reason.replace("ttl", "memory_ttl"),
+                        description: reason.replacen("ttl", "memory_ttl", 1),
                     });
                     None
                 }
@@ -211,13 +211,6 @@ impl CacheServiceRpc for CacheApi {
             let command = match put_command("", kv_request) {
                 Ok(command) => Some(command),
                 Err(KvError::InvalidArgument(mut found)) => {
-                    for violation in &mut found {
-                        if violation.field == "ttl" {
-                            violation.field = "store_ttl".into();
-                            violation.description =
-                                violation.description.replace("ttl", "store_ttl");
-                        }
-                    }
                     violations.append(&mut found);
                     None
                 }

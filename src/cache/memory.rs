@@ -260,3 +260,113 @@ async fn keep_up(tier: Weak<MemoryTier>, mut wake: ChangeSubscription) {
         tier.catch_up();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::ManualClock;
+    use crate::engine::{
+        DeleteOp, Engine, Namespaces, Precondition, PutOp, RocksEngine, RocksOptions, ValueKind,
+        WriteOp, WriteOutcome,
+    };
+
+    async fn put(engine: &RocksEngine, key: &str, value: &str) -> u64 {
+        let outcomes = engine
+            .write(vec![WriteOp::Put(PutOp {
+                key: key.into(),
+                kind: ValueKind::Text,
+                value: value.as_bytes().to_vec(),
+                metadata: None,
+                expire_at_millis: None,
+                schema_version: 1,
+                precondition: Precondition::None,
+            })])
+            .await
+            .unwrap();
+        match outcomes[0] {
+            WriteOutcome::Put { version } => version,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn entry(version: u64) -> MemoryEntry {
+        MemoryEntry {
+            kind: ValueKind::Text,
+            value: Arc::from(&b"v"[..]),
+            content_type: None,
+            version,
+            fetched_at_ms: 0,
+            memory_until_ms: u64::MAX,
+            expire_at_ms: None,
+            negative: None,
+        }
+    }
+
+    /// Each interleaving of a fill with a newer commit, replayed step by
+    /// step against a real engine: the older value never stays in memory.
+    #[tokio::test]
+    async fn fills_that_raced_newer_commits_never_stay() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = RocksEngine::open(
+            dir.path().join("data"),
+            Namespaces::new(["cache:"]),
+            RocksOptions::default(),
+            ManualClock::starting_now(),
+        )
+        .unwrap();
+        let tier = MemoryTier::start(1 << 20, engine.subscribe(), engine.subscribe(), || {});
+        let key = "cache:k";
+        let v1 = put(&engine, key, "1").await;
+
+        // The newer commit's event is applied between the read and the fill:
+        // the fill's own check removes the entry.
+        let ticket = tier.ticket(key);
+        assert_eq!(engine.get(key.into()).await.unwrap().unwrap().version, v1);
+        let v2 = put(&engine, key, "2").await;
+        tier.catch_up();
+        assert!(!tier.fill(key, entry(v1), ticket));
+        assert!(tier.get(key).is_none());
+
+        // The event is applied after the fill (unless the background task
+        // was quicker, which the fill's check covers): the next read drops it.
+        let ticket = tier.ticket(key);
+        let _ = put(&engine, key, "3").await;
+        let _ = tier.fill(key, entry(v2), ticket);
+        assert!(
+            tier.get(key).is_none(),
+            "the v3 event drops v2 before the read looks"
+        );
+
+        // A filler's own write (same version) stays, through its own event.
+        let ticket = tier.ticket(key);
+        let v4 = put(&engine, key, "4").await;
+        assert!(tier.fill(key, entry(v4), ticket));
+        assert_eq!(tier.get(key).unwrap().version, v4);
+
+        // A delete between read and fill removes the fill, in both orders.
+        let ticket = tier.ticket(key);
+        let delete = || {
+            WriteOp::Delete(DeleteOp {
+                key: key.into(),
+                precondition: Precondition::None,
+            })
+        };
+        engine.write(vec![delete()]).await.unwrap();
+        tier.catch_up();
+        assert!(!tier.fill(key, entry(v4), ticket));
+        assert!(tier.get(key).is_none());
+        let v5 = put(&engine, key, "5").await;
+        let ticket = tier.ticket(key);
+        engine.write(vec![delete()]).await.unwrap();
+        let _ = tier.fill(key, entry(v5), ticket);
+        assert!(tier.get(key).is_none());
+
+        // A remembered 404 (version 0) does not survive a put of its key.
+        let ticket = tier.ticket(key);
+        let _ = put(&engine, key, "6").await;
+        tier.catch_up();
+        let mut negative = entry(0);
+        negative.negative = Some(404);
+        assert!(!tier.fill(key, negative, ticket));
+    }
+}

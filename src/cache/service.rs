@@ -536,7 +536,8 @@ impl CacheService {
                 precondition: Precondition::None,
                 schema_version: 0,
             })
-            .await?;
+            .await
+            .map_err(store_ttl_violations)?;
         if let Some((kind, bytes)) = memory_copy {
             let memory_until = now.saturating_add(memory_ttl_ms);
             let entry = MemoryEntry {
@@ -875,6 +876,22 @@ impl Inner {
                 None
             }
         }
+    }
+}
+
+/// The KV service names the record's TTL `ttl`; here it is `store_ttl`.
+fn store_ttl_violations(error: KvError) -> CacheError {
+    match error {
+        KvError::InvalidArgument(mut violations) => {
+            for violation in &mut violations {
+                if violation.field == "ttl" {
+                    violation.field = "store_ttl".into();
+                    violation.description = violation.description.replacen("ttl", "store_ttl", 1);
+                }
+            }
+            CacheError::Kv(KvError::InvalidArgument(violations))
+        }
+        other => CacheError::Kv(other),
     }
 }
 
