@@ -310,3 +310,52 @@ async fn bulk_files_stream_in_bounded_memory() {
     assert!(list_all(&mut client, "stream:", 1000).await.is_empty());
     server.stop().await;
 }
+
+/// Runs `tierkv cache ARGS…` against `endpoint`.
+async fn cache(endpoint: &str, args: &[&str]) -> Outcome {
+    let args = std::iter::once("cache")
+        .chain(args.iter().copied())
+        .map(String::from)
+        .collect();
+    tierkv(args, Some(endpoint.to_string())).await
+}
+
+/// `tierkv cache put / get / invalidate / purge`: the value on stdout, the
+/// tier on stderr, exit code 1 on a miss, 2 with the violation on bad input.
+#[tokio::test]
+async fn cache_commands() {
+    let server = start().await;
+    let endpoint = server.server.endpoint();
+    let endpoint = endpoint.as_str();
+
+    let miss = cache(endpoint, &["get", "cache:x"]).await;
+    assert_eq!(miss.code, 1, "{}", miss.stderr);
+
+    let put = cache(endpoint, &["put", "cache:x", "hello", "--ttl", "300"]).await;
+    assert_eq!(put.code, 0, "{}", put.stderr);
+    let got = cache(endpoint, &["get", "cache:x"]).await;
+    assert_eq!((got.code, got.stdout.as_str()), (0, "hello"));
+    assert_eq!(got.stderr.trim(), "tier: MEMORY");
+
+    let json = cache(endpoint, &["put", "cache:j", r#"{"a":[1]}"#, "--json"]).await;
+    assert_eq!(json.code, 0, "{}", json.stderr);
+    let got = cache(endpoint, &["get", "cache:j"]).await;
+    assert_eq!(got.stdout, "{\"a\":[1]}\n");
+
+    let invalidated = cache(endpoint, &["invalidate", "cache:x"]).await;
+    assert_eq!(invalidated.stdout.trim(), r#"{"existed":true}"#);
+    assert_eq!(cache(endpoint, &["get", "cache:x"]).await.code, 1);
+
+    let purged = cache(endpoint, &["purge", "cache:"]).await;
+    assert_eq!(purged.stdout.trim(), r#"{"purged":1}"#);
+    assert_eq!(cache(endpoint, &["get", "cache:j"]).await.code, 1);
+
+    let bad = cache(endpoint, &["put", "cache:x", "v", "--memory-ttl", "0"]).await;
+    assert_eq!(bad.code, 2);
+    assert!(
+        bad.stderr.contains("memory_ttl is 0s; it must be positive"),
+        "{}",
+        bad.stderr
+    );
+    server.stop().await;
+}

@@ -1,8 +1,10 @@
 //! The `tierkv` command line: `serve` runs the server; `kv` talks to one,
 //! modelled on `wrangler kv`; `session` manages sessions; `admin` migrates
-//! records and retires namespaces.
+//! records and retires namespaces; `cache` reads through and manages the
+//! cache.
 
 mod admin;
+mod cache;
 mod connect;
 mod kv;
 mod session;
@@ -41,6 +43,8 @@ enum Command {
     Session(session::SessionArgs),
     /// Migrate records and retire namespaces on a running server.
     Admin(admin::AdminArgs),
+    /// Read through the cache tiers, put, invalidate and purge cached keys.
+    Cache(cache::CacheArgs),
     /// Make tokens for `[[auth.tokens]]`.
     #[command(subcommand)]
     Auth(AuthCommand),
@@ -87,6 +91,7 @@ pub async fn main() -> ExitCode {
         Command::Session(args) => session::run(args).await,
         Command::Admin(args) => admin::run(args).await,
         Command::Auth(command) => auth(command),
+        Command::Cache(args) => cache::run(args).await,
     }
 }
 

@@ -1,0 +1,208 @@
+//! `tierkv cache …`: a client for the Cache service of a running server.
+//!
+//! `get` prints the value on stdout exactly as `tierkv kv get` does (text and
+//! bytes as they are, JSON serialized with a newline) and the tier it came
+//! from on stderr, so that scripts can pipe the value and still see the tier.
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use clap::{Args, Subcommand};
+use tonic_types::StatusExt;
+
+use super::{CliChannel, ConnectArgs};
+use crate::api::convert::{json_from_proto, json_to_proto};
+use crate::kv::limits::MAX_MESSAGE_BYTES;
+use crate::proto::v1 as pb;
+use pb::cache_service_client::CacheServiceClient;
+
+/// Arguments of `tierkv cache`.
+#[derive(Debug, Args)]
+pub struct CacheArgs {
+    #[command(flatten)]
+    connect: ConnectArgs,
+    #[command(subcommand)]
+    command: CacheCommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum CacheCommand {
+    /// Print a key's value through the cache tiers; the tier goes to stderr
+    /// (exit code 1 when there is no value).
+    Get {
+        /// The key.
+        key: String,
+        /// Give up after this many seconds (the origin's own timeout still applies).
+        #[arg(long)]
+        timeout: Option<f64>,
+    },
+    /// Write a key to the store and to memory.
+    Put {
+        /// The key.
+        key: String,
+        /// The value (text, or JSON with --json).
+        value: String,
+        /// Store the value as JSON.
+        #[arg(long)]
+        json: bool,
+        /// The record's time to live in seconds (at least 1).
+        #[arg(long)]
+        ttl: Option<u64>,
+        /// How long memory may answer, in seconds (default 60).
+        #[arg(long)]
+        memory_ttl: Option<u64>,
+        /// A content type to keep with the value.
+        #[arg(long)]
+        content_type: Option<String>,
+    },
+    /// Remove a key from both tiers.
+    Invalidate {
+        /// The key.
+        key: String,
+    },
+    /// Remove every key under a prefix from both tiers.
+    Purge {
+        /// The prefix (not empty).
+        prefix: String,
+    },
+}
+
+/// Runs a `tierkv cache` command; exit code 0 on success, 1 when there is no
+/// value (a miss, or NOT_FOUND from an origin), 2 on errors.
+pub async fn run(args: CacheArgs) -> ExitCode {
+    match execute(args).await {
+        Ok(code) => code,
+        Err(message) => {
+            eprintln!("error: {message}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn describe(status: &tonic::Status) -> String {
+    let mut text = format!("{:?}: {}", status.code(), status.message());
+    if let Some(bad_request) = status.get_details_bad_request() {
+        for violation in bad_request.field_violations {
+            text.push_str(&format!(
+                "\n  {}: {}",
+                violation.field, violation.description
+            ));
+        }
+    }
+    text
+}
+
+fn seconds(value: u64) -> prost_types::Duration {
+    prost_types::Duration {
+        seconds: i64::try_from(value).unwrap_or(i64::MAX),
+        nanos: 0,
+    }
+}
+
+async fn execute(args: CacheArgs) -> Result<ExitCode, String> {
+    let mut client = CacheServiceClient::new(args.connect.channel().await?)
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    match args.command {
+        CacheCommand::Get { key, timeout } => get(&mut client, key, timeout).await,
+        CacheCommand::Put {
+            key,
+            value,
+            json,
+            ttl,
+            memory_ttl,
+            content_type,
+        } => {
+            let value = if json {
+                let parsed: serde_json::Value = serde_json::from_str(&value)
+                    .map_err(|error| format!("the value is not valid JSON: {error}"))?;
+                pb::cache_put_request::Value::Json(json_to_proto(parsed))
+            } else {
+                pb::cache_put_request::Value::Text(value)
+            };
+            let response = client
+                .put(pb::CachePutRequest {
+                    key,
+                    value: Some(value),
+                    content_type: content_type.unwrap_or_default(),
+                    memory_ttl: memory_ttl.map(seconds),
+                    store_ttl: ttl.map(seconds),
+                })
+                .await
+                .map_err(|status| describe(&status))?
+                .into_inner();
+            println!("{}", serde_json::json!({ "version": response.version }));
+            Ok(ExitCode::SUCCESS)
+        }
+        CacheCommand::Invalidate { key } => {
+            let response = client
+                .invalidate(pb::InvalidateRequest { key })
+                .await
+                .map_err(|status| describe(&status))?
+                .into_inner();
+            println!("{}", serde_json::json!({ "existed": response.existed }));
+            Ok(ExitCode::SUCCESS)
+        }
+        CacheCommand::Purge { prefix } => {
+            let response = client
+                .purge(pb::PurgeRequest { prefix })
+                .await
+                .map_err(|status| describe(&status))?
+                .into_inner();
+            println!("{}", serde_json::json!({ "purged": response.purged }));
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn tier_name(tier: i32) -> &'static str {
+    match pb::CacheTier::try_from(tier) {
+        Ok(pb::CacheTier::Memory) => "MEMORY",
+        Ok(pb::CacheTier::Store) => "STORE",
+        Ok(pb::CacheTier::Origin) => "ORIGIN",
+        Ok(pb::CacheTier::Stale) => "STALE",
+        _ => "UNSPECIFIED",
+    }
+}
+
+async fn get(
+    client: &mut CacheServiceClient<CliChannel>,
+    key: String,
+    timeout: Option<f64>,
+) -> Result<ExitCode, String> {
+    let mut request = tonic::Request::new(pb::CacheGetRequest {
+        key: key.clone(),
+        r#type: 0,
+    });
+    if let Some(timeout) = timeout {
+        let timeout = std::time::Duration::try_from_secs_f64(timeout)
+            .map_err(|error| format!("--timeout {timeout}: {error}"))?;
+        request.set_timeout(timeout);
+    }
+    let response = match client.get(request).await {
+        Ok(response) => response.into_inner(),
+        Err(status) if status.code() == tonic::Code::NotFound => {
+            eprintln!("{key:?} not found at its origin");
+            return Ok(ExitCode::from(1));
+        }
+        Err(status) => return Err(describe(&status)),
+    };
+    if !response.found {
+        eprintln!("{key:?} not found");
+        return Ok(ExitCode::from(1));
+    }
+    let mut stdout = std::io::stdout().lock();
+    match response.value {
+        Some(pb::cache_get_response::Value::Text(text)) => stdout.write_all(text.as_bytes()),
+        Some(pb::cache_get_response::Value::Bytes(bytes)) => stdout.write_all(&bytes),
+        Some(pb::cache_get_response::Value::Json(json)) => {
+            let json = json_from_proto(json)?;
+            writeln!(stdout, "{json}")
+        }
+        None => Ok(()),
+    }
+    .and_then(|()| stdout.flush())
+    .map_err(|error| format!("cannot write output: {error}"))?;
+    eprintln!("tier: {}", tier_name(response.tier));
+    Ok(ExitCode::SUCCESS)
+}
