@@ -105,6 +105,9 @@ bodies = {
     "batchget": b"".join(field(1, b"bench:batch:%03d" % i) for i in range(100)),
     "seed": b"".join(field(1, field(1, field(1, b"bench:batch:%03d" % i) + value))
                      for i in range(100)),
+    # CacheService: a key put with a one-day memory TTL, read back from memory.
+    "cache_seed": field(1, b"cache:bench:get") + value + field(6, bytes([1 << 3]) + varint(86400)),
+    "cache_get": field(1, b"cache:bench:get"),
     "etcd_range": field(1, b"bench:get"),
     "etcd_range_serializable": field(1, b"bench:get") + bytes([7 << 3, 1]),
     # etcd keeps every revision of a key until compacted: puts go to another key than the one Range reads,
@@ -174,6 +177,7 @@ BENCHES=(
     "Get|$TIERKV/tierkv.v1.KvService/Get|get|$TIERKV_PID"
     "Put|$TIERKV/tierkv.v1.KvService/Put|put|$TIERKV_PID"
     "BatchGet x100|$TIERKV/tierkv.v1.KvService/BatchGet|batchget|$TIERKV_PID"
+    "CacheService/Get memory|$TIERKV/tierkv.v1.CacheService/Get|cache_get|$TIERKV_PID"
 )
 if [ "$ETCD" = 1 ]; then
     BENCHES+=(
@@ -186,6 +190,7 @@ fi
 # Seed the keys read back, and check every body once.
 grpc_call "$TIERKV/tierkv.v1.KvService/Put" "$WORK/put.bin"
 grpc_call "$TIERKV/tierkv.v1.KvService/BatchWrite" "$WORK/seed.bin"
+grpc_call "$TIERKV/tierkv.v1.CacheService/Put" "$WORK/cache_seed.bin"
 [ "$ETCD" = 1 ] && grpc_call "$ETCD_URL/etcdserverpb.KV/Put" "$WORK/etcd_seed.bin"
 for bench in "${BENCHES[@]}"; do
     IFS='|' read -r _ url body _ <<<"$bench"

@@ -10,7 +10,7 @@ use super::deadline::{parse_grpc_timeout, MARGIN};
 use super::kv::{get_responses, put_command, value_type_from_proto};
 use super::status::{kv_status, ERROR_DOMAIN};
 use crate::cache::{CacheError, CachePut, CacheService, Tier};
-use crate::kv::{Expiration, FieldViolation, KvError};
+use crate::kv::{Expiration, FieldViolation, KvError, ReadValue};
 use crate::proto::v1 as pb;
 use pb::cache_service_server::CacheService as CacheServiceRpc;
 
@@ -147,33 +147,47 @@ impl CacheServiceRpc for CacheApi {
                 ..Default::default()
             }));
         };
-        // The value is converted exactly as KvService.Get converts it.
-        let entry = crate::kv::Entry {
-            value: cached.value,
-            metadata: None,
-            expire_at_millis: None,
-            version: cached.version,
-            schema_version: 0,
+        let value = match cached.value {
+            ReadValue::Text(text) => pb::cache_get_response::Value::Text(text),
+            ReadValue::Bytes(bytes) => pb::cache_get_response::Value::Bytes(bytes),
+            // JSON is converted exactly as KvService.Get converts it: within
+            // the nesting and response limits, large values off the workers.
+            json @ ReadValue::Json(_) => {
+                let entry = crate::kv::Entry {
+                    value: json,
+                    metadata: None,
+                    expire_at_millis: None,
+                    version: cached.version,
+                    schema_version: 0,
+                };
+                let converted = get_responses(vec![(request.key.clone(), Some(entry))])
+                    .await
+                    .map_err(|error| kv_status("Get", error))?
+                    .pop()
+                    .unwrap_or_default();
+                match converted.value {
+                    Some(pb::get_response::Value::Json(json)) => {
+                        pb::cache_get_response::Value::Json(json)
+                    }
+                    Some(pb::get_response::Value::Text(text)) => {
+                        pb::cache_get_response::Value::Text(text)
+                    }
+                    Some(pb::get_response::Value::Bytes(bytes)) => {
+                        pb::cache_get_response::Value::Bytes(bytes)
+                    }
+                    None => pb::cache_get_response::Value::Bytes(Vec::new()),
+                }
+            }
         };
-        let converted = get_responses(vec![(request.key, Some(entry))])
-            .await
-            .map_err(|error| kv_status("Get", error))?
-            .pop()
-            .unwrap_or_default();
-        let value = converted.value.map(|value| match value {
-            pb::get_response::Value::Text(text) => pb::cache_get_response::Value::Text(text),
-            pb::get_response::Value::Json(json) => pb::cache_get_response::Value::Json(json),
-            pb::get_response::Value::Bytes(bytes) => pb::cache_get_response::Value::Bytes(bytes),
-        });
         Ok(Response::new(pb::CacheGetResponse {
             found: true,
-            value,
+            value: Some(value),
             content_type: cached.content_type.unwrap_or_default(),
             tier: tier_to_proto(cached.tier) as i32,
             age: Some(duration_from_millis(cached.age_ms)),
             expire_time: cached.expire_at_millis.map(timestamp_from_millis),
             version: cached.version,
-            key: converted.key,
+            key: request.key,
         }))
     }
 

@@ -17,7 +17,13 @@
 //!    those sessions interleaved with `KvService/Get` (get, session_get,
 //!    session_get, get after a warm-up of each; the table prints the ratio
 //!    of the two: validating a session is on every request of every user),
-//!    and `Touch` within the touch interval (which must not write). Each runs a bounded
+//!    and `Touch` within the touch interval (which must not write). The Cache
+//!    service too: `CacheService/Get` answered from memory (keys written with
+//!    `CacheService/Put`, memory TTL one hour) and answered from the store
+//!    (keys written with a 1 ms memory TTL, so every read goes to RocksDB),
+//!    interleaved between two health runs (health, memory, store, store,
+//!    memory, health) and printed as ratios of their summed ops/s to the two
+//!    health runs'; every response's tier is checked. Each runs a bounded
 //!    number of RPCs with a fixed number in flight (tokio tasks sharing clones
 //!    of one client), and the table shows ops/s, p50 and p99 latency, and the
 //!    p50 and ops/s of each RPC relative to the health-check baseline
@@ -47,6 +53,7 @@
 //! make bench                          # cargo run --release --locked --bin tierkv-bench
 //! make bench ARGS="--quick"           # 2000 operations instead of 20000
 //! make bench ARGS="--ops 50000 --concurrency 32"
+//! make bench ARGS="--cache-only"      # health and CacheService/Get only
 //! ```
 //!
 //! Always measure a release build: a debug build prints numbers too, but they
@@ -67,6 +74,7 @@ use tierkv::clock::{SharedClock, SystemClock};
 use tierkv::config::Config;
 use tierkv::kv::limits::MAX_MESSAGE_BYTES;
 use tierkv::proto::v1 as pb;
+use tierkv::proto::v1::cache_service_client::CacheServiceClient;
 use tierkv::proto::v1::kv_service_client::KvServiceClient;
 use tierkv::proto::v1::session_service_client::SessionServiceClient;
 use tierkv::server::RunningServer;
@@ -109,6 +117,10 @@ const LIST_SIZED_KEYS: u64 = 100;
 const LIST_BIG_PREFIX: &str = "bench/listbig/";
 /// Key prefix of the listed keys with 10-byte values.
 const LIST_TINY_PREFIX: &str = "bench/listtiny/";
+/// Key prefix of the keys `CacheService/Get` reads from memory.
+const CACHE_MEMORY_PREFIX: &str = "cache:bench:memory:";
+/// Key prefix of the keys `CacheService/Get` reads from the store.
+const CACHE_STORE_PREFIX: &str = "cache:bench:store:";
 /// Key prefix of the stall check's 1 MiB values.
 const BIG_PREFIX: &str = "bench/big/";
 
@@ -131,6 +143,9 @@ struct Args {
     /// acknowledgement), to measure the cost of power-loss durability.
     #[arg(long)]
     sync_writes: bool,
+    /// Run only the health baseline and the CacheService/Get benchmarks.
+    #[arg(long)]
+    cache_only: bool,
 }
 
 /// The operation counts every benchmark runs, derived from the flags.
@@ -268,6 +283,17 @@ enum Workload {
         tokens: Arc<Vec<String>>,
         /// Call `Touch` instead of `Get`.
         touch: bool,
+    },
+    /// `CacheService/Get` of a key under `prefix`, which must come from `tier`.
+    CacheGet {
+        /// The client.
+        client: CacheServiceClient<Channel>,
+        /// The keys' prefix.
+        prefix: &'static str,
+        /// How many keys there are.
+        keyspace: u64,
+        /// The tier every answer must come from; `None` for any (warm-up).
+        tier: Option<pb::CacheTier>,
     },
 }
 
@@ -416,6 +442,27 @@ impl Workload {
                 };
                 if session.session_id.is_empty() {
                     return Err("a session came back without an id".into());
+                }
+                Ok(1)
+            }
+            Workload::CacheGet {
+                client,
+                prefix,
+                keyspace,
+                tier,
+            } => {
+                let key = format!("{prefix}{:08}", index % *keyspace);
+                let response = client
+                    .get(pb::CacheGetRequest { key, r#type: 0 })
+                    .await?
+                    .into_inner();
+                let expected = tier.map_or(response.tier, |tier| tier as i32);
+                if !response.found || response.tier != expected {
+                    return Err(format!(
+                        "CacheService/Get: found {}, tier {}; expected a value from {tier:?}",
+                        response.found, response.tier
+                    )
+                    .into());
                 }
                 Ok(1)
             }
@@ -809,6 +856,14 @@ fn print_parameters(plan: &Plan, args: &Args, server: &RunningServer, data_dir: 
         plan.ops, plan.ops, plan.ops
     );
     println!(
+        "  cache_memory  {} CacheService/Get RPCs from memory, {} keys put with CacheService/Put (memory TTL 1 h)",
+        plan.ops, plan.ops
+    );
+    println!(
+        "  cache_store   {} CacheService/Get RPCs from the store, {} keys put with a 1 ms memory TTL",
+        plan.ops, plan.ops
+    );
+    println!(
         "  batch_get     {} RPCs x {BATCH_GET_KEYS} keys (hits on the put keys)",
         plan.batch_gets
     );
@@ -913,15 +968,145 @@ fn print_stall(report: &StallReport) {
     );
 }
 
-/// Runs every benchmark against `server`.
-async fn benchmarks(plan: &Plan, server: &RunningServer) -> Result<(), BoxError> {
+/// Writes `count` small values under `prefix` with CacheService/Put and
+/// `memory_ttl`, `concurrency` at a time.
+async fn seed_cache(
+    client: &CacheServiceClient<Channel>,
+    prefix: &'static str,
+    count: u64,
+    memory_ttl: Duration,
+    concurrency: usize,
+) -> Result<(), BoxError> {
+    let next = Arc::new(AtomicU64::new(0));
+    let mut tasks = JoinSet::new();
+    for _ in 0..concurrency {
+        let mut client = client.clone();
+        let next = Arc::clone(&next);
+        tasks.spawn(async move {
+            loop {
+                let index = next.fetch_add(1, Ordering::Relaxed);
+                if index >= count {
+                    return Ok::<_, BoxError>(());
+                }
+                client
+                    .put(pb::CachePutRequest {
+                        key: format!("{prefix}{index:08}"),
+                        value: Some(pb::cache_put_request::Value::Text(
+                            "v".repeat(SMALL_VALUE_BYTES),
+                        )),
+                        memory_ttl: Some(prost_types::Duration {
+                            seconds: memory_ttl.as_secs() as i64,
+                            nanos: memory_ttl.subsec_nanos() as i32,
+                        }),
+                        ..Default::default()
+                    })
+                    .await?;
+            }
+        });
+    }
+    while let Some(joined) = tasks.join_next().await {
+        joined??;
+    }
+    Ok(())
+}
+
+/// The CacheService/Get benchmarks: from memory and from the store, between
+/// two health runs; returns their results and the two ratios (memory, store)
+/// of summed ops/s against the health runs'.
+async fn cache_benchmarks(
+    plan: &Plan,
+    channel: &Channel,
+    health: &Workload,
+) -> Result<(Vec<Stats>, f64, f64), BoxError> {
+    let cache = CacheServiceClient::new(channel.clone());
+    seed_cache(
+        &cache,
+        CACHE_MEMORY_PREFIX,
+        plan.ops,
+        Duration::from_secs(3600),
+        plan.concurrency,
+    )
+    .await?;
+    seed_cache(
+        &cache,
+        CACHE_STORE_PREFIX,
+        plan.ops,
+        Duration::from_millis(1),
+        plan.concurrency,
+    )
+    .await?;
+    let memory = Workload::CacheGet {
+        client: cache.clone(),
+        prefix: CACHE_MEMORY_PREFIX,
+        keyspace: plan.ops,
+        tier: Some(pb::CacheTier::Memory),
+    };
+    let store = Workload::CacheGet {
+        client: cache,
+        prefix: CACHE_STORE_PREFIX,
+        keyspace: plan.ops,
+        tier: Some(pb::CacheTier::Store),
+    };
+    // Every memory key read once first: a Put whose fill lost a race (see
+    // `cache::memory`) left its key to the first read to fill.
+    let fill = Workload::CacheGet {
+        client: CacheServiceClient::new(channel.clone()),
+        prefix: CACHE_MEMORY_PREFIX,
+        keyspace: plan.ops,
+        tier: None,
+    };
+    run("warm-up", &fill, plan.ops, plan.concurrency).await?;
+    run("warm-up", &memory, plan.warmup, plan.concurrency).await?;
+    run("warm-up", &store, plan.warmup, plan.concurrency).await?;
+    let health_first = run("health", health, plan.ops, plan.concurrency).await?;
+    let memory_first = run("cache_memory", &memory, plan.ops, plan.concurrency).await?;
+    let store_first = run("cache_store", &store, plan.ops, plan.concurrency).await?;
+    let store_second = run("cache_store", &store, plan.ops, plan.concurrency).await?;
+    let memory_second = run("cache_memory", &memory, plan.ops, plan.concurrency).await?;
+    let health_second = run("health", health, plan.ops, plan.concurrency).await?;
+    let health_ops = health_first.ops_per_sec() + health_second.ops_per_sec();
+    let memory_ratio = (memory_first.ops_per_sec() + memory_second.ops_per_sec()) / health_ops;
+    let store_ratio = (store_first.ops_per_sec() + store_second.ops_per_sec()) / health_ops;
+    Ok((
+        vec![
+            health_first,
+            memory_first,
+            store_first,
+            store_second,
+            memory_second,
+            health_second,
+        ],
+        memory_ratio,
+        store_ratio,
+    ))
+}
+
+fn print_cache_ratios(memory_ratio: f64, store_ratio: f64) {
+    println!(
+        "CacheService/Get from memory vs health (ops/s, both runs summed): {memory_ratio:.2}x (target >= 0.90x)"
+    );
+    println!(
+        "CacheService/Get from the store vs health (ops/s, both runs summed): {store_ratio:.2}x (target >= 0.85x)"
+    );
+}
+
+/// Runs every benchmark against `server` (only the cache ones with `cache_only`).
+async fn benchmarks(plan: &Plan, server: &RunningServer, cache_only: bool) -> Result<(), BoxError> {
     let channel = connect(&server.endpoint()).await?;
     let kv_channel = channel.clone();
     let mut kv = kv_client(channel.clone());
+    let cache_channel = channel.clone();
     let health = Workload::Health(HealthClient::new(channel));
 
     run("warm-up", &health, plan.warmup, plan.concurrency).await?;
     let baseline = run("health", &health, plan.ops, plan.concurrency).await?;
+    if cache_only {
+        let (cache_results, memory_ratio, store_ratio) =
+            cache_benchmarks(plan, &cache_channel, &health).await?;
+        print_table(&baseline, &cache_results);
+        print_cache_ratios(memory_ratio, store_ratio);
+        return Ok(());
+    }
 
     let mut results = Vec::new();
     let put = Workload::Put(kv.clone());
@@ -970,6 +1155,9 @@ async fn benchmarks(plan: &Plan, server: &RunningServer) -> Result<(), BoxError>
         touch: true,
     };
     results.push(run("session_touch", &session_touch, plan.ops, plan.concurrency).await?);
+    let (cache_results, memory_ratio, store_ratio) =
+        cache_benchmarks(plan, &cache_channel, &health).await?;
+    results.extend(cache_results);
     let batch_get = Workload::BatchGet {
         client: kv.clone(),
         keyspace: plan.ops,
@@ -1016,6 +1204,7 @@ async fn benchmarks(plan: &Plan, server: &RunningServer) -> Result<(), BoxError>
     println!(
         "SessionService/Get vs KvService/Get (ops/s, both runs summed): {session_ratio:.2}x (target >= 0.85x)"
     );
+    print_cache_ratios(memory_ratio, store_ratio);
     println!();
 
     let report = stall_check(&server.endpoint(), &kv, plan.concurrency, plan.probes).await?;
@@ -1068,7 +1257,7 @@ async fn main() -> Result<(), BoxError> {
     let server = RunningServer::start(config, clock).await?;
     print_parameters(&plan, &args, &server, &data_dir);
 
-    let outcome = benchmarks(&plan, &server).await;
+    let outcome = benchmarks(&plan, &server, args.cache_only).await;
     // Stop (and flush) before the directory goes, whatever happened.
     let stopped = server.stop().await;
     outcome?;

@@ -82,8 +82,16 @@ impl StoredMeta {
 
     /// The cache facts of a record's metadata, if it has them.
     pub fn from_metadata(metadata: Option<&[u8]>) -> Option<Self> {
-        let metadata: serde_json::Value = serde_json::from_slice(metadata?).ok()?;
-        serde_json::from_value(metadata.get(METADATA_FIELD)?.clone()).ok()
+        /// The record's metadata object, reduced to the cache's member: other
+        /// members are skipped without being built (this runs on every
+        /// store hit).
+        #[derive(Deserialize)]
+        struct Envelope {
+            tierkv_cache: Option<StoredMeta>,
+        }
+        serde_json::from_slice::<Envelope>(metadata?)
+            .ok()?
+            .tierkv_cache
     }
 
     /// Whether the value is still fresh at `now_ms`.

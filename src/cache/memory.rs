@@ -50,8 +50,10 @@ use crate::engine::{Change, ChangeEvent, ChangeSubscription, RecvError};
 
 use super::entry::MemoryEntry;
 
-/// Stripes of the fill check: 4096 × 16 bytes.
-const STRIPES: usize = 4096;
+/// Stripes of the fill check: 16384 × 16 bytes. A write to another key of
+/// the stripe between a filler's ticket and its check costs that fill (a
+/// later read fills again), so more stripes mean fewer lost fills.
+const STRIPES: usize = 16384;
 
 /// A filler's view of its key's stripe, taken before it reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -685,7 +685,10 @@ impl Inner {
             memory_until = memory_until.min(expire_at);
         }
         let entry = MemoryEntry::from_record(record, meta, memory_until);
-        self.memory.fill(key, entry.clone(), ticket);
+        // A memory TTL of 0 keeps the key out of memory.
+        if memory_until > now {
+            self.memory.fill(key, entry.clone(), ticket);
+        }
         entry
     }
 
