@@ -1250,6 +1250,9 @@ async fn main() -> Result<(), BoxError> {
         data_dir: data_dir.clone(),
         shutdown_grace_ms: 2_000,
         sync_writes: args.sync_writes,
+        // Metrics stay on (their layer is part of every call's cost), on a
+        // free port so that a running server's 9090 does not stop the bench.
+        metrics_listen: "127.0.0.1:0".to_string(),
         ..Default::default()
     };
     let clock: SharedClock = Arc::new(SystemClock);
