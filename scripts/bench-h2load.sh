@@ -149,7 +149,7 @@ wait_for_port() {
 }
 
 TIERKV_PORT="$(free_port)"
-"$SERVER_BIN" serve --listen "127.0.0.1:$TIERKV_PORT" --data-dir "$WORK/tierkv" \
+"$SERVER_BIN" serve --listen "127.0.0.1:$TIERKV_PORT" --data-dir "$WORK/tierkv" --metrics-listen 127.0.0.1:0 \
     >"$WORK/tierkv.log" 2>&1 &
 PIDS+=($!)
 TIERKV_PID=$!
