@@ -16,6 +16,7 @@
 //! fresh is decided by `fresh_until_ms`. A record without this member (written
 //! by `KvService`, say) is fresh for as long as it lives.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
@@ -114,7 +115,7 @@ impl StoredMeta {
 
 /// One entry of the memory tier (L1): a value with what is needed to answer
 /// from it, or a remembered 404/410.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug)]
 pub struct MemoryEntry {
     /// How the value was stored.
     pub kind: ValueKind,
@@ -126,13 +127,30 @@ pub struct MemoryEntry {
     pub version: u64,
     /// When the value was fetched or written.
     pub fetched_at_ms: u64,
-    /// Until when memory may answer.
-    pub memory_until_ms: u64,
+    /// Until when memory may answer. Atomic so that a store hit of the same
+    /// version renews the entry in place instead of inserting a new one (see
+    /// [`MemoryEntry::renew`]).
+    pub memory_until_ms: AtomicU64,
     /// What `expire_time` a response reports: when the value stops being
     /// fresh, or the record's expiry.
     pub expire_at_ms: Option<u64>,
     /// `Some(status)` for a negatively cached 404/410: no value.
     pub negative: Option<u16>,
+}
+
+impl Clone for MemoryEntry {
+    fn clone(&self) -> Self {
+        Self {
+            kind: self.kind,
+            value: Arc::clone(&self.value),
+            content_type: self.content_type.clone(),
+            version: self.version,
+            fetched_at_ms: self.fetched_at_ms,
+            memory_until_ms: AtomicU64::new(self.memory_until()),
+            expire_at_ms: self.expire_at_ms,
+            negative: self.negative,
+        }
+    }
 }
 
 impl MemoryEntry {
@@ -147,10 +165,25 @@ impl MemoryEntry {
                 .map(Arc::from),
             version: record.version,
             fetched_at_ms: meta.map_or(0, |meta| meta.fetched_at_ms),
-            memory_until_ms,
+            memory_until_ms: AtomicU64::new(memory_until_ms),
             expire_at_ms: fresh_until.or(record.expire_at_millis),
             negative: None,
         }
+    }
+
+    /// Until when memory may answer.
+    pub fn memory_until(&self) -> u64 {
+        self.memory_until_ms.load(Ordering::Relaxed)
+    }
+
+    /// Lets memory answer until `memory_until_ms` again. Only for an entry
+    /// holding the version just read from the store: the same version is the
+    /// same record, so this is the fill that read would do, without an insert.
+    /// It never puts anything back into the tier, so it cannot undo an
+    /// invalidation: an entry dropped meanwhile stays dropped.
+    pub fn renew(&self, memory_until_ms: u64) {
+        self.memory_until_ms
+            .store(memory_until_ms, Ordering::Relaxed);
     }
 
     /// Bytes the entry costs the memory tier, key included: what its weigher

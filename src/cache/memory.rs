@@ -152,11 +152,16 @@ impl MemoryTier {
     /// Installs `entry` for `key` unless a newer commit was applied since
     /// `ticket` (see the module docs); returns whether it stayed.
     pub fn fill(&self, key: &str, entry: MemoryEntry, ticket: FillTicket) -> bool {
+        self.fill_shared(key, Arc::new(entry), ticket)
+    }
+
+    /// [`MemoryTier::fill`] with an entry the caller keeps a handle on.
+    pub fn fill_shared(&self, key: &str, entry: Arc<MemoryEntry>, ticket: FillTicket) -> bool {
         if u64::from(entry.weight(key)) > self.max_entry_bytes() {
             return false;
         }
         let version = entry.version;
-        self.cache.insert(Arc::from(key), Arc::new(entry));
+        self.cache.insert(Arc::from(key), entry);
         let stripe = &self.stripes[ticket.stripe];
         let max_put_version = stripe.max_put_version.load(Ordering::SeqCst);
         let raced = self.epoch.load(Ordering::SeqCst) != ticket.epoch
@@ -298,7 +303,7 @@ mod tests {
             content_type: None,
             version,
             fetched_at_ms: 0,
-            memory_until_ms: u64::MAX,
+            memory_until_ms: std::sync::atomic::AtomicU64::new(u64::MAX),
             expire_at_ms: None,
             negative: None,
         }

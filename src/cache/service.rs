@@ -16,6 +16,7 @@
 //! Freshness is judged on the engine's clock (the injected one), so tests
 //! move time instead of waiting.
 
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -341,14 +342,15 @@ impl CacheService {
             .map_err(|violation| CacheError::Kv(KvError::InvalidArgument(vec![violation])))?;
         inner.check_owner("key", key)?;
         let now = inner.engine.now_millis();
-        if let Some(entry) = inner.memory.get(key) {
-            if now < entry.memory_until_ms {
+        let in_memory = inner.memory.get(key);
+        if let Some(entry) = &in_memory {
+            if now < entry.memory_until() {
                 if let Some(status) = entry.negative {
                     CacheStats::count(&inner.stats.negative_hits);
                     return Err(CacheError::NotFound { status });
                 }
                 CacheStats::count(&inner.stats.memory_hits);
-                return answer(key, &entry, Tier::Memory, value_type, now).map(Some);
+                return answer(key, entry, Tier::Memory, value_type, now).map(Some);
             }
         }
         let ticket = inner.memory.ticket(key);
@@ -367,7 +369,15 @@ impl CacheService {
                 .as_ref()
                 .and_then(|meta| meta.memory_ttl_ms)
                 .unwrap_or(millis(DEFAULT_MEMORY_TTL));
-            let entry = inner.store_hit(key, &record, meta.as_ref(), memory_ttl, now, ticket);
+            let entry = inner.store_hit(
+                key,
+                &record,
+                meta.as_ref(),
+                memory_ttl,
+                now,
+                ticket,
+                in_memory,
+            );
             return answer(key, &entry, Tier::Store, value_type, now).map(Some);
         };
         let Some(record) = record else {
@@ -387,7 +397,15 @@ impl CacheService {
                     .as_ref()
                     .and_then(|meta| meta.memory_ttl_ms)
                     .unwrap_or(millis(origin.memory_ttl));
-                let entry = inner.store_hit(key, &record, meta.as_ref(), memory_ttl, now, ticket);
+                let entry = inner.store_hit(
+                    key,
+                    &record,
+                    meta.as_ref(),
+                    memory_ttl,
+                    now,
+                    ticket,
+                    in_memory,
+                );
                 return answer(key, &entry, Tier::Store, value_type, now).map(Some);
             }
         };
@@ -546,9 +564,11 @@ impl CacheService {
                 content_type: meta.content_type.as_deref().map(Arc::from),
                 version: written.version,
                 fetched_at_ms: now,
-                memory_until_ms: written
-                    .expire_at_millis
-                    .map_or(memory_until, |expire| expire.min(memory_until)),
+                memory_until_ms: AtomicU64::new(
+                    written
+                        .expire_at_millis
+                        .map_or(memory_until, |expire| expire.min(memory_until)),
+                ),
                 expire_at_ms: written.expire_at_millis,
                 negative: None,
             };
@@ -666,7 +686,10 @@ impl Inner {
         }
     }
 
-    /// Counts a store hit and fills memory from `record`.
+    /// Counts a store hit and fills memory from `record`: renews the
+    /// expired memory entry in place when it holds the record's version (no
+    /// insert, no copy), inserts a new one otherwise.
+    #[allow(clippy::too_many_arguments)]
     fn store_hit(
         &self,
         key: &str,
@@ -675,7 +698,8 @@ impl Inner {
         memory_ttl_ms: u64,
         now: u64,
         ticket: super::memory::FillTicket,
-    ) -> MemoryEntry {
+        in_memory: Option<Arc<MemoryEntry>>,
+    ) -> Arc<MemoryEntry> {
         CacheStats::count(&self.stats.store_hits);
         let mut memory_until = now.saturating_add(memory_ttl_ms);
         if let Some(until) = meta.and_then(|meta| meta.fresh_until_ms) {
@@ -684,10 +708,16 @@ impl Inner {
         if let Some(expire_at) = record.expire_at_millis {
             memory_until = memory_until.min(expire_at);
         }
-        let entry = MemoryEntry::from_record(record, meta, memory_until);
+        if let Some(entry) = in_memory {
+            if entry.version == record.version && entry.negative.is_none() {
+                entry.renew(memory_until);
+                return entry;
+            }
+        }
+        let entry = Arc::new(MemoryEntry::from_record(record, meta, memory_until));
         // A memory TTL of 0 keeps the key out of memory.
         if memory_until > now {
-            self.memory.fill(key, entry.clone(), ticket);
+            self.memory.fill_shared(key, Arc::clone(&entry), ticket);
         }
         entry
     }
@@ -748,7 +778,7 @@ impl Inner {
                     content_type: meta.content_type.as_deref().map(Arc::from),
                     version: 0,
                     fetched_at_ms: now,
-                    memory_until_ms: now.saturating_add(lifetimes.memory_ttl_ms),
+                    memory_until_ms: AtomicU64::new(now.saturating_add(lifetimes.memory_ttl_ms)),
                     expire_at_ms: meta.fresh_until_ms,
                     negative: None,
                 };
@@ -854,7 +884,7 @@ impl Inner {
                         content_type: None,
                         version: 0,
                         fetched_at_ms: now,
-                        memory_until_ms: now.saturating_add(millis(negative_ttl)),
+                        memory_until_ms: AtomicU64::new(now.saturating_add(millis(negative_ttl))),
                         expire_at_ms: None,
                         negative: Some(status),
                     };
