@@ -416,3 +416,84 @@ async fn cache_counters_are_scraped() {
     assert_eq!(sample("tierkv_cache_memory_entries"), Some(1.0));
     server.stop().await;
 }
+
+/// With authentication on, the cache checks grants like KvService: reading
+/// needs read on the key, Put and Invalidate need write on it, Purge needs
+/// write on every key under its prefix.
+#[tokio::test]
+async fn grants_are_checked() {
+    use tierkv::auth::{hash_token, AuthConfig, Permission, TokenConfig};
+    const READER: &str = "tkv_cache-reader-0123456789";
+    const WRITER: &str = "tkv_cache-writer-0123456789";
+    let token = |name: &str, secret: &str, permissions: &[Permission]| TokenConfig {
+        name: name.into(),
+        token_sha256: hash_token(secret),
+        prefixes: vec!["cache:a:".into()],
+        permissions: permissions.to_vec(),
+    };
+    let server = common::start_with(|config| {
+        config.auth = AuthConfig {
+            tokens: vec![
+                token("reader", READER, &[Permission::Read]),
+                token("writer", WRITER, &[Permission::Read, Permission::Write]),
+            ],
+        }
+    })
+    .await;
+    let channel = tonic::transport::Endpoint::from_shared(server.server.endpoint())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let client = |secret: &'static str| {
+        CacheServiceClient::with_interceptor(
+            channel.clone(),
+            move |mut request: tonic::Request<()>| {
+                request
+                    .metadata_mut()
+                    .insert("authorization", format!("Bearer {secret}").parse().unwrap());
+                Ok(request)
+            },
+        )
+    };
+    let mut writer = client(WRITER);
+    let mut reader = client(READER);
+    writer.put(cache_put_text("cache:a:1", "v")).await.unwrap();
+    let read = reader
+        .get(cache_get("cache:a:1"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(read.found);
+    let denied = [
+        reader
+            .put(cache_put_text("cache:a:1", "w"))
+            .await
+            .unwrap_err(),
+        reader
+            .invalidate(pb::InvalidateRequest {
+                key: "cache:a:1".into(),
+            })
+            .await
+            .unwrap_err(),
+        reader.get(cache_get("cache:b:1")).await.unwrap_err(),
+        writer
+            .purge(pb::PurgeRequest {
+                prefix: "cache:".into(),
+            })
+            .await
+            .unwrap_err(),
+    ];
+    for status in denied {
+        assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+    }
+    let purged = writer
+        .purge(pb::PurgeRequest {
+            prefix: "cache:a:".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(purged.purged, 1);
+    server.stop().await;
+}

@@ -5,10 +5,12 @@ use std::time::{Duration, Instant};
 use tonic::{Code, Request, Response, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
+use super::auth::{authorize_key, authorize_prefix};
 use super::convert::{nanos_from_duration, timestamp_from_millis};
 use super::deadline::{parse_grpc_timeout, MARGIN};
 use super::kv::{get_responses, put_command, value_type_from_proto};
 use super::status::{kv_status, ERROR_DOMAIN};
+use crate::auth::Access;
 use crate::cache::{CacheError, CachePut, CacheService, Tier};
 use crate::kv::{Expiration, FieldViolation, KvError, ReadValue};
 use crate::proto::v1 as pb;
@@ -132,6 +134,9 @@ impl CacheServiceRpc for CacheApi {
         &self,
         request: Request<pb::CacheGetRequest>,
     ) -> Result<Response<pb::CacheGetResponse>, Status> {
+        // A read, even when it fills the tiers from an origin: the fill
+        // stores what the origin serves for the key, nothing the caller chose.
+        authorize_key(&request, Access::Read, &request.get_ref().key)?;
         let deadline = self.deadline(&request);
         let request = request.into_inner();
         let value_type =
@@ -195,6 +200,7 @@ impl CacheServiceRpc for CacheApi {
         &self,
         request: Request<pb::CachePutRequest>,
     ) -> Result<Response<pb::CachePutResponse>, Status> {
+        authorize_key(&request, Access::Write, &request.get_ref().key)?;
         let result = async {
             let request = request.into_inner();
             let mut violations = Vec::new();
@@ -260,6 +266,7 @@ impl CacheServiceRpc for CacheApi {
         &self,
         request: Request<pb::InvalidateRequest>,
     ) -> Result<Response<pb::InvalidateResponse>, Status> {
+        authorize_key(&request, Access::Write, &request.get_ref().key)?;
         let existed = self
             .service
             .invalidate(&request.into_inner().key)
@@ -272,6 +279,7 @@ impl CacheServiceRpc for CacheApi {
         &self,
         request: Request<pb::PurgeRequest>,
     ) -> Result<Response<pb::PurgeResponse>, Status> {
+        authorize_prefix(&request, Access::Write, &request.get_ref().prefix)?;
         let deadline = self.deadline(&request);
         let purged = self
             .service
