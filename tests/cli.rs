@@ -359,3 +359,32 @@ async fn cache_commands() {
     );
     server.stop().await;
 }
+
+/// `tierkv cache get` of a key under an origin prefix: the origin's body on
+/// stdout, `tier: ORIGIN` then `tier: MEMORY` on stderr; an origin's 404 is
+/// exit code 1.
+#[tokio::test]
+async fn cache_get_reads_through_an_origin() {
+    use common::origin::{Reply, TestOrigin};
+    let origin = TestOrigin::start().await;
+    origin.respond("/users", Reply::ok("[\"ada\"]").content_type("text/plain"));
+    let server = start_with(|config| {
+        config.cache.origins = vec![origin.origin_config("cache:api:", "/{key}")];
+    })
+    .await;
+    let endpoint = server.server.endpoint();
+    let first = cache(&endpoint, &["get", "cache:api:users"]).await;
+    assert_eq!(
+        (first.code, first.stdout.as_str()),
+        (0, "[\"ada\"]"),
+        "{}",
+        first.stderr
+    );
+    assert_eq!(first.stderr.trim(), "tier: ORIGIN");
+    let second = cache(&endpoint, &["get", "cache:api:users"]).await;
+    assert_eq!(second.stderr.trim(), "tier: MEMORY");
+    let missing = cache(&endpoint, &["get", "cache:api:nobody"]).await;
+    assert_eq!(missing.code, 1, "{}", missing.stderr);
+    assert_eq!(origin.count(), 2);
+    server.stop().await;
+}

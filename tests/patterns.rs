@@ -3,7 +3,6 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use common::*;
@@ -48,117 +47,142 @@ fn put_json(key: &str, json: serde_json::Value, ttl_seconds: Option<i64>) -> pb:
     }
 }
 
-/// Memory → tierkv → origin. L1 entries live 60 s, L2 entries 300 s.
-struct TieredCache {
-    memory: HashMap<String, (serde_json::Value, u64)>,
-    origin_calls: usize,
-}
+type Cache = pb::cache_service_client::CacheServiceClient<Channel>;
 
-impl TieredCache {
-    async fn get(
-        &mut self,
-        client: &mut Client,
-        key: &str,
-        now_millis: u64,
-    ) -> Result<serde_json::Value, tonic::Status> {
-        // L1: this process's memory.
-        if let Some((value, expires)) = self.memory.get(key) {
-            if *expires > now_millis {
-                return Ok(value.clone());
-            }
+/// Memory → store → origin, in the server: the caller only reads. NOT_FOUND
+/// when the origin has no such resource (404/410, remembered for a while).
+async fn get_cached(cache: &mut Cache, key: &str) -> Result<serde_json::Value, tonic::Status> {
+    let response = cache
+        .get(pb::CacheGetRequest {
+            key: key.into(),
+            r#type: pb::ValueType::Json as i32,
+        })
+        .await?
+        .into_inner();
+    match response.value {
+        Some(pb::cache_get_response::Value::Json(json)) => {
+            json_from_proto(json).map_err(tonic::Status::internal)
         }
-        // L2: tierkv.
-        if let Some((value, _version)) = get_json(client, key).await? {
-            self.memory
-                .insert(key.into(), (value.clone(), now_millis + 60_000));
-            return Ok(value);
-        }
-        // L3: the origin (here, a stand-in), then backfill both tiers.
-        self.origin_calls += 1;
-        let origin = serde_json::json!({"users": ["ada", "linus"]});
-        client.put(put_json(key, origin.clone(), Some(300))).await?;
-        self.memory
-            .insert(key.into(), (origin.clone(), now_millis + 60_000));
-        Ok(origin)
+        _ => Err(tonic::Status::not_found(key.to_string())),
     }
 }
 
-/// Multi-tier caching: the origin is called once per 300 s, memory serves
-/// within 60 s, tierkv between.
+/// Multi-tier caching with the origin configured for `cache:api:` (60 s in
+/// memory, 5 min stored): the origin is asked once per 5 minutes, by 50
+/// concurrent readers of a cold key too; the stored copy is JSON for
+/// KvService.
 #[tokio::test]
 async fn multi_tier_caching() {
-    let mut server = start().await;
-    let mut cache = TieredCache {
-        memory: HashMap::new(),
-        origin_calls: 0,
-    };
-    let first = cache
-        .get(&mut server.client, "api:users", server.clock.now_millis())
-        .await
-        .unwrap();
-    assert_eq!(cache.origin_calls, 1);
+    use common::origin::{Reply, TestOrigin};
+    let origin = TestOrigin::start().await;
+    origin.respond(
+        "/users",
+        Reply::ok(r#"{"users":["ada","linus"]}"#).content_type("application/json"),
+    );
+    let mut server = start_with(|config| {
+        let mut api = origin.origin_config("cache:api:", "/{key}");
+        api.memory_ttl = Duration::from_secs(60);
+        api.store_ttl = Duration::from_secs(300);
+        config.cache.origins = vec![api];
+    })
+    .await;
+    let cache = Cache::connect(server.server.endpoint()).await.unwrap();
+    let readers: Vec<_> = (0..50)
+        .map(|_| {
+            let mut cache = cache.clone();
+            tokio::spawn(async move { get_cached(&mut cache, "cache:api:users").await })
+        })
+        .collect();
+    for reader in readers {
+        assert_eq!(
+            reader.await.unwrap().unwrap(),
+            serde_json::json!({"users": ["ada", "linus"]})
+        );
+    }
+    assert_eq!(origin.count(), 1, "one origin request for 50 cold readers");
     server.clock.advance(Duration::from_secs(61));
-    let second = cache
-        .get(&mut server.client, "api:users", server.clock.now_millis())
+    get_cached(&mut cache.clone(), "cache:api:users")
         .await
         .unwrap();
-    assert_eq!((second, cache.origin_calls), (first, 1), "served by tierkv");
+    assert_eq!(origin.count(), 1, "served by the store");
+    let (stored, _) = get_json(&mut server.client, "cache:api:users")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(stored, serde_json::json!({"users": ["ada", "linus"]}));
     server.clock.advance(Duration::from_secs(300));
-    cache.memory.clear();
-    cache
-        .get(&mut server.client, "api:users", server.clock.now_millis())
+    get_cached(&mut cache.clone(), "cache:api:users")
         .await
         .unwrap();
-    assert_eq!(cache.origin_calls, 2, "tierkv's copy expired after 300 s");
+    assert_eq!(origin.count(), 2, "the stored copy expired after 5 minutes");
     server.stop().await;
 }
 
-/// Returns the cached value of `key`, or fetches it and caches it for 300 s.
-/// Only the first filler writes (`if_absent`); a concurrent one gets ABORTED
-/// and reads the winner's value.
+/// The cached value of `key`, or `fetch` it and cache it: 300 s stored, 60 s in memory.
 async fn get_cached_data(
-    client: &mut Client,
+    cache: &mut Cache,
     key: &str,
     fetch: impl std::future::Future<Output = serde_json::Value>,
 ) -> Result<serde_json::Value, tonic::Status> {
-    if let Some((cached, _)) = get_json(client, key).await? {
-        return Ok(cached);
+    let response = cache
+        .get(pb::CacheGetRequest {
+            key: key.into(),
+            r#type: pb::ValueType::Json as i32,
+        })
+        .await?
+        .into_inner();
+    if let Some(pb::cache_get_response::Value::Json(json)) = response.value {
+        return json_from_proto(json).map_err(tonic::Status::internal);
     }
     let data = fetch.await;
-    let mut put = put_json(key, data.clone(), Some(300));
-    put.precondition = Some(pb::put_request::Precondition::IfAbsent(true));
-    match client.put(put).await {
-        Ok(_) => Ok(data),
-        Err(status) if status.code() == Code::Aborted => Ok(get_json(client, key)
-            .await?
-            .map_or(data, |(winner, _)| winner)),
-        Err(status) => Err(status),
-    }
+    cache
+        .put(pb::CachePutRequest {
+            key: key.into(),
+            value: Some(pb::cache_put_request::Value::Json(json_to_proto(
+                data.clone(),
+            ))),
+            store_ttl: Some(prost_types::Duration {
+                seconds: 300,
+                nanos: 0,
+            }),
+            memory_ttl: Some(prost_types::Duration {
+                seconds: 60,
+                nanos: 0,
+            }),
+            ..Default::default()
+        })
+        .await?;
+    Ok(data)
 }
 
-/// API response caching: the fetcher runs on a miss only; a late filler
-/// keeps the first filler's value.
+/// API response caching: the fetcher runs on a miss only; the value comes
+/// from memory, then the store, and is gone after 300 s.
 #[tokio::test]
 async fn api_response_caching() {
-    let mut server = start().await;
-    let client = &mut server.client;
-    let first = get_cached_data(client, "api:users", async { serde_json::json!({"v": 1}) })
-        .await
-        .unwrap();
-    let cached = get_cached_data(client, "api:users", async {
+    let server = start().await;
+    let mut cache = Cache::connect(server.server.endpoint()).await.unwrap();
+    let first = get_cached_data(&mut cache, "cache:users", async {
+        serde_json::json!({"v": 1})
+    })
+    .await
+    .unwrap();
+    server.clock.advance(Duration::from_secs(120));
+    let cached = get_cached_data(&mut cache, "cache:users", async {
         panic!("a hit does not fetch")
     })
     .await
     .unwrap();
     assert_eq!((&first, &cached), (&serde_json::json!({"v": 1}), &first));
-
-    // A filler that read a miss before the first filler wrote.
-    let mut late = put_json("api:users", serde_json::json!({"v": 2}), Some(300));
-    late.precondition = Some(pb::put_request::Precondition::IfAbsent(true));
+    server.clock.advance(Duration::from_secs(181));
+    let refetched = get_cached_data(&mut cache, "cache:users", async {
+        serde_json::json!({"v": 2})
+    })
+    .await
+    .unwrap();
     assert_eq!(
-        client.put(late).await.unwrap_err().code(),
-        Code::Aborted,
-        "the late filler does not overwrite"
+        refetched,
+        serde_json::json!({"v": 2}),
+        "expired after 300 s"
     );
     server.stop().await;
 }
