@@ -236,6 +236,14 @@ async fn stalled_uploads_are_bounded_by_the_request_budget() {
     let memory = stats.request_memory();
     assert_eq!(memory.in_flight, 2 * declared as usize, "{memory:?}");
     assert!(memory.peak_in_flight <= memory.capacity, "{memory:?}");
+    // The server counts a refusal before its answer reaches the client.
+    let answered = |uploads: &[(_, RawCall)]| {
+        uploads
+            .iter()
+            .filter(|(_, call)| call.response.is_finished())
+            .count()
+    };
+    assert!(eventually(1000, || answered(&uploads) == 4).await);
     let mut refused = 0;
     let mut stalled = Vec::new();
     for (sender, call) in uploads {
@@ -655,10 +663,25 @@ async fn stalled_uploads_hold_bounded_memory_in_the_binary() {
             (sender, call)
         }));
     }
+    let mut sent = Vec::new();
+    for upload in uploads {
+        sent.push(upload.await.unwrap());
+    }
+    // Refusals are counted by the server before their answers reach us: wait
+    // (a bounded time) until all but the two that fit have been answered.
+    let started = std::time::Instant::now();
+    while sent
+        .iter()
+        .filter(|(_, call)| call.response.is_finished())
+        .count()
+        < UPLOADS - 2
+        && started.elapsed() < Duration::from_secs(10)
+    {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let mut stalled = Vec::new();
     let mut refused = 0;
-    for upload in uploads {
-        let (sender, call) = upload.await.unwrap();
+    for (sender, call) in sent {
         if call.response.is_finished() {
             let outcome = call.outcome().await;
             assert_eq!(outcome.code, Code::ResourceExhausted, "{outcome:?}");
