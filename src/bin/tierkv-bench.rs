@@ -149,6 +149,18 @@ struct Args {
     /// Run only the health baseline and the CacheService/Get benchmarks.
     #[arg(long)]
     cache_only: bool,
+    /// Instead of the gRPC benchmarks, measure the CPU cost of a small put
+    /// below the RPC: a raw RocksDB `WriteBatch` + WAL append shaped like the
+    /// engine's, and the engine's own write path (writer thread, versions,
+    /// change feed) driven by 256 concurrent tasks.
+    #[arg(long)]
+    storage_floor: bool,
+    /// Instead of the gRPC benchmarks, measure how long RocksDB's iterator
+    /// takes to step over N deletion markers to the next live key (what a
+    /// `List` after mass deletes pays), with and without the
+    /// compact-on-deletion collector the engine configures.
+    #[arg(long)]
+    list_tombstones: bool,
 }
 
 /// The operation counts every benchmark runs, derived from the flags.
@@ -1287,6 +1299,12 @@ async fn main() -> Result<(), BoxError> {
     let args = Args::parse();
     let plan = Plan::new(&args);
     let scratch = ScratchDir::create()?;
+    if args.list_tombstones {
+        return list_tombstones(&scratch.0);
+    }
+    if args.storage_floor {
+        return storage_floor(&scratch.0, plan.ops.max(100_000)).await;
+    }
     let data_dir = scratch.0.join("data");
     let config = Config {
         listen: "127.0.0.1:0".parse()?,
@@ -1311,5 +1329,178 @@ async fn main() -> Result<(), BoxError> {
     println!();
     println!("done in {:.1} s", started.elapsed().as_secs_f64());
     drop(scratch);
+    Ok(())
+}
+
+/// CPU time the calling thread has used (user + system).
+fn thread_cpu() -> Duration {
+    rusage_cpu(libc::RUSAGE_THREAD)
+}
+
+fn rusage_cpu(who: libc::c_int) -> Duration {
+    // SAFETY: getrusage only writes into the struct it is given.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(who, &mut usage) };
+    let micros = |tv: libc::timeval| tv.tv_sec as u64 * 1_000_000 + tv.tv_usec as u64;
+    Duration::from_micros(micros(usage.ru_utime) + micros(usage.ru_stime))
+}
+
+/// The storage floor of a small put (`--storage-floor`): what a put costs in
+/// CPU below gRPC, to set against the server's CPU per `Put` beyond a health
+/// check. Prints CPU µs per put.
+async fn storage_floor(dir: &Path, ops: u64) -> Result<(), BoxError> {
+    use rocksdb::{ColumnFamilyDescriptor, Options, WriteBatch, WriteOptions, DB};
+    use tierkv::engine::{Engine, Namespaces, Precondition, PutOp, RocksEngine, WriteOp};
+
+    // 1. Raw RocksDB, shaped like one engine commit: per put a record head in
+    // the namespace's column family and a delete in the values column family,
+    // per group the version counter and the change sequence.
+    let raw_dir = dir.join("raw");
+    let mut options = Options::default();
+    options.create_if_missing(true);
+    options.create_missing_column_families(true);
+    let families =
+        ["ns", "values", "meta"].map(|name| ColumnFamilyDescriptor::new(name, Options::default()));
+    let db = DB::open_cf_descriptors(&options, &raw_dir, families)?;
+    let (ns, values, meta) = (
+        db.cf_handle("ns").ok_or("no cf")?,
+        db.cf_handle("values").ok_or("no cf")?,
+        db.cf_handle("meta").ok_or("no cf")?,
+    );
+    let head = [7u8; 40];
+    let write_options = WriteOptions::default();
+    println!("storage floor: CPU µs per small put, {ops} puts");
+    for group in [1u64, 16, 64] {
+        let started = process_cpu();
+        let started_thread = thread_cpu();
+        let wall = Instant::now();
+        let mut key = 0u64;
+        while key < ops {
+            let mut batch = WriteBatch::default();
+            for _ in 0..group {
+                let name = format!("bench:{}", key % 1000);
+                batch.put_cf(&ns, name.as_bytes(), head);
+                batch.delete_cf(&values, name.as_bytes());
+                key += 1;
+            }
+            batch.put_cf(&meta, b"version", key.to_le_bytes());
+            batch.put_cf(&meta, b"sequence", key.to_le_bytes());
+            db.write_opt(batch, &write_options)?;
+        }
+        let cpu = process_cpu() - started;
+        let foreground = thread_cpu() - started_thread;
+        println!(
+            "  raw WriteBatch + WAL, {group:>2} puts per batch: {:6.2} µs CPU/put, {:5.2} of it on the writing thread ({:.0} puts/s)",
+            cpu.as_secs_f64() * 1e6 / ops as f64,
+            foreground.as_secs_f64() * 1e6 / ops as f64,
+            ops as f64 / wall.elapsed().as_secs_f64()
+        );
+    }
+    drop(db);
+
+    // 2. The engine, through `Engine::write`, 256 writers at once as in the
+    // h2load runs (16 connections x 16 streams).
+    let engine = RocksEngine::open(
+        dir.join("engine"),
+        Namespaces::new(Vec::<String>::new()),
+        Default::default(),
+        Arc::new(SystemClock),
+    )?;
+    let engine = Arc::new(engine);
+    let writers = 256u64;
+    let started = process_cpu();
+    let wall = Instant::now();
+    let mut tasks = JoinSet::new();
+    for writer in 0..writers {
+        let engine = Arc::clone(&engine);
+        let per_writer = ops / writers;
+        tasks.spawn(async move {
+            for i in 0..per_writer {
+                let op = WriteOp::Put(PutOp {
+                    key: format!("bench:{}", (writer * 7 + i) % 1000),
+                    kind: tierkv::engine::ValueKind::Json,
+                    value: br#"{"user":"adam"}"#.to_vec(),
+                    metadata: None,
+                    expire_at_millis: None,
+                    schema_version: 1,
+                    precondition: Precondition::None,
+                });
+                engine.write(vec![op]).await?;
+            }
+            Ok::<_, tierkv::engine::EngineError>(())
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        done??;
+    }
+    let done = (ops / writers) * writers;
+    let cpu = process_cpu() - started;
+    println!(
+        "  Engine::write, {writers} concurrent writers: {:6.2} µs CPU/put ({:.0} puts/s)",
+        cpu.as_secs_f64() * 1e6 / done as f64,
+        done as f64 / wall.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// `--list-tombstones`: the time of one seek to the first live key behind N
+/// deleted keys, in the memtable, right after a flush, and a few seconds
+/// later (once the compact-on-deletion collector's compaction has had time
+/// to run), with and without the collector.
+fn list_tombstones(dir: &Path) -> Result<(), BoxError> {
+    use rocksdb::{Options, ReadOptions, WriteBatch, DB};
+
+    println!("seek over N deleted keys to the one live key behind them (ms)");
+    println!(
+        "{:>9} {:>10} {:>9} {:>12} {:>12}",
+        "N", "collector", "memtable", "after flush", "after 5 s"
+    );
+    for deleted in [10_000u64, 100_000, 1_000_000] {
+        for collector in [false, true] {
+            let path = dir.join(format!("tomb-{deleted}-{collector}"));
+            let mut options = Options::default();
+            options.create_if_missing(true);
+            if collector {
+                options.add_compact_on_deletion_collector_factory(10_000, 5_000, 0.5);
+            }
+            let db = DB::open(&options, &path)?;
+            for chunk in (0..deleted).collect::<Vec<_>>().chunks(10_000) {
+                let mut batch = WriteBatch::default();
+                for i in chunk {
+                    batch.put(format!("t:{i:09}"), [1u8; 40]);
+                }
+                db.write(batch)?;
+            }
+            for chunk in (0..deleted).collect::<Vec<_>>().chunks(10_000) {
+                let mut batch = WriteBatch::default();
+                for i in chunk {
+                    batch.delete(format!("t:{i:09}"));
+                }
+                db.write(batch)?;
+            }
+            db.put("t:zzz", [1u8; 40])?;
+            let seek = |db: &DB| -> Result<f64, BoxError> {
+                let started = Instant::now();
+                let mut iter = db.raw_iterator_opt(ReadOptions::default());
+                iter.seek(b"t:");
+                iter.status()?;
+                if iter.key() != Some(&b"t:zzz"[..]) {
+                    return Err("the seek did not reach the live key".into());
+                }
+                Ok(started.elapsed().as_secs_f64() * 1e3)
+            };
+            let in_memtable = seek(&db)?;
+            db.flush()?;
+            let after_flush = seek(&db)?;
+            std::thread::sleep(Duration::from_secs(5));
+            let later = seek(&db)?;
+            println!(
+                "{deleted:>9} {:>10} {in_memtable:>9.2} {after_flush:>12.2} {later:>12.2}",
+                if collector { "yes" } else { "no" }
+            );
+            drop(db);
+            let _ = std::fs::remove_dir_all(&path);
+        }
+    }
     Ok(())
 }
