@@ -216,6 +216,7 @@ pub struct ServerStats {
     readiness: Arc<Readiness>,
     call_limit: Arc<CallLimit>,
     cache: Arc<CacheStats>,
+    fallbacks: Arc<crate::kv::fallback::FallbackCounters>,
 }
 
 impl ServerStats {
@@ -232,7 +233,13 @@ impl ServerStats {
             readiness: Arc::default(),
             call_limit: CallLimit::new(config.max_calls_in_flight),
             cache: CacheStats::new(),
+            fallbacks: Arc::default(),
         }
+    }
+
+    /// Keys that `Get`/`BatchGet` answered with the caller's fallback, by reason.
+    pub fn fallbacks(&self) -> crate::kv::FallbackCounts {
+        self.fallbacks.snapshot()
     }
 
     /// Connections open, refused, timed out...
@@ -675,7 +682,8 @@ async fn serve_until_stopped(
     services.add(
         KvApi::new(
             KvService::new(Arc::clone(&engine), Arc::clone(&clock))
-                .with_lazy_migration(Arc::clone(&lazy_migration)),
+                .with_lazy_migration(Arc::clone(&lazy_migration))
+                .with_fallback_counters(Arc::clone(&stats.fallbacks)),
         )
         .into_server(),
     );

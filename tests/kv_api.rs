@@ -32,6 +32,7 @@ fn typed_get(key: &str, value_type: pb::ValueType) -> pb::GetRequest {
     pb::GetRequest {
         key: key.to_string(),
         r#type: value_type as i32,
+        fallback: None,
     }
 }
 
@@ -174,6 +175,7 @@ async fn type_conversions() {
         .get(pb::GetRequest {
             key: "j".into(),
             r#type: 99,
+            fallback: None,
         })
         .await
         .unwrap_err();
@@ -387,6 +389,7 @@ async fn batch_get() {
         .batch_get(pb::BatchGetRequest {
             keys: vec!["b".into(), "missing".into(), "a".into(), "b".into()],
             r#type: 0,
+            fallback: None,
         })
         .await
         .unwrap()
@@ -409,6 +412,7 @@ async fn batch_get() {
         .batch_get(pb::BatchGetRequest {
             keys: vec![],
             r#type: 0,
+            fallback: None,
         })
         .await
         .unwrap_err();
@@ -417,6 +421,7 @@ async fn batch_get() {
         .batch_get(pb::BatchGetRequest {
             keys: (0..101).map(|i| format!("k{i}")).collect(),
             r#type: 0,
+            fallback: None,
         })
         .await
         .unwrap_err();
@@ -425,6 +430,7 @@ async fn batch_get() {
         .batch_get(pb::BatchGetRequest {
             keys: vec!["ok".into(), "".into()],
             r#type: 0,
+            fallback: None,
         })
         .await
         .unwrap_err();
@@ -745,6 +751,7 @@ async fn batch_get_response_limit() {
         .batch_get(pb::BatchGetRequest {
             keys: keys.clone(),
             r#type: 0,
+            fallback: None,
         })
         .await
         .unwrap_err();
@@ -758,6 +765,7 @@ async fn batch_get_response_limit() {
         .batch_get(pb::BatchGetRequest {
             keys: keys[..3].to_vec(),
             r#type: 0,
+            fallback: None,
         })
         .await
         .unwrap()
@@ -815,6 +823,7 @@ async fn ttl_expiry_with_injected_clock() {
         .batch_get(pb::BatchGetRequest {
             keys: vec!["feature:absolute".into(), "feature:forever".into()],
             r#type: 0,
+            fallback: None,
         })
         .await
         .unwrap()

@@ -22,6 +22,7 @@ fn json_get(key: &str) -> pb::GetRequest {
     pb::GetRequest {
         key: key.to_string(),
         r#type: pb::ValueType::Json as i32,
+        fallback: None,
     }
 }
 
@@ -82,6 +83,7 @@ async fn json_at_the_nesting_limit_round_trips() {
         .batch_get(pb::BatchGetRequest {
             keys: vec!["deep:0".into(), "deep:1".into()],
             r#type: pb::ValueType::Json as i32,
+            fallback: None,
         })
         .await
         .expect("a BatchGet of JSON nested to the limit decodes")
@@ -170,6 +172,7 @@ async fn deep_text_read_as_json_is_refused() {
             .batch_get(pb::BatchGetRequest {
                 keys: vec![key.clone()],
                 r#type: pb::ValueType::Json as i32,
+                fallback: None,
             })
             .await
             .unwrap_err();
@@ -225,6 +228,7 @@ async fn json_that_cannot_fit_the_response_is_resource_exhausted() {
         .batch_get(pb::BatchGetRequest {
             keys: vec!["numbers".into()],
             r#type: pb::ValueType::Json as i32,
+            fallback: None,
         })
         .await
         .unwrap_err();
@@ -261,6 +265,7 @@ async fn batch_get_counts_json_against_one_budget() {
     let read = |keys: &[&str]| pb::BatchGetRequest {
         keys: keys.iter().map(|key| key.to_string()).collect(),
         r#type: pb::ValueType::Json as i32,
+        fallback: None,
     };
     let two = client
         .batch_get(read(&["a", "b"]))

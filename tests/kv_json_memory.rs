@@ -43,6 +43,7 @@ async fn peak_growth_of_reads(
                 .get(pb::GetRequest {
                     key,
                     r#type: value_type as i32,
+                    fallback: None,
                 })
                 .await
         })

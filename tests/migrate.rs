@@ -351,6 +351,7 @@ async fn multi_step_chains_apply_in_order() {
         .batch_get(pb::BatchGetRequest {
             keys: vec!["user:1".into(), "user:vip:1".into(), "user:none".into()],
             r#type: 0,
+            fallback: None,
         })
         .await
         .unwrap()

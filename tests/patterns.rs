@@ -23,6 +23,7 @@ async fn get_json(
         .get(pb::GetRequest {
             key: key.into(),
             r#type: pb::ValueType::Json as i32,
+            fallback: None,
         })
         .await?
         .into_inner();
@@ -509,6 +510,7 @@ async fn resilient_get(
     let mut request = tonic::Request::new(pb::GetRequest {
         key: key.into(),
         r#type: pb::ValueType::Json as i32,
+        fallback: None,
     });
     request.set_timeout(Duration::from_millis(200));
     match client.get(request).await {

@@ -91,6 +91,7 @@ async fn kill_9_under_load_loses_no_acknowledged_write() {
             .batch_get(pb::BatchGetRequest {
                 keys: chunk.iter().map(|(key, _)| key.clone()).collect(),
                 r#type: 0,
+                fallback: None,
             })
             .await
             .unwrap()

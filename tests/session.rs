@@ -787,6 +787,7 @@ async fn kv_service_cannot_reach_session_keys() {
         kv.batch_get(pb::BatchGetRequest {
             keys: vec!["user:1".into(), record_key.clone()],
             r#type: 0,
+            fallback: None,
         })
         .await,
     );

@@ -83,6 +83,10 @@ where
             // Already out of time: answer without starting any work.
             return Box::pin(async move { Ok(deadline_exceeded(budget)) });
         }
+        let mut request = request;
+        request
+            .extensions_mut()
+            .insert(RequestDeadline(std::time::Instant::now() + budget));
         let response = self.inner.call(request);
         Box::pin(async move {
             match tokio::time::timeout(budget, response).await {
@@ -90,6 +94,23 @@ where
                 Err(_) => Ok(deadline_exceeded(budget)),
             }
         })
+    }
+}
+
+/// When this layer will answer DEADLINE_EXCEEDED for a request, in the
+/// request's extensions for handlers that would rather answer something else
+/// in time (a fallback read).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RequestDeadline(pub std::time::Instant);
+
+impl RequestDeadline {
+    /// The time left for work that must finish before the deadline, keeping
+    /// back `reserve` for building and sending the answer; zero when there is
+    /// none.
+    pub fn time_left(&self, reserve: Duration) -> Duration {
+        self.0
+            .saturating_duration_since(std::time::Instant::now())
+            .saturating_sub(reserve)
     }
 }
 

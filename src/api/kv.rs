@@ -9,6 +9,7 @@ use super::convert::{
     build_json_value, json_from_proto, json_to_proto, nanos_from_duration, nanos_from_timestamp,
     scan_json_text, timestamp_from_millis, JsonTextError,
 };
+use super::deadline::RequestDeadline;
 use super::status::kv_status;
 use crate::auth::Access;
 use crate::engine::{EngineError, Precondition};
@@ -17,8 +18,10 @@ use crate::kv::{
     DeleteCommand, Entry, Expiration, FieldViolation, KvError, KvService, Mutation, MutationResult,
     PutCommand, ReadValue, Value, ValueType,
 };
+use crate::kv::{FallbackReason, PatchCommand, PatchTtl};
 use crate::proto::v1 as pb;
 use pb::kv_service_server::KvService as KvServiceRpc;
+use std::time::Duration;
 
 /// Serves [`KvService`] over gRPC.
 #[derive(Clone)]
@@ -121,6 +124,7 @@ fn build_responses(results: Vec<(String, Option<Entry>)>) -> Result<Vec<pb::GetR
             version: entry.version,
             schema_version: entry.schema_version,
             key,
+            from_fallback: false,
         };
         let base = response.encoded_len();
         let size = match entry.value {
@@ -268,9 +272,20 @@ impl KvServiceRpc for KvApi {
         request: Request<pb::GetRequest>,
     ) -> Result<Response<pb::GetResponse>, Status> {
         authorize_key(&request, Access::Read, &request.get_ref().key)?;
+        let time = fallback_time(&request);
         let request = request.into_inner();
         let result = async {
             let value_type = value_type_from_proto(request.r#type)?;
+            if let Some(fallback) = request.fallback {
+                let fallback = fallback_value(fallback)?;
+                let outcome = self
+                    .service
+                    .get_or_fallback(&request.key, value_type, time)
+                    .await?;
+                return answer_with_fallbacks(vec![(request.key, outcome)], &fallback)
+                    .await
+                    .map(|mut responses| responses.pop().unwrap_or_default());
+            }
             let entry = self.service.get(&request.key, value_type).await?;
             let mut responses = get_responses(vec![(request.key, entry)]).await?;
             Ok(responses.pop().unwrap_or_default())
@@ -290,9 +305,22 @@ impl KvServiceRpc for KvApi {
             Access::Read,
             request.get_ref().keys.iter().map(String::as_str),
         )?;
+        let time = fallback_time(&request);
         let request = request.into_inner();
         let result = async {
             let value_type = value_type_from_proto(request.r#type)?;
+            if let Some(fallback) = request.fallback {
+                let fallback = fallback_value(fallback)?;
+                let outcomes = self
+                    .service
+                    .batch_get_or_fallback(&request.keys, value_type, time)
+                    .await?;
+                return answer_with_fallbacks(
+                    request.keys.into_iter().zip(outcomes).collect(),
+                    &fallback,
+                )
+                .await;
+            }
             let entries = self.service.batch_get(&request.keys, value_type).await?;
             get_responses(request.keys.into_iter().zip(entries).collect()).await
         }
@@ -422,6 +450,157 @@ impl KvServiceRpc for KvApi {
             next_page_token: page.next_page_token,
         }))
     }
+
+    async fn patch(
+        &self,
+        request: Request<pb::PatchRequest>,
+    ) -> Result<Response<pb::PatchResponse>, Status> {
+        // A patch writes the key and answers with its whole value: both grants.
+        authorize_key(&request, Access::Write, &request.get_ref().key)?;
+        authorize_key(&request, Access::Read, &request.get_ref().key)?;
+        let result = async {
+            let command = patch_command(request.into_inner())?;
+            self.service.patch(command).await
+        }
+        .await;
+        let patched = result.map_err(|error| kv_status("Patch", error))?;
+        Ok(Response::new(pb::PatchResponse {
+            value: Some(json_to_proto(patched.value)),
+            version: patched.version,
+            expire_time: patched.expire_at_millis.map(timestamp_from_millis),
+            created: patched.created,
+        }))
+    }
+}
+
+/// Time kept back from a fallback read's deadline to build and send the
+/// answer, so the fallback goes out before the deadline layer gives up.
+const FALLBACK_RESERVE: Duration = Duration::from_millis(5);
+
+/// How long a fallback read may take: up to the request's deadline, less
+/// [`FALLBACK_RESERVE`]; unbounded without a deadline.
+fn fallback_time<T>(request: &Request<T>) -> Option<Duration> {
+    request
+        .extensions()
+        .get::<RequestDeadline>()
+        .map(|deadline| deadline.time_left(FALLBACK_RESERVE))
+}
+
+/// Checks a request's fallback like a JSON value of a put.
+fn fallback_value(fallback: prost_types::Value) -> Result<prost_types::Value, KvError> {
+    let json =
+        json_from_proto(fallback.clone()).map_err(|reason| invalid("fallback".into(), reason))?;
+    let depth = crate::kv::json_depth(&json);
+    if depth > MAX_JSON_DEPTH {
+        return Err(invalid(
+            "fallback".into(),
+            format!("fallback nests {depth} levels of arrays and objects; the limit is {MAX_JSON_DEPTH}"),
+        ));
+    }
+    Ok(fallback)
+}
+
+/// Responses for reads that may have answered with the fallback: found
+/// entries as usual, the rest as `from_fallback` with the fallback in `json`.
+async fn answer_with_fallbacks(
+    outcomes: Vec<(String, Result<Entry, FallbackReason>)>,
+    fallback: &prost_types::Value,
+) -> Result<Vec<pb::GetResponse>, KvError> {
+    let mut from_fallback = Vec::with_capacity(outcomes.len());
+    let results = outcomes
+        .into_iter()
+        .map(|(key, outcome)| {
+            from_fallback.push(outcome.is_err());
+            (key, outcome.ok())
+        })
+        .collect();
+    let mut responses = get_responses(results).await?;
+    for (response, from_fallback) in responses.iter_mut().zip(from_fallback) {
+        if from_fallback {
+            response.found = false;
+            response.from_fallback = true;
+            response.value = Some(pb::get_response::Value::Json(fallback.clone()));
+        }
+    }
+    Ok(responses)
+}
+
+fn patch_command(request: pb::PatchRequest) -> Result<PatchCommand, KvError> {
+    let mut violations = Vec::new();
+    let merge_patch = match request.merge_patch {
+        None => {
+            violations.push(FieldViolation {
+                field: "merge_patch".into(),
+                description: "a merge patch is required (a JSON value; an object merges)".into(),
+            });
+            serde_json::Value::Null
+        }
+        Some(json) if json.encoded_len() > MAX_JSON_PROTO_BYTES => {
+            violations.push(FieldViolation {
+                field: "merge_patch".into(),
+                description: format!(
+                    "merge_patch is {} bytes as google.protobuf.Value; the limit is \
+                     {MAX_JSON_PROTO_BYTES} bytes, as for a put's json value",
+                    json.encoded_len()
+                ),
+            });
+            serde_json::Value::Null
+        }
+        Some(json) => json_from_proto(json).unwrap_or_else(|reason| {
+            violations.push(FieldViolation {
+                field: "merge_patch".into(),
+                description: reason,
+            });
+            serde_json::Value::Null
+        }),
+    };
+    let expiration = match request.expiration {
+        None => Ok(Expiration::Never),
+        Some(pb::patch_request::Expiration::Ttl(ttl)) => nanos_from_duration(&ttl)
+            .map(Expiration::TtlNanos)
+            .map_err(|reason| ("ttl".to_string(), reason)),
+        Some(pb::patch_request::Expiration::ExpireTime(at)) => nanos_from_timestamp(&at)
+            .map(Expiration::AtNanos)
+            .map_err(|reason| ("expire_time".to_string(), reason)),
+    };
+    let expiration = expiration.unwrap_or_else(|(field, description)| {
+        violations.push(FieldViolation { field, description });
+        Expiration::Never
+    });
+    let ttl = match pb::TtlMode::try_from(request.ttl_mode) {
+        Ok(pb::TtlMode::Unspecified | pb::TtlMode::Keep) => {
+            if request.expiration.is_some() {
+                violations.push(FieldViolation {
+                    field: "ttl_mode".into(),
+                    description: "ttl or expire_time is set but ttl_mode is KEEP; set \
+                                  TTL_MODE_REPLACE to change the expiry"
+                        .into(),
+                });
+            }
+            PatchTtl::Keep
+        }
+        Ok(pb::TtlMode::Replace) => PatchTtl::Replace(expiration),
+        Err(_) => {
+            violations.push(FieldViolation {
+                field: "ttl_mode".into(),
+                description: format!(
+                    "unknown ttl_mode {}; use TTL_MODE_KEEP or TTL_MODE_REPLACE",
+                    request.ttl_mode
+                ),
+            });
+            PatchTtl::Keep
+        }
+    };
+    if !violations.is_empty() {
+        return Err(KvError::InvalidArgument(violations));
+    }
+    Ok(PatchCommand {
+        key: request.key,
+        merge_patch,
+        if_version: request.if_version,
+        ttl,
+        create_if_missing: request.create_if_missing,
+    })
 }
 
 #[cfg(test)]

@@ -81,7 +81,7 @@ pub fn request_limit(path: &str) -> usize {
         "Delete" => MAX_DELETE_REQUEST_BYTES,
         "List" => MAX_LIST_REQUEST_BYTES,
         "BatchGet" => MAX_BATCH_GET_REQUEST_BYTES,
-        "Put" => MAX_PUT_REQUEST_BYTES,
+        "Put" | "Patch" => MAX_PUT_REQUEST_BYTES,
         "BatchWrite" => MAX_BATCH_WRITE_REQUEST_BYTES,
         _ => MAX_OTHER_REQUEST_BYTES,
     }

@@ -76,6 +76,8 @@ pub fn kv_status(method: &'static str, error: KvError) -> Status {
             Status::with_error_details(Code::PermissionDenied, message, details)
         }
         KvError::Engine(engine) => return engine_status(method, engine),
+        KvError::NotFound { .. } => Status::not_found(message),
+        KvError::NotJson { .. } => Status::failed_precondition(message),
     };
     // Client errors are expected traffic: one line at debug, without the
     // message, which can carry a key (and keys can be secrets).

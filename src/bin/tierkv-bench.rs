@@ -339,6 +339,7 @@ impl Workload {
                     .get(pb::GetRequest {
                         key: key.clone(),
                         r#type: 0,
+                        fallback: None,
                     })
                     .await?
                     .into_inner();
@@ -353,7 +354,11 @@ impl Workload {
                     .map(|offset| put_key((first + offset) % *keyspace))
                     .collect();
                 let response = client
-                    .batch_get(pb::BatchGetRequest { keys, r#type: 0 })
+                    .batch_get(pb::BatchGetRequest {
+                        keys,
+                        r#type: 0,
+                        fallback: None,
+                    })
                     .await?
                     .into_inner();
                 let found = response.results.iter().filter(|r| r.found).count() as u64;

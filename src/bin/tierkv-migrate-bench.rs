@@ -104,6 +104,7 @@ async fn read_all(
                     .get(pb::GetRequest {
                         key: format!("{name}{n:07}"),
                         r#type: 0,
+                        fallback: None,
                     })
                     .await?
                     .into_inner();

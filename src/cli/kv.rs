@@ -219,6 +219,7 @@ async fn get(
         .get(pb::GetRequest {
             key: key.clone(),
             r#type: value_type as i32,
+            fallback: None,
         })
         .await?
         .into_inner();

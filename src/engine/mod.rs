@@ -21,7 +21,7 @@ use thiserror::Error;
 pub use changes::{Change, ChangeEvent, ChangeFeed, ChangeSubscription, RecvError};
 pub use namespace::Namespaces;
 pub use record::{Record, ValueKind};
-pub use rocks::{RocksEngine, RocksOptions, WriterPause};
+pub use rocks::{ReadFaultGuard, RocksEngine, RocksOptions, WriterPause};
 
 /// A condition a write needs to hold, checked atomically with the write.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

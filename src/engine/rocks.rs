@@ -131,6 +131,7 @@ struct Inner {
     failure: watch::Sender<Option<String>>,
     hooks: Arc<WriterHooks>,
     groups_committed: AtomicU64,
+    read_faults: ReadFaults,
 }
 
 impl std::fmt::Debug for RocksEngine {
@@ -329,6 +330,7 @@ impl RocksEngine {
             failure: watch::Sender::new(None),
             hooks: Arc::default(),
             groups_committed: AtomicU64::new(0),
+            read_faults: ReadFaults::default(),
         });
         // Before the writer starts, so the repair is the only writer.
         inner.repair_misplaced_keys()?;
@@ -391,6 +393,7 @@ impl RocksEngine {
         keys: &[String],
         max_bytes: Option<usize>,
     ) -> Result<Vec<Option<Record>>, EngineError> {
+        self.inner.read_faults.apply().await?;
         match self.inner.get_many(keys, max_bytes, Tier::Memory) {
             Ok(records) => Ok(records),
             Err(ReadFailure::Engine(error)) => Err(error),
@@ -438,6 +441,21 @@ impl RocksEngine {
         self.writer.crash();
     }
 
+    /// Test hook: until the returned guard is dropped, every point read
+    /// (`get`, `get_many`, `get_many_within`) fails with a storage error, or
+    /// with `Some(delay)` first waits that long and then reads, so tests can
+    /// exercise what callers do when reads fail or run out of time. Not for
+    /// production use.
+    pub fn inject_read_fault(&self, delay: Option<Duration>) -> ReadFaultGuard {
+        self.inner.read_faults.set(Some(match delay {
+            Some(delay) => ReadFault::Delay(delay),
+            None => ReadFault::Fail,
+        }));
+        ReadFaultGuard {
+            inner: Arc::clone(&self.inner),
+        }
+    }
+
     /// Runs blocking work against the store on the blocking pool.
     async fn blocking<T, F>(&self, work: F) -> Result<T, EngineError>
     where
@@ -448,6 +466,65 @@ impl RocksEngine {
         tokio::task::spawn_blocking(move || work(&inner))
             .await
             .map_err(|error| EngineError::Storage(format!("storage task failed: {error}")))?
+    }
+}
+
+/// What an injected read fault does ([`RocksEngine::inject_read_fault`]).
+#[derive(Debug, Clone, Copy)]
+enum ReadFault {
+    Fail,
+    Delay(Duration),
+}
+
+/// The injected read fault, if any; reads check one atomic to learn there is
+/// none.
+#[derive(Default)]
+struct ReadFaults {
+    active: std::sync::atomic::AtomicBool,
+    fault: std::sync::Mutex<Option<ReadFault>>,
+}
+
+impl ReadFaults {
+    fn set(&self, fault: Option<ReadFault>) {
+        let mut current = self.fault.lock().unwrap_or_else(|e| e.into_inner());
+        *current = fault;
+        self.active.store(fault.is_some(), Ordering::SeqCst);
+    }
+
+    async fn apply(&self) -> Result<(), EngineError> {
+        if !self.active.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        let fault = *self.fault.lock().unwrap_or_else(|e| e.into_inner());
+        match fault {
+            None => Ok(()),
+            Some(ReadFault::Fail) => Err(EngineError::Storage(
+                "read failed: injected by a test hook".into(),
+            )),
+            Some(ReadFault::Delay(delay)) => {
+                tokio::time::sleep(delay).await;
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Ends an injected read fault when dropped (a test hook: see
+/// [`RocksEngine::inject_read_fault`]).
+#[must_use = "the fault ends when this is dropped"]
+pub struct ReadFaultGuard {
+    inner: Arc<Inner>,
+}
+
+impl Drop for ReadFaultGuard {
+    fn drop(&mut self) {
+        self.inner.read_faults.set(None);
+    }
+}
+
+impl std::fmt::Debug for ReadFaultGuard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReadFaultGuard").finish()
     }
 }
 

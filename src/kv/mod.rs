@@ -2,8 +2,10 @@
 //! expiry, compare-and-set and paging. No transport types live here; the gRPC
 //! adapter in `crate::api::kv` converts to and from these.
 
+pub mod fallback;
 pub mod limits;
 mod page_token;
+pub mod patch;
 
 use std::sync::Arc;
 
@@ -15,8 +17,10 @@ use crate::engine::{
     ValueKind, WriteOp, WriteOutcome,
 };
 use crate::migrate::LazyMigrator;
+pub use fallback::{FallbackCounts, FallbackReason};
 use limits::*;
 pub use page_token::PageTokenError;
+pub use patch::{PatchCommand, PatchResult, PatchTtl};
 
 /// A value as clients write it.
 #[derive(Debug, Clone, PartialEq)]
@@ -259,6 +263,21 @@ pub enum KvError {
     /// The storage engine failed.
     #[error(transparent)]
     Engine(EngineError),
+    /// The key does not exist (or has expired), and the operation needs it.
+    #[error("key {key:?} does not exist")]
+    NotFound {
+        /// The key.
+        key: String,
+    },
+    /// The operation needs a JSON value (a JSON object, for an object merge
+    /// patch) and the key holds something else.
+    #[error("key {key:?} cannot be patched: {reason}")]
+    NotJson {
+        /// The key.
+        key: String,
+        /// What the key holds instead.
+        reason: String,
+    },
 }
 
 fn describe_violations(violations: &[FieldViolation]) -> String {
@@ -311,6 +330,7 @@ pub struct KvService {
     clock: SharedClock,
     /// Migrates records older than their prefix's target as they are read.
     lazy_migration: Option<Arc<LazyMigrator>>,
+    fallbacks: Arc<fallback::FallbackCounters>,
 }
 
 impl KvService {
@@ -320,6 +340,7 @@ impl KvService {
             engine,
             clock,
             lazy_migration: None,
+            fallbacks: Arc::default(),
         }
     }
 

@@ -145,6 +145,7 @@ pub fn get(key: &str) -> pb::GetRequest {
     pb::GetRequest {
         key: key.to_string(),
         r#type: 0,
+        fallback: None,
     }
 }
 
