@@ -91,6 +91,40 @@ async fn get_put_delete() {
     let value: serde_json::Value = serde_json::from_str(&json_get.stdout).unwrap();
     assert_eq!(value, serde_json::json!({"theme": "light", "maxItems": 10}));
 
+    let absent = kv(endpoint, &["patch", "config:patch", r#"{"a":1}"#]).await;
+    assert_ne!(absent.code, 0);
+    assert!(
+        absent.stderr.contains("does not exist"),
+        "{}",
+        absent.stderr
+    );
+    let created = kv(
+        endpoint,
+        &[
+            "patch",
+            "config:patch",
+            r#"{"theme":"light","maxItems":10}"#,
+            "--create",
+        ],
+    )
+    .await;
+    assert_eq!(created.code, 0, "{}", created.stderr);
+    assert!(created.stderr.contains("created"), "{}", created.stderr);
+    let patched = kv(
+        endpoint,
+        &["patch", "config:patch", r#"{"maxItems":20,"theme":null}"#],
+    )
+    .await;
+    assert_eq!(patched.code, 0, "{}", patched.stderr);
+    let value: serde_json::Value = serde_json::from_str(&patched.stdout).unwrap();
+    assert_eq!(value, serde_json::json!({"maxItems": 20}));
+    let stale = kv(
+        endpoint,
+        &["patch", "config:patch", r#"{"a":1}"#, "--if-version", "1"],
+    )
+    .await;
+    assert_ne!(stale.code, 0, "{}", stale.stderr);
+
     let missing = kv(endpoint, &["get", "nope"]).await;
     assert_eq!(missing.code, 1);
     assert!(missing.stdout.is_empty());

@@ -63,6 +63,20 @@ enum KvCommand {
         /// The key.
         key: String,
     },
+    /// Apply an RFC 7396 JSON merge patch to a JSON value, atomically on the
+    /// server, and print the value it leaves.
+    Patch {
+        /// The key.
+        key: String,
+        /// The merge patch, as JSON: members set to null are removed, objects merge.
+        patch: String,
+        /// Patch only if the key's current version is this.
+        #[arg(long)]
+        if_version: Option<u64>,
+        /// Create the key (from `{}`) when it does not exist.
+        #[arg(long)]
+        create: bool,
+    },
     /// Print every key (with a prefix) as a JSON array, paging through all of them.
     List {
         /// Only keys starting with this.
@@ -184,6 +198,33 @@ async fn execute(args: KvArgs) -> Result<ExitCode, CliError> {
             } else {
                 eprintln!("{key:?} did not exist");
             }
+            Ok(ExitCode::SUCCESS)
+        }
+        KvCommand::Patch {
+            key,
+            patch,
+            if_version,
+            create,
+        } => {
+            let request = pb::PatchRequest {
+                key: key.clone(),
+                merge_patch: Some(json_to_proto(parse_json("PATCH", &patch)?)),
+                if_version,
+                create_if_missing: create,
+                ..Default::default()
+            };
+            let response = client.patch(request).await?.into_inner();
+            let value = response.value.map(json_from_proto).transpose();
+            let value = value
+                .map_err(|reason| CliError::Usage(format!("the server's answer: {reason}")))?
+                .unwrap_or_default();
+            println!("{value}");
+            let what = if response.created {
+                "created"
+            } else {
+                "patched"
+            };
+            eprintln!("{what} {key:?} (version {})", response.version);
             Ok(ExitCode::SUCCESS)
         }
         KvCommand::List { prefix } => {
