@@ -557,3 +557,123 @@ async fn error_boundary() {
         "UNAVAILABLE falls back"
     );
 }
+
+/// Sets fields of a coalesced JSON object with one `Patch`: the server
+/// merges and retries on conflict, so concurrent writers of different fields
+/// never lose each other's change. `null` removes a field.
+async fn update_profile(
+    client: &mut Client,
+    key: &str,
+    changes: serde_json::Value,
+) -> Result<(serde_json::Value, u64), tonic::Status> {
+    let response = client
+        .patch(pb::PatchRequest {
+            key: key.into(),
+            merge_patch: Some(json_to_proto(changes)),
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    let value = response.value.map(json_from_proto).transpose();
+    let value = value.map_err(tonic::Status::internal)?.unwrap_or_default();
+    Ok((value, response.version))
+}
+
+/// Coalesced keys with `Patch`: two writers of different fields at once,
+/// then a field removed; no read-modify-write loop in the client.
+#[tokio::test]
+async fn coalesce_cold_keys_with_patch() {
+    let mut server = start().await;
+    let profile = serde_json::json!({"name": "John", "email": "john@example.com", "role": "admin"});
+    server
+        .client
+        .put(put_json("user:123:profile", profile, None))
+        .await
+        .unwrap();
+    let (mut a, mut b) = (server.client.clone(), server.client.clone());
+    let (role, email) = tokio::join!(
+        update_profile(
+            &mut a,
+            "user:123:profile",
+            serde_json::json!({"role": "owner"})
+        ),
+        update_profile(
+            &mut b,
+            "user:123:profile",
+            serde_json::json!({"email": "j@example.com"})
+        ),
+    );
+    role.unwrap();
+    email.unwrap();
+    let (profile, _) = update_profile(
+        &mut server.client,
+        "user:123:profile",
+        serde_json::json!({"name": null, "displayName": "John"}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        profile,
+        serde_json::json!({"displayName": "John", "email": "j@example.com", "role": "owner"})
+    );
+    server.stop().await;
+}
+
+/// Reads `key` as JSON with the server's fallback: a missing or expired key,
+/// a failed read, or one that would miss the 200 ms deadline answers
+/// `fallback` with OK. Only an unreachable server is left to the client.
+async fn resilient_get_with_fallback(
+    client: &mut Client,
+    key: &str,
+    fallback: serde_json::Value,
+) -> serde_json::Value {
+    let mut request = tonic::Request::new(pb::GetRequest {
+        key: key.into(),
+        r#type: pb::ValueType::Json as i32,
+        fallback: Some(json_to_proto(fallback.clone())),
+    });
+    request.set_timeout(Duration::from_millis(200));
+    match client.get(request).await {
+        Ok(response) => match response.into_inner().value {
+            Some(pb::get_response::Value::Json(json)) => json_from_proto(json).unwrap_or(fallback),
+            _ => fallback,
+        },
+        Err(status) => {
+            eprintln!("tierkv error: {:?}", status.code());
+            fallback
+        }
+    }
+}
+
+/// Error boundary with the server's fallback: a hit, a miss, a storage
+/// failure and a server that is gone all answer something usable.
+#[tokio::test]
+async fn error_boundary_with_server_fallback() {
+    let server = start().await;
+    let mut client = server.client.clone();
+    let defaults = serde_json::json!({"theme": "light", "maxItems": 10});
+    let put = put_json("config:app", serde_json::json!({"theme": "dark"}), None);
+    client.put(put).await.unwrap();
+    assert_eq!(
+        resilient_get_with_fallback(&mut client, "config:app", defaults.clone()).await,
+        serde_json::json!({"theme": "dark"})
+    );
+    assert_eq!(
+        resilient_get_with_fallback(&mut client, "config:none", defaults.clone()).await,
+        defaults
+    );
+    let fault = server.server.engine.inject_read_fault(None);
+    assert_eq!(
+        resilient_get_with_fallback(&mut client, "config:app", defaults.clone()).await,
+        defaults,
+        "a failed read answers the fallback"
+    );
+    drop(fault);
+    assert_eq!(server.server.stats.fallbacks().total(), 2);
+    server.stop().await;
+    assert_eq!(
+        resilient_get_with_fallback(&mut client, "config:app", defaults.clone()).await,
+        defaults,
+        "UNAVAILABLE falls back"
+    );
+}
