@@ -9,7 +9,7 @@
 
 use serde_json::Value as Json;
 
-use super::limits::{MAX_JSON_DEPTH, MAX_VALUE_BYTES};
+use super::limits::{MAX_JSON_DEPTH, MAX_JSON_PROTO_BYTES, MAX_VALUE_BYTES};
 use super::{
     invalid, json_depth, resolve_expiration, serialize_json, single_op, too_deep, validate_key,
     Expiration, FieldViolation, KvError, KvService,
@@ -170,6 +170,16 @@ impl KvService {
                     format!("the patched value would be too deep: {}", too_deep(depth)),
                 ));
             }
+            let proto_bytes = json_proto_len(&merged);
+            if proto_bytes > MAX_JSON_PROTO_BYTES {
+                return Err(invalid(
+                    "merge_patch",
+                    format!(
+                        "the patched value would be {proto_bytes} bytes as google.protobuf.Value; \
+                         the limit is {MAX_JSON_PROTO_BYTES} bytes, so that it can be read back as JSON"
+                    ),
+                ));
+            }
             let value = serialize_json(&merged);
             if value.len() > MAX_VALUE_BYTES {
                 return Err(invalid(
@@ -230,5 +240,64 @@ impl KvService {
     /// The time reads and TTLs count from (see `prepare_put`).
     fn now_millis(&self) -> u64 {
         self.clock.now_millis().max(self.engine.now_millis())
+    }
+}
+
+/// Bytes of `value` encoded as a `google.protobuf.Value`, without building
+/// it: what a read of the value as JSON (and the patch's answer) will send.
+fn json_proto_len(value: &Json) -> usize {
+    fn delimited(body: usize) -> usize {
+        1 + varint_len(body) + body
+    }
+    fn varint_len(mut n: usize) -> usize {
+        let mut len = 1;
+        while n >= 0x80 {
+            n >>= 7;
+            len += 1;
+        }
+        len
+    }
+    match value {
+        Json::Null | Json::Bool(_) => 2,
+        Json::Number(_) => 9,
+        Json::String(text) => delimited(text.len()),
+        Json::Array(items) => delimited(
+            items
+                .iter()
+                .map(|item| delimited(json_proto_len(item)))
+                .sum(),
+        ),
+        Json::Object(members) => delimited(
+            members
+                .iter()
+                .map(|(key, item)| {
+                    // prost leaves a map entry's empty (default) key out.
+                    let key_len = if key.is_empty() {
+                        0
+                    } else {
+                        delimited(key.len())
+                    };
+                    delimited(key_len + delimited(json_proto_len(item)))
+                })
+                .sum(),
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prost::Message as _;
+
+    /// The estimate is the exact size prost encodes.
+    #[test]
+    fn proto_length_is_exact() {
+        let value = serde_json::json!({
+            "a": [1, 2.5, null, true, "text", {"nested": vec!["x"; 200]}],
+            "long": "y".repeat(300),
+            "": {}
+        });
+        let proto = crate::api::convert::json_to_proto(value.clone());
+        assert_eq!(json_proto_len(&value), proto.encoded_len());
     }
 }
