@@ -520,6 +520,17 @@ impl prometheus_client::collector::Collector for ServerStats {
             "Entries the cache's memory tier holds",
             cache.memory_entries as i64,
         )?;
+        let fallbacks = self.fallbacks();
+        out.counter_family(
+            "kv_fallbacks",
+            "Keys Get/BatchGet answered with the caller's fallback: missing or expired (absent), \
+             read failed (failed), read out of time (timed_out)",
+            &[
+                ([("reason", "absent")], fallbacks.absent),
+                ([("reason", "failed")], fallbacks.failed),
+                ([("reason", "timed_out")], fallbacks.timed_out),
+            ],
+        )?;
         Ok(())
     }
 }

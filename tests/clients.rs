@@ -63,7 +63,7 @@ fn python_client_suite_passes() {
         .expect("unittest summary");
     assert!(ran >= 9, "only {ran} Python tests ran:\n{report}");
     assert!(!report.contains("skipped"), "{report}");
-    for class in ["KvTest", "SessionTest"] {
+    for class in ["KvTest", "SessionTest", "ServiceConfigTest"] {
         assert!(
             report.contains(&format!("test_clients.{class}.")),
             "{class} did not run:\n{report}"

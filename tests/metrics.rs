@@ -259,5 +259,44 @@ async fn session_counts_are_scraped() {
     );
     assert_eq!(sample(&scrape, "tierkv_sessions_revoked_total"), Some(1.0));
     assert_eq!(sample(&scrape, "tierkv_sessions_rotated_total"), Some(0.0));
+
+/// Fallback reads are counted by reason in the scrape.
+#[tokio::test]
+async fn fallbacks_are_counted_by_reason() {
+    let mut server = start().await;
+    let metrics = server.server.metrics_addr.unwrap();
+    let fallback = Some(prost_types::Value {
+        kind: Some(prost_types::value::Kind::BoolValue(false)),
+    });
+    for _ in 0..2 {
+        let mut request = get("flags:missing");
+        request.fallback = fallback.clone();
+        let response = server.client.get(request).await.unwrap().into_inner();
+        assert!(response.from_fallback);
+    }
+    let fault = server.server.engine.inject_read_fault(None);
+    let mut request = get("flags:missing");
+    request.fallback = fallback;
+    assert!(
+        server
+            .client
+            .get(request)
+            .await
+            .unwrap()
+            .into_inner()
+            .from_fallback
+    );
+    drop(fault);
+
+    let (_, _, scrape) = http_get(metrics, "/metrics").await;
+    let fallbacks = |reason: &str| {
+        sample(
+            &scrape,
+            &format!("tierkv_kv_fallbacks_total{{reason=\"{reason}\"}}"),
+        )
+    };
+    assert_eq!(fallbacks("absent"), Some(2.0), "{scrape}");
+    assert_eq!(fallbacks("failed"), Some(1.0));
+    assert_eq!(fallbacks("timed_out"), Some(0.0));
     server.stop().await;
 }

@@ -50,7 +50,9 @@ def details(error):
 def json_value(obj):
     """A google.protobuf.Value holding `obj`."""
     value = struct_pb2.Value()
-    if isinstance(obj, dict):
+    if obj is None:
+        value.null_value = struct_pb2.NULL_VALUE
+    elif isinstance(obj, dict):
         value.struct_value.update(obj)
     elif isinstance(obj, str):
         value.string_value = obj
@@ -96,6 +98,25 @@ class KvTest(Base):
             kv_pb2.GetRequest(key=key, type=kv_pb2.VALUE_TYPE_TEXT), timeout=10
         )
         self.assertIn('"name":"John"', as_text.text.replace(" ", ""))
+
+    def test_patch_merges_fields_atomically(self):
+        key = unique("user:patch:")
+        self.kv.Put(kv_pb2.PutRequest(key=key, json=json_value({"name": "John", "role": "admin"})), timeout=5)
+        response = self.kv.Patch(
+            kv_pb2.PatchRequest(key=key, merge_patch=json_value({"role": None, "theme": "dark"})), timeout=5
+        )
+        self.assertEqual(dict(response.value.struct_value), {"name": "John", "theme": "dark"})
+        with self.assertRaises(grpc.RpcError) as missing:
+            self.kv.Patch(kv_pb2.PatchRequest(key=unique("user:none:"), merge_patch=json_value({"a": "b"})), timeout=5)
+        self.assertEqual(missing.exception.code(), grpc.StatusCode.NOT_FOUND)
+
+    def test_fallback_answers_a_missing_key(self):
+        response = self.kv.Get(
+            kv_pb2.GetRequest(key=unique("flags:"), fallback=json_value({"beta": "off"})), timeout=5
+        )
+        self.assertFalse(response.found)
+        self.assertTrue(response.from_fallback)
+        self.assertEqual(dict(response.json.struct_value), {"beta": "off"})
 
     def test_missing_key_is_found_false_not_an_error(self):
         got = self.kv.Get(kv_pb2.GetRequest(key=unique("user:py:missing:")), timeout=10)
@@ -209,6 +230,29 @@ class SessionTest(Base):
         with self.assertRaises(grpc.RpcError) as raised:
             self.sessions.Get(session_pb2.GetSessionRequest(token="not-a-token"), timeout=10)
         self.assertEqual(raised.exception.code(), grpc.StatusCode.NOT_FOUND)
+
+
+class ServiceConfigTest(unittest.TestCase):
+    """deploy/grpc-service-config.json loads in the official runtime and the
+    calls it configures work (grpc refuses a channel whose config is invalid)."""
+
+    def test_channel_with_the_published_service_config(self):
+        path = os.path.join(os.path.dirname(__file__), "..", "..", "deploy", "grpc-service-config.json")
+        with open(path) as config:
+            service_config = config.read()
+        channel = grpc.insecure_channel(
+            ENDPOINT,
+            options=[("grpc.enable_retries", 1), ("grpc.service_config", service_config)],
+        )
+        try:
+            grpc.channel_ready_future(channel).result(timeout=30)
+            kv = kv_pb2_grpc.KvServiceStub(channel)
+            response = kv.Get(kv_pb2.GetRequest(key=unique("config:")), timeout=5)
+            self.assertFalse(response.found)
+            listed = kv.List(kv_pb2.ListRequest(prefix=unique("config:")), timeout=5)
+            self.assertEqual(len(listed.keys), 0)
+        finally:
+            channel.close()
 
 
 if __name__ == "__main__":
