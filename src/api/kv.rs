@@ -515,12 +515,23 @@ async fn answer_with_fallbacks(
         })
         .collect();
     let mut responses = get_responses(results).await?;
+    let mut total = 0usize;
     for (response, from_fallback) in responses.iter_mut().zip(from_fallback) {
         if from_fallback {
             response.found = false;
             response.from_fallback = true;
             response.value = Some(pb::get_response::Value::Json(fallback.clone()));
         }
+        total += delimited_len(response.encoded_len());
+    }
+    // The stored values were counted against the limit; the fallback's
+    // copies are counted here.
+    if total > MAX_RESPONSE_BYTES {
+        return Err(KvError::ResponseTooLarge {
+            what: "the response with its fallbacks",
+            limit: MAX_RESPONSE_BYTES,
+            actual: total,
+        });
     }
     Ok(responses)
 }
