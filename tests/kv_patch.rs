@@ -264,6 +264,13 @@ async fn ttl_modes() {
         .unwrap();
     server.clock.advance(Duration::from_secs(11));
     assert!(!exists(&mut server.client, "user:short").await);
+    // An expired key is missing to Patch too.
+    let status = server
+        .client
+        .patch(patch("user:short", json!({"c": 3})))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::NotFound, "{status:?}");
 }
 
 /// Patch bodies have Put's limits (INVALID_ARGUMENT naming them), and
