@@ -343,3 +343,38 @@ async fn concurrent_patches_of_different_fields_all_win() {
     }
     assert_eq!(read.version, *versions.last().unwrap());
 }
+
+/// A record of an older schema is migrated before the patch applies: the
+/// stored result has the migration's fields, the patch's, and the target
+/// schema version.
+#[tokio::test]
+async fn old_records_are_migrated_before_patching() {
+    let mut server = start_with(|config| {
+        config.migrations = vec![tierkv::migrate::MigrationStep {
+            prefix: "user:".into(),
+            from: 1,
+            to: 2,
+            patch: r#"[{"op": "copy", "from": "/name", "path": "/userName"}]"#.into(),
+        }]
+    })
+    .await;
+    let client = &mut server.client;
+    let mut v1 = put_json("user:7", json!({"name": "John"}));
+    v1.schema_version = 1;
+    client.put(v1).await.unwrap();
+    let patched = client
+        .patch(patch("user:7", json!({"plan": "pro"})))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        json_from_proto(patched.value.unwrap()).unwrap(),
+        json!({"name": "John", "userName": "John", "plan": "pro"})
+    );
+    let read = read_json(client, "user:7").await;
+    assert_eq!(read.schema_version, 2);
+    assert_eq!(
+        json_of(&read),
+        json!({"name": "John", "userName": "John", "plan": "pro"})
+    );
+}
