@@ -344,3 +344,47 @@ async fn cli_token_config_errors_and_logs() {
         "{stderr}"
     );
 }
+
+/// `Patch` writes the key and answers with its value, so it needs both the
+/// read and the write grant on the key.
+#[tokio::test]
+async fn patch_needs_read_and_write() {
+    let server = start_with(|config| config.auth = auth_config()).await;
+    let merge_patch = Some(prost_types::Value {
+        kind: Some(prost_types::value::Kind::StructValue(prost_types::Struct {
+            fields: [(
+                "state".to_string(),
+                prost_types::Value {
+                    kind: Some(prost_types::value::Kind::StringValue("paid".into())),
+                },
+            )]
+            .into(),
+        })),
+    });
+    let request = |key: &str| pb::PatchRequest {
+        key: key.into(),
+        merge_patch: merge_patch.clone(),
+        create_if_missing: true,
+        ..Default::default()
+    };
+    let mut writer = kv(&server, Some(WRITER)).await;
+    let created = writer
+        .patch(request("orders:1"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(created.created);
+    let denied = writer.patch(request("invoices:1")).await.unwrap_err();
+    assert_eq!(denied.code(), Code::PermissionDenied, "{denied:?}");
+
+    let mut reader = kv(&server, Some(READER)).await;
+    let denied = reader.patch(request("orders:1")).await.unwrap_err();
+    assert_eq!(denied.code(), Code::PermissionDenied, "{denied:?}");
+    let unauthenticated = kv(&server, None)
+        .await
+        .patch(request("orders:1"))
+        .await
+        .unwrap_err();
+    assert_eq!(unauthenticated.code(), Code::Unauthenticated);
+    server.stop().await;
+}

@@ -259,6 +259,8 @@ async fn session_counts_are_scraped() {
     );
     assert_eq!(sample(&scrape, "tierkv_sessions_revoked_total"), Some(1.0));
     assert_eq!(sample(&scrape, "tierkv_sessions_rotated_total"), Some(0.0));
+    server.stop().await;
+}
 
 /// Fallback reads are counted by reason in the scrape.
 #[tokio::test]
