@@ -11,7 +11,7 @@ use serde_json::Value;
 const CONFIG: &str = include_str!("../deploy/grpc-service-config.json");
 
 /// The read RPCs a client may retry on UNAVAILABLE, whichever of their
-/// services this build has (the Cache service arrives separately).
+/// services this build has.
 const READ_RPCS: &[(&str, &str)] = &[
     ("tierkv.v1.KvService", "Get"),
     ("tierkv.v1.KvService", "BatchGet"),
