@@ -17,7 +17,8 @@ use sha2::{Digest, Sha256};
 pub enum Access {
     /// Get, BatchGet, List, CacheService Get...
     Read,
-    /// Put, Delete, BatchWrite, Patch, cache Put/Invalidate/Purge...
+    /// Put, Delete, BatchWrite, cache Put/Invalidate/Purge... (Patch needs
+    /// both read and write: it returns the whole value).
     Write,
 }
 

@@ -17,7 +17,7 @@ from google.protobuf import duration_pb2, struct_pb2
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
-from tierkv.v1 import kv_pb2, kv_pb2_grpc, session_pb2, session_pb2_grpc
+from tierkv.v1 import cache_pb2, cache_pb2_grpc, kv_pb2, kv_pb2_grpc, session_pb2, session_pb2_grpc
 
 ENDPOINT = os.environ.get("TIERKV_ENDPOINT", "127.0.0.1:50051")
 
@@ -230,6 +230,48 @@ class SessionTest(Base):
         with self.assertRaises(grpc.RpcError) as raised:
             self.sessions.Get(session_pb2.GetSessionRequest(token="not-a-token"), timeout=10)
         self.assertEqual(raised.exception.code(), grpc.StatusCode.NOT_FOUND)
+
+
+class CacheTest(Base):
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        cls.cache = cache_pb2_grpc.CacheServiceStub(cls.channel)
+
+    def test_cache_aside_put_get_and_coherence_with_kv(self):
+        key = unique("cache:py:")
+        put = self.cache.Put(
+            cache_pb2.CachePutRequest(
+                key=key, text="v1", store_ttl=duration_pb2.Duration(seconds=300)
+            ),
+            timeout=10,
+        )
+        self.assertGreater(put.version, 0)
+        got = self.cache.Get(cache_pb2.CacheGetRequest(key=key), timeout=10)
+        self.assertTrue(got.found)
+        self.assertEqual(got.text, "v1")
+        self.assertIn(got.tier, (cache_pb2.CACHE_TIER_MEMORY, cache_pb2.CACHE_TIER_STORE))
+        # The record is an ordinary one: KvService reads it, and a KvService
+        # write is what the next cache read returns.
+        self.assertEqual(self.kv.Get(kv_pb2.GetRequest(key=key), timeout=10).text, "v1")
+        self.kv.Put(kv_pb2.PutRequest(key=key, text="v2"), timeout=10)
+        self.assertEqual(self.cache.Get(cache_pb2.CacheGetRequest(key=key), timeout=10).text, "v2")
+        self.cache.Invalidate(cache_pb2.InvalidateRequest(key=key), timeout=10)
+        self.assertFalse(self.cache.Get(cache_pb2.CacheGetRequest(key=key), timeout=10).found)
+
+    def test_purge_and_errors(self):
+        prefix = unique("cache:pyp:") + ":"
+        for i in range(3):
+            self.cache.Put(cache_pb2.CachePutRequest(key=f"{prefix}{i}", text="x"), timeout=10)
+        purged = self.cache.Purge(cache_pb2.PurgeRequest(prefix=prefix), timeout=10)
+        self.assertEqual(purged.purged, 3)
+        with self.assertRaises(grpc.RpcError) as raised:
+            self.cache.Put(cache_pb2.CachePutRequest(key="", text="x"), timeout=10)
+        self.assertEqual(raised.exception.code(), grpc.StatusCode.INVALID_ARGUMENT)
+        self.assertIn("BadRequest", details(raised.exception))
+        with self.assertRaises(grpc.RpcError) as raised:
+            self.cache.Get(cache_pb2.CacheGetRequest(key="session:s/x"), timeout=10)
+        self.assertEqual(raised.exception.code(), grpc.StatusCode.PERMISSION_DENIED)
 
 
 class ServiceConfigTest(unittest.TestCase):
