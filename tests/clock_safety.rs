@@ -28,27 +28,13 @@ async fn clock_stepped_back_brings_nothing_back() {
         .await
         .unwrap();
     server.clock.advance(Duration::from_secs(20));
-    assert!(
-        !server
-            .client
-            .get(get("lease:old"))
-            .await
-            .unwrap()
-            .into_inner()
-            .found
-    );
+    assert!(!exists(&mut server.client, "lease:old").await);
 
     // An NTP correction (or a VM restore) steps the clock back 20 s.
     let now = tierkv::clock::Clock::now_millis(&*server.clock);
     server.clock.set_millis(now - 20_000);
     assert!(
-        !server
-            .client
-            .get(get("lease:old"))
-            .await
-            .unwrap()
-            .into_inner()
-            .found,
+        !exists(&mut server.client, "lease:old").await,
         "an expired key reappeared when the clock stepped back"
     );
     server
@@ -57,45 +43,15 @@ async fn clock_stepped_back_brings_nothing_back() {
         .await
         .unwrap();
     assert!(
-        server
-            .client
-            .get(get("lease:new"))
-            .await
-            .unwrap()
-            .into_inner()
-            .found,
+        exists(&mut server.client, "lease:new").await,
         "a 5 s TTL written after the step must not be born expired"
     );
 
     let mut server = server.restart().await;
-    assert!(
-        !server
-            .client
-            .get(get("lease:old"))
-            .await
-            .unwrap()
-            .into_inner()
-            .found
-    );
-    assert!(
-        server
-            .client
-            .get(get("lease:new"))
-            .await
-            .unwrap()
-            .into_inner()
-            .found
-    );
+    assert!(!exists(&mut server.client, "lease:old").await);
+    assert!(exists(&mut server.client, "lease:new").await);
     // The clock catches up with the store's time and passes the new TTL.
     server.clock.advance(Duration::from_secs(25));
-    assert!(
-        !server
-            .client
-            .get(get("lease:new"))
-            .await
-            .unwrap()
-            .into_inner()
-            .found
-    );
+    assert!(!exists(&mut server.client, "lease:new").await);
     server.stop().await;
 }

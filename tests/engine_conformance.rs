@@ -540,27 +540,15 @@ async fn group_commit_isolates_a_failed_precondition() {
     let mut changes = engine.subscribe();
     let groups_before = engine.groups_committed();
 
-    let pause = engine.pause_writer();
-    let requests = vec![
-        vec![put_if("user:lock", "a", Precondition::IfAbsent)],
-        vec![put_if("user:lock", "b", Precondition::IfAbsent)],
-        vec![conformance::put("user:other", "c")],
-    ];
-    let mut tasks = Vec::new();
-    for ops in requests {
-        let queued = engine.queued_write_bytes();
-        let writer = engine.clone();
-        tasks.push(tokio::spawn(async move { writer.write(ops).await }));
-        // Queue them in this order.
-        while engine.queued_write_bytes() == queued {
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
-    }
-    drop(pause);
-    let mut results = Vec::new();
-    for task in tasks {
-        results.push(task.await.unwrap());
-    }
+    let results = write_in_one_group(
+        &engine,
+        vec![
+            vec![put_if("user:lock", "a", Precondition::IfAbsent)],
+            vec![put_if("user:lock", "b", Precondition::IfAbsent)],
+            vec![conformance::put("user:other", "c")],
+        ],
+    )
+    .await;
 
     assert_eq!(engine.groups_committed(), groups_before + 1, "one group");
     let first = results[0].as_ref().expect("the first if_absent wins");
@@ -603,6 +591,31 @@ async fn group_commit_isolates_a_failed_precondition() {
     );
 }
 
+/// Sends `requests` while the writer is paused, each queued before the next
+/// is sent (every request, deletes included, adds bytes to the queue), so
+/// the writer takes them as one group in this order; returns their results.
+async fn write_in_one_group(
+    engine: &RocksEngine,
+    requests: Vec<Vec<WriteOp>>,
+) -> Vec<Result<Vec<WriteOutcome>, EngineError>> {
+    let pause = engine.pause_writer();
+    let mut tasks = Vec::new();
+    for ops in requests {
+        let queued = engine.queued_write_bytes();
+        let writer = engine.clone();
+        tasks.push(tokio::spawn(async move { writer.write(ops).await }));
+        while engine.queued_write_bytes() == queued {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+    drop(pause);
+    let mut results = Vec::new();
+    for task in tasks {
+        results.push(task.await.unwrap());
+    }
+    results
+}
+
 /// In one group, ops that read a key see what a blind put earlier in the
 /// group left: an `if_version` on the blind put's version commits, and a
 /// delete after it reports that the key existed. (A group of blind puts alone
@@ -621,31 +634,19 @@ async fn group_commit_sees_earlier_blind_puts() {
     };
     let groups_before = engine.groups_committed();
 
-    let pause = engine.pause_writer();
     let delete = WriteOp::Delete(DeleteOp {
         key: "user:new".into(),
         precondition: Precondition::None,
     });
-    let requests = vec![
-        vec![conformance::put("user:new", "a")],
-        vec![put_if("user:new", "b", Precondition::IfVersion(last + 1))],
-        vec![delete],
-    ];
-    let mut tasks = Vec::new();
-    for ops in requests {
-        let queued = engine.queued_write_bytes();
-        let writer = engine.clone();
-        tasks.push(tokio::spawn(async move { writer.write(ops).await }));
-        // Queue them in this order (a delete adds its key's bytes too).
-        while engine.queued_write_bytes() == queued {
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
-    }
-    drop(pause);
-    let mut results = Vec::new();
-    for task in tasks {
-        results.push(task.await.unwrap());
-    }
+    let results = write_in_one_group(
+        &engine,
+        vec![
+            vec![conformance::put("user:new", "a")],
+            vec![put_if("user:new", "b", Precondition::IfVersion(last + 1))],
+            vec![delete],
+        ],
+    )
+    .await;
 
     assert_eq!(engine.groups_committed(), groups_before + 1, "one group");
     assert_eq!(
