@@ -64,8 +64,14 @@ pub struct OutcomeLabels {
 pub struct RpcMetrics {
     calls: Family<OutcomeLabels, Counter>,
     latency: Family<MethodLabels, Histogram>,
-    /// The labels of each known path, `/package.Service/Method`.
-    known: Arc<HashMap<String, MethodLabels>>,
+    known: Arc<KnownMethods>,
+}
+
+/// The labels of each known path, `/package.Service/Method`, and the one
+/// label of all other paths.
+#[derive(Debug)]
+struct KnownMethods {
+    paths: HashMap<String, MethodLabels>,
     unknown: MethodLabels,
 }
 
@@ -74,7 +80,8 @@ impl RpcMetrics {
     /// no service serves share one `unknown` label, so a client sending random
     /// paths cannot grow the label set without bound.
     pub fn labels(&self, path: &str) -> MethodLabels {
-        self.known.get(path).unwrap_or(&self.unknown).clone()
+        let known = &*self.known;
+        known.paths.get(path).unwrap_or(&known.unknown).clone()
     }
 
     /// Records one finished call.
@@ -164,7 +171,7 @@ impl MetricsBuilder {
             "Time from a call's headers to its status, by service and method",
             latency.clone(),
         );
-        let known = known_paths
+        let paths = known_paths
             .into_iter()
             .filter_map(|path| {
                 let (service, method) = path.trim_start_matches('/').split_once('/')?;
@@ -175,8 +182,10 @@ impl MetricsBuilder {
         RpcMetrics {
             calls,
             latency: Family::clone(&latency),
-            known: Arc::new(known),
-            unknown: MethodLabels::new("unknown", "unknown"),
+            known: Arc::new(KnownMethods {
+                paths,
+                unknown: MethodLabels::new("unknown", "unknown"),
+            }),
         }
     }
 
