@@ -8,7 +8,7 @@
 //! counted twice. Names follow Prometheus conventions: `tierkv_` prefix,
 //! `_total` for counters, base units (`_seconds`, `_bytes`).
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -29,22 +29,32 @@ const LATENCY_BUCKETS: [f64; 17] = [
     2.5, 5.0, 10.0,
 ];
 
-/// Labels of one RPC method.
+/// Labels of one RPC method. Shared strings, built once per method at start,
+/// so labelling a call costs no allocation.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct MethodLabels {
     /// Full service name, `tierkv.v1.KvService`; `unknown` for paths no service serves.
-    pub service: String,
+    pub service: Arc<str>,
     /// Method name, `Get`; `unknown` for paths no service serves.
-    pub method: String,
+    pub method: Arc<str>,
+}
+
+impl MethodLabels {
+    fn new(service: &str, method: &str) -> Self {
+        Self {
+            service: service.into(),
+            method: method.into(),
+        }
+    }
 }
 
 /// Labels of one RPC outcome.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct OutcomeLabels {
     /// Full service name.
-    pub service: String,
+    pub service: Arc<str>,
     /// Method name.
-    pub method: String,
+    pub method: Arc<str>,
     /// gRPC status code name, `OK`, `NOT_FOUND`...
     pub code: &'static str,
 }
@@ -54,7 +64,15 @@ pub struct OutcomeLabels {
 pub struct RpcMetrics {
     calls: Family<OutcomeLabels, Counter>,
     latency: Family<MethodLabels, Histogram>,
-    known: Arc<HashSet<String>>,
+    known: Arc<KnownMethods>,
+}
+
+/// The labels of each known path, `/package.Service/Method`, and the one
+/// label of all other paths.
+#[derive(Debug)]
+struct KnownMethods {
+    paths: HashMap<String, MethodLabels>,
+    unknown: MethodLabels,
 }
 
 impl RpcMetrics {
@@ -62,18 +80,8 @@ impl RpcMetrics {
     /// no service serves share one `unknown` label, so a client sending random
     /// paths cannot grow the label set without bound.
     pub fn labels(&self, path: &str) -> MethodLabels {
-        if self.known.contains(path) {
-            if let Some((service, method)) = path.trim_start_matches('/').split_once('/') {
-                return MethodLabels {
-                    service: service.to_string(),
-                    method: method.to_string(),
-                };
-            }
-        }
-        MethodLabels {
-            service: "unknown".to_string(),
-            method: "unknown".to_string(),
-        }
+        let known = &*self.known;
+        known.paths.get(path).unwrap_or(&known.unknown).clone()
     }
 
     /// Records one finished call.
@@ -163,10 +171,21 @@ impl MetricsBuilder {
             "Time from a call's headers to its status, by service and method",
             latency.clone(),
         );
+        let paths = known_paths
+            .into_iter()
+            .filter_map(|path| {
+                let (service, method) = path.trim_start_matches('/').split_once('/')?;
+                let labels = MethodLabels::new(service, method);
+                Some((path, labels))
+            })
+            .collect();
         RpcMetrics {
             calls,
             latency: Family::clone(&latency),
-            known: Arc::new(known_paths.into_iter().collect()),
+            known: Arc::new(KnownMethods {
+                paths,
+                unknown: MethodLabels::new("unknown", "unknown"),
+            }),
         }
     }
 

@@ -49,6 +49,12 @@ use rpc_metrics::RpcMetricsLayer;
 
 use crate::metrics::{EngineFigures, FigureWriter, MetricsBuilder};
 
+/// Whether a call path is a health check or reflection: probes and tooling,
+/// which neither authentication nor load shedding ever refuses.
+fn probe_or_tooling(path: &str) -> bool {
+    path.starts_with("/grpc.health.") || path.starts_with("/grpc.reflection.")
+}
+
 /// The services this server exposes (each also has a health status).
 pub const SERVICE_NAMES: &[&str] = &[
     "tierkv.v1.KvService",

@@ -57,10 +57,6 @@ pub struct Authenticated<S> {
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
-fn exempt(path: &str) -> bool {
-    path.starts_with("/grpc.health.") || path.starts_with("/grpc.reflection.")
-}
-
 /// The token of an `authorization: Bearer <token>` header.
 fn bearer_token(headers: &http::HeaderMap) -> Option<&str> {
     let value = headers.get(http::header::AUTHORIZATION)?.to_str().ok()?;
@@ -88,7 +84,7 @@ where
     fn call(&mut self, mut request: http::Request<ReqBody>) -> Self::Future {
         let identity = match &self.authenticator {
             None => CallIdentity::Anyone,
-            Some(_) if exempt(request.uri().path()) => CallIdentity::Anyone,
+            Some(_) if super::probe_or_tooling(request.uri().path()) => CallIdentity::Anyone,
             Some(authenticator) => match bearer_token(request.headers()) {
                 None => {
                     let status = Status::unauthenticated(

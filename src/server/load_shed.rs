@@ -104,11 +104,6 @@ pub struct LoadShed<S> {
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
-/// Whether a call is exempt from shedding: probes and tooling.
-fn exempt(path: &str) -> bool {
-    path.starts_with("/grpc.health.") || path.starts_with("/grpc.reflection.")
-}
-
 impl<S, ReqBody, ResBody> Service<http::Request<ReqBody>> for LoadShed<S>
 where
     S: Service<http::Request<ReqBody>, Response = http::Response<ResBody>>,
@@ -124,7 +119,7 @@ where
     }
 
     fn call(&mut self, request: http::Request<ReqBody>) -> Self::Future {
-        if exempt(request.uri().path()) {
+        if super::probe_or_tooling(request.uri().path()) {
             return Box::pin(self.inner.call(request));
         }
         let Some(admitted) = self.limit.try_admit() else {
