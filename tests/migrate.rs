@@ -83,6 +83,36 @@ async fn migrate(
     messages
 }
 
+/// Starts the migration of `user:` in batches of `batch_size` at most
+/// `rate` records a second, and returns its progress stream.
+async fn paced_migration(
+    admin: &mut AdminServiceClient<Channel>,
+    batch_size: u32,
+    rate: u32,
+) -> tonic::Streaming<pb::MigrateProgress> {
+    admin
+        .migrate(pb::MigrateRequest {
+            batch_size,
+            max_records_per_second: Some(rate),
+            ..migrate_request("user:")
+        })
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+/// `GetMigration` of `prefix`.
+async fn migration_state(
+    admin: &mut AdminServiceClient<Channel>,
+    prefix: &str,
+) -> Result<tonic::Response<pb::MigrationState>, tonic::Status> {
+    admin
+        .get_migration(pb::GetMigrationRequest {
+            prefix: prefix.into(),
+        })
+        .await
+}
+
 fn migrate_request(prefix: &str) -> pb::MigrateRequest {
     pb::MigrateRequest {
         prefix: prefix.to_string(),
@@ -269,21 +299,13 @@ async fn seed_scenario_migrates_in_batch() {
 
     let again = last_state(&migrate(&mut admin, migrate_request("user:")).await);
     assert_eq!((again.migrated, again.already_current), (0, 250));
-    let shown = admin
-        .get_migration(pb::GetMigrationRequest {
-            prefix: "user:".into(),
-        })
+    let shown = migration_state(&mut admin, "user:")
         .await
         .unwrap()
         .into_inner();
     assert!(shown.done && !shown.running && shown.finish_time.is_some());
     assert_eq!(shown.already_current, 250);
-    let missing = admin
-        .get_migration(pb::GetMigrationRequest {
-            prefix: "user:none".into(),
-        })
-        .await
-        .unwrap_err();
+    let missing = migration_state(&mut admin, "user:none").await.unwrap_err();
     assert_eq!(missing.code(), Code::NotFound);
     let uncovered = admin
         .migrate(migrate_request("cache:"))
@@ -590,12 +612,7 @@ async fn dry_run_changes_nothing() {
     );
     assert_eq!(changes.try_recv(), Ok(None), "nothing was written");
     assert_eq!(listed(&mut server.client, "user:").await, before);
-    let saved = admin
-        .get_migration(pb::GetMigrationRequest {
-            prefix: "user:".into(),
-        })
-        .await
-        .unwrap_err();
+    let saved = migration_state(&mut admin, "user:").await.unwrap_err();
     assert_eq!(saved.code(), Code::NotFound, "a dry run saves no state");
     server.stop().await;
 }
@@ -676,15 +693,7 @@ async fn one_run_per_prefix_and_a_dropped_call_resumes() {
     let mut server = start_with(seed).await;
     write_users(&mut server.client, 400).await;
     let mut admin = connect_admin(&server.server.endpoint()).await;
-    let mut stream = admin
-        .migrate(pb::MigrateRequest {
-            batch_size: 50,
-            max_records_per_second: Some(200),
-            ..migrate_request("user:")
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut stream = paced_migration(&mut admin, 50, 200).await;
     let first = stream.message().await.unwrap().unwrap();
     assert_eq!(first.state.unwrap().scanned, 50);
     let busy = admin
@@ -693,10 +702,7 @@ async fn one_run_per_prefix_and_a_dropped_call_resumes() {
         .map(|_| ())
         .unwrap_err();
     assert_eq!(busy.code(), Code::Aborted);
-    let running = admin
-        .get_migration(pb::GetMigrationRequest {
-            prefix: "user:".into(),
-        })
+    let running = migration_state(&mut admin, "user:")
         .await
         .unwrap()
         .into_inner();
@@ -704,10 +710,7 @@ async fn one_run_per_prefix_and_a_dropped_call_resumes() {
     drop(stream);
     // The run notices at its next batch and stops, keeping its checkpoint.
     let stopped = loop {
-        let state = admin
-            .get_migration(pb::GetMigrationRequest {
-                prefix: "user:".into(),
-            })
+        let state = migration_state(&mut admin, "user:")
             .await
             .unwrap()
             .into_inner();
@@ -757,15 +760,7 @@ async fn kill_9_during_a_batch_migration_then_resume_migrates_each_record_once()
         .version;
 
     let mut admin = connect_admin(&server.endpoint()).await;
-    let mut stream = admin
-        .migrate(pb::MigrateRequest {
-            batch_size: 100,
-            max_records_per_second: Some(1000),
-            ..migrate_request("user:")
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut stream = paced_migration(&mut admin, 100, 1000).await;
     loop {
         let message = stream.message().await.unwrap().expect("progress");
         if message.state.unwrap().scanned >= 1000 {
@@ -779,10 +774,7 @@ async fn kill_9_during_a_batch_migration_then_resume_migrates_each_record_once()
     let mut server = spawn_server(command());
     let mut client = connect(&server.endpoint()).await;
     let mut admin = connect_admin(&server.endpoint()).await;
-    let saved = admin
-        .get_migration(pb::GetMigrationRequest {
-            prefix: "user:".into(),
-        })
+    let saved = migration_state(&mut admin, "user:")
         .await
         .unwrap()
         .into_inner();
@@ -858,15 +850,7 @@ async fn shutdown_stops_a_migration_which_resumes_after_restart() {
     let mut server = start_with(seed).await;
     write_users(&mut server.client, 300).await;
     let mut admin = connect_admin(&server.server.endpoint()).await;
-    let mut stream = admin
-        .migrate(pb::MigrateRequest {
-            batch_size: 20,
-            max_records_per_second: Some(100),
-            ..migrate_request("user:")
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut stream = paced_migration(&mut admin, 20, 100).await;
     stream.message().await.unwrap().expect("a first batch");
     let restarting = tokio::spawn(server.restart());
     let ended = loop {
@@ -880,10 +864,7 @@ async fn shutdown_stops_a_migration_which_resumes_after_restart() {
     assert!(ended.message().contains("shutting down"), "{ended:?}");
     let mut server = restarting.await.unwrap();
     let mut admin = connect_admin(&server.server.endpoint()).await;
-    let saved = admin
-        .get_migration(pb::GetMigrationRequest {
-            prefix: "user:".into(),
-        })
+    let saved = migration_state(&mut admin, "user:")
         .await
         .unwrap()
         .into_inner();

@@ -373,9 +373,21 @@ impl KvService {
         self.engine.subscribe()
     }
 
+    /// The time TTLs count from: the engine's now, which never goes back,
+    /// or the service's clock when it is ahead.
+    fn now_millis(&self) -> u64 {
+        self.clock.now_millis().max(self.engine.now_millis())
+    }
+
     /// Refuses a key (or listing prefix) inside a namespace another service
     /// owns: those records are that service's internals.
     fn check_owner(&self, field: &str, key: &str) -> Result<(), KvError> {
+        self.check_owner_with(key, || field.to_string())
+    }
+
+    /// [`KvService::check_owner`] naming the field only when it refuses, so
+    /// per-key checks of a batch build no field name on the hot path.
+    fn check_owner_with(&self, key: &str, field: impl FnOnce() -> String) -> Result<(), KvError> {
         let namespaces = self.engine.namespaces();
         if !namespaces.has_owners() {
             return Ok(());
@@ -383,7 +395,7 @@ impl KvService {
         match namespaces.owner_of(key) {
             None => Ok(()),
             Some((namespace, owner)) => Err(KvError::PermissionDenied {
-                field: field.to_string(),
+                field: field(),
                 namespace: namespace.to_string(),
                 owner: owner.to_string(),
             }),
@@ -425,7 +437,7 @@ impl KvService {
             return Err(KvError::InvalidArgument(violations));
         }
         for (index, key) in keys.iter().enumerate() {
-            self.check_owner(&format!("keys[{index}]"), key)?;
+            self.check_owner_with(key, || format!("keys[{index}]"))?;
         }
         // The engine sums the sizes before it copies any value, so a small
         // request naming one huge key many times costs no more than the limit.
@@ -512,7 +524,7 @@ impl KvService {
                 Mutation::Delete(delete) => {
                     let field_prefix = format!("mutations[{index}].delete.");
                     prepare_delete(&field_prefix, delete).and_then(|op| {
-                        self.check_owner(&format!("{field_prefix}key"), &op.key)?;
+                        self.check_owner_with(&op.key, || format!("{field_prefix}key"))?;
                         Ok(WriteOp::Delete(op))
                     })
                 }
@@ -691,19 +703,19 @@ impl KvService {
         // A TTL counts from the engine's now, which never goes back: with a
         // clock stepped back, the service's clock alone would make a fresh
         // write expire early (or be born expired).
-        let now = self.clock.now_millis().max(self.engine.now_millis());
-        let expire_at_millis = match resolve_expiration(field_prefix, command.expiration, now) {
-            Ok(expire_at) => expire_at,
-            Err(violation) => {
-                violations.push(violation);
-                None
-            }
-        };
+        let expire_at_millis =
+            match resolve_expiration(field_prefix, command.expiration, self.now_millis()) {
+                Ok(expire_at) => expire_at,
+                Err(violation) => {
+                    violations.push(violation);
+                    None
+                }
+            };
         if !violations.is_empty() {
             return Err(KvError::InvalidArgument(violations));
         }
         let schema_version = resolve_schema_version(field_prefix, command.schema_version)?;
-        self.check_owner(&format!("{field_prefix}key"), &command.key)?;
+        self.check_owner_with(&command.key, || format!("{field_prefix}key"))?;
         Ok(PutOp {
             key: command.key,
             kind,

@@ -236,26 +236,13 @@ impl KvService {
             "the patch lost {MAX_PATCH_ATTEMPTS} races against concurrent writes of the key; retry"
         ))))
     }
-
-    /// The time reads and TTLs count from (see `prepare_put`).
-    fn now_millis(&self) -> u64 {
-        self.clock.now_millis().max(self.engine.now_millis())
-    }
 }
 
 /// Bytes of `value` encoded as a `google.protobuf.Value`, without building
 /// it: what a read of the value as JSON (and the patch's answer) will send.
 fn json_proto_len(value: &Json) -> usize {
     fn delimited(body: usize) -> usize {
-        1 + varint_len(body) + body
-    }
-    fn varint_len(mut n: usize) -> usize {
-        let mut len = 1;
-        while n >= 0x80 {
-            n >>= 7;
-            len += 1;
-        }
-        len
+        1 + prost::encoding::encoded_len_varint(body as u64) + body
     }
     match value {
         Json::Null | Json::Bool(_) => 2,

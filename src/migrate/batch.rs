@@ -491,18 +491,11 @@ impl Run {
         let mut failures = Vec::new();
         let mut writes = Vec::new();
         for (key, record) in entries {
-            match self.migrations.plan(&key, &record, now) {
-                Plan::Uncovered | Plan::Current => counts.already_current += 1,
-                Plan::NewerThanKnown => counts.newer_than_known += 1,
-                Plan::Failed(reason) => {
-                    counts.failed += 1;
-                    failures.push((key, reason));
-                }
-                Plan::Migrated(migrated) if self.request.dry_run => {
-                    drop(migrated);
-                    counts.migrated += 1;
-                }
-                Plan::Migrated(migrated) => writes.push(write_back_op(&key, migrated)),
+            let plan = self.migrations.plan(&key, &record, now);
+            match counts.settle(&key, plan, &mut failures) {
+                None => {}
+                Some(_) if self.request.dry_run => counts.migrated += 1,
+                Some(migrated) => writes.push(write_back_op(&key, migrated)),
             }
         }
         // One atomic write for the batch; a failed compare-and-set names its
@@ -546,31 +539,18 @@ impl Run {
                 counts.skipped += 1;
                 return Ok(());
             };
-            match self.migrations.plan(&key, &record, now) {
-                Plan::Uncovered | Plan::Current => {
-                    counts.already_current += 1;
+            let plan = self.migrations.plan(&key, &record, now);
+            let Some(migrated) = counts.settle(&key, plan, failures) else {
+                return Ok(());
+            };
+            let op = write_back_op(&key, migrated);
+            match self.engine.write(vec![WriteOp::Put(op)]).await {
+                Ok(_) => {
+                    counts.migrated += 1;
                     return Ok(());
                 }
-                Plan::NewerThanKnown => {
-                    counts.newer_than_known += 1;
-                    return Ok(());
-                }
-                Plan::Failed(reason) => {
-                    counts.failed += 1;
-                    failures.push((key, reason));
-                    return Ok(());
-                }
-                Plan::Migrated(migrated) => {
-                    let op = write_back_op(&key, migrated);
-                    match self.engine.write(vec![WriteOp::Put(op)]).await {
-                        Ok(_) => {
-                            counts.migrated += 1;
-                            return Ok(());
-                        }
-                        Err(EngineError::PreconditionFailed { .. }) => continue,
-                        Err(error) => return Err(Stop::Failed(error.into())),
-                    }
-                }
+                Err(EngineError::PreconditionFailed { .. }) => continue,
+                Err(error) => return Err(Stop::Failed(error.into())),
             }
         }
         counts.skipped += 1;
@@ -585,4 +565,27 @@ struct BatchCounts {
     failed: u64,
     newer_than_known: u64,
     skipped: u64,
+}
+
+impl BatchCounts {
+    /// Counts a plan that needs no write (a failure also goes to
+    /// `failures`); hands back the migrated record of one that does, which
+    /// the caller counts once it is written.
+    fn settle(
+        &mut self,
+        key: &str,
+        plan: Plan,
+        failures: &mut Vec<(String, String)>,
+    ) -> Option<crate::engine::Record> {
+        match plan {
+            Plan::Uncovered | Plan::Current => self.already_current += 1,
+            Plan::NewerThanKnown => self.newer_than_known += 1,
+            Plan::Failed(reason) => {
+                self.failed += 1;
+                failures.push((key.to_string(), reason));
+            }
+            Plan::Migrated(migrated) => return Some(migrated),
+        }
+        None
+    }
 }

@@ -107,9 +107,14 @@ impl LazyMigrator {
     /// The record a read of `key` returns: migrated when it is older than its
     /// target (and then written back in the background), else as read.
     pub fn on_read(&self, key: &str, record: Record) -> Record {
+        // Keys outside every migration prefix (most reads) stop here,
+        // without reading the clocks.
+        let Some(chain) = self.migrations.chain_for(key) else {
+            return record;
+        };
         // The stored time never goes back; the source clock might.
         let now = self.clock.now_millis().max(self.engine.now_millis());
-        match self.migrations.plan(key, &record, now) {
+        match chain.plan(&record, now) {
             Plan::Uncovered | Plan::Current => record,
             Plan::NewerThanKnown => {
                 self.counters
@@ -128,13 +133,8 @@ impl LazyMigrator {
                         .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
                         .is_ok()
                 {
-                    let prefix = self
-                        .migrations
-                        .chain_for(key)
-                        .map(|chain| chain.prefix.as_str())
-                        .unwrap_or_default();
                     tracing::warn!(
-                        prefix,
+                        prefix = chain.prefix.as_str(),
                         %reason,
                         failed_reads_so_far = failed,
                         "a record read could not be migrated; returned as stored"
