@@ -381,7 +381,7 @@ impl CacheService {
             return answer(key, &entry, Tier::Store, value_type, now).map(Some);
         };
         let Some(record) = record else {
-            let (landing, role) = self.fetch(key, origin.clone(), None);
+            let (landing, role) = self.fetch(key, origin, None);
             return self
                 .await_fetch(key, value_type, landing, role, deadline, None)
                 .await
@@ -411,7 +411,7 @@ impl CacheService {
         };
         let stale_entry = MemoryEntry::from_record(&record, Some(&stale_meta), now);
         if stale_meta.may_revalidate_behind_at(now) {
-            let (_, role) = self.fetch(key, origin.clone(), Some((record, stale_meta)));
+            let (_, role) = self.fetch(key, origin, Some((record, stale_meta)));
             if role == Role::Leader {
                 CacheStats::count(&inner.stats.background_refreshes);
             }
@@ -419,23 +419,24 @@ impl CacheService {
             return answer(key, &stale_entry, Tier::Stale, value_type, now).map(Some);
         }
         let fallback = stale_meta.may_serve_on_error_at(now).then_some(stale_entry);
-        let (landing, role) = self.fetch(key, origin.clone(), Some((record, stale_meta)));
+        let (landing, role) = self.fetch(key, origin, Some((record, stale_meta)));
         self.await_fetch(key, value_type, landing, role, deadline, fallback.as_ref())
             .await
             .map(Some)
     }
 
-    /// Joins the fetch of `key` in flight, or starts one.
+    /// Joins the fetch of `key` in flight, or starts one (only then copying
+    /// what the fetch needs: a waiter allocates nothing for it).
     fn fetch(
         &self,
         key: &str,
-        origin: OriginConfig,
+        origin: &OriginConfig,
         stale: Option<(Record, StoredMeta)>,
     ) -> (Landing<FetchResult>, Role) {
-        let inner = Arc::clone(&self.inner);
-        let owned_key = key.to_string();
-        self.inner.flights.join(key, move || async move {
-            inner.fetch_from_origin(owned_key, origin, stale).await
+        self.inner.flights.join(key, || {
+            let inner = Arc::clone(&self.inner);
+            let (key, origin) = (key.to_string(), origin.clone());
+            async move { inner.fetch_from_origin(key, origin, stale).await }
         })
     }
 
