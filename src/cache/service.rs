@@ -796,13 +796,15 @@ impl Inner {
                     schema_version: 1,
                     precondition: Precondition::None,
                 };
-                if let Some(version) = self.write_put(put).await {
-                    entry.version = version;
-                    if lifetimes.memory_ttl_ms > 0 {
-                        self.memory.fill(&key, entry.clone(), ticket);
-                    }
+                let Some(version) = self.write_put(put).await else {
+                    return Ok(Arc::new(entry));
+                };
+                entry.version = version;
+                let entry = Arc::new(entry);
+                if lifetimes.memory_ttl_ms > 0 {
+                    self.memory.fill_shared(&key, Arc::clone(&entry), ticket);
                 }
-                Ok(Arc::new(entry))
+                Ok(entry)
             }
             OriginResponse::NotModified {
                 validators,
@@ -844,13 +846,15 @@ impl Inner {
                     schema_version: record.schema_version,
                     precondition: Precondition::IfVersion(record.version),
                 };
-                if let Some(version) = self.write_put(put).await {
-                    entry.version = version;
-                    if lifetimes.memory_ttl_ms > 0 {
-                        self.memory.fill(&key, entry.clone(), ticket);
-                    }
+                let Some(version) = self.write_put(put).await else {
+                    return Ok(Arc::new(entry));
+                };
+                entry.version = version;
+                let entry = Arc::new(entry);
+                if lifetimes.memory_ttl_ms > 0 {
+                    self.memory.fill_shared(&key, Arc::clone(&entry), ticket);
                 }
-                Ok(Arc::new(entry))
+                Ok(entry)
             }
             OriginResponse::Missing { status, freshness } => {
                 let mut negative_ttl = origin.negative_ttl;
