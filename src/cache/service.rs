@@ -301,10 +301,9 @@ impl CacheService {
         } else {
             Some(OriginClient::new(&config)?)
         };
-        let capacity = (config.memory_mb as u64).saturating_mul(1024 * 1024);
         let clear_stats = Arc::clone(&stats);
         let memory = MemoryTier::start(
-            capacity,
+            config.memory_bytes(),
             engine.subscribe(),
             engine.subscribe(),
             move || CacheStats::count(&clear_stats.memory_clears),
