@@ -735,13 +735,10 @@ impl Inner {
         };
         CacheStats::count(&self.stats.origin_requests);
         let ticket = self.memory.ticket(&key);
-        let validators = stale
-            .as_ref()
-            .map(|(_, meta)| Validators {
-                etag: meta.etag.clone(),
-                last_modified: meta.last_modified.clone(),
-            })
-            .filter(|validators| validators.etag.is_some() || validators.last_modified.is_some());
+        let validators = stale.as_ref().map(|(_, meta)| Validators {
+            etag: meta.etag.clone(),
+            last_modified: meta.last_modified.clone(),
+        });
         let response = client
             .fetch(&key, validators.as_ref(), origin.timeout)
             .await
