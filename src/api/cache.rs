@@ -81,6 +81,10 @@ fn duration_from_millis(millis: u64) -> prost_types::Duration {
 
 /// Maps a cache error to a status with `google.rpc` details, logging it once.
 pub fn cache_status(method: &'static str, error: CacheError) -> Status {
+    let error = match error {
+        CacheError::Kv(kv) => return kv_status(method, kv),
+        other => other,
+    };
     let message = error.to_string();
     let with_reason = |code: Code, reason: &str, retry: Option<Duration>| {
         let mut details = ErrorDetails::with_error_info(
@@ -94,12 +98,7 @@ pub fn cache_status(method: &'static str, error: CacheError) -> Status {
         Status::with_error_details(code, message.clone(), details)
     };
     let status = match &error {
-        CacheError::Kv(_) => {
-            let CacheError::Kv(kv) = error else {
-                unreachable!()
-            };
-            return kv_status(method, kv);
-        }
+        CacheError::Kv(_) => unreachable!("answered by kv_status above"),
         CacheError::NotFound { .. } => with_reason(Code::NotFound, "ORIGIN_NOT_FOUND", None),
         CacheError::OriginUnavailable { .. } => with_reason(
             Code::Unavailable,

@@ -138,21 +138,6 @@ pub struct MemoryEntry {
     pub negative: Option<u16>,
 }
 
-impl Clone for MemoryEntry {
-    fn clone(&self) -> Self {
-        Self {
-            kind: self.kind,
-            value: Arc::clone(&self.value),
-            content_type: self.content_type.clone(),
-            version: self.version,
-            fetched_at_ms: self.fetched_at_ms,
-            memory_until_ms: AtomicU64::new(self.memory_until()),
-            expire_at_ms: self.expire_at_ms,
-            negative: self.negative,
-        }
-    }
-}
-
 impl MemoryEntry {
     /// The entry for `record`, answering from memory until `memory_until_ms`.
     pub fn from_record(record: &Record, meta: Option<&StoredMeta>, memory_until_ms: u64) -> Self {

@@ -193,11 +193,6 @@ impl MemoryTier {
         (self.cache.weighted_size(), self.cache.entry_count())
     }
 
-    /// The configured bound in bytes.
-    pub fn capacity_bytes(&self) -> u64 {
-        self.capacity_bytes
-    }
-
     fn stripe_of(&self, key: &str) -> usize {
         (self.hasher.hash_one(key) as usize) % STRIPES
     }

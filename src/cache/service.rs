@@ -301,10 +301,9 @@ impl CacheService {
         } else {
             Some(OriginClient::new(&config)?)
         };
-        let capacity = (config.memory_mb as u64).saturating_mul(1024 * 1024);
         let clear_stats = Arc::clone(&stats);
         let memory = MemoryTier::start(
-            capacity,
+            config.memory_bytes(),
             engine.subscribe(),
             engine.subscribe(),
             move || CacheStats::count(&clear_stats.memory_clears),
@@ -381,7 +380,7 @@ impl CacheService {
             return answer(key, &entry, Tier::Store, value_type, now).map(Some);
         };
         let Some(record) = record else {
-            let (landing, role) = self.fetch(key, origin.clone(), None);
+            let (landing, role) = self.fetch(key, origin, None);
             return self
                 .await_fetch(key, value_type, landing, role, deadline, None)
                 .await
@@ -411,7 +410,7 @@ impl CacheService {
         };
         let stale_entry = MemoryEntry::from_record(&record, Some(&stale_meta), now);
         if stale_meta.may_revalidate_behind_at(now) {
-            let (_, role) = self.fetch(key, origin.clone(), Some((record, stale_meta)));
+            let (_, role) = self.fetch(key, origin, Some((record, stale_meta)));
             if role == Role::Leader {
                 CacheStats::count(&inner.stats.background_refreshes);
             }
@@ -419,23 +418,24 @@ impl CacheService {
             return answer(key, &stale_entry, Tier::Stale, value_type, now).map(Some);
         }
         let fallback = stale_meta.may_serve_on_error_at(now).then_some(stale_entry);
-        let (landing, role) = self.fetch(key, origin.clone(), Some((record, stale_meta)));
+        let (landing, role) = self.fetch(key, origin, Some((record, stale_meta)));
         self.await_fetch(key, value_type, landing, role, deadline, fallback.as_ref())
             .await
             .map(Some)
     }
 
-    /// Joins the fetch of `key` in flight, or starts one.
+    /// Joins the fetch of `key` in flight, or starts one (only then copying
+    /// what the fetch needs: a waiter allocates nothing for it).
     fn fetch(
         &self,
         key: &str,
-        origin: OriginConfig,
+        origin: &OriginConfig,
         stale: Option<(Record, StoredMeta)>,
     ) -> (Landing<FetchResult>, Role) {
-        let inner = Arc::clone(&self.inner);
-        let owned_key = key.to_string();
-        self.inner.flights.join(key, move || async move {
-            inner.fetch_from_origin(owned_key, origin, stale).await
+        self.inner.flights.join(key, || {
+            let inner = Arc::clone(&self.inner);
+            let (key, origin) = (key.to_string(), origin.clone());
+            async move { inner.fetch_from_origin(key, origin, stale).await }
         })
     }
 
@@ -735,13 +735,10 @@ impl Inner {
         };
         CacheStats::count(&self.stats.origin_requests);
         let ticket = self.memory.ticket(&key);
-        let validators = stale
-            .as_ref()
-            .map(|(_, meta)| Validators {
-                etag: meta.etag.clone(),
-                last_modified: meta.last_modified.clone(),
-            })
-            .filter(|validators| validators.etag.is_some() || validators.last_modified.is_some());
+        let validators = stale.as_ref().map(|(_, meta)| Validators {
+            etag: meta.etag.clone(),
+            last_modified: meta.last_modified.clone(),
+        });
         let response = client
             .fetch(&key, validators.as_ref(), origin.timeout)
             .await
@@ -795,13 +792,15 @@ impl Inner {
                     schema_version: 1,
                     precondition: Precondition::None,
                 };
-                if let Some(version) = self.write_put(put).await {
-                    entry.version = version;
-                    if lifetimes.memory_ttl_ms > 0 {
-                        self.memory.fill(&key, entry.clone(), ticket);
-                    }
+                let Some(version) = self.write_put(put).await else {
+                    return Ok(Arc::new(entry));
+                };
+                entry.version = version;
+                let entry = Arc::new(entry);
+                if lifetimes.memory_ttl_ms > 0 {
+                    self.memory.fill_shared(&key, Arc::clone(&entry), ticket);
                 }
-                Ok(Arc::new(entry))
+                Ok(entry)
             }
             OriginResponse::NotModified {
                 validators,
@@ -843,13 +842,15 @@ impl Inner {
                     schema_version: record.schema_version,
                     precondition: Precondition::IfVersion(record.version),
                 };
-                if let Some(version) = self.write_put(put).await {
-                    entry.version = version;
-                    if lifetimes.memory_ttl_ms > 0 {
-                        self.memory.fill(&key, entry.clone(), ticket);
-                    }
+                let Some(version) = self.write_put(put).await else {
+                    return Ok(Arc::new(entry));
+                };
+                entry.version = version;
+                let entry = Arc::new(entry);
+                if lifetimes.memory_ttl_ms > 0 {
+                    self.memory.fill_shared(&key, Arc::clone(&entry), ticket);
                 }
-                Ok(Arc::new(entry))
+                Ok(entry)
             }
             OriginResponse::Missing { status, freshness } => {
                 let mut negative_ttl = origin.negative_ttl;
