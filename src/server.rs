@@ -730,7 +730,7 @@ async fn serve_until_stopped(
         Arc::clone(&stats.cache),
     )
     .map_err(|error| ServerError::Cache(error.to_string()))?;
-    services.add(CacheApi::new(cache, config.request_timeout()).into_server());
+    services.add(CacheApi::new(cache).into_server());
     let service_names = services.names().to_vec();
 
     let metrics = metrics.build();

@@ -7,7 +7,7 @@ use tonic_types::{ErrorDetails, StatusExt};
 
 use super::auth::{authorize_key, authorize_prefix};
 use super::convert::{nanos_from_duration, timestamp_from_millis};
-use super::deadline::{parse_grpc_timeout, MARGIN};
+use super::deadline::RequestDeadline;
 use super::kv::{get_responses, put_command, value_type_from_proto};
 use super::status::{kv_status, ERROR_DOMAIN};
 use crate::auth::Access;
@@ -25,17 +25,12 @@ const ANSWER_MARGIN: Duration = Duration::from_millis(5);
 #[derive(Clone)]
 pub struct CacheApi {
     service: CacheService,
-    server_timeout: Option<Duration>,
 }
 
 impl CacheApi {
-    /// An adapter for `service`; `server_timeout` is the server's own
-    /// request timeout, which bounds waits like a client's deadline does.
-    pub fn new(service: CacheService, server_timeout: Option<Duration>) -> Self {
-        Self {
-            service,
-            server_timeout,
-        }
+    /// An adapter for `service`.
+    pub fn new(service: CacheService) -> Self {
+        Self { service }
     }
 
     /// The tonic service to mount.
@@ -46,20 +41,14 @@ impl CacheApi {
             .max_encoding_message_size(MAX_MESSAGE_BYTES)
     }
 
-    /// When the call must be answered by: the client's `grpc-timeout` or the
-    /// server's request timeout, whichever is sooner, less the margins.
+    /// When the call must be answered by: the deadline the deadline layer
+    /// will enforce (the client's `grpc-timeout` or the server's request
+    /// timeout, whichever is sooner), less [`ANSWER_MARGIN`].
     fn deadline<T>(&self, request: &Request<T>) -> Option<Instant> {
-        let client = request
-            .metadata()
-            .get("grpc-timeout")
-            .and_then(|value| value.to_str().ok())
-            .and_then(parse_grpc_timeout)
-            .map(|timeout| timeout.saturating_sub(MARGIN));
-        let budget = match (client, self.server_timeout) {
-            (Some(client), Some(server)) => Some(client.min(server)),
-            (client, server) => client.or(server),
-        }?;
-        Some(Instant::now() + budget.saturating_sub(ANSWER_MARGIN))
+        request
+            .extensions()
+            .get::<RequestDeadline>()
+            .map(|deadline| Instant::now() + deadline.time_left(ANSWER_MARGIN))
     }
 }
 
