@@ -547,6 +547,7 @@ impl SessionService {
         patch: Map<String, Value>,
         if_version: Option<u64>,
     ) -> Result<Session, SessionError> {
+        let patch = Value::Object(patch);
         for _ in 0..MAX_ATTEMPTS {
             let found = self.find(token).await?;
             if let Some(expected) = if_version {
@@ -558,11 +559,8 @@ impl SessionService {
                 }
             }
             let mut stored = found.stored;
-            let mut data =
-                json_from_struct(&found.session_id, stored.data.take().unwrap_or_default())?;
-            for (field, value) in patch.iter() {
-                merge_field(&mut data, field, value.clone());
-            }
+            let data = json_from_struct(&found.session_id, stored.data.take().unwrap_or_default())?;
+            let data = merge_patch(data, &patch);
             if let Err(found) = check_json_size("data", &data, self.config.max_data_bytes) {
                 return Err(SessionError::InvalidArgument(vec![FieldViolation {
                     description: format!("after the patch, {}", found.description),
@@ -999,29 +997,15 @@ fn check_json_size(
     Ok(())
 }
 
-/// RFC 7396 for one member of an object: null removes it, an object merges
-/// into an object, anything else replaces.
-fn merge_field(target: &mut Map<String, Value>, field: &str, patch: Value) {
-    match patch {
-        Value::Null => {
-            target.remove(field);
-        }
-        Value::Object(members) => {
-            let slot = target
-                .entry(field.to_string())
-                .or_insert_with(|| Value::Object(Map::new()));
-            if !slot.is_object() {
-                *slot = Value::Object(Map::new());
-            }
-            if let Value::Object(inner) = slot {
-                for (name, value) in members {
-                    merge_field(inner, &name, value);
-                }
-            }
-        }
-        other => {
-            target.insert(field.to_string(), other);
-        }
+/// Applies an RFC 7396 merge patch (an object) to the session's data (the
+/// same merge `KvService.Patch` uses).
+fn merge_patch(data: Map<String, Value>, patch: &Value) -> Map<String, Value> {
+    let mut merged = Value::Object(data);
+    json_patch::merge(&mut merged, patch);
+    match merged {
+        Value::Object(data) => data,
+        // An object patch merged into an object leaves an object.
+        _ => Map::new(),
     }
 }
 
@@ -1040,12 +1024,10 @@ mod tests {
     /// The RFC 7396 examples that apply to objects.
     #[test]
     fn merge_patch_follows_rfc_7396() {
-        let mut data = object(json!({"a": "b", "c": {"d": "e", "f": "g"}, "k": 1}));
-        for (field, value) in
-            object(json!({"a": "z", "c": {"f": null, "x": {"y": 1}}, "k": {"n": 2}}))
-        {
-            merge_field(&mut data, &field, value);
-        }
+        let data = merge_patch(
+            object(json!({"a": "b", "c": {"d": "e", "f": "g"}, "k": 1})),
+            &json!({"a": "z", "c": {"f": null, "x": {"y": 1}}, "k": {"n": 2}}),
+        );
         assert_eq!(
             Value::Object(data),
             json!({"a": "z", "c": {"d": "e", "x": {"y": 1}}, "k": {"n": 2}})
