@@ -11,9 +11,8 @@ use super::CliChannel as Channel;
 use clap::{Args, Subcommand};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::{json, Value};
-use tonic_types::StatusExt;
 
-use super::ConnectArgs;
+use super::{describe, ConnectArgs};
 use crate::proto::v1 as pb;
 use pb::admin_service_client::AdminServiceClient;
 
@@ -88,19 +87,6 @@ pub async fn run(args: AdminArgs) -> ExitCode {
             ExitCode::from(2)
         }
     }
-}
-
-fn describe(status: &tonic::Status) -> String {
-    let mut text = format!("{:?}: {}", status.code(), status.message());
-    if let Some(bad_request) = status.get_details_bad_request() {
-        for violation in bad_request.field_violations {
-            text.push_str(&format!(
-                "\n  {}: {}",
-                violation.field, violation.description
-            ));
-        }
-    }
-    text
 }
 
 async fn execute(args: AdminArgs) -> Result<ExitCode, String> {

@@ -8,9 +8,8 @@ use std::io::Write;
 use std::process::ExitCode;
 
 use clap::{Args, Subcommand};
-use tonic_types::StatusExt;
 
-use super::{CliChannel, ConnectArgs};
+use super::{describe, CliChannel, ConnectArgs};
 use crate::api::convert::{json_from_proto, json_to_proto};
 use crate::kv::limits::MAX_MESSAGE_BYTES;
 use crate::proto::v1 as pb;
@@ -77,19 +76,6 @@ pub async fn run(args: CacheArgs) -> ExitCode {
             ExitCode::from(2)
         }
     }
-}
-
-fn describe(status: &tonic::Status) -> String {
-    let mut text = format!("{:?}: {}", status.code(), status.message());
-    if let Some(bad_request) = status.get_details_bad_request() {
-        for violation in bad_request.field_violations {
-            text.push_str(&format!(
-                "\n  {}: {}",
-                violation.field, violation.description
-            ));
-        }
-    }
-    text
 }
 
 fn seconds(value: u64) -> prost_types::Duration {

@@ -9,7 +9,6 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
 use clap::{Args, Subcommand, ValueEnum};
 use serde::Deserialize;
-use tonic_types::StatusExt;
 
 use super::ConnectArgs;
 use crate::api::convert::{json_from_proto, json_to_proto};
@@ -127,15 +126,7 @@ impl std::fmt::Display for CliError {
         match self {
             CliError::Usage(message) => write!(f, "{message}"),
             CliError::Connect(message) => write!(f, "cannot connect: {message}"),
-            CliError::Rpc(status) => {
-                write!(f, "{:?}: {}", status.code(), status.message())?;
-                if let Some(bad_request) = status.get_details_bad_request() {
-                    for violation in bad_request.field_violations {
-                        write!(f, "\n  {}: {}", violation.field, violation.description)?;
-                    }
-                }
-                Ok(())
-            }
+            CliError::Rpc(status) => write!(f, "{}", super::describe(status)),
         }
     }
 }

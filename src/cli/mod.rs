@@ -156,3 +156,19 @@ fn auth(command: AuthCommand) -> ExitCode {
         }
     }
 }
+
+/// A failed call as the client commands print it: the code and message, and
+/// each field violation of a `google.rpc.BadRequest`.
+fn describe(status: &tonic::Status) -> String {
+    use tonic_types::StatusExt;
+    let mut text = format!("{:?}: {}", status.code(), status.message());
+    if let Some(bad_request) = status.get_details_bad_request() {
+        for violation in bad_request.field_violations {
+            text.push_str(&format!(
+                "\n  {}: {}",
+                violation.field, violation.description
+            ));
+        }
+    }
+    text
+}

@@ -11,9 +11,8 @@ use std::process::ExitCode;
 use super::CliChannel as Channel;
 use clap::{Args, Subcommand};
 use serde_json::{json, Map, Value};
-use tonic_types::StatusExt;
 
-use super::ConnectArgs;
+use super::{describe, ConnectArgs};
 use crate::api::convert::{json_from_proto, json_to_proto};
 use crate::proto::v1 as pb;
 use pb::session_service_client::SessionServiceClient;
@@ -107,19 +106,6 @@ pub async fn run(args: SessionArgs) -> ExitCode {
             ExitCode::from(2)
         }
     }
-}
-
-fn describe(status: &tonic::Status) -> String {
-    let mut text = format!("{:?}: {}", status.code(), status.message());
-    if let Some(bad_request) = status.get_details_bad_request() {
-        for violation in bad_request.field_violations {
-            text.push_str(&format!(
-                "\n  {}: {}",
-                violation.field, violation.description
-            ));
-        }
-    }
-    text
 }
 
 fn read_token(token: String) -> Result<String, String> {
