@@ -1,79 +1,126 @@
 //! `tierkv-overload-bench`: what load shedding buys under a burst.
 //!
-//! Starts the real `tierkv` binary on `127.0.0.1:0` over a fresh RocksDB
-//! directory (removed at the end) with `max_calls_in_flight = L`, pinned to
-//! its own CPU, loads keys, and drives `KvService/Get` over TCP with the
-//! generated client from a one-thread runtime pinned to another CPU,
-//! closed-loop (every client sends its next call when the last one answers):
+//! Starts the real `tierkv` binary twice (one server with
+//! `max_calls_in_flight = L`, one without a limit), each over a fresh RocksDB
+//! directory removed at the end, pinned to its own CPU. The load generator
+//! runs in this process on another CPU, one thread, and talks to them over TCP
+//! with the generated client. Then:
 //!
-//! 1. **Within capacity**: `L` calls in flight. This is the baseline: the
-//!    server's throughput at its limit and the latency calls see there.
-//! 2. **Burst**: `burst × L` clients (several times what the server
-//!    sustains), with shedding. Calls over the limit are answered
-//!    RESOURCE_EXHAUSTED at once; their clients wait the RetryInfo delay the
-//!    server sends, as gRPC clients should (`--ignore-retry-info`: they retry
-//!    at once, spinning). Admitted calls' p99 is compared with the baseline
-//!    p99; shed calls' latency is reported.
-//! 3. **Burst without shedding** (`max_calls_in_flight = 0`, another server):
-//!    the same burst queues instead, for comparison.
+//! 1. **Saturation sweep** (server without a limit): closed-loop clients at
+//!    1, 2, 4 … 128 calls in flight. The best throughput is the *sustainable
+//!    rate* `X`; the smallest concurrency reaching 90% of it is the knee, the
+//!    limit `L` the shedding server gets (unless `--limit` says otherwise).
+//!    The server's and the generator's CPU use are printed for every step, so
+//!    a sweep limited by the generator rather than the server shows.
+//! 2. **Unloaded** (shedding server): open-loop arrivals at
+//!    `--unloaded-fraction × X`; their p99 is the baseline.
+//! 3. **Burst, shedding**: open-loop arrivals at `--burst × X`. Arrivals do
+//!    not wait for answers (a closed loop would slow down exactly when the
+//!    server does, and hide the overload). Admitted calls' p99 is compared
+//!    with the baseline; shed calls' latency is reported.
+//! 4. **Burst, no limit**: the same arrivals against the server without a
+//!    limit, for comparison.
+//! 5. With `--h2load`: an independent load tool floods the shedding server
+//!    (h2load, closed loop, as fast as the server answers) while this
+//!    process measures a light open-loop probe; the server's own counts of
+//!    admitted and shed calls come from its `/metrics`.
+//!
+//! Arrivals are released every millisecond (tokio's timer resolution) in
+//! batches of `rate / 1000`, a burstier pattern than Poisson arrivals at these
+//! rates. Latency is measured from release to answer, as the client sees it;
+//! the generator's CPU use is printed so its own queueing can be judged.
 //!
 //! ```text
-//! cargo run --release --locked --bin tierkv-overload-bench -- --limit 32 --burst 8
+//! cargo build --release --locked --bin tierkv --bin tierkv-overload-bench
+//! target/release/tierkv-overload-bench                      # BatchGet of 100 keys, burst 4x
+//! target/release/tierkv-overload-bench --call get --burst 2
+//! target/release/tierkv-overload-bench --h2load             # also the h2load flood
 //! ```
 
 #![warn(missing_docs)]
 
 use std::error::Error;
+use std::io::{BufRead, Read, Write};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use clap::Parser;
+use clap::{Parser, ValueEnum};
+use prost::Message;
 use tierkv::proto::v1 as pb;
 use tierkv::proto::v1::kv_service_client::KvServiceClient;
-use tokio::task::JoinSet;
+use tokio::sync::Notify;
 use tonic::transport::Channel;
 use tonic::Code;
-use tonic_types::StatusExt;
 
 type BoxError = Box<dyn Error + Send + Sync>;
+
+/// Which call the load is made of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum CallKind {
+    /// `KvService/Get` of one key: the cheapest call, where refusing costs
+    /// about as much as serving.
+    Get,
+    /// `KvService/BatchGet` of `--batch` keys.
+    BatchGet,
+}
 
 /// Command-line options.
 #[derive(Debug, Parser)]
 struct Options {
-    /// `max_calls_in_flight` of the server under test.
-    #[arg(long, default_value_t = 32)]
-    limit: usize,
-    /// Calls in flight during the burst, as a multiple of the limit.
-    #[arg(long, default_value_t = 8)]
-    burst: usize,
-    /// Seconds per phase.
+    /// The call under load.
+    #[arg(long, value_enum, default_value_t = CallKind::BatchGet)]
+    call: CallKind,
+    /// Keys per BatchGet (at most 100).
+    #[arg(long, default_value_t = 100)]
+    batch: usize,
+    /// `max_calls_in_flight` of the shedding server (default: the knee the
+    /// sweep finds).
+    #[arg(long)]
+    limit: Option<usize>,
+    /// Burst arrival rate, as a multiple of the sustainable rate.
+    #[arg(long, default_value_t = 4.0)]
+    burst: f64,
+    /// Unloaded arrival rate, as a fraction of the sustainable rate.
+    #[arg(long, default_value_t = 0.1)]
+    unloaded_fraction: f64,
+    /// Seconds per open-loop phase.
+    #[arg(long, default_value_t = 4.0)]
+    seconds: f64,
+    /// Seconds per step of the saturation sweep.
+    #[arg(long, default_value_t = 1.5)]
+    sweep_seconds: f64,
+    /// HTTP/2 connections the generator spreads calls over (a sidecar
+    /// multiplexes many callers onto a few).
     #[arg(long, default_value_t = 4)]
-    seconds: u64,
-    /// Keys loaded and read.
+    connections: usize,
+    /// Calls the generator keeps outstanding at most; arrivals beyond are
+    /// counted as not sent.
+    #[arg(long, default_value_t = 8192)]
+    max_outstanding: usize,
+    /// Keys loaded.
     #[arg(long, default_value_t = 10_000)]
     keys: usize,
+    /// Bytes per value.
+    #[arg(long, default_value_t = 100)]
+    value_bytes: usize,
+    /// Also flood the shedding server with h2load (needs `h2load`, Debian's
+    /// nghttp2-client) while a light probe measures.
+    #[arg(long)]
+    h2load: bool,
     /// The server binary (default: `tierkv` beside this one).
     #[arg(long)]
-    server_bin: Option<std::path::PathBuf>,
-    /// CPUs the server runs on.
+    server_bin: Option<PathBuf>,
+    /// CPUs the servers run on.
     #[arg(long, value_delimiter = ',', default_value = "0")]
     server_cpus: Vec<usize>,
-    /// CPUs the load generator runs on.
+    /// CPUs the load generator (and h2load) run on.
     #[arg(long, value_delimiter = ',', default_value = "1")]
     client_cpus: Vec<usize>,
-    /// Retry a shed call at once instead of after the server's RetryInfo
-    /// delay (a client ignoring the pushback, spinning on the server).
-    #[arg(long)]
-    ignore_retry_info: bool,
 }
 
-/// Latencies of the calls of one phase, by outcome.
-#[derive(Debug, Default)]
-struct Outcomes {
-    admitted: Vec<Duration>,
-    shed: Vec<Duration>,
-    failed: usize,
-}
-
+/// Nearest-rank percentile of sorted durations.
 fn percentile(sorted: &[Duration], fraction: f64) -> Duration {
     if sorted.is_empty() {
         return Duration::ZERO;
@@ -87,7 +134,7 @@ fn ms(duration: Duration) -> f64 {
 }
 
 /// A data directory removed when dropped.
-struct ScratchDir(std::path::PathBuf);
+struct ScratchDir(PathBuf);
 
 impl Drop for ScratchDir {
     fn drop(&mut self) {
@@ -95,12 +142,95 @@ impl Drop for ScratchDir {
     }
 }
 
+fn scratch_dir(name: &str) -> Result<ScratchDir, BoxError> {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .subsec_nanos();
+    Ok(ScratchDir(std::env::temp_dir().join(format!(
+        "tierkv-overload-bench-{name}-{}-{nanos}",
+        std::process::id()
+    ))))
+}
+
+/// CPU seconds (user + system) used so far by process `pid`.
+fn process_cpu_seconds(pid: u32) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    // The command name may contain spaces; the fields after it do not.
+    let Some((_, fields)) = stat.rsplit_once(')') else {
+        return 0.0;
+    };
+    let fields: Vec<&str> = fields.split_whitespace().collect();
+    let ticks: u64 = [11, 12]
+        .iter()
+        .filter_map(|index| fields.get(*index)?.parse::<u64>().ok())
+        .sum();
+    // SAFETY: sysconf only reads a constant of the system.
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    ticks as f64 / per_second
+}
+
+/// Measures the CPU share the server and this generator used over a phase.
+struct CpuMeter {
+    server_pid: u32,
+    started: Instant,
+    server: f64,
+    generator: f64,
+}
+
+impl CpuMeter {
+    fn start(server_pid: u32) -> Self {
+        Self {
+            server_pid,
+            started: Instant::now(),
+            server: process_cpu_seconds(server_pid),
+            generator: process_cpu_seconds(std::process::id()),
+        }
+    }
+
+    /// (server, generator) CPU use since start, in cores.
+    fn stop(&self) -> (f64, f64) {
+        let wall = self.started.elapsed().as_secs_f64().max(1e-9);
+        (
+            (process_cpu_seconds(self.server_pid) - self.server) / wall,
+            (process_cpu_seconds(std::process::id()) - self.generator) / wall,
+        )
+    }
+}
+
 /// The server under test: the real binary in its own process, so its
 /// threads never share a run queue with the load generator's.
 struct Server {
     child: std::process::Child,
-    endpoint: String,
+    addr: String,
+    metrics_addr: String,
     _dir: ScratchDir,
+}
+
+impl Server {
+    fn endpoint(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// `tierkv_rpc_requests_total` of `method`, by gRPC code, from `/metrics`.
+    fn calls_by_code(&self, method: &str) -> Result<Vec<(String, f64)>, BoxError> {
+        let mut stream = std::net::TcpStream::connect(&self.metrics_addr)?;
+        stream.write_all(b"GET /metrics HTTP/1.0\r\nHost: bench\r\n\r\n")?;
+        let mut text = String::new();
+        stream.read_to_string(&mut text)?;
+        let method_label = format!("method=\"{method}\"");
+        Ok(text
+            .lines()
+            .filter(|line| line.starts_with("tierkv_rpc_requests_total{"))
+            .filter(|line| line.contains(&method_label))
+            .filter_map(|line| {
+                let code = line.split("code=\"").nth(1)?.split('"').next()?;
+                let count = line.rsplit(' ').next()?.parse().ok()?;
+                Some((code.to_string(), count))
+            })
+            .collect())
+    }
 }
 
 impl Drop for Server {
@@ -122,16 +252,16 @@ fn pin_to(cpus: &[usize]) {
     }
 }
 
-fn start(options: &Options, limit: usize) -> Result<Server, BoxError> {
-    use std::io::BufRead;
+fn cpu_list(cpus: &[usize]) -> String {
+    cpus.iter()
+        .map(usize::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn start(options: &Options, name: &str, limit: usize) -> Result<Server, BoxError> {
     use std::os::unix::process::CommandExt;
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)?
-        .subsec_nanos();
-    let dir = ScratchDir(std::env::temp_dir().join(format!(
-        "tierkv-overload-bench-{}-{nanos}",
-        std::process::id()
-    )));
+    let dir = scratch_dir(name)?;
     let binary = match &options.server_bin {
         Some(path) => path.clone(),
         None => std::env::current_exe()?.with_file_name("tierkv"),
@@ -144,7 +274,7 @@ fn start(options: &Options, limit: usize) -> Result<Server, BoxError> {
             "--listen",
             "127.0.0.1:0",
             "--metrics-listen",
-            "off",
+            "127.0.0.1:0",
             "--data-dir",
         ])
         .arg(&dir.0)
@@ -166,30 +296,36 @@ fn start(options: &Options, limit: usize) -> Result<Server, BoxError> {
         .map_err(|error| format!("{}: {error}", binary.display()))?;
     let stderr = child.stderr.take().ok_or("no stderr")?;
     let mut lines = std::io::BufReader::new(stderr).lines();
-    let addr = loop {
+    let (addr, metrics_addr) = loop {
         let line = lines.next().ok_or("the server exited before serving")??;
         let json: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
         if json["message"] == "serving" {
-            break json["addr"].as_str().ok_or("no addr")?.to_string();
+            let field = |name: &str| json[name].as_str().map(str::to_string);
+            break (
+                field("addr").ok_or("no addr")?,
+                field("metrics_addr").ok_or("no metrics_addr")?,
+            );
         }
     };
     // Keep draining its log so it never blocks on a full pipe.
     std::thread::spawn(move || for _ in lines {});
     Ok(Server {
         child,
-        endpoint: format!("http://{addr}"),
+        addr,
+        metrics_addr,
         _dir: dir,
     })
 }
 
-async fn load(endpoint: &str, keys: usize) -> Result<(), BoxError> {
+async fn load(endpoint: &str, options: &Options) -> Result<(), BoxError> {
     let mut client = KvServiceClient::connect(endpoint.to_string()).await?;
-    for start in (0..keys).step_by(500) {
-        let mutations = (start..(start + 500).min(keys))
+    let filler = "x".repeat(options.value_bytes.saturating_sub(8));
+    for start in (0..options.keys).step_by(500) {
+        let mutations = (start..(start + 500).min(options.keys))
             .map(|n| pb::Mutation {
                 operation: Some(pb::mutation::Operation::Put(pb::PutRequest {
                     key: format!("user:{n:06}"),
-                    value: Some(pb::put_request::Value::Text(format!("value of {n}"))),
+                    value: Some(pb::put_request::Value::Text(format!("{n:08}{filler}"))),
                     ..Default::default()
                 })),
             })
@@ -201,57 +337,176 @@ async fn load(endpoint: &str, keys: usize) -> Result<(), BoxError> {
     Ok(())
 }
 
-/// `in_flight` closed-loop clients over `in_flight / 32` connections (at
-/// least one) for `seconds`.
-async fn drive(
-    endpoint: &str,
-    in_flight: usize,
-    seconds: u64,
+/// Makes the `n`th call of the workload.
+#[derive(Debug, Clone, Copy)]
+struct Workload {
+    kind: CallKind,
+    batch: usize,
     keys: usize,
-    honour_retry_info: bool,
-) -> Result<Outcomes, BoxError> {
-    let connections = in_flight.div_ceil(32).max(1);
+}
+
+impl Workload {
+    fn method(&self) -> &'static str {
+        match self.kind {
+            CallKind::Get => "Get",
+            CallKind::BatchGet => "BatchGet",
+        }
+    }
+
+    fn key(&self, n: usize) -> String {
+        format!("user:{:06}", n % self.keys)
+    }
+
+    fn batch_get_request(&self, n: usize) -> pb::BatchGetRequest {
+        pb::BatchGetRequest {
+            keys: (0..self.batch)
+                .map(|offset| self.key(n.wrapping_mul(7919) + offset))
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    async fn call(&self, client: &mut KvServiceClient<Channel>, n: usize) -> Result<(), Code> {
+        let result = match self.kind {
+            CallKind::Get => client
+                .get(pb::GetRequest {
+                    key: self.key(n.wrapping_mul(7919)),
+                    ..Default::default()
+                })
+                .await
+                .map(drop),
+            CallKind::BatchGet => client.batch_get(self.batch_get_request(n)).await.map(drop),
+        };
+        result.map_err(|status| status.code())
+    }
+
+    /// The gRPC-framed request body h2load sends.
+    fn grpc_frame(&self) -> Vec<u8> {
+        let message = match self.kind {
+            CallKind::Get => pb::GetRequest {
+                key: self.key(0),
+                ..Default::default()
+            }
+            .encode_to_vec(),
+            CallKind::BatchGet => self.batch_get_request(0).encode_to_vec(),
+        };
+        let mut frame = vec![0u8];
+        frame.extend_from_slice(&(message.len() as u32).to_be_bytes());
+        frame.extend_from_slice(&message);
+        frame
+    }
+}
+
+/// What one phase saw.
+#[derive(Debug, Default)]
+struct Outcomes {
+    admitted: Vec<Duration>,
+    shed: Vec<Duration>,
+    /// Other failures, by code.
+    failed: Vec<Code>,
+    /// Arrivals not sent because `--max-outstanding` calls were outstanding.
+    not_sent: u64,
+    /// Calls still unanswered 10 s after the phase.
+    unanswered: usize,
+    seconds: f64,
+    server_cores: f64,
+    generator_cores: f64,
+}
+
+impl Outcomes {
+    fn record(&mut self, result: Result<(), Code>, took: Duration) {
+        match result {
+            Ok(()) => self.admitted.push(took),
+            Err(Code::ResourceExhausted) => self.shed.push(took),
+            Err(code) => self.failed.push(code),
+        }
+    }
+
+    fn finish(mut self, seconds: f64, cpu: (f64, f64)) -> Self {
+        self.admitted.sort();
+        self.shed.sort();
+        self.seconds = seconds;
+        (self.server_cores, self.generator_cores) = cpu;
+        self
+    }
+
+    fn admitted_rate(&self) -> f64 {
+        self.admitted.len() as f64 / self.seconds
+    }
+
+    fn p99(&self) -> Duration {
+        percentile(&self.admitted, 0.99)
+    }
+
+    fn shed_p99(&self) -> Duration {
+        percentile(&self.shed, 0.99)
+    }
+
+    fn print(&self, name: &str) {
+        let mut line = format!(
+            "{name:<30} admitted {:>8.0}/s p50 {:>7.3} p99 {:>7.3} ms | shed {:>8.0}/s p50 {:>6.3} p99 {:>6.3} max {:>6.3} ms | CPU server {:.2} generator {:.2}",
+            self.admitted_rate(),
+            ms(percentile(&self.admitted, 0.50)),
+            ms(self.p99()),
+            self.shed.len() as f64 / self.seconds,
+            ms(percentile(&self.shed, 0.50)),
+            ms(self.shed_p99()),
+            ms(self.shed.last().copied().unwrap_or_default()),
+            self.server_cores,
+            self.generator_cores,
+        );
+        if !self.failed.is_empty() {
+            line += &format!(
+                " | failed {} (first {:?})",
+                self.failed.len(),
+                self.failed[0]
+            );
+        }
+        if self.not_sent > 0 {
+            line += &format!(" | not sent {}", self.not_sent);
+        }
+        if self.unanswered > 0 {
+            line += &format!(" | unanswered {}", self.unanswered);
+        }
+        println!("{line}");
+    }
+}
+
+async fn connect(endpoint: &str, connections: usize) -> Result<Vec<Channel>, BoxError> {
     let mut channels = Vec::new();
-    for _ in 0..connections {
+    for _ in 0..connections.max(1) {
         channels.push(
             Channel::from_shared(endpoint.to_string())?
                 .connect()
                 .await?,
         );
     }
-    let deadline = Instant::now() + Duration::from_secs(seconds);
-    let mut clients = JoinSet::new();
+    Ok(channels)
+}
+
+/// `in_flight` closed-loop clients for `seconds`: each sends its next call
+/// when the last one answers.
+async fn closed_loop(
+    channels: &[Channel],
+    server_pid: u32,
+    workload: Workload,
+    in_flight: usize,
+    seconds: f64,
+) -> Result<Outcomes, BoxError> {
+    let cpu = CpuMeter::start(server_pid);
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs_f64(seconds);
+    let mut clients = tokio::task::JoinSet::new();
     for client_index in 0..in_flight {
-        let mut client = KvServiceClient::new(channels[client_index % connections].clone());
+        let mut client = KvServiceClient::new(channels[client_index % channels.len()].clone());
         clients.spawn(async move {
             let mut outcomes = Outcomes::default();
-            let mut n = client_index * 7919;
+            let mut n = client_index * 1_000_003;
             while Instant::now() < deadline {
-                n = (n + 1) % keys;
-                let started = Instant::now();
-                let result = client
-                    .get(pb::GetRequest {
-                        key: format!("user:{n:06}"),
-                        ..Default::default()
-                    })
-                    .await;
-                let took = started.elapsed();
-                match result {
-                    Ok(_) => outcomes.admitted.push(took),
-                    Err(status) if status.code() == Code::ResourceExhausted => {
-                        outcomes.shed.push(took);
-                        // A well-behaved client waits as the server asks.
-                        if honour_retry_info {
-                            let delay = status
-                                .get_error_details()
-                                .retry_info()
-                                .and_then(|info| info.retry_delay)
-                                .unwrap_or(Duration::from_millis(50));
-                            tokio::time::sleep(delay).await;
-                        }
-                    }
-                    Err(_) => outcomes.failed += 1,
-                }
+                n += 1;
+                let sent = Instant::now();
+                let result = workload.call(&mut client, n).await;
+                outcomes.record(result, sent.elapsed());
             }
             outcomes
         });
@@ -261,30 +516,208 @@ async fn drive(
         let mut outcomes = outcomes?;
         all.admitted.append(&mut outcomes.admitted);
         all.shed.append(&mut outcomes.shed);
-        all.failed += outcomes.failed;
+        all.failed.append(&mut outcomes.failed);
     }
-    all.admitted.sort();
-    all.shed.sort();
-    Ok(all)
+    Ok(all.finish(started.elapsed().as_secs_f64(), cpu.stop()))
 }
 
-fn report(name: &str, outcomes: &Outcomes, seconds: u64) {
-    let rate = |count: usize| count as f64 / seconds as f64;
-    println!(
-        "{name:<34} admitted {:>9.0}/s  p50 {:>7.3} ms  p99 {:>7.3} ms | shed {:>9.0}/s  p50 {:>6.3} ms  p99 {:>6.3} ms  max {:>6.3} ms | failed {}",
-        rate(outcomes.admitted.len()),
-        ms(percentile(&outcomes.admitted, 0.50)),
-        ms(percentile(&outcomes.admitted, 0.99)),
-        rate(outcomes.shed.len()),
-        ms(percentile(&outcomes.shed, 0.50)),
-        ms(percentile(&outcomes.shed, 0.99)),
-        ms(outcomes.shed.last().copied().unwrap_or_default()),
-        outcomes.failed,
+/// Open-loop arrivals at `rate` per second for `seconds`: calls are sent on
+/// schedule whether or not earlier ones have answered.
+async fn open_loop(
+    channels: &[Channel],
+    server_pid: u32,
+    workload: Workload,
+    rate: f64,
+    seconds: f64,
+    max_outstanding: usize,
+) -> Result<Outcomes, BoxError> {
+    let outcomes = Arc::new(Mutex::new(Outcomes::default()));
+    let outstanding = Arc::new(AtomicUsize::new(0));
+    let all_answered = Arc::new(Notify::new());
+    let total = (rate * seconds).round() as u64;
+    let cpu = CpuMeter::start(server_pid);
+    let started = Instant::now();
+    let mut ticker = tokio::time::interval(Duration::from_millis(1));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let (mut released, mut not_sent) = (0u64, 0u64);
+    while released < total {
+        ticker.tick().await;
+        let due = ((started.elapsed().as_secs_f64() * rate) as u64).min(total);
+        while released < due {
+            released += 1;
+            if outstanding.load(Ordering::Relaxed) >= max_outstanding {
+                not_sent += 1;
+                continue;
+            }
+            outstanding.fetch_add(1, Ordering::Relaxed);
+            let mut client =
+                KvServiceClient::new(channels[released as usize % channels.len()].clone());
+            let (outcomes, outstanding, all_answered) = (
+                Arc::clone(&outcomes),
+                Arc::clone(&outstanding),
+                Arc::clone(&all_answered),
+            );
+            let sent = Instant::now();
+            let n = released as usize;
+            tokio::spawn(async move {
+                let result = workload.call(&mut client, n).await;
+                let took = sent.elapsed();
+                outcomes
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner())
+                    .record(result, took);
+                if outstanding.fetch_sub(1, Ordering::AcqRel) == 1 {
+                    all_answered.notify_one();
+                }
+            });
+        }
+    }
+    let phase_seconds = started.elapsed().as_secs_f64();
+    let cpu = cpu.stop();
+    if outstanding.load(Ordering::Acquire) > 0 {
+        let _ = tokio::time::timeout(Duration::from_secs(10), all_answered.notified()).await;
+    }
+    let unanswered = outstanding.load(Ordering::Acquire);
+    let mut outcomes = std::mem::take(
+        &mut *outcomes
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()),
     );
+    outcomes.not_sent = not_sent;
+    outcomes.unanswered = unanswered;
+    Ok(outcomes.finish(phase_seconds, cpu))
+}
+
+/// The sweep's result: the sustainable rate and the knee.
+struct Saturation {
+    rate: f64,
+    knee: usize,
+}
+
+async fn sweep(
+    channels: &[Channel],
+    server_pid: u32,
+    workload: Workload,
+    seconds: f64,
+) -> Result<Saturation, BoxError> {
+    println!("saturation sweep (closed loop, server without a limit):");
+    let mut steps = Vec::new();
+    for in_flight in [1, 2, 4, 8, 16, 32, 64, 128] {
+        let outcomes = closed_loop(channels, server_pid, workload, in_flight, seconds).await?;
+        println!(
+            "  {in_flight:>4} in flight: {:>8.0} calls/s  p50 {:>7.3} ms  p99 {:>7.3} ms  CPU server {:.2} generator {:.2}",
+            outcomes.admitted_rate(),
+            ms(percentile(&outcomes.admitted, 0.5)),
+            ms(outcomes.p99()),
+            outcomes.server_cores,
+            outcomes.generator_cores,
+        );
+        steps.push((in_flight, outcomes));
+    }
+    let best = steps
+        .iter()
+        .max_by(|a, b| a.1.admitted_rate().total_cmp(&b.1.admitted_rate()))
+        .ok_or("empty sweep")?;
+    let rate = best.1.admitted_rate();
+    if best.1.generator_cores > best.1.server_cores {
+        println!(
+            "  warning: at the best step the generator used more CPU ({:.2}) than the server ({:.2}); the sustainable rate may be the generator's",
+            best.1.generator_cores, best.1.server_cores
+        );
+    }
+    let knee = steps
+        .iter()
+        .find(|(_, outcomes)| outcomes.admitted_rate() >= 0.9 * rate)
+        .map_or(best.0, |(in_flight, _)| *in_flight);
+    println!("  sustainable rate {rate:.0} calls/s; 90% of it from {knee} in flight");
+    Ok(Saturation { rate, knee })
+}
+
+/// Floods `server` with h2load (closed loop, niced, on the generator's CPUs)
+/// while a light open-loop probe measures; prints both views.
+async fn h2load_flood(
+    options: &Options,
+    server: &Server,
+    workload: Workload,
+    probe_rate: f64,
+    unloaded_p99: Duration,
+) -> Result<(), BoxError> {
+    let dir = scratch_dir("h2load")?;
+    std::fs::create_dir_all(&dir.0)?;
+    let body = dir.0.join("request.bin");
+    std::fs::write(&body, workload.grpc_frame())?;
+    let url = format!(
+        "http://{}/tierkv.v1.KvService/{}",
+        server.addr,
+        workload.method()
+    );
+    let seconds = options.seconds.ceil() as u64 + 1;
+    let before = server.calls_by_code(workload.method())?;
+    let flood = tokio::process::Command::new("taskset")
+        .args(["-c", &cpu_list(&options.client_cpus)])
+        .args([
+            "nice", "-n", "19", "h2load", "-t", "1", "-c", "4", "-m", "64",
+        ])
+        .args(["-D", &seconds.to_string()])
+        .arg("-d")
+        .arg(&body)
+        .args(["-H", "content-type: application/grpc", "-H", "te: trailers"])
+        .arg(&url)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|error| format!("h2load: {error} (install nghttp2-client)"))?;
+    // Let the flood build before the probe starts measuring.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let channels = connect(&server.endpoint(), 1).await?;
+    let probe = open_loop(
+        &channels,
+        server.child.id(),
+        workload,
+        probe_rate,
+        options.seconds - 0.5,
+        options.max_outstanding,
+    )
+    .await?;
+    let output = flood.wait_with_output().await?;
+    let after = server.calls_by_code(workload.method())?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    println!();
+    println!("h2load flood (-c 4 -m 64, closed loop, nice 19) plus a probe at {probe_rate:.0}/s:");
+    for line in stdout.lines().filter(|line| {
+        line.starts_with("finished in")
+            || line.starts_with("requests:")
+            || line.starts_with("time for request:")
+    }) {
+        println!("  h2load: {line}");
+    }
+    let delta = |code: &str| {
+        let count = |list: &[(String, f64)]| {
+            list.iter()
+                .find(|(name, _)| name == code)
+                .map_or(0.0, |(_, count)| *count)
+        };
+        (count(&after) - count(&before)) / seconds as f64
+    };
+    println!(
+        "  server's /metrics over the flood: OK {:.0}/s, RESOURCE_EXHAUSTED {:.0}/s",
+        delta("OK"),
+        delta("RESOURCE_EXHAUSTED")
+    );
+    probe.print("  probe during the flood");
+    println!(
+        "  probe: admitted p99 / unloaded p99 = {:.2}x; shed p99 {:.3} ms",
+        ms(probe.p99()) / ms(unloaded_p99),
+        ms(probe.shed_p99())
+    );
+    Ok(())
 }
 
 fn main() -> Result<(), BoxError> {
     let options = Options::parse();
+    if options.batch == 0 || options.batch > 100 {
+        return Err("--batch must be 1 to 100".into());
+    }
     // The generator on its own CPUs, one thread: it never steals the server's.
     pin_to(&options.client_cpus);
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -294,65 +727,79 @@ fn main() -> Result<(), BoxError> {
 }
 
 async fn run(options: Options) -> Result<(), BoxError> {
-    let burst = options.limit * options.burst;
+    let workload = Workload {
+        kind: options.call,
+        batch: options.batch,
+        keys: options.keys,
+    };
+    let call_name = match options.call {
+        CallKind::Get => "Get".to_string(),
+        CallKind::BatchGet => format!("BatchGet of {} keys", options.batch),
+    };
     println!(
-        "limit {} calls in flight; burst {} clients ({}x); {} s per phase; {} keys; server on CPUs {:?}, load generator on {:?}",
-        options.limit, burst, options.burst, options.seconds, options.keys, options.server_cpus, options.client_cpus
+        "{call_name}, {}-byte values, {} keys; servers on CPUs {:?}, generator on {:?}; {} connections",
+        options.value_bytes,
+        options.keys,
+        options.server_cpus,
+        options.client_cpus,
+        options.connections
     );
-    let honour = !options.ignore_retry_info;
 
-    let server = start(&options, options.limit)?;
-    load(&server.endpoint, options.keys).await?;
+    let unbounded = start(&options, "unbounded", 0)?;
+    load(&unbounded.endpoint(), &options).await?;
+    let unbounded_channels = connect(&unbounded.endpoint(), options.connections).await?;
     // Warm up connections, caches and the allocator.
-    drive(&server.endpoint, options.limit, 1, options.keys, true).await?;
-    let baseline = drive(
-        &server.endpoint,
-        options.limit,
-        options.seconds,
-        options.keys,
-        true,
+    closed_loop(&unbounded_channels, unbounded.child.id(), workload, 8, 1.0).await?;
+    let saturation = sweep(
+        &unbounded_channels,
+        unbounded.child.id(),
+        workload,
+        options.sweep_seconds,
     )
     .await?;
-    report(
-        "within capacity (limit in flight)",
-        &baseline,
-        options.seconds,
-    );
-    let shedding = drive(
-        &server.endpoint,
-        burst,
-        options.seconds,
-        options.keys,
-        honour,
-    )
-    .await?;
-    report("burst, shedding", &shedding, options.seconds);
-    drop(server);
 
-    let unbounded = start(&options, 0)?;
-    load(&unbounded.endpoint, options.keys).await?;
-    drive(&unbounded.endpoint, options.limit, 1, options.keys, true).await?;
-    let queueing = drive(
-        &unbounded.endpoint,
-        burst,
-        options.seconds,
-        options.keys,
-        honour,
-    )
-    .await?;
-    report("burst, no limit (queueing)", &queueing, options.seconds);
-    drop(unbounded);
-
-    let baseline_p99 = percentile(&baseline.admitted, 0.99);
+    let limit = options.limit.unwrap_or(saturation.knee);
+    let shedding = start(&options, "shedding", limit)?;
+    load(&shedding.endpoint(), &options).await?;
+    let channels = connect(&shedding.endpoint(), options.connections).await?;
+    closed_loop(&channels, shedding.child.id(), workload, limit, 1.0).await?;
+    let rate = saturation.rate;
     println!();
     println!(
-        "admitted p99 under the burst / p99 within capacity: {:.2}x (target <= 2x); without shedding: {:.2}x",
-        ms(percentile(&shedding.admitted, 0.99)) / ms(baseline_p99),
-        ms(percentile(&queueing.admitted, 0.99)) / ms(baseline_p99),
+        "open loop, {} s per phase; shedding server max_calls_in_flight = {limit}",
+        options.seconds
+    );
+    let phase = |target: &Server, channels: Vec<Channel>, rate: f64| {
+        let (pid, seconds, max_outstanding) =
+            (target.child.id(), options.seconds, options.max_outstanding);
+        async move { open_loop(&channels, pid, workload, rate, seconds, max_outstanding).await }
+    };
+    let unloaded_rate = options.unloaded_fraction * rate;
+    let unloaded = phase(&shedding, channels.clone(), unloaded_rate).await?;
+    unloaded.print(&format!("unloaded, {unloaded_rate:.0}/s"));
+    let burst_rate = options.burst * rate;
+    let burst = phase(&shedding, channels.clone(), burst_rate).await?;
+    burst.print(&format!(
+        "burst {}x, {burst_rate:.0}/s, shedding",
+        options.burst
+    ));
+    let queueing = phase(&unbounded, unbounded_channels.clone(), burst_rate).await?;
+    queueing.print(&format!("burst {}x, no limit", options.burst));
+
+    println!();
+    println!(
+        "admitted p99 under the burst / unloaded p99: {:.2}x (target <= 2x); without a limit: {:.2}x",
+        ms(burst.p99()) / ms(unloaded.p99()),
+        ms(queueing.p99()) / ms(unloaded.p99()),
     );
     println!(
-        "shed calls answered in p99 {:.3} ms (target < 1 ms), as seen by the client",
-        ms(percentile(&shedding.shed, 0.99))
+        "shed calls answered in p99 {:.3} ms (target < 1 ms); goodput under the burst {:.0}/s = {:.2}x of the sustainable rate",
+        ms(burst.shed_p99()),
+        burst.admitted_rate(),
+        burst.admitted_rate() / rate,
     );
+    if options.h2load {
+        h2load_flood(&options, &shedding, workload, unloaded_rate, unloaded.p99()).await?;
+    }
     Ok(())
 }
