@@ -3,6 +3,7 @@
 
 pub mod auth_layer;
 pub mod connections;
+pub mod http2;
 pub mod in_flight;
 pub mod load_shed;
 pub mod metrics_http;
@@ -145,9 +146,6 @@ pub enum ServerError {
         /// Why.
         source: std::io::Error,
     },
-    /// The transport failed.
-    #[error("transport: {0}")]
-    Transport(#[from] tonic::transport::Error),
     /// The engine can no longer write (its writer died or storage failed);
     /// the process should exit so an orchestrator restarts it.
     #[error("the storage engine failed: {0}")]
@@ -777,46 +775,50 @@ async fn serve_until_stopped(
     let authenticator = crate::auth::Authenticator::new(&config.auth)
         .map_err(ConfigError::Invalid)?
         .map(Arc::new);
-    let mut builder = tonic::transport::Server::builder();
-    if let Some(age) = config.max_connection_age() {
-        // GOAWAY after this long, so long-lived clients reconnect and spread
-        // over new pods behind a Kubernetes Service; calls in flight finish
-        // within the grace period.
-        builder = builder
-            .max_connection_age(age)
-            .max_connection_age_grace(config.max_connection_age_grace());
-    }
-    let router = builder
-        // Every log line a request causes carries its method.
-        .trace_fn(rpc_span)
-        // A ping every 30 s finds dead peers (and keeps NAT and proxy state
-        // alive); no answer in 20 s closes the connection.
-        .http2_keepalive_interval(Some(Duration::from_secs(30)))
-        .http2_keepalive_timeout(Some(Duration::from_secs(20)))
-        // Advertised in SETTINGS_MAX_CONCURRENT_STREAMS; tonic's default is none.
-        .max_concurrent_streams(config.max_concurrent_streams)
-        // Rapid-reset protection: a client that resets (or makes us reset)
-        // more streams than this before we accept them gets GOAWAY.
-        .http2_max_pending_accept_reset_streams(Some(MAX_PENDING_RESET_STREAMS))
-        .http2_max_local_error_reset_streams(Some(MAX_LOCAL_ERROR_RESET_STREAMS))
-        .http2_max_header_list_size(MAX_HEADER_LIST_BYTES)
+    let stack = tower::ServiceBuilder::new()
         // Outermost, so shutdown can wait for every call, whatever answered it.
         .layer(InFlightLayer::new(Arc::clone(&stats.in_flight)))
         // Outside the deadline and request limits, so calls they answer are counted.
         .layer(RpcMetricsLayer::new(rpc_metrics))
-        // Before shedding and any waiting: a call without a valid token costs nothing.
+        // Before any waiting: a call without a valid token costs nothing.
         .layer(AuthLayer::new(authenticator))
-        // Before any waiting (deadline, request memory): a shed call costs nothing.
+        // Answers what admission decided when the stream was accepted
+        // (http2::serve), before any waiting (deadline, request memory).
         .layer(LoadShedLayer::new(Arc::clone(&stats.call_limit)))
         .layer(DeadlineLayer::new(config.request_timeout()))
         // Inside the deadline, so waiting for request memory counts against it.
         .layer(RequestLimitLayer::new(Arc::clone(&stats.budget)))
-        .add_routes(routes.routes());
+        .service(routes.routes().prepare());
+    let settings = http2::Http2Settings {
+        // A ping every 30 s finds dead peers (and keeps NAT and proxy state
+        // alive); no answer in 20 s closes the connection.
+        keepalive_interval: Some(Duration::from_secs(30)),
+        keepalive_timeout: Duration::from_secs(20),
+        // Advertised in SETTINGS_MAX_CONCURRENT_STREAMS.
+        max_concurrent_streams: config.max_concurrent_streams,
+        // Rapid-reset protection: a client that resets (or makes us reset)
+        // more streams than this before we accept them gets GOAWAY.
+        max_pending_accept_reset_streams: MAX_PENDING_RESET_STREAMS,
+        max_local_error_reset_streams: MAX_LOCAL_ERROR_RESET_STREAMS,
+        max_header_list_size: MAX_HEADER_LIST_BYTES,
+        // GOAWAY after this long, so long-lived clients reconnect and spread
+        // over new pods behind a Kubernetes Service; calls in flight finish
+        // within the grace period.
+        max_connection_age: config.max_connection_age(),
+        max_connection_age_grace: config.max_connection_age_grace(),
+    };
     let tls = config.tls.acceptor().map_err(ServerError::Tls)?;
     let incoming = connections::incoming(listener, Arc::clone(&stats.connections), tls);
-    let serving = router.serve_with_incoming_shutdown(incoming, async {
-        let _ = drain_rx.await;
-    });
+    let serving = http2::serve(
+        incoming,
+        stack,
+        Arc::clone(&stats.call_limit),
+        rpc_span,
+        settings,
+        async {
+            let _ = drain_rx.await;
+        },
+    );
     tokio::pin!(serving);
     tracing::info!(
         addr = %local_addr,
@@ -834,9 +836,9 @@ async fn serve_until_stopped(
 
     // Every reason to stop is one arm here; the drain below is the same for all.
     let reason = tokio::select! {
-        result = &mut serving => {
+        () = &mut serving => {
             set_health(&health_reporter, &service_names, ServingStatus::NotServing).await;
-            return result.map_err(ServerError::from);
+            return Ok(());
         }
         () = shutdown => StopReason::Requested,
         reason = engine.failed() => {
@@ -856,7 +858,7 @@ async fn serve_until_stopped(
         "shutting down: health is NOT_SERVING; still serving during the delay"
     );
     tokio::select! {
-        result = &mut serving => return result.map_err(ServerError::from),
+        () = &mut serving => return Ok(()),
         () = tokio::time::sleep(config.shutdown_delay()) => {}
     }
 
@@ -867,7 +869,7 @@ async fn serve_until_stopped(
     );
     let _ = drain_tx.send(());
     match tokio::time::timeout(config.shutdown_grace(), &mut serving).await {
-        Ok(result) => result?,
+        Ok(()) => {}
         Err(_) => {
             let closed = stats.connections.close_all();
             tracing::warn!(

@@ -74,3 +74,67 @@ async fn extra_channel(server: &TestServer) -> tonic::transport::Channel {
         .await
         .unwrap()
 }
+
+/// A call counts against the limit from the moment the server reads it off
+/// its connection, not from when its handler's task first runs. A burst
+/// that arrives in one read is shed beyond the limit although every handler
+/// here finishes at once: counted only when its task ran, each call would
+/// find the previous one finished, all would be admitted, and the burst
+/// would wait in the runtime's queue where no limit sees it.
+#[tokio::test]
+async fn a_burst_read_at_once_is_shed_beyond_the_limit() {
+    const BURST: usize = 20;
+    let server = start_with(|config| config.max_calls_in_flight = 1).await;
+    let addr = server.server.addr;
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (client, connection) = h2::client::handshake(stream).await.unwrap();
+    tokio::spawn(connection);
+    let mut client = client.ready().await.unwrap();
+
+    let message = prost::Message::encode_to_vec(&get("user:absent"));
+    let mut frame = vec![0u8];
+    frame.extend_from_slice(&(message.len() as u32).to_be_bytes());
+    frame.extend_from_slice(&message);
+    let frame = bytes::Bytes::from(frame);
+    // Queued without yielding: the client's connection task writes them all
+    // at once when it next runs, and the server reads them together.
+    let mut responses = Vec::new();
+    for _ in 0..BURST {
+        let request = http::Request::post(format!("http://{addr}/tierkv.v1.KvService/Get"))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(())
+            .unwrap();
+        let (response, mut body) = client.send_request(request, false).unwrap();
+        body.send_data(frame.clone(), true).unwrap();
+        responses.push(response);
+    }
+    let (mut admitted, mut shed) = (0, 0);
+    for response in responses {
+        let response = response.await.unwrap();
+        let status = match response.headers().get("grpc-status") {
+            // Trailers-only: the status is in the headers.
+            Some(status) => status.clone(),
+            None => {
+                let mut body = response.into_body();
+                while let Some(chunk) = body.data().await {
+                    let chunk = chunk.unwrap();
+                    let _ = body.flow_control().release_capacity(chunk.len());
+                }
+                body.trailers().await.unwrap().unwrap()["grpc-status"].clone()
+            }
+        };
+        match status.to_str().unwrap() {
+            "0" => admitted += 1,
+            "8" => shed += 1,
+            other => panic!("unexpected grpc-status {other}"),
+        }
+    }
+    assert!(admitted >= 1, "admitted {admitted}, shed {shed}");
+    assert!(
+        shed >= 1,
+        "admitted {admitted}, shed {shed}: the burst was not seen"
+    );
+    assert_eq!(server.server.stats.calls_shed(), shed as u64);
+    server.stop().await;
+}

@@ -6,6 +6,13 @@
 //! with RESOURCE_EXHAUSTED (and a retry hint), so it costs almost nothing and
 //! the calls admitted keep their latency. Health checks and reflection are
 //! never shed: probes must see the truth even under overload.
+//!
+//! A call counts from the moment it is read off its connection: the server's
+//! HTTP/2 loop calls [`CallLimit::admit`] as it accepts the stream and puts
+//! the [`Admission`] in the request's extensions, where [`LoadShed`] finds it
+//! (see `super::http2` for why counting later misses the queue). A request
+//! that arrives without one (the layer used in another server) is admitted
+//! when the layer sees it.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -14,6 +21,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use http::HeaderMap;
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 use tower::{Layer, Service};
@@ -29,15 +37,24 @@ pub struct CallLimit {
     limit: usize,
     admitted: AtomicUsize,
     shed: AtomicU64,
+    /// The headers of the refusal, encoded once: a shed call must cost
+    /// almost nothing, and its status, message and details never change.
+    overloaded: HeaderMap,
 }
 
 impl CallLimit {
     /// A bound of `limit` calls in flight; 0 means no bound.
     pub fn new(limit: usize) -> Arc<Self> {
+        let overloaded = overloaded_status(limit)
+            .into_http::<()>()
+            .into_parts()
+            .0
+            .headers;
         Arc::new(Self {
             limit,
             admitted: AtomicUsize::new(0),
             shed: AtomicU64::new(0),
+            overloaded,
         })
     }
 
@@ -51,6 +68,18 @@ impl CallLimit {
         self.shed.load(Ordering::Relaxed)
     }
 
+    /// Decides a call to `path` now: exempt (a probe or tooling), admitted
+    /// (counted until the returned ticket is dropped), or refused.
+    pub fn admit(self: &Arc<Self>, path: &str) -> Admission {
+        if super::probe_or_tooling(path) {
+            return Admission::Exempt;
+        }
+        match self.try_admit() {
+            Some(admitted) => Admission::Admitted(Arc::new(admitted)),
+            None => Admission::Refused,
+        }
+    }
+
     fn try_admit(self: &Arc<Self>) -> Option<Admitted> {
         let admitted = self.admitted.fetch_add(1, Ordering::AcqRel) + 1;
         if self.limit > 0 && admitted > self.limit {
@@ -60,10 +89,30 @@ impl CallLimit {
         }
         Some(Admitted(Arc::clone(self)))
     }
+
+    /// The RESOURCE_EXHAUSTED answer to a shed call.
+    fn overloaded<ResBody: Default>(&self) -> http::Response<ResBody> {
+        let mut response = http::Response::new(ResBody::default());
+        *response.headers_mut() = self.overloaded.clone();
+        response
+    }
+}
+
+/// What [`CallLimit::admit`] decided about a call; it rides in the request's
+/// extensions to the [`LoadShed`] layer.
+#[derive(Debug, Clone)]
+pub enum Admission {
+    /// A health check or reflection call: never counted, never shed.
+    Exempt,
+    /// Counted in flight until the last clone of the ticket is dropped.
+    Admitted(Arc<Admitted>),
+    /// Over the limit: answered RESOURCE_EXHAUSTED.
+    Refused,
 }
 
 /// One admitted call; it leaves the count when its future is done or dropped.
-struct Admitted(Arc<CallLimit>);
+#[derive(Debug)]
+pub struct Admitted(Arc<CallLimit>);
 
 impl Drop for Admitted {
     fn drop(&mut self) {
@@ -118,24 +167,29 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, request: http::Request<ReqBody>) -> Self::Future {
-        if super::probe_or_tooling(request.uri().path()) {
-            return Box::pin(self.inner.call(request));
-        }
-        let Some(admitted) = self.limit.try_admit() else {
-            let limit = self.limit.limit;
-            return Box::pin(async move { Ok(overloaded(limit)) });
+    fn call(&mut self, mut request: http::Request<ReqBody>) -> Self::Future {
+        let admission = match request.extensions_mut().remove::<Admission>() {
+            Some(admission) => admission,
+            None => self.limit.admit(request.uri().path()),
+        };
+        let ticket = match admission {
+            Admission::Exempt => return Box::pin(self.inner.call(request)),
+            Admission::Admitted(ticket) => ticket,
+            Admission::Refused => {
+                let response = self.limit.overloaded();
+                return Box::pin(async move { Ok(response) });
+            }
         };
         let response = self.inner.call(request);
         Box::pin(async move {
             let result = response.await;
-            drop(admitted);
+            drop(ticket);
             result
         })
     }
 }
 
-fn overloaded<ResBody: Default>(limit: usize) -> http::Response<ResBody> {
+fn overloaded_status(limit: usize) -> Status {
     let mut details = ErrorDetails::with_retry_info(Some(RETRY_DELAY));
     let mut metadata = std::collections::HashMap::new();
     metadata.insert("max_calls_in_flight".to_string(), limit.to_string());
@@ -148,5 +202,4 @@ fn overloaded<ResBody: Default>(limit: usize) -> http::Response<ResBody> {
         ),
         details,
     )
-    .into_http()
 }
