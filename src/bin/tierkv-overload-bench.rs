@@ -143,6 +143,7 @@ fn percentile(sorted: &[Duration], fraction: f64) -> Duration {
     sorted[index]
 }
 
+/// A duration in milliseconds, for printing.
 fn ms(duration: Duration) -> f64 {
     duration.as_secs_f64() * 1000.0
 }
@@ -156,6 +157,7 @@ impl Drop for ScratchDir {
     }
 }
 
+/// A fresh, not yet created directory under the system's temp dir.
 fn scratch_dir(name: &str) -> Result<ScratchDir, BoxError> {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)?
@@ -194,6 +196,7 @@ struct CpuMeter {
 }
 
 impl CpuMeter {
+    /// Starts measuring `server_pid` and this process from now.
     fn start(server_pid: u32) -> Self {
         Self {
             server_pid,
@@ -223,6 +226,7 @@ struct Server {
 }
 
 impl Server {
+    /// The gRPC endpoint URL, for the generated client.
     fn endpoint(&self) -> String {
         format!("http://{}", self.addr)
     }
@@ -266,6 +270,7 @@ fn pin_to(cpus: &[usize]) {
     }
 }
 
+/// `cpus` as `taskset -c` takes them.
 fn cpu_list(cpus: &[usize]) -> String {
     cpus.iter()
         .map(usize::to_string)
@@ -273,6 +278,8 @@ fn cpu_list(cpus: &[usize]) -> String {
         .join(",")
 }
 
+/// Starts the server binary with `max_calls_in_flight = limit` (0: none)
+/// on the server CPUs and waits until it serves.
 fn start(options: &Options, name: &str, limit: usize) -> Result<Server, BoxError> {
     use std::os::unix::process::CommandExt;
     let dir = scratch_dir(name)?;
@@ -331,6 +338,8 @@ fn start(options: &Options, name: &str, limit: usize) -> Result<Server, BoxError
     })
 }
 
+/// Writes the `--keys` keys the workload reads, with the generated client
+/// (not measured, so its cost does not matter).
 async fn load(endpoint: &str, options: &Options) -> Result<(), BoxError> {
     let mut client = KvServiceClient::connect(endpoint.to_string()).await?;
     let filler = "x".repeat(options.value_bytes.saturating_sub(8));
@@ -364,6 +373,7 @@ struct Workload {
 const DISTINCT_REQUESTS: usize = 1024;
 
 impl Workload {
+    /// The `KvService` method called.
     fn method(&self) -> &'static str {
         match self.kind {
             CallKind::Get => "Get",
@@ -371,10 +381,13 @@ impl Workload {
         }
     }
 
+    /// The `n`th key (modulo `--keys`), as `load` wrote it.
     fn key(&self, n: usize) -> String {
         format!("user:{:06}", n % self.keys)
     }
 
+    /// The `n`th BatchGet: `--batch` consecutive keys from a start spread
+    /// over the key space.
     fn batch_get_request(&self, n: usize) -> pb::BatchGetRequest {
         pb::BatchGetRequest {
             keys: (0..self.batch)
@@ -437,6 +450,8 @@ struct H2Connection {
 }
 
 impl H2Connection {
+    /// Opens one HTTP/2 connection (prior knowledge, no TLS) and spawns the
+    /// task that drives it.
     async fn connect(addr: &str) -> Result<Self, BoxError> {
         let tcp = tokio::net::TcpStream::connect(addr).await?;
         tcp.set_nodelay(true)?;
@@ -459,7 +474,14 @@ impl H2Connection {
     /// Makes one unary call of `uri` with the framed `body` and returns its
     /// outcome from `grpc-status`, without decoding the answer: decoding is
     /// what made the generated client too expensive to drive a burst.
-    async fn call(&self, uri: &http::Uri, body: Bytes) -> Result<(), Code> {
+    /// `handed_over` is set when the request is queued on the connection,
+    /// so the generator's own delay before that can be told apart.
+    async fn call(
+        &self,
+        uri: &http::Uri,
+        body: Bytes,
+        handed_over: &mut Option<Instant>,
+    ) -> Result<(), Code> {
         let transport = |_: h2::Error| TRANSPORT_FAILURE;
         let mut send = self.send.clone().ready().await.map_err(transport)?;
         let mut request = http::Request::new(());
@@ -470,6 +492,7 @@ impl H2Connection {
         headers.insert(TE, HeaderValue::from_static("trailers"));
         let (response, mut stream) = send.send_request(request, false).map_err(transport)?;
         stream.send_data(body, true).map_err(transport)?;
+        *handed_over = Some(Instant::now());
         let response = response.await.map_err(transport)?;
         // A trailers-only answer (every error tonic sends) ends here.
         if let Some(outcome) = grpc_status(response.headers()) {
@@ -512,7 +535,7 @@ impl H2Client {
         let first = H2Connection::connect(addr).await?;
         // The server's SETTINGS, with its stream limit, have arrived once a
         // call is answered.
-        let _ = first.call(&uri, bodies[0].clone()).await;
+        let _ = first.call(&uri, bodies[0].clone(), &mut None).await;
         let streams_per_connection = first.send.current_max_send_streams().max(1);
         let count = connections
             .max(outstanding.div_ceil(streams_per_connection))
@@ -546,12 +569,17 @@ struct Outcomes {
     waited_for_stream: u64,
     /// Calls still unanswered 10 s after the phase.
     unanswered: usize,
+    /// Open loop: from release to the request queued on its connection, the
+    /// generator's own delay (the rest of a call's latency is the writing,
+    /// the server, and reading the answer).
+    send_lag: Vec<Duration>,
     seconds: f64,
     server_cores: f64,
     generator_cores: f64,
 }
 
 impl Outcomes {
+    /// Counts one answered call that took `took`.
     fn record(&mut self, result: Result<(), Code>, took: Duration) {
         match result {
             Ok(()) => self.admitted.push(took),
@@ -560,33 +588,44 @@ impl Outcomes {
         }
     }
 
+    /// Sorts the latencies and stores the phase's length and CPU use.
     fn finish(mut self, seconds: f64, cpu: (f64, f64)) -> Self {
         self.admitted.sort();
         self.shed.sort();
+        self.send_lag.sort();
         self.seconds = seconds;
         (self.server_cores, self.generator_cores) = cpu;
         self
     }
 
+    /// Calls sent during the phase.
+    fn sent(&self) -> u64 {
+        self.released - self.not_sent
+    }
+
+    /// Calls answered (admitted, shed or failed).
     fn answered(&self) -> usize {
         self.admitted.len() + self.shed.len() + self.failed.len()
     }
 
+    /// Admitted calls per second of the phase.
     fn admitted_rate(&self) -> f64 {
         self.admitted.len() as f64 / self.seconds
     }
 
+    /// Admitted calls' p99 latency.
     fn p99(&self) -> Duration {
         percentile(&self.admitted, 0.99)
     }
 
+    /// Shed calls' p99 latency.
     fn shed_p99(&self) -> Duration {
         percentile(&self.shed, 0.99)
     }
 
-    /// Generator CPU per call answered, in µs.
+    /// Generator CPU per call sent during the phase, in µs.
     fn generator_us_per_call(&self) -> f64 {
-        self.generator_cores * self.seconds * 1e6 / self.answered().max(1) as f64
+        self.generator_cores * self.seconds * 1e6 / self.sent().max(1) as f64
     }
 
     /// Failures as "count code" pairs, most frequent first.
@@ -634,13 +673,17 @@ impl Outcomes {
         }
         println!("{line}");
         println!(
-            "{:<30} released {:>8.0}/s of {:.0}/s requested; {} released, {} answered; generator {:.1} µs per call",
+            "{:<30} released {:>8.0}/s of {:.0}/s requested, sent {:.0}/s; {} released, {} sent, {} answered | generator {:.1} µs per call sent, release to send p50 {:.3} p99 {:.3} ms",
             "",
             self.released as f64 / self.seconds,
             requested_rate,
+            self.sent() as f64 / self.seconds,
             self.released,
+            self.sent(),
             self.answered(),
             self.generator_us_per_call(),
+            ms(percentile(&self.send_lag, 0.5)),
+            ms(percentile(&self.send_lag, 0.99)),
         );
     }
 }
@@ -667,7 +710,7 @@ async fn closed_loop(
                 n += 1;
                 let sent = Instant::now();
                 let result = connection
-                    .call(&uri, bodies[n % bodies.len()].clone())
+                    .call(&uri, bodies[n % bodies.len()].clone(), &mut None)
                     .await;
                 outcomes.record(result, sent.elapsed());
             }
@@ -739,13 +782,17 @@ async fn open_loop(
             );
             let sent = Instant::now();
             tokio::spawn(async move {
-                let result = connection.call(&uri, body).await;
+                let mut handed_over = None;
+                let result = connection.call(&uri, body, &mut handed_over).await;
                 let took = sent.elapsed();
                 connection.open.fetch_sub(1, Ordering::Relaxed);
-                outcomes
+                let mut outcomes = outcomes
                     .lock()
-                    .unwrap_or_else(|poisoned| poisoned.into_inner())
-                    .record(result, took);
+                    .unwrap_or_else(|poisoned| poisoned.into_inner());
+                outcomes.record(result, took);
+                if let Some(handed_over) = handed_over {
+                    outcomes.send_lag.push(handed_over - sent);
+                }
                 if outstanding.fetch_sub(1, Ordering::AcqRel) == 1 {
                     all_answered.notify_one();
                 }
@@ -908,6 +955,8 @@ async fn h2load_flood(
     Ok(())
 }
 
+/// Parses the options and runs the bench on a one-thread runtime pinned to
+/// the client CPUs.
 fn main() -> Result<(), BoxError> {
     let options = Options::parse();
     if options.batch == 0 || options.batch > 100 {
@@ -921,6 +970,8 @@ fn main() -> Result<(), BoxError> {
     runtime.block_on(run(options))
 }
 
+/// The whole bench: sweep, then the open-loop phases, then the optional
+/// h2load flood.
 async fn run(options: Options) -> Result<(), BoxError> {
     let workload = Workload {
         kind: options.call,
