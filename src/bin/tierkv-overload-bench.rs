@@ -427,8 +427,23 @@ impl Workload {
 /// reset) is counted under, as tonic's client would report it.
 const TRANSPORT_FAILURE: Code = Code::Unavailable;
 
+/// Why a raw call failed.
+#[derive(Debug)]
+enum Failure {
+    /// The server answered with this `grpc-status`.
+    Status(Code),
+    /// HTTP/2 failed (counted as [`TRANSPORT_FAILURE`]).
+    Transport(h2::Error),
+}
+
+impl From<h2::Error> for Failure {
+    fn from(error: h2::Error) -> Self {
+        Self::Transport(error)
+    }
+}
+
 /// The outcome carried by a `grpc-status` header, if there is one.
-fn grpc_status(headers: &http::HeaderMap) -> Option<Result<(), Code>> {
+fn grpc_status(headers: &http::HeaderMap) -> Option<Result<(), Failure>> {
     let value = headers.get("grpc-status")?;
     let code = std::str::from_utf8(value.as_bytes())
         .ok()
@@ -436,7 +451,7 @@ fn grpc_status(headers: &http::HeaderMap) -> Option<Result<(), Code>> {
         .map_or(Code::Unknown, Code::from_i32);
     Some(match code {
         Code::Ok => Ok(()),
-        code => Err(code),
+        code => Err(Failure::Status(code)),
     })
 }
 
@@ -481,33 +496,32 @@ impl H2Connection {
         uri: &http::Uri,
         body: Bytes,
         handed_over: &mut Option<Instant>,
-    ) -> Result<(), Code> {
-        let transport = |_: h2::Error| TRANSPORT_FAILURE;
-        let mut send = self.send.clone().ready().await.map_err(transport)?;
+    ) -> Result<(), Failure> {
+        let mut send = self.send.clone().ready().await?;
         let mut request = http::Request::new(());
         *request.method_mut() = http::Method::POST;
         *request.uri_mut() = uri.clone();
         let headers = request.headers_mut();
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
         headers.insert(TE, HeaderValue::from_static("trailers"));
-        let (response, mut stream) = send.send_request(request, false).map_err(transport)?;
-        stream.send_data(body, true).map_err(transport)?;
+        let (response, mut stream) = send.send_request(request, false)?;
+        stream.send_data(body, true)?;
         *handed_over = Some(Instant::now());
-        let response = response.await.map_err(transport)?;
+        let response = response.await?;
         // A trailers-only answer (every error tonic sends) ends here.
         if let Some(outcome) = grpc_status(response.headers()) {
             return outcome;
         }
         let mut body = response.into_body();
         while let Some(chunk) = body.data().await {
-            let chunk = chunk.map_err(transport)?;
+            let chunk = chunk?;
             let _ = body.flow_control().release_capacity(chunk.len());
         }
-        let trailers = body.trailers().await.map_err(transport)?;
+        let trailers = body.trailers().await?;
         trailers
             .as_ref()
             .and_then(grpc_status)
-            .unwrap_or(Err(Code::Unknown))
+            .unwrap_or(Err(Failure::Status(Code::Unknown)))
     }
 }
 
@@ -560,6 +574,10 @@ struct Outcomes {
     shed: Vec<Duration>,
     /// Other failures, by code ([`TRANSPORT_FAILURE`] for HTTP/2 errors).
     failed: Vec<Code>,
+    /// Calls that failed in HTTP/2 itself.
+    transport_failures: usize,
+    /// The first HTTP/2 error, to tell what it was.
+    first_transport_failure: Option<String>,
     /// Arrivals the pacer released (sent or not).
     released: u64,
     /// Arrivals not sent because `--max-outstanding` calls were outstanding.
@@ -585,6 +603,31 @@ impl Outcomes {
             Ok(()) => self.admitted.push(took),
             Err(Code::ResourceExhausted) => self.shed.push(took),
             Err(code) => self.failed.push(code),
+        }
+    }
+
+    /// Counts one raw call that took `took`.
+    fn record_raw(&mut self, result: Result<(), Failure>, took: Duration) {
+        let result = result.map_err(|failure| match failure {
+            Failure::Status(code) => code,
+            Failure::Transport(error) => {
+                self.transport_failures += 1;
+                self.first_transport_failure
+                    .get_or_insert_with(|| error.to_string());
+                TRANSPORT_FAILURE
+            }
+        });
+        self.record(result, took);
+    }
+
+    /// Adds what another task of the same phase saw.
+    fn merge(&mut self, mut other: Outcomes) {
+        self.admitted.append(&mut other.admitted);
+        self.shed.append(&mut other.shed);
+        self.failed.append(&mut other.failed);
+        self.transport_failures += other.transport_failures;
+        if self.first_transport_failure.is_none() {
+            self.first_transport_failure = other.first_transport_failure;
         }
     }
 
@@ -638,11 +681,18 @@ impl Outcomes {
             }
         }
         counts.sort_by(|a, b| b.1.cmp(&a.1));
-        counts
+        let mut text = counts
             .iter()
             .map(|(code, count)| format!("{count} {code:?}"))
             .collect::<Vec<_>>()
-            .join(", ")
+            .join(", ");
+        if let Some(first) = &self.first_transport_failure {
+            text += &format!(
+                "; {} of them HTTP/2 errors, first: {first}",
+                self.transport_failures
+            );
+        }
+        text
     }
 
     /// Prints the phase, with the rate it was asked for.
@@ -712,17 +762,14 @@ async fn closed_loop(
                 let result = connection
                     .call(&uri, bodies[n % bodies.len()].clone(), &mut None)
                     .await;
-                outcomes.record(result, sent.elapsed());
+                outcomes.record_raw(result, sent.elapsed());
             }
             outcomes
         });
     }
     let mut all = Outcomes::default();
     while let Some(outcomes) = clients.join_next().await {
-        let mut outcomes = outcomes?;
-        all.admitted.append(&mut outcomes.admitted);
-        all.shed.append(&mut outcomes.shed);
-        all.failed.append(&mut outcomes.failed);
+        all.merge(outcomes?);
     }
     all.released = all.answered() as u64;
     Ok(all.finish(started.elapsed().as_secs_f64(), cpu.stop()))
@@ -789,7 +836,7 @@ async fn open_loop(
                 let mut outcomes = outcomes
                     .lock()
                     .unwrap_or_else(|poisoned| poisoned.into_inner());
-                outcomes.record(result, took);
+                outcomes.record_raw(result, took);
                 if let Some(handed_over) = handed_over {
                     outcomes.send_lag.push(handed_over - sent);
                 }
