@@ -79,17 +79,18 @@ where
         let Some(budget) = budget else {
             return Box::pin(self.inner.call(request));
         };
-        if budget.is_zero() {
+        // Counted from when the server read the call: time spent waiting for
+        // its turn is part of the caller's budget.
+        let deadline = crate::server::http2::AcceptedAt::of(&request) + budget;
+        if budget.is_zero() || deadline <= std::time::Instant::now() {
             // Already out of time: answer without starting any work.
             return Box::pin(async move { Ok(deadline_exceeded(budget)) });
         }
         let mut request = request;
-        request
-            .extensions_mut()
-            .insert(RequestDeadline(std::time::Instant::now() + budget));
+        request.extensions_mut().insert(RequestDeadline(deadline));
         let response = self.inner.call(request);
         Box::pin(async move {
-            match tokio::time::timeout(budget, response).await {
+            match tokio::time::timeout_at(deadline.into(), response).await {
                 Ok(result) => result,
                 Err(_) => Ok(deadline_exceeded(budget)),
             }

@@ -117,6 +117,9 @@ struct Options {
     /// counted as not sent.
     #[arg(long, default_value_t = 8192)]
     max_outstanding: usize,
+    /// Open-loop arrivals are released every this many microseconds.
+    #[arg(long, default_value_t = 100)]
+    tick_us: u64,
     /// Keys loaded.
     #[arg(long, default_value_t = 10_000)]
     keys: usize,
@@ -787,6 +790,7 @@ async fn open_loop(
     rate: f64,
     seconds: f64,
     max_outstanding: usize,
+    tick_us: u64,
 ) -> Result<Outcomes, BoxError> {
     let outcomes = Arc::new(Mutex::new(Outcomes::default()));
     let outstanding = Arc::new(AtomicUsize::new(0));
@@ -795,12 +799,12 @@ async fn open_loop(
     let connections = &client.connections;
     let cpu = CpuMeter::start(server_pid);
     let started = Instant::now();
-    let mut ticker = tokio::time::interval(Duration::from_millis(1));
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let tick = Arc::new(Notify::new());
+    let _pacer = Pacer::start(Duration::from_micros(tick_us), Arc::clone(&tick));
     let (mut released, mut not_sent, mut waited_for_stream) = (0u64, 0u64, 0u64);
     let mut next_connection = 0usize;
     while released < total {
-        ticker.tick().await;
+        tick.notified().await;
         let due = ((started.elapsed().as_secs_f64() * rate) as u64).min(total);
         while released < due {
             released += 1;
@@ -874,6 +878,46 @@ async fn open_loop(
     outcomes.waited_for_stream = waited_for_stream;
     outcomes.unanswered = unanswered;
     Ok(outcomes.finish(phase_seconds, cpu))
+}
+
+/// Wakes the open loop every tick from a thread of its own. tokio's timer
+/// has millisecond resolution, and releasing a millisecond's arrivals at the
+/// same instant is a burst pattern of its own (52 calls at once at 52k/s):
+/// it alone made calls wait for the rest of their batch.
+struct Pacer {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Pacer {
+    fn start(tick: Duration, wake: Arc<Notify>) -> Self {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopped = Arc::clone(&stop);
+        let thread = std::thread::spawn(move || {
+            // SAFETY: prctl only changes this thread's timer slack (default
+            // 50 µs, which would round every sleep up to it).
+            unsafe {
+                libc::prctl(libc::PR_SET_TIMERSLACK, 1 as libc::c_ulong);
+            }
+            while !stopped.load(Ordering::Relaxed) {
+                std::thread::sleep(tick);
+                wake.notify_one();
+            }
+        });
+        Self {
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Pacer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
 }
 
 /// The sweep's result: the sustainable rate and the knee.
@@ -970,6 +1014,7 @@ async fn h2load_flood(
         probe_rate,
         options.seconds - 0.5,
         options.max_outstanding,
+        options.tick_us,
     )
     .await?;
     let output = flood.wait_with_output().await?;
@@ -1085,6 +1130,7 @@ async fn run(options: Options) -> Result<(), BoxError> {
         unloaded_rate,
         seconds,
         max_outstanding,
+        options.tick_us,
     )
     .await?;
     unloaded.print(&format!("unloaded, {unloaded_rate:.0}/s"), unloaded_rate);
@@ -1095,6 +1141,7 @@ async fn run(options: Options) -> Result<(), BoxError> {
         burst_rate,
         seconds,
         max_outstanding,
+        options.tick_us,
     )
     .await?;
     burst.print(
@@ -1107,6 +1154,7 @@ async fn run(options: Options) -> Result<(), BoxError> {
         burst_rate,
         seconds,
         max_outstanding,
+        options.tick_us,
     )
     .await?;
     queueing.print(&format!("burst {}x, no limit", options.burst), burst_rate);

@@ -22,7 +22,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use http::{Request, Response};
 use hyper::body::Incoming;
@@ -60,6 +60,23 @@ pub struct Http2Settings {
     pub max_connection_age_grace: Duration,
 }
 
+/// When the server read a call's headers off its connection, in the
+/// request's extensions. Latency metrics and deadlines count from here, so
+/// the time a call waited for its turn in the server is part of both.
+#[derive(Debug, Clone, Copy)]
+pub struct AcceptedAt(pub Instant);
+
+impl AcceptedAt {
+    /// The accept time of `request`, or now for a request that did not come
+    /// through [`serve`].
+    pub fn of<B>(request: &Request<B>) -> Instant {
+        request
+            .extensions()
+            .get::<AcceptedAt>()
+            .map_or_else(Instant::now, |accepted| accepted.0)
+    }
+}
+
 /// Makes the tracing span a call runs in, from its headers.
 pub type SpanMaker = fn(&Request<()>) -> tracing::Span;
 
@@ -91,6 +108,7 @@ where
         // Synchronous, in the connection's task: the call counts from now.
         let admission = self.limit.admit(parts.uri.path());
         parts.extensions.insert(admission);
+        parts.extensions.insert(AcceptedAt(Instant::now()));
         let head = Request::from_parts(parts, ());
         let span = (self.span)(&head);
         let (parts, ()) = head.into_parts();

@@ -69,7 +69,7 @@ where
         let pending = Pending {
             metrics: self.metrics.clone(),
             labels: Some(self.metrics.labels(request.uri().path())),
-            started: Instant::now(),
+            started: super::http2::AcceptedAt::of(&request),
             span: tracing::Span::none(),
         };
         let response = self.inner.call(request);
