@@ -687,7 +687,7 @@ impl Outcomes {
                 None => counts.push((*code, 1)),
             }
         }
-        counts.sort_by(|a, b| b.1.cmp(&a.1));
+        counts.sort_by_key(|entry| std::cmp::Reverse(entry.1));
         let mut text = counts
             .iter()
             .map(|(code, count)| format!("{count} {code:?}"))
