@@ -5,6 +5,7 @@
 
 mod common;
 
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -136,5 +137,132 @@ async fn a_burst_read_at_once_is_shed_beyond_the_limit() {
         "admitted {admitted}, shed {shed}: the burst was not seen"
     );
     assert_eq!(server.server.stats.calls_shed(), shed as u64);
+    server.stop().await;
+}
+
+/// Writes one HTTP/2 frame.
+fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let mut frame = (payload.len() as u32).to_be_bytes()[1..].to_vec();
+    frame.extend_from_slice(&[kind, flags]);
+    frame.extend_from_slice(&stream.to_be_bytes());
+    frame.extend_from_slice(payload);
+    frame
+}
+
+/// An HPACK literal header field without indexing, with a new name.
+fn hpack_literal(name: &str, value: &str) -> Vec<u8> {
+    let mut field = vec![0u8, name.len() as u8];
+    field.extend_from_slice(name.as_bytes());
+    field.push(value.len() as u8);
+    field.extend_from_slice(value.as_bytes());
+    field
+}
+
+/// Shed calls end their streams cleanly even when the request body arrives
+/// after the refusal (a client writes headers and body separately): the
+/// server reads and drops the body instead of resetting the stream. With
+/// resets, the DATA frames already on their way arrive for streams the server
+/// has forgotten (it remembers 50 resets); each is a protocol error, and
+/// after 1024 of them the server closes the whole connection with GOAWAY,
+/// failing the admitted calls on it too. Frames are written by hand so the
+/// body reliably arrives after the refusal.
+#[tokio::test]
+async fn shed_calls_whose_body_comes_later_do_not_reset_or_break_the_connection() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const ROUNDS: u32 = 8;
+    const STREAMS_PER_ROUND: u32 = 200;
+
+    let server = start_with(|config| config.max_calls_in_flight = 1).await;
+    let addr = server.server.addr;
+    // One slow write holds the only slot.
+    let pause = server.server.engine.pause_writer();
+    let mut holder = connect(&server.server.endpoint()).await;
+    let held = tokio::spawn(async move { holder.put(put_text("user:held", "v")).await });
+    while server.server.stats.calls_in_flight() < 1 {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut reader, mut writer) = stream.into_split();
+    // Counts the frames the server sends: [RST_STREAM, GOAWAY, PING ACK].
+    let counts = Arc::new(Mutex::new([0usize; 3]));
+    let counting = Arc::clone(&counts);
+    tokio::spawn(async move {
+        let mut header = [0u8; 9];
+        while reader.read_exact(&mut header).await.is_ok() {
+            let len = u32::from_be_bytes([0, header[0], header[1], header[2]]) as usize;
+            let mut payload = vec![0u8; len];
+            if reader.read_exact(&mut payload).await.is_err() {
+                break;
+            }
+            let mut counts = counting.lock().unwrap();
+            match (header[3], header[4]) {
+                (0x3, _) => counts[0] += 1,
+                (0x7, _) => counts[1] += 1,
+                (0x6, 0x1) => counts[2] += 1,
+                _ => {}
+            }
+        }
+    });
+    let mut preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    preface.extend(h2_frame(0x4, 0, 0, &[]));
+    // Acknowledges the server's SETTINGS (sent or not yet: an ACK is harmless).
+    preface.extend(h2_frame(0x4, 0x1, 0, &[]));
+    writer.write_all(&preface).await.unwrap();
+
+    let message = prost::Message::encode_to_vec(&get("user:absent"));
+    let mut body = vec![0u8];
+    body.extend_from_slice(&(message.len() as u32).to_be_bytes());
+    body.extend_from_slice(&message);
+    let mut block = vec![0x83, 0x86]; // :method POST, :scheme http
+    block.push(0x04); // :path, literal with an indexed name
+    block.push("/tierkv.v1.KvService/Get".len() as u8);
+    block.extend_from_slice(b"/tierkv.v1.KvService/Get");
+    block.extend(hpack_literal("content-type", "application/grpc"));
+    block.extend(hpack_literal("te", "trailers"));
+
+    let mut next_stream = 1u32;
+    for _ in 0..ROUNDS {
+        let first = next_stream;
+        let mut headers = Vec::new();
+        for _ in 0..STREAMS_PER_ROUND {
+            headers.extend(h2_frame(0x1, 0x4, next_stream, &block));
+            next_stream += 2;
+        }
+        writer.write_all(&headers).await.unwrap();
+        // Every one is refused before its body is sent.
+        let refused = server.server.stats.calls_shed() + u64::from(STREAMS_PER_ROUND);
+        let started = Instant::now();
+        while server.server.stats.calls_shed() < refused {
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "shed {} of {refused}",
+                server.server.stats.calls_shed()
+            );
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        let mut bodies = Vec::new();
+        for stream in (first..next_stream).step_by(2) {
+            bodies.extend(h2_frame(0x0, 0x1, stream, &body));
+        }
+        writer.write_all(&bodies).await.unwrap();
+    }
+    // A PING round trip: every frame written before it has been processed.
+    writer
+        .write_all(&h2_frame(0x6, 0, 0, &[0u8; 8]))
+        .await
+        .unwrap();
+    let started = Instant::now();
+    while counts.lock().unwrap()[2] == 0 {
+        assert!(started.elapsed() < Duration::from_secs(10), "no PING ACK");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let [resets, goaways, _] = *counts.lock().unwrap();
+    assert_eq!(resets, 0, "shed streams were reset");
+    assert_eq!(goaways, 0, "the connection was closed");
+
+    drop(pause);
+    held.await.unwrap().expect("the admitted call completes");
+    drop(writer);
     server.stop().await;
 }
