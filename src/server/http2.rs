@@ -34,7 +34,7 @@ use tonic::body::Body;
 use tower::util::Oneshot;
 use tracing::Instrument;
 
-use super::load_shed::CallLimit;
+use super::load_shed::{Admission, CallLimit};
 
 /// HTTP/2 settings of every connection.
 #[derive(Debug, Clone)]
@@ -107,10 +107,16 @@ where
         let (mut parts, body) = request.into_parts();
         // Synchronous, in the connection's task: the call counts from now.
         let admission = self.limit.admit(parts.uri.path());
+        // A refusal logs nothing: no span to build (a tenth of its cost).
+        let refused = matches!(admission, Admission::Refused);
         parts.extensions.insert(admission);
         parts.extensions.insert(AcceptedAt(Instant::now()));
         let head = Request::from_parts(parts, ());
-        let span = (self.span)(&head);
+        let span = if refused {
+            tracing::Span::none()
+        } else {
+            (self.span)(&head)
+        };
         let (parts, ()) = head.into_parts();
         let request = Request::from_parts(parts, Body::new(body));
         Box::pin(Oneshot::new(self.stack.clone(), request).instrument(span))
