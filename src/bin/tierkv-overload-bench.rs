@@ -238,12 +238,40 @@ impl Server {
         format!("http://{}", self.addr)
     }
 
-    /// `tierkv_rpc_requests_total` of `method`, by gRPC code, from `/metrics`.
-    fn calls_by_code(&self, method: &str) -> Result<Vec<(String, f64)>, BoxError> {
+    fn scrape(&self) -> Result<String, BoxError> {
         let mut stream = std::net::TcpStream::connect(&self.metrics_addr)?;
         stream.write_all(b"GET /metrics HTTP/1.0\r\nHost: bench\r\n\r\n")?;
         let mut text = String::new();
         stream.read_to_string(&mut text)?;
+        Ok(text)
+    }
+
+    /// The cumulative buckets `(le, count)` of `tierkv_rpc_duration_seconds`
+    /// for `method`: the server's own view, from reading a call's headers to
+    /// its status.
+    fn latency_buckets(&self, method: &str) -> Result<Vec<(f64, f64)>, BoxError> {
+        let method_label = format!("method=\"{method}\"");
+        Ok(self
+            .scrape()?
+            .lines()
+            .filter(|line| line.starts_with("tierkv_rpc_duration_seconds_bucket{"))
+            .filter(|line| line.contains(&method_label))
+            .filter_map(|line| {
+                let le = line.split("le=\"").nth(1)?.split('"').next()?;
+                let le = if le == "+Inf" {
+                    f64::INFINITY
+                } else {
+                    le.parse().ok()?
+                };
+                let count = line.rsplit(' ').next()?.parse().ok()?;
+                Some((le, count))
+            })
+            .collect())
+    }
+
+    /// `tierkv_rpc_requests_total` of `method`, by gRPC code, from `/metrics`.
+    fn calls_by_code(&self, method: &str) -> Result<Vec<(String, f64)>, BoxError> {
+        let text = self.scrape()?;
         let method_label = format!("method=\"{method}\"");
         Ok(text
             .lines()
@@ -920,6 +948,45 @@ impl Drop for Pacer {
     }
 }
 
+/// Prints the server's latency over a phase from two scrapes of its
+/// histogram: the bucket bounds holding the median and the 99th percentile,
+/// and the share answered within 1 ms. Shed and admitted calls together.
+fn print_server_view(before: &[(f64, f64)], after: &[(f64, f64)]) {
+    let delta: Vec<(f64, f64)> = after
+        .iter()
+        .map(|(le, count)| {
+            let earlier = before
+                .iter()
+                .find(|(bound, _)| bound == le)
+                .map_or(0.0, |(_, count)| *count);
+            (*le, count - earlier)
+        })
+        .collect();
+    let Some(&(_, total)) = delta.last() else {
+        return;
+    };
+    if total <= 0.0 {
+        return;
+    }
+    let bound = |fraction: f64| {
+        delta
+            .iter()
+            .find(|(_, count)| *count >= fraction * total)
+            .map_or(f64::INFINITY, |(le, _)| *le * 1000.0)
+    };
+    let within_1ms = delta
+        .iter()
+        .find(|(le, _)| (*le - 0.001).abs() < 1e-9)
+        .map_or(0.0, |(_, count)| *count / total);
+    println!(
+        "{:<30} server side, all calls: p50 <= {} ms, p99 <= {} ms, {:.2}% within 1 ms",
+        "",
+        bound(0.5),
+        bound(0.99),
+        within_1ms * 100.0
+    );
+}
+
 /// The sweep's result: the sustainable rate and the knee.
 struct Saturation {
     rate: f64,
@@ -1124,6 +1191,8 @@ async fn run(options: Options) -> Result<(), BoxError> {
     );
     let (seconds, max_outstanding) = (options.seconds, options.max_outstanding);
     let unloaded_rate = options.unloaded_fraction * rate;
+    let method = workload.method();
+    let before = shedding.latency_buckets(method)?;
     let unloaded = open_loop(
         &client,
         shedding.child.id(),
@@ -1134,6 +1203,8 @@ async fn run(options: Options) -> Result<(), BoxError> {
     )
     .await?;
     unloaded.print(&format!("unloaded, {unloaded_rate:.0}/s"), unloaded_rate);
+    let after = shedding.latency_buckets(method)?;
+    print_server_view(&before, &after);
     let burst_rate = options.burst * rate;
     let burst = open_loop(
         &client,
@@ -1148,6 +1219,8 @@ async fn run(options: Options) -> Result<(), BoxError> {
         &format!("burst {}x, {burst_rate:.0}/s, shedding", options.burst),
         burst_rate,
     );
+    print_server_view(&after, &shedding.latency_buckets(method)?);
+    let before = unbounded.latency_buckets(method)?;
     let queueing = open_loop(
         &unbounded_client,
         unbounded.child.id(),
@@ -1158,6 +1231,7 @@ async fn run(options: Options) -> Result<(), BoxError> {
     )
     .await?;
     queueing.print(&format!("burst {}x, no limit", options.burst), burst_rate);
+    print_server_view(&before, &unbounded.latency_buckets(method)?);
 
     println!();
     println!(
