@@ -89,15 +89,53 @@ struct AdmitOnAccept<S> {
     span: SpanMaker,
 }
 
+/// The tower stack a call runs through: cloned per call, never failing (an
+/// error is a gRPC status in the response).
+pub trait CallStack<B>:
+    tower::Service<
+        Request<Body>,
+        Response = Response<B>,
+        Error = Infallible,
+        Future: Send + 'static,
+    > + Clone
+    + Send
+    + 'static
+{
+}
+
+impl<T, B> CallStack<B> for T where
+    T: tower::Service<
+            Request<Body>,
+            Response = Response<B>,
+            Error = Infallible,
+            Future: Send + 'static,
+        > + Clone
+        + Send
+        + 'static
+{
+}
+
+/// A response body hyper can send.
+pub trait ResponseBody:
+    http_body::Body<Data = bytes::Bytes, Error: Into<Box<dyn std::error::Error + Send + Sync>>>
+    + Send
+    + 'static
+{
+}
+
+impl<T> ResponseBody for T where
+    T: http_body::Body<Data = bytes::Bytes, Error: Into<Box<dyn std::error::Error + Send + Sync>>>
+        + Send
+        + 'static
+{
+}
+
 type CallFuture<B> = Pin<Box<dyn Future<Output = Result<Response<B>, Infallible>> + Send>>;
 
 impl<S, B> hyper::service::Service<Request<Incoming>> for AdmitOnAccept<S>
 where
-    S: tower::Service<Request<Body>, Response = Response<B>, Error = Infallible>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
+    // Spelled out: `B` must be fixed by `S`'s response type.
+    S: tower::Service<Request<Body>, Response = Response<B>> + CallStack<B>,
 {
     type Response = Response<B>;
     type Error = Infallible;
@@ -136,13 +174,8 @@ pub async fn serve<I, IO, S, B>(
 ) where
     I: Stream<Item = std::io::Result<IO>>,
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    S: tower::Service<Request<Body>, Response = Response<B>, Error = Infallible>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-    B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    S: CallStack<B>,
+    B: ResponseBody,
 {
     let service = AdmitOnAccept { stack, limit, span };
     let settings = Arc::new(settings);
@@ -187,13 +220,8 @@ async fn serve_connection<IO, S, B>(
     mut drain: watch::Receiver<()>,
 ) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    S: tower::Service<Request<Body>, Response = Response<B>, Error = Infallible>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-    B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    S: CallStack<B>,
+    B: ResponseBody,
 {
     let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
     builder
