@@ -741,3 +741,33 @@ async fn connections_are_closed_gracefully_at_their_maximum_age() {
     assert_eq!(connection_lifetime(unaged.server.addr).await, None);
     unaged.stop().await;
 }
+
+/// A connection past its maximum age whose call is still running gets the
+/// grace period after its GOAWAY, then is closed: a call that never ends
+/// cannot keep an aged connection open for ever.
+#[tokio::test]
+async fn an_aged_connection_still_busy_after_its_grace_is_closed() {
+    let server = start_with(|config| {
+        config.max_connection_age_secs = 1;
+        config.max_connection_age_grace_secs = 1;
+    })
+    .await;
+    // The write waits on the paused writer for as long as the test likes.
+    let pause = server.server.engine.pause_writer();
+    let mut client = connect(&server.server.endpoint()).await;
+    let started = Instant::now();
+    let status = tokio::time::timeout(
+        Duration::from_secs(10),
+        client.put(put_text("user:stuck", "v")),
+    )
+    .await
+    .expect("the connection was closed within 10 s")
+    .expect_err("the connection closes under the call");
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(1_900) && took < Duration::from_secs(10),
+        "closed after {took:?}: {status:?}"
+    );
+    drop(pause);
+    server.stop().await;
+}
