@@ -26,7 +26,6 @@ use tokio::time::{Instant, Sleep};
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 use tokio_stream::Stream;
-use tonic::transport::server::{Connected, TcpConnectInfo};
 
 /// Length of the HTTP/2 client connection preface (`PRI * HTTP/2.0...`),
 /// the first bytes every gRPC client sends.
@@ -225,14 +224,6 @@ impl Connection {
 
     fn connections(&self) -> &Arc<Connections> {
         &self.io.registered().connections
-    }
-}
-
-impl Connected for Connection {
-    type ConnectInfo = TcpConnectInfo;
-
-    fn connect_info(&self) -> Self::ConnectInfo {
-        self.io.registered().stream.connect_info()
     }
 }
 
