@@ -771,3 +771,43 @@ async fn an_aged_connection_still_busy_after_its_grace_is_closed() {
     drop(pause);
     server.stop().await;
 }
+
+/// What is not HTTP/2 gets its connection closed at once, whatever it is (an
+/// HTTP/1.1 request, a preface followed by garbage, a frame far over the
+/// size limit), and the server goes on serving everyone else.
+#[tokio::test]
+async fn connections_speaking_something_else_are_closed_and_the_server_serves_on() {
+    let mut server = start().await;
+    let mut huge_frame = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    // A HEADERS frame declaring 16 MiB - 1 bytes, over the 16 KiB frame limit.
+    huge_frame.extend_from_slice(&[0xff, 0xff, 0xff, 0x1, 0x4, 0, 0, 0, 1]);
+    let inputs: Vec<Vec<u8>> = vec![
+        b"GET / HTTP/1.1\r\nHost: tierkv\r\n\r\n".to_vec(),
+        b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x04\x08\x00\x00\x00\x00\x00garbage!".to_vec(),
+        (0..4096u32)
+            .map(|n| (n.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect(),
+        huge_frame,
+    ];
+    for input in inputs {
+        let mut stream = TcpStream::connect(server.server.addr).await.unwrap();
+        stream.write_all(&input).await.unwrap();
+        let mut buf = [0u8; 1024];
+        loop {
+            match tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buf))
+                .await
+                .expect("the server closes the connection")
+            {
+                Ok(0) | Err(_) => break,
+                Ok(_) => continue,
+            }
+        }
+    }
+    server
+        .client
+        .put(put_text("still", "serving"))
+        .await
+        .unwrap();
+    assert!(exists(&mut server.client, "still").await);
+    server.stop().await;
+}
