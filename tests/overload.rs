@@ -266,3 +266,55 @@ async fn shed_calls_whose_body_comes_later_do_not_reset_or_break_the_connection(
     drop(writer);
     server.stop().await;
 }
+
+/// A streaming call stops counting once its first message is out: a long
+/// migration, which mostly waits on its pace, must not hold a slot (here the
+/// only one) for its whole life.
+#[tokio::test]
+async fn a_long_stream_does_not_hold_its_slot() {
+    let server = start_with(|config| {
+        config.max_calls_in_flight = 1;
+        config.migrations = vec![tierkv::migrate::MigrationStep {
+            prefix: "user:".into(),
+            from: 1,
+            to: 2,
+            patch: r#"[{"op": "add", "path": "/v2", "value": true}]"#.into(),
+        }];
+    })
+    .await;
+    let mut client = server.client.clone();
+    for n in 0..20 {
+        let mut put = put_text(&format!("user:{n:02}"), "x");
+        put.value = Some(tierkv::proto::v1::put_request::Value::Json(
+            tierkv::api::convert::json_to_proto(serde_json::json!({ "n": n })),
+        ));
+        put.schema_version = 1;
+        client.put(put).await.unwrap();
+    }
+    let mut admin = connect_admin(&server.server.endpoint()).await;
+    // One record a second: about 20 s to finish.
+    let mut progress = admin
+        .migrate(tierkv::proto::v1::MigrateRequest {
+            prefix: "user:".into(),
+            batch_size: 1,
+            max_records_per_second: Some(1),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    progress
+        .message()
+        .await
+        .unwrap()
+        .expect("a first progress message");
+    for _ in 0..5 {
+        client
+            .get(get("user:00"))
+            .await
+            .expect("admitted beside the stream");
+    }
+    assert_eq!(server.server.stats.calls_shed(), 0);
+    drop(progress);
+    server.stop().await;
+}

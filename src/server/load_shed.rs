@@ -206,12 +206,14 @@ where
     }
 }
 
-/// A response body that keeps its call counted in flight until the body has
-/// been sent. A unary response is encoded as the server polls its body, after
-/// the handler has returned: that work belongs to the call, and counting it
-/// keeps `max_calls_in_flight` a bound on the work in progress (measured: with
-/// a limit of 1, releasing at the handler's return let the next call's
-/// handler run while 100 KB responses were still being encoded and written).
+/// A response body that keeps its call counted in flight until its first
+/// message has been produced. A unary response is encoded as the server polls
+/// its body, after the handler has returned: that work belongs to the call,
+/// and counting it keeps `max_calls_in_flight` a bound on the work in progress
+/// (measured: with a limit of 1, releasing at the handler's return let the
+/// next call's handler run while 100 KB responses were still being encoded).
+/// A stream (migration progress) is released at its first message, so a long
+/// stream that mostly waits does not hold a slot for its whole life.
 #[derive(Debug, Default)]
 pub struct AdmittedBody<B> {
     inner: B,
@@ -228,8 +230,14 @@ impl<B: http_body::Body + Unpin> http_body::Body for AdmittedBody<B> {
     ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
         let this = self.get_mut();
         let polled = Pin::new(&mut this.inner).poll_frame(cx);
-        if matches!(polled, Poll::Ready(None | Some(Err(_)))) {
-            this.ticket = None;
+        if let Poll::Ready(frame) = &polled {
+            // A message, the end, or an error: the call's own work is done.
+            if frame.as_ref().is_none_or(|frame| match frame {
+                Ok(frame) => frame.is_data(),
+                Err(_) => true,
+            }) {
+                this.ticket = None;
+            }
         }
         polled
     }
