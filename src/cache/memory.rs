@@ -15,23 +15,25 @@
 //!    returns sees the older value from memory. A background task applies
 //!    events too, so that a quiet tier does not lag behind the feed.
 //!
-//! 2. **A fill that raced a newer commit never stays.** A filler takes a
+//! 2. **A fill that raced a newer commit is never seen.** A filler takes a
 //!    [`FillTicket`] *before* it reads the store (or asks the origin): a
 //!    snapshot of its key's stripe — the highest put version and the number
 //!    of deletes the feed has applied to keys hashing there — and of the
-//!    clear epoch. After inserting, [`MemoryTier::fill`] compares: if a delete
-//!    or a clear was applied since the ticket, or a put whose version is
-//!    above the inserted entry's, it removes the entry again. Versions of a
-//!    key only grow, so a commit newer than the value read has a higher
-//!    version. Either its event was applied before the filler's check — the
-//!    check sees it and removes the entry — or after the filler's insert —
-//!    and applying it drops the entry (rule 1). Both orders are covered
-//!    because the feed side updates the stripe *before* it touches the cache,
-//!    and the filler inserts *before* it checks the stripe (all `SeqCst`). A
-//!    filler's own write (a Put, an origin fill) has exactly the entry's
-//!    version, so it does not count as newer; a 404 remembered in memory
-//!    (version 0) stays only if no put at all reached its stripe. Sharing a
-//!    stripe with other keys only causes extra removals, never a stale entry.
+//!    clear epoch. [`MemoryTier::fill`] then compares, and inserts only if no
+//!    delete or clear was applied since the ticket, nor a put whose version
+//!    is above the entry's. It checks and inserts under the lock events are
+//!    applied under, so the two never interleave. Versions of a key only
+//!    grow, so a commit newer than the value read has a higher version.
+//!    Either its event was applied before the fill — the check sees it and
+//!    nothing is inserted — or after — and applying it drops the entry
+//!    (rule 1) before any read that starts after the write returned looks.
+//!    (Inserting first and removing after a failed check is not enough: a
+//!    reader that had already caught up with the newer event could find the
+//!    older entry in between.) A filler's own write (a Put, an origin fill)
+//!    has exactly the entry's version, so it does not count as newer; a 404
+//!    remembered in memory (version 0) stays only if no put at all reached
+//!    its stripe. Sharing a stripe with other keys only causes extra lost
+//!    fills, never a stale entry.
 //!
 //! A lagging subscription may have missed anything: the tier clears itself
 //! and bumps the epoch, which fails every ticket taken before. A dropped
@@ -80,7 +82,8 @@ pub struct MemoryTier {
     /// Bumped on every clear.
     epoch: AtomicU64,
     /// The subscription events are applied from. A std mutex: held while
-    /// applying what is already queued, never across an await.
+    /// applying what is already queued, and while a fill checks its ticket
+    /// and inserts (see the module docs); never across an await.
     feed: Mutex<ChangeSubscription>,
     capacity_bytes: u64,
     on_clear: Box<dyn Fn() + Send + Sync>,
@@ -150,7 +153,7 @@ impl MemoryTier {
     }
 
     /// Installs `entry` for `key` unless a newer commit was applied since
-    /// `ticket` (see the module docs); returns whether it stayed.
+    /// `ticket` (see the module docs); returns whether it was installed.
     pub fn fill(&self, key: &str, entry: MemoryEntry, ticket: FillTicket) -> bool {
         self.fill_shared(key, Arc::new(entry), ticket)
     }
@@ -160,17 +163,24 @@ impl MemoryTier {
         if u64::from(entry.weight(key)) > self.max_entry_bytes() {
             return false;
         }
-        let version = entry.version;
-        self.cache.insert(Arc::from(key), entry);
+        // Checked and inserted under the lock events are applied under: an
+        // entry inserted first and removed after a failed check would be
+        // visible in between, and a reader that caught up with the newer
+        // event just before could return it.
+        let _applying = self.lock_feed();
         let stripe = &self.stripes[ticket.stripe];
         let max_put_version = stripe.max_put_version.load(Ordering::SeqCst);
         let raced = self.epoch.load(Ordering::SeqCst) != ticket.epoch
             || stripe.deletes.load(Ordering::SeqCst) != ticket.deletes
-            || (max_put_version != ticket.max_put_version && max_put_version > version);
-        if raced {
-            self.cache.invalidate(key);
+            || (max_put_version != ticket.max_put_version && max_put_version > entry.version);
+        if !raced {
+            self.cache.insert(Arc::from(key), entry);
         }
         !raced
+    }
+
+    fn lock_feed(&self) -> std::sync::MutexGuard<'_, ChangeSubscription> {
+        self.feed.lock().unwrap_or_else(|error| error.into_inner())
     }
 
     /// Drops `key`'s entry.
@@ -199,7 +209,7 @@ impl MemoryTier {
 
     /// Applies every event already published (every read does this first).
     pub fn catch_up(&self) {
-        let mut feed = self.feed.lock().unwrap_or_else(|error| error.into_inner());
+        let mut feed = self.lock_feed();
         loop {
             match feed.try_recv() {
                 Ok(Some(event)) => self.apply(&event),
@@ -370,5 +380,45 @@ mod tests {
         let mut negative = entry(0);
         negative.negative = Some(404);
         assert!(!tier.fill(key, negative, ticket));
+    }
+
+    /// A fill refused by its check is never visible, not even for a moment:
+    /// a reader that caught up with the newer commit must not find the older
+    /// entry while the filler is between inserting and checking.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_refused_fill_is_never_visible() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = RocksEngine::open(
+            dir.path().join("data"),
+            Namespaces::new(["cache:"]),
+            RocksOptions::default(),
+            ManualClock::starting_now(),
+        )
+        .unwrap();
+        let tier = MemoryTier::start(1 << 20, engine.subscribe(), engine.subscribe(), || {});
+        let key = "cache:k";
+        let v1 = put(&engine, key, "1").await;
+        let ticket = tier.ticket(key);
+        put(&engine, key, "2").await;
+        tier.catch_up();
+
+        let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let reader = {
+            let (tier, done) = (Arc::clone(&tier), Arc::clone(&done));
+            std::thread::spawn(move || {
+                let mut seen = 0u64;
+                while !done.load(Ordering::SeqCst) {
+                    if tier.get(key).is_some() {
+                        seen += 1;
+                    }
+                }
+                seen
+            })
+        };
+        for _ in 0..20_000 {
+            assert!(!tier.fill(key, entry(v1), ticket));
+        }
+        done.store(true, Ordering::SeqCst);
+        assert_eq!(reader.join().unwrap(), 0, "a refused fill was seen");
     }
 }
