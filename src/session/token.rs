@@ -71,7 +71,14 @@ fn random_bytes<const N: usize>() -> [u8; N] {
 
 /// A fresh session id and token.
 pub fn issue() -> Issued {
-    let session_id = URL_SAFE_NO_PAD.encode(random_bytes::<SESSION_ID_BYTES>());
+    // Never starting with `-` (one id in 64 would): command lines would take
+    // the token for an option. Drawing again costs a 64th of a bit.
+    let session_id = loop {
+        let session_id = URL_SAFE_NO_PAD.encode(random_bytes::<SESSION_ID_BYTES>());
+        if !session_id.starts_with('-') {
+            break session_id;
+        }
+    };
     reissue(session_id)
 }
 
@@ -206,12 +213,16 @@ mod tests {
         );
     }
 
-    /// Two issues never collide (a smoke test of the generator's use).
+    /// Two issues never collide (a smoke test of the generator's use), and
+    /// none starts with `-`.
     #[test]
     fn issues_are_distinct() {
         let mut seen = std::collections::HashSet::new();
         for _ in 0..1000 {
             let issued = issue();
+            // A leading `-` would be an option to a command line (1 in 64
+            // ids did; 1000 issues would show one with near certainty).
+            assert!(!issued.session_id.starts_with('-'), "{}", issued.session_id);
             assert!(seen.insert(issued.session_id));
             assert!(seen.insert(issued.token.into_exposed()));
         }
