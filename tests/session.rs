@@ -1034,6 +1034,17 @@ async fn command_line() {
     let revoked = parse(&cli(endpoint, &["revoke-all", "alice"], None).await);
     assert_eq!(revoked, json!({"revoked": 1}));
     assert_eq!(cli(endpoint, &["get", &new_token], None).await.code, 1);
+    // A token starting with `-` is a token, not an option (before or after
+    // the command's own flags): unknown here, so exit code 1, not a usage error.
+    let hyphen = "-AAAAAAAAAAAAAAAAAAAAA.AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
+    for args in [
+        &["get", hyphen][..],
+        &["get", "--touch", hyphen],
+        &["get", hyphen, "--touch"],
+    ] {
+        let outcome = cli(endpoint, args, None).await;
+        assert_eq!(outcome.code, 1, "{args:?}: {}", outcome.stderr);
+    }
 
     let bad = cli(endpoint, &["create", "alice", "--data", "[1]"], None).await;
     assert_eq!(bad.code, 2);

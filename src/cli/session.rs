@@ -48,6 +48,8 @@ enum SessionCommand {
     /// Print the session a token belongs to (exit code 1 when there is none).
     Get {
         /// The token, or `-` to read it from stdin.
+        // A token may start with `-` (base64url): a value, not an option.
+        #[arg(allow_hyphen_values = true)]
         token: String,
         /// Also touch the session.
         #[arg(long)]
@@ -56,11 +58,15 @@ enum SessionCommand {
     /// Slide the session's idle expiry forward.
     Touch {
         /// The token, or `-` to read it from stdin.
+        // A token may start with `-` (base64url): a value, not an option.
+        #[arg(allow_hyphen_values = true)]
         token: String,
     },
     /// Apply a JSON merge patch (RFC 7396) to the session's data.
     Update {
         /// The token, or `-` to read it from stdin.
+        // A token may start with `-` (base64url): a value, not an option.
+        #[arg(allow_hyphen_values = true)]
         token: String,
         /// The patch, a JSON object.
         patch: String,
@@ -71,11 +77,15 @@ enum SessionCommand {
     /// Replace the session's token; prints the session with the new one.
     Rotate {
         /// The token, or `-` to read it from stdin.
+        // A token may start with `-` (base64url): a value, not an option.
+        #[arg(allow_hyphen_values = true)]
         token: String,
     },
     /// End a session by token (or by id with --id).
     Revoke {
         /// The token (`-` reads it from stdin), or the session id with --id.
+        // A token may start with `-` (base64url): a value, not an option.
+        #[arg(allow_hyphen_values = true)]
         token: String,
         /// The argument is a session id, not a token.
         #[arg(long)]

@@ -71,8 +71,9 @@ fn random_bytes<const N: usize>() -> [u8; N] {
 
 /// A fresh session id and token.
 pub fn issue() -> Issued {
-    // Never starting with `-` (one id in 64 would): command lines would take
-    // the token for an option. Drawing again costs a 64th of a bit.
+    // Never starting with `-` (one id in 64 would): command-line tools take
+    // such an argument for an option unless told otherwise (ours is told, see
+    // cli::session). Drawing again costs a 64th of a bit.
     let session_id = loop {
         let session_id = URL_SAFE_NO_PAD.encode(random_bytes::<SESSION_ID_BYTES>());
         if !session_id.starts_with('-') {
