@@ -60,20 +60,27 @@ pub struct Http2Settings {
     pub max_connection_age_grace: Duration,
 }
 
-/// When the server read a call's headers off its connection, in the
-/// request's extensions. Latency metrics and deadlines count from here, so
-/// the time a call waited for its turn in the server is part of both.
-#[derive(Debug, Clone, Copy)]
-pub struct AcceptedAt(pub Instant);
+/// What the server decided when it read a call's headers off its
+/// connection, in the request's extensions: one entry (one allocation) for
+/// both. Latency metrics and deadlines count from `at`, so the time a call
+/// waited for its turn in the server is part of both; the load-shedding
+/// layer takes `admission`.
+#[derive(Debug, Clone)]
+pub struct Accepted {
+    /// When the headers were read.
+    pub at: Instant,
+    /// Whether the call was admitted; `None` once the shedding layer took it.
+    pub admission: Option<Admission>,
+}
 
-impl AcceptedAt {
+impl Accepted {
     /// The accept time of `request`, or now for a request that did not come
     /// through [`serve`].
-    pub fn of<B>(request: &Request<B>) -> Instant {
+    pub fn time_of<B>(request: &Request<B>) -> Instant {
         request
             .extensions()
-            .get::<AcceptedAt>()
-            .map_or_else(Instant::now, |accepted| accepted.0)
+            .get::<Accepted>()
+            .map_or_else(Instant::now, |accepted| accepted.at)
     }
 }
 
@@ -147,8 +154,10 @@ where
         let admission = self.limit.admit(parts.uri.path());
         // A refusal logs nothing: no span to build (a tenth of its cost).
         let refused = matches!(admission, Admission::Refused);
-        parts.extensions.insert(admission);
-        parts.extensions.insert(AcceptedAt(Instant::now()));
+        parts.extensions.insert(Accepted {
+            at: Instant::now(),
+            admission: Some(admission),
+        });
         let head = Request::from_parts(parts, ());
         let span = if refused {
             tracing::Span::none()

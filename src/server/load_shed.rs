@@ -169,7 +169,11 @@ where
     }
 
     fn call(&mut self, mut request: http::Request<ReqBody>) -> Self::Future {
-        let admission = match request.extensions_mut().remove::<Admission>() {
+        let admission = match request
+            .extensions_mut()
+            .get_mut::<super::http2::Accepted>()
+            .and_then(|accepted| accepted.admission.take())
+        {
             Some(admission) => admission,
             None => self.limit.admit(request.uri().path()),
         };
