@@ -27,7 +27,7 @@ use crate::engine::{
     DeleteOp, Engine, EngineError, Precondition, PutOp, Record, ScanRequest, ValueKind, WriteOp,
     WriteOutcome,
 };
-use crate::kv::limits::{MAX_JSON_DEPTH, MAX_KEY_BYTES, MAX_LIST_EXAMINED, MAX_VALUE_BYTES};
+use crate::kv::limits::{MAX_JSON_DEPTH, MAX_LIST_EXAMINED, MAX_VALUE_BYTES};
 use crate::kv::{
     self, DeleteCommand, Expiration, FieldViolation, KvError, KvService, PutCommand, ReadValue,
     Value, ValueType,
@@ -608,15 +608,8 @@ impl CacheService {
                     .into(),
             ));
         }
-        if prefix.len() > MAX_KEY_BYTES {
-            return Err(invalid(
-                "prefix",
-                format!(
-                    "prefix is {} bytes; the limit is {MAX_KEY_BYTES} bytes",
-                    prefix.len()
-                ),
-            ));
-        }
+        kv::validate_prefix("prefix", prefix)
+            .map_err(|violation| CacheError::Kv(KvError::InvalidArgument(vec![violation])))?;
         inner.check_owner("prefix", prefix)?;
         inner.memory.invalidate_prefix(prefix);
         let mut purged = 0u64;

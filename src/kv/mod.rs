@@ -575,15 +575,8 @@ impl KvService {
         page_size: i32,
         page_token: &str,
     ) -> Result<ListPage, KvError> {
-        if prefix.len() > MAX_KEY_BYTES {
-            return Err(invalid(
-                "prefix",
-                format!(
-                    "prefix is {} bytes; the limit is {MAX_KEY_BYTES} bytes",
-                    prefix.len()
-                ),
-            ));
-        }
+        validate_prefix("prefix", prefix)
+            .map_err(|violation| KvError::InvalidArgument(vec![violation]))?;
         // A prefix inside an owned namespace is refused; one that spans owned
         // namespaces (the empty prefix) is answered without them by the engine.
         self.check_owner("prefix", prefix)?;
@@ -777,6 +770,21 @@ fn op_size(op: &WriteOp) -> usize {
         }
         WriteOp::Delete(delete) => delete.key.len(),
     }
+}
+
+/// Checks a listing or purge prefix against the key size limit (a prefix
+/// longer than any key matches nothing, and is a mistake).
+pub fn validate_prefix(field: &str, prefix: &str) -> Result<(), FieldViolation> {
+    if prefix.len() > MAX_KEY_BYTES {
+        return Err(FieldViolation::new(
+            field,
+            format!(
+                "prefix is {} bytes; the limit is {MAX_KEY_BYTES} bytes",
+                prefix.len()
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// Checks a key against the limits.
