@@ -364,15 +364,11 @@ impl CacheService {
                 return Ok(None);
             };
             let meta = StoredMeta::from_metadata(record.metadata.as_deref());
-            let memory_ttl = meta
-                .as_ref()
-                .and_then(|meta| meta.memory_ttl_ms)
-                .unwrap_or(millis(DEFAULT_MEMORY_TTL));
             let entry = inner.store_hit(
                 key,
                 &record,
                 meta.as_ref(),
-                memory_ttl,
+                DEFAULT_MEMORY_TTL,
                 now,
                 ticket,
                 in_memory,
@@ -392,15 +388,11 @@ impl CacheService {
             // Fresh, or written by someone else than the cache (KvService):
             // fresh for as long as the record lives.
             meta => {
-                let memory_ttl = meta
-                    .as_ref()
-                    .and_then(|meta| meta.memory_ttl_ms)
-                    .unwrap_or(millis(origin.memory_ttl));
                 let entry = inner.store_hit(
                     key,
                     &record,
                     meta.as_ref(),
-                    memory_ttl,
+                    origin.memory_ttl,
                     now,
                     ticket,
                     in_memory,
@@ -688,12 +680,16 @@ impl Inner {
         key: &str,
         record: &Record,
         meta: Option<&StoredMeta>,
-        memory_ttl_ms: u64,
+        default_memory_ttl: Duration,
         now: u64,
         ticket: super::memory::FillTicket,
         in_memory: Option<Arc<MemoryEntry>>,
     ) -> Arc<MemoryEntry> {
         CacheStats::count(&self.stats.store_hits);
+        // The memory TTL the entry was stored with, else the default.
+        let memory_ttl_ms = meta
+            .and_then(|meta| meta.memory_ttl_ms)
+            .unwrap_or(millis(default_memory_ttl));
         let mut memory_until = now.saturating_add(memory_ttl_ms);
         if let Some(until) = meta.and_then(|meta| meta.fresh_until_ms) {
             memory_until = memory_until.min(until);
