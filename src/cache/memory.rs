@@ -282,6 +282,20 @@ mod tests {
         WriteOp, WriteOutcome,
     };
 
+    /// A real engine over `dir` with a `cache:` namespace, and a 1 MiB tier
+    /// following its feed.
+    fn engine_and_tier(dir: &tempfile::TempDir) -> (RocksEngine, Arc<MemoryTier>) {
+        let engine = RocksEngine::open(
+            dir.path().join("data"),
+            Namespaces::new(["cache:"]),
+            RocksOptions::default(),
+            ManualClock::starting_now(),
+        )
+        .unwrap();
+        let tier = MemoryTier::start(1 << 20, engine.subscribe(), engine.subscribe(), || {});
+        (engine, tier)
+    }
+
     async fn put(engine: &RocksEngine, key: &str, value: &str) -> u64 {
         let outcomes = engine
             .write(vec![WriteOp::Put(PutOp {
@@ -319,14 +333,7 @@ mod tests {
     #[tokio::test]
     async fn fills_that_raced_newer_commits_never_stay() {
         let dir = tempfile::tempdir().unwrap();
-        let engine = RocksEngine::open(
-            dir.path().join("data"),
-            Namespaces::new(["cache:"]),
-            RocksOptions::default(),
-            ManualClock::starting_now(),
-        )
-        .unwrap();
-        let tier = MemoryTier::start(1 << 20, engine.subscribe(), engine.subscribe(), || {});
+        let (engine, tier) = engine_and_tier(&dir);
         let key = "cache:k";
         let v1 = put(&engine, key, "1").await;
 
@@ -388,14 +395,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_refused_fill_is_never_visible() {
         let dir = tempfile::tempdir().unwrap();
-        let engine = RocksEngine::open(
-            dir.path().join("data"),
-            Namespaces::new(["cache:"]),
-            RocksOptions::default(),
-            ManualClock::starting_now(),
-        )
-        .unwrap();
-        let tier = MemoryTier::start(1 << 20, engine.subscribe(), engine.subscribe(), || {});
+        let (engine, tier) = engine_and_tier(&dir);
         let key = "cache:k";
         let v1 = put(&engine, key, "1").await;
         let ticket = tier.ticket(key);
