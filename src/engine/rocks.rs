@@ -752,6 +752,16 @@ impl Inner {
         })
     }
 
+    /// An integer property of namespace `id`'s column family (0 when RocksDB
+    /// has none).
+    fn int_property(&self, id: NamespaceId, name: &str) -> Result<u64, EngineError> {
+        Ok(self
+            .db
+            .property_int_value_cf(self.handle(id)?, name)
+            .map_err(storage_error)?
+            .unwrap_or(0))
+    }
+
     fn values_handle(&self) -> Result<CfHandle<'_>, EngineError> {
         self.db
             .cf_handle(VALUES_CF)
@@ -1178,14 +1188,7 @@ impl Engine for RocksEngine {
         let queued_write_bytes = self.queued_write_bytes() as u64;
         self.blocking(move |inner| {
             // Every column family shares one block cache: any of them reports it.
-            let cf = inner.handle(0)?;
-            let property = |name: &str| -> Result<u64, EngineError> {
-                Ok(inner
-                    .db
-                    .property_int_value_cf(cf, name)
-                    .map_err(storage_error)?
-                    .unwrap_or(0))
-            };
+            let property = |name: &str| inner.int_property(0, name);
             Ok(StorageSummary {
                 cache_used_bytes: property("rocksdb.block-cache-usage")?,
                 cache_capacity_bytes: property("rocksdb.block-cache-capacity")?,
@@ -1199,14 +1202,7 @@ impl Engine for RocksEngine {
         self.blocking(|inner| {
             (0..inner.namespaces.len())
                 .map(|id| {
-                    let cf = inner.handle(id)?;
-                    let property = |name: &str| -> Result<u64, EngineError> {
-                        Ok(inner
-                            .db
-                            .property_int_value_cf(cf, name)
-                            .map_err(storage_error)?
-                            .unwrap_or(0))
-                    };
+                    let property = |name: &str| inner.int_property(id, name);
                     Ok(NamespaceStats {
                         prefix: inner.namespaces.prefix(id).to_string(),
                         storage: inner.column_families[id].clone(),
