@@ -428,6 +428,16 @@ impl Collector for EngineFigures {
             "Bytes of writes queued for commit (write_queue_mb budget in use)",
             summary.queued_write_bytes as i64,
         )?;
+        out.counter(
+            "corrupt_records_found",
+            "Times a read or a write's precondition check met a record that could not be decoded (answered DATA_LOSS)",
+            summary.corrupt_records_found,
+        )?;
+        out.counter(
+            "corrupt_records_removed",
+            "Undecodable records removed by an unconditional Delete",
+            summary.corrupt_records_removed,
+        )?;
         Ok(())
     }
 }

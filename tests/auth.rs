@@ -209,6 +209,27 @@ async fn tokens_reach_only_their_prefixes_with_their_permissions() {
 }
 
 #[tokio::test]
+async fn a_mutation_without_an_operation_is_invalid_not_denied() {
+    let server = start_with(|config| config.auth = auth_config()).await;
+    let mut writer = kv(&server, Some(WRITER)).await;
+    let status = writer
+        .batch_write(pb::BatchWriteRequest {
+            mutations: vec![
+                pb::Mutation {
+                    operation: Some(pb::mutation::Operation::Put(put_text("orders:1", "v"))),
+                },
+                pb::Mutation { operation: None },
+            ],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    let details = status.get_error_details();
+    let violations = details.bad_request().expect("bad request details");
+    assert_eq!(violations.field_violations[0].field, "mutations[1]");
+}
+
+#[tokio::test]
 async fn sessions_need_the_session_prefix_and_admin_needs_admin() {
     let server = start_with(|config| config.auth = auth_config()).await;
     let mut writer_sessions = pb::session_service_client::SessionServiceClient::with_interceptor(

@@ -302,3 +302,102 @@ async fn fallbacks_are_counted_by_reason() {
     assert_eq!(fallbacks("timed_out"), Some(0.0));
     server.stop().await;
 }
+
+/// Overwrites `key`'s stored record, in whichever column family holds it, with
+/// bytes no record header decodes from, as a torn or foreign write would leave.
+fn corrupt_on_disk(data_dir: &std::path::Path, key: &str) {
+    let names = rocksdb::DB::list_cf(&rocksdb::Options::default(), data_dir).expect("list cfs");
+    let db = rocksdb::DB::open_cf(&rocksdb::Options::default(), data_dir, &names).expect("open");
+    let holder = names
+        .iter()
+        .find(|name| {
+            let cf = db.cf_handle(name).unwrap();
+            db.get_cf(&cf, key).unwrap().is_some()
+        })
+        .expect("some column family holds the key")
+        .clone();
+    let cf = db.cf_handle(&holder).unwrap();
+    db.put_cf(&cf, key, [0xff]).expect("overwrite");
+    db.flush_cf(&cf).expect("flush");
+}
+
+#[tokio::test]
+async fn a_corrupt_record_answers_data_loss_is_counted_and_an_unconditional_delete_clears_it() {
+    let mut server = start().await;
+    server.client.put(put_text("user:torn", "v")).await.unwrap();
+    server
+        .client
+        .put(put_text("user:torn2", "v"))
+        .await
+        .unwrap();
+    let data_dir = server.data_dir();
+    let clock: tierkv::clock::SharedClock = server.clock.clone();
+    server.server.stop().await.expect("clean stop");
+    corrupt_on_disk(&data_dir, "user:torn");
+    corrupt_on_disk(&data_dir, "user:torn2");
+
+    let dir = server.dir.clone();
+    let mut config = server.config.clone();
+    config.data_dir = data_dir;
+    let _keep = dir;
+    let server = tierkv::server::RunningServer::start(config, clock)
+        .await
+        .expect("restarts");
+    let mut client = connect(&server.endpoint()).await;
+
+    let read = client.get(get("user:torn")).await.unwrap_err();
+    assert_eq!(read.code(), tonic::Code::DataLoss, "{read:?}");
+    // A conditional write cannot know the version, so it is refused too.
+    let mut guarded = put_text("user:torn", "w");
+    guarded.precondition = Some(pb::put_request::Precondition::IfVersion(1));
+    assert_eq!(
+        client.put(guarded).await.unwrap_err().code(),
+        tonic::Code::DataLoss
+    );
+
+    // A plain Delete removes it, and says something was there.
+    let deleted = client
+        .delete(pb::DeleteRequest {
+            key: "user:torn".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("delete of a corrupt record")
+        .into_inner();
+    assert!(deleted.existed);
+    assert!(
+        !client
+            .get(get("user:torn"))
+            .await
+            .unwrap()
+            .into_inner()
+            .found
+    );
+    // So does a BatchWrite's unconditional delete.
+    client
+        .batch_write(pb::BatchWriteRequest {
+            mutations: vec![pb::Mutation {
+                operation: Some(pb::mutation::Operation::Delete(pb::DeleteRequest {
+                    key: "user:torn2".into(),
+                    ..Default::default()
+                })),
+            }],
+        })
+        .await
+        .expect("batch delete of a corrupt record");
+    assert!(
+        !client
+            .get(get("user:torn2"))
+            .await
+            .unwrap()
+            .into_inner()
+            .found
+    );
+
+    let (_, _, scrape) = http_get(server.metrics_addr.unwrap(), "/metrics").await;
+    let found = sample(&scrape, "tierkv_corrupt_records_found_total").expect(&scrape);
+    let removed = sample(&scrape, "tierkv_corrupt_records_removed_total").expect(&scrape);
+    assert!(found >= 3.0, "found {found}");
+    assert_eq!(removed, 2.0);
+    server.stop().await.unwrap();
+}

@@ -544,6 +544,53 @@ async fn concurrent_updates_lose_no_field() {
     server.stop().await;
 }
 
+/// An Update whose session is revoked between its read and its write answers
+/// NOT_FOUND, as it would a moment later, not ABORTED with a "current version
+/// 0" that never existed. The writer is paused so that the Revoke's delete is
+/// queued first and both commit in one group, deterministically.
+#[tokio::test]
+async fn an_update_racing_a_revoke_is_not_found() {
+    let server = start().await;
+    let mut client = sessions(&server).await;
+    for if_version in [true, false] {
+        let created = create(&mut client, create_request("racer")).await;
+        let engine = &server.server.engine;
+        let pause = engine.pause_writer();
+        let queued = engine.queued_write_bytes();
+        let mut revoker = client.clone();
+        let token = created.token.clone();
+        let revoked = tokio::spawn(async move {
+            revoke(
+                &mut revoker,
+                pb::revoke_session_request::Session::Token(token),
+            )
+            .await
+        });
+        while engine.queued_write_bytes() == queued {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let queued = engine.queued_write_bytes();
+        let mut updater = client.clone();
+        let token = created.token.clone();
+        let version = if_version.then_some(created.version);
+        let updated = tokio::spawn(async move {
+            update(&mut updater, &token, json!({"late": true}), version).await
+        });
+        while engine.queued_write_bytes() == queued {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        drop(pause);
+        assert!(revoked.await.unwrap(), "the revoke commits first");
+        let status = updated.await.unwrap().unwrap_err();
+        assert_eq!(
+            status.code(),
+            Code::NotFound,
+            "if_version {if_version}: {status:?}"
+        );
+    }
+    server.stop().await;
+}
+
 /// A made-up token, tokens of the wrong shape, a wrong secret, an expired, a
 /// revoked and a rotated-away token all fail the same way on every call.
 #[tokio::test]

@@ -370,10 +370,12 @@ impl KvServiceRpc for KvApi {
                 .get_ref()
                 .mutations
                 .iter()
-                .map(|mutation| match &mutation.operation {
-                    Some(pb::mutation::Operation::Put(put)) => put.key.as_str(),
-                    Some(pb::mutation::Operation::Delete(delete)) => delete.key.as_str(),
-                    None => "",
+                // A mutation without an operation names no key: it is left to
+                // validation below, which refuses it as INVALID_ARGUMENT.
+                .filter_map(|mutation| match &mutation.operation {
+                    Some(pb::mutation::Operation::Put(put)) => Some(put.key.as_str()),
+                    Some(pb::mutation::Operation::Delete(delete)) => Some(delete.key.as_str()),
+                    None => None,
                 }),
         )?;
         let result = async {

@@ -89,6 +89,20 @@ pub fn kv_status(method: &'static str, error: KvError) -> Status {
 pub fn engine_status(method: &'static str, error: EngineError) -> Status {
     let summary = error.log_summary();
     let message = error.to_string();
+    if let EngineError::Corrupt { .. } = error {
+        tracing::error!(method, error = %summary, "corrupt record");
+        let details = ErrorDetails::with_error_info(
+            "CORRUPT_RECORD",
+            ERROR_DOMAIN,
+            [(
+                "remedy".to_string(),
+                "an unconditional Delete removes the record".to_string(),
+            )]
+            .into_iter()
+            .collect::<std::collections::HashMap<_, _>>(),
+        );
+        return Status::with_error_details(Code::DataLoss, message, details);
+    }
     if error.is_retryable() {
         tracing::warn!(method, error = %summary, "storage unavailable");
         Status::unavailable(message)

@@ -166,6 +166,12 @@ pub struct StorageSummary {
     pub cache_capacity_bytes: u64,
     /// Bytes of writes queued for commit (the write queue's budget in use).
     pub queued_write_bytes: u64,
+    /// Times a read or a precondition check met a record that could not be
+    /// decoded, since the engine opened.
+    pub corrupt_records_found: u64,
+    /// Undecodable records removed by an unconditional delete since the
+    /// engine opened.
+    pub corrupt_records_removed: u64,
 }
 
 /// What a backup wrote.
@@ -231,6 +237,12 @@ impl EngineError {
     pub fn duplicate(&self) -> EngineError {
         match self {
             EngineError::Unavailable(message) => EngineError::Unavailable(message.clone()),
+            // Kept apart from other storage failures: a corrupt record is a
+            // fact about one key (DATA_LOSS), which a delete can clear.
+            EngineError::Corrupt { key, reason } => EngineError::Corrupt {
+                key: key.clone(),
+                reason: reason.clone(),
+            },
             other => EngineError::Storage(other.to_string()),
         }
     }

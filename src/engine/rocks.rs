@@ -132,6 +132,16 @@ struct Inner {
     hooks: Arc<WriterHooks>,
     groups_committed: AtomicU64,
     read_faults: ReadFaults,
+    corrupt_records: CorruptRecordCounts,
+}
+
+/// Undecodable records met by this engine since it opened.
+#[derive(Debug, Default)]
+struct CorruptRecordCounts {
+    /// Times a read or a write's precondition check met one.
+    found: AtomicU64,
+    /// Removed by a committed unconditional delete.
+    removed: AtomicU64,
 }
 
 impl std::fmt::Debug for RocksEngine {
@@ -330,6 +340,7 @@ impl RocksEngine {
             failure: watch::Sender::new(None),
             hooks: Arc::default(),
             groups_committed: AtomicU64::new(0),
+            corrupt_records: CorruptRecordCounts::default(),
             read_faults: ReadFaults::default(),
         });
         // Before the writer starts, so the repair is the only writer.
@@ -725,18 +736,21 @@ impl ReadFailure {
     }
 }
 
-fn corrupt(key: &[u8], error: record::RecordError) -> EngineError {
-    EngineError::Corrupt {
-        key: String::from_utf8_lossy(key).into_owned(),
-        reason: error.to_string(),
-    }
-}
-
 /// A column family handle; with RocksDB's single-threaded column family mode
 /// (the set is fixed at open) it is a plain reference, looked up without a lock.
 type CfHandle<'a> = &'a ColumnFamily;
 
 impl Inner {
+    /// A record that cannot be decoded, counted where it is found so that an
+    /// operator sees corruption in metrics before a client reports it.
+    fn corrupt(&self, key: &[u8], error: record::RecordError) -> EngineError {
+        self.corrupt_records.found.fetch_add(1, Ordering::Relaxed);
+        EngineError::Corrupt {
+            key: String::from_utf8_lossy(key).into_owned(),
+            reason: error.to_string(),
+        }
+    }
+
     fn meta_handle(&self) -> Result<CfHandle<'_>, EngineError> {
         self.db
             .cf_handle(META_CF)
@@ -869,7 +883,7 @@ impl Inner {
                 .filter(|bytes| record::peek_expire_at_millis(bytes).is_none_or(|at| at > now));
             if let Some(bytes) = &head {
                 total += record::peek_payload_len(bytes)
-                    .map_err(|error| corrupt(key.as_bytes(), error))?;
+                    .map_err(|error| self.corrupt(key.as_bytes(), error))?;
             }
             heads.push(head);
         }
@@ -905,7 +919,7 @@ impl Inner {
         now: u64,
     ) -> Result<Option<Record>, ReadFailure> {
         let (mut record, place) =
-            record::decode_head(head).map_err(|error| corrupt(key.as_bytes(), error))?;
+            record::decode_head(head).map_err(|error| self.corrupt(key.as_bytes(), error))?;
         match place {
             ValuePlace::Inline { start } => record.value = head[start..].to_vec(),
             ValuePlace::OutOfLine { .. } => {
@@ -915,7 +929,7 @@ impl Inner {
                     .map_err(|error| ReadFailure::from_rocksdb(error, tier))?;
                 let value = match &entry {
                     Some(entry) => record::value_of_entry(entry, record.version)
-                        .map_err(|error| corrupt(key.as_bytes(), error))?,
+                        .map_err(|error| self.corrupt(key.as_bytes(), error))?,
                     None => None,
                 };
                 match value {
@@ -945,7 +959,7 @@ impl Inner {
             return Ok(None);
         };
         let (mut record, place) =
-            record::decode_head(&head).map_err(|error| corrupt(key.as_bytes(), error))?;
+            record::decode_head(&head).map_err(|error| self.corrupt(key.as_bytes(), error))?;
         match place {
             ValuePlace::Inline { start } => record.value = head[start..].to_vec(),
             ValuePlace::OutOfLine { .. } => {
@@ -954,7 +968,7 @@ impl Inner {
                     .map_err(|error| ReadFailure::from_rocksdb(error, tier))?;
                 let value = match &entry {
                     Some(entry) => record::value_of_entry(entry, record.version)
-                        .map_err(|error| corrupt(key.as_bytes(), error))?,
+                        .map_err(|error| self.corrupt(key.as_bytes(), error))?,
                     None => None,
                 };
                 let value = value.ok_or_else(|| EngineError::Corrupt {
@@ -1026,7 +1040,7 @@ impl Inner {
                 if live {
                     // Heads only: an out-of-line value is read only when asked for.
                     let (mut record, place) =
-                        record::decode_head(head).map_err(|error| corrupt(key, error))?;
+                        record::decode_head(head).map_err(|error| self.corrupt(key, error))?;
                     if request.include_values {
                         record.value = match place {
                             ValuePlace::Inline { start } => head[start..].to_vec(),
@@ -1041,7 +1055,7 @@ impl Inner {
                                     .as_deref()
                                     .map(|entry| record::value_of_entry(entry, record.version))
                                     .transpose()
-                                    .map_err(|error| corrupt(key, error))?
+                                    .map_err(|error| self.corrupt(key, error))?
                                     .flatten()
                                     .ok_or_else(|| EngineError::Corrupt {
                                         key: String::from_utf8_lossy(key).into_owned(),
@@ -1193,6 +1207,8 @@ impl Engine for RocksEngine {
                 cache_used_bytes: property("rocksdb.block-cache-usage")?,
                 cache_capacity_bytes: property("rocksdb.block-cache-capacity")?,
                 queued_write_bytes,
+                corrupt_records_found: inner.corrupt_records.found.load(Ordering::Relaxed),
+                corrupt_records_removed: inner.corrupt_records.removed.load(Ordering::Relaxed),
             })
         })
         .await

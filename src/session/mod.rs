@@ -578,14 +578,18 @@ impl SessionService {
                     let version = put_version(&outcomes)?;
                     return Ok(stored.into_session(found.session_id, version, None));
                 }
+                // The session ended (revoked, expired) between the read and the
+                // write: that is NOT_FOUND, as it would be a moment later.
                 Err(EngineError::PreconditionFailed {
-                    current_version, ..
+                    current_version: None,
+                    ..
+                }) => return Err(SessionError::NotFound),
+                Err(EngineError::PreconditionFailed {
+                    current_version: Some(current),
+                    ..
                 }) => {
                     if let Some(expected) = if_version {
-                        return Err(SessionError::VersionMismatch {
-                            expected,
-                            current: current_version.unwrap_or(0),
-                        });
+                        return Err(SessionError::VersionMismatch { expected, current });
                     }
                 }
                 Err(other) => return Err(other.into()),

@@ -522,7 +522,9 @@ impl Inner {
                 read[*slot] = Some(match result {
                     Err(error) => Err(storage_error(error)),
                     Ok(None) => Ok(None),
-                    Ok(Some(bytes)) => live_version_of(key, &bytes, now),
+                    Ok(Some(bytes)) => live_version_of(key, &bytes, now).inspect_err(|_| {
+                        self.corrupt_records.found.fetch_add(1, Ordering::Relaxed);
+                    }),
                 });
             }
         }
@@ -578,6 +580,7 @@ impl Inner {
         let mut accepted: Vec<Accepted> = Vec::with_capacity(group.len());
         let mut batch_bytes = 0;
         let mut events = 0;
+        let mut corrupt_removed = 0;
         for mut request in group {
             if request.ops.is_empty() {
                 continue;
@@ -594,6 +597,7 @@ impl Inner {
             ) {
                 Ok(staged) => {
                     next_version = staged.last_version;
+                    corrupt_removed += staged.corrupt_removed;
                     group_pending.extend(staged.pending);
                     // Room for the keys of values-column-family deletes, and framing.
                     batch_bytes += request.bytes
@@ -644,6 +648,11 @@ impl Inner {
                 state.last_version = next_version;
                 state.persisted_clock = state.persisted_clock.max(now);
                 self.groups_committed.fetch_add(1, Ordering::Relaxed);
+                if corrupt_removed > 0 {
+                    self.corrupt_records
+                        .removed
+                        .fetch_add(corrupt_removed, Ordering::Relaxed);
+                }
                 // Published before anyone is answered, so every commit is
                 // published whatever happened to its caller.
                 self.feed
@@ -739,7 +748,13 @@ struct Staged {
     outcomes: Vec<WriteOutcome>,
     /// The last version the request assigned.
     last_version: u64,
+    /// Undecodable records its unconditional deletes remove.
+    corrupt_removed: u64,
 }
+
+/// The version an undecodable record is taken to have: none, since versions
+/// start at 1. Only an unconditional delete ever sees it.
+const CORRUPT_RECORD_VERSION: u64 = 0;
 
 /// Checks one request's preconditions against the store (`current`) plus what
 /// earlier requests of the group wrote, and patches the versions into its
@@ -754,6 +769,7 @@ fn stage(
 ) -> Result<Staged, EngineError> {
     let mut pending: HashMap<String, Option<u64>> = HashMap::new();
     let mut outcomes = Vec::with_capacity(ops.len());
+    let mut corrupt_removed = 0;
     for (index, op) in ops.iter_mut().enumerate() {
         let key = op.key.as_str();
         let blind_put = op.is_blind_put();
@@ -762,6 +778,14 @@ fn stage(
             None if blind_put => None,
             None => match current.get(index) {
                 Some(Some(Ok(version))) => *version,
+                // An unconditional delete needs no version, so an undecodable
+                // record does not stop it: deleting is how it is cleared.
+                Some(Some(Err(EngineError::Corrupt { .. })))
+                    if op.record.is_none() && op.precondition == Precondition::None =>
+                {
+                    corrupt_removed += 1;
+                    Some(CORRUPT_RECORD_VERSION)
+                }
                 Some(Some(Err(error))) => return Err(error.duplicate()),
                 _ => {
                     return Err(EngineError::Storage(
@@ -802,6 +826,7 @@ fn stage(
         pending,
         outcomes,
         last_version: version,
+        corrupt_removed,
     })
 }
 
