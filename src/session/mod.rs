@@ -780,7 +780,7 @@ impl SessionService {
             (false, _, Some(resume_after)) => resume_after[prefix.len()..].to_string(),
             _ => String::new(),
         };
-        let mut sessions = Vec::new();
+        let mut sessions: Vec<Session> = Vec::new();
         let mut reply_bytes = 0usize;
         'batches: for batch in session_ids.chunks(LIST_READ_BATCH) {
             let records = self
