@@ -104,7 +104,7 @@ fn metrics_addr(server: &ServerProcess) -> std::net::SocketAddr {
 
 /// Twenty connections each ask for a 32 MiB `BatchGet` reply with a 1-byte
 /// window and never read it. Without a bound the server keeps every reply
-/// (measured before the fix: +640 MiB of peak memory here, and it stays for
+/// (measured before the fix: +757 MiB of peak memory here, and it stays for
 /// as long as the clients wait); with `response_memory_mb = 104` it keeps at
 /// most three (the rest are answered RESOURCE_EXHAUSTED), so its peak grows
 /// by no more than the budget plus the reply being built. Unsent replies
