@@ -28,6 +28,13 @@ const CLIENT_ENV: &[&str] = &[
     "TIERKV_TOKEN",
 ];
 
+/// Most configured namespaces. Each is a column family with its own
+/// memtables and files, and `ListNamespaces` and `Stats` answer a few
+/// hundred bytes per namespace: this keeps both replies well within the
+/// 4 MiB standard clients decode by default, as a list without a bound
+/// would not.
+pub const MAX_NAMESPACES: usize = 256;
+
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
@@ -92,6 +99,13 @@ pub struct Config {
     /// How long a request waits for room in `request_memory_mb` before it is
     /// refused with RESOURCE_EXHAUSTED, in milliseconds.
     pub request_memory_wait_ms: u64,
+    /// Bytes of replies produced and not yet written to their clients, held
+    /// at once across all calls, in MiB; while they fill it, new calls are
+    /// refused with RESOURCE_EXHAUSTED.
+    pub response_memory_mb: usize,
+    /// How long a reply message may take to be written to its client once
+    /// produced, in milliseconds; a slower one is dropped and its stream reset.
+    pub response_send_timeout_ms: u64,
     /// Log line format.
     pub log_format: LogFormat,
     /// Log filter, in `tracing_subscriber::EnvFilter` syntax (`RUST_LOG` wins).
@@ -134,6 +148,8 @@ impl Default for Config {
             max_connection_age_grace_secs: 30,
             request_memory_mb: 1024,
             request_memory_wait_ms: 1_000,
+            response_memory_mb: 512,
+            response_send_timeout_ms: 30_000,
             log_format: LogFormat::Human,
             log_level: "info".to_string(),
             session: SessionConfig::default(),
@@ -230,6 +246,16 @@ const SERVER_ENV: &[(&str, &str, EnvKind)] = &[
     (
         "TIERKV_REQUEST_MEMORY_WAIT_MS",
         "request_memory_wait_ms",
+        EnvKind::Integer,
+    ),
+    (
+        "TIERKV_RESPONSE_MEMORY_MB",
+        "response_memory_mb",
+        EnvKind::Integer,
+    ),
+    (
+        "TIERKV_RESPONSE_SEND_TIMEOUT_MS",
+        "response_send_timeout_ms",
         EnvKind::Integer,
     ),
     (
@@ -344,6 +370,12 @@ impl Config {
 
     /// Checks values that parse but make no sense.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.namespaces.len() > MAX_NAMESPACES {
+            return Err(ConfigError::Invalid(format!(
+                "namespaces: {} prefixes are configured; the limit is {MAX_NAMESPACES} (each is a RocksDB column family)",
+                self.namespaces.len()
+            )));
+        }
         let mut seen = std::collections::HashSet::new();
         for prefix in &self.namespaces {
             if prefix.is_empty() {
@@ -398,6 +430,19 @@ impl Config {
                 self.request_memory_mb,
                 MAX_MESSAGE_BYTES.div_ceil(1024 * 1024)
             )));
+        }
+        // A reply larger than the budget could never be sent.
+        if self.response_memory_bytes() < MAX_MESSAGE_BYTES {
+            return Err(ConfigError::Invalid(format!(
+                "response_memory_mb is {}; it must be at least {} so the largest reply (a {MAX_MESSAGE_BYTES}-byte message) fits",
+                self.response_memory_mb,
+                MAX_MESSAGE_BYTES.div_ceil(1024 * 1024)
+            )));
+        }
+        if self.response_send_timeout_ms == 0 {
+            return Err(ConfigError::Invalid(
+                "response_send_timeout_ms must be at least 1".into(),
+            ));
         }
         if self.data_dir.as_os_str().is_empty() {
             return Err(ConfigError::Invalid("data_dir must not be empty".into()));
@@ -498,6 +543,16 @@ impl Config {
     /// How long a request waits for room in the request memory budget.
     pub fn request_memory_wait(&self) -> Duration {
         Duration::from_millis(self.request_memory_wait_ms)
+    }
+
+    /// The response memory budget, in bytes.
+    pub fn response_memory_bytes(&self) -> usize {
+        self.response_memory_mb.saturating_mul(1024 * 1024)
+    }
+
+    /// How long a reply message may take to be written once produced.
+    pub fn response_send_timeout(&self) -> Duration {
+        Duration::from_millis(self.response_send_timeout_ms)
     }
 }
 
@@ -829,6 +884,18 @@ mod tests {
         assert!(error.contains("memory"), "{error}");
     }
 
+    /// The namespace count has a ceiling, so listings of namespaces stay small.
+    #[test]
+    fn namespace_count_is_bounded() {
+        let config = Config {
+            namespaces: (0..=MAX_NAMESPACES).map(|i| format!("ns{i}:")).collect(),
+            ..Config::default()
+        };
+        let error = config.validate().unwrap_err().to_string();
+        assert!(error.contains("257 prefixes"), "{error}");
+        assert!(error.contains("limit is 256"), "{error}");
+    }
+
     /// The request memory budget has a floor.
     #[test]
     fn request_memory_floor() {
@@ -839,6 +906,37 @@ mod tests {
         let error = config.validate().unwrap_err().to_string();
         assert!(error.contains("request_memory_mb is 10"), "{error}");
         assert!(error.contains("at least 104"), "{error}");
+    }
+
+    /// The response memory budget has the same floor, the send timeout is
+    /// at least 1 ms, and both are read from TIERKV_* variables.
+    #[test]
+    fn response_memory_bounds() {
+        let config = Config {
+            response_memory_mb: 100,
+            ..Config::default()
+        };
+        let error = config.validate().unwrap_err().to_string();
+        assert!(error.contains("response_memory_mb is 100"), "{error}");
+        assert!(error.contains("at least 104"), "{error}");
+        let config = Config {
+            response_send_timeout_ms: 0,
+            ..Config::default()
+        };
+        let error = config.validate().unwrap_err().to_string();
+        assert!(error.contains("response_send_timeout_ms"), "{error}");
+
+        let config = Config::load(
+            None,
+            &env(&[
+                ("TIERKV_RESPONSE_MEMORY_MB", "200"),
+                ("TIERKV_RESPONSE_SEND_TIMEOUT_MS", "1500"),
+            ]),
+        )
+        .unwrap();
+        config.validate().unwrap();
+        assert_eq!(config.response_memory_bytes(), 200 * 1024 * 1024);
+        assert_eq!(config.response_send_timeout(), Duration::from_millis(1500));
     }
 
     /// The transport bounds are read from TIERKV_* variables too.

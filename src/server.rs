@@ -7,6 +7,7 @@ pub mod http2;
 pub mod in_flight;
 pub mod load_shed;
 pub mod metrics_http;
+pub mod response_budget;
 pub mod rpc_metrics;
 pub mod tls;
 
@@ -46,6 +47,7 @@ use connections::{ConnectionCounts, ConnectionLimits, Connections};
 use in_flight::{InFlight, InFlightLayer};
 use load_shed::{CallLimit, LoadShedLayer};
 use metrics_http::Readiness;
+use response_budget::{ResponseBudget, ResponseBudgetCounts, ResponseBudgetLayer};
 use rpc_metrics::RpcMetricsLayer;
 
 use crate::metrics::{EngineFigures, FigureWriter, MetricsBuilder};
@@ -216,6 +218,7 @@ pub async fn open_and_bind(
 pub struct ServerStats {
     connections: Arc<Connections>,
     budget: Arc<RequestBudget>,
+    response_budget: Arc<ResponseBudget>,
     in_flight: Arc<InFlight>,
     readiness: Arc<Readiness>,
     call_limit: Arc<CallLimit>,
@@ -233,6 +236,10 @@ impl ServerStats {
                 tcp_keepalive: Some(TCP_KEEPALIVE),
             }),
             budget: RequestBudget::new(config.request_memory_bytes(), config.request_memory_wait()),
+            response_budget: ResponseBudget::new(
+                config.response_memory_bytes(),
+                config.response_send_timeout(),
+            ),
             in_flight: Arc::default(),
             readiness: Arc::default(),
             call_limit: CallLimit::new(config.max_calls_in_flight),
@@ -254,6 +261,12 @@ impl ServerStats {
     /// Request memory reserved now and at peak, and requests refused.
     pub fn request_memory(&self) -> BudgetCounts {
         self.budget.counts()
+    }
+
+    /// Reply bytes produced and not yet written now and at peak, calls
+    /// refused for lack of room, and replies dropped for the send timeout.
+    pub fn response_memory(&self) -> ResponseBudgetCounts {
+        self.response_budget.counts()
     }
 
     /// Calls being handled now.
@@ -463,6 +476,27 @@ impl prometheus_client::collector::Collector for ServerStats {
             "requests_refused_busy",
             "Requests refused because the request memory budget stayed spent",
             memory.refused_busy,
+        )?;
+        let replies = self.response_memory();
+        out.gauge(
+            "response_memory_unsent_bytes",
+            "Bytes of replies produced and not yet written to their clients (response_memory_mb budget)",
+            replies.unsent as i64,
+        )?;
+        out.gauge(
+            "response_memory_capacity_bytes",
+            "The response memory budget",
+            replies.capacity as i64,
+        )?;
+        out.counter(
+            "responses_refused_memory",
+            "Calls answered RESOURCE_EXHAUSTED because the response memory budget was spent",
+            replies.refused,
+        )?;
+        out.counter(
+            "responses_send_timeouts",
+            "Replies dropped, their streams reset, for not being written within response_send_timeout_ms",
+            replies.send_timeouts,
         )?;
         let cache = self.cache();
         out.counter_family(
@@ -785,6 +819,10 @@ async fn serve_until_stopped(
         // Answers what admission decided when the stream was accepted
         // (http2::serve), before any waiting (deadline, request memory).
         .layer(LoadShedLayer::new(Arc::clone(&stats.call_limit)))
+        // Inside shedding (a shed call builds no reply); counts each reply
+        // from when it is encoded until it is written, and refuses calls
+        // while replies waiting for slow clients fill the budget.
+        .layer(ResponseBudgetLayer::new(Arc::clone(&stats.response_budget)))
         .layer(DeadlineLayer::new(config.request_timeout()))
         // Inside the deadline, so waiting for request memory counts against it.
         .layer(RequestLimitLayer::new(Arc::clone(&stats.budget)))
@@ -827,6 +865,7 @@ async fn serve_until_stopped(
         max_connections = config.max_connections,
         max_concurrent_streams = config.max_concurrent_streams,
         request_memory_mb = config.request_memory_mb,
+        response_memory_mb = config.response_memory_mb,
         tls = config.tls.enabled(),
         auth_tokens = config.auth.tokens.len(),
         mutual_tls = config.tls.client_ca_file.is_some(),

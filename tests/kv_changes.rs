@@ -186,3 +186,62 @@ async fn order_matches_versions_under_concurrency() {
     );
     assert_eq!(published, acknowledged);
 }
+
+/// The feed keeps at most `change_feed_max_bytes` (64 MiB by default) of
+/// events for a subscriber that does not read: 16 commits of 10,000 puts with
+/// 500-byte keys (about 93 MB of events) reach a subscriber that reads only
+/// afterwards as what fits plus a lag for the rest. Bounded only in commits
+/// (4,096 of them), the feed kept every one.
+#[tokio::test]
+async fn a_lagging_subscriber_holds_a_bounded_number_of_bytes() {
+    use tierkv::engine::{PutOp, ValueKind, WriteOp};
+    const COMMITS: usize = 16;
+    const OPS: usize = 10_000;
+    let dir = tempfile::tempdir().unwrap();
+    let clock: SharedClock = ManualClock::starting_now();
+    let engine = RocksEngine::open(
+        dir.path(),
+        Namespaces::new(Namespaces::default_prefixes()),
+        RocksOptions::default(),
+        clock,
+    )
+    .unwrap();
+    let mut changes = engine.subscribe();
+    let padding = "k".repeat(490);
+    for commit in 0..COMMITS {
+        let ops = (0..OPS)
+            .map(|op| {
+                WriteOp::Put(PutOp {
+                    key: format!("user:{padding}{commit:02}{op:05}"),
+                    kind: ValueKind::Text,
+                    value: b"v".to_vec(),
+                    metadata: None,
+                    expire_at_millis: None,
+                    schema_version: 1,
+                    precondition: Precondition::None,
+                })
+            })
+            .collect();
+        engine.write(ops).await.unwrap();
+    }
+    let total = (COMMITS * OPS) as u64;
+    let (mut received, mut missed) = (0u64, 0u64);
+    while received + missed < total {
+        match changes.try_recv() {
+            Ok(Some(_)) => received += 1,
+            Ok(None) => panic!("{received} received and {missed} missed of {total}"),
+            Err(tierkv::engine::RecvError::Lagged { missed: lag }) => missed += lag,
+            Err(error) => panic!("{error}"),
+        }
+    }
+    assert!(
+        missed > 0,
+        "all {received} events were held for the subscriber"
+    );
+    let held = received * 500;
+    assert!(
+        held <= 64 << 20,
+        "{received} events held, {held} bytes of keys"
+    );
+    assert_eq!(received + missed, total);
+}

@@ -881,3 +881,64 @@ async fn shutdown_stops_a_migration_which_resumes_after_restart() {
         .all(|key| key.schema_version == 2));
     server.stop().await;
 }
+
+/// A batch of 10,000 records that all fail, with 500-byte keys, lists
+/// failures up to 1 MiB per progress message and counts the rest: before,
+/// its one message was about 6 MB, which a client with gRPC's default 4 MiB
+/// decode limit (this one) cannot read.
+#[tokio::test]
+async fn a_batch_of_failures_is_listed_within_a_bound() {
+    const RECORDS: usize = 10_000;
+    let mut server = start_with(seed).await;
+    let padding = "p".repeat(480);
+    for chunk in (0..RECORDS).collect::<Vec<_>>().chunks(1000) {
+        let mutations = chunk
+            .iter()
+            .map(|n| pb::Mutation {
+                operation: Some(pb::mutation::Operation::Put(put_json(
+                    &format!("user:{padding}{n:05}"),
+                    serde_json::json!({"nick": "no name to copy"}),
+                    1,
+                ))),
+            })
+            .collect();
+        server
+            .client
+            .batch_write(pb::BatchWriteRequest { mutations })
+            .await
+            .unwrap();
+    }
+    let mut admin = connect_admin(&server.server.endpoint()).await;
+    let messages = migrate(
+        &mut admin,
+        pb::MigrateRequest {
+            dry_run: true,
+            batch_size: RECORDS as u32,
+            ..migrate_request("user:")
+        },
+    )
+    .await;
+    let state = last_state(&messages);
+    assert_eq!(state.failed, RECORDS as u64);
+    let mut listed = 0u64;
+    let mut not_listed = 0u64;
+    for message in &messages {
+        let bytes: usize = message
+            .failures
+            .iter()
+            .map(|failure| failure.key.len() + failure.reason.len())
+            .sum();
+        assert!(
+            bytes <= tierkv::migrate::batch::MAX_LISTED_FAILURE_BYTES,
+            "{bytes}"
+        );
+        listed += message.failures.len() as u64;
+        not_listed += message.failures_not_listed;
+    }
+    assert!(
+        listed > 0 && not_listed > 0,
+        "{listed} listed, {not_listed} not"
+    );
+    assert_eq!(listed + not_listed, RECORDS as u64);
+    server.stop().await;
+}

@@ -1098,3 +1098,95 @@ async fn command_line() {
     assert!(bad.stderr.contains("JSON object"), "{}", bad.stderr);
     server.stop().await;
 }
+
+/// A client that reads the largest message the server sends.
+async fn large_sessions(server: &TestServer) -> Sessions {
+    sessions(server)
+        .await
+        .max_decoding_message_size(tierkv::kv::limits::MAX_MESSAGE_BYTES)
+}
+
+/// Lists every session of `user_id`, page by page, checking each reply
+/// against the response limit; returns the pages' session ids.
+async fn list_all_within_limit(client: &mut Sessions, user_id: &str) -> Vec<Vec<String>> {
+    use prost::Message as _;
+    let mut pages = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let page = client
+            .list_by_user(pb::ListSessionsByUserRequest {
+                user_id: user_id.into(),
+                page_size: 1000,
+                page_token,
+            })
+            .await
+            .expect("a page is never refused whole")
+            .into_inner();
+        let bytes = page.encoded_len();
+        assert!(
+            bytes <= tierkv::kv::limits::MAX_RESPONSE_BYTES,
+            "a page of {} sessions is {bytes} bytes",
+            page.sessions.len()
+        );
+        pages.push(page.sessions.iter().map(|s| s.session_id.clone()).collect());
+        if page.next_page_token.is_empty() {
+            return pages;
+        }
+        page_token = page.next_page_token;
+    }
+}
+
+/// `ListByUser` with `page_size` 1000 over 110 sessions of 1 MB of data
+/// each: without a bound the reply is one 110 MB message (more than any
+/// client decodes). The page stops before the session that would pass the
+/// 100 MiB response limit KvService uses, with a token for the rest, and the
+/// pages together hold every session once, in order.
+#[tokio::test]
+async fn a_listing_page_stops_at_the_response_limit() {
+    const SESSIONS: usize = 110;
+    let server = start_with(|config| config.session.max_data_bytes = 1024 * 1024).await;
+    let mut client = large_sessions(&server).await;
+    let blob = "x".repeat(1_000_000);
+    let mut created = Vec::new();
+    for _ in 0..SESSIONS {
+        let mut request = create_request("heavy");
+        request.data = Some(object(json!({ "blob": blob })));
+        let session = client.create(request).await.expect("create").into_inner();
+        created.push(session.session_id);
+    }
+    created.sort();
+
+    let pages = list_all_within_limit(&mut client, "heavy").await;
+    assert!(pages.len() >= 2, "one page of {SESSIONS} sessions");
+    assert!(
+        pages[0].len() >= 100,
+        "the first page stops early: {}",
+        pages[0].len()
+    );
+    let listed: Vec<String> = pages.into_iter().flatten().collect();
+    assert_eq!(listed, created);
+    server.stop().await;
+}
+
+/// `tierkv session list` reads a page over tonic's default 4 MiB decode
+/// limit (70 sessions of 60 KB data: about 4.2 MB), as `kv get` reads a
+/// 20 MiB value; before, it failed with "decoded message length too large".
+#[tokio::test]
+async fn command_line_lists_a_page_over_4_mib() {
+    const SESSIONS: usize = 70;
+    let server = start().await;
+    let mut client = sessions(&server).await;
+    let blob = "y".repeat(60_000);
+    for _ in 0..SESSIONS {
+        let mut request = create_request("u70");
+        request.data = Some(object(json!({ "blob": blob })));
+        create(&mut client, request).await;
+    }
+    let listed = parse(&cli(&server.server.endpoint(), &["list", "u70"], None).await);
+    let listed = listed.as_array().unwrap();
+    assert_eq!(listed.len(), SESSIONS);
+    assert!(listed
+        .iter()
+        .all(|session| session["data"]["blob"] == json!(blob)));
+    server.stop().await;
+}

@@ -133,6 +133,7 @@ fn progress_to_proto(progress: MigrationProgress) -> pb::MigrateProgress {
             .into_iter()
             .map(|(key, reason)| pb::MigrationFailure { key, reason })
             .collect(),
+        failures_not_listed: progress.failures_not_listed,
     }
 }
 

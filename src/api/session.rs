@@ -13,6 +13,10 @@ use crate::proto::v1 as pb;
 use crate::session::{CreateSession, RevokeTarget, Session, SessionError, SessionService};
 use pb::session_service_server::SessionService as SessionServiceRpc;
 
+/// The bytes a page of `ListByUser` may take: the response limit KvService
+/// uses, less room for the rest of the reply (the next page token).
+const LIST_REPLY_BYTES: usize = crate::kv::limits::MAX_RESPONSE_BYTES - 1024;
+
 /// Serves [`SessionService`] over gRPC.
 #[derive(Clone)]
 pub struct SessionApi {
@@ -25,9 +29,14 @@ impl SessionApi {
         Self { service }
     }
 
-    /// The tonic service to mount.
+    /// The tonic service to mount: requests up to the largest session write
+    /// (the request limits layer bounds each method), replies up to the
+    /// largest message, which listings stay within.
     pub fn into_server(self) -> pb::session_service_server::SessionServiceServer<Self> {
+        use crate::kv::limits::{MAX_MESSAGE_BYTES, MAX_SESSION_WRITE_REQUEST_BYTES};
         pb::session_service_server::SessionServiceServer::new(self)
+            .max_decoding_message_size(MAX_SESSION_WRITE_REQUEST_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES)
     }
 }
 
@@ -51,6 +60,12 @@ pub fn session_status(method: &'static str, error: SessionError) -> Status {
             Status::with_error_details(Code::Aborted, message, details)
         }
         SessionError::Contention(_) => Status::aborted(message),
+        SessionError::ReplyTooLarge { limit, .. } => {
+            let mut info = std::collections::HashMap::new();
+            info.insert("limit_bytes".to_string(), limit.to_string());
+            let details = ErrorDetails::with_error_info("RESPONSE_TOO_LARGE", ERROR_DOMAIN, info);
+            Status::with_error_details(Code::ResourceExhausted, message, details)
+        }
         SessionError::Engine(engine) => return engine_status(method, engine),
     };
     tracing::debug!(method, code = ?status.code(), "request rejected");
@@ -232,7 +247,12 @@ impl SessionServiceRpc for SessionApi {
         let request = request.into_inner();
         let page = self
             .service
-            .list_by_user(&request.user_id, request.page_size, &request.page_token)
+            .list_by_user(
+                &request.user_id,
+                request.page_size,
+                &request.page_token,
+                LIST_REPLY_BYTES,
+            )
             .await
             .map_err(|error| session_status("ListByUser", error))?;
         Ok(Response::new(pb::ListSessionsByUserResponse {
@@ -266,5 +286,57 @@ mod tests {
         type Server =
             crate::proto::v1::session_service_server::SessionServiceServer<super::SessionApi>;
         assert_eq!(<Server as NamedService>::NAME, crate::session::OWNER);
+    }
+
+    /// The bound a listing counts a session with is never below what the
+    /// session takes in the reply, and not far above it.
+    #[test]
+    fn reply_bytes_bound_covers_the_encoded_session() {
+        use prost::Message as _;
+        let data = super::Struct {
+            fields: (0..50)
+                .map(|i| {
+                    (
+                        format!("field{i}"),
+                        prost_types::Value {
+                            kind: Some(prost_types::value::Kind::NumberValue(f64::from(i))),
+                        },
+                    )
+                })
+                .collect(),
+        };
+        let latest = crate::kv::limits::MAX_EXPIRE_AT_MILLIS;
+        for (token, metadata, idle) in [
+            (None, None, None),
+            (
+                Some(crate::session::token::issue().token),
+                Some(data.clone()),
+                Some(latest),
+            ),
+        ] {
+            let session = super::Session {
+                token,
+                session_id: "AAAAAAAAAAAAAAAAAAAAAA".into(),
+                user_id: "u".repeat(128),
+                data: data.clone(),
+                metadata,
+                create_at_millis: latest,
+                expire_at_millis: latest,
+                idle_expire_at_millis: idle,
+                last_seen_at_millis: latest,
+                version: u64::MAX,
+            };
+            let bound = session.reply_bytes_bound();
+            let reply = super::pb::ListSessionsByUserResponse {
+                sessions: vec![super::session_to_proto(session)],
+                next_page_token: String::new(),
+            };
+            let actual = reply.encoded_len();
+            assert!(bound >= actual, "bound {bound} < actual {actual}");
+            assert!(
+                bound <= actual + 64,
+                "bound {bound} far above actual {actual}"
+            );
+        }
     }
 }

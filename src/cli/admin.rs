@@ -12,6 +12,7 @@ use clap::{Args, Subcommand};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::{json, Value};
 
+use super::connect::MAX_MESSAGE_SIZE;
 use super::{describe, ConnectArgs};
 use crate::proto::v1 as pb;
 use pb::admin_service_client::AdminServiceClient;
@@ -90,7 +91,9 @@ pub async fn run(args: AdminArgs) -> ExitCode {
 }
 
 async fn execute(args: AdminArgs) -> Result<ExitCode, String> {
-    let mut client = AdminServiceClient::new(args.connect.channel().await?);
+    let mut client = AdminServiceClient::new(args.connect.channel().await?)
+        .max_decoding_message_size(MAX_MESSAGE_SIZE)
+        .max_encoding_message_size(MAX_MESSAGE_SIZE);
     match args.command {
         AdminCommand::Migrate {
             prefix,
@@ -263,6 +266,14 @@ async fn migrate(
         };
         for failure in &message.failures {
             bar.suspend(|| eprintln!("not migrated: {:?}: {}", failure.key, failure.reason));
+        }
+        if message.failures_not_listed > 0 {
+            bar.suspend(|| {
+                eprintln!(
+                    "not migrated: {} more keys of this batch (not listed)",
+                    message.failures_not_listed
+                )
+            });
         }
         if let Some(state) = message.state {
             if bar.length().is_some_and(|length| state.scanned > length) {

@@ -11,7 +11,6 @@ use clap::{Args, Subcommand};
 
 use super::{describe, CliChannel, ConnectArgs};
 use crate::api::convert::{json_from_proto, json_to_proto};
-use crate::kv::limits::MAX_MESSAGE_BYTES;
 use crate::proto::v1 as pb;
 use pb::cache_service_client::CacheServiceClient;
 
@@ -87,8 +86,8 @@ fn seconds(value: u64) -> prost_types::Duration {
 
 async fn execute(args: CacheArgs) -> Result<ExitCode, String> {
     let mut client = CacheServiceClient::new(args.connect.channel().await?)
-        .max_decoding_message_size(MAX_MESSAGE_BYTES)
-        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        .max_decoding_message_size(super::connect::MAX_MESSAGE_SIZE)
+        .max_encoding_message_size(super::connect::MAX_MESSAGE_SIZE);
     match args.command {
         CacheCommand::Get { key, timeout } => get(&mut client, key, timeout).await,
         CacheCommand::Put {

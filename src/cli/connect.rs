@@ -12,6 +12,12 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity
 
 use super::DEFAULT_ENDPOINT;
 
+/// The largest message a command's client encodes or decodes: the largest
+/// the server sends or accepts, so that every reply is readable (tonic's
+/// default decode limit of 4 MiB is below a page of sessions or a `kv get` of
+/// a large value). Every client a command builds sets it both ways.
+pub const MAX_MESSAGE_SIZE: usize = crate::kv::limits::MAX_MESSAGE_BYTES;
+
 /// The connection options every client command shares.
 #[derive(Debug, Clone, Args)]
 pub struct ConnectArgs {

@@ -12,7 +12,7 @@ use serde::Deserialize;
 
 use super::ConnectArgs;
 use crate::api::convert::{json_from_proto, json_to_proto};
-use crate::kv::limits::{MAX_BATCH_WRITE_BYTES, MAX_BATCH_WRITE_MUTATIONS, MAX_MESSAGE_BYTES};
+use crate::kv::limits::{MAX_BATCH_WRITE_BYTES, MAX_BATCH_WRITE_MUTATIONS};
 use crate::proto::v1 as pb;
 use pb::kv_service_client::KvServiceClient;
 
@@ -151,8 +151,8 @@ pub async fn run(args: KvArgs) -> ExitCode {
 async fn connect(args: &ConnectArgs) -> Result<KvServiceClient<Channel>, CliError> {
     let client = KvServiceClient::new(args.channel().await.map_err(CliError::Connect)?);
     Ok(client
-        .max_decoding_message_size(MAX_MESSAGE_BYTES)
-        .max_encoding_message_size(MAX_MESSAGE_BYTES))
+        .max_decoding_message_size(super::connect::MAX_MESSAGE_SIZE)
+        .max_encoding_message_size(super::connect::MAX_MESSAGE_SIZE))
 }
 
 async fn execute(args: KvArgs) -> Result<ExitCode, CliError> {

@@ -84,6 +84,9 @@ pub struct RocksOptions {
     /// How many commits a change-feed subscriber may fall behind before it
     /// is told it lagged.
     pub change_feed_capacity: usize,
+    /// Most bytes of change events held for subscribers that have not read
+    /// them; a commit beyond is published as a lag instead.
+    pub change_feed_max_bytes: usize,
 }
 
 impl Default for RocksOptions {
@@ -95,6 +98,7 @@ impl Default for RocksOptions {
             expiry_grace: Duration::from_secs(60 * 60),
             write_queue_bytes: 256 * 1024 * 1024,
             change_feed_capacity: 4096,
+            change_feed_max_bytes: 64 * 1024 * 1024,
         }
     }
 }
@@ -336,7 +340,11 @@ impl RocksEngine {
             memory_reads: Tier::Memory.read_options(),
             any_reads: Tier::Any.read_options(),
             secret,
-            feed: ChangeFeed::new(options.change_feed_capacity, next_sequence),
+            feed: ChangeFeed::new(
+                options.change_feed_capacity,
+                options.change_feed_max_bytes,
+                next_sequence,
+            ),
             failure: watch::Sender::new(None),
             hooks: Arc::default(),
             groups_committed: AtomicU64::new(0),

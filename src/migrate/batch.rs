@@ -101,8 +101,38 @@ pub struct MigrationState {
 pub struct MigrationProgress {
     /// The cumulative state.
     pub state: MigrationState,
-    /// Keys of this batch no patch could migrate, with the reason.
+    /// Keys of this batch no patch could migrate, with the reason, as many
+    /// as fit in [`MAX_LISTED_FAILURE_BYTES`].
     pub failures: Vec<(String, String)>,
+    /// Keys of this batch that could not be migrated beyond those listed
+    /// (counted in the state's `failed` all the same).
+    pub failures_not_listed: u64,
+}
+
+/// Most bytes of keys and reasons one progress report lists: a batch of
+/// 10,000 failing 512-byte keys would otherwise make a message of several
+/// MiB, over the 4 MiB that standard gRPC clients decode by default.
+pub const MAX_LISTED_FAILURE_BYTES: usize = 1024 * 1024;
+
+/// The failures of one batch: listed while they fit in
+/// [`MAX_LISTED_FAILURE_BYTES`], counted beyond.
+#[derive(Debug, Default)]
+struct Failures {
+    listed: Vec<(String, String)>,
+    bytes: usize,
+    not_listed: u64,
+}
+
+impl Failures {
+    fn push(&mut self, key: &str, reason: String) {
+        let bytes = key.len() + reason.len();
+        if self.not_listed > 0 || self.bytes + bytes > MAX_LISTED_FAILURE_BYTES {
+            self.not_listed += 1;
+            return;
+        }
+        self.bytes += bytes;
+        self.listed.push((key.to_string(), reason));
+    }
 }
 
 type Registry = Arc<Mutex<HashMap<String, Arc<Mutex<MigrationState>>>>>;
@@ -462,7 +492,11 @@ impl Run {
             if finished {
                 self.guard.take();
             }
-            let progress = MigrationProgress { state, failures };
+            let progress = MigrationProgress {
+                state,
+                failures: failures.listed,
+                failures_not_listed: failures.not_listed,
+            };
             if self.sender.send(Ok(progress)).await.is_err() {
                 return Err(Stop::Disconnected);
             }
@@ -485,10 +519,10 @@ impl Run {
     async fn migrate_batch(
         &self,
         entries: Vec<(String, crate::engine::Record)>,
-    ) -> Result<(BatchCounts, Vec<(String, String)>), Stop> {
+    ) -> Result<(BatchCounts, Failures), Stop> {
         let now = self.now();
         let mut counts = BatchCounts::default();
-        let mut failures = Vec::new();
+        let mut failures = Failures::default();
         let mut writes = Vec::new();
         for (key, record) in entries {
             let plan = self.migrations.plan(&key, &record, now);
@@ -527,7 +561,7 @@ impl Run {
         key: String,
         now: u64,
         counts: &mut BatchCounts,
-        failures: &mut Vec<(String, String)>,
+        failures: &mut Failures,
     ) -> Result<(), Stop> {
         for _ in 0..MAX_ATTEMPTS {
             let Some(record) = self
@@ -575,14 +609,14 @@ impl BatchCounts {
         &mut self,
         key: &str,
         plan: Plan,
-        failures: &mut Vec<(String, String)>,
+        failures: &mut Failures,
     ) -> Option<crate::engine::Record> {
         match plan {
             Plan::Uncovered | Plan::Current => self.already_current += 1,
             Plan::NewerThanKnown => self.newer_than_known += 1,
             Plan::Failed(reason) => {
                 self.failed += 1;
-                failures.push((key.to_string(), reason));
+                failures.push(key, reason);
             }
             Plan::Migrated(migrated) => return Some(migrated),
         }

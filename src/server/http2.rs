@@ -122,17 +122,22 @@ impl<T, B> CallStack<B> for T where
 {
 }
 
-/// A response body hyper can send.
+/// A response body hyper can send. Its data is any buffer, so a body can
+/// learn when HTTP/2 has written a piece (it drops the buffer then).
 pub trait ResponseBody:
-    http_body::Body<Data = bytes::Bytes, Error: Into<Box<dyn std::error::Error + Send + Sync>>>
-    + Send
+    http_body::Body<
+        Data: bytes::Buf + Send + 'static,
+        Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    > + Send
     + 'static
 {
 }
 
 impl<T> ResponseBody for T where
-    T: http_body::Body<Data = bytes::Bytes, Error: Into<Box<dyn std::error::Error + Send + Sync>>>
-        + Send
+    T: http_body::Body<
+            Data: bytes::Buf + Send + 'static,
+            Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+        > + Send
         + 'static
 {
 }

@@ -273,7 +273,7 @@ const SHED_BODY_DRAIN_TIME: Duration = Duration::from_secs(1);
 /// small body has almost always arrived with its headers, so this usually
 /// finishes at once; what has not is drained by a task of its own, so the
 /// refusal is not held up.
-async fn consume_unread<B>(body: B)
+pub(super) async fn consume_unread<B>(body: B)
 where
     B: http_body::Body + Send + 'static,
 {

@@ -53,6 +53,14 @@ pub const DEFAULT_PAGE_SIZE: usize = 100;
 pub const MAX_PAGE_SIZE: usize = 1000;
 /// How many times a change re-reads and retries after losing a race.
 const MAX_ATTEMPTS: usize = 1000;
+/// Sessions read from the engine at once while a listing fills its page: a
+/// page that stops early at its byte limit holds at most this many records
+/// beyond it.
+const LIST_READ_BATCH: usize = 16;
+/// What a listed session adds to its reply at most beyond its strings and
+/// structs: four timestamps of at most 19 bytes each, a version of at most
+/// 11, and the tags and lengths of the remaining fields.
+const SESSION_REPLY_OVERHEAD: usize = 4 * 19 + 11 + 16;
 /// Index entries revoked per atomic batch by `revoke_all_for_user`.
 const REVOKE_BATCH: usize = 500;
 /// A well-formed session id that is never issued (the all-zero id is as
@@ -85,6 +93,31 @@ pub struct Session {
     pub last_seen_at_millis: u64,
     /// The session record's version.
     pub version: u64,
+}
+
+impl Session {
+    /// The most bytes this session takes in a reply, as an element of a
+    /// repeated `tierkv.v1.Session` field: what a listing counts against its
+    /// byte limit.
+    pub fn reply_bytes_bound(&self) -> usize {
+        let token = self.token.as_ref().map_or(0, |token| token.expose().len());
+        let body = delimited_len(token)
+            + delimited_len(self.session_id.len())
+            + delimited_len(self.user_id.len())
+            + delimited_len(self.data.encoded_len())
+            + self
+                .metadata
+                .as_ref()
+                .map_or(0, |metadata| delimited_len(metadata.encoded_len()))
+            + SESSION_REPLY_OVERHEAD;
+        delimited_len(body)
+    }
+}
+
+/// Bytes of a length-delimited protobuf field of `body` bytes, with a tag of
+/// one byte.
+fn delimited_len(body: usize) -> usize {
+    1 + prost::encoding::encoded_len_varint(body as u64) + body
 }
 
 /// What `create` needs.
@@ -142,6 +175,16 @@ pub enum SessionError {
     /// The session kept changing while this change retried; retrying later may succeed.
     #[error("the session changed on each of {0} attempts to apply this change; retry")]
     Contention(usize),
+    /// One session alone is larger than a reply may be; nothing was answered.
+    #[error("session {session_id} takes {bytes} bytes in a reply; the limit is {limit} bytes")]
+    ReplyTooLarge {
+        /// The session.
+        session_id: String,
+        /// Its size in a reply, at most.
+        bytes: usize,
+        /// The reply limit.
+        limit: usize,
+    },
     /// The storage engine failed.
     #[error(transparent)]
     Engine(#[from] EngineError),
@@ -689,12 +732,18 @@ impl SessionService {
         Err(SessionError::Contention(MAX_ATTEMPTS))
     }
 
-    /// One page of a user's live sessions, without tokens.
+    /// One page of a user's live sessions, without tokens, whose reply takes
+    /// at most `max_reply_bytes` ([`Session::reply_bytes_bound`] of each):
+    /// a page stops early, with a token for the rest, before the session that
+    /// would pass the limit, so a page is never refused whole. Records are
+    /// read a few at a time, so the memory a call holds follows the page it
+    /// answers, not the page size asked for.
     pub async fn list_by_user(
         &self,
         user_id: &str,
         page_size: i32,
         page_token: &str,
+        max_reply_bytes: usize,
     ) -> Result<SessionPage, SessionError> {
         self.check_user_id("user_id", user_id)
             .map_err(|found| SessionError::InvalidArgument(vec![found]))?;
@@ -730,23 +779,41 @@ impl SessionService {
             .collect();
         // A scan stopped by its bound on examined records (a run of expired
         // entries not yet compacted away) resumes after the last one examined.
-        let next_page_token = match (more, session_ids.last(), page.resume_after) {
+        let mut next_page_token = match (more, session_ids.last(), page.resume_after) {
             (true, Some(last), _) => last.clone(),
             (false, _, Some(resume_after)) => resume_after[prefix.len()..].to_string(),
             _ => String::new(),
         };
-        let records = self
-            .engine
-            .get_many(session_ids.iter().map(|id| self.record_key(id)).collect())
-            .await?;
-        let mut sessions = Vec::with_capacity(records.len());
-        for (session_id, record) in session_ids.into_iter().zip(records) {
-            // Revoked between the scan and the read: not live any more.
-            let Some(record) = record else { continue };
-            let version = record.version;
-            let stored = decode(&session_id, record)?;
-            if stored.user_id == user_id {
-                sessions.push(stored.into_session(session_id, version, None));
+        let mut sessions: Vec<Session> = Vec::new();
+        let mut reply_bytes = 0usize;
+        'batches: for batch in session_ids.chunks(LIST_READ_BATCH) {
+            let records = self
+                .engine
+                .get_many(batch.iter().map(|id| self.record_key(id)).collect())
+                .await?;
+            for (session_id, record) in batch.iter().zip(records) {
+                // Revoked between the scan and the read: not live any more.
+                let Some(record) = record else { continue };
+                let version = record.version;
+                let stored = decode(session_id, record)?;
+                if stored.user_id != user_id {
+                    continue;
+                }
+                let session = stored.into_session(session_id.clone(), version, None);
+                let bytes = session.reply_bytes_bound();
+                if reply_bytes + bytes > max_reply_bytes {
+                    let Some(last) = sessions.last() else {
+                        return Err(SessionError::ReplyTooLarge {
+                            session_id: session_id.clone(),
+                            bytes,
+                            limit: max_reply_bytes,
+                        });
+                    };
+                    next_page_token = last.session_id.clone();
+                    break 'batches;
+                }
+                reply_bytes += bytes;
+                sessions.push(session);
             }
         }
         Ok(SessionPage {

@@ -655,8 +655,11 @@ impl Inner {
                 }
                 // Published before anyone is answered, so every commit is
                 // published whatever happened to its caller.
-                self.feed
-                    .publish(events, |first| change_events(&accepted, first));
+                self.feed.publish(
+                    events,
+                    || change_key_bytes(&accepted),
+                    |first| change_events(&accepted, first),
+                );
                 for mut entry in accepted {
                     entry.request.answer(Ok(entry.outcomes));
                 }
@@ -718,13 +721,17 @@ impl Inner {
             Ok(()) => {
                 state.persisted_clock = state.persisted_clock.max(now);
                 self.groups_committed.fetch_add(1, Ordering::Relaxed);
-                self.feed.publish(1, |first| {
-                    vec![ChangeEvent {
-                        sequence: first,
-                        key: Arc::from(prefix.as_str()),
-                        change: Change::NamespaceCleared,
-                    }]
-                });
+                self.feed.publish(
+                    1,
+                    || prefix.len(),
+                    |first| {
+                        vec![ChangeEvent {
+                            sequence: first,
+                            key: Arc::from(prefix.as_str()),
+                            change: Change::NamespaceCleared,
+                        }]
+                    },
+                );
                 request.answer(Ok(Vec::new()));
                 Ok(())
             }
@@ -844,6 +851,15 @@ fn live_version_of(key: &str, bytes: &[u8], now: u64) -> Result<Option<u64>, Eng
 }
 
 /// The change events of a committed group, numbered from `first`.
+/// The length of the keys of a commit's change events together.
+fn change_key_bytes(accepted: &[Accepted]) -> usize {
+    accepted
+        .iter()
+        .flat_map(|entry| entry.request.ops.iter().take(entry.outcomes.len()))
+        .map(|op| op.key.len())
+        .sum()
+}
+
 fn change_events(accepted: &[Accepted], first: u64) -> Vec<ChangeEvent> {
     let ops = accepted
         .iter()
