@@ -545,6 +545,12 @@ impl prometheus_client::collector::Collector for ServerStats {
                 "Times the cache's memory tier was cleared because the change feed lagged",
                 cache.memory_clears,
             ),
+            (
+                "cache_discarded_fills",
+                "Origin answers not stored because a newer write, or an Invalidate or Purge of \
+                 the key, came first",
+                cache.discarded_fills,
+            ),
         ] {
             out.counter(name, help, value)?;
         }

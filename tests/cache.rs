@@ -293,11 +293,16 @@ async fn invalidate_and_purge_clear_both_tiers() {
     let purged = cache
         .purge(pb::PurgeRequest {
             prefix: "cache:p:".into(),
+            expected_keys: Some(2500),
+            dry_run: false,
         })
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(purged.purged, 2500);
+    assert_eq!(
+        (purged.purged, purged.listed, purged.more),
+        (2500, 2500, false)
+    );
     assert!(!get(&mut cache, "cache:p:00001").await.found);
     assert!(common::list_all(&mut kv, "cache:p:", 1000).await.is_empty());
     assert_eq!(text_of(&get(&mut cache, "cache:q").await), "other");
@@ -317,6 +322,7 @@ async fn refuses_owned_namespaces_and_bad_input() {
     let denied = cache
         .purge(pb::PurgeRequest {
             prefix: "session:".into(),
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -328,7 +334,10 @@ async fn refuses_owned_namespaces_and_bad_input() {
     assert_eq!(denied.code(), Code::PermissionDenied);
 
     let empty = cache
-        .purge(pb::PurgeRequest { prefix: "".into() })
+        .purge(pb::PurgeRequest {
+            prefix: "".into(),
+            ..Default::default()
+        })
         .await
         .unwrap_err();
     assert_eq!(empty.code(), Code::InvalidArgument);
@@ -480,6 +489,7 @@ async fn grants_are_checked() {
         writer
             .purge(pb::PurgeRequest {
                 prefix: "cache:".into(),
+                ..Default::default()
             })
             .await
             .unwrap_err(),
@@ -490,6 +500,8 @@ async fn grants_are_checked() {
     let purged = writer
         .purge(pb::PurgeRequest {
             prefix: "cache:a:".into(),
+            expected_keys: Some(1),
+            dry_run: false,
         })
         .await
         .unwrap()

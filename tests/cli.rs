@@ -380,8 +380,28 @@ async fn cache_commands() {
     assert_eq!(invalidated.stdout.trim(), r#"{"existed":true}"#);
     assert_eq!(cache(endpoint, &["get", "cache:x"]).await.code, 1);
 
-    let purged = cache(endpoint, &["purge", "cache:"]).await;
-    assert_eq!(purged.stdout.trim(), r#"{"purged":1}"#);
+    // Without --expected-keys: a dry run that says how many.
+    let counted = cache(endpoint, &["purge", "cache:"]).await;
+    assert_eq!(counted.code, 0, "{}", counted.stderr);
+    assert_eq!(counted.stdout.trim(), r#"{"listed":1,"more":false}"#);
+    assert!(
+        counted.stderr.contains("--expected-keys 1"),
+        "{}",
+        counted.stderr
+    );
+    assert_eq!(cache(endpoint, &["get", "cache:j"]).await.code, 0);
+    let wrong = cache(endpoint, &["purge", "cache:", "--expected-keys", "2"]).await;
+    assert_eq!(wrong.code, 2);
+    assert!(
+        wrong.stderr.contains("expected_keys = 1"),
+        "{}",
+        wrong.stderr
+    );
+    let purged = cache(endpoint, &["purge", "cache:", "--expected-keys", "1"]).await;
+    assert_eq!(
+        purged.stdout.trim(),
+        r#"{"more":false,"purged":1,"skipped":0}"#
+    );
     assert_eq!(cache(endpoint, &["get", "cache:j"]).await.code, 1);
 
     let bad = cache(endpoint, &["put", "cache:x", "v", "--memory-ttl", "0"]).await;

@@ -9,7 +9,7 @@ use tonic_types::{ErrorDetails, StatusExt};
 
 use super::auth::authorize_admin;
 use super::convert::timestamp_from_millis;
-use super::status::{engine_status, ERROR_DOMAIN};
+use super::status::{engine_status, expected_keys_mismatch, ERROR_DOMAIN};
 use crate::admin::backup::Backups;
 use crate::admin::{AdminError, NamespaceAdmin};
 use crate::metrics::{parse_samples, Metrics};
@@ -81,19 +81,12 @@ pub fn admin_status(method: &'static str, error: AdminError) -> Status {
     let message = error.to_string();
     let status = match error {
         AdminError::UnknownNamespace { .. } => Status::not_found(message),
-        AdminError::ExpectedKeysMismatch { prefix, actual, .. } => {
-            let mut info = std::collections::HashMap::new();
-            info.insert("prefix".to_string(), prefix.clone());
-            info.insert("actual_keys".to_string(), actual.to_string());
-            let mut details =
-                ErrorDetails::with_error_info("EXPECTED_KEYS_MISMATCH", ERROR_DOMAIN, info);
-            details.add_precondition_failure_violation(
-                "EXPECTED_KEYS",
-                prefix,
-                format!("the namespace holds {actual} live keys"),
-            );
-            Status::with_error_details(Code::FailedPrecondition, message, details)
-        }
+        AdminError::ExpectedKeysMismatch { prefix, actual, .. } => expected_keys_mismatch(
+            message,
+            &prefix,
+            actual,
+            &format!("the namespace holds {actual} live keys"),
+        ),
         AdminError::BackupsOff => Status::failed_precondition(message),
         AdminError::InvalidBackupName { .. } => {
             let mut details = ErrorDetails::new();

@@ -9,9 +9,9 @@ use super::auth::{authorize_key, authorize_prefix};
 use super::convert::{nanos_from_duration, timestamp_from_millis};
 use super::deadline::RequestDeadline;
 use super::kv::{get_responses, put_command, value_type_from_proto};
-use super::status::{kv_status, ERROR_DOMAIN};
+use super::status::{expected_keys_mismatch, kv_status, ERROR_DOMAIN};
 use crate::auth::Access;
-use crate::cache::{CacheError, CachePut, CacheService, Tier};
+use crate::cache::{CacheError, CachePut, CacheService, PurgeCommand, Tier};
 use crate::kv::{Expiration, FieldViolation, KvError, ReadValue};
 use crate::proto::v1 as pb;
 use pb::cache_service_server::CacheService as CacheServiceRpc;
@@ -105,6 +105,21 @@ pub fn cache_status(method: &'static str, error: CacheError) -> Status {
         CacheError::OriginBodyTooLarge { .. } => {
             with_reason(Code::FailedPrecondition, "ORIGIN_BODY_TOO_LARGE", None)
         }
+        CacheError::PurgeExpectedKeysMismatch {
+            prefix,
+            actual,
+            more,
+            ..
+        } => expected_keys_mismatch(
+            message.clone(),
+            prefix,
+            *actual,
+            &if *more {
+                format!("the purge lists the first {actual} live keys under the prefix")
+            } else {
+                format!("the purge lists {actual} live keys under the prefix")
+            },
+        ),
         CacheError::PurgeIncomplete { .. } => Status::deadline_exceeded(message.clone()),
     };
     match status.code() {
@@ -181,6 +196,7 @@ impl CacheServiceRpc for CacheApi {
             expire_time: cached.expire_at_millis.map(timestamp_from_millis),
             version: cached.version,
             key: request.key,
+            stored: cached.stored,
         }))
     }
 
@@ -269,11 +285,24 @@ impl CacheServiceRpc for CacheApi {
     ) -> Result<Response<pb::PurgeResponse>, Status> {
         authorize_prefix(&request, Access::Write, &request.get_ref().prefix)?;
         let deadline = self.deadline(&request);
-        let purged = self
+        let request = request.into_inner();
+        let outcome = self
             .service
-            .purge(&request.into_inner().prefix, deadline)
+            .purge(
+                PurgeCommand {
+                    prefix: request.prefix,
+                    expected_keys: request.expected_keys,
+                    dry_run: request.dry_run,
+                },
+                deadline,
+            )
             .await
             .map_err(|error| cache_status("Purge", error))?;
-        Ok(Response::new(pb::PurgeResponse { purged }))
+        Ok(Response::new(pb::PurgeResponse {
+            purged: outcome.purged,
+            listed: outcome.listed,
+            skipped: outcome.skipped,
+            more: outcome.more,
+        }))
     }
 }

@@ -11,6 +11,20 @@ pub const ERROR_DOMAIN: &str = "tierkv.v1";
 /// Response metadata carrying the current version after a failed compare-and-set.
 pub const CURRENT_VERSION_METADATA: &str = "tierkv-current-version";
 
+/// FAILED_PRECONDITION for a destructive call whose `expected_keys`
+/// confirmation does not match the `actual` number of keys under `prefix`
+/// (`AdminService.DropNamespace`, `CacheService.Purge`): ErrorInfo reason
+/// `EXPECTED_KEYS_MISMATCH` with `prefix` and `actual_keys`, and a
+/// PreconditionFailure violation of type `EXPECTED_KEYS`.
+pub fn expected_keys_mismatch(message: String, prefix: &str, actual: u64, what: &str) -> Status {
+    let mut info = std::collections::HashMap::new();
+    info.insert("prefix".to_string(), prefix.to_string());
+    info.insert("actual_keys".to_string(), actual.to_string());
+    let mut details = ErrorDetails::with_error_info("EXPECTED_KEYS_MISMATCH", ERROR_DOMAIN, info);
+    details.add_precondition_failure_violation("EXPECTED_KEYS", prefix, what);
+    Status::with_error_details(Code::FailedPrecondition, message, details)
+}
+
 /// Maps a KV error to a status with `google.rpc` details, logging it once.
 pub fn kv_status(method: &'static str, error: KvError) -> Status {
     let message = error.to_string();

@@ -9,6 +9,7 @@
 //!   stale serving, negative caching, Put, Invalidate, Purge.
 //! - [`memory`] — L1 and its coherence with the change feed.
 //! - [`flight`] — request coalescing (one origin request per cold key).
+//! - [`fence`] — orders origin fills against Invalidate and Purge.
 //! - [`entry`] — what is kept with a cached value, in the store and in memory.
 //! - [`stats`] — the counters.
 
@@ -16,10 +17,14 @@ pub mod config;
 pub mod origin;
 
 pub mod entry;
+pub mod fence;
 pub mod flight;
 pub mod memory;
 pub mod service;
 pub mod stats;
 
-pub use service::{CacheError, CachePut, CachePutResult, CacheService, CachedValue, Tier};
+pub use service::{
+    CacheError, CachePut, CachePutResult, CacheService, CachedValue, PurgeCommand, PurgeOutcome,
+    Tier,
+};
 pub use stats::{CacheCounts, CacheStats};

@@ -13,6 +13,14 @@
 //!   an `ETag` or `Last-Modified` is revalidated; a 304 refreshes both tiers
 //!   without a body.
 //!
+//! A fill or refresh never replaces a newer commit: a cold fill stores only
+//! while the key is still absent, a refresh or revalidation only while the
+//! key still holds the version it refreshed, and no fill stores once an
+//! `Invalidate` or `Purge` of its key began after its origin request went out
+//! ([`super::fence`]). When a fill loses such a race its callers get the
+//! newer committed record (tier STORE) if there is one, else the origin's
+//! answer marked as not stored (version 0); nothing older enters either tier.
+//!
 //! Freshness is judged on the engine's clock (the injected one), so tests
 //! move time instead of waiting.
 
@@ -35,17 +43,21 @@ use crate::kv::{
 
 use super::config::{CacheConfig, OriginConfig};
 use super::entry::{kind_for_body, MemoryEntry, StoredMeta, METADATA_FIELD};
+use super::fence::{Fences, FillFence};
 use super::flight::{self, Flights, Landing, Role};
-use super::memory::MemoryTier;
+use super::memory::{FillTicket, MemoryTier};
 use super::origin::{Freshness, OriginClient, OriginError, OriginResponse, Validators};
 use super::stats::CacheStats;
 
 /// How long memory answers for a key without an origin, unless its Put said
 /// otherwise (the seed's one minute).
 pub const DEFAULT_MEMORY_TTL: Duration = Duration::from_secs(60);
-/// Keys deleted per batch by a purge: one bounded write at a time, so a purge
-/// of millions of keys never builds one huge batch.
+/// Keys deleted per batch by a purge: one bounded write at a time.
 pub const PURGE_BATCH_KEYS: usize = 1000;
+/// Most keys one purge lists and deletes: its listing (keys and versions) is
+/// held in memory, and its confirmation counts it. A prefix holding more is
+/// purged by calling again (the response says `more`).
+pub const MAX_PURGE_KEYS: usize = 10_000;
 /// Longest content type a Put may set.
 pub const MAX_CONTENT_TYPE_BYTES: usize = 256;
 
@@ -77,6 +89,10 @@ pub struct CachedValue {
     pub expire_at_millis: Option<u64>,
     /// The record's version; 0 for a value that was not stored.
     pub version: u64,
+    /// Whether the value is the stored record's (false: an origin answer
+    /// that was not stored — `no-store`, too large, or it lost a race with a
+    /// newer write or an invalidation; `version` is then 0).
+    pub stored: bool,
 }
 
 /// Writes one key into both tiers.
@@ -94,6 +110,32 @@ pub struct CachePut {
     /// The record's time to live in nanoseconds (at least a second); unset:
     /// the origin's store TTL under an origin prefix, otherwise never.
     pub store_ttl_nanos: Option<i128>,
+}
+
+/// A purge of the keys under a prefix, guarded like `DropNamespace`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct PurgeCommand {
+    /// Every live key starting with this (not empty) is listed.
+    pub prefix: String,
+    /// The number of keys the purge lists, as a confirmation: nothing is
+    /// deleted unless it matches.
+    pub expected_keys: Option<u64>,
+    /// List and count only; delete nothing.
+    pub dry_run: bool,
+}
+
+/// What a purge did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct PurgeOutcome {
+    /// Records deleted (0 for a dry run).
+    pub purged: u64,
+    /// Live keys listed under the prefix, at most [`MAX_PURGE_KEYS`].
+    pub listed: u64,
+    /// Listed keys left as they are because they were rewritten or deleted
+    /// after the listing.
+    pub skipped: u64,
+    /// The prefix holds more keys than one purge lists: call again.
+    pub more: bool,
 }
 
 /// What a Put did.
@@ -149,6 +191,19 @@ pub enum CacheError {
         /// The limit.
         limit: usize,
     },
+    /// A purge's confirmation does not match what it listed; nothing was
+    /// deleted.
+    #[error("{}", purge_mismatch_message(.prefix, *.expected, *.actual, *.more))]
+    PurgeExpectedKeysMismatch {
+        /// The prefix.
+        prefix: String,
+        /// The confirmation given, if any.
+        expected: Option<u64>,
+        /// The number of keys listed.
+        actual: u64,
+        /// Whether the prefix holds more keys than one purge lists.
+        more: bool,
+    },
     /// A purge ran out of time; what it deleted stays deleted.
     #[error(
         "the purge deleted {purged} keys before the request's deadline; call it again to finish"
@@ -172,8 +227,46 @@ impl CacheError {
     }
 }
 
+fn purge_mismatch_message(prefix: &str, expected: Option<u64>, actual: u64, more: bool) -> String {
+    let expected = match expected {
+        Some(expected) => format!(", not the {expected} expected"),
+        None => String::new(),
+    };
+    if more {
+        format!(
+            "prefix {prefix:?} holds more than {actual} live keys{expected}; a purge deletes at \
+             most {MAX_PURGE_KEYS}: pass expected_keys = {actual} to purge the first {actual}, \
+             then call again"
+        )
+    } else {
+        format!(
+            "prefix {prefix:?} holds {actual} live keys{expected}; pass expected_keys = {actual} \
+             to purge them"
+        )
+    }
+}
+
+/// What one origin fetch gives every caller that waited on it.
+#[derive(Debug, Clone)]
+struct Fetched {
+    /// The value to answer with.
+    entry: Arc<MemoryEntry>,
+    /// [`Tier::Origin`], or [`Tier::Store`] when a newer committed record
+    /// answers instead of the origin's (older) answer.
+    tier: Tier,
+}
+
+impl Fetched {
+    fn origin(entry: MemoryEntry) -> Self {
+        Self {
+            entry: Arc::new(entry),
+            tier: Tier::Origin,
+        }
+    }
+}
+
 /// The outcome of one origin fetch, shared by every caller that waited on it.
-type FetchResult = Result<Arc<MemoryEntry>, FetchError>;
+type FetchResult = Result<Fetched, FetchError>;
 
 /// [`CacheError`]s a fetch can end with, cloneable for its waiters.
 #[derive(Debug, Clone)]
@@ -226,6 +319,8 @@ struct Inner {
     origin: Option<OriginClient>,
     memory: Arc<MemoryTier>,
     flights: Arc<Flights<FetchResult>>,
+    /// Fills in flight, so that Invalidate and Purge can bar them.
+    fences: Fences,
     stats: Arc<CacheStats>,
 }
 
@@ -317,6 +412,7 @@ impl CacheService {
                 origin,
                 memory,
                 flights: Arc::default(),
+                fences: Fences::default(),
                 stats,
             }),
         })
@@ -455,9 +551,13 @@ impl CacheService {
         };
         let now = self.inner.engine.now_millis();
         let result = match landed {
-            Ok(Some(Ok(entry))) => {
-                CacheStats::count(&stats.origin_hits);
-                return answer(key, &entry, Tier::Origin, value_type, now);
+            Ok(Some(Ok(fetched))) => {
+                CacheStats::count(if fetched.tier == Tier::Origin {
+                    &stats.origin_hits
+                } else {
+                    &stats.store_hits
+                });
+                return answer(key, &fetched.entry, fetched.tier, value_type, now);
             }
             Ok(Some(Err(error))) => Err(CacheError::from(error)),
             Ok(None) => Err(CacheError::OriginUnavailable {
@@ -572,8 +672,12 @@ impl CacheService {
         })
     }
 
-    /// Removes `key` from both tiers; whether a record was there.
+    /// Removes `key` from both tiers; whether a record was there. A fill of
+    /// the key in flight (its origin request sent before) stores nothing.
     pub async fn invalidate(&self, key: &str) -> Result<bool, CacheError> {
+        // Before the delete (which validates the key): a fill that stored before this is deleted by
+        // it, one that had not yet stored will not (see `super::fence`).
+        self.inner.fences.invalidate_key(key).await;
         let existed = self
             .inner
             .kv
@@ -588,10 +692,24 @@ impl CacheService {
         Ok(existed)
     }
 
-    /// Removes every key under `prefix` from both tiers, in batches of
-    /// [`PURGE_BATCH_KEYS`]; returns how many records it deleted.
-    pub async fn purge(&self, prefix: &str, deadline: Option<Instant>) -> Result<u64, CacheError> {
+    /// Removes the live keys under `command.prefix` — at most
+    /// [`MAX_PURGE_KEYS`] of them, listed first — from both tiers, once
+    /// `expected_keys` equals the number listed (the guard of
+    /// `DropNamespace`); a dry run only lists.
+    ///
+    /// It deletes only what it listed, each key only at the version it
+    /// listed: a key rewritten or deleted after the listing is left as it is
+    /// (`skipped`), so a Put racing a purge survives it. Fills of keys under
+    /// the prefix whose origin requests went out before the purge store
+    /// nothing. Deletes go in batches of [`PURGE_BATCH_KEYS`]; a deadline
+    /// reached in between answers [`CacheError::PurgeIncomplete`].
+    pub async fn purge(
+        &self,
+        command: PurgeCommand,
+        deadline: Option<Instant>,
+    ) -> Result<PurgeOutcome, CacheError> {
         let inner = &self.inner;
+        let prefix = command.prefix.as_str();
         if prefix.is_empty() {
             return Err(invalid(
                 "prefix",
@@ -603,54 +721,42 @@ impl CacheService {
         kv::validate_prefix("prefix", prefix)
             .map_err(|violation| CacheError::Kv(KvError::InvalidArgument(vec![violation])))?;
         inner.check_owner("prefix", prefix)?;
-        inner.memory.invalidate_prefix(prefix);
-        let mut purged = 0u64;
-        let mut start_after = None;
-        loop {
-            if deadline.is_some_and(|deadline| Instant::now() >= deadline) {
-                return Err(CacheError::PurgeIncomplete { purged });
-            }
-            // Scans leave out namespaces other services own (session:).
-            let page = inner
-                .engine
-                .scan(ScanRequest {
-                    prefix: prefix.to_string(),
-                    start_after: start_after.take(),
-                    limit: PURGE_BATCH_KEYS,
-                    include_values: false,
-                    max_examined: MAX_LIST_EXAMINED,
-                })
-                .await
-                .map_err(KvError::from)?;
-            let next = page
-                .resume_after
-                .clone()
-                .or_else(|| page.entries.last().map(|(key, _)| key.clone()));
-            if !page.entries.is_empty() {
-                let deletes = page
-                    .entries
-                    .into_iter()
-                    .map(|(key, _)| {
-                        WriteOp::Delete(DeleteOp {
-                            key,
-                            precondition: Precondition::None,
-                        })
-                    })
-                    .collect();
-                let outcomes = inner.engine.write(deletes).await.map_err(KvError::from)?;
-                purged += outcomes
-                    .iter()
-                    .filter(|outcome| matches!(outcome, WriteOutcome::Delete { existed: true }))
-                    .count() as u64;
-            }
-            match next {
-                Some(next) => start_after = Some(next),
-                None => break,
-            }
+        if !command.dry_run {
+            // Before the listing: a fill that stored before this is listed
+            // and deleted, one that had not yet stored will not.
+            inner.fences.invalidate_prefix(prefix).await;
         }
-        // Remembered 404s have no record; drop any made during the purge.
+        let (listing, more) = inner.list_for_purge(prefix, deadline).await?;
+        let mut outcome = PurgeOutcome {
+            listed: listing.len() as u64,
+            more,
+            ..PurgeOutcome::default()
+        };
+        if command.dry_run {
+            return Ok(outcome);
+        }
+        if command.expected_keys != Some(outcome.listed) {
+            return Err(CacheError::PurgeExpectedKeysMismatch {
+                prefix: prefix.to_string(),
+                expected: command.expected_keys,
+                actual: outcome.listed,
+                more,
+            });
+        }
+        for batch in listing.chunks(PURGE_BATCH_KEYS) {
+            let (purged, skipped) = inner.delete_listed(batch, deadline, outcome.purged).await?;
+            outcome.purged += purged;
+            outcome.skipped += skipped;
+        }
+        // Remembered 404s have no record to delete.
         inner.memory.invalidate_prefix(prefix);
-        Ok(purged)
+        tracing::info!(
+            prefix,
+            purged = outcome.purged,
+            skipped = outcome.skipped,
+            "cache prefix purged"
+        );
+        Ok(outcome)
     }
 }
 
@@ -669,6 +775,98 @@ impl Inner {
                 owner: owner.to_string(),
             })),
         }
+    }
+
+    /// The live keys under `prefix` with their versions, in key order: at
+    /// most [`MAX_PURGE_KEYS`], and whether there are more.
+    async fn list_for_purge(
+        &self,
+        prefix: &str,
+        deadline: Option<Instant>,
+    ) -> Result<(Vec<(String, u64)>, bool), CacheError> {
+        let mut listing = Vec::new();
+        let mut start_after = None;
+        loop {
+            if deadline.is_some_and(|deadline| Instant::now() >= deadline) {
+                return Err(CacheError::PurgeIncomplete { purged: 0 });
+            }
+            // One key beyond the bound tells whether there are more.
+            let limit = (MAX_PURGE_KEYS + 1 - listing.len()).min(PURGE_BATCH_KEYS);
+            // Scans leave out namespaces other services own (session:).
+            let page = self
+                .engine
+                .scan(ScanRequest {
+                    prefix: prefix.to_string(),
+                    start_after: start_after.take(),
+                    limit,
+                    include_values: false,
+                    max_examined: MAX_LIST_EXAMINED,
+                })
+                .await
+                .map_err(KvError::from)?;
+            let complete = page.entries.len() < limit && page.resume_after.is_none();
+            let next = page
+                .resume_after
+                .clone()
+                .or_else(|| page.entries.last().map(|(key, _)| key.clone()));
+            listing.extend(
+                page.entries
+                    .into_iter()
+                    .map(|(key, record)| (key, record.version)),
+            );
+            if listing.len() > MAX_PURGE_KEYS {
+                listing.truncate(MAX_PURGE_KEYS);
+                return Ok((listing, true));
+            }
+            match next {
+                Some(next) if !complete => start_after = Some(next),
+                _ => return Ok((listing, false)),
+            }
+        }
+    }
+
+    /// Deletes each listed key at its listed version, in one atomic batch
+    /// per attempt: a key whose version changed since fails the batch, is
+    /// left out and the rest is tried again. Returns (deleted, skipped).
+    /// `purged` (deleted by earlier batches) is for the deadline's error.
+    async fn delete_listed(
+        &self,
+        batch: &[(String, u64)],
+        deadline: Option<Instant>,
+        purged: u64,
+    ) -> Result<(u64, u64), CacheError> {
+        let mut pending = batch.to_vec();
+        let mut skipped = 0u64;
+        while !pending.is_empty() {
+            if deadline.is_some_and(|deadline| Instant::now() >= deadline) {
+                return Err(CacheError::PurgeIncomplete { purged });
+            }
+            let deletes = pending
+                .iter()
+                .map(|(key, version)| {
+                    WriteOp::Delete(DeleteOp {
+                        key: key.clone(),
+                        precondition: Precondition::IfVersion(*version),
+                    })
+                })
+                .collect();
+            match self.engine.write(deletes).await {
+                Ok(outcomes) => {
+                    let deleted = outcomes
+                        .iter()
+                        .filter(|outcome| matches!(outcome, WriteOutcome::Delete { existed: true }))
+                        .count() as u64;
+                    return Ok((deleted, skipped + pending.len() as u64 - deleted));
+                }
+                Err(EngineError::PreconditionFailed { index, .. }) if index < pending.len() => {
+                    // Rewritten or deleted since the listing: not ours to delete.
+                    pending.remove(index);
+                    skipped += 1;
+                }
+                Err(error) => return Err(CacheError::Kv(KvError::from(error))),
+            }
+        }
+        Ok((0, skipped))
     }
 
     /// Counts a store hit and fills memory from `record`: renews the
@@ -723,6 +921,9 @@ impl Inner {
             return Err(FetchError::Unavailable("no origin client".into()));
         };
         CacheStats::count(&self.stats.origin_requests);
+        // Before the origin request: an Invalidate or Purge from now on bars
+        // this fill from storing.
+        let fence = self.fences.begin(&key);
         let ticket = self.memory.ticket(&key);
         let validators = stale.as_ref().map(|(_, meta)| Validators {
             etag: meta.etag.clone(),
@@ -758,7 +959,7 @@ impl Inner {
                     stale_if_error_ms: lifetimes.stale_if_error_ms,
                     memory_ttl_ms: Some(lifetimes.memory_ttl_ms),
                 };
-                let mut entry = MemoryEntry {
+                let entry = MemoryEntry {
                     kind,
                     value: Arc::from(value.as_slice()),
                     content_type: meta.content_type.as_deref().map(Arc::from),
@@ -770,8 +971,20 @@ impl Inner {
                 };
                 let expire_at = lifetimes.record_expire_at(now);
                 if !lifetimes.store || expire_at <= now || value.len() > MAX_VALUE_BYTES {
-                    return Ok(Arc::new(entry));
+                    return Ok(Fetched::origin(entry));
                 }
+                // Never over a newer commit: a cold fill only while the key
+                // is absent, a refresh only over the copy it refreshed.
+                let precondition = match &stale {
+                    // The copy expired meanwhile: the key is cold again.
+                    Some((record, _))
+                        if record.expire_at_millis.is_some_and(|expire| expire <= now) =>
+                    {
+                        Precondition::IfAbsent
+                    }
+                    Some((record, _)) => Precondition::IfVersion(record.version),
+                    None => Precondition::IfAbsent,
+                };
                 let put = PutOp {
                     key: key.clone(),
                     kind,
@@ -779,17 +992,11 @@ impl Inner {
                     value,
                     expire_at_millis: Some(expire_at),
                     schema_version: 1,
-                    precondition: Precondition::None,
+                    precondition,
                 };
-                let Some(version) = self.write_put(put).await else {
-                    return Ok(Arc::new(entry));
-                };
-                entry.version = version;
-                let entry = Arc::new(entry);
-                if lifetimes.memory_ttl_ms > 0 {
-                    self.memory.fill_shared(&key, Arc::clone(&entry), ticket);
-                }
-                Ok(entry)
+                Ok(self
+                    .store_fetched(&fence, ticket, put, entry, lifetimes.memory_ttl_ms, now)
+                    .await)
             }
             OriginResponse::NotModified {
                 validators,
@@ -812,14 +1019,15 @@ impl Inner {
                     memory_ttl_ms: Some(lifetimes.memory_ttl_ms),
                     content_type: old.content_type,
                 };
-                let mut entry = MemoryEntry::from_record(
+                let entry = MemoryEntry::from_record(
                     &record,
                     Some(&meta),
                     now.saturating_add(lifetimes.memory_ttl_ms),
                 );
                 let expire_at = lifetimes.record_expire_at(now);
                 if !lifetimes.store || expire_at <= now {
-                    return Ok(Arc::new(entry));
+                    // The stored copy, as it is.
+                    return Ok(Fetched::origin(entry));
                 }
                 // Only over the copy that was revalidated: a newer write wins.
                 let put = PutOp {
@@ -831,15 +1039,9 @@ impl Inner {
                     schema_version: record.schema_version,
                     precondition: Precondition::IfVersion(record.version),
                 };
-                let Some(version) = self.write_put(put).await else {
-                    return Ok(Arc::new(entry));
-                };
-                entry.version = version;
-                let entry = Arc::new(entry);
-                if lifetimes.memory_ttl_ms > 0 {
-                    self.memory.fill_shared(&key, Arc::clone(&entry), ticket);
-                }
-                Ok(entry)
+                Ok(self
+                    .store_fetched(&fence, ticket, put, entry, lifetimes.memory_ttl_ms, now)
+                    .await)
             }
             OriginResponse::Missing { status, freshness } => {
                 let mut negative_ttl = origin.negative_ttl;
@@ -878,25 +1080,72 @@ impl Inner {
                         expire_at_ms: None,
                         negative: Some(status),
                     };
-                    self.memory.fill(&key, entry, ticket);
+                    // Not after an Invalidate or Purge that began meanwhile:
+                    // the resource may exist again.
+                    if let Some(_admitted) = fence.admit().await {
+                        self.memory.fill(&key, entry, ticket);
+                    }
                 }
                 Err(FetchError::NotFound(status))
             }
         }
     }
 
-    /// Writes one put; its version, or `None` (logged) when it was not
-    /// written — the fetched value is still served.
-    async fn write_put(&self, put: PutOp) -> Option<u64> {
+    /// Stores a fetched answer with `put` (whose precondition says what it
+    /// may replace) and puts `entry` in memory — unless the key was
+    /// invalidated since `fence` was taken or the precondition fails. The
+    /// callers get the stored entry; else the newer committed record (tier
+    /// STORE) if a newer write won; else `entry` unstored (version 0).
+    async fn store_fetched(
+        &self,
+        fence: &FillFence<'_>,
+        ticket: FillTicket,
+        put: PutOp,
+        mut entry: MemoryEntry,
+        memory_ttl_ms: u64,
+        now: u64,
+    ) -> Fetched {
+        entry.version = 0;
+        let key = put.key.clone();
+        let Some(admitted) = fence.admit().await else {
+            CacheStats::count(&self.stats.discarded_fills);
+            tracing::debug!("an invalidation came first; the origin's answer is not stored");
+            return Fetched::origin(entry);
+        };
         match self.engine.write(vec![WriteOp::Put(put)]).await {
-            Ok(outcomes) => match outcomes.first() {
-                Some(WriteOutcome::Put { version }) => Some(*version),
-                _ => None,
-            },
-            Err(EngineError::PreconditionFailed { .. }) => None,
+            Ok(outcomes) => {
+                if let Some(WriteOutcome::Put { version }) = outcomes.first() {
+                    entry.version = *version;
+                }
+                let entry = Arc::new(entry);
+                if entry.version > 0 && memory_ttl_ms > 0 {
+                    self.memory.fill_shared(&key, Arc::clone(&entry), ticket);
+                }
+                drop(admitted);
+                Fetched {
+                    entry,
+                    tier: Tier::Origin,
+                }
+            }
+            Err(EngineError::PreconditionFailed { .. }) => {
+                drop(admitted);
+                CacheStats::count(&self.stats.discarded_fills);
+                tracing::debug!("a newer commit came first; the origin's answer is not stored");
+                match self.engine.get(key).await {
+                    Ok(Some(record)) => {
+                        let meta = StoredMeta::from_metadata(record.metadata.as_deref());
+                        Fetched {
+                            entry: Arc::new(MemoryEntry::from_record(&record, meta.as_ref(), now)),
+                            tier: Tier::Store,
+                        }
+                    }
+                    // Deleted (or unreadable): the answer, not stored.
+                    _ => Fetched::origin(entry),
+                }
+            }
             Err(error) => {
                 tracing::warn!(error = %error.log_summary(), "storing an origin response failed");
-                None
+                Fetched::origin(entry)
             }
         }
     }
@@ -938,5 +1187,6 @@ fn answer(
         },
         expire_at_millis: entry.expire_at_ms,
         version: entry.version,
+        stored: entry.version != 0,
     })
 }

@@ -21,6 +21,7 @@ pub struct CacheStats {
     pub(crate) negative_hits: AtomicU64,
     pub(crate) background_refreshes: AtomicU64,
     pub(crate) memory_clears: AtomicU64,
+    pub(crate) discarded_fills: AtomicU64,
     /// The memory tier, once the service is built, for its size.
     memory: OnceLock<Arc<MemoryTier>>,
 }
@@ -50,6 +51,9 @@ pub struct CacheCounts {
     pub background_refreshes: u64,
     /// Times the memory tier was cleared because the change feed lagged.
     pub memory_clears: u64,
+    /// Origin answers not stored because a newer write, or an Invalidate or
+    /// Purge of the key, came first.
+    pub discarded_fills: u64,
     /// Bytes the memory tier holds, as its weigher counts them.
     pub memory_bytes: u64,
     /// Entries the memory tier holds.
@@ -91,6 +95,7 @@ impl CacheStats {
             negative_hits: load(&self.negative_hits),
             background_refreshes: load(&self.background_refreshes),
             memory_clears: load(&self.memory_clears),
+            discarded_fills: load(&self.discarded_fills),
             memory_bytes,
             memory_entries,
         }

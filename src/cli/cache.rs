@@ -58,10 +58,16 @@ enum CacheCommand {
         /// The key.
         key: String,
     },
-    /// Remove every key under a prefix from both tiers.
+    /// Remove the keys under a prefix from both tiers (at most 10,000 per
+    /// call). Without --expected-keys, prints how many keys it would remove
+    /// and removes nothing.
     Purge {
         /// The prefix (not empty).
         prefix: String,
+        /// The number of keys the purge lists, as a confirmation (the
+        /// `listed` of the run without it).
+        #[arg(long)]
+        expected_keys: Option<u64>,
     },
 }
 
@@ -128,13 +134,39 @@ async fn execute(args: CacheArgs) -> Result<ExitCode, String> {
             println!("{}", serde_json::json!({ "existed": response.existed }));
             Ok(ExitCode::SUCCESS)
         }
-        CacheCommand::Purge { prefix } => {
+        CacheCommand::Purge {
+            prefix,
+            expected_keys,
+        } => {
+            let dry_run = expected_keys.is_none();
             let response = client
-                .purge(pb::PurgeRequest { prefix })
+                .purge(pb::PurgeRequest {
+                    prefix,
+                    expected_keys,
+                    dry_run,
+                })
                 .await
                 .map_err(|status| describe(&status))?
                 .into_inner();
-            println!("{}", serde_json::json!({ "purged": response.purged }));
+            if dry_run {
+                println!(
+                    "{}",
+                    serde_json::json!({ "listed": response.listed, "more": response.more })
+                );
+                eprintln!(
+                    "nothing removed: pass --expected-keys {} to remove them",
+                    response.listed
+                );
+            } else {
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "purged": response.purged,
+                        "skipped": response.skipped,
+                        "more": response.more,
+                    })
+                );
+            }
             Ok(ExitCode::SUCCESS)
         }
     }

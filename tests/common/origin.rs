@@ -18,6 +18,17 @@
 //! origin.restart().await;                                // same port again
 //! ```
 //!
+//! A [`Gate`] holds the answers to a path until the test opens it, so a test
+//! can act while an origin request is in flight, without sleeping:
+//!
+//! ```ignore
+//! let gate = origin.gate("/items/a");
+//! // ... start a fetch ...
+//! origin.wait_for_requests("/items/a", 1).await;         // it arrived
+//! // ... race it ...
+//! gate.open();                                           // now it answers
+//! ```
+//!
 //! Paths are matched exactly as received, percent-encoding included (a key
 //! `a/b` arrives as `/items/a%2Fb`), without the query. A request to a path
 //! with no reply and no handler gets 404.
@@ -209,7 +220,28 @@ struct State {
     routes: Mutex<HashMap<String, Reply>>,
     handler: Mutex<Option<Handler>>,
     seen: Mutex<Vec<SeenRequest>>,
+    /// Woken on every request that arrives.
+    arrived: tokio::sync::Notify,
+    /// Closed gates, by path: answers wait until the sender says open.
+    gates: Mutex<HashMap<String, tokio::sync::watch::Receiver<bool>>>,
     connections: std::sync::atomic::AtomicUsize,
+}
+
+/// Holds the answers to one path (requests are recorded at once) until
+/// [`open`](Gate::open) or drop.
+pub struct Gate {
+    open: tokio::sync::watch::Sender<bool>,
+}
+
+impl Gate {
+    /// Lets every held and later request to the path be answered.
+    pub fn open(self) {}
+}
+
+impl Drop for Gate {
+    fn drop(&mut self) {
+        let _ = self.open.send(true);
+    }
 }
 
 struct Tls {
@@ -332,6 +364,30 @@ impl TestOrigin {
         *self.state.handler.lock().unwrap() = Some(Arc::new(handler));
     }
 
+    /// Holds the answers to requests for `path` until the returned gate is
+    /// opened (or dropped).
+    pub fn gate(&self, path: &str) -> Gate {
+        let (open, opened) = tokio::sync::watch::channel(false);
+        self.state
+            .gates
+            .lock()
+            .unwrap()
+            .insert(path.to_string(), opened);
+        Gate { open }
+    }
+
+    /// Returns once `count` requests for `path` have arrived.
+    pub async fn wait_for_requests(&self, path: &str, count: usize) {
+        loop {
+            // Registered before the check, so an arrival in between wakes it.
+            let arrived = self.state.arrived.notified();
+            if self.count_path(path) >= count {
+                return;
+            }
+            arrived.await;
+        }
+    }
+
     /// Every request received so far, in order of arrival.
     pub fn requests(&self) -> Vec<SeenRequest> {
         self.state.seen.lock().unwrap().clone()
@@ -427,6 +483,11 @@ async fn answer(request: Request<hyper::body::Incoming>, state: &State) -> Respo
         version: request.version(),
     };
     state.seen.lock().unwrap().push(seen.clone());
+    state.arrived.notify_waiters();
+    let gate = state.gates.lock().unwrap().get(&seen.path).cloned();
+    if let Some(mut gate) = gate {
+        let _ = gate.wait_for(|open| *open).await;
+    }
     let routed = state.routes.lock().unwrap().get(&seen.path).cloned();
     let reply = match routed {
         Some(reply) => reply,

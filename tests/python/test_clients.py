@@ -263,7 +263,12 @@ class CacheTest(Base):
         prefix = unique("cache:pyp:") + ":"
         for i in range(3):
             self.cache.Put(cache_pb2.CachePutRequest(key=f"{prefix}{i}", text="x"), timeout=10)
-        purged = self.cache.Purge(cache_pb2.PurgeRequest(prefix=prefix), timeout=10)
+        counted = self.cache.Purge(cache_pb2.PurgeRequest(prefix=prefix, dry_run=True), timeout=10)
+        self.assertEqual((counted.listed, counted.purged), (3, 0))
+        with self.assertRaises(grpc.RpcError) as raised:
+            self.cache.Purge(cache_pb2.PurgeRequest(prefix=prefix), timeout=10)
+        self.assertEqual(raised.exception.code(), grpc.StatusCode.FAILED_PRECONDITION)
+        purged = self.cache.Purge(cache_pb2.PurgeRequest(prefix=prefix, expected_keys=3), timeout=10)
         self.assertEqual(purged.purged, 3)
         with self.assertRaises(grpc.RpcError) as raised:
             self.cache.Put(cache_pb2.CachePutRequest(key="", text="x"), timeout=10)
