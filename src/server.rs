@@ -7,6 +7,7 @@ pub mod http2;
 pub mod in_flight;
 pub mod load_shed;
 pub mod metrics_http;
+pub mod reload;
 pub mod response_budget;
 pub mod rpc_metrics;
 pub mod tls;
@@ -140,6 +141,9 @@ pub enum ServerError {
     /// The TLS certificate, key or client CA could not be loaded.
     #[error("{0}")]
     Tls(String),
+    /// The configuration reload (SIGHUP) could not be set up.
+    #[error("{0}")]
+    Reload(String),
     /// The metrics listen address could not be bound.
     #[error("cannot listen for metrics on {addr}: {source}")]
     MetricsBind {
@@ -669,6 +673,41 @@ pub async fn serve_with_stats(
     shutdown: impl Future<Output = ()> + Send,
     stats: ServerStats,
 ) -> Result<(), ServerError> {
+    serve_until_flushed(config, engine, clock, listeners, shutdown, stats, None).await
+}
+
+/// Like [`serve`], re-reading `[auth]` and `[tls]` on SIGHUP (see
+/// [`reload`]).
+pub async fn serve_reloading(
+    config: Config,
+    engine: Arc<dyn Engine>,
+    clock: SharedClock,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()> + Send,
+    reload: reload::Reload,
+) -> Result<(), ServerError> {
+    let stats = ServerStats::new(&config);
+    serve_until_flushed(
+        config,
+        engine,
+        clock,
+        listeners,
+        shutdown,
+        stats,
+        Some(reload),
+    )
+    .await
+}
+
+async fn serve_until_flushed(
+    config: Config,
+    engine: Arc<dyn Engine>,
+    clock: SharedClock,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()> + Send,
+    stats: ServerStats,
+    reload: Option<reload::Reload>,
+) -> Result<(), ServerError> {
     let served = serve_until_stopped(
         &config,
         Arc::clone(&engine),
@@ -676,6 +715,7 @@ pub async fn serve_with_stats(
         listeners,
         shutdown,
         &stats,
+        reload,
     )
     .await;
     let flushed = engine.flush().await;
@@ -712,6 +752,7 @@ async fn serve_until_stopped(
     listeners: Listeners,
     shutdown: impl Future<Output = ()> + Send,
     stats: &ServerStats,
+    reload: Option<reload::Reload>,
 ) -> Result<(), ServerError> {
     let listener = listeners.grpc;
     let mut metrics = MetricsBuilder::new();
@@ -745,7 +786,13 @@ async fn serve_until_stopped(
     services.add(
         AdminApi::new(
             Arc::clone(&migrator),
-            NamespaceAdmin::new(Arc::clone(&engine)),
+            NamespaceAdmin::new(Arc::clone(&engine)).with_cache_origins(
+                config
+                    .cache
+                    .origins
+                    .iter()
+                    .map(|origin| origin.prefix.clone()),
+            ),
             Backups::new(Arc::clone(&engine), config.backup_dir.clone()),
             Arc::clone(&frozen_metrics),
         )
@@ -812,16 +859,20 @@ async fn serve_until_stopped(
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha);
-    let authenticator = crate::auth::Authenticator::new(&config.auth)
-        .map_err(ConfigError::Invalid)?
-        .map(Arc::new);
+    let auth = Arc::new(crate::auth::AuthState::new(&config.auth).map_err(ConfigError::Invalid)?);
+    for name in config.auth.deprecated_admin_tokens() {
+        tracing::warn!(
+            token = name,
+            "permission `admin` is deprecated: grant stats, migrate, backup and/or drop instead"
+        );
+    }
     let stack = tower::ServiceBuilder::new()
         // Outermost, so shutdown can wait for every call, whatever answered it.
         .layer(InFlightLayer::new(Arc::clone(&stats.in_flight)))
         // Outside the deadline and request limits, so calls they answer are counted.
         .layer(RpcMetricsLayer::new(rpc_metrics))
         // Before any waiting: a call without a valid token costs nothing.
-        .layer(AuthLayer::new(authenticator))
+        .layer(AuthLayer::new(Arc::clone(&auth)))
         // Answers what admission decided when the stream was accepted
         // (http2::serve), before any waiting (deadline, request memory).
         .layer(LoadShedLayer::new(Arc::clone(&stats.call_limit)))
@@ -851,7 +902,17 @@ async fn serve_until_stopped(
         max_connection_age: config.max_connection_age(),
         max_connection_age_grace: config.max_connection_age_grace(),
     };
-    let tls = config.tls.acceptor().map_err(ServerError::Tls)?;
+    let tls = config
+        .tls
+        .acceptor()
+        .map_err(ServerError::Tls)?
+        .map(tls::SharedAcceptor::new);
+    let _reloading = reload.map(|reload| {
+        AbortOnDrop(tokio::spawn(reload.run(reload::Targets {
+            auth: Arc::clone(&auth),
+            tls: tls.clone(),
+        })))
+    });
     let incoming = connections::incoming(listener, Arc::clone(&stats.connections), tls);
     let serving = http2::serve(
         incoming,

@@ -101,6 +101,7 @@ async fn drop_namespace_needs_the_exact_count_and_publishes_one_event() {
     let drop = |expected_keys: Option<u64>| pb::DropNamespaceRequest {
         prefix: "user:".into(),
         expected_keys,
+        ..Default::default()
     };
     let unconfirmed = admin.drop_namespace(drop(None)).await.unwrap_err();
     assert_eq!(unconfirmed.code(), Code::FailedPrecondition);
@@ -162,10 +163,88 @@ async fn drop_namespace_needs_the_exact_count_and_publishes_one_event() {
         .drop_namespace(pb::DropNamespaceRequest {
             prefix: "nope:".into(),
             expected_keys: Some(0),
+            ..Default::default()
         })
         .await
         .unwrap_err();
     assert_eq!(unknown.code(), Code::NotFound);
+    server.stop().await;
+}
+
+/// Dropping the default namespace `""` or a namespace a service owns (the
+/// session namespace; `cache:`, which holds a cache origin's keys) is
+/// FAILED_PRECONDITION without `force`, even with the right count, and drops
+/// nothing; other namespaces need no force.
+#[tokio::test]
+async fn dropping_the_default_or_an_owned_namespace_needs_force() {
+    let mut server = start_with(|config| {
+        config.cache.origins = vec![tierkv::cache::config::OriginConfig::new(
+            "cache:api:",
+            "http://127.0.0.1:9/{key}",
+        )];
+    })
+    .await;
+    put_all(
+        &mut server.client,
+        &["other", "more", "cache:api:1", "user:1"],
+    )
+    .await;
+    let mut admin = connect_admin(&server.server.endpoint()).await;
+    for (prefix, count, owner) in [
+        ("", 2, "default namespace"),
+        ("session:", 0, "tierkv.v1.SessionService"),
+        ("cache:", 1, "tierkv.v1.CacheService"),
+    ] {
+        let refused = admin
+            .drop_namespace(pb::DropNamespaceRequest {
+                prefix: prefix.into(),
+                expected_keys: Some(count),
+                ..Default::default()
+            })
+            .await
+            .expect_err(prefix);
+        assert_eq!(
+            refused.code(),
+            Code::FailedPrecondition,
+            "{prefix:?}: {refused:?}"
+        );
+        assert!(
+            refused.message().contains("force") && refused.message().contains(owner),
+            "{prefix:?}: {refused:?}"
+        );
+    }
+    for key in ["other", "more", "cache:api:1"] {
+        assert!(exists(&mut server.client, key).await, "{key} kept");
+    }
+    let dropped = admin
+        .drop_namespace(pb::DropNamespaceRequest {
+            prefix: "user:".into(),
+            expected_keys: Some(1),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        dropped.deleted_keys, 1,
+        "an unowned namespace needs no force"
+    );
+    // With force and the count, they are dropped like any other.
+    for (prefix, count) in [("", 2), ("cache:", 1), ("session:", 0)] {
+        let dropped = admin
+            .drop_namespace(pb::DropNamespaceRequest {
+                prefix: prefix.into(),
+                expected_keys: Some(count),
+                force: true,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(dropped.deleted_keys, count, "{prefix:?}");
+    }
+    for key in ["other", "more", "cache:api:1"] {
+        assert!(!exists(&mut server.client, key).await, "{key} dropped");
+    }
     server.stop().await;
 }
 
@@ -216,6 +295,7 @@ async fn removed_namespace_with_data_is_refused_at_start() {
         .drop_namespace(pb::DropNamespaceRequest {
             prefix: "old:".into(),
             expected_keys: Some(3),
+            ..Default::default()
         })
         .await
         .unwrap();
@@ -369,6 +449,17 @@ async fn cli_admin_commands() {
     let result: serde_json::Value = serde_json::from_str(&dropped.stdout).unwrap();
     assert_eq!(result["deleted_keys"], 21);
     assert!(!exists(&mut server.client, "user:1").await);
+
+    // The default namespace needs --force on top of the count.
+    let unforced = admin_cli(&endpoint, &["drop-namespace", "", "--expected-keys", "0"]).await;
+    assert_eq!(unforced.code, 2);
+    assert!(unforced.stderr.contains("--force"), "{}", unforced.stderr);
+    let forced = admin_cli(
+        &endpoint,
+        &["drop-namespace", "", "--expected-keys", "0", "--force"],
+    )
+    .await;
+    assert_eq!(forced.code, 0, "{}", forced.stderr);
     server.stop().await;
 }
 

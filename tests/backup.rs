@@ -93,16 +93,13 @@ async fn backup_under_write_load_restores_every_acknowledged_write() {
     for writer in writers {
         writer.await.unwrap();
     }
-    assert_eq!(
-        response.path,
-        backups.path().join("under-load").display().to_string()
-    );
+    assert_eq!(response.name, "under-load");
     assert!(response.files > 0 && response.bytes > 0, "{response:?}");
 
     // Restore: serve a copy of the backup directory.
     let restored_dir = tempfile::tempdir().unwrap();
     let data = restored_dir.path().join("data");
-    copy_dir(std::path::Path::new(&response.path), &data);
+    copy_dir(&backups.path().join(&response.name), &data);
     let mut config = test_config(&restored_dir);
     config.data_dir = data;
     let restored = RunningServer::start(config, ManualClock::starting_now())
@@ -171,7 +168,7 @@ async fn backup_names_stay_inside_backup_dir_and_backups_can_be_off() {
         .await
         .unwrap()
         .into_inner();
-    assert!(std::path::Path::new(&first.path).join("CURRENT").exists());
+    assert!(backups.path().join(&first.name).join("CURRENT").exists());
     let again = admin
         .backup(pb::BackupRequest {
             name: "nightly".into(),
@@ -184,7 +181,8 @@ async fn backup_names_stay_inside_backup_dir_and_backups_can_be_off() {
         .await
         .unwrap()
         .into_inner();
-    assert!(unnamed.path.contains("backup-"), "{}", unnamed.path);
+    assert!(unnamed.name.starts_with("backup-"), "{}", unnamed.name);
+    assert!(backups.path().join(&unnamed.name).join("CURRENT").exists());
     server.stop().await;
 
     let off = start().await;
@@ -196,4 +194,90 @@ async fn backup_names_stay_inside_backup_dir_and_backups_can_be_off() {
     assert_eq!(status.code(), Code::FailedPrecondition);
     assert!(status.message().contains("backup_dir"), "{status:?}");
     off.stop().await;
+}
+
+/// A backup answers with its name and size, never the server's file system
+/// path (which only the operator needs to know).
+#[tokio::test]
+async fn backup_answers_its_name_and_size_not_a_server_path() {
+    use prost::Message;
+    let backups = tempfile::tempdir().unwrap();
+    let backup_root = backups.path().to_path_buf();
+    let mut server = start_with(|config| config.backup_dir = Some(backup_root)).await;
+    server.client.put(put_text("user:a", "1")).await.unwrap();
+    let mut admin = admin_client(&server).await;
+    for name in ["nightly", ""] {
+        let response = admin
+            .backup(pb::BackupRequest { name: name.into() })
+            .await
+            .unwrap()
+            .into_inner();
+        let root = backups.path().display().to_string();
+        assert!(
+            !String::from_utf8_lossy(&response.encode_to_vec()).contains(&root),
+            "the answer holds the server's path {root}: {response:?}"
+        );
+        if name.is_empty() {
+            assert!(response.name.starts_with("backup-"), "{response:?}");
+        } else {
+            assert_eq!(response.name, name);
+        }
+        assert!(response.files > 0 && response.bytes > 0, "{response:?}");
+    }
+    server.stop().await;
+}
+
+/// Backups of one name at once: one wins, every other gets ALREADY_EXISTS,
+/// none INTERNAL, and the winner is a whole backup that opens.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_backups_of_one_name_one_wins_the_others_already_exist() {
+    let backups = tempfile::tempdir().unwrap();
+    let backup_root = backups.path().to_path_buf();
+    let mut server = start_with(|config| config.backup_dir = Some(backup_root)).await;
+    server.client.put(put_text("user:a", "1")).await.unwrap();
+    let admin = admin_client(&server).await;
+    for (round, at_once) in [2, 2, 2, 2, 2, 8, 8].into_iter().enumerate() {
+        let name = format!("same-{round}");
+        let calls: Vec<_> = (0..at_once)
+            .map(|_| {
+                let mut admin = admin.clone();
+                let name = name.clone();
+                tokio::spawn(async move { admin.backup(pb::BackupRequest { name }).await })
+            })
+            .collect();
+        let mut won = 0;
+        for call in calls {
+            match call.await.unwrap() {
+                Ok(_) => won += 1,
+                Err(status) => assert_eq!(
+                    status.code(),
+                    Code::AlreadyExists,
+                    "round {round}: {status:?}"
+                ),
+            }
+        }
+        assert_eq!(won, 1, "round {round}: one backup of {name} wins");
+        assert!(backups.path().join(&name).join("CURRENT").exists());
+    }
+    // Only finished backups are left in the directory.
+    let mut entries: Vec<String> = std::fs::read_dir(backups.path())
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    entries.sort();
+    let expected: Vec<String> = (0..7).map(|round| format!("same-{round}")).collect();
+    assert_eq!(entries, expected);
+    // The last one restores.
+    let restored_dir = tempfile::tempdir().unwrap();
+    let data = restored_dir.path().join("data");
+    copy_dir(&backups.path().join("same-6"), &data);
+    let mut config = test_config(&restored_dir);
+    config.data_dir = data;
+    let restored = RunningServer::start(config, ManualClock::starting_now())
+        .await
+        .expect("the winning backup opens as a data directory");
+    let mut client = connect(&restored.endpoint()).await;
+    assert!(exists(&mut client, "user:a").await);
+    restored.stop().await.unwrap();
+    server.stop().await;
 }

@@ -442,3 +442,83 @@ async fn cache_get_reads_through_an_origin() {
     assert_eq!(origin.count(), 2);
     server.stop().await;
 }
+
+/// Runs `tierkv auth ARGS…` with `stdin` as its standard input.
+fn auth_command(args: &[&str], stdin: &str) -> Outcome {
+    use std::io::Write;
+    let mut child = Command::new(BINARY)
+        .arg("auth")
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run tierkv");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    let output = child.wait_with_output().unwrap();
+    Outcome {
+        code: output.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
+}
+
+/// `tierkv auth new-token` makes tokens of at least 128 random bits, which
+/// `hash-token` accepts; short or low-entropy tokens (human-chosen ones) are
+/// refused without `--allow-weak`, so their unsalted hash never reaches a
+/// configuration by accident.
+#[test]
+fn hash_token_refuses_weak_tokens_unless_allowed() {
+    use base64::Engine as _;
+    let made = auth_command(&["new-token"], "");
+    assert_eq!(made.code, 0, "{}", made.stderr);
+    let field = |name: &str| {
+        made.stdout
+            .lines()
+            .find_map(|line| line.strip_prefix(name))
+            .map(|rest| rest.trim().to_string())
+            .unwrap_or_else(|| panic!("no {name} in {}", made.stdout))
+    };
+    let token = field("token:");
+    let hash = field("token_sha256:");
+    let random = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(token.strip_prefix("tkv_").expect("tkv_ prefix"))
+        .expect("base64url");
+    assert!(random.len() * 8 >= 128, "{} random bits", random.len() * 8);
+    let hashed = auth_command(&["hash-token"], &format!("{token}\n"));
+    assert_eq!(hashed.code, 0, "{}", hashed.stderr);
+    assert_eq!(hashed.stdout.trim(), hash);
+    // 160 random bits in hex (`openssl rand -hex 20`) are strong too.
+    let hex = "3f9a0c41d2e87b65a0f1c93e4d5b2a7786e1f0c9";
+    assert_eq!(auth_command(&["hash-token"], hex).code, 0);
+
+    for weak in [
+        "hunter2",
+        "correct horse battery staple",
+        "Summer2026!Summer2026!",
+        &"a".repeat(64),
+        "abababababababababababababababababababab",
+        "0123456789abcdef",
+    ] {
+        let refused = auth_command(&["hash-token"], &format!("{weak}\n"));
+        assert_eq!(refused.code, 2, "{weak:?} was accepted");
+        assert!(refused.stdout.is_empty(), "{weak:?}: {}", refused.stdout);
+        assert!(
+            refused.stderr.contains("--allow-weak") && refused.stderr.contains("new-token"),
+            "{weak:?}: {}",
+            refused.stderr
+        );
+        assert!(!refused.stderr.contains(weak), "the token is echoed");
+    }
+    let allowed = auth_command(&["hash-token", "--allow-weak"], "hunter2\n");
+    assert_eq!(allowed.code, 0, "{}", allowed.stderr);
+    assert_eq!(
+        allowed.stdout.trim(),
+        "f52fbd32b2b3b86ff88ef6c490628285f482af15ddcb29541f94bcf526a3f6c7"
+    );
+}

@@ -337,3 +337,79 @@ async fn cli_speaks_mutual_tls() {
     assert!(!anonymous.status.success());
     running.server.stop().await.unwrap();
 }
+
+/// SIGHUP re-reads `[tls]`: after the client CA file is replaced, new
+/// connections admit the new CA's clients and refuse the old CA's, while a
+/// connection opened before keeps working; the process is the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_the_client_ca() {
+    use common::process::{server_command, spawn_server};
+    let ca = TestCa::new("tierkv-test");
+    let server_cert = ca.server("server");
+    let old_clients = TestCa::new("old-clients");
+    let new_clients = TestCa::new("new-clients");
+    let old_client = old_clients.client("old");
+    let new_client = new_clients.client("new");
+    let dir = tempfile::tempdir().unwrap();
+    let live_ca = dir.path().join("client-ca.pem");
+    std::fs::copy(&old_clients.cert_file, &live_ca).unwrap();
+    let config_file = dir.path().join("tierkv.toml");
+    std::fs::write(
+        &config_file,
+        format!(
+            "[tls]\ncert_file = {:?}\nkey_file = {:?}\nclient_ca_file = {:?}\n",
+            server_cert.cert_file, server_cert.key_file, live_ca
+        ),
+    )
+    .unwrap();
+    let mut command = server_command(&dir.path().join("data"));
+    command.arg("--config").arg(&config_file);
+    let mut server = spawn_server(command);
+    let addr = server.addr;
+    let gets_in = |identity: Issued| {
+        let ca_file = ca.cert_file.clone();
+        async move {
+            match tls_channel(addr, &ca_file, Some(&identity)).await {
+                Ok(channel) => put_works(channel, "user:reload").await.is_ok(),
+                Err(_) => false,
+            }
+        }
+    };
+
+    let open = tls_channel(addr, &ca.cert_file, Some(&old_client))
+        .await
+        .unwrap();
+    assert!(put_works(open.clone(), "user:open").await.is_ok());
+    assert!(!gets_in(new_client.clone()).await, "not yet trusted");
+
+    std::fs::copy(&new_clients.cert_file, &live_ca).unwrap();
+    // SAFETY: kill(2) with a valid pid and signal has no memory effects.
+    assert_eq!(
+        unsafe { libc::kill(server.pid() as libc::pid_t, libc::SIGHUP) },
+        0
+    );
+    let mut waits = 0;
+    while !gets_in(new_client.clone()).await {
+        assert!(
+            server.child.try_wait().unwrap().is_none(),
+            "the server exited on SIGHUP: {}",
+            server.logs()
+        );
+        waits += 1;
+        assert!(
+            waits < 300,
+            "the new client CA is not trusted 30 s after SIGHUP"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        !gets_in(old_client).await,
+        "the old client CA is still trusted"
+    );
+    assert!(
+        put_works(open, "user:still-open").await.is_ok(),
+        "the connection opened before the reload keeps working"
+    );
+    server.child.kill().unwrap();
+    server.child.wait().unwrap();
+}

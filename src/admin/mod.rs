@@ -50,6 +50,15 @@ pub enum AdminError {
         /// The exact live key count.
         actual: u64,
     },
+    /// The namespace is the default one or owned by a service, and the
+    /// call did not say `force`.
+    #[error("{}; pass force = true (tierkv admin drop-namespace --force) to drop it anyway", describe_protected(.prefix, .owner))]
+    ForceRequired {
+        /// The prefix.
+        prefix: String,
+        /// Who depends on it: a service, or `None` for the default namespace.
+        owner: Option<String>,
+    },
     /// No `backup_dir` is configured.
     #[error("backups are off: set backup_dir (TIERKV_BACKUP_DIR) to the directory backups go to")]
     BackupsOff,
@@ -72,16 +81,57 @@ pub enum AdminError {
     Engine(#[from] EngineError),
 }
 
+fn describe_protected(prefix: &str, owner: &Option<String>) -> String {
+    match owner {
+        None => format!("{prefix:?} is the default namespace: it holds every key outside the configured namespaces"),
+        Some(owner) => format!("namespace {prefix:?} is owned by {owner}, whose data dropping it destroys"),
+    }
+}
+
 /// Lists and drops namespaces.
 #[derive(Clone)]
 pub struct NamespaceAdmin {
     engine: Arc<dyn Engine>,
+    /// Prefixes of the cache's origins: the namespaces holding them are owned
+    /// by the cache.
+    cache_origins: Vec<String>,
 }
+
+/// The owner [`NamespaceAdmin`] names for a namespace holding cache origins.
+pub const CACHE_OWNER: &str = "tierkv.v1.CacheService";
 
 impl NamespaceAdmin {
     /// Administration of `engine`'s namespaces.
     pub fn new(engine: Arc<dyn Engine>) -> Self {
-        Self { engine }
+        Self {
+            engine,
+            cache_origins: Vec::new(),
+        }
+    }
+
+    /// Counts the namespaces holding these cache origin prefixes as owned
+    /// by the cache, so dropping them needs `force`.
+    pub fn with_cache_origins(mut self, prefixes: impl IntoIterator<Item = String>) -> Self {
+        self.cache_origins = prefixes.into_iter().collect();
+        self
+    }
+
+    /// Who depends on the configured namespace `prefix`, if anyone: a
+    /// service owning it, or the cache reading origins into it.
+    fn owner(&self, prefix: &str) -> Option<String> {
+        let namespaces = self.engine.namespaces();
+        let id = namespaces.route(prefix);
+        if let Some(owner) = namespaces.owner(id) {
+            return Some(owner.to_string());
+        }
+        let origins: Vec<String> = self
+            .cache_origins
+            .iter()
+            .filter(|origin| namespaces.prefix(namespaces.route(origin)) == prefix)
+            .map(|origin| format!("{origin:?}"))
+            .collect();
+        (!origins.is_empty())
+            .then(|| format!("{CACHE_OWNER} (cache origins {})", origins.join(", ")))
     }
 
     /// Every namespace, the default one first, with estimates.
@@ -107,7 +157,10 @@ impl NamespaceAdmin {
     }
 
     /// Deletes every key of the namespace `prefix` once `expected_keys`
-    /// equals its exact live key count; returns that count.
+    /// equals its exact live key count; returns that count. The default
+    /// namespace `""` and namespaces a service owns (the session namespace,
+    /// namespaces holding cache origins) also need `force`: their data is
+    /// not one client's to retire.
     ///
     /// The count is taken just before the drop: a key written in between is
     /// dropped too. The confirmation guards against dropping the wrong
@@ -117,6 +170,7 @@ impl NamespaceAdmin {
         &self,
         prefix: &str,
         expected_keys: Option<u64>,
+        force: bool,
     ) -> Result<u64, AdminError> {
         let namespaces = self.engine.namespaces();
         let configured = prefix.is_empty() || namespaces.configured_prefixes().any(|p| p == prefix);
@@ -129,6 +183,15 @@ impl NamespaceAdmin {
                     .collect::<Vec<_>>()
                     .join(", "),
             });
+        }
+        if !force {
+            let owner = self.owner(prefix);
+            if prefix.is_empty() || owner.is_some() {
+                return Err(AdminError::ForceRequired {
+                    prefix: prefix.to_string(),
+                    owner,
+                });
+            }
         }
         let actual = self.engine.count_namespace(prefix).await?;
         if expected_keys != Some(actual) {

@@ -12,6 +12,7 @@ use super::convert::timestamp_from_millis;
 use super::status::{engine_status, expected_keys_mismatch, ERROR_DOMAIN};
 use crate::admin::backup::Backups;
 use crate::admin::{AdminError, NamespaceAdmin};
+use crate::auth::Permission;
 use crate::metrics::{parse_samples, Metrics};
 use crate::migrate::{MigrateError, MigrationProgress, MigrationRequest, MigrationState, Migrator};
 use crate::proto::v1 as pb;
@@ -87,6 +88,20 @@ pub fn admin_status(method: &'static str, error: AdminError) -> Status {
             actual,
             &format!("the namespace holds {actual} live keys"),
         ),
+        AdminError::ForceRequired { prefix, owner } => {
+            let mut info = std::collections::HashMap::new();
+            info.insert("prefix".to_string(), prefix.clone());
+            if let Some(owner) = owner {
+                info.insert("owner".to_string(), owner);
+            }
+            let mut details = ErrorDetails::with_error_info("FORCE_REQUIRED", ERROR_DOMAIN, info);
+            details.add_precondition_failure_violation(
+                "FORCE",
+                prefix,
+                "the default namespace and owned namespaces are dropped only with force = true",
+            );
+            Status::with_error_details(Code::FailedPrecondition, message, details)
+        }
         AdminError::BackupsOff => Status::failed_precondition(message),
         AdminError::InvalidBackupName { .. } => {
             let mut details = ErrorDetails::new();
@@ -141,7 +156,7 @@ impl AdminServiceRpc for AdminApi {
         &self,
         request: Request<pb::MigrateRequest>,
     ) -> Result<Response<Self::MigrateStream>, Status> {
-        authorize_admin(&request)?;
+        authorize_admin(&request, "Migrate", &[Permission::Migrate])?;
         let request = request.into_inner();
         let receiver = self
             .migrator
@@ -164,7 +179,11 @@ impl AdminServiceRpc for AdminApi {
         &self,
         request: Request<pb::GetMigrationRequest>,
     ) -> Result<Response<pb::MigrationState>, Status> {
-        authorize_admin(&request)?;
+        authorize_admin(
+            &request,
+            "GetMigration",
+            &[Permission::Stats, Permission::Migrate],
+        )?;
         let state = self
             .migrator
             .state(&request.into_inner().prefix)
@@ -177,7 +196,7 @@ impl AdminServiceRpc for AdminApi {
         &self,
         request: Request<pb::ListNamespacesRequest>,
     ) -> Result<Response<pb::ListNamespacesResponse>, Status> {
-        authorize_admin(&request)?;
+        authorize_admin(&request, "ListNamespaces", &[Permission::Stats])?;
         let namespaces = self
             .namespaces
             .list()
@@ -201,11 +220,11 @@ impl AdminServiceRpc for AdminApi {
         &self,
         request: Request<pb::DropNamespaceRequest>,
     ) -> Result<Response<pb::DropNamespaceResponse>, Status> {
-        authorize_admin(&request)?;
+        authorize_admin(&request, "DropNamespace", &[Permission::Drop])?;
         let request = request.into_inner();
         let deleted_keys = self
             .namespaces
-            .drop_namespace(&request.prefix, request.expected_keys)
+            .drop_namespace(&request.prefix, request.expected_keys, request.force)
             .await
             .map_err(|error| admin_status("DropNamespace", error))?;
         Ok(Response::new(pb::DropNamespaceResponse { deleted_keys }))
@@ -215,14 +234,14 @@ impl AdminServiceRpc for AdminApi {
         &self,
         request: Request<pb::BackupRequest>,
     ) -> Result<Response<pb::BackupResponse>, Status> {
-        authorize_admin(&request)?;
+        authorize_admin(&request, "Backup", &[Permission::Backup])?;
         let done = self
             .backups
             .backup(&request.into_inner().name)
             .await
             .map_err(|error| admin_status("Backup", error))?;
         Ok(Response::new(pb::BackupResponse {
-            path: done.path.display().to_string(),
+            name: done.name,
             files: done.files,
             bytes: done.bytes,
             took: prost_types::Duration::try_from(done.took).ok(),
@@ -233,7 +252,7 @@ impl AdminServiceRpc for AdminApi {
         &self,
         request: Request<pb::StatsRequest>,
     ) -> Result<Response<pb::StatsResponse>, Status> {
-        authorize_admin(&request)?;
+        authorize_admin(&request, "Stats", &[Permission::Stats])?;
         let Some(metrics) = self.metrics.get() else {
             return Err(Status::unavailable("the server is still starting"));
         };

@@ -1,6 +1,9 @@
 //! Authorization in the adapters: each handler asks whether the call's
 //! token may touch the keys or prefix it names, before doing anything. With
-//! authentication off every call may do everything.
+//! authentication off every call may do everything. A refusal says what was
+//! refused and nothing about the token: not its name, not its grant (a
+//! leaked or guessed token should not learn from its failures what else it
+//! could reach).
 
 use std::collections::HashMap;
 
@@ -8,7 +11,7 @@ use tonic::{Code, Request, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
 use super::status::ERROR_DOMAIN;
-use crate::auth::{Access, Principal};
+use crate::auth::{Access, Permission, Principal};
 use crate::server::auth_layer::CallIdentity;
 
 fn principal<T>(request: &Request<T>) -> Result<Option<&Principal>, Status> {
@@ -21,31 +24,15 @@ fn principal<T>(request: &Request<T>) -> Result<Option<&Principal>, Status> {
     }
 }
 
-fn denied(principal: &Principal, access: Access, what: String, index: Option<usize>) -> Status {
+fn denied(access: Access, what: String, index: Option<usize>) -> Status {
     let mut metadata = HashMap::new();
-    metadata.insert("token".to_string(), principal.name.clone());
     metadata.insert("access".to_string(), access.verb().to_string());
     if let Some(index) = index {
         metadata.insert("index".to_string(), index.to_string());
     }
-    let granted = principal
-        .prefixes()
-        .iter()
-        .map(|prefix| format!("{prefix:?}"))
-        .collect::<Vec<_>>()
-        .join(", ");
     Status::with_error_details(
         Code::PermissionDenied,
-        format!(
-            "token {:?} may not {} {what} (its prefixes: {})",
-            principal.name,
-            access.verb(),
-            if granted.is_empty() {
-                "none".to_string()
-            } else {
-                granted
-            }
-        ),
+        format!("this token may not {} {what}", access.verb()),
         ErrorDetails::with_error_info("NOT_GRANTED", ERROR_DOMAIN, metadata),
     )
 }
@@ -54,7 +41,7 @@ fn denied(principal: &Principal, access: Access, what: String, index: Option<usi
 pub fn authorize_key<T>(request: &Request<T>, access: Access, key: &str) -> Result<(), Status> {
     match principal(request)? {
         Some(principal) if !principal.may(access, key) => {
-            Err(denied(principal, access, format!("key {key:?}"), None))
+            Err(denied(access, format!("key {key:?}"), None))
         }
         _ => Ok(()),
     }
@@ -72,12 +59,7 @@ pub fn authorize_keys<'a, T>(
     };
     for (index, key) in keys.into_iter().enumerate() {
         if !principal.may(access, key) {
-            return Err(denied(
-                principal,
-                access,
-                format!("key {key:?}"),
-                Some(index),
-            ));
+            return Err(denied(access, format!("key {key:?}"), Some(index)));
         }
     }
     Ok(())
@@ -97,29 +79,39 @@ pub fn authorize_prefix<T>(
         return Ok(());
     }
     Err(denied(
-        principal,
         access,
         format!("every key under the prefix {prefix:?}"),
         None,
     ))
 }
 
-/// The call's token must hold the admin permission.
-pub fn authorize_admin<T>(request: &Request<T>) -> Result<(), Status> {
+/// The call's token must hold one of `permissions` to call AdminService's
+/// `method`.
+pub fn authorize_admin<T>(
+    request: &Request<T>,
+    method: &'static str,
+    permissions: &[Permission],
+) -> Result<(), Status> {
     let Some(principal) = principal(request)? else {
         return Ok(());
     };
-    if principal.is_admin() {
+    if permissions
+        .iter()
+        .any(|permission| principal.has(*permission))
+    {
         return Ok(());
     }
+    let needed = permissions
+        .iter()
+        .map(|permission| permission.name())
+        .collect::<Vec<_>>()
+        .join(" or ");
     let mut metadata = HashMap::new();
-    metadata.insert("token".to_string(), principal.name.clone());
+    metadata.insert("method".to_string(), method.to_string());
+    metadata.insert("permission".to_string(), needed.clone());
     Err(Status::with_error_details(
         Code::PermissionDenied,
-        format!(
-            "token {:?} may not call AdminService (it lacks the admin permission)",
-            principal.name
-        ),
+        format!("this token may not call AdminService.{method}: it needs the {needed} permission"),
         ErrorDetails::with_error_info("NOT_GRANTED", ERROR_DOMAIN, metadata),
     ))
 }

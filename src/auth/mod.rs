@@ -1,16 +1,23 @@
 //! Bearer-token authentication with per-prefix permissions.
 //!
-//! Tokens are configured by their SHA-256, never in clear, so a leaked
-//! configuration file or ConfigMap grants nothing. A presented token is
-//! hashed and compared with every configured hash in constant time. A token
-//! grants `read` and/or `write` on key prefixes, and may grant `admin`
-//! (AdminService). No transport types here: `crate::server` authenticates
-//! each call and `crate::api` asks the [`Principal`] before touching a key.
+//! Tokens are configured by their SHA-256, never in clear. The hash is
+//! unsalted and fast, which is safe only for tokens with at least 128 random
+//! bits (`tierkv auth new-token` makes them; `hash-token` refuses weaker ones
+//! unless told otherwise, see [`check_token_strength`]): brute-forcing such a
+//! hash from a leaked ConfigMap is out of reach, while a human-chosen token
+//! would fall to a dictionary. A presented token is hashed and compared with
+//! every configured hash in constant time. A token grants `read` and/or
+//! `write` on key prefixes, and AdminService calls by permission: `stats`,
+//! `migrate`, `backup`, `drop` (`admin`, deprecated, is all four). The
+//! tokens in force can be replaced while serving ([`AuthState`]). No
+//! transport types here: `crate::server` authenticates each call and
+//! `crate::api` asks the [`Principal`] before touching a key.
 
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
+use thiserror::Error;
 
 /// What a call does to a key or prefix.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,8 +47,42 @@ pub enum Permission {
     Read,
     /// Write keys under the token's prefixes.
     Write,
-    /// Call AdminService.
+    /// Read-only figures: AdminService `Stats`, `ListNamespaces`,
+    /// `GetMigration`.
+    Stats,
+    /// Run batch migrations: AdminService `Migrate` (and `GetMigration`).
+    Migrate,
+    /// Take backups: AdminService `Backup`.
+    Backup,
+    /// Destroy data: AdminService `DropNamespace`.
+    Drop,
+    /// Deprecated: `stats`, `migrate`, `backup` and `drop` together, as the
+    /// single AdminService permission of earlier versions meant; accepted
+    /// so existing configurations keep working, with a warning at start.
     Admin,
+}
+
+impl Permission {
+    /// The permission as configured, for messages.
+    pub fn name(self) -> &'static str {
+        match self {
+            Permission::Read => "read",
+            Permission::Write => "write",
+            Permission::Stats => "stats",
+            Permission::Migrate => "migrate",
+            Permission::Backup => "backup",
+            Permission::Drop => "drop",
+            Permission::Admin => "admin",
+        }
+    }
+
+    /// What `admin` stands for.
+    pub const ADMIN_PARTS: [Permission; 4] = [
+        Permission::Stats,
+        Permission::Migrate,
+        Permission::Backup,
+        Permission::Drop,
+    ];
 }
 
 /// One configured token (`[[auth.tokens]]`).
@@ -55,7 +96,8 @@ pub struct TokenConfig {
     /// Key prefixes the token may read and/or write; `""` is every key.
     #[serde(default)]
     pub prefixes: Vec<String>,
-    /// What it may do there: `read`, `write`; `admin` for AdminService.
+    /// What it may do there: `read`, `write`; and AdminService calls:
+    /// `stats`, `migrate`, `backup`, `drop` (`admin`, deprecated: all four).
     pub permissions: Vec<Permission>,
 }
 
@@ -67,6 +109,18 @@ pub struct AuthConfig {
     pub tokens: Vec<TokenConfig>,
 }
 
+impl AuthConfig {
+    /// Names of the tokens granted the deprecated `admin` permission, for a
+    /// warning naming its replacements.
+    pub fn deprecated_admin_tokens(&self) -> Vec<&str> {
+        self.tokens
+            .iter()
+            .filter(|token| token.permissions.contains(&Permission::Admin))
+            .map(|token| token.name.as_str())
+            .collect()
+    }
+}
+
 type TokenHash = [u8; 32];
 
 /// Who a call is: the name of its token and what the token grants.
@@ -75,9 +129,8 @@ pub struct Principal {
     /// The token's configured name.
     pub name: String,
     prefixes: Vec<String>,
-    read: bool,
-    write: bool,
-    admin: bool,
+    /// The permissions held, `admin` expanded into its parts.
+    permissions: Vec<Permission>,
 }
 
 impl Principal {
@@ -96,21 +149,21 @@ impl Principal {
         self.may(access, prefix)
     }
 
-    /// Whether the token may call AdminService.
-    pub fn is_admin(&self) -> bool {
-        self.admin
-    }
-
-    fn holds(&self, access: Access) -> bool {
-        match access {
-            Access::Read => self.read,
-            Access::Write => self.write,
+    /// Whether the token holds `permission` (`admin`: all of its parts).
+    pub fn has(&self, permission: Permission) -> bool {
+        match permission {
+            Permission::Admin => Permission::ADMIN_PARTS
+                .iter()
+                .all(|part| self.permissions.contains(part)),
+            other => self.permissions.contains(&other),
         }
     }
 
-    /// The prefixes granted, for messages.
-    pub fn prefixes(&self) -> &[String] {
-        &self.prefixes
+    fn holds(&self, access: Access) -> bool {
+        self.has(match access {
+            Access::Read => Permission::Read,
+            Access::Write => Permission::Write,
+        })
     }
 }
 
@@ -171,12 +224,24 @@ impl Authenticator {
             }
             if token.permissions.is_empty() {
                 return Err(format!(
-                    "{at}: permissions must name at least one of read, write, admin"
+                    "{at}: permissions must name at least one of read, write, stats, migrate, backup, drop"
                 ));
             }
-            let read = token.permissions.contains(&Permission::Read);
-            let write = token.permissions.contains(&Permission::Write);
-            if (read || write) && token.prefixes.is_empty() {
+            let mut permissions = Vec::new();
+            for permission in &token.permissions {
+                let parts: &[Permission] = match permission {
+                    Permission::Admin => &Permission::ADMIN_PARTS,
+                    other => std::slice::from_ref(other),
+                };
+                for part in parts {
+                    if !permissions.contains(part) {
+                        permissions.push(*part);
+                    }
+                }
+            }
+            let keyed =
+                permissions.contains(&Permission::Read) || permissions.contains(&Permission::Write);
+            if keyed && token.prefixes.is_empty() {
                 return Err(format!(
                     "{at}: read and write need prefixes (\"\" grants every key)"
                 ));
@@ -186,9 +251,7 @@ impl Authenticator {
                 Arc::new(Principal {
                     name: token.name.clone(),
                     prefixes: token.prefixes.clone(),
-                    read,
-                    write,
-                    admin: token.permissions.contains(&Permission::Admin),
+                    permissions,
                 }),
             ));
         }
@@ -207,6 +270,168 @@ impl Authenticator {
         }
         found
     }
+}
+
+/// The tokens in force, replaceable while serving. Every call reads the
+/// current [`Authenticator`], so a token revoked by a reload is refused on
+/// its next call, even on a connection opened before it; calls already past
+/// authentication finish undisturbed.
+#[derive(Debug)]
+pub struct AuthState {
+    current: RwLock<Option<Arc<Authenticator>>>,
+}
+
+impl AuthState {
+    /// The state for `config` (authentication off without tokens).
+    pub fn new(config: &AuthConfig) -> Result<Self, String> {
+        Ok(Self {
+            current: RwLock::new(Authenticator::new(config)?.map(Arc::new)),
+        })
+    }
+
+    /// The authenticator in force, or `None` while authentication is off.
+    pub fn current(&self) -> Option<Arc<Authenticator>> {
+        // Writers only swap the whole value, so a poisoned lock holds a whole one.
+        self.current
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    /// Puts the tokens of `config` in force; returns how many there are.
+    ///
+    /// Refused, keeping the tokens in force, when `config` is invalid or has
+    /// no token while some are in force: a reload that empties `[auth]` (a
+    /// truncated or half-written file, say) must not open the server to
+    /// anyone; turning authentication off takes a restart.
+    pub fn reload(&self, config: &AuthConfig) -> Result<usize, String> {
+        let next = Authenticator::new(config)?.map(Arc::new);
+        let mut current = self
+            .current
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if next.is_none() && current.is_some() {
+            return Err(
+                "[auth] configures no token: a reload does not turn authentication off (restart for that)"
+                    .into(),
+            );
+        }
+        let count = next.as_ref().map_or(0, |next| next.tokens.len());
+        *current = next;
+        Ok(count)
+    }
+}
+
+/// The fewest bits of entropy a token must carry to be stored as an
+/// unsalted SHA-256.
+pub const MIN_TOKEN_BITS: f64 = 128.0;
+
+/// Characters of a bearer token (RFC 6750 `b64token`): what generated
+/// tokens (base64, base64url, hex) are made of.
+fn is_token_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_' | '~' | '+' | '/' | '=')
+}
+
+/// Why a token is too weak to be stored as an unsalted hash.
+#[derive(Debug, Clone, PartialEq, Error)]
+pub enum WeakToken {
+    /// Nothing to hash.
+    #[error("the token is empty")]
+    Empty,
+    /// Spaces, punctuation or non-ASCII characters: a passphrase or password,
+    /// not a generated token.
+    #[error("it has characters generated tokens never have (they use letters, digits and - . _ ~ + / =); it looks chosen by a person")]
+    UnusualCharacters,
+    /// Too short for its alphabet.
+    #[error("its length and alphabet allow at most {bits:.0} bits; at least {min:.0} are needed", min = MIN_TOKEN_BITS)]
+    TooShort {
+        /// Length times the bits of one character of its alphabet.
+        bits: f64,
+    },
+    /// Few distinct characters, or some very frequent.
+    #[error("it repeats characters too often (about {bits:.0} bits by character frequency)")]
+    Repetitive {
+        /// Length times the entropy of its character frequencies.
+        bits: f64,
+    },
+    /// A repeated sequence (`abcabc…`, `passwordpassword…`).
+    #[error("it repeats a pattern ({distinct} different pairs of neighbouring characters out of {pairs})")]
+    Patterned {
+        /// Distinct pairs of neighbouring characters.
+        distinct: usize,
+        /// All pairs.
+        pairs: usize,
+    },
+}
+
+/// Whether `token` looks like one with at least [`MIN_TOKEN_BITS`] random
+/// bits. A heuristic that errs towards refusing: short tokens, characters
+/// outside the bearer-token alphabet, repeated characters or patterns are
+/// refused. It cannot tell a long run of dictionary words from random
+/// letters; generate tokens (`tierkv auth new-token`) rather than choose them.
+pub fn check_token_strength(token: &str) -> Result<(), WeakToken> {
+    if token.is_empty() {
+        return Err(WeakToken::Empty);
+    }
+    if !token.chars().all(is_token_char) {
+        return Err(WeakToken::UnusualCharacters);
+    }
+    // ASCII only from here: one byte per character.
+    let bytes = token.as_bytes();
+    let length = bytes.len() as f64;
+    let alphabet = if bytes.iter().all(u8::is_ascii_digit) {
+        10
+    } else if bytes.iter().all(u8::is_ascii_hexdigit)
+        && !(bytes.iter().any(u8::is_ascii_lowercase) && bytes.iter().any(u8::is_ascii_uppercase))
+    {
+        16
+    } else {
+        let classes: [(fn(&u8) -> bool, u32); 4] = [
+            (u8::is_ascii_lowercase, 26),
+            (u8::is_ascii_uppercase, 26),
+            (u8::is_ascii_digit, 10),
+            (|c| !c.is_ascii_alphanumeric(), 7),
+        ];
+        classes
+            .iter()
+            .filter(|(class, _)| bytes.iter().any(class))
+            .map(|(_, size)| size)
+            .sum()
+    };
+    let bits = length * f64::from(alphabet).log2();
+    if bits < MIN_TOKEN_BITS {
+        return Err(WeakToken::TooShort { bits });
+    }
+    let mut counts = [0u32; 128];
+    for &byte in bytes {
+        counts[usize::from(byte)] += 1;
+    }
+    let frequency_bits: f64 = counts
+        .iter()
+        .filter(|&&count| count > 0)
+        .map(|&count| {
+            let p = f64::from(count) / length;
+            -p * p.log2() * length
+        })
+        .sum();
+    // Random tokens of 128 bits score 70 or more (22 base64 characters at
+    // their least varied); `aaaa…` scores 0, `abab…` one bit per character.
+    if frequency_bits < MIN_TOKEN_BITS / 2.0 {
+        return Err(WeakToken::Repetitive {
+            bits: frequency_bits,
+        });
+    }
+    let pairs = bytes.len() - 1;
+    let distinct = bytes
+        .windows(2)
+        .collect::<std::collections::HashSet<_>>()
+        .len();
+    // Random tokens repeat few neighbouring pairs; a repeated word or run
+    // repeats most of them.
+    if (distinct as f64) < 0.6 * pairs as f64 {
+        return Err(WeakToken::Patterned { distinct, pairs });
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -250,14 +475,17 @@ mod tests {
         assert!(orders.may(Access::Write, "orders:1"));
         assert!(orders.may(Access::Read, "user:9"));
         assert!(!orders.may(Access::Read, "session:x"));
-        assert!(!orders.is_admin());
+        assert!(!orders.has(Permission::Stats));
         let reader = auth.authenticate("s2").unwrap();
         assert!(reader.may(Access::Read, "user:1"));
         assert!(!reader.may(Access::Write, "user:1"));
         assert!(!reader.may_all_under(Access::Read, "us"));
         assert!(reader.may_all_under(Access::Read, "user:1"));
         let ops = auth.authenticate("s3").unwrap();
-        assert!(ops.is_admin());
+        for part in Permission::ADMIN_PARTS {
+            assert!(ops.has(part), "admin means {part:?}");
+        }
+        assert!(ops.has(Permission::Admin));
         assert!(!ops.may(Access::Read, "user:1"));
         assert!(auth.authenticate("s4").is_none());
         assert!(auth.authenticate("").is_none());
@@ -298,5 +526,130 @@ mod tests {
         );
         assert!(new_token().starts_with("tkv_"));
         assert_ne!(new_token(), new_token());
+    }
+
+    /// Each AdminService permission stands alone; `admin` is all four.
+    #[test]
+    fn admin_permissions_are_split() {
+        let auth = Authenticator::new(&config(vec![
+            token("monitoring", "m", &[], &[Permission::Stats]),
+            token("dropper", "d", &[], &[Permission::Drop, Permission::Backup]),
+        ]))
+        .unwrap()
+        .unwrap();
+        let monitoring = auth.authenticate("m").unwrap();
+        assert!(monitoring.has(Permission::Stats));
+        for other in [
+            Permission::Migrate,
+            Permission::Backup,
+            Permission::Drop,
+            Permission::Admin,
+        ] {
+            assert!(!monitoring.has(other), "{other:?}");
+        }
+        let dropper = auth.authenticate("d").unwrap();
+        assert!(dropper.has(Permission::Drop) && dropper.has(Permission::Backup));
+        assert!(!dropper.has(Permission::Stats));
+        let parsed: AuthConfig = toml::from_str(
+            "[[tokens]]\nname = \"a\"\ntoken_sha256 = \"00\"\npermissions = [\"stats\", \"admin\"]\n",
+        )
+        .unwrap();
+        assert_eq!(parsed.deprecated_admin_tokens(), vec!["a"]);
+    }
+
+    /// A reload replaces the tokens at once, keeps them when the new
+    /// configuration is invalid, and never turns authentication off.
+    #[test]
+    fn reloads_swap_tokens_and_never_turn_authentication_off() {
+        let state = AuthState::new(&config(vec![token(
+            "a",
+            "s1",
+            &["x:"],
+            &[Permission::Read],
+        )]))
+        .unwrap();
+        let before = state.current().unwrap();
+        assert_eq!(
+            state
+                .reload(&config(vec![token(
+                    "b",
+                    "s2",
+                    &["x:"],
+                    &[Permission::Read]
+                )]))
+                .unwrap(),
+            1
+        );
+        let after = state.current().unwrap();
+        assert!(after.authenticate("s1").is_none() && after.authenticate("s2").is_some());
+        assert!(
+            before.authenticate("s1").is_some(),
+            "a call holding the old one finishes"
+        );
+        let mut bad = token("c", "s3", &["x:"], &[Permission::Read]);
+        bad.token_sha256 = "nope".into();
+        assert!(state.reload(&config(vec![bad])).is_err());
+        let error = state.reload(&AuthConfig::default()).unwrap_err();
+        assert!(
+            error.contains("does not turn authentication off"),
+            "{error}"
+        );
+        assert!(state.current().unwrap().authenticate("s2").is_some());
+        // Off at start, a reload may turn it on.
+        let off = AuthState::new(&AuthConfig::default()).unwrap();
+        assert!(off.current().is_none());
+        off.reload(&config(vec![token(
+            "d",
+            "s4",
+            &["x:"],
+            &[Permission::Read],
+        )]))
+        .unwrap();
+        assert!(off.current().is_some());
+    }
+
+    /// Generated tokens pass the strength check; short, repetitive,
+    /// patterned and human-looking ones do not.
+    #[test]
+    fn token_strength() {
+        for _ in 0..1000 {
+            let token = new_token();
+            assert_eq!(check_token_strength(&token), Ok(()), "{token}");
+        }
+        for strong in [
+            "3f9a0c41d2e87b65a0f1c93e4d5b2a77",
+            "3F9A0C41D2E87B65A0F1C93E4D5B2A7786E1F0C9",
+            "q3Zr8Tb1xW0vLk9PfE2hYc+/mN7sJd4u",
+        ] {
+            assert_eq!(check_token_strength(strong), Ok(()), "{strong}");
+        }
+        let weak = |token: &str| check_token_strength(token).unwrap_err();
+        assert_eq!(weak(""), WeakToken::Empty);
+        assert_eq!(
+            weak("correct horse battery staple"),
+            WeakToken::UnusualCharacters
+        );
+        assert_eq!(
+            weak("naïve-token-naïve-token-naïve-token"),
+            WeakToken::UnusualCharacters
+        );
+        assert!(matches!(weak("hunter2"), WeakToken::TooShort { .. }));
+        assert!(matches!(
+            weak("0123456789abcdef"),
+            WeakToken::TooShort { .. }
+        ));
+        assert!(matches!(
+            weak(&"a".repeat(64)),
+            WeakToken::Repetitive { .. }
+        ));
+        assert!(matches!(
+            weak(&"ab".repeat(20)),
+            WeakToken::Repetitive { .. }
+        ));
+        assert!(matches!(
+            weak("passwordpasswordpassword1234567890"),
+            WeakToken::Patterned { .. }
+        ));
+        assert!(weak("hunter2").to_string().contains("128"));
     }
 }

@@ -58,6 +58,10 @@ enum AdminCommand {
         /// The namespace's exact live key count, as a confirmation.
         #[arg(long)]
         expected_keys: Option<u64>,
+        /// Needed to drop the default namespace "" or one a service owns
+        /// (the session namespace, one holding cache origins).
+        #[arg(long)]
+        force: bool,
     },
     /// Print the server's figures (the same as its /metrics): Prometheus
     /// text, or JSON samples with --json.
@@ -70,7 +74,7 @@ enum AdminCommand {
         json: bool,
     },
     /// Write a consistent copy of the whole store, while serving, into the
-    /// server's backup_dir; prints where it went.
+    /// server's backup_dir; prints its name and size.
     Backup {
         /// The backup's directory name under backup_dir (default:
         /// backup-<unix milliseconds>).
@@ -175,7 +179,7 @@ async fn execute(args: AdminArgs) -> Result<ExitCode, String> {
                 .map(|took| took.seconds * 1000 + i64::from(took.nanos) / 1_000_000)
                 .unwrap_or_default();
             print_json(&json!({
-                "path": response.path,
+                "name": response.name,
                 "files": response.files,
                 "bytes": response.bytes,
                 "took_ms": took_ms,
@@ -185,11 +189,13 @@ async fn execute(args: AdminArgs) -> Result<ExitCode, String> {
         AdminCommand::DropNamespace {
             prefix,
             expected_keys,
+            force,
         } => {
             let response = client
                 .drop_namespace(pb::DropNamespaceRequest {
                     prefix,
                     expected_keys,
+                    force,
                 })
                 .await
                 .map_err(|status| describe(&status))?

@@ -52,10 +52,18 @@ enum Command {
 
 #[derive(Debug, Subcommand)]
 enum AuthCommand {
-    /// Print a new random token, and the SHA-256 to put in the configuration.
+    /// Print a new random token (256 random bits), and the SHA-256 to put in
+    /// the configuration.
     NewToken,
-    /// Print the SHA-256 of a token read from stdin (kept out of shell history).
-    HashToken,
+    /// Print the SHA-256 of a token read from stdin (kept out of shell
+    /// history). Short or low-entropy tokens are refused: the configured hash
+    /// is unsalted, so only tokens of 128 random bits or more are safe in it.
+    HashToken {
+        /// Hash a token that looks weak anyway (its hash, once leaked, may
+        /// give the token away).
+        #[arg(long)]
+        allow_weak: bool,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -96,7 +104,10 @@ pub async fn main() -> ExitCode {
 }
 
 async fn serve(args: ServeArgs) -> Result<(), ServerError> {
-    let env = std::env::vars().collect();
+    let env: std::collections::HashMap<String, String> = std::env::vars().collect();
+    // First thing: until it is handled, SIGHUP (a reload) ends the process.
+    let reload = server::reload::Reload::on_hangup(args.config.clone(), env.clone())
+        .map_err(|error| ServerError::Reload(format!("cannot listen for SIGHUP: {error}")))?;
     let mut config = Config::load(args.config.as_deref(), &env)?;
     if let Some(listen) = args.listen {
         config.listen = listen;
@@ -121,12 +132,13 @@ async fn serve(args: ServeArgs) -> Result<(), ServerError> {
 
     let clock: SharedClock = Arc::new(SystemClock);
     let (engine, listeners) = server::open_and_bind(&config, Arc::clone(&clock)).await?;
-    server::serve(
+    server::serve_reloading(
         config,
         Arc::new(engine),
         clock,
         listeners,
         server::shutdown_signal(),
+        reload,
     )
     .await
 }
@@ -140,7 +152,7 @@ fn auth(command: AuthCommand) -> ExitCode {
             eprintln!("give the token to the client (TIERKV_TOKEN); put only token_sha256 in [[auth.tokens]]");
             ExitCode::SUCCESS
         }
-        AuthCommand::HashToken => {
+        AuthCommand::HashToken { allow_weak } => {
             let mut token = String::new();
             if let Err(error) = std::io::stdin().read_line(&mut token) {
                 eprintln!("error: reading the token from stdin: {error}");
@@ -150,6 +162,18 @@ fn auth(command: AuthCommand) -> ExitCode {
             if token.is_empty() {
                 eprintln!("error: no token on stdin");
                 return ExitCode::from(2);
+            }
+            if let Err(weak) = crate::auth::check_token_strength(token) {
+                if !allow_weak {
+                    // Never echo the token.
+                    eprintln!(
+                        "error: the token looks weak: {weak}. token_sha256 is an unsalted hash, safe only for tokens of 128 random bits or more: make one with `tierkv auth new-token`, or pass --allow-weak to hash this one anyway"
+                    );
+                    return ExitCode::from(2);
+                }
+                eprintln!(
+                    "warning: the token looks weak ({weak}); hashing it because of --allow-weak"
+                );
             }
             println!("{}", crate::auth::hash_token(token));
             ExitCode::SUCCESS

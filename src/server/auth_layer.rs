@@ -2,7 +2,9 @@
 //! other work: a call without a valid `authorization: Bearer <token>` header
 //! ends with UNAUTHENTICATED at once; a valid one carries its
 //! [`CallIdentity`] to the handlers, which check each key against it.
-//! Health checks and reflection stay open, for probes and tooling.
+//! Health checks and reflection stay open, for probes and tooling. The
+//! tokens are read from the shared [`AuthState`] on every call, so a reload
+//! (SIGHUP) takes effect on the next call of every connection.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -12,7 +14,7 @@ use std::task::{Context, Poll};
 use tonic::Status;
 use tower::{Layer, Service};
 
-use crate::auth::{Authenticator, Principal};
+use crate::auth::{AuthState, Principal};
 
 /// Who a call is, as handlers see it (in the request's extensions).
 #[derive(Debug, Clone)]
@@ -23,17 +25,17 @@ pub enum CallIdentity {
     Token(Arc<Principal>),
 }
 
-/// Authenticates calls with an [`Authenticator`] (or marks them all
-/// [`CallIdentity::Anyone`] when there is none).
+/// Authenticates calls with the tokens in force in an [`AuthState`] (or
+/// marks them all [`CallIdentity::Anyone`] while there are none).
 #[derive(Debug, Clone)]
 pub struct AuthLayer {
-    authenticator: Option<Arc<Authenticator>>,
+    state: Arc<AuthState>,
 }
 
 impl AuthLayer {
-    /// A layer checking tokens with `authenticator`; `None`: authentication off.
-    pub fn new(authenticator: Option<Arc<Authenticator>>) -> Self {
-        Self { authenticator }
+    /// A layer checking tokens with those in force in `state`.
+    pub fn new(state: Arc<AuthState>) -> Self {
+        Self { state }
     }
 }
 
@@ -43,7 +45,7 @@ impl<S> Layer<S> for AuthLayer {
     fn layer(&self, inner: S) -> Self::Service {
         Authenticated {
             inner,
-            authenticator: self.authenticator.clone(),
+            state: Arc::clone(&self.state),
         }
     }
 }
@@ -52,7 +54,7 @@ impl<S> Layer<S> for AuthLayer {
 #[derive(Debug, Clone)]
 pub struct Authenticated<S> {
     inner: S,
-    authenticator: Option<Arc<Authenticator>>,
+    state: Arc<AuthState>,
 }
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
@@ -82,7 +84,7 @@ where
     }
 
     fn call(&mut self, mut request: http::Request<ReqBody>) -> Self::Future {
-        let identity = match &self.authenticator {
+        let identity = match &self.state.current() {
             None => CallIdentity::Anyone,
             Some(_) if super::probe_or_tooling(request.uri().path()) => CallIdentity::Anyone,
             Some(authenticator) => match bearer_token(request.headers()) {

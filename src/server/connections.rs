@@ -24,8 +24,9 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio::time::{Instant, Sleep};
 use tokio_rustls::server::TlsStream;
-use tokio_rustls::TlsAcceptor;
 use tokio_stream::Stream;
+
+use super::tls::SharedAcceptor;
 
 /// Length of the HTTP/2 client connection preface (`PRI * HTTP/2.0...`),
 /// the first bytes every gRPC client sends.
@@ -519,7 +520,7 @@ fn configure_socket(stream: &TcpStream, keepalive: Option<Duration>) {
 pub fn incoming(
     listener: TcpListener,
     connections: Arc<Connections>,
-    tls: Option<TlsAcceptor>,
+    tls: Option<SharedAcceptor>,
 ) -> Incoming {
     let accept_loop = AcceptLoop {
         listener,
@@ -551,7 +552,7 @@ pub fn incoming(
 /// connection to a handshake task.
 async fn accept_tls(
     mut accept_loop: AcceptLoop,
-    acceptor: TlsAcceptor,
+    acceptor: SharedAcceptor,
     sender: mpsc::Sender<Connection>,
 ) {
     loop {
@@ -560,7 +561,8 @@ async fn accept_tls(
             // Dropping the listener (with `accept_loop`) refuses new connections.
             () = sender.closed() => return,
         };
-        let acceptor = acceptor.clone();
+        // Read per connection: a reload (SIGHUP) applies to the next handshake.
+        let acceptor = acceptor.current();
         let sender = sender.clone();
         tokio::spawn(async move {
             let connections = Arc::clone(&registered.connections);

@@ -4,9 +4,12 @@
 //! most once per `reload_interval_secs`, on a handshake), so a rotation by
 //! cert-manager or a Kubernetes Secret update needs no restart. A file that
 //! fails to load keeps the previous certificate in service, with a warning.
+//! The whole acceptor (with the client CAs of mutual TLS) can be replaced
+//! while serving ([`SharedAcceptor`], on SIGHUP): new connections use the
+//! new one, open connections keep the handshake they made.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use rustls_pki_types::pem::PemObject;
@@ -104,6 +107,40 @@ impl TlsSettings {
         // gRPC is HTTP/2 only.
         config.alpn_protocols = vec![b"h2".to_vec()];
         Ok(Some(TlsAcceptor::from(Arc::new(config))))
+    }
+}
+
+/// The TLS acceptor in force, replaceable while serving.
+#[derive(Clone)]
+pub struct SharedAcceptor(Arc<RwLock<TlsAcceptor>>);
+
+impl std::fmt::Debug for SharedAcceptor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SharedAcceptor").finish_non_exhaustive()
+    }
+}
+
+impl SharedAcceptor {
+    /// Shares `acceptor`.
+    pub fn new(acceptor: TlsAcceptor) -> Self {
+        Self(Arc::new(RwLock::new(acceptor)))
+    }
+
+    /// The acceptor for the next handshake.
+    pub fn current(&self) -> TlsAcceptor {
+        // Writers only swap the whole value: a poisoned lock holds a whole one.
+        self.0
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    /// Puts `acceptor` in force for the connections accepted from now on.
+    pub fn replace(&self, acceptor: TlsAcceptor) {
+        *self
+            .0
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = acceptor;
     }
 }
 
