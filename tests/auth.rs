@@ -2,8 +2,10 @@
 //! server: no token or a wrong one is UNAUTHENTICATED; a token touches only
 //! its prefixes, with only its permissions, in single, batch and listing
 //! calls alike (nothing outside the grant is returned or written); sessions
-//! need a grant on the session prefix; AdminService needs `admin`; health and
-//! reflection stay open; the CLI sends a token; tokens never reach the logs.
+//! need a grant on the session prefix; AdminService calls need `stats`,
+//! `migrate`, `backup` or `drop` (`admin`: all four); refusals say nothing
+//! about the token; health and reflection stay open; the CLI sends a token;
+//! tokens never reach the logs; SIGHUP reloads the tokens (the real binary).
 
 mod common;
 
