@@ -96,6 +96,7 @@ pub async fn main() -> ExitCode {
 }
 
 async fn serve(args: ServeArgs) -> Result<(), ServerError> {
+    restrict_file_modes();
     let env = std::env::vars().collect();
     let mut config = Config::load(args.config.as_deref(), &env)?;
     if let Some(listen) = args.listen {
@@ -129,6 +130,20 @@ async fn serve(args: ServeArgs) -> Result<(), ServerError> {
         server::shutdown_signal(),
     )
     .await
+}
+
+/// Makes every file and directory the server creates private to its user
+/// (files 0600, directories 0700), by adding 077 to the process umask before
+/// anything is opened. RocksDB creates its own files (tables, logs, backups'
+/// copies) with mode 0644 less the umask, so the umask is the one place that
+/// covers them all. Bits the caller already masks stay masked.
+fn restrict_file_modes() {
+    // SAFETY: umask(2) only swaps the process's file mode creation mask and
+    // cannot fail; nothing has created a file yet.
+    unsafe {
+        let inherited = libc::umask(0o077);
+        libc::umask(inherited | 0o077);
+    }
 }
 
 fn auth(command: AuthCommand) -> ExitCode {
