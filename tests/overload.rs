@@ -336,17 +336,17 @@ async fn open_watch(
     Ok(stream)
 }
 
+/// An open reflection stream: its request side and its responses.
+type ReflectionStream = (
+    tokio::sync::mpsc::Sender<tonic_reflection::pb::v1::ServerReflectionRequest>,
+    tonic::Streaming<tonic_reflection::pb::v1::ServerReflectionResponse>,
+);
+
 /// A reflection stream on `channel` that listed the services and stays open
 /// (its request stream too) until both returned halves are dropped.
 async fn open_reflection(
     channel: &tonic::transport::Channel,
-) -> Result<
-    (
-        tokio::sync::mpsc::Sender<tonic_reflection::pb::v1::ServerReflectionRequest>,
-        tonic::Streaming<tonic_reflection::pb::v1::ServerReflectionResponse>,
-    ),
-    tonic::Status,
-> {
+) -> Result<ReflectionStream, tonic::Status> {
     use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
     use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
     use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
