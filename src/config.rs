@@ -52,6 +52,10 @@ pub enum LogFormat {
 pub struct Config {
     /// Address to serve gRPC on.
     pub listen: SocketAddr,
+    /// Serve without authentication (no `[[auth.tokens]]`, no mutual TLS) on
+    /// an address other than loopback. Off, such a server refuses to start:
+    /// anyone who can reach the port could otherwise drop every namespace.
+    pub allow_unauthenticated: bool,
     /// Address of the metrics and probes HTTP listener; "off" or empty disables it.
     pub metrics_listen: String,
     /// Directory of the RocksDB store.
@@ -86,8 +90,13 @@ pub struct Config {
     /// clients in the HTTP/2 settings.
     pub max_concurrent_streams: u32,
     /// Most calls handled at once across all connections; more are refused
-    /// at once with RESOURCE_EXHAUSTED (health and reflection are exempt); 0: no limit.
+    /// at once with RESOURCE_EXHAUSTED (health checks are exempt); 0: no limit.
     pub max_calls_in_flight: usize,
+    /// Most health `Watch` and reflection streams open at once on one
+    /// connection; more are refused with RESOURCE_EXHAUSTED. Anyone may open
+    /// them and keep them open, so past their first message (when they leave
+    /// `max_calls_in_flight`) only this bounds them.
+    pub max_watch_streams_per_connection: usize,
     /// Close a connection gracefully (GOAWAY) after this many seconds, so
     /// clients rebalance across pods; 0: never.
     pub max_connection_age_secs: u64,
@@ -129,6 +138,7 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
+            allow_unauthenticated: false,
             metrics_listen: "127.0.0.1:9090".to_string(),
             data_dir: PathBuf::from("./data"),
             backup_dir: None,
@@ -144,6 +154,7 @@ impl Default for Config {
             handshake_timeout_ms: 10_000,
             max_concurrent_streams: 256,
             max_calls_in_flight: 2048,
+            max_watch_streams_per_connection: 8,
             max_connection_age_secs: 0,
             max_connection_age_grace_secs: 30,
             request_memory_mb: 1024,
@@ -196,6 +207,11 @@ enum EnvKind {
 /// `TIERKV_<NAME>` variables the server reads, with their config keys.
 const SERVER_ENV: &[(&str, &str, EnvKind)] = &[
     ("TIERKV_LISTEN", "listen", EnvKind::Text),
+    (
+        "TIERKV_ALLOW_UNAUTHENTICATED",
+        "allow_unauthenticated",
+        EnvKind::Bool,
+    ),
     ("TIERKV_METRICS_LISTEN", "metrics_listen", EnvKind::Text),
     ("TIERKV_DATA_DIR", "data_dir", EnvKind::Text),
     ("TIERKV_BACKUP_DIR", "backup_dir", EnvKind::Text),
@@ -261,6 +277,11 @@ const SERVER_ENV: &[(&str, &str, EnvKind)] = &[
     (
         "TIERKV_MAX_CALLS_IN_FLIGHT",
         "max_calls_in_flight",
+        EnvKind::Integer,
+    ),
+    (
+        "TIERKV_MAX_WATCH_STREAMS_PER_CONNECTION",
+        "max_watch_streams_per_connection",
         EnvKind::Integer,
     ),
     (
@@ -419,6 +440,11 @@ impl Config {
                 "max_concurrent_streams must be at least 1".into(),
             ));
         }
+        if self.max_watch_streams_per_connection == 0 {
+            return Err(ConfigError::Invalid(
+                "max_watch_streams_per_connection must be at least 1 (health Watch and reflection need one each)".into(),
+            ));
+        }
         if self.handshake_timeout_ms == 0 {
             return Err(ConfigError::Invalid(
                 "handshake_timeout_ms must be at least 1".into(),
@@ -462,6 +488,7 @@ impl Config {
         self.session.validate().map_err(ConfigError::Invalid)?;
         self.tls.validate().map_err(ConfigError::Invalid)?;
         crate::auth::Authenticator::new(&self.auth).map_err(ConfigError::Invalid)?;
+        self.check_exposure()?;
         self.metrics_addr()?;
         let namespaces = self.namespaces().map_err(|error| {
             ConfigError::Invalid(format!("session.prefix {:?}: {error}", self.session.prefix))
@@ -471,6 +498,44 @@ impl Config {
             .validate(&namespaces)
             .map_err(ConfigError::Invalid)?;
         Ok(())
+    }
+
+    /// Whether clients must authenticate: `[[auth.tokens]]` are configured,
+    /// or mutual TLS makes every client present a certificate the CA signed.
+    pub fn authenticates_clients(&self) -> bool {
+        !self.auth.tokens.is_empty() || self.tls.client_ca_file.is_some()
+    }
+
+    /// Whether `listen` is a loopback address, which only local processes reach.
+    pub fn listens_on_loopback_only(&self) -> bool {
+        match self.listen.ip() {
+            // An IPv4 address mapped into IPv6 (`::ffff:127.0.0.1`) counts as itself.
+            std::net::IpAddr::V6(v6) => v6
+                .to_ipv4_mapped()
+                .map_or(v6.is_loopback(), |v4| v4.is_loopback()),
+            std::net::IpAddr::V4(v4) => v4.is_loopback(),
+        }
+    }
+
+    /// Refuses to serve the network without authentication, unless
+    /// `allow_unauthenticated` says so: anyone who can reach the port could
+    /// otherwise read, write and drop everything. Loopback stays open for
+    /// development.
+    fn check_exposure(&self) -> Result<(), ConfigError> {
+        if self.listens_on_loopback_only()
+            || self.authenticates_clients()
+            || self.allow_unauthenticated
+        {
+            return Ok(());
+        }
+        Err(ConfigError::Invalid(format!(
+            "listen is {}, which other hosts can reach, and no authentication is configured: \
+             anyone who can connect could read, write and drop everything. Configure \
+             [[auth.tokens]] (or mutual TLS with tls.client_ca_file), listen on 127.0.0.1, \
+             or set allow_unauthenticated = true (TIERKV_ALLOW_UNAUTHENTICATED=true) if \
+             something else guards the port",
+            self.listen
+        )))
     }
 
     /// The validated `[[migrations]]`.
@@ -894,6 +959,66 @@ mod tests {
         let error = config.validate().unwrap_err().to_string();
         assert!(error.contains("257 prefixes"), "{error}");
         assert!(error.contains("limit is 256"), "{error}");
+    }
+
+    /// A listen address other hosts can reach needs authentication (tokens or
+    /// mutual TLS) or an explicit `allow_unauthenticated`; loopback needs neither.
+    #[test]
+    fn refuses_the_network_without_authentication() {
+        for listen in ["0.0.0.0:50051", "10.1.2.3:50051", "[::]:50051"] {
+            let config = Config::load(None, &env(&[("TIERKV_LISTEN", listen)])).unwrap();
+            let error = config.validate().unwrap_err().to_string();
+            assert!(
+                error.contains(listen) && error.contains("allow_unauthenticated = true"),
+                "{error}"
+            );
+            let config = Config::load(
+                None,
+                &env(&[
+                    ("TIERKV_LISTEN", listen),
+                    ("TIERKV_ALLOW_UNAUTHENTICATED", "true"),
+                ]),
+            )
+            .unwrap();
+            assert!(config.allow_unauthenticated);
+            config.validate().unwrap();
+        }
+        for listen in [
+            "127.0.0.1:50051",
+            "127.3.2.1:0",
+            "[::1]:50051",
+            "[::ffff:127.0.0.1]:50051",
+        ] {
+            let config = Config::load(None, &env(&[("TIERKV_LISTEN", listen)])).unwrap();
+            config.validate().unwrap();
+        }
+
+        let exposed = Config {
+            listen: "0.0.0.0:50051".parse().unwrap(),
+            ..Config::default()
+        };
+        let with_token = Config {
+            auth: AuthConfig {
+                tokens: vec![crate::auth::TokenConfig {
+                    name: "app".into(),
+                    token_sha256: crate::auth::hash_token("a long random token"),
+                    token_sha256_file: None,
+                    prefixes: vec![String::new()],
+                    permissions: vec![crate::auth::Permission::Read],
+                }],
+            },
+            ..exposed.clone()
+        };
+        assert!(with_token.check_exposure().is_ok());
+        let with_mutual_tls = Config {
+            tls: TlsSettings {
+                client_ca_file: Some("ca.pem".into()),
+                ..TlsSettings::default()
+            },
+            ..exposed.clone()
+        };
+        assert!(with_mutual_tls.check_exposure().is_ok());
+        assert!(exposed.check_exposure().is_err());
     }
 
     /// The request memory budget has a floor.

@@ -54,7 +54,8 @@ use rpc_metrics::RpcMetricsLayer;
 use crate::metrics::{EngineFigures, FigureWriter, MetricsBuilder};
 
 /// Whether a call path is a health check or reflection: probes and tooling,
-/// which neither authentication nor load shedding ever refuses.
+/// which authentication never refuses (load shedding counts all but
+/// `Health/Check`; see `load_shed`).
 fn probe_or_tooling(path: &str) -> bool {
     path.starts_with("/grpc.health.") || path.starts_with("/grpc.reflection.")
 }
@@ -246,7 +247,10 @@ impl ServerStats {
             ),
             in_flight: Arc::default(),
             readiness: Arc::default(),
-            call_limit: CallLimit::new(config.max_calls_in_flight),
+            call_limit: CallLimit::new(
+                config.max_calls_in_flight,
+                config.max_watch_streams_per_connection,
+            ),
             cache: CacheStats::new(),
             fallbacks: Arc::default(),
         }
@@ -281,6 +285,17 @@ impl ServerStats {
     /// Calls refused since start because `max_calls_in_flight` were in flight.
     pub fn calls_shed(&self) -> u64 {
         self.call_limit.shed()
+    }
+
+    /// Health Watch and reflection streams open now.
+    pub fn watch_streams_open(&self) -> usize {
+        self.call_limit.watch_streams_open()
+    }
+
+    /// Health Watch and reflection streams refused since start because their
+    /// connection had `max_watch_streams_per_connection` open.
+    pub fn watch_streams_refused(&self) -> u64 {
+        self.call_limit.watch_streams_refused()
     }
 
     /// The cache's counters: hits per tier, origin requests, coalesced
@@ -460,6 +475,16 @@ impl prometheus_client::collector::Collector for ServerStats {
             "calls_shed",
             "Calls refused with RESOURCE_EXHAUSTED because max_calls_in_flight were in flight",
             self.calls_shed(),
+        )?;
+        out.gauge(
+            "watch_streams_open",
+            "Health Watch and reflection streams open now",
+            self.watch_streams_open() as i64,
+        )?;
+        out.counter(
+            "watch_streams_refused",
+            "Health Watch and reflection streams refused because their connection had max_watch_streams_per_connection open",
+            self.watch_streams_refused(),
         )?;
         out.gauge(
             "request_memory_in_flight_bytes",
@@ -925,6 +950,14 @@ async fn serve_until_stopped(
         },
     );
     tokio::pin!(serving);
+    if !config.listens_on_loopback_only() && !config.authenticates_clients() {
+        // Only with allow_unauthenticated = true: validation refuses it otherwise.
+        tracing::warn!(
+            addr = %local_addr,
+            "serving without authentication on an address other hosts can reach \
+             (allow_unauthenticated = true): whatever reaches the port may read, write and drop every key"
+        );
+    }
     tracing::info!(
         addr = %local_addr,
         metrics_addr = %metrics_addr,

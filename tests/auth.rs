@@ -31,6 +31,7 @@ fn auth_config() -> AuthConfig {
         |name: &str, secret: &str, prefixes: &[&str], permissions: &[Permission]| TokenConfig {
             name: name.into(),
             token_sha256: hash_token(secret),
+            token_sha256_file: None,
             prefixes: prefixes.iter().map(|p| p.to_string()).collect(),
             permissions: permissions.to_vec(),
         };

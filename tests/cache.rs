@@ -437,6 +437,7 @@ async fn grants_are_checked() {
     let token = |name: &str, secret: &str, permissions: &[Permission]| TokenConfig {
         name: name.into(),
         token_sha256: hash_token(secret),
+        token_sha256_file: None,
         prefixes: vec!["cache:a:".into()],
         permissions: permissions.to_vec(),
     };

@@ -1,10 +1,12 @@
 //! What `deploy/` ships holds up offline: the Kubernetes manifests validate
 //! (strictly, so a misspelled field fails) against the Kubernetes schemas, the
 //! Dockerfile passes hadolint, the configuration in the ConfigMap is one the
-//! server accepts, the pod's termination grace covers the server's drain, and
-//! the real binary starts with the variables Kubernetes injects for a Service
-//! named `tierkv`. No container engine runs here, so the image itself is not
-//! built by the tests.
+//! server accepts, the pod's termination grace covers the server's drain, the
+//! real binary starts with the variables Kubernetes injects for a Service
+//! named `tierkv`, and every way of deploying is closed by default (tokens
+//! from a Secret, a NetworkPolicy, an Istio AuthorizationPolicy, a private
+//! umask). No container engine runs here, so the image itself is not built by
+//! the tests.
 
 mod common;
 
@@ -88,6 +90,7 @@ fn kubernetes_manifests_validate_strictly() {
             "statefulset/tierkv",
             "service/tierkv",
             "poddisruptionbudget/tierkv",
+            "networkpolicy/tierkv",
         ] {
             assert!(
                 output.contains(&format!("passed for resource {kind}")),
@@ -132,13 +135,48 @@ fn dockerfile_passes_hadolint() {
     );
 }
 
+/// Where the StatefulSet mounts the Secret of token hashes.
+const SECRETS_MOUNT: &str = "/etc/tierkv-secrets";
+
+/// The ConfigMap's configuration, loaded by the real server's loader with its
+/// Secret's files (named by `token_sha256_file`) under `secrets` instead of
+/// [`SECRETS_MOUNT`]. Returns it and the files it reads there.
+fn base_config_with_secrets_in(secrets: &Path) -> (Config, Vec<String>) {
+    let text = read(&deploy_dir().join("k8s/base/tierkv.toml"));
+    let mut files = Vec::new();
+    for line in text.lines() {
+        if let Some(value) = line.trim().strip_prefix("token_sha256_file = ") {
+            let path = value.trim_matches('"');
+            let name = path
+                .strip_prefix(&format!("{SECRETS_MOUNT}/"))
+                .unwrap_or_else(|| panic!("{path} is not in the Secret's mount {SECRETS_MOUNT}"));
+            files.push(name.to_string());
+        }
+    }
+    let relocated = secrets.join("tierkv.toml");
+    std::fs::write(
+        &relocated,
+        text.replace(SECRETS_MOUNT, secrets.to_str().unwrap()),
+    )
+    .unwrap();
+    let config = Config::load(Some(&relocated), &Default::default())
+        .unwrap_or_else(|error| panic!("the base tierkv.toml: {error}"));
+    (config, files)
+}
+
 /// The ConfigMap's configuration loads and validates in the real server's
 /// loader, and the pod's termination grace covers the drain it configures.
 #[test]
 fn kubernetes_configuration_is_accepted_and_drain_fits_the_grace_period() {
-    let config_path = deploy_dir().join("k8s/base/tierkv.toml");
-    let config = Config::load(Some(&config_path), &Default::default())
-        .unwrap_or_else(|error| panic!("{}: {error}", config_path.display()));
+    let secrets = tempfile::tempdir().unwrap();
+    let (config, files) = base_config_with_secrets_in(secrets.path());
+    for file in &files {
+        std::fs::write(
+            secrets.path().join(file),
+            tierkv::auth::hash_token("tkv_a-token-for-the-test-only-0123456789"),
+        )
+        .unwrap();
+    }
     config.validate().unwrap();
     assert_eq!(config.listen.port(), 50051);
     assert!(
@@ -223,5 +261,91 @@ async fn server_starts_with_kubernetes_service_link_variables() {
     assert!(
         stderr.contains("TIERKV_SYNC_WRTES") && stderr.contains("unknown variable"),
         "{stderr}"
+    );
+}
+
+/// Every way of deploying is closed by default. The base's configuration
+/// listens on the pod IP and so needs authentication: its tokens' hashes come
+/// from a Secret the StatefulSet mounts, not from the ConfigMap, and without
+/// that Secret's files the server refuses to start; `allow_unauthenticated` is
+/// not set. A NetworkPolicy admits only clients to the gRPC port; the Istio
+/// example allows AdminService to one identity only; the systemd unit and the
+/// image keep the store private.
+#[test]
+fn deployments_are_closed_by_default() {
+    let secrets = tempfile::tempdir().unwrap();
+    let (config, files) = base_config_with_secrets_in(secrets.path());
+    assert!(!files.is_empty(), "the base configures no token");
+    assert!(!config.listens_on_loopback_only());
+    assert!(!config.allow_unauthenticated);
+    assert!(config.authenticates_clients());
+    assert!(
+        config
+            .auth
+            .tokens
+            .iter()
+            .all(|token| token.token_sha256.is_empty()),
+        "a token hash is in the ConfigMap"
+    );
+    // The Secret's files are missing: the server must not start.
+    let error = config.validate().unwrap_err().to_string();
+    assert!(error.contains(&files[0]), "{error}");
+
+    let statefulset = read(&deploy_dir().join("k8s/base/statefulset.yaml"));
+    assert!(statefulset.contains(&format!("mountPath: {SECRETS_MOUNT}")));
+    assert!(statefulset.contains("secretName: tierkv-tokens"));
+
+    let policy = read(&deploy_dir().join("k8s/base/networkpolicy.yaml"));
+    assert!(kustomization_resources()
+        .iter()
+        .any(|path| path.ends_with("networkpolicy.yaml")));
+    for needed in [
+        "kind: NetworkPolicy",
+        "- Ingress",
+        "key: tierkv-client",
+        "port: grpc",
+        "port: metrics",
+    ] {
+        assert!(
+            policy.contains(needed),
+            "networkpolicy.yaml lacks {needed:?}"
+        );
+    }
+    // Kustomize adds its labels to every podSelector's matchLabels: a client
+    // selector written that way would admit only tierkv's own pods.
+    let ingress = policy.split("ingress:").nth(1).unwrap();
+    assert!(!ingress.contains("matchLabels"), "{ingress}");
+
+    let authorization = read(&deploy_dir().join("k8s/mesh/istio/authorization-policy.yaml"));
+    for needed in [
+        "kind: AuthorizationPolicy",
+        "action: ALLOW",
+        "app.kubernetes.io/name: tierkv",
+        "principals:",
+    ] {
+        assert!(
+            authorization.contains(needed),
+            "authorization-policy.yaml lacks {needed:?}"
+        );
+    }
+    // AdminService appears in exactly one rule, and that rule names its caller.
+    let rules: Vec<&str> = authorization.split("\n    - ").skip(1).collect();
+    let admin: Vec<&&str> = rules
+        .iter()
+        .filter(|rule| rule.contains("/tierkv.v1.AdminService/"))
+        .collect();
+    assert_eq!(admin.len(), 1, "{rules:?}");
+    assert!(admin[0].contains("principals:"), "{}", admin[0]);
+
+    let unit = read(&deploy_dir().join("tierkv.service"));
+    assert!(unit.lines().any(|line| line == "UMask=0077"), "{unit}");
+    assert!(
+        unit.lines().any(|line| line == "StateDirectoryMode=0700"),
+        "{unit}"
+    );
+    let dockerfile = read(&deploy_dir().join("Dockerfile"));
+    assert!(
+        dockerfile.contains("chmod 0700 /var/lib/tierkv"),
+        "{dockerfile}"
     );
 }

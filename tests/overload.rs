@@ -1,7 +1,8 @@
 //! Load shedding: over `max_calls_in_flight`, calls are refused at once with
 //! RESOURCE_EXHAUSTED (ErrorInfo OVERLOADED, a RetryInfo hint), across
 //! connections; health checks still answer; the admitted calls complete; and
-//! the shed calls are counted.
+//! the shed calls are counted. Health Watch and reflection streams, open to
+//! everyone, are shed like calls and bounded per connection while open.
 
 mod common;
 
@@ -316,5 +317,178 @@ async fn a_long_stream_does_not_hold_its_slot() {
     }
     assert_eq!(server.server.stats.calls_shed(), 0);
     drop(progress);
+    server.stop().await;
+}
+
+/// A health Watch on `channel`, open once its first status (SERVING) is in.
+async fn open_watch(
+    channel: &tonic::transport::Channel,
+    service: &str,
+) -> Result<tonic::Streaming<tonic_health::pb::HealthCheckResponse>, tonic::Status> {
+    let mut stream = HealthClient::new(channel.clone())
+        .watch(HealthCheckRequest {
+            service: service.into(),
+        })
+        .await?
+        .into_inner();
+    let first = stream.message().await?.expect("a first status");
+    assert_eq!(first.status, 1, "SERVING");
+    Ok(stream)
+}
+
+/// An open reflection stream: its request side and its responses.
+type ReflectionStream = (
+    tokio::sync::mpsc::Sender<tonic_reflection::pb::v1::ServerReflectionRequest>,
+    tonic::Streaming<tonic_reflection::pb::v1::ServerReflectionResponse>,
+);
+
+/// A reflection stream on `channel` that listed the services and stays open
+/// (its request stream too) until both returned halves are dropped.
+async fn open_reflection(
+    channel: &tonic::transport::Channel,
+) -> Result<ReflectionStream, tonic::Status> {
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+    let (requests, receiver) = tokio::sync::mpsc::channel(1);
+    requests
+        .send(tonic_reflection::pb::v1::ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::ListServices(String::new())),
+        })
+        .await
+        .unwrap();
+    let mut responses = ServerReflectionClient::new(channel.clone())
+        .server_reflection_info(tokio_stream::wrappers::ReceiverStream::new(receiver))
+        .await?
+        .into_inner();
+    let first = responses.message().await?.expect("a listing");
+    match first.message_response {
+        Some(MessageResponse::ListServicesResponse(list)) => assert!(
+            list.service
+                .iter()
+                .any(|service| service.name == "tierkv.v1.KvService"),
+            "{list:?}"
+        ),
+        other => panic!("not a listing: {other:?}"),
+    }
+    Ok((requests, responses))
+}
+
+/// Health Watch and reflection streams need no token, so they must not
+/// escape the call limit: over `max_calls_in_flight` they are shed like any
+/// call (RESOURCE_EXHAUSTED, OVERLOADED), while health checks still answer;
+/// once the limit has room, they open again.
+#[tokio::test]
+async fn watch_and_reflection_streams_are_shed_over_the_limit() {
+    let server = start_with(|config| config.max_calls_in_flight = 1).await;
+    let pause = server.server.engine.pause_writer();
+    let mut writer = server.client.clone();
+    let held = tokio::spawn(async move { writer.put(put_text("user:held", "v")).await });
+    while server.server.stats.calls_in_flight() < 1 {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+
+    let channel = extra_channel(&server).await;
+    let watch = open_watch(&channel, "").await.map(|_| ()).unwrap_err();
+    assert_eq!(watch.code(), Code::ResourceExhausted, "{watch:?}");
+    assert_eq!(
+        watch.get_error_details().error_info().unwrap().reason,
+        "OVERLOADED"
+    );
+    let reflection = open_reflection(&channel).await.map(|_| ()).unwrap_err();
+    assert_eq!(reflection.code(), Code::ResourceExhausted, "{reflection:?}");
+    assert_eq!(server.server.stats.calls_shed(), 2);
+    // Probes are never shed.
+    let health = HealthClient::new(channel.clone())
+        .check(HealthCheckRequest {
+            service: "tierkv.v1.KvService".into(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(health.into_inner().status, 1);
+
+    drop(pause);
+    held.await.unwrap().expect("the admitted call completes");
+    let _watch = open_watch(&channel, "").await.unwrap();
+    let _reflection = open_reflection(&channel).await.unwrap();
+    server.stop().await;
+}
+
+/// Past their first message, Watch and reflection streams leave
+/// `max_calls_in_flight` (a stream that mostly waits must not hold a slot),
+/// so `max_watch_streams_per_connection` bounds how many one connection keeps
+/// open: more are refused (RESOURCE_EXHAUSTED, TOO_MANY_WATCH_STREAMS, the
+/// limit named), other connections and ordinary calls are unaffected, and
+/// a stream that ends frees its place.
+#[tokio::test]
+async fn watch_and_reflection_streams_are_bounded_per_connection() {
+    const LIMIT: usize = 3;
+    let mut server = start_with(|config| config.max_watch_streams_per_connection = LIMIT).await;
+    let stats = server.server.stats.clone();
+    let first = extra_channel(&server).await;
+    let mut watches = Vec::new();
+    for service in ["", "tierkv.v1.KvService"] {
+        watches.push(open_watch(&first, service).await.unwrap());
+    }
+    let reflection = open_reflection(&first).await.unwrap();
+    assert_eq!(stats.watch_streams_open(), LIMIT);
+
+    for refused in [
+        open_watch(&first, "tierkv.v1.SessionService")
+            .await
+            .map(|_| ())
+            .unwrap_err(),
+        open_reflection(&first).await.map(|_| ()).unwrap_err(),
+    ] {
+        assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+        assert!(
+            refused
+                .message()
+                .contains("max_watch_streams_per_connection"),
+            "{refused:?}"
+        );
+        let details = refused.get_error_details();
+        let info = details.error_info().unwrap();
+        assert_eq!(info.reason, "TOO_MANY_WATCH_STREAMS");
+        assert_eq!(
+            info.metadata["max_watch_streams_per_connection"],
+            LIMIT.to_string()
+        );
+    }
+    assert_eq!(stats.watch_streams_refused(), 2);
+    assert_eq!(stats.calls_shed(), 0, "not the call limit");
+
+    // The same connection still serves checks and calls; another connection
+    // has places of its own.
+    let check = HealthClient::new(first.clone())
+        .check(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(check.into_inner().status, 1);
+    let mut kv = KvServiceClient::new(first.clone());
+    kv.put(put_text("user:1", "v")).await.unwrap();
+    let second = extra_channel(&server).await;
+    let other = open_watch(&second, "").await.unwrap();
+    assert_eq!(stats.watch_streams_open(), LIMIT + 1);
+
+    // A stream that ends gives its place back.
+    drop(watches.pop());
+    let mut freed = false;
+    for _ in 0..500 {
+        if stats.watch_streams_open() == LIMIT {
+            freed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(freed, "{} open", stats.watch_streams_open());
+    let again = open_watch(&first, "tierkv.v1.SessionService")
+        .await
+        .unwrap();
+    drop((watches, reflection, other, again));
+    server.client.get(get("user:1")).await.unwrap();
     server.stop().await;
 }

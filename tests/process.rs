@@ -1,8 +1,9 @@
 //! The real `tierkv` binary as an operator runs it: `kill -9` under a write
 //! load loses no acknowledged write and never reuses a version, SIGTERM
 //! drains and exits 0 with data kept, a storage failure the writer cannot
-//! recover from exits non-zero, and bad configuration is refused at start
-//! with a clear message.
+//! recover from exits non-zero, bad configuration is refused at start
+//! with a clear message, so is serving the network without authentication,
+//! and the store and its backups are private to the server's user.
 
 mod common;
 
@@ -333,4 +334,218 @@ async fn rpc_log_lines_carry_code_latency_and_trace_context() {
     assert!(put_line["span"].get("trace_id").is_none(), "{put_line}");
     server.child.kill().unwrap();
     server.child.wait().unwrap();
+}
+
+/// Runs `command` until it exits, which a server refusing its configuration
+/// does at once; one still running after 30 s is killed and fails the test.
+fn refused_at_start(mut command: Command) -> (i32, String) {
+    use std::io::Read;
+    let mut child = command.spawn().expect("spawn tierkv");
+    let mut stderr = String::new();
+    for _ in 0..3000 {
+        if let Some(status) = child.try_wait().unwrap() {
+            if let Some(mut pipe) = child.stderr.take() {
+                pipe.read_to_string(&mut stderr).unwrap();
+            }
+            return (status.code().unwrap_or(-1), stderr);
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    panic!("the server started instead of refusing its configuration");
+}
+
+/// `tierkv serve` on `listen` over `data_dir`, otherwise as [`server_command`].
+fn serve_on(listen: &str, data_dir: &std::path::Path) -> Command {
+    let mut command = Command::new(BINARY);
+    command
+        .args(["serve", "--listen", listen, "--data-dir"])
+        .arg(data_dir)
+        .env("TIERKV_LOG_FORMAT", "json")
+        .env("TIERKV_SHUTDOWN_DELAY_MS", "0")
+        .env("TIERKV_METRICS_LISTEN", "127.0.0.1:0")
+        .env("RUST_LOG", "info")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    command
+}
+
+/// A client whose calls carry `token`.
+async fn kv_with_token(
+    addr: std::net::SocketAddr,
+    token: &'static str,
+) -> pb::kv_service_client::KvServiceClient<
+    tonic::service::interceptor::InterceptedService<
+        tonic::transport::Channel,
+        impl tonic::service::Interceptor,
+    >,
+> {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    pb::kv_service_client::KvServiceClient::with_interceptor(
+        channel,
+        move |mut request: tonic::Request<()>| {
+            request
+                .metadata_mut()
+                .insert("authorization", format!("Bearer {token}").parse().unwrap());
+            Ok(request)
+        },
+    )
+}
+
+/// Listening where other hosts can reach it, the binary refuses to serve
+/// without authentication, before touching the data directory, and names
+/// `allow_unauthenticated`; with that set it serves, warning; with a token
+/// (its hash read from a file, as from a mounted Secret) it serves and
+/// requires the token. Loopback needs neither.
+#[tokio::test]
+async fn serving_the_network_needs_authentication_or_an_explicit_opt_out() {
+    const TOKEN: &str = "tkv_process-test-token-0123456789abcdef";
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+
+    for listen in ["0.0.0.0:0", "[::]:0"] {
+        let (code, stderr) = refused_at_start(serve_on(listen, &data));
+        assert_eq!(code, 1, "{stderr}");
+        assert!(
+            stderr.contains("allow_unauthenticated = true") && stderr.contains(listen),
+            "{stderr}"
+        );
+        assert!(!data.exists(), "refused before creating the data directory");
+    }
+
+    let mut command = serve_on("0.0.0.0:0", &data);
+    command.env("TIERKV_ALLOW_UNAUTHENTICATED", "true");
+    let mut open = spawn_server(command);
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], open.addr.port()));
+    assert!(open.addr.ip().is_unspecified(), "{}", open.addr);
+    let mut client = connect(&format!("http://{addr}")).await;
+    client.put(put_text("user:1", "open")).await.unwrap();
+    assert!(
+        open.logs().contains("serving without authentication"),
+        "{}",
+        open.logs()
+    );
+    drop(client);
+    open.child.kill().unwrap();
+    open.child.wait().unwrap();
+
+    let secrets = dir.path().join("secrets");
+    std::fs::create_dir(&secrets).unwrap();
+    std::fs::write(
+        secrets.join("app.sha256"),
+        format!("{}\n", tierkv::auth::hash_token(TOKEN)),
+    )
+    .unwrap();
+    let config = dir.path().join("tierkv.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[auth.tokens]]\nname = \"app\"\ntoken_sha256_file = \"{}\"\nprefixes = [\"user:\"]\npermissions = [\"read\", \"write\"]\n",
+            secrets.join("app.sha256").display()
+        ),
+    )
+    .unwrap();
+    let mut command = serve_on("0.0.0.0:0", &data);
+    command.arg("--config").arg(&config);
+    let mut guarded = spawn_server(command);
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], guarded.addr.port()));
+    let mut anonymous = connect(&format!("http://{addr}")).await;
+    let refused = anonymous.get(get("user:1")).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{refused:?}");
+    let mut client = kv_with_token(addr, TOKEN).await;
+    let found = client.get(get("user:1")).await.unwrap().into_inner();
+    assert!(found.found);
+    assert!(!guarded.logs().contains("serving without authentication"));
+    drop((anonymous, client));
+    guarded.child.kill().unwrap();
+    guarded.child.wait().unwrap();
+
+    // Loopback: no authentication needed, no warning.
+    let mut local = spawn_server(server_command(&data));
+    let mut client = connect(&local.endpoint()).await;
+    assert!(exists(&mut client, "user:1").await);
+    assert!(!local.logs().contains("serving without authentication"));
+    drop(client);
+    local.child.kill().unwrap();
+    local.child.wait().unwrap();
+}
+
+/// The modes of `dir` and of everything under it.
+fn modes_under(dir: &std::path::Path) -> Vec<(std::path::PathBuf, u32)> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut modes = vec![(
+        dir.to_path_buf(),
+        std::fs::metadata(dir).unwrap().permissions().mode() & 0o7777,
+    )];
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            modes.extend(modes_under(&path));
+        } else {
+            modes.push((
+                path.clone(),
+                std::fs::metadata(&path).unwrap().permissions().mode() & 0o7777,
+            ));
+        }
+    }
+    modes
+}
+
+/// The store is every record in clear, and a backup is the whole store: the
+/// binary creates the data and backup directories 0700 and every file in
+/// them (RocksDB's tables, logs and manifests, and a backup's copies) 0600,
+/// even when it inherits a permissive umask.
+#[tokio::test]
+async fn data_and_backups_are_private_to_the_server_user() {
+    use std::os::unix::process::CommandExt;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("store/data");
+    let backups = dir.path().join("store/backups");
+    let mut command = server_command(&data);
+    command.env("TIERKV_BACKUP_DIR", &backups);
+    // SAFETY: umask(2) is async-signal-safe and allocates nothing.
+    unsafe {
+        command.pre_exec(|| {
+            libc::umask(0o002);
+            Ok(())
+        });
+    }
+    let mut server = spawn_server(command);
+    let mut client = connect(&server.endpoint()).await;
+    for n in 0..100 {
+        client
+            .put(put_text(&format!("user:{n}"), "private"))
+            .await
+            .unwrap();
+    }
+    let mut admin = connect_admin(&server.endpoint()).await;
+    admin
+        .backup(pb::BackupRequest {
+            name: "nightly".into(),
+        })
+        .await
+        .unwrap();
+    drop((client, admin));
+    server.child.kill().unwrap();
+    server.child.wait().unwrap();
+
+    let store = modes_under(&dir.path().join("store"));
+    assert!(store
+        .iter()
+        .any(|(path, _)| path.ends_with("nightly/CURRENT")));
+    assert!(store
+        .iter()
+        .any(|(path, _)| path.extension().is_some_and(|ext| ext == "sst")));
+    let open: Vec<String> = store
+        .iter()
+        .filter(|(path, mode)| *mode != if path.is_dir() { 0o700 } else { 0o600 })
+        .map(|(path, mode)| format!("{} {mode:o}", path.display()))
+        .collect();
+    assert!(open.is_empty(), "not private: {open:#?}");
 }

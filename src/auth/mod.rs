@@ -13,6 +13,7 @@
 //! transport types here: `crate::server` authenticates each call and
 //! `crate::api` asks the [`Principal`] before touching a key.
 
+use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 
 use serde::Deserialize;
@@ -92,7 +93,13 @@ pub struct TokenConfig {
     /// A name for logs and messages (never the token).
     pub name: String,
     /// SHA-256 of the token, 64 hex digits (`tierkv auth hash-token`).
+    #[serde(default)]
     pub token_sha256: String,
+    /// A file holding `token_sha256` instead (a mounted Kubernetes Secret),
+    /// so the configuration itself carries no credential material; read
+    /// whenever the tokens are loaded. Exactly one of the two is set.
+    #[serde(default)]
+    pub token_sha256_file: Option<PathBuf>,
     /// Key prefixes the token may read and/or write; `""` is every key.
     #[serde(default)]
     pub prefixes: Vec<String>,
@@ -122,6 +129,28 @@ impl AuthConfig {
 }
 
 type TokenHash = [u8; 32];
+
+impl TokenConfig {
+    /// The token's SHA-256, from `token_sha256` or from `token_sha256_file`
+    /// (surrounding whitespace ignored). Errors never quote the file.
+    fn sha256(&self) -> Result<TokenHash, String> {
+        let (text, source) = match (&self.token_sha256_file, self.token_sha256.is_empty()) {
+            (None, false) => (self.token_sha256.clone(), "token_sha256".to_string()),
+            (Some(path), true) => (
+                std::fs::read_to_string(path)
+                    .map_err(|error| format!("token_sha256_file {}: {error}", path.display()))?,
+                format!("token_sha256_file {}", path.display()),
+            ),
+            (None, true) => return Err("set token_sha256 or token_sha256_file".into()),
+            (Some(_), false) => {
+                return Err("set token_sha256 or token_sha256_file, not both".into())
+            }
+        };
+        decode_hex_hash(&text).ok_or_else(|| {
+            format!("{source} must hold 64 hex digits (the SHA-256 of the token; `tierkv auth hash-token` prints it)")
+        })
+    }
+}
 
 /// Who a call is: the name of its token and what the token grants.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -216,9 +245,7 @@ impl Authenticator {
             if token.name.trim().is_empty() {
                 return Err(format!("auth.tokens[{index}]: name must not be empty"));
             }
-            let hash = decode_hex_hash(&token.token_sha256).ok_or_else(|| {
-                format!("{at}: token_sha256 must be 64 hex digits (the SHA-256 of the token; `tierkv auth hash-token` prints it)")
-            })?;
+            let hash = token.sha256().map_err(|error| format!("{at}: {error}"))?;
             if tokens.iter().any(|(existing, _)| *existing == hash) {
                 return Err(format!("{at}: the same token is configured twice"));
             }
@@ -451,6 +478,7 @@ mod tests {
         TokenConfig {
             name: name.into(),
             token_sha256: hash_token(secret),
+            token_sha256_file: None,
             prefixes: prefixes.iter().map(|p| p.to_string()).collect(),
             permissions: permissions.to_vec(),
         }
@@ -515,6 +543,51 @@ mod tests {
         assert!(error.contains("need prefixes"), "{error}");
         let error = Authenticator::new(&config(vec![token("a", "s", &["x:"], &[])])).unwrap_err();
         assert!(error.contains("permissions"), "{error}");
+    }
+
+    /// `token_sha256_file` reads the hash from a file (a mounted Secret);
+    /// exactly one of it and `token_sha256` is set, and a bad file is named
+    /// without quoting what it holds.
+    #[test]
+    fn token_hash_from_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("app.sha256");
+        std::fs::write(&path, format!("{}\n", hash_token("s1"))).unwrap();
+        let mut from_file = token("app", "s1", &["x:"], &[Permission::Read]);
+        from_file.token_sha256 = String::new();
+        from_file.token_sha256_file = Some(path.clone());
+        let auth = Authenticator::new(&config(vec![from_file.clone()]))
+            .unwrap()
+            .unwrap();
+        assert_eq!(auth.authenticate("s1").unwrap().name, "app");
+        assert!(auth.authenticate("s2").is_none());
+
+        std::fs::write(&path, "not-a-hash-but-a-secret").unwrap();
+        let error = Authenticator::new(&config(vec![from_file.clone()])).unwrap_err();
+        assert!(
+            error.contains("auth.tokens[0]")
+                && error.contains("app.sha256")
+                && error.contains("64 hex"),
+            "{error}"
+        );
+        assert!(!error.contains("not-a-hash"), "{error}");
+
+        let mut missing = from_file.clone();
+        missing.token_sha256_file = Some(dir.path().join("absent"));
+        let error = Authenticator::new(&config(vec![missing])).unwrap_err();
+        assert!(error.contains("absent"), "{error}");
+
+        let mut both = from_file.clone();
+        both.token_sha256 = hash_token("s1");
+        let error = Authenticator::new(&config(vec![both])).unwrap_err();
+        assert!(error.contains("not both"), "{error}");
+        let mut neither = from_file;
+        neither.token_sha256_file = None;
+        let error = Authenticator::new(&config(vec![neither])).unwrap_err();
+        assert!(
+            error.contains("token_sha256 or token_sha256_file"),
+            "{error}"
+        );
     }
 
     /// The hash matches the standard SHA-256 of the token.

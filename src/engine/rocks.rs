@@ -14,6 +14,7 @@
 
 mod writer;
 
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -222,6 +223,27 @@ pub(crate) fn namespace_ranges(
     ranges
 }
 
+/// Creates `path` and its missing parents readable by this user only
+/// (0700): the store's files are every record in clear. A directory that
+/// already exists keeps its mode (the operator may have reasons, and may not
+/// own it), with a warning when group or others can enter it.
+fn create_private_dir(path: &Path, setting: &str) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(path)?;
+    let mode = std::fs::metadata(path)?.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        tracing::warn!(
+            path = %path.display(),
+            mode = format!("{mode:o}"),
+            "{setting} is open to group or others; `chmod 700` it so only this user reads the store"
+        );
+    }
+    Ok(())
+}
+
 impl RocksEngine {
     /// Opens (or creates) the store at `path` with the given namespaces.
     ///
@@ -235,7 +257,7 @@ impl RocksEngine {
         clock: SharedClock,
     ) -> Result<Self, EngineError> {
         let path = path.as_ref().to_path_buf();
-        std::fs::create_dir_all(&path).map_err(|error| {
+        create_private_dir(&path, "data_dir").map_err(|error| {
             EngineError::Storage(format!(
                 "cannot create data dir {}: {error}",
                 path.display()
@@ -1178,7 +1200,7 @@ impl Engine for RocksEngine {
                 )));
             }
             if let Some(parent) = dir.parent() {
-                std::fs::create_dir_all(parent).map_err(|error| {
+                create_private_dir(parent, "backup_dir").map_err(|error| {
                     EngineError::Storage(format!("creating {}: {error}", parent.display()))
                 })?;
             }
@@ -1189,6 +1211,11 @@ impl Engine for RocksEngine {
             rocksdb::checkpoint::Checkpoint::new(&inner.db)
                 .and_then(|checkpoint| checkpoint.create_checkpoint(&dir))
                 .map_err(storage_error)?;
+            // RocksDB creates it 0755 less the umask: a backup is the whole
+            // store, for this user only whatever the process umask.
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).map_err(
+                |error| EngineError::Storage(format!("restricting {}: {error}", dir.display())),
+            )?;
             let mut info = BackupInfo { files: 0, bytes: 0 };
             let entries = std::fs::read_dir(&dir).map_err(|error| {
                 EngineError::Storage(format!("reading {}: {error}", dir.display()))

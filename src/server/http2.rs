@@ -34,7 +34,7 @@ use tonic::body::Body;
 use tower::util::Oneshot;
 use tracing::Instrument;
 
-use super::load_shed::{Admission, CallLimit};
+use super::load_shed::{Admission, CallLimit, ConnectionWatches};
 
 /// HTTP/2 settings of every connection.
 #[derive(Debug, Clone)]
@@ -94,6 +94,8 @@ struct AdmitOnAccept<S> {
     stack: S,
     limit: Arc<CallLimit>,
     span: SpanMaker,
+    /// This connection's open health Watch and reflection streams.
+    watches: Arc<ConnectionWatches>,
 }
 
 /// The tower stack a call runs through: cloned per call, never failing (an
@@ -156,9 +158,9 @@ where
     fn call(&self, request: Request<Incoming>) -> Self::Future {
         let (mut parts, body) = request.into_parts();
         // Synchronous, in the connection's task: the call counts from now.
-        let admission = self.limit.admit(parts.uri.path());
+        let admission = self.limit.admit_on(parts.uri.path(), &self.watches);
         // A refusal logs nothing: no span to build (a tenth of its cost).
-        let refused = matches!(admission, Admission::Refused);
+        let refused = admission.is_refused();
         parts.extensions.insert(Accepted {
             at: Instant::now(),
             admission: Some(admission),
@@ -191,7 +193,12 @@ pub async fn serve<I, IO, S, B>(
     S: CallStack<B>,
     B: ResponseBody,
 {
-    let service = AdmitOnAccept { stack, limit, span };
+    let service = AdmitOnAccept {
+        stack,
+        limit,
+        span,
+        watches: Arc::default(),
+    };
     let settings = Arc::new(settings);
     let (drain_sender, drain) = watch::channel(());
     // Boxed rather than pinned on the stack, so it can be dropped (closing
@@ -206,9 +213,14 @@ pub async fn serve<I, IO, S, B>(
         };
         match next {
             Some(Ok(io)) => {
+                // Each connection counts its own Watch streams.
+                let service = AdmitOnAccept {
+                    watches: Arc::default(),
+                    ..service.clone()
+                };
                 tokio::spawn(serve_connection(
                     io,
-                    service.clone(),
+                    service,
                     Arc::clone(&settings),
                     drain.clone(),
                 ));

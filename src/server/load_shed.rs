@@ -4,11 +4,17 @@
 //! every client onto a few connections, and queueing without bound turns a
 //! burst into latency for everyone. Over the limit, a call is refused at once
 //! with RESOURCE_EXHAUSTED (and a retry hint), so it costs almost nothing and
-//! the calls admitted keep their latency. Health checks and reflection are
+//! the calls admitted keep their latency. Health checks (`Health/Check`) are
 //! never shed: probes must see the truth even under overload.
 //!
+//! Health `Watch` and reflection streams need no token and may stay open for
+//! as long as the client likes. They count against the limit like any call
+//! (until their first message, like any stream), and while open against
+//! their connection's `max_watch_streams_per_connection`, so their number is
+//! bounded by the connection limit rather than by nothing.
+//!
 //! A call counts from the moment it is read off its connection: the server's
-//! HTTP/2 loop calls [`CallLimit::admit`] as it accepts the stream and puts
+//! HTTP/2 loop calls [`CallLimit::admit_on`] as it accepts the stream and puts
 //! the [`Admission`] in the request's extensions, where [`LoadShed`] finds it
 //! (see `super::http2` for why counting later misses the queue). A request
 //! that arrives without one (the layer used in another server) is admitted
@@ -40,22 +46,68 @@ pub struct CallLimit {
     /// The headers of the refusal, encoded once: a shed call must cost
     /// almost nothing, and its status, message and details never change.
     overloaded: HeaderMap,
+    /// Most health Watch and reflection streams open on one connection.
+    watch_limit: usize,
+    watch_open: AtomicUsize,
+    watch_refused: AtomicU64,
+    /// The refusal of a Watch or reflection stream over `watch_limit`.
+    too_many_watches: HeaderMap,
+}
+
+/// How a call is admitted, by its path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CallKind {
+    /// A health check: never counted, never shed.
+    Probe,
+    /// A health Watch or reflection stream: open to everyone, long-lived.
+    Watch,
+    /// Everything else.
+    Call,
+}
+
+fn call_kind(path: &str) -> CallKind {
+    if path == "/grpc.health.v1.Health/Watch" || path.starts_with("/grpc.reflection.") {
+        CallKind::Watch
+    } else if path.starts_with("/grpc.health.") {
+        CallKind::Probe
+    } else {
+        CallKind::Call
+    }
+}
+
+/// The health Watch and reflection streams open on one connection.
+#[derive(Debug, Default)]
+pub struct ConnectionWatches {
+    open: AtomicUsize,
 }
 
 impl CallLimit {
-    /// A bound of `limit` calls in flight; 0 means no bound.
-    pub fn new(limit: usize) -> Arc<Self> {
-        let overloaded = overloaded_status(limit)
-            .into_http::<()>()
-            .into_parts()
-            .0
-            .headers;
+    /// A bound of `limit` calls in flight (0 means no bound), and of
+    /// `watches_per_connection` health Watch and reflection streams open on
+    /// one connection.
+    pub fn new(limit: usize, watches_per_connection: usize) -> Arc<Self> {
+        let headers = |status: Status| status.into_http::<()>().into_parts().0.headers;
         Arc::new(Self {
             limit,
             admitted: AtomicUsize::new(0),
             shed: AtomicU64::new(0),
-            overloaded,
+            overloaded: headers(overloaded_status(limit)),
+            watch_limit: watches_per_connection,
+            watch_open: AtomicUsize::new(0),
+            watch_refused: AtomicU64::new(0),
+            too_many_watches: headers(too_many_watches_status(watches_per_connection)),
         })
+    }
+
+    /// Health Watch and reflection streams open now, on every connection.
+    pub fn watch_streams_open(&self) -> usize {
+        self.watch_open.load(Ordering::Relaxed)
+    }
+
+    /// Health Watch and reflection streams refused since start because
+    /// their connection had `max_watch_streams_per_connection` open.
+    pub fn watch_streams_refused(&self) -> u64 {
+        self.watch_refused.load(Ordering::Relaxed)
     }
 
     /// The configured bound (0: none).
@@ -68,16 +120,51 @@ impl CallLimit {
         self.shed.load(Ordering::Relaxed)
     }
 
-    /// Decides a call to `path` now: exempt (a probe or tooling), admitted
-    /// (counted until the returned ticket is dropped), or refused.
+    /// Decides a call to `path` that arrived outside a connection this
+    /// server tracks: like [`CallLimit::admit_on`] with a connection of its own.
     pub fn admit(self: &Arc<Self>, path: &str) -> Admission {
-        if super::probe_or_tooling(path) {
+        self.admit_on(path, &Arc::default())
+    }
+
+    /// Decides a call to `path` on `connection` now: exempt (a health
+    /// check), admitted (counted until the returned ticket is dropped; a
+    /// Watch or reflection stream also holds a place on `connection` until it
+    /// ends), or refused.
+    pub fn admit_on(
+        self: &Arc<Self>,
+        path: &str,
+        connection: &Arc<ConnectionWatches>,
+    ) -> Admission {
+        let kind = call_kind(path);
+        if kind == CallKind::Probe {
             return Admission::Exempt;
         }
+        let watch = match kind {
+            CallKind::Watch => match self.open_watch(connection) {
+                Some(watch) => Some(Arc::new(watch)),
+                None => return Admission::TooManyWatches,
+            },
+            _ => None,
+        };
+        // A refused call drops its Watch place here.
         match self.try_admit() {
-            Some(admitted) => Admission::Admitted(Arc::new(admitted)),
+            Some(admitted) => Admission::Admitted(Arc::new(admitted), watch),
             None => Admission::Refused,
         }
+    }
+
+    fn open_watch(self: &Arc<Self>, connection: &Arc<ConnectionWatches>) -> Option<WatchStream> {
+        let open = connection.open.fetch_add(1, Ordering::AcqRel) + 1;
+        if open > self.watch_limit {
+            connection.open.fetch_sub(1, Ordering::AcqRel);
+            self.watch_refused.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        self.watch_open.fetch_add(1, Ordering::AcqRel);
+        Some(WatchStream {
+            limit: Arc::clone(self),
+            connection: Arc::clone(connection),
+        })
     }
 
     fn try_admit(self: &Arc<Self>) -> Option<Admitted> {
@@ -89,25 +176,64 @@ impl CallLimit {
         }
         Some(Admitted(Arc::clone(self)))
     }
+}
 
-    /// The RESOURCE_EXHAUSTED answer to a shed call.
-    fn overloaded<ResBody: Default>(&self) -> http::Response<ResBody> {
-        let mut response = http::Response::new(ResBody::default());
-        *response.headers_mut() = self.overloaded.clone();
+/// Answers a refused call with the encoded status in `headers`, once what
+/// has arrived of its request body is read (see [`consume_unread`]).
+fn refuse<ReqBody, ResBody>(
+    headers: &HeaderMap,
+    request: http::Request<ReqBody>,
+) -> impl Future<Output = http::Response<ResBody>> + Send + 'static
+where
+    ReqBody: http_body::Body + Send + 'static,
+    ResBody: Default + Send + 'static,
+{
+    let mut response = http::Response::new(ResBody::default());
+    *response.headers_mut() = headers.clone();
+    let body = request.into_body();
+    async move {
+        consume_unread(body).await;
         response
     }
 }
 
-/// What [`CallLimit::admit`] decided about a call; it rides in the request's
-/// extensions to the [`LoadShed`] layer.
+/// What [`CallLimit::admit_on`] decided about a call; it rides in the
+/// request's extensions to the [`LoadShed`] layer.
 #[derive(Debug, Clone)]
 pub enum Admission {
-    /// A health check or reflection call: never counted, never shed.
+    /// A health check: never counted, never shed.
     Exempt,
-    /// Counted in flight until the last clone of the ticket is dropped.
-    Admitted(Arc<Admitted>),
-    /// Over the limit: answered RESOURCE_EXHAUSTED.
+    /// Counted in flight until the last clone of the ticket is dropped; a
+    /// health Watch or reflection stream also holds its place on its
+    /// connection until the stream ends.
+    Admitted(Arc<Admitted>, Option<Arc<WatchStream>>),
+    /// Over `max_calls_in_flight`: answered RESOURCE_EXHAUSTED.
     Refused,
+    /// A Watch or reflection stream over its connection's
+    /// `max_watch_streams_per_connection`: answered RESOURCE_EXHAUSTED.
+    TooManyWatches,
+}
+
+impl Admission {
+    /// Whether the call is refused (and answered at once).
+    pub fn is_refused(&self) -> bool {
+        matches!(self, Admission::Refused | Admission::TooManyWatches)
+    }
+}
+
+/// One open health Watch or reflection stream; it leaves its connection's
+/// count when dropped, with the stream's response body.
+#[derive(Debug)]
+pub struct WatchStream {
+    limit: Arc<CallLimit>,
+    connection: Arc<ConnectionWatches>,
+}
+
+impl Drop for WatchStream {
+    fn drop(&mut self) {
+        self.connection.open.fetch_sub(1, Ordering::AcqRel);
+        self.limit.watch_open.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// One admitted call; it leaves the count when its future is done or dropped.
@@ -177,24 +303,27 @@ where
             Some(admission) => admission,
             None => self.limit.admit(request.uri().path()),
         };
-        let ticket = match admission {
+        let (ticket, watch) = match admission {
             Admission::Exempt => {
                 let response = self.inner.call(request);
                 return Box::pin(async move {
                     Ok(response.await?.map(|inner| AdmittedBody {
                         inner,
                         ticket: None,
+                        _watch: None,
                     }))
                 });
             }
-            Admission::Admitted(ticket) => ticket,
-            Admission::Refused => {
-                let response = self.limit.overloaded();
-                let body = request.into_body();
-                return Box::pin(async move {
-                    consume_unread(body).await;
-                    Ok(response)
-                });
+            Admission::Admitted(ticket, watch) => (ticket, watch),
+            Admission::Refused | Admission::TooManyWatches => {
+                let refusal = refuse(
+                    match admission {
+                        Admission::Refused => &self.limit.overloaded,
+                        _ => &self.limit.too_many_watches,
+                    },
+                    request,
+                );
+                return Box::pin(async move { Ok(refusal.await) });
             }
         };
         let response = self.inner.call(request);
@@ -205,6 +334,7 @@ where
             Ok(response.map(|inner| AdmittedBody {
                 inner,
                 ticket: Some(ticket),
+                _watch: watch,
             }))
         })
     }
@@ -222,6 +352,9 @@ where
 pub struct AdmittedBody<B> {
     inner: B,
     ticket: Option<Arc<Admitted>>,
+    /// A Watch or reflection stream's place on its connection, held until
+    /// the body is dropped (the stream ended or was reset).
+    _watch: Option<Arc<WatchStream>>,
 }
 
 impl<B: http_body::Body + Unpin> http_body::Body for AdmittedBody<B> {
@@ -311,6 +444,25 @@ where
             let _ = tokio::time::timeout(SHED_BODY_DRAIN_TIME, drain).await;
         });
     }
+}
+
+fn too_many_watches_status(limit: usize) -> Status {
+    let mut details = ErrorDetails::new();
+    let mut metadata = std::collections::HashMap::new();
+    metadata.insert(
+        "max_watch_streams_per_connection".to_string(),
+        limit.to_string(),
+    );
+    details.set_error_info("TOO_MANY_WATCH_STREAMS", ERROR_DOMAIN, metadata);
+    // No RetryInfo: only this client can free a place, by ending one of its streams.
+    Status::with_error_details(
+        Code::ResourceExhausted,
+        format!(
+            "{limit} health Watch and reflection streams are open on this connection \
+             (max_watch_streams_per_connection); end one, or use another connection"
+        ),
+        details,
+    )
 }
 
 fn overloaded_status(limit: usize) -> Status {
