@@ -304,8 +304,7 @@ impl CacheService {
         let clear_stats = Arc::clone(&stats);
         let memory = MemoryTier::start(
             config.memory_bytes(),
-            engine.subscribe(),
-            engine.subscribe(),
+            || engine.subscribe(),
             move || CacheStats::count(&clear_stats.memory_clears),
         );
         stats.attach_memory(Arc::clone(&memory));
