@@ -511,6 +511,16 @@ impl prometheus_client::collector::Collector for ServerStats {
                 "Times the cache's memory tier was cleared because the change feed lagged",
                 cache.memory_clears,
             ),
+            (
+                "cache_fetches_refused",
+                "Origin requests not started because a max_concurrent_fetches limit was reached",
+                cache.fetches_refused,
+            ),
+            (
+                "cache_stores_refused",
+                "Origin answers served but not stored because the origin's store caps were reached",
+                cache.stores_refused,
+            ),
         ] {
             out.counter(name, help, value)?;
         }

@@ -105,6 +105,11 @@ pub fn cache_status(method: &'static str, error: CacheError) -> Status {
         CacheError::OriginBodyTooLarge { .. } => {
             with_reason(Code::FailedPrecondition, "ORIGIN_BODY_TOO_LARGE", None)
         }
+        CacheError::FetchesExhausted { retry_after, .. } => with_reason(
+            Code::ResourceExhausted,
+            "ORIGIN_FETCHES_EXHAUSTED",
+            Some(*retry_after),
+        ),
         CacheError::PurgeIncomplete { .. } => Status::deadline_exceeded(message.clone()),
     };
     match status.code() {

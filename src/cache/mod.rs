@@ -9,12 +9,15 @@
 //!   stale serving, negative caching, Put, Invalidate, Purge.
 //! - [`memory`] — L1 and its coherence with the change feed.
 //! - [`flight`] — request coalescing (one origin request per cold key).
+//! - [`budget`] — bounds on origin requests in flight and on what is stored
+//!   from each origin.
 //! - [`entry`] — what is kept with a cached value, in the store and in memory.
 //! - [`stats`] — the counters.
 
 pub mod config;
 pub mod origin;
 
+pub mod budget;
 pub mod entry;
 pub mod flight;
 pub mod memory;
