@@ -8,6 +8,10 @@
 #                                           # unknown TIERKV_* variables, hence the name)
 #   ETCD=0 scripts/bench-h2load.sh          # skip the etcd baseline
 #   VALUE=text scripts/bench-h2load.sh      # 15-byte text values instead of 15-byte JSON values
+#   SCENARIO=cache-under-writes scripts/bench-h2load.sh
+#                                           # CacheService.Get of one key from memory, alone and while a
+#                                           # writer runs BatchWrites of 100 other keys of the same namespace
+#                                           # (cache:); WRITER_CLIENTS x WRITER_STREAMS (default 2 x 4)
 #
 # Every RPC of a round runs against the same server process, one after the other, and rounds interleave
 # (health, Get, Put, BatchGet, health, Get, ...), so slow drifts of the machine hit every RPC alike. The
@@ -28,6 +32,14 @@ STREAMS="${STREAMS:-16}"
 THREADS="${THREADS:-1}"
 ETCD="${ETCD:-1}"
 VALUE="${VALUE:-json}"
+SCENARIO="${SCENARIO:-rpcs}"
+WRITER_CLIENTS="${WRITER_CLIENTS:-2}"
+WRITER_STREAMS="${WRITER_STREAMS:-4}"
+case "$SCENARIO" in
+    rpcs) ;;
+    cache-under-writes) ETCD=0 ;;
+    *) echo "unknown SCENARIO $SCENARIO (rpcs, cache-under-writes)" >&2; exit 1 ;;
+esac
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 
 need() { command -v "$1" >/dev/null 2>&1; }
@@ -108,6 +120,9 @@ bodies = {
     # CacheService: a key put with a one-day memory TTL, read back from memory.
     "cache_seed": field(1, b"cache:bench:get") + value + field(6, bytes([1 << 3]) + varint(86400)),
     "cache_get": field(1, b"cache:bench:get"),
+    # A burst of writes to other keys of the cache: namespace: one commit of 100 puts.
+    "cache_writes": b"".join(field(1, field(1, field(1, b"cache:bench:w:%03d" % i) + value))
+                             for i in range(100)),
     "etcd_range": field(1, b"bench:get"),
     "etcd_range_serializable": field(1, b"bench:get") + bytes([7 << 3, 1]),
     # etcd keeps every revision of a key until compacted: puts go to another key than the one Range reads,
@@ -196,6 +211,61 @@ for bench in "${BENCHES[@]}"; do
     IFS='|' read -r _ url body _ <<<"$bench"
     grpc_call "$url" "$WORK/$body.bin"
 done
+
+# One h2load run of a body against a URL; prints "req/s|succeeded|mean latency" or fails the script.
+h2load_run() {
+    local name="$1" url="$2" body="$3" clients="$4" streams="$5" duration="$6" output rps done_requests failed non2xx mean
+    output="$(h2load -c "$clients" -m "$streams" -t "$THREADS" -D "$duration" \
+        -H 'content-type: application/grpc' -H 'te: trailers' -d "$WORK/$body.bin" "$url" 2>&1)"
+    rps="$(sed -n 's/^finished in .*, \([0-9.]*\) req\/s.*/\1/p' <<<"$output")"
+    done_requests="$(sed -n 's/^requests: .* \([0-9]*\) succeeded.*/\1/p' <<<"$output")"
+    failed="$(sed -n 's/^requests: .* \([0-9]*\) failed.*/\1/p' <<<"$output")"
+    non2xx="$(sed -n 's/^status codes: .*, \([0-9]*\) 4xx, \([0-9]*\) 5xx/\1 \2/p' <<<"$output")"
+    mean="$(awk '/^time for request:/ {print $6}' <<<"$output")"
+    if [ -z "$rps" ] || [ "${failed:-0}" != 0 ] || [ "$non2xx" != "0 0" ]; then
+        echo "h2load run of $name failed:" >&2
+        echo "$output" >&2
+        exit 1
+    fi
+    echo "$rps|$done_requests|$mean"
+}
+
+if [ "$SCENARIO" = cache-under-writes ]; then
+    grpc_call "$TIERKV/tierkv.v1.KvService/BatchWrite" "$WORK/cache_writes.bin"
+    grpc_call "$TIERKV/tierkv.v1.CacheService/Get" "$WORK/cache_get.bin"
+    echo "tierkv: $SERVER_BIN (pid $TIERKV_PID); CacheService.Get from memory: h2load -c $CLIENTS -m $STREAMS -t $THREADS -D $DURATION;"
+    echo "writer: KvService.BatchWrite of 100 other cache: keys, h2load -c $WRITER_CLIENTS -m $WRITER_STREAMS; $ROUNDS rounds"
+    RESULTS="$WORK/results.txt"
+    : >"$RESULTS"
+    for round in $(seq 1 "$ROUNDS"); do
+        alone="$(h2load_run "Get alone" "$TIERKV/tierkv.v1.CacheService/Get" cache_get "$CLIENTS" "$STREAMS" "$DURATION")"
+        # The writer starts a second before the reader and ends a second after it.
+        h2load_run "writer" "$TIERKV/tierkv.v1.KvService/BatchWrite" cache_writes \
+            "$WRITER_CLIENTS" "$WRITER_STREAMS" "$((DURATION + 2))" >"$WORK/writer.txt" &
+        writer=$!
+        sleep 1
+        under="$(h2load_run "Get under writes" "$TIERKV/tierkv.v1.CacheService/Get" cache_get "$CLIENTS" "$STREAMS" "$DURATION")"
+        wait "$writer"
+        writes="$(cat "$WORK/writer.txt")"
+        IFS='|' read -r alone_rps _ alone_mean <<<"$alone"
+        IFS='|' read -r under_rps _ under_mean <<<"$under"
+        IFS='|' read -r writer_rps _ _ <<<"$writes"
+        printf 'round %d  Get alone %9.0f req/s (mean %s)   Get under writes %9.0f req/s (mean %s)   writer %6.0f BatchWrite/s\n' \
+            "$round" "$alone_rps" "$alone_mean" "$under_rps" "$under_mean" "$writer_rps"
+        printf '%s|%s|%s\n' "$alone_rps" "$under_rps" "$writer_rps" >>"$RESULTS"
+    done
+    python3 - "$RESULTS" <<'EOF'
+import statistics, sys
+rows = [tuple(map(float, line.split("|"))) for line in open(sys.argv[1])]
+alone = statistics.median(r[0] for r in rows)
+under = statistics.median(r[1] for r in rows)
+writer = statistics.median(r[2] for r in rows)
+print()
+print(f"median: Get alone {alone:,.0f} req/s; Get under writes {under:,.0f} req/s ({under / alone:.2f}x); "
+      f"writer {writer:,.0f} BatchWrite/s ({writer * 100:,.0f} keys/s)")
+EOF
+    exit 0
+fi
 
 echo "tierkv: $SERVER_BIN (pid $TIERKV_PID); $VALUE values; h2load -c $CLIENTS -m $STREAMS -t $THREADS -D $DURATION, $ROUNDS rounds"
 RESULTS="$WORK/results.txt"

@@ -349,6 +349,11 @@ const SERVER_ENV: &[(&str, &str, EnvKind)] = &[
         "cache.memory_mb",
         EnvKind::Integer,
     ),
+    (
+        "TIERKV_CACHE_MAX_CONCURRENT_FETCHES",
+        "cache.max_concurrent_fetches",
+        EnvKind::Integer,
+    ),
 ];
 
 impl Config {
@@ -920,8 +925,16 @@ mod tests {
         assert_eq!(config.cache.origins.len(), 2);
         assert_eq!(config.cache.origins[0].store_ttl, Duration::from_secs(300));
 
-        let config = Config::load(Some(&path), &env(&[("TIERKV_CACHE_MEMORY_MB", "32")])).unwrap();
+        let config = Config::load(
+            Some(&path),
+            &env(&[
+                ("TIERKV_CACHE_MEMORY_MB", "32"),
+                ("TIERKV_CACHE_MAX_CONCURRENT_FETCHES", "12"),
+            ]),
+        )
+        .unwrap();
         assert_eq!(config.cache.memory_mb, 32);
+        assert_eq!(config.cache.max_concurrent_fetches, 12);
         assert_eq!(config.cache.origins.len(), 2, "the file's origins stay");
         let config = Config::load(None, &env(&[("TIERKV_CACHE_MEMORY_MB", "0")])).unwrap();
         let error = config.validate().unwrap_err().to_string();

@@ -580,6 +580,16 @@ impl prometheus_client::collector::Collector for ServerStats {
                  the key, came first",
                 cache.discarded_fills,
             ),
+            (
+                "cache_fetches_refused",
+                "Origin requests not started because a max_concurrent_fetches limit was reached",
+                cache.fetches_refused,
+            ),
+            (
+                "cache_stores_refused",
+                "Origin answers served but not stored because the origin's store caps were reached",
+                cache.stores_refused,
+            ),
         ] {
             out.counter(name, help, value)?;
         }

@@ -600,6 +600,8 @@ async fn memory_stays_within_its_bound_under_a_flood_of_keys() {
         let mut origin_config = origin.origin_config(PREFIX, "/items/{key}");
         origin_config.memory_ttl = Duration::from_secs(600);
         origin_config.store_ttl = Duration::from_secs(600);
+        // 200 cold keys at once: all may be fetched together.
+        origin_config.max_concurrent_fetches = 200;
         config.cache.origins = vec![origin_config];
     })
     .await;

@@ -120,6 +120,11 @@ pub fn cache_status(method: &'static str, error: CacheError) -> Status {
                 format!("the purge lists {actual} live keys under the prefix")
             },
         ),
+        CacheError::FetchesExhausted { retry_after, .. } => with_reason(
+            Code::ResourceExhausted,
+            "ORIGIN_FETCHES_EXHAUSTED",
+            Some(*retry_after),
+        ),
         CacheError::PurgeIncomplete { .. } => Status::deadline_exceeded(message.clone()),
     };
     match status.code() {

@@ -32,6 +32,10 @@ pub const MEMORY_MB_CEILING: usize = 1024 * 1024;
 /// Longest duration any cache setting accepts (3650 days), so deadlines and
 /// expiry times computed from them stay far from overflow.
 pub const DURATION_CEILING: Duration = Duration::from_secs(3650 * 24 * 60 * 60);
+/// Largest `max_concurrent_fetches` accepted (the global one and each
+/// origin's): far above what one server can usefully keep in flight, and
+/// within what a semaphore holds.
+pub const MAX_CONCURRENT_FETCHES: usize = 65_536;
 
 /// Request headers an origin may not be configured with: they are set by the
 /// client itself (`Host`, framing, conditionals) or would change what comes
@@ -60,6 +64,11 @@ pub const REFUSED_HEADERS: &[&str] = &[
 pub struct CacheConfig {
     /// Bound of the memory tier (L1), in MiB of keys and values.
     pub memory_mb: usize,
+    /// Most origin requests in flight at once, all origins together (each
+    /// origin has its own `max_concurrent_fetches` too). A read that would
+    /// start one more is refused with RESOURCE_EXHAUSTED, so callers cannot
+    /// turn cheap reads into unbounded origin traffic.
+    pub max_concurrent_fetches: usize,
     /// The origins (`[[cache.origins]]`); a key under one of their prefixes
     /// reads through that origin.
     pub origins: Vec<OriginConfig>,
@@ -69,6 +78,7 @@ impl Default for CacheConfig {
     fn default() -> Self {
         Self {
             memory_mb: 64,
+            max_concurrent_fetches: defaults::global_max_concurrent_fetches(),
             origins: Vec::new(),
         }
     }
@@ -127,6 +137,22 @@ pub struct OriginConfig {
     /// of the system's and the bundled webpki roots.
     #[serde(default)]
     pub ca_file: Option<PathBuf>,
+    /// Most requests to this origin in flight at once (background refreshes
+    /// and fills whose callers gave up included: they run on, for the other
+    /// callers, and hold their place until they end). Beyond it a read that
+    /// needs the origin is refused with RESOURCE_EXHAUSTED and a retry delay.
+    #[serde(default = "defaults::max_concurrent_fetches")]
+    pub max_concurrent_fetches: usize,
+    /// Most records the cache keeps stored (L2) from this origin's answers.
+    /// Beyond it an answer is served but not stored (nothing is evicted);
+    /// records written by clients under the prefix are not counted and never
+    /// dropped.
+    #[serde(default = "defaults::max_store_entries")]
+    pub max_store_entries: u64,
+    /// Most bytes (keys, values and cache metadata) of those records; beyond
+    /// it, as for `max_store_entries`, answers are served unstored.
+    #[serde(default = "defaults::max_store_bytes")]
+    pub max_store_bytes: u64,
 }
 
 mod defaults {
@@ -150,6 +176,18 @@ mod defaults {
     pub fn honor_cache_control() -> bool {
         true
     }
+    pub fn max_concurrent_fetches() -> usize {
+        32
+    }
+    pub fn global_max_concurrent_fetches() -> usize {
+        256
+    }
+    pub fn max_store_entries() -> u64 {
+        100_000
+    }
+    pub fn max_store_bytes() -> u64 {
+        1024 * 1024 * 1024
+    }
 }
 
 impl OriginConfig {
@@ -168,6 +206,9 @@ impl OriginConfig {
             honor_cache_control: defaults::honor_cache_control(),
             headers: BTreeMap::new(),
             ca_file: None,
+            max_concurrent_fetches: defaults::max_concurrent_fetches(),
+            max_store_entries: defaults::max_store_entries(),
+            max_store_bytes: defaults::max_store_bytes(),
         }
     }
 
@@ -231,6 +272,23 @@ impl OriginConfig {
                 self.max_body_bytes
             ));
         }
+        if self.max_concurrent_fetches == 0 || self.max_concurrent_fetches > MAX_CONCURRENT_FETCHES
+        {
+            return Err(format!(
+                "{field}.max_concurrent_fetches is {}; it must be between 1 and {MAX_CONCURRENT_FETCHES}",
+                self.max_concurrent_fetches
+            ));
+        }
+        if self.max_store_entries == 0 {
+            return Err(format!(
+                "{field}.max_store_entries is 0; it must be at least 1"
+            ));
+        }
+        if self.max_store_bytes == 0 {
+            return Err(format!(
+                "{field}.max_store_bytes is 0; it must be at least 1"
+            ));
+        }
         for (name, value) in &self.headers {
             let parsed = http::HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
                 format!("{field}.headers: {name:?} is not a valid HTTP header name")
@@ -284,6 +342,13 @@ impl CacheConfig {
             return Err(format!(
                 "cache.memory_mb is {}; it must be between 1 and {MEMORY_MB_CEILING}",
                 self.memory_mb
+            ));
+        }
+        if self.max_concurrent_fetches == 0 || self.max_concurrent_fetches > MAX_CONCURRENT_FETCHES
+        {
+            return Err(format!(
+                "cache.max_concurrent_fetches is {}; it must be between 1 and {MAX_CONCURRENT_FETCHES}",
+                self.max_concurrent_fetches
             ));
         }
         for (index, origin) in self.origins.iter().enumerate() {
@@ -494,7 +559,33 @@ mod tests {
         assert_eq!(origin.max_body_bytes, MAX_VALUE_BYTES);
         assert!(origin.honor_cache_control);
         assert_eq!(origin.headers["Authorization"], "Bearer secret");
+        assert_eq!(origin.max_concurrent_fetches, 32);
+        assert_eq!(origin.max_store_entries, 100_000);
+        assert_eq!(origin.max_store_bytes, 1 << 30);
+        assert_eq!(config.max_concurrent_fetches, 256);
         config.validate(&namespaces()).unwrap();
+        let capped: CacheConfig = toml::from_str(
+            r#"
+            max_concurrent_fetches = 8
+            [[origins]]
+            prefix = "cache:api:"
+            url = "https://api.example.com/{key}"
+            max_concurrent_fetches = 2
+            max_store_entries = 10
+            max_store_bytes = 4096
+            "#,
+        )
+        .unwrap();
+        assert_eq!(capped.max_concurrent_fetches, 8);
+        let origin = &capped.origins[0];
+        assert_eq!(
+            (
+                origin.max_concurrent_fetches,
+                origin.max_store_entries,
+                origin.max_store_bytes
+            ),
+            (2, 10, 4096)
+        );
         assert_eq!(CacheConfig::default().memory_mb, 64);
         CacheConfig::default().validate(&namespaces()).unwrap();
     }
@@ -597,6 +688,14 @@ mod tests {
         });
         assert!(error.contains("cache.memory_mb"), "{error}");
         assert_eq!(CacheConfig::default().memory_bytes(), 64 * 1024 * 1024);
+        let error = error_of(CacheConfig {
+            max_concurrent_fetches: 0,
+            ..CacheConfig::default()
+        });
+        assert!(
+            error.contains("cache.max_concurrent_fetches is 0"),
+            "{error}"
+        );
     }
 
     /// Prefixes: not empty, not too long, in one unowned namespace, unique.
@@ -743,6 +842,18 @@ mod tests {
             (
                 OriginConfig { max_body_bytes: MAX_VALUE_BYTES + 1, ..origin() },
                 "between 1 and 26214400",
+            ),
+            (
+                OriginConfig { max_concurrent_fetches: 0, ..origin() },
+                "cache.origins[0].max_concurrent_fetches is 0; it must be between 1 and 65536",
+            ),
+            (
+                OriginConfig { max_store_entries: 0, ..origin() },
+                "cache.origins[0].max_store_entries is 0",
+            ),
+            (
+                OriginConfig { max_store_bytes: 0, ..origin() },
+                "cache.origins[0].max_store_bytes is 0",
             ),
         ];
         for (origin, expected) in cases {

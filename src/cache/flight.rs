@@ -48,10 +48,26 @@ impl<T: Clone + Send + Sync + 'static> Flights<T> {
         W: FnOnce() -> F,
         F: Future<Output = T> + Send + 'static,
     {
+        match self.try_join(key, || Ok::<F, std::convert::Infallible>(work())) {
+            Ok(flight) => flight,
+            Err(never) => match never {},
+        }
+    }
+
+    /// [`Flights::join`], where starting a new flight may be refused:
+    /// `work()` is called only when no flight of `key` is in progress (a
+    /// joiner never needs what starting one takes), under the table's lock,
+    /// so it must not block; its error is returned and no flight starts.
+    pub fn try_join<F, W, E>(self: &Arc<Self>, key: &str, work: W) -> Result<(Landing<T>, Role), E>
+    where
+        W: FnOnce() -> Result<F, E>,
+        F: Future<Output = T> + Send + 'static,
+    {
         let mut in_flight = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(landing) = in_flight.get(key) {
-            return (landing.clone(), Role::Waiter);
+            return Ok((landing.clone(), Role::Waiter));
         }
+        let work = work()?;
         let (sender, landing) = watch::channel(None);
         in_flight.insert(key.to_string(), landing.clone());
         drop(in_flight);
@@ -59,7 +75,6 @@ impl<T: Clone + Send + Sync + 'static> Flights<T> {
             flights: Arc::clone(self),
             key: key.to_string(),
         };
-        let work = work();
         tokio::spawn(async move {
             let result = work.await;
             // Off the table before the result is out: a caller arriving
@@ -67,7 +82,7 @@ impl<T: Clone + Send + Sync + 'static> Flights<T> {
             drop(guard);
             let _ = sender.send(Some(result));
         });
-        (landing, Role::Leader)
+        Ok((landing, Role::Leader))
     }
 
     /// Whether a flight for `key` is in progress.

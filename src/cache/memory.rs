@@ -7,13 +7,19 @@
 //!
 //! 1. **Every read catches up with the feed before it looks.** The engine
 //!    publishes a commit before it answers the writer, so when a write has
-//!    returned, its event is in this tier's subscription. [`MemoryTier::get`]
-//!    first applies every event already published (under one lock, so a
-//!    reader never overtakes an event another reader is applying), and
-//!    applying a put or delete of a key drops that key's entry unless the
-//!    entry holds the put's version or a newer one. So no read after a write
-//!    returns sees the older value from memory. A background task applies
-//!    events too, so that a quiet tier does not lag behind the feed.
+//!    returned, its event is in this tier's subscriptions. The tier is split
+//!    into [`SHARDS`] shards by key hash, each with a subscription of its own
+//!    and a lock of its own, and applies, from that subscription, the events
+//!    of its keys only. [`MemoryTier::get`] first applies every event of its
+//!    key's shard already published (under the shard's lock, so a reader
+//!    never overtakes an event another reader is applying), and applying a
+//!    put or delete of a key drops that key's entry unless the entry holds
+//!    the put's version or a newer one. So no read after a write returns sees
+//!    the older value from memory. A read waits only for events of its own
+//!    shard being applied: a burst of writes to other keys costs it a
+//!    hash per event, not a lock held while the burst is applied. A
+//!    background task applies events too, so that a quiet tier does not lag
+//!    behind the feed.
 //!
 //! 2. **A fill that raced a newer commit is never seen.** A filler takes a
 //!    [`FillTicket`] *before* it reads the store (or asks the origin): a
@@ -21,8 +27,9 @@
 //!    of deletes the feed has applied to keys hashing there — and of the
 //!    clear epoch. [`MemoryTier::fill`] then compares, and inserts only if no
 //!    delete or clear was applied since the ticket, nor a put whose version
-//!    is above the entry's. It checks and inserts under the lock events are
-//!    applied under, so the two never interleave. Versions of a key only
+//!    is above the entry's. It checks and inserts under the lock of the
+//!    shard the key's events are applied under, so the two never interleave
+//!    (a stripe belongs to one shard). Versions of a key only
 //!    grow, so a commit newer than the value read has a higher version.
 //!    Either its event was applied before the fill — the check sees it and
 //!    nothing is inserted — or after — and applying it drops the entry
@@ -35,10 +42,11 @@
 //!    its stripe. Sharing a stripe with other keys only causes extra lost
 //!    fills, never a stale entry.
 //!
-//! A lagging subscription may have missed anything: the tier clears itself
-//! and bumps the epoch, which fails every ticket taken before. A dropped
-//! namespace (one `NamespaceCleared` event for all its keys) bumps the epoch
-//! too and drops every entry under its prefix.
+//! A lagging subscription may have missed anything of its shard: the tier
+//! clears itself and bumps the epoch, which fails every ticket taken before
+//! (in every shard: more than needed, never less). A dropped namespace (one
+//! `NamespaceCleared` event for all its keys, which every shard receives and
+//! applies) bumps the epoch too and drops every entry under its prefix.
 //!
 //! Entries carry their own deadline, checked against the engine's clock (the
 //! injected one), so tests move time instead of sleeping; moka's own expiry
@@ -56,6 +64,12 @@ use super::entry::MemoryEntry;
 /// the stripe between a filler's ticket and its check costs that fill (a
 /// later read fills again), so more stripes mean fewer lost fills.
 const STRIPES: usize = 16384;
+/// Shards of the feed: each applies the events of the keys whose stripe is
+/// its index modulo `SHARDS`, under its own lock. Every shard reads every
+/// event (and skips most), so more shards cost more hashing per write;
+/// sixteen keep readers of different keys from waiting on each other's
+/// events on any core count this runs on.
+pub const SHARDS: usize = 16;
 
 /// A filler's view of its key's stripe, taken before it reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -81,10 +95,11 @@ pub struct MemoryTier {
     hasher: std::collections::hash_map::RandomState,
     /// Bumped on every clear.
     epoch: AtomicU64,
-    /// The subscription events are applied from. A std mutex: held while
-    /// applying what is already queued, and while a fill checks its ticket
-    /// and inserts (see the module docs); never across an await.
-    feed: Mutex<ChangeSubscription>,
+    /// Each shard's subscription, which its events are applied from. Std
+    /// mutexes: one is held while applying what is already queued for its
+    /// shard, and while a fill of one of its keys checks its ticket and
+    /// inserts (see the module docs); never across an await.
+    shards: Box<[Mutex<ChangeSubscription>]>,
     capacity_bytes: u64,
     on_clear: Box<dyn Fn() + Send + Sync>,
 }
@@ -101,13 +116,13 @@ impl std::fmt::Debug for MemoryTier {
 
 impl MemoryTier {
     /// A tier holding at most `capacity_bytes` (as [`MemoryEntry::weight`]
-    /// counts), applying events from `feed`; `on_clear` is called when a lag
-    /// clears it. Starts the background task that keeps it caught up, which
-    /// ends when the tier is dropped or the feed closes.
+    /// counts), applying events from subscriptions `subscribe` makes (one
+    /// per shard, and one to wake the background task); `on_clear` is called
+    /// when a lag clears it. Starts the background task that keeps it caught
+    /// up, which ends when the tier is dropped or the feed closes.
     pub fn start(
         capacity_bytes: u64,
-        feed: ChangeSubscription,
-        wake: ChangeSubscription,
+        subscribe: impl Fn() -> ChangeSubscription,
         on_clear: impl Fn() + Send + Sync + 'static,
     ) -> Arc<Self> {
         let cache = moka::sync::Cache::builder()
@@ -120,11 +135,11 @@ impl MemoryTier {
             stripes: (0..STRIPES).map(|_| Stripe::default()).collect(),
             hasher: Default::default(),
             epoch: AtomicU64::new(0),
-            feed: Mutex::new(feed),
+            shards: (0..SHARDS).map(|_| Mutex::new(subscribe())).collect(),
             capacity_bytes,
             on_clear: Box::new(on_clear),
         });
-        tokio::spawn(keep_up(Arc::downgrade(&tier), wake));
+        tokio::spawn(keep_up(Arc::downgrade(&tier), subscribe()));
         tier
     }
 
@@ -134,9 +149,10 @@ impl MemoryTier {
         self.capacity_bytes / 4
     }
 
-    /// The entry for `key`, after applying every published change.
+    /// The entry for `key`, after applying every published change of its
+    /// shard.
     pub fn get(&self, key: &str) -> Option<Arc<MemoryEntry>> {
-        self.catch_up();
+        self.catch_up_shard(self.stripe_of(key) % SHARDS);
         self.cache.get(key)
     }
 
@@ -163,11 +179,11 @@ impl MemoryTier {
         if u64::from(entry.weight(key)) > self.max_entry_bytes() {
             return false;
         }
-        // Checked and inserted under the lock events are applied under: an
-        // entry inserted first and removed after a failed check would be
-        // visible in between, and a reader that caught up with the newer
-        // event just before could return it.
-        let _applying = self.lock_feed();
+        // Checked and inserted under the lock the key's events are applied
+        // under: an entry inserted first and removed after a failed check
+        // would be visible in between, and a reader that caught up with the
+        // newer event just before could return it.
+        let _applying = self.lock_shard(ticket.stripe % SHARDS);
         let stripe = &self.stripes[ticket.stripe];
         let max_put_version = stripe.max_put_version.load(Ordering::SeqCst);
         let raced = self.epoch.load(Ordering::SeqCst) != ticket.epoch
@@ -179,8 +195,10 @@ impl MemoryTier {
         !raced
     }
 
-    fn lock_feed(&self) -> std::sync::MutexGuard<'_, ChangeSubscription> {
-        self.feed.lock().unwrap_or_else(|error| error.into_inner())
+    fn lock_shard(&self, shard: usize) -> std::sync::MutexGuard<'_, ChangeSubscription> {
+        self.shards[shard]
+            .lock()
+            .unwrap_or_else(|error| error.into_inner())
     }
 
     /// Drops `key`'s entry.
@@ -203,16 +221,37 @@ impl MemoryTier {
         (self.cache.weighted_size(), self.cache.entry_count())
     }
 
+    /// Holds the lock `key`'s events are applied under, as applying a
+    /// burst of them would.
+    #[cfg(test)]
+    fn hold_events_of(&self, key: &str) -> std::sync::MutexGuard<'_, ChangeSubscription> {
+        self.lock_shard(self.stripe_of(key) % SHARDS)
+    }
+
+    /// Whether the events of `a` and `b` are applied under one lock.
+    #[cfg(test)]
+    fn same_lock(&self, a: &str, b: &str) -> bool {
+        self.stripe_of(a) % SHARDS == self.stripe_of(b) % SHARDS
+    }
+
     fn stripe_of(&self, key: &str) -> usize {
         (self.hasher.hash_one(key) as usize) % STRIPES
     }
 
-    /// Applies every event already published (every read does this first).
+    /// Applies every event already published, in every shard.
     pub fn catch_up(&self) {
-        let mut feed = self.lock_feed();
+        for shard in 0..SHARDS {
+            self.catch_up_shard(shard);
+        }
+    }
+
+    /// Applies every event of `shard`'s keys already published (every read
+    /// does this for its key's shard first).
+    fn catch_up_shard(&self, shard: usize) {
+        let mut feed = self.lock_shard(shard);
         loop {
             match feed.try_recv() {
-                Ok(Some(event)) => self.apply(&event),
+                Ok(Some(event)) => self.apply(shard, &event),
                 Ok(None) => return,
                 Err(RecvError::Lagged { missed }) => {
                     tracing::warn!(missed, "cache change feed lagged; clearing the memory tier");
@@ -224,9 +263,21 @@ impl MemoryTier {
         }
     }
 
-    fn apply(&self, event: &ChangeEvent) {
+    /// Applies `event` if it concerns `shard` (every shard sees every event).
+    fn apply(&self, shard: usize, event: &ChangeEvent) {
         let key: &str = &event.key;
-        let stripe = &self.stripes[self.stripe_of(key)];
+        let index = match event.change {
+            // Not a key: the prefix of a whole namespace, every shard's.
+            Change::NamespaceCleared => 0,
+            Change::Put { .. } | Change::Delete => {
+                let index = self.stripe_of(key);
+                if index % SHARDS != shard {
+                    return;
+                }
+                index
+            }
+        };
+        let stripe = &self.stripes[index];
         match event.change {
             Change::Put { version, .. } => {
                 stripe.max_put_version.fetch_max(version, Ordering::SeqCst);
@@ -292,7 +343,7 @@ mod tests {
             ManualClock::starting_now(),
         )
         .unwrap();
-        let tier = MemoryTier::start(1 << 20, engine.subscribe(), engine.subscribe(), || {});
+        let tier = MemoryTier::start(1 << 20, || engine.subscribe(), || {});
         (engine, tier)
     }
 
@@ -387,6 +438,43 @@ mod tests {
         let mut negative = entry(0);
         negative.negative = Some(404);
         assert!(!tier.fill(key, negative, ticket));
+    }
+
+    /// A read waits only for the events of its own key's shard: while the
+    /// events of another key are being applied (the lock they are applied
+    /// under is held), a memory read of this key still answers. With one
+    /// lock for the whole feed, a burst of writes to any keys stalled every
+    /// read.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_read_does_not_wait_for_other_keys_events() {
+        let dir = tempfile::tempdir().unwrap();
+        let (engine, tier) = engine_and_tier(&dir);
+        let key = "cache:read";
+        let version = put(&engine, key, "1").await;
+        assert!(tier.fill(key, entry(version), tier.ticket(key)));
+        let other = (0..)
+            .map(|i| format!("cache:written:{i}"))
+            .find(|other| !tier.same_lock(key, other))
+            .unwrap();
+
+        let applying = tier.hold_events_of(&other);
+        let (answered, answer) = std::sync::mpsc::channel();
+        let reader = {
+            let tier = Arc::clone(&tier);
+            std::thread::spawn(move || {
+                let _ = answered.send(tier.get(key).map(|entry| entry.version));
+            })
+        };
+        // A deadlock guard, not a time limit: without sharding the read
+        // never answers while the lock is held.
+        let read = answer.recv_timeout(std::time::Duration::from_secs(5));
+        drop(applying);
+        reader.join().unwrap();
+        assert_eq!(
+            read,
+            Ok(Some(version)),
+            "the read of {key} waited for the lock {other}'s events are applied under"
+        );
     }
 
     /// A fill refused by its check is never visible, not even for a moment:

@@ -9,6 +9,8 @@
 //!   stale serving, negative caching, Put, Invalidate, Purge.
 //! - [`memory`] — L1 and its coherence with the change feed.
 //! - [`flight`] — request coalescing (one origin request per cold key).
+//! - [`budget`] — bounds on origin requests in flight and on what is stored
+//!   from each origin.
 //! - [`fence`] — orders origin fills against Invalidate and Purge.
 //! - [`entry`] — what is kept with a cached value, in the store and in memory.
 //! - [`stats`] — the counters.
@@ -16,6 +18,7 @@
 pub mod config;
 pub mod origin;
 
+pub mod budget;
 pub mod entry;
 pub mod fence;
 pub mod flight;

@@ -41,6 +41,7 @@ use crate::kv::{
     Value, ValueType,
 };
 
+use super::budget::{self, FetchLimit, FetchLimits, StoreLedgers};
 use super::config::{CacheConfig, OriginConfig};
 use super::entry::{kind_for_body, MemoryEntry, StoredMeta, METADATA_FIELD};
 use super::fence::{Fences, FillFence};
@@ -204,6 +205,15 @@ pub enum CacheError {
         /// Whether the prefix holds more keys than one purge lists.
         more: bool,
     },
+    /// Starting one more origin request would exceed a
+    /// `max_concurrent_fetches` limit; nothing was sent.
+    #[error("{limit}; retry after {} ms", .retry_after.as_millis())]
+    FetchesExhausted {
+        /// The limit that was reached.
+        limit: FetchLimit,
+        /// When trying again is likely to find room.
+        retry_after: Duration,
+    },
     /// A purge ran out of time; what it deleted stays deleted.
     #[error(
         "the purge deleted {purged} keys before the request's deadline; call it again to finish"
@@ -215,7 +225,8 @@ pub enum CacheError {
 }
 
 impl CacheError {
-    /// Whether a stale copy may be served instead (RFC 5861 stale-if-error).
+    /// Whether a stale copy may be served instead (RFC 5861 stale-if-error;
+    /// an origin we may not ask now is as good as one that failed).
     fn allows_stale(&self) -> bool {
         matches!(
             self,
@@ -223,6 +234,7 @@ impl CacheError {
                 | CacheError::OriginTimeout { .. }
                 | CacheError::DeadlineExceeded { .. }
                 | CacheError::OriginBodyTooLarge { .. }
+                | CacheError::FetchesExhausted { .. }
         )
     }
 }
@@ -321,6 +333,10 @@ struct Inner {
     flights: Arc<Flights<FetchResult>>,
     /// Fills in flight, so that Invalidate and Purge can bar them.
     fences: Fences,
+    /// Origin requests in flight, per origin and in all.
+    fetch_limits: FetchLimits,
+    /// What the cache stored from each origin, against its store caps.
+    ledgers: Arc<StoreLedgers>,
     stats: Arc<CacheStats>,
 }
 
@@ -399,15 +415,18 @@ impl CacheService {
         let clear_stats = Arc::clone(&stats);
         let memory = MemoryTier::start(
             config.memory_bytes(),
-            engine.subscribe(),
-            engine.subscribe(),
+            || engine.subscribe(),
             move || CacheStats::count(&clear_stats.memory_clears),
         );
         stats.attach_memory(Arc::clone(&memory));
+        let ledgers = Arc::new(StoreLedgers::new(&config));
+        budget::follow_deletes(&ledgers, engine.subscribe());
         Ok(Self {
             inner: Arc::new(Inner {
                 kv: KvService::new(Arc::clone(&engine), clock),
                 engine,
+                fetch_limits: FetchLimits::new(&config),
+                ledgers,
                 config,
                 origin,
                 memory,
@@ -472,7 +491,7 @@ impl CacheService {
             return answer(key, &entry, Tier::Store, value_type, now).map(Some);
         };
         let Some(record) = record else {
-            let (landing, role) = self.fetch(key, origin, None);
+            let (landing, role) = self.fetch(key, origin, None)?;
             return self
                 .await_fetch(key, value_type, landing, role, deadline, None)
                 .await
@@ -498,33 +517,77 @@ impl CacheService {
         };
         let stale_entry = MemoryEntry::from_record(&record, Some(&stale_meta), now);
         if stale_meta.may_revalidate_behind_at(now) {
-            let (_, role) = self.fetch(key, origin, Some((record, stale_meta)));
-            if role == Role::Leader {
+            // No room for a refresh now: the stale copy is served all the
+            // same, and a later read refreshes it.
+            if let Ok((_, Role::Leader)) = self.fetch(key, origin, Some((record, stale_meta))) {
                 CacheStats::count(&inner.stats.background_refreshes);
             }
             CacheStats::count(&inner.stats.stale_serves);
             return answer(key, &stale_entry, Tier::Stale, value_type, now).map(Some);
         }
         let fallback = stale_meta.may_serve_on_error_at(now).then_some(stale_entry);
-        let (landing, role) = self.fetch(key, origin, Some((record, stale_meta)));
+        let (landing, role) = match self.fetch(key, origin, Some((record, stale_meta))) {
+            Ok(flight) => flight,
+            Err(error) => {
+                return match fallback {
+                    Some(stale) if error.allows_stale() => {
+                        CacheStats::count(&inner.stats.stale_serves);
+                        answer(key, &stale, Tier::Stale, value_type, now).map(Some)
+                    }
+                    _ => Err(error),
+                };
+            }
+        };
         self.await_fetch(key, value_type, landing, role, deadline, fallback.as_ref())
             .await
             .map(Some)
     }
 
     /// Joins the fetch of `key` in flight, or starts one (only then copying
-    /// what the fetch needs: a waiter allocates nothing for it).
+    /// what the fetch needs: a waiter allocates nothing for it). Starting
+    /// one takes a permit of the origin's and the global
+    /// `max_concurrent_fetches`, held by the fetch until it ends, whether or
+    /// not anyone still waits for it; without one, nothing is sent.
     fn fetch(
         &self,
         key: &str,
         origin: &OriginConfig,
         stale: Option<(Record, StoredMeta)>,
-    ) -> (Landing<FetchResult>, Role) {
-        self.inner.flights.join(key, || {
-            let inner = Arc::clone(&self.inner);
-            let (key, origin) = (key.to_string(), origin.clone());
-            async move { inner.fetch_from_origin(key, origin, stale).await }
-        })
+    ) -> Result<(Landing<FetchResult>, Role), CacheError> {
+        self.inner
+            .flights
+            .try_join(key, || {
+                let permit = self.inner.fetch_limits.try_acquire(origin)?;
+                let inner = Arc::clone(&self.inner);
+                let (key, origin) = (key.to_string(), origin.clone());
+                Ok(async move {
+                    let _permit = permit;
+                    inner.fetch_from_origin(key, origin, stale).await
+                })
+            })
+            .map_err(|limit| {
+                CacheStats::count(&self.inner.stats.fetches_refused);
+                CacheError::FetchesExhausted {
+                    limit,
+                    retry_after: budget::FETCH_RETRY_DELAY.min(origin.timeout),
+                }
+            })
+    }
+
+    /// Origin requests in flight now: to the origin with `prefix`, and to
+    /// all origins together.
+    pub fn fetches_in_flight(&self, prefix: &str) -> (usize, usize) {
+        self.inner.fetch_limits.in_flight(prefix)
+    }
+
+    /// Records and bytes the cache has stored from the origin with `prefix`
+    /// and counts against its `max_store_entries` / `max_store_bytes`.
+    pub fn stored_from_origin(&self, prefix: &str) -> Option<(u64, u64)> {
+        let now = self.inner.engine.now_millis();
+        self.inner
+            .ledgers
+            .get(prefix)
+            .map(|ledger| ledger.usage(now))
     }
 
     async fn await_fetch(
@@ -994,6 +1057,10 @@ impl Inner {
                     schema_version: 1,
                     precondition,
                 };
+                // Beyond the origin's store caps: served, not stored.
+                if !self.admit_store(&origin, &put).await {
+                    return Ok(Fetched::origin(entry));
+                }
                 Ok(self
                     .store_fetched(&fence, ticket, put, entry, lifetimes.memory_ttl_ms, now)
                     .await)
@@ -1039,9 +1106,16 @@ impl Inner {
                     schema_version: record.schema_version,
                     precondition: Precondition::IfVersion(record.version),
                 };
-                Ok(self
+                let fetched = self
                     .store_fetched(&fence, ticket, put, entry, lifetimes.memory_ttl_ms, now)
-                    .await)
+                    .await;
+                // The revalidated copy stays counted, now until its new expiry.
+                if fetched.tier == Tier::Origin && fetched.entry.version > 0 {
+                    if let Some(ledger) = self.ledgers.get(&origin.prefix) {
+                        ledger.renew(&key, expire_at);
+                    }
+                }
+                Ok(fetched)
             }
             OriginResponse::Missing { status, freshness } => {
                 let mut negative_ttl = origin.negative_ttl;
@@ -1089,6 +1163,27 @@ impl Inner {
                 Err(FetchError::NotFound(status))
             }
         }
+    }
+
+    /// Reserves room in the origin's store budget for `put`; false (counted)
+    /// when it does not fit.
+    async fn admit_store(&self, origin: &OriginConfig, put: &PutOp) -> bool {
+        let Some(ledger) = self.ledgers.get(&origin.prefix) else {
+            return true;
+        };
+        let bytes = budget::record_bytes(
+            &put.key,
+            put.value.len(),
+            put.metadata.as_ref().map_or(0, Vec::len),
+        );
+        let expire_at = put.expire_at_millis.unwrap_or(u64::MAX);
+        let admitted = ledger
+            .admit(self.engine.as_ref(), &put.key, bytes, expire_at)
+            .await;
+        if !admitted {
+            CacheStats::count(&self.stats.stores_refused);
+        }
+        admitted
     }
 
     /// Stores a fetched answer with `put` (whose precondition says what it

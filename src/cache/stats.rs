@@ -22,6 +22,8 @@ pub struct CacheStats {
     pub(crate) background_refreshes: AtomicU64,
     pub(crate) memory_clears: AtomicU64,
     pub(crate) discarded_fills: AtomicU64,
+    pub(crate) fetches_refused: AtomicU64,
+    pub(crate) stores_refused: AtomicU64,
     /// The memory tier, once the service is built, for its size.
     memory: OnceLock<Arc<MemoryTier>>,
 }
@@ -54,6 +56,12 @@ pub struct CacheCounts {
     /// Origin answers not stored because a newer write, or an Invalidate or
     /// Purge of the key, came first.
     pub discarded_fills: u64,
+    /// Origin requests not started because a `max_concurrent_fetches` limit
+    /// was reached (the read was refused, or served stale).
+    pub fetches_refused: u64,
+    /// Origin answers served but not stored because the origin's
+    /// `max_store_entries` or `max_store_bytes` was reached.
+    pub stores_refused: u64,
     /// Bytes the memory tier holds, as its weigher counts them.
     pub memory_bytes: u64,
     /// Entries the memory tier holds.
@@ -96,6 +104,8 @@ impl CacheStats {
             background_refreshes: load(&self.background_refreshes),
             memory_clears: load(&self.memory_clears),
             discarded_fills: load(&self.discarded_fills),
+            fetches_refused: load(&self.fetches_refused),
+            stores_refused: load(&self.stores_refused),
             memory_bytes,
             memory_entries,
         }

@@ -357,20 +357,31 @@ impl Origin {
         {
             return Err(OriginError::BodyTooLarge { limit });
         }
-        let mut body = BytesMut::with_capacity(
-            response
-                .content_length()
-                .map_or(0, |length| length as usize)
-                .min(limit),
-        );
+        // Kept as the chunks that arrived, joined at the end: memory grows
+        // with what the origin has sent, never with what it announced (a
+        // Content-Length up to the limit costs nothing until the bytes come).
+        let mut chunks: Vec<Bytes> = Vec::new();
+        let mut received = 0usize;
         while let Some(chunk) = response.chunk().await.map_err(request_error)? {
-            if body.len() + chunk.len() > limit {
+            if received + chunk.len() > limit {
                 return Err(OriginError::BodyTooLarge { limit });
             }
-            body.extend_from_slice(&chunk);
+            received += chunk.len();
+            chunks.push(chunk);
         }
+        let body = match chunks.len() {
+            0 => Bytes::new(),
+            1 => chunks.pop().unwrap_or_default(),
+            _ => {
+                let mut joined = BytesMut::with_capacity(received);
+                for chunk in &chunks {
+                    joined.extend_from_slice(chunk);
+                }
+                joined.freeze()
+            }
+        };
         Ok(OriginResponse::Fresh {
-            body: body.freeze(),
+            body,
             content_type,
             validators,
             freshness,
