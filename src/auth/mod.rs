@@ -391,6 +391,9 @@ pub enum WeakToken {
     },
 }
 
+/// A test of whether a byte belongs to a class of characters.
+type CharacterClass = fn(&u8) -> bool;
+
 /// Whether `token` looks like one with at least [`MIN_TOKEN_BITS`] random
 /// bits. A heuristic that errs towards refusing: short tokens, characters
 /// outside the bearer-token alphabet, repeated characters or patterns are
@@ -413,7 +416,7 @@ pub fn check_token_strength(token: &str) -> Result<(), WeakToken> {
     {
         16
     } else {
-        let classes: [(fn(&u8) -> bool, u32); 4] = [
+        let classes: [(CharacterClass, u32); 4] = [
             (u8::is_ascii_lowercase, 26),
             (u8::is_ascii_uppercase, 26),
             (u8::is_ascii_digit, 10),
