@@ -217,10 +217,19 @@ async fn a_cold_fill_racing_an_invalidate_stores_nothing() {
     server.stop().await;
 }
 
-/// A stale-while-revalidate refresh in flight while the key is Put: the
-/// refresh stores nothing, and both tiers answer the Put.
-#[tokio::test]
-async fn a_background_refresh_never_replaces_a_racing_put() {
+/// A key cached with stale-while-revalidate, read once it is stale: the
+/// read answered the stale copy (STALE) and started a background refresh,
+/// whose origin answer ("refreshed") waits behind `gate`.
+struct RefreshInFlight {
+    origin: TestOrigin,
+    server: TestServer,
+    cache: CacheServiceClient<Channel>,
+    kv: KvServiceClient<Channel>,
+    key: &'static str,
+    gate: common::origin::Gate,
+}
+
+async fn refresh_in_flight() -> RefreshInFlight {
     let origin = TestOrigin::start().await;
     origin.respond("/items/feed", Reply::ok("old"));
     let server = start(&origin, |config| {
@@ -229,7 +238,7 @@ async fn a_background_refresh_never_replaces_a_racing_put() {
     })
     .await;
     let mut cache = cache_client(&server).await;
-    let mut kv = server.client.clone();
+    let kv = server.client.clone();
     let key = "cache:api:feed";
     assert_eq!(text_of(&get(&mut cache, key).await), "old");
 
@@ -242,6 +251,28 @@ async fn a_background_refresh_never_replaces_a_racing_put() {
         (pb::CacheTier::Stale, "old".into())
     );
     origin.wait_for_requests("/items/feed", 2).await;
+    RefreshInFlight {
+        origin,
+        server,
+        cache,
+        kv,
+        key,
+        gate,
+    }
+}
+
+/// A stale-while-revalidate refresh in flight while the key is Put: the
+/// refresh stores nothing, and both tiers answer the Put.
+#[tokio::test]
+async fn a_background_refresh_never_replaces_a_racing_put() {
+    let RefreshInFlight {
+        origin: _origin,
+        server,
+        mut cache,
+        mut kv,
+        key,
+        gate,
+    } = refresh_in_flight().await;
     let put_version = kv_put(&mut kv, key, "from kv").await;
     gate.open();
     refresh_settled(&server, key, Some(put_version)).await;
@@ -269,23 +300,14 @@ async fn a_background_refresh_never_replaces_a_racing_put() {
 /// re-installs nothing; the next Get asks the origin.
 #[tokio::test]
 async fn a_background_refresh_racing_an_invalidate_stores_nothing() {
-    let origin = TestOrigin::start().await;
-    origin.respond("/items/feed", Reply::ok("old"));
-    let server = start(&origin, |config| {
-        config.store_ttl = Duration::from_secs(60);
-        config.stale_while_revalidate = Duration::from_secs(30);
-    })
-    .await;
-    let mut cache = cache_client(&server).await;
-    let mut kv = server.client.clone();
-    let key = "cache:api:feed";
-    assert_eq!(text_of(&get(&mut cache, key).await), "old");
-
-    origin.respond("/items/feed", Reply::ok("refreshed"));
-    let gate = origin.gate("/items/feed");
-    server.clock.advance(Duration::from_secs(61));
-    assert_eq!(tier(&get(&mut cache, key).await), pb::CacheTier::Stale);
-    origin.wait_for_requests("/items/feed", 2).await;
+    let RefreshInFlight {
+        origin,
+        server,
+        mut cache,
+        mut kv,
+        key,
+        gate,
+    } = refresh_in_flight().await;
     assert!(invalidate(&mut cache, key).await);
     gate.open();
     refresh_settled(&server, key, None).await;
