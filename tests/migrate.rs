@@ -21,6 +21,8 @@ use tierkv::proto::v1 as pb;
 use tonic::transport::Channel;
 use tonic::Code;
 
+use pb::cache_service_client::CacheServiceClient;
+
 const COPY_NAME: &str = r#"[{"op": "copy", "from": "/name", "path": "/userName"}]"#;
 const ADD_V3: &str = r#"[{"op": "add", "path": "/v3", "value": true}]"#;
 
@@ -940,5 +942,132 @@ async fn a_batch_of_failures_is_listed_within_a_bound() {
         "{listed} listed, {not_listed} not"
     );
     assert_eq!(listed + not_listed, RECORDS as u64);
+    server.stop().await;
+}
+
+async fn cache_client(server: &common::TestServer) -> CacheServiceClient<Channel> {
+    CacheServiceClient::connect(server.server.endpoint())
+        .await
+        .expect("connect")
+}
+
+async fn cache_read(cache: &mut CacheServiceClient<Channel>, key: &str) -> pb::CacheGetResponse {
+    cache
+        .get(pb::CacheGetRequest {
+            key: key.to_string(),
+            r#type: pb::ValueType::Json as i32,
+        })
+        .await
+        .expect("cache get")
+        .into_inner()
+}
+
+fn cached_json(response: &pb::CacheGetResponse) -> serde_json::Value {
+    match &response.value {
+        Some(pb::cache_get_response::Value::Json(json)) => json_from_proto(json.clone()).unwrap(),
+        other => panic!("expected a JSON value, got {other:?}"),
+    }
+}
+
+/// A record stored at an old schema version reads back migrated through the
+/// cache too (CacheService.Get goes the same path to records as KV reads),
+/// and the lazy write-back stores the migrated record, so KV then reads it
+/// at the target version with the same answer.
+#[tokio::test]
+async fn cache_reads_migrate_lazily() {
+    let mut server = start_with(seed).await;
+    server
+        .client
+        .put(put_json("user:7", serde_json::json!({"name": "Ann"}), 1))
+        .await
+        .unwrap();
+    let mut changes = server.server.engine.subscribe();
+    let mut cache = cache_client(&server).await;
+    let cached = cache_read(&mut cache, "user:7").await;
+    assert!(cached.found);
+    assert_eq!(
+        cached_json(&cached),
+        serde_json::json!({"name": "Ann", "userName": "Ann"}),
+        "a cache read migrates like a KV read"
+    );
+    // The write-back commits the migrated record.
+    let event = next_event(&mut changes).await;
+    assert_eq!(&*event.key, "user:7");
+    let stored = read(&mut server.client, "user:7").await;
+    assert_eq!(stored.schema_version, 2);
+    assert_eq!(json_of(&stored), cached_json(&cached));
+    // And the cache's next answer is the stored, migrated record.
+    let again = cache_read(&mut cache, "user:7").await;
+    assert_eq!(cached_json(&again), cached_json(&cached));
+    assert_eq!(again.version, stored.version);
+    server.stop().await;
+}
+
+/// Race what you cache: a client write that commits between a cache read's
+/// lazy migration and its write-back wins. The write-back's compare-and-set
+/// fails and is dropped, the client's value stays in the store, and the
+/// cache's next answer is the client's value, not the migrated old one.
+#[tokio::test]
+async fn client_write_wins_over_a_cache_read_write_back() {
+    let mut server = start_with(seed).await;
+    server
+        .client
+        .put(put_json("user:9", serde_json::json!({"name": "old"}), 1))
+        .await
+        .unwrap();
+    let mut cache = cache_client(&server).await;
+    let engine = server.server.engine.clone();
+    let mut changes = engine.subscribe();
+    let pause = engine.pause_writer();
+    // The client's put is queued first...
+    let mut writer = server.client.clone();
+    let write = tokio::spawn(async move {
+        writer
+            .put(put_json(
+                "user:9",
+                serde_json::json!({"userName": "new"}),
+                2,
+            ))
+            .await
+            .unwrap()
+            .into_inner()
+    });
+    while engine.queued_write_bytes() == 0 {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let queued = engine.queued_write_bytes();
+    // ...then a cache read migrates the old record and queues its write-back.
+    let read_old = cache_read(&mut cache, "user:9").await;
+    assert_eq!(
+        cached_json(&read_old),
+        serde_json::json!({"name": "old", "userName": "old"}),
+        "the cache reader still gets a correct (migrated) answer"
+    );
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while engine.queued_write_bytes() == queued {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    })
+    .await
+    .expect("the cache read queues a write-back");
+    drop(pause);
+    let written = write.await.unwrap();
+    let event = next_event(&mut changes).await;
+    assert_eq!(
+        event.change,
+        Change::Put {
+            version: written.version,
+            expire_at_millis: None
+        }
+    );
+    // A marker write: if the write-back had landed, its event would come first.
+    server.client.put(put_text("marker", "m")).await.unwrap();
+    assert_eq!(&*next_event(&mut changes).await.key, "marker");
+    let now = read(&mut server.client, "user:9").await;
+    assert_eq!(json_of(&now), serde_json::json!({"userName": "new"}));
+    assert_eq!(now.version, written.version);
+    let cached = cache_read(&mut cache, "user:9").await;
+    assert_eq!(cached_json(&cached), serde_json::json!({"userName": "new"}));
+    assert_eq!(cached.version, written.version);
     server.stop().await;
 }
