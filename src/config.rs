@@ -13,8 +13,9 @@ use thiserror::Error;
 use crate::auth::AuthConfig;
 use crate::cache::config::CacheConfig;
 use crate::engine::Namespaces;
-use crate::kv::limits::{MAX_KEY_BYTES, MAX_MESSAGE_BYTES};
 use crate::migrate::{MigrationStep, Migrations};
+use crate::records::limits::MAX_KEY_BYTES;
+use crate::server::message_limits::MAX_MESSAGE_BYTES;
 use crate::server::tls::TlsSettings;
 use crate::session::SessionConfig;
 
@@ -428,7 +429,7 @@ impl Config {
         }
         // A queue smaller than the largest batch would make that batch wait
         // for an empty queue every time.
-        let min_queue_mb = crate::kv::limits::MAX_BATCH_WRITE_BYTES.div_ceil(1024 * 1024);
+        let min_queue_mb = crate::records::limits::MAX_BATCH_WRITE_BYTES.div_ceil(1024 * 1024);
         if self.write_queue_mb < min_queue_mb {
             return Err(ConfigError::Invalid(format!(
                 "write_queue_mb is {}; it must be at least {min_queue_mb} (the largest batch write)",

@@ -44,6 +44,7 @@ pub mod engine;
 pub mod kv;
 pub mod metrics;
 pub mod migrate;
+pub mod records;
 pub mod server;
 pub mod session;
 pub mod telemetry;

@@ -6,6 +6,7 @@ pub mod connections;
 pub mod http2;
 pub mod in_flight;
 pub mod load_shed;
+pub mod message_limits;
 pub mod metrics_http;
 pub mod reload;
 pub mod response_budget;

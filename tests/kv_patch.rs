@@ -378,3 +378,21 @@ async fn old_records_are_migrated_before_patching() {
         json!({"name": "John", "userName": "John", "plan": "pro"})
     );
 }
+
+/// The patch's size estimate (computed in the domain without a protobuf
+/// library) is the exact size prost encodes, multi-byte lengths included.
+#[test]
+fn proto_length_estimate_is_exact() {
+    use prost::Message as _;
+    let value = json!({
+        "a": [1, 2.5, null, true, "text", {"nested": vec!["x"; 200]}],
+        "long": "y".repeat(300),
+        "longer": "z".repeat(20_000),
+        "": {}
+    });
+    let proto = json_to_proto(value.clone());
+    assert_eq!(
+        tierkv::kv::patch::json_proto_len(&value),
+        proto.encoded_len()
+    );
+}

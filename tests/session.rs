@@ -1103,7 +1103,7 @@ async fn command_line() {
 async fn large_sessions(server: &TestServer) -> Sessions {
     sessions(server)
         .await
-        .max_decoding_message_size(tierkv::kv::limits::MAX_MESSAGE_BYTES)
+        .max_decoding_message_size(tierkv::server::message_limits::MAX_MESSAGE_BYTES)
 }
 
 /// Lists every session of `user_id`, page by page, checking each reply

@@ -16,8 +16,9 @@ use common::process::*;
 use common::*;
 use http_body_util::StreamBody;
 use hyper::body::Frame;
-use tierkv::kv::limits::{MAX_GET_REQUEST_BYTES, MAX_VALUE_BYTES};
 use tierkv::proto::v1 as pb;
+use tierkv::records::limits::MAX_VALUE_BYTES;
+use tierkv::server::message_limits::MAX_GET_REQUEST_BYTES;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
@@ -183,9 +184,18 @@ async fn small_methods_have_small_request_limits() {
     let error = server.client.get(get(&"k".repeat(600))).await.unwrap_err();
     assert_eq!(error.code(), Code::InvalidArgument, "{error:?}");
     for (path, limit) in [
-        ("Delete", tierkv::kv::limits::MAX_DELETE_REQUEST_BYTES),
-        ("List", tierkv::kv::limits::MAX_LIST_REQUEST_BYTES),
-        ("BatchGet", tierkv::kv::limits::MAX_BATCH_GET_REQUEST_BYTES),
+        (
+            "Delete",
+            tierkv::server::message_limits::MAX_DELETE_REQUEST_BYTES,
+        ),
+        (
+            "List",
+            tierkv::server::message_limits::MAX_LIST_REQUEST_BYTES,
+        ),
+        (
+            "BatchGet",
+            tierkv::server::message_limits::MAX_BATCH_GET_REQUEST_BYTES,
+        ),
     ] {
         let mut call = RawCall::start(&mut sender, &format!("/tierkv.v1.KvService/{path}"), None);
         assert!(call.send(frame_header(limit as u32 + 1)).await);

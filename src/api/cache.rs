@@ -35,7 +35,7 @@ impl CacheApi {
 
     /// The tonic service to mount.
     pub fn into_server(self) -> pb::cache_service_server::CacheServiceServer<Self> {
-        use crate::kv::limits::MAX_MESSAGE_BYTES;
+        use crate::server::message_limits::MAX_MESSAGE_BYTES;
         pb::cache_service_server::CacheServiceServer::new(self)
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES)

@@ -37,7 +37,7 @@ impl KvApi {
 
     /// The tonic service to mount.
     pub fn into_server(self) -> pb::kv_service_server::KvServiceServer<Self> {
-        use crate::kv::limits::MAX_MESSAGE_BYTES;
+        use crate::server::message_limits::MAX_MESSAGE_BYTES;
         pb::kv_service_server::KvServiceServer::new(self)
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES)

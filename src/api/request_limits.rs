@@ -32,14 +32,14 @@ use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 use tower::{Layer, Service};
 
-use crate::kv::limits::{
+use crate::proto::v1::cache_service_server::SERVICE_NAME as CACHE_SERVICE;
+use crate::proto::v1::kv_service_server::SERVICE_NAME as KV_SERVICE;
+use crate::proto::v1::session_service_server::SERVICE_NAME as SESSION_SERVICE;
+use crate::server::message_limits::{
     MAX_BATCH_GET_REQUEST_BYTES, MAX_BATCH_WRITE_REQUEST_BYTES, MAX_DELETE_REQUEST_BYTES,
     MAX_GET_REQUEST_BYTES, MAX_LIST_REQUEST_BYTES, MAX_OTHER_REQUEST_BYTES, MAX_PUT_REQUEST_BYTES,
     MAX_SESSION_WRITE_REQUEST_BYTES,
 };
-use crate::proto::v1::cache_service_server::SERVICE_NAME as CACHE_SERVICE;
-use crate::proto::v1::kv_service_server::SERVICE_NAME as KV_SERVICE;
-use crate::proto::v1::session_service_server::SERVICE_NAME as SESSION_SERVICE;
 
 /// Length of the gRPC message frame header: a compression flag and a
 /// big-endian `u32` length.

@@ -33,7 +33,7 @@ impl SessionApi {
     /// (the request limits layer bounds each method), replies up to the
     /// largest message, which listings stay within.
     pub fn into_server(self) -> pb::session_service_server::SessionServiceServer<Self> {
-        use crate::kv::limits::{MAX_MESSAGE_BYTES, MAX_SESSION_WRITE_REQUEST_BYTES};
+        use crate::server::message_limits::{MAX_MESSAGE_BYTES, MAX_SESSION_WRITE_REQUEST_BYTES};
         pb::session_service_server::SessionServiceServer::new(self)
             .max_decoding_message_size(MAX_SESSION_WRITE_REQUEST_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES)

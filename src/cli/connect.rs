@@ -16,7 +16,7 @@ use super::DEFAULT_ENDPOINT;
 /// the server sends or accepts, so that every reply is readable (tonic's
 /// default decode limit of 4 MiB is below a page of sessions or a `kv get` of
 /// a large value). Every client a command builds sets it both ways.
-pub const MAX_MESSAGE_SIZE: usize = crate::kv::limits::MAX_MESSAGE_BYTES;
+pub const MAX_MESSAGE_SIZE: usize = crate::server::message_limits::MAX_MESSAGE_BYTES;
 
 /// The connection options every client command shares.
 #[derive(Debug, Clone, Args)]

@@ -9,12 +9,10 @@
 
 use serde_json::Value as Json;
 
-use super::limits::{MAX_JSON_DEPTH, MAX_JSON_PROTO_BYTES, MAX_VALUE_BYTES};
-use super::{
-    invalid, json_depth, resolve_expiration, serialize_json, single_op, too_deep, validate_key,
-    Expiration, FieldViolation, KvError, KvService,
-};
-use crate::engine::{EngineError, Precondition, PutOp, ValueKind, WriteOp, WriteOutcome};
+use super::limits::{json_depth, MAX_JSON_DEPTH, MAX_JSON_PROTO_BYTES, MAX_VALUE_BYTES};
+use super::validate::{resolve_expiration, serialize_json, too_deep, validate_key};
+use super::{invalid, Expiration, FieldViolation, KvError, KvService};
+use crate::engine::{EngineError, Precondition, PutOp, ValueKind};
 
 /// Most read-merge-write rounds one patch makes before giving up. Each lost
 /// round means another write of the key committed meanwhile, so this many
@@ -83,22 +81,19 @@ impl KvService {
         }
         // Checked once up front so a bad TTL is refused before any read.
         if let PatchTtl::Replace(expiration) = command.ttl {
-            if let Err(violation) = resolve_expiration("", expiration, self.now_millis()) {
+            if let Err(violation) = resolve_expiration("", expiration, self.store.now_millis()) {
                 violations.push(violation);
             }
         }
         if !violations.is_empty() {
             return Err(KvError::InvalidArgument(violations));
         }
-        self.check_owner("key", &command.key)?;
+        self.store.check_owner("key", &command.key)?;
 
         for _ in 0..MAX_PATCH_ATTEMPTS {
-            let current = match self.engine.get(command.key.clone()).await? {
-                // A record of an older schema is migrated first, so the patch
-                // applies to (and stores) the current schema.
-                Some(record) => Some(self.migrate_on_read(&command.key, record).await?),
-                None => None,
-            };
+            // A record of an older schema is migrated first, so the patch
+            // applies to (and stores) the current schema.
+            let current = self.store.get(&command.key).await?;
             let (base, precondition, kept) = match &current {
                 None => {
                     if let Some(expected) = command.if_version {
@@ -194,7 +189,7 @@ impl KvService {
             let expire_at_millis = match command.ttl {
                 PatchTtl::Keep => kept.and_then(|record| record.expire_at_millis),
                 PatchTtl::Replace(expiration) => {
-                    resolve_expiration("", expiration, self.now_millis())
+                    resolve_expiration("", expiration, self.store.now_millis())
                         .map_err(|violation| KvError::InvalidArgument(vec![violation]))?
                 }
             };
@@ -207,29 +202,22 @@ impl KvService {
                 schema_version: kept.map_or(1, |record| record.schema_version),
                 precondition,
             };
-            match self.engine.write(vec![WriteOp::Put(op)]).await {
-                Ok(outcomes) => match outcomes.first() {
-                    Some(WriteOutcome::Put { version }) => {
-                        return Ok(PatchResult {
-                            value: merged,
-                            version: *version,
-                            expire_at_millis,
-                            created: kept.is_none(),
-                        })
-                    }
-                    _ => {
-                        return Err(KvError::Engine(EngineError::Storage(
-                            "engine returned no outcome for a patch".into(),
-                        )))
-                    }
-                },
+            match self.store.put(op).await {
+                Ok(version) => {
+                    return Ok(PatchResult {
+                        value: merged,
+                        version,
+                        expire_at_millis,
+                        created: kept.is_none(),
+                    })
+                }
                 // Another write got there first. With the caller's own
                 // if_version that is the caller's conflict; otherwise merge
                 // into what the winner left and try again.
-                Err(EngineError::PreconditionFailed { .. }) if command.if_version.is_none() => {
+                Err(KvError::PreconditionFailed { .. }) if command.if_version.is_none() => {
                     tokio::task::yield_now().await;
                 }
-                Err(error) => return Err(single_op(error.into())),
+                Err(error) => return Err(error),
             }
         }
         Err(KvError::Engine(EngineError::Unavailable(format!(
@@ -240,9 +228,11 @@ impl KvService {
 
 /// Bytes of `value` encoded as a `google.protobuf.Value`, without building
 /// it: what a read of the value as JSON (and the patch's answer) will send.
-fn json_proto_len(value: &Json) -> usize {
+/// Computed here from the wire format, so the domain needs no protobuf
+/// library; `tests/kv_patch.rs` checks it against the encoder byte for byte.
+pub fn json_proto_len(value: &Json) -> usize {
     fn delimited(body: usize) -> usize {
-        1 + prost::encoding::encoded_len_varint(body as u64) + body
+        1 + varint_len(body as u64) + body
     }
     match value {
         Json::Null | Json::Bool(_) => 2,
@@ -271,20 +261,24 @@ fn json_proto_len(value: &Json) -> usize {
     }
 }
 
+/// Bytes of `value` as a protobuf varint: 7 bits a byte.
+fn varint_len(value: u64) -> usize {
+    let bits = 64 - (value | 1).leading_zeros() as usize;
+    bits.div_ceil(7)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use prost::Message as _;
 
-    /// The estimate is the exact size prost encodes.
+    /// Varint lengths change at every seventh bit.
     #[test]
-    fn proto_length_is_exact() {
-        let value = serde_json::json!({
-            "a": [1, 2.5, null, true, "text", {"nested": vec!["x"; 200]}],
-            "long": "y".repeat(300),
-            "": {}
-        });
-        let proto = crate::api::convert::json_to_proto(value.clone());
-        assert_eq!(json_proto_len(&value), proto.encoded_len());
+    fn varint_lengths() {
+        assert_eq!(varint_len(0), 1);
+        assert_eq!(varint_len(127), 1);
+        assert_eq!(varint_len(128), 2);
+        assert_eq!(varint_len(16_383), 2);
+        assert_eq!(varint_len(16_384), 3);
+        assert_eq!(varint_len(u64::MAX), 10);
     }
 }

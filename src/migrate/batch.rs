@@ -36,7 +36,7 @@ use tokio::sync::mpsc;
 use super::{lazy::write_back_op, MigrateError, Migrations, Plan};
 use crate::clock::SharedClock;
 use crate::engine::{Engine, EngineError, ScanRequest, WriteOp};
-use crate::kv::limits::MAX_KEY_BYTES;
+use crate::records::limits::MAX_KEY_BYTES;
 
 /// Records per batch when the request leaves it at 0.
 pub const DEFAULT_BATCH_SIZE: u32 = 500;

@@ -21,7 +21,9 @@ use serde::Deserialize;
 use thiserror::Error;
 
 use crate::engine::{EngineError, Namespaces, Record};
-use crate::kv::limits::{MAX_JSON_DEPTH, MAX_METADATA_BYTES, MAX_SCHEMA_VERSION, MAX_VALUE_BYTES};
+use crate::records::limits::{
+    json_depth, MAX_JSON_DEPTH, MAX_METADATA_BYTES, MAX_SCHEMA_VERSION, MAX_VALUE_BYTES,
+};
 
 pub use batch::{MigrationProgress, MigrationRequest, MigrationState, Migrator};
 pub use lazy::{LazyCounts, LazyMigrator};
@@ -319,7 +321,7 @@ impl Chain {
                 ));
             }
         }
-        if crate::kv::json_depth(&value) > MAX_JSON_DEPTH {
+        if json_depth(&value) > MAX_JSON_DEPTH {
             return Plan::Failed(format!(
                 "the migrated value nests deeper than {MAX_JSON_DEPTH} levels, the limit for JSON"
             ));

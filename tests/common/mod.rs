@@ -13,8 +13,8 @@ use std::time::Duration;
 use tempfile::TempDir;
 use tierkv::clock::{ManualClock, SharedClock};
 use tierkv::config::Config;
-use tierkv::kv::limits::MAX_MESSAGE_BYTES;
 use tierkv::proto::v1 as pb;
+use tierkv::server::message_limits::MAX_MESSAGE_BYTES;
 use tierkv::server::RunningServer;
 use tonic::transport::Channel;
 

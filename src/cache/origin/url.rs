@@ -13,7 +13,7 @@
 
 use reqwest::Url;
 
-use crate::kv::limits::MAX_KEY_BYTES;
+use crate::records::limits::MAX_KEY_BYTES;
 
 /// Stands in for `{key}` while the template is parsed: only unreserved
 /// characters, so no URL parser changes it, and long enough to be unique.

@@ -1,0 +1,37 @@
+//! Request and message size limits of the gRPC transport: per method, in
+//! bytes of the encoded request message, and the largest message at all.
+//!
+//! The server's own (the tower layer in `api::request_limits`, the codecs'
+//! settings, the configuration's memory floors), kept in a file of their own
+//! so that they can be imported without importing the KV service.
+//!
+//! Each per-method limit leaves room for the largest legal request many times
+//! over, so a field over its own limit (a 600-byte key, 101 keys) is refused
+//! by validation, whose message names that field's limit; only absurd
+//! requests hit these.
+
+use crate::records::limits::MAX_BATCH_WRITE_BYTES;
+
+/// Largest gRPC message the server accepts or sends: the largest batch plus
+/// room for framing.
+pub const MAX_MESSAGE_BYTES: usize = MAX_BATCH_WRITE_BYTES + 4 * 1024 * 1024;
+/// Largest `Get` request: a key is at most 512 bytes.
+pub const MAX_GET_REQUEST_BYTES: usize = 16 * 1024;
+/// Largest `Delete` request: a key and a precondition.
+pub const MAX_DELETE_REQUEST_BYTES: usize = 16 * 1024;
+/// Largest `List` request: a prefix and a page token.
+pub const MAX_LIST_REQUEST_BYTES: usize = 16 * 1024;
+/// Largest `BatchGet` request: at most 100 keys of at most 512 bytes.
+pub const MAX_BATCH_GET_REQUEST_BYTES: usize = 256 * 1024;
+/// Largest `Put` request. A value is at most 25 MiB, but a JSON value arrives
+/// as a `google.protobuf.Value`, whose encoding can be several times its JSON
+/// text, so a put gets the whole message limit.
+pub const MAX_PUT_REQUEST_BYTES: usize = MAX_MESSAGE_BYTES;
+/// Largest `BatchWrite` request: the largest batch plus framing.
+pub const MAX_BATCH_WRITE_REQUEST_BYTES: usize = MAX_MESSAGE_BYTES;
+/// Largest SessionService `Create` or `Update` request: `data` may be
+/// configured up to 1 MiB of JSON, which a `google.protobuf.Struct` can
+/// encode in several times that.
+pub const MAX_SESSION_WRITE_REQUEST_BYTES: usize = 16 * 1024 * 1024;
+/// Largest request of any other method (health checks, reflection).
+pub const MAX_OTHER_REQUEST_BYTES: usize = 64 * 1024;
