@@ -41,7 +41,7 @@ use crate::cache::{CacheCounts, CacheService, CacheStats};
 use crate::clock::SharedClock;
 use crate::config::{Config, ConfigError};
 use crate::engine::{Engine, EngineError, Namespaces, RocksEngine, RocksOptions};
-use crate::kv::KvService;
+use crate::kv::{KvService, RecordStore};
 use crate::migrate::{LazyMigrator, Migrator};
 use crate::session::SessionService;
 use auth_layer::AuthLayer;
@@ -810,12 +810,14 @@ async fn serve_until_stopped(
         Arc::clone(&engine),
         Arc::clone(&clock),
     ));
+    // KV and the cache reach records by one path: owner checks, lazy
+    // migration and version preconditions alike.
+    let records = RecordStore::new(Arc::clone(&engine), Arc::clone(&clock))
+        .with_lazy_migration(Arc::clone(&lazy_migration));
     let mut services = ServiceSet::default();
     services.add(
         KvApi::new(
-            KvService::new(Arc::clone(&engine), Arc::clone(&clock))
-                .with_lazy_migration(Arc::clone(&lazy_migration))
-                .with_fallback_counters(Arc::clone(&stats.fallbacks)),
+            KvService::over(records.clone()).with_fallback_counters(Arc::clone(&stats.fallbacks)),
         )
         .into_server(),
     );
@@ -844,13 +846,8 @@ async fn serve_until_stopped(
         migrator: Arc::clone(&migrator),
     });
     services.add(SessionApi::new(sessions).into_server());
-    let cache = CacheService::new(
-        Arc::clone(&engine),
-        clock,
-        config.cache.clone(),
-        Arc::clone(&stats.cache),
-    )
-    .map_err(|error| ServerError::Cache(error.to_string()))?;
+    let cache = CacheService::new(records, config.cache.clone(), Arc::clone(&stats.cache))
+        .map_err(|error| ServerError::Cache(error.to_string()))?;
     services.add(CacheApi::new(cache).into_server());
     let service_names = services.names().to_vec();
 
