@@ -500,9 +500,7 @@ impl Config {
             ConfigError::Invalid(format!("session.prefix {:?}: {error}", self.session.prefix))
         })?;
         self.migrations()?;
-        self.cache
-            .validate(&namespaces)
-            .map_err(ConfigError::Invalid)?;
+        crate::cache::validate_config(&self.cache, &namespaces).map_err(ConfigError::Invalid)?;
         Ok(())
     }
 

@@ -11,7 +11,6 @@
 //! - `cache_control` — `Cache-Control` and `Age` → [`Freshness`].
 
 mod cache_control;
-mod url;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,8 +19,8 @@ use bytes::{Bytes, BytesMut};
 use thiserror::Error;
 
 pub use self::cache_control::freshness_from_headers;
-pub use self::url::{encode_segment, UrlTemplate};
-use super::config::{load_ca_file, CacheConfig, OriginConfig};
+use super::config::{CacheConfig, OriginConfig};
+pub use super::url_template::{encode_segment, UrlTemplate};
 
 /// `User-Agent` sent to origins (unless an origin's headers set another).
 pub const USER_AGENT: &str = concat!("tierkv/", env!("CARGO_PKG_VERSION"));
@@ -425,6 +424,36 @@ fn error_chain(error: &dyn std::error::Error) -> String {
         source = cause.source();
     }
     message
+}
+
+/// Reads a PEM bundle of root certificates; fails when it cannot be read or
+/// holds no certificate.
+pub fn load_ca_file(path: &std::path::Path) -> Result<Vec<reqwest::Certificate>, String> {
+    let pem =
+        std::fs::read(path).map_err(|error| format!("cannot read {}: {error}", path.display()))?;
+    let certificates = reqwest::Certificate::from_pem_bundle(&pem)
+        .map_err(|_| format!("{} is not a PEM certificate bundle", path.display()))?;
+    if certificates.is_empty() {
+        return Err(format!(
+            "{} holds no PEM certificate (-----BEGIN CERTIFICATE-----)",
+            path.display()
+        ));
+    }
+    Ok(certificates)
+}
+
+/// Checks what the origin client reads from files at start (each origin's
+/// `ca_file`), naming the setting like [`CacheConfig::validate`] does
+/// (`cache.origins[0].ca_file: ...`). Here, not in the configuration module,
+/// because reading certificates is the client's business.
+pub fn check_files(config: &CacheConfig) -> Result<(), String> {
+    for (index, origin) in config.origins.iter().enumerate() {
+        if let Some(path) = &origin.ca_file {
+            load_ca_file(path)
+                .map_err(|error| format!("cache.origins[{index}].ca_file: {error}"))?;
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
