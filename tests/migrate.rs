@@ -1071,3 +1071,18 @@ async fn client_write_wins_over_a_cache_read_write_back() {
     assert_eq!(cached.version, written.version);
     server.stop().await;
 }
+
+/// `migratedAt` prints exactly as `google.protobuf.Timestamp` does (the
+/// migrator formats it without protobuf types).
+#[test]
+fn migrated_at_prints_like_a_protobuf_timestamp() {
+    let mut millis = 0u64;
+    while millis < 253_402_300_799_999 {
+        let timestamp = prost_types::Timestamp {
+            seconds: (millis / 1000) as i64,
+            nanos: ((millis % 1000) * 1_000_000) as i32,
+        };
+        assert_eq!(tierkv::migrate::rfc3339(millis), timestamp.to_string());
+        millis = millis * 3 + 86_399_001;
+    }
+}

@@ -33,8 +33,9 @@ use std::time::Duration;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::engine::{Change, ChangeSubscription, Engine, RecvError, ScanRequest};
+use crate::engine::{Change, ChangeSubscription, Engine, RecvError};
 use crate::kv::limits::MAX_LIST_EXAMINED;
+use crate::records::pages::PrefixPages;
 
 use super::config::{CacheConfig, OriginConfig};
 use super::entry::StoredMeta;
@@ -236,19 +237,12 @@ impl StoreLedger {
     async fn load(&self, engine: &dyn Engine) {
         self.loaded
             .get_or_init(|| async {
-                let mut start_after = None;
+                let mut pages =
+                    PrefixPages::new(self.prefix.clone(), None, true, MAX_LIST_EXAMINED);
                 loop {
-                    let page = match engine
-                        .scan(ScanRequest {
-                            prefix: self.prefix.clone(),
-                            start_after: start_after.take(),
-                            limit: LEDGER_SCAN_PAGE,
-                            include_values: true,
-                            max_examined: MAX_LIST_EXAMINED,
-                        })
-                        .await
-                    {
-                        Ok(page) => page,
+                    let page = match pages.next(engine, LEDGER_SCAN_PAGE).await {
+                        Ok(Some(page)) => page,
+                        Ok(None) => return,
                         Err(error) => {
                             // Counted from what was read so far; the records
                             // not read expire within the origin's windows.
@@ -259,13 +253,9 @@ impl StoreLedger {
                             return;
                         }
                     };
-                    let next = page
-                        .resume_after
-                        .clone()
-                        .or_else(|| page.entries.last().map(|(key, _)| key.clone()));
                     {
                         let mut state = self.lock();
-                        for (key, record) in &page.entries {
+                        for (key, record) in &page {
                             let from_origin = StoredMeta::from_metadata(record.metadata.as_deref())
                                 .is_some_and(|meta| meta.fresh_until_ms.is_some());
                             if !from_origin {
@@ -288,10 +278,6 @@ impl StoreLedger {
                                 );
                             }
                         }
-                    }
-                    match next {
-                        Some(next) => start_after = Some(next),
-                        None => return,
                     }
                 }
             })

@@ -35,8 +35,9 @@ use tokio::sync::mpsc;
 
 use super::{lazy::write_back_op, MigrateError, Migrations, Plan};
 use crate::clock::SharedClock;
-use crate::engine::{Engine, EngineError, ScanRequest, WriteOp};
+use crate::engine::{Engine, EngineError, WriteOp};
 use crate::records::limits::MAX_KEY_BYTES;
+use crate::records::pages::PrefixPages;
 
 /// Records per batch when the request leaves it at 0.
 pub const DEFAULT_BATCH_SIZE: u32 = 500;
@@ -440,6 +441,12 @@ impl Run {
             .map_or(batch_size, |rate| batch_size.min(rate)) as usize;
         let started = Instant::now();
         let mut scanned_this_run: u64 = 0;
+        let mut pages = PrefixPages::new(
+            self.request.prefix.clone(),
+            self.snapshot().checkpoint,
+            true,
+            batch_size.saturating_mul(4),
+        );
         loop {
             if self.sender.is_closed() {
                 return Err(Stop::Disconnected);
@@ -449,25 +456,15 @@ impl Run {
                     prefix: self.request.prefix.clone(),
                 }));
             }
-            let checkpoint = self.snapshot().checkpoint;
-            let page = self
-                .engine
-                .scan(ScanRequest {
-                    prefix: self.request.prefix.clone(),
-                    start_after: checkpoint,
-                    limit: batch_size,
-                    include_values: true,
-                    max_examined: batch_size.saturating_mul(4),
-                })
+            let entries = pages
+                .next(self.engine.as_ref(), batch_size)
                 .await
-                .map_err(|error| Stop::Failed(error.into()))?;
-            let finished = page.entries.len() < batch_size && page.resume_after.is_none();
-            let last_key = page
-                .resume_after
-                .clone()
-                .or_else(|| page.entries.last().map(|(key, _)| key.clone()));
-            let examined = page.entries.len() as u64;
-            let (counts, failures) = self.migrate_batch(page.entries).await?;
+                .map_err(|error| Stop::Failed(error.into()))?
+                .unwrap_or_default();
+            let finished = pages.is_done();
+            let last_key = pages.position().map(str::to_string);
+            let examined = entries.len() as u64;
+            let (counts, failures) = self.migrate_batch(entries).await?;
             let now = self.now();
             let state = self.update(|state| {
                 state.scanned += examined;

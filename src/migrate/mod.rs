@@ -366,13 +366,43 @@ fn stamp_metadata(metadata: Option<&[u8]>, now_millis: u64) -> Option<Vec<u8>> {
     Some(stamped)
 }
 
-/// Milliseconds since the Unix epoch as RFC 3339 (`2026-11-26T02:06:46.123Z`).
+/// Milliseconds since the Unix epoch as RFC 3339 (`2026-11-26T02:06:46.123Z`;
+/// no fraction on a whole second), as `google.protobuf.Timestamp` prints
+/// it, computed here so the domain needs no protobuf types.
 pub fn rfc3339(millis: u64) -> String {
-    let timestamp = prost_types::Timestamp {
-        seconds: i64::try_from(millis / 1000).unwrap_or(i64::MAX),
-        nanos: ((millis % 1000) * 1_000_000) as i32,
+    let seconds = millis / 1000;
+    let (days, second_of_day) = (seconds / 86_400, seconds % 86_400);
+    let (year, month, day) = civil_from_days(days);
+    let time = format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}",
+        second_of_day / 3600,
+        second_of_day / 60 % 60,
+        second_of_day % 60
+    );
+    match millis % 1000 {
+        0 => format!("{time}Z"),
+        fraction => format!("{time}.{fraction:03}Z"),
+    }
+}
+
+/// The proleptic Gregorian date `days` after 1970-01-01 (H. Hinnant's
+/// `civil_from_days`, for days that are never negative).
+fn civil_from_days(days: u64) -> (u64, u64, u64) {
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let day_of_era = z % 146_097;
+    let year_of_era =
+        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+    let month_index = (5 * day_of_year + 2) / 153;
+    let day = day_of_year - (153 * month_index + 2) / 5 + 1;
+    let month = if month_index < 10 {
+        month_index + 3
+    } else {
+        month_index - 9
     };
-    timestamp.to_string()
+    let year = year_of_era + era * 400 + u64::from(month <= 2);
+    (year, month, day)
 }
 
 #[cfg(test)]
@@ -493,6 +523,16 @@ mod tests {
             migrations.plan("user:1", &record("{}", 1), 0),
             Plan::Failed(reason) if reason.contains("from version 1 to 2")
         ));
+    }
+
+    /// Dates print as RFC 3339, leap days and whole seconds included.
+    #[test]
+    fn rfc3339_dates() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(1_500), "1970-01-01T00:00:01.500Z");
+        assert_eq!(rfc3339(951_782_400_000), "2000-02-29T00:00:00Z");
+        assert_eq!(rfc3339(1_764_122_806_123), "2025-11-26T02:06:46.123Z");
+        assert_eq!(rfc3339(253_402_300_799_999), "9999-12-31T23:59:59.999Z");
     }
 
     /// Object metadata gains migratedAt; other metadata is kept as is.
