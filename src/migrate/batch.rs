@@ -30,9 +30,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
+use super::state::Failures;
+pub use super::state::{
+    MigrationProgress, MigrationRequest, MigrationState, MAX_LISTED_FAILURE_BYTES,
+};
 use super::{lazy::write_back_op, MigrateError, Migrations, Plan};
 use crate::clock::SharedClock;
 use crate::engine::{Engine, EngineError, WriteOp};
@@ -47,94 +50,6 @@ pub const MAX_BATCH_SIZE: u32 = 10_000;
 pub const MAX_ATTEMPTS: usize = 3;
 /// Progress messages buffered for a slow client before the run waits.
 const PROGRESS_BUFFER: usize = 16;
-
-/// A request to migrate every record under a prefix.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct MigrationRequest {
-    /// Keys starting with this; a configured migration must cover it.
-    pub prefix: String,
-    /// Count and report, write nothing.
-    pub dry_run: bool,
-    /// Records per batch; 0 means [`DEFAULT_BATCH_SIZE`].
-    pub batch_size: u32,
-    /// Most records examined per second, if limited.
-    pub max_records_per_second: Option<u32>,
-}
-
-/// The state of a migration of one prefix, saved after every batch.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
-pub struct MigrationState {
-    /// The prefix.
-    pub prefix: String,
-    /// Whether this is a dry run (never saved).
-    pub dry_run: bool,
-    /// Records examined.
-    pub scanned: u64,
-    /// Records migrated (for a dry run: that would be).
-    pub migrated: u64,
-    /// Records already at their target, or under no migration.
-    pub already_current: u64,
-    /// Records no patch could migrate, left untouched.
-    pub failed: u64,
-    /// Records newer than this server knows, left untouched.
-    pub newer_than_known: u64,
-    /// Records concurrent writers kept changing (or deleted) during the run.
-    pub skipped: u64,
-    /// The last key examined; the run resumes after it.
-    pub checkpoint: Option<String>,
-    /// When the run started, in milliseconds since the Unix epoch.
-    pub started_at_millis: u64,
-    /// When it finished, if it did.
-    pub finished_at_millis: Option<u64>,
-    /// Whether every key under the prefix has been examined.
-    pub done: bool,
-    /// Whether a run is in progress on this server (not saved).
-    #[serde(skip)]
-    pub running: bool,
-    /// The migration targets the run works towards, to refuse resuming a
-    /// checkpoint made under another configuration.
-    pub fingerprint: String,
-}
-
-/// One progress report: the state after a batch, and the keys of the batch
-/// that could not be migrated, with why.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MigrationProgress {
-    /// The cumulative state.
-    pub state: MigrationState,
-    /// Keys of this batch no patch could migrate, with the reason, as many
-    /// as fit in [`MAX_LISTED_FAILURE_BYTES`].
-    pub failures: Vec<(String, String)>,
-    /// Keys of this batch that could not be migrated beyond those listed
-    /// (counted in the state's `failed` all the same).
-    pub failures_not_listed: u64,
-}
-
-/// Most bytes of keys and reasons one progress report lists: a batch of
-/// 10,000 failing 512-byte keys would otherwise make a message of several
-/// MiB, over the 4 MiB that standard gRPC clients decode by default.
-pub const MAX_LISTED_FAILURE_BYTES: usize = 1024 * 1024;
-
-/// The failures of one batch: listed while they fit in
-/// [`MAX_LISTED_FAILURE_BYTES`], counted beyond.
-#[derive(Debug, Default)]
-struct Failures {
-    listed: Vec<(String, String)>,
-    bytes: usize,
-    not_listed: u64,
-}
-
-impl Failures {
-    fn push(&mut self, key: &str, reason: String) {
-        let bytes = key.len() + reason.len();
-        if self.not_listed > 0 || self.bytes + bytes > MAX_LISTED_FAILURE_BYTES {
-            self.not_listed += 1;
-            return;
-        }
-        self.bytes += bytes;
-        self.listed.push((key.to_string(), reason));
-    }
-}
 
 type Registry = Arc<Mutex<HashMap<String, Arc<Mutex<MigrationState>>>>>;
 
