@@ -6,12 +6,15 @@ use tonic::{Code, Request, Response, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
 use super::auth::{authorize_key, authorize_prefix};
+use super::convert::{build_json_value, scan_json_text};
 use super::convert::{nanos_from_duration, timestamp_from_millis};
 use super::deadline::RequestDeadline;
-use super::kv::{get_responses, put_command, value_type_from_proto};
+use super::kv::{json_read_error, put_command, value_type_from_proto, INLINE_JSON_BYTES};
 use super::status::{expected_keys_mismatch, kv_status, ERROR_DOMAIN};
 use crate::auth::Access;
 use crate::cache::{CacheError, CachePut, CacheService, PurgeCommand, Tier};
+use crate::engine::EngineError;
+use crate::kv::limits::{MAX_JSON_DEPTH, MAX_RESPONSE_BYTES};
 use crate::kv::{Expiration, FieldViolation, KvError, ReadValue};
 use crate::proto::v1 as pb;
 use pb::cache_service_server::CacheService as CacheServiceRpc;
@@ -136,6 +139,44 @@ pub fn cache_status(method: &'static str, error: CacheError) -> Status {
     status
 }
 
+/// A cached JSON text as the `google.protobuf.Value` of a Get answer: within
+/// the nesting limit and what the response limit leaves beside a found
+/// answer's key and version (as KvService.Get measures it); large values are
+/// converted on the blocking pool.
+async fn json_answer(
+    key: String,
+    version: u64,
+    text: Vec<u8>,
+) -> Result<prost_types::Value, KvError> {
+    use prost::Message as _;
+    let inline = text.len() <= INLINE_JSON_BYTES;
+    let convert = move || {
+        let base = pb::GetResponse {
+            found: true,
+            key: key.clone(),
+            version,
+            ..Default::default()
+        }
+        .encoded_len();
+        // The json field's tag and length take at most 6 bytes.
+        let budget = MAX_RESPONSE_BYTES.saturating_sub(base + 6);
+        let scanned = scan_json_text(&text, MAX_JSON_DEPTH, budget)
+            .map_err(|error| json_read_error(key.clone(), text.len(), budget, error))?;
+        build_json_value(&text, &scanned)
+            .map_err(|error| json_read_error(key, text.len(), 0, error))
+    };
+    if inline {
+        return convert();
+    }
+    tokio::task::spawn_blocking(convert)
+        .await
+        .unwrap_or_else(|error| {
+            Err(KvError::Engine(EngineError::Storage(format!(
+                "converting a response failed: {error}"
+            ))))
+        })
+}
+
 #[tonic::async_trait]
 impl CacheServiceRpc for CacheApi {
     async fn get(
@@ -163,34 +204,13 @@ impl CacheServiceRpc for CacheApi {
         let value = match cached.value {
             ReadValue::Text(text) => pb::cache_get_response::Value::Text(text),
             ReadValue::Bytes(bytes) => pb::cache_get_response::Value::Bytes(bytes),
-            // JSON is converted exactly as KvService.Get converts it: within
-            // the nesting and response limits, large values off the workers.
-            json @ ReadValue::Json(_) => {
-                let entry = crate::kv::Entry {
-                    value: json,
-                    metadata: None,
-                    expire_at_millis: None,
-                    version: cached.version,
-                    schema_version: 0,
-                };
-                let converted = get_responses(vec![(request.key.clone(), Some(entry))])
+            // JSON is converted as KvService.Get converts it: within the
+            // nesting and response limits, large values off the workers.
+            ReadValue::Json(text) => pb::cache_get_response::Value::Json(
+                json_answer(request.key.clone(), cached.version, text)
                     .await
-                    .map_err(|error| kv_status("Get", error))?
-                    .pop()
-                    .unwrap_or_default();
-                match converted.value {
-                    Some(pb::get_response::Value::Json(json)) => {
-                        pb::cache_get_response::Value::Json(json)
-                    }
-                    Some(pb::get_response::Value::Text(text)) => {
-                        pb::cache_get_response::Value::Text(text)
-                    }
-                    Some(pb::get_response::Value::Bytes(bytes)) => {
-                        pb::cache_get_response::Value::Bytes(bytes)
-                    }
-                    None => pb::cache_get_response::Value::Bytes(Vec::new()),
-                }
-            }
+                    .map_err(|error| kv_status("Get", error))?,
+            ),
         };
         Ok(Response::new(pb::CacheGetResponse {
             found: true,

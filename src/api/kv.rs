@@ -65,7 +65,7 @@ pub(crate) fn value_type_from_proto(raw: i32) -> Result<ValueType, KvError> {
 /// over it and a tree of one node per JSON value take hundreds of
 /// microseconds and more, long enough to stall the other requests of an async
 /// worker; a smaller one costs about what the hop to the pool costs.
-const INLINE_JSON_BYTES: usize = 64 * 1024;
+pub(crate) const INLINE_JSON_BYTES: usize = 64 * 1024;
 
 /// Bytes of a length-delimited field of `body` bytes with a one-byte tag.
 fn delimited_len(body: usize) -> usize {
@@ -162,7 +162,12 @@ fn build_responses(results: Vec<(String, Option<Entry>)>) -> Result<Vec<pb::GetR
     Ok(responses)
 }
 
-fn json_read_error(key: String, stored: usize, budget: usize, error: JsonTextError) -> KvError {
+pub(crate) fn json_read_error(
+    key: String,
+    stored: usize,
+    budget: usize,
+    error: JsonTextError,
+) -> KvError {
     let reason = match error {
         JsonTextError::TooLarge { .. } => {
             return KvError::JsonResponseTooLarge {
