@@ -456,9 +456,32 @@ async fn invalid_migration_configs_are_refused_at_start() {
 #[tokio::test]
 async fn concurrent_writer_wins_over_a_lazy_write_back() {
     let mut server = start_with(seed).await;
+    let mut reader = server.client.clone();
+    writer_wins_over_a_write_back(&mut server, "user:9", || async move {
+        json_of(&read(&mut reader, "user:9").await)
+    })
+    .await;
+    server.stop().await;
+}
+
+/// The race of a lazy read against a writer: `key` holds `{"name": "old"}`
+/// at schema version 1; a writer's put of `{"userName": "new"}` is queued
+/// behind a paused writer thread, then `read_old` reads the key (it must
+/// answer the old record migrated, and queue the write-back), then the
+/// writer runs. The writer's put must be the only commit: the write-back's
+/// compare-and-set fails and is dropped. Returns the writer's answer.
+async fn writer_wins_over_a_write_back<F, Fut>(
+    server: &mut TestServer,
+    key: &str,
+    read_old: F,
+) -> pb::PutResponse
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = serde_json::Value>,
+{
     server
         .client
-        .put(put_json("user:9", serde_json::json!({"name": "old"}), 1))
+        .put(put_json(key, serde_json::json!({"name": "old"}), 1))
         .await
         .unwrap();
     let engine = server.server.engine.clone();
@@ -466,10 +489,11 @@ async fn concurrent_writer_wins_over_a_lazy_write_back() {
     let pause = engine.pause_writer();
     // The writer's put is queued first...
     let mut writer = server.client.clone();
+    let written_key = key.to_string();
     let write = tokio::spawn(async move {
         writer
             .put(put_json(
-                "user:9",
+                &written_key,
                 serde_json::json!({"userName": "new"}),
                 2,
             ))
@@ -482,15 +506,18 @@ async fn concurrent_writer_wins_over_a_lazy_write_back() {
     }
     let queued = engine.queued_write_bytes();
     // ...then a read migrates the old record and queues its write-back.
-    let read_old = read(&mut server.client, "user:9").await;
     assert_eq!(
-        json_of(&read_old),
+        read_old().await,
         serde_json::json!({"name": "old", "userName": "old"}),
-        "the reader still gets a correct answer"
+        "the reader still gets a correct (migrated) answer"
     );
-    while engine.queued_write_bytes() == queued {
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while engine.queued_write_bytes() == queued {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    })
+    .await
+    .expect("the read queues a write-back");
     drop(pause);
     let written = write.await.unwrap();
     let event = next_event(&mut changes).await;
@@ -504,10 +531,10 @@ async fn concurrent_writer_wins_over_a_lazy_write_back() {
     // A marker write: if the write-back had landed, its event would come first.
     server.client.put(put_text("marker", "m")).await.unwrap();
     assert_eq!(&*next_event(&mut changes).await.key, "marker");
-    let now = read(&mut server.client, "user:9").await;
+    let now = read(&mut server.client, key).await;
     assert_eq!(json_of(&now), serde_json::json!({"userName": "new"}));
     assert_eq!(now.version, written.version);
-    server.stop().await;
+    written
 }
 
 /// Writers rewriting keys while a batch migration runs lose nothing: every
@@ -1010,62 +1037,12 @@ async fn cache_reads_migrate_lazily() {
 #[tokio::test]
 async fn client_write_wins_over_a_cache_read_write_back() {
     let mut server = start_with(seed).await;
-    server
-        .client
-        .put(put_json("user:9", serde_json::json!({"name": "old"}), 1))
-        .await
-        .unwrap();
     let mut cache = cache_client(&server).await;
-    let engine = server.server.engine.clone();
-    let mut changes = engine.subscribe();
-    let pause = engine.pause_writer();
-    // The client's put is queued first...
-    let mut writer = server.client.clone();
-    let write = tokio::spawn(async move {
-        writer
-            .put(put_json(
-                "user:9",
-                serde_json::json!({"userName": "new"}),
-                2,
-            ))
-            .await
-            .unwrap()
-            .into_inner()
-    });
-    while engine.queued_write_bytes() == 0 {
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
-    let queued = engine.queued_write_bytes();
-    // ...then a cache read migrates the old record and queues its write-back.
-    let read_old = cache_read(&mut cache, "user:9").await;
-    assert_eq!(
-        cached_json(&read_old),
-        serde_json::json!({"name": "old", "userName": "old"}),
-        "the cache reader still gets a correct (migrated) answer"
-    );
-    tokio::time::timeout(Duration::from_secs(10), async {
-        while engine.queued_write_bytes() == queued {
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
+    let mut reader = cache.clone();
+    let written = writer_wins_over_a_write_back(&mut server, "user:9", || async move {
+        cached_json(&cache_read(&mut reader, "user:9").await)
     })
-    .await
-    .expect("the cache read queues a write-back");
-    drop(pause);
-    let written = write.await.unwrap();
-    let event = next_event(&mut changes).await;
-    assert_eq!(
-        event.change,
-        Change::Put {
-            version: written.version,
-            expire_at_millis: None
-        }
-    );
-    // A marker write: if the write-back had landed, its event would come first.
-    server.client.put(put_text("marker", "m")).await.unwrap();
-    assert_eq!(&*next_event(&mut changes).await.key, "marker");
-    let now = read(&mut server.client, "user:9").await;
-    assert_eq!(json_of(&now), serde_json::json!({"userName": "new"}));
-    assert_eq!(now.version, written.version);
+    .await;
     let cached = cache_read(&mut cache, "user:9").await;
     assert_eq!(cached_json(&cached), serde_json::json!({"userName": "new"}));
     assert_eq!(cached.version, written.version);
