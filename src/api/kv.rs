@@ -45,7 +45,7 @@ impl KvApi {
 }
 
 fn invalid(field: String, description: String) -> KvError {
-    KvError::InvalidArgument(vec![FieldViolation { field, description }])
+    crate::kv::invalid(field, description)
 }
 
 pub(crate) fn value_type_from_proto(raw: i32) -> Result<ValueType, KvError> {
