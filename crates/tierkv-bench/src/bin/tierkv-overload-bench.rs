@@ -65,8 +65,8 @@ use bytes::Bytes;
 use clap::{Parser, ValueEnum};
 use http::header::{HeaderValue, CONTENT_TYPE, TE};
 use prost::Message;
-use tierkv::proto::v1 as pb;
-use tierkv::proto::v1::kv_service_client::KvServiceClient;
+use tierkv_client::proto::v1 as pb;
+use tierkv_client::proto::v1::kv_service_client::KvServiceClient;
 use tokio::sync::Notify;
 use tonic::Code;
 

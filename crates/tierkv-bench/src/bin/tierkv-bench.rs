@@ -76,11 +76,11 @@ use clap::Parser;
 use tierkv::clock::{SharedClock, SystemClock};
 use tierkv::config::Config;
 use tierkv::kv::limits::MAX_MESSAGE_BYTES;
-use tierkv::proto::v1 as pb;
-use tierkv::proto::v1::cache_service_client::CacheServiceClient;
-use tierkv::proto::v1::kv_service_client::KvServiceClient;
-use tierkv::proto::v1::session_service_client::SessionServiceClient;
 use tierkv::server::RunningServer;
+use tierkv_client::proto::v1 as pb;
+use tierkv_client::proto::v1::cache_service_client::CacheServiceClient;
+use tierkv_client::proto::v1::kv_service_client::KvServiceClient;
+use tierkv_client::proto::v1::session_service_client::SessionServiceClient;
 use tokio::task::JoinSet;
 use tonic::transport::{Channel, Endpoint};
 use tonic_health::pb::health_check_response::ServingStatus;
@@ -430,7 +430,7 @@ impl Workload {
             }
             Workload::SessionCreate { client, tokens } => {
                 let data = serde_json::json!({"role": "member", "cart_items": 3, "locale": "en"});
-                let data = match tierkv::api::convert::json_to_proto(data).kind {
+                let data = match tierkv_client::convert::json_to_proto(data).kind {
                     Some(prost_types::value::Kind::StructValue(data)) => Some(data),
                     _ => None,
                 };
