@@ -53,7 +53,7 @@
 //! # How to run it
 //!
 //! ```text
-//! make bench                          # cargo run --release --locked --bin tierkv-bench
+//! make bench                          # cargo run --release --locked -p tierkv-bench --bin tierkv-bench
 //! make bench ARGS="--quick"           # 2000 operations instead of 20000
 //! make bench ARGS="--ops 50000 --concurrency 32"
 //! make bench ARGS="--cache-only"      # health and CacheService/Get only

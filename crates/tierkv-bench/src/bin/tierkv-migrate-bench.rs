@@ -16,7 +16,7 @@
 //!    the same `Get`s with the server idle.
 //!
 //! ```text
-//! cargo run --release --locked --bin tierkv-migrate-bench -- --records 20000
+//! cargo run --release --locked -p tierkv-bench --bin tierkv-migrate-bench -- --records 20000
 //! ```
 
 #![warn(missing_docs)]
