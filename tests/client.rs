@@ -147,8 +147,10 @@ async fn retries_resource_exhausted_after_the_retry_info_delay() {
             .unwrap(),
     );
     let failures = Arc::new(Mutex::new(Vec::new()));
+    let starts = Arc::new(Mutex::new(Vec::new()));
     let result = quick_policy()
         .run(|attempt| {
+            starts.lock().unwrap().push(Instant::now());
             let (client, pause, failures) = (client.clone(), pause.clone(), failures.clone());
             let stats = server.server.stats.clone();
             async move {
@@ -170,11 +172,11 @@ async fn retries_resource_exhausted_after_the_retry_info_delay() {
             }
         })
         .await;
-    let retried_at = Instant::now();
     assert!(result.unwrap().into_inner().found);
-    let failures = failures.lock().unwrap();
+    let failures = failures.lock().unwrap().clone();
     assert_eq!(failures.len(), 1, "{failures:?}");
     let (status, failed_at) = &failures[0];
+    let retried_at = starts.lock().unwrap()[1];
     assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
     let asked = retry::retry_delay(status).expect("the server sends a RetryInfo");
     assert!(
