@@ -52,11 +52,6 @@ impl ConnectArgs {
             .map_err(|error| error.to_string())
     }
 
-    /// A connected channel to the endpoint, carrying the token if any.
-    pub async fn channel(&self) -> Result<CliChannel, String> {
-        Ok(self.client().await?.channel())
-    }
-
     /// The connection options the arguments describe, with the files read.
     fn options(&self) -> Result<ConnectOptions, String> {
         let mut options = ConnectOptions::new(self.endpoint.clone());
