@@ -32,6 +32,8 @@
 //! # }
 //! ```
 
+#![warn(missing_docs)]
+
 pub mod codec;
 pub mod connect;
 pub mod convert;
