@@ -8,9 +8,10 @@ ARGS ?=
 run: setup
 	$(CARGO) run --release --locked --bin tierkv -- serve $(ARGS)
 
-## test: install what is missing, then run every test
+## test: install what is missing, then run every test of the workspace (server, client crate and
+## its README example, benchmarks)
 test: setup-test
-	$(CARGO) test --locked
+	$(CARGO) test --workspace --locked
 
 setup:
 	@bash scripts/setup.sh
@@ -19,15 +20,15 @@ setup-test:
 	@bash scripts/setup.sh --with-test-tools
 
 build: setup
-	$(CARGO) build --locked
+	$(CARGO) build --workspace --locked
 
 release: setup
 	$(CARGO) build --release --locked
 
-## check: formatting and lints, as CI would want them
+## check: formatting and lints of the whole workspace, as CI would want them
 check: setup
 	$(CARGO) fmt --all -- --check
-	$(CARGO) clippy --locked --all-targets -- -D warnings
+	$(CARGO) clippy --workspace --locked --all-targets -- -D warnings
 
 fmt:
 	$(CARGO) fmt --all
@@ -36,7 +37,7 @@ lint: check
 
 ## bench: the in-repo benchmark (release build); prints ratios against a baseline
 bench: setup
-	$(CARGO) run --release --locked --bin tierkv-bench -- $(ARGS)
+	$(CARGO) run --release --locked -p tierkv-bench --bin tierkv-bench -- $(ARGS)
 
 clean:
 	$(CARGO) clean

@@ -59,7 +59,7 @@ if [ -z "${SERVER_BIN:-}" ]; then
     TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
     SERVER_BIN="$TARGET_DIR/release/tierkv"
     if [ ! -x "$SERVER_BIN" ]; then
-        (cd "$ROOT" && cargo build --release --locked --bin tierkv)
+        (cd "$ROOT" && cargo build --release --locked -p tierkv --bin tierkv)
     fi
 fi
 

@@ -49,16 +49,6 @@ pub mod server;
 pub mod session;
 pub mod telemetry;
 
-/// Generated protobuf code.
-pub mod proto {
-    /// The `tierkv.v1` package.
-    #[allow(missing_docs, clippy::all)]
-    pub mod v1 {
-        tonic::include_proto!("tierkv.v1");
-    }
-
-    /// The encoded descriptor set of every tierkv proto file (with imports),
-    /// served by reflection.
-    pub const FILE_DESCRIPTOR_SET: &[u8] =
-        include_bytes!(concat!(env!("OUT_DIR"), "/tierkv_descriptor.bin"));
-}
+/// Generated protobuf code, from the `tierkv-client` crate (which builds
+/// without RocksDB), re-exported so that `tierkv::proto` keeps its paths.
+pub use tierkv_client::proto;

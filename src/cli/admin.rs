@@ -12,7 +12,6 @@ use clap::{Args, Subcommand};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::{json, Value};
 
-use super::connect::MAX_MESSAGE_SIZE;
 use super::{describe, ConnectArgs};
 use crate::proto::v1 as pb;
 use pb::admin_service_client::AdminServiceClient;
@@ -95,9 +94,7 @@ pub async fn run(args: AdminArgs) -> ExitCode {
 }
 
 async fn execute(args: AdminArgs) -> Result<ExitCode, String> {
-    let mut client = AdminServiceClient::new(args.connect.channel().await?)
-        .max_decoding_message_size(MAX_MESSAGE_SIZE)
-        .max_encoding_message_size(MAX_MESSAGE_SIZE);
+    let mut client = args.connect.client().await?.admin();
     match args.command {
         AdminCommand::Migrate {
             prefix,

@@ -91,9 +91,7 @@ fn seconds(value: u64) -> prost_types::Duration {
 }
 
 async fn execute(args: CacheArgs) -> Result<ExitCode, String> {
-    let mut client = CacheServiceClient::new(args.connect.channel().await?)
-        .max_decoding_message_size(super::connect::MAX_MESSAGE_SIZE)
-        .max_encoding_message_size(super::connect::MAX_MESSAGE_SIZE);
+    let mut client = args.connect.client().await?.cache();
     match args.command {
         CacheCommand::Get { key, timeout } => get(&mut client, key, timeout).await,
         CacheCommand::Put {

@@ -5,18 +5,14 @@
 use std::path::{Path, PathBuf};
 
 use clap::Args;
-use tonic::metadata::{Ascii, MetadataValue};
-use tonic::service::interceptor::InterceptedService;
-use tonic::service::Interceptor;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+use tierkv_client::{Client, ConnectOptions};
 
 use super::DEFAULT_ENDPOINT;
 
-/// The largest message a command's client encodes or decodes: the largest
-/// the server sends or accepts, so that every reply is readable (tonic's
-/// default decode limit of 4 MiB is below a page of sessions or a `kv get` of
-/// a large value). Every client a command builds sets it both ways.
-pub const MAX_MESSAGE_SIZE: usize = crate::server::message_limits::MAX_MESSAGE_BYTES;
+// The clients of the commands ([`tierkv_client::Client`]) encode and decode
+// messages up to the largest the server sends or accepts, so that every reply
+// is readable.
+const _: () = assert!(tierkv_client::MAX_MESSAGE_SIZE == crate::server::message_limits::MAX_MESSAGE_BYTES);
 
 /// The connection options every client command shares.
 #[derive(Debug, Clone, Args)]
@@ -41,81 +37,46 @@ pub struct ConnectArgs {
 
 /// A channel whose calls carry the `authorization: Bearer` metadata when a
 /// token was given.
-pub type CliChannel = InterceptedService<Channel, BearerToken>;
-
-/// Adds the bearer token to every call.
-#[derive(Clone)]
-pub struct BearerToken(Option<MetadataValue<Ascii>>);
-
-impl std::fmt::Debug for BearerToken {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // Never print the token.
-        f.debug_tuple("BearerToken")
-            .field(&self.0.as_ref().map(|_| "…"))
-            .finish()
-    }
-}
-
-impl Interceptor for BearerToken {
-    fn call(
-        &mut self,
-        mut request: tonic::Request<()>,
-    ) -> Result<tonic::Request<()>, tonic::Status> {
-        if let Some(value) = &self.0 {
-            request
-                .metadata_mut()
-                .insert("authorization", value.clone());
-        }
-        Ok(request)
-    }
-}
+pub type CliChannel = tierkv_client::AuthChannel;
 
 fn read(path: &Path) -> Result<Vec<u8>, String> {
     std::fs::read(path).map_err(|error| format!("{}: {error}", path.display()))
 }
 
 impl ConnectArgs {
-    /// A connected channel to the endpoint, carrying the token if any.
-    pub async fn channel(&self) -> Result<CliChannel, String> {
-        let token = match &self.token {
-            None => None,
-            Some(token) => Some(
-                format!("Bearer {}", token.trim())
-                    .parse::<MetadataValue<Ascii>>()
-                    .map_err(|_| "the token is not valid header text".to_string())?,
-            ),
-        };
-        let channel = self.plain_channel().await?;
-        Ok(InterceptedService::new(channel, BearerToken(token)))
+    /// A connected client of the endpoint, carrying the token if any.
+    pub async fn client(&self) -> Result<Client, String> {
+        let options = self.options()?;
+        Client::connect(options)
+            .await
+            .map_err(|error| error.to_string())
     }
 
-    async fn plain_channel(&self) -> Result<Channel, String> {
-        let fail =
-            |error: &dyn std::fmt::Display| format!("cannot connect to {}: {error}", self.endpoint);
-        let mut endpoint = Endpoint::from_shared(self.endpoint.clone()).map_err(|e| fail(&e))?;
+    /// The connection options the arguments describe, with the files read.
+    fn options(&self) -> Result<ConnectOptions, String> {
+        let mut options = ConnectOptions::new(self.endpoint.clone());
+        if let Some(token) = &self.token {
+            options = options.with_token(token.clone());
+        }
         let https = self.endpoint.starts_with("https://");
         let wants_tls = self.ca_file.is_some() || self.client_cert_file.is_some();
         if wants_tls && !https {
-            return Err(format!(
-                "{} is not an https:// endpoint, but TLS options were given",
-                self.endpoint
-            ));
+            // Checked before the files are read, as the library would.
+            return Err(
+                tierkv_client::ConnectError::TlsOnPlaintext(self.endpoint.clone()).to_string(),
+            );
         }
-        if https {
-            let mut tls = ClientTlsConfig::new();
-            tls = match &self.ca_file {
-                Some(path) => tls.ca_certificate(Certificate::from_pem(read(path)?)),
-                None => tls.with_native_roots(),
-            };
-            match (&self.client_cert_file, &self.client_key_file) {
-                (Some(cert), Some(key)) => {
-                    tls = tls.identity(Identity::from_pem(read(cert)?, read(key)?));
-                }
-                (None, None) => {}
-                _ => return Err("--client-cert-file and --client-key-file go together".to_string()),
+        if let Some(path) = &self.ca_file {
+            options = options.with_ca_pem(read(path)?);
+        }
+        match (&self.client_cert_file, &self.client_key_file) {
+            (Some(cert), Some(key)) => {
+                options = options.with_identity_pem(read(cert)?, read(key)?);
             }
-            endpoint = endpoint.tls_config(tls).map_err(|e| fail(&e))?;
+            (None, None) => {}
+            _ if !https => {}
+            _ => return Err("--client-cert-file and --client-key-file go together".to_string()),
         }
-        endpoint.connect().await.map_err(|e| fail(&e))
+        Ok(options)
     }
 }

@@ -12,7 +12,6 @@ use super::CliChannel as Channel;
 use clap::{Args, Subcommand};
 use serde_json::{json, Map, Value};
 
-use super::connect::MAX_MESSAGE_SIZE;
 use super::{describe, ConnectArgs};
 use crate::api::convert::{json_from_proto, json_to_proto};
 use crate::proto::v1 as pb;
@@ -225,10 +224,7 @@ fn answer(result: Result<tonic::Response<pb::Session>, tonic::Status>) -> Result
 }
 
 async fn execute(args: SessionArgs) -> Result<ExitCode, String> {
-    let mut client: SessionServiceClient<Channel> =
-        SessionServiceClient::new(args.connect.channel().await?)
-            .max_decoding_message_size(MAX_MESSAGE_SIZE)
-            .max_encoding_message_size(MAX_MESSAGE_SIZE);
+    let mut client: SessionServiceClient<Channel> = args.connect.client().await?.session();
     match args.command {
         SessionCommand::Create {
             user_id,

@@ -16,7 +16,7 @@
 //!    the same `Get`s with the server idle.
 //!
 //! ```text
-//! cargo run --release --locked --bin tierkv-migrate-bench -- --records 20000
+//! cargo run --release --locked -p tierkv-bench --bin tierkv-migrate-bench -- --records 20000
 //! ```
 
 #![warn(missing_docs)]
@@ -27,14 +27,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use tierkv::api::convert::json_to_proto;
 use tierkv::clock::{SharedClock, SystemClock};
 use tierkv::config::Config;
 use tierkv::migrate::MigrationStep;
-use tierkv::proto::v1 as pb;
-use tierkv::proto::v1::admin_service_client::AdminServiceClient;
-use tierkv::proto::v1::kv_service_client::KvServiceClient;
 use tierkv::server::RunningServer;
+use tierkv_client::convert::json_to_proto;
+use tierkv_client::proto::v1 as pb;
+use tierkv_client::proto::v1::admin_service_client::AdminServiceClient;
+use tierkv_client::proto::v1::kv_service_client::KvServiceClient;
 use tokio::task::JoinSet;
 use tonic::transport::Channel;
 

@@ -53,7 +53,7 @@
 //! # How to run it
 //!
 //! ```text
-//! make bench                          # cargo run --release --locked --bin tierkv-bench
+//! make bench                          # cargo run --release --locked -p tierkv-bench --bin tierkv-bench
 //! make bench ARGS="--quick"           # 2000 operations instead of 20000
 //! make bench ARGS="--ops 50000 --concurrency 32"
 //! make bench ARGS="--cache-only"      # health and CacheService/Get only
@@ -75,12 +75,12 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use clap::Parser;
 use tierkv::clock::{SharedClock, SystemClock};
 use tierkv::config::Config;
-use tierkv::proto::v1 as pb;
-use tierkv::proto::v1::cache_service_client::CacheServiceClient;
-use tierkv::proto::v1::kv_service_client::KvServiceClient;
-use tierkv::proto::v1::session_service_client::SessionServiceClient;
 use tierkv::server::message_limits::MAX_MESSAGE_BYTES;
 use tierkv::server::RunningServer;
+use tierkv_client::proto::v1 as pb;
+use tierkv_client::proto::v1::cache_service_client::CacheServiceClient;
+use tierkv_client::proto::v1::kv_service_client::KvServiceClient;
+use tierkv_client::proto::v1::session_service_client::SessionServiceClient;
 use tokio::task::JoinSet;
 use tonic::transport::{Channel, Endpoint};
 use tonic_health::pb::health_check_response::ServingStatus;
@@ -430,7 +430,7 @@ impl Workload {
             }
             Workload::SessionCreate { client, tokens } => {
                 let data = serde_json::json!({"role": "member", "cart_items": 3, "locale": "en"});
-                let data = match tierkv::api::convert::json_to_proto(data).kind {
+                let data = match tierkv_client::convert::json_to_proto(data).kind {
                     Some(prost_types::value::Kind::StructValue(data)) => Some(data),
                     _ => None,
                 };

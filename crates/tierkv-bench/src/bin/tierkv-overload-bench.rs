@@ -46,7 +46,7 @@
 //! the next connection with a free slot, and report calls that found none.
 //!
 //! ```text
-//! cargo build --release --locked --bin tierkv --bin tierkv-overload-bench
+//! cargo build --release --locked -p tierkv -p tierkv-bench --bin tierkv --bin tierkv-overload-bench
 //! target/release/tierkv-overload-bench                      # BatchGet of 100 keys, burst 4x
 //! target/release/tierkv-overload-bench --call get --burst 2
 //! target/release/tierkv-overload-bench --h2load             # also the h2load flood
@@ -65,8 +65,8 @@ use bytes::Bytes;
 use clap::{Parser, ValueEnum};
 use http::header::{HeaderValue, CONTENT_TYPE, TE};
 use prost::Message;
-use tierkv::proto::v1 as pb;
-use tierkv::proto::v1::kv_service_client::KvServiceClient;
+use tierkv_client::proto::v1 as pb;
+use tierkv_client::proto::v1::kv_service_client::KvServiceClient;
 use tokio::sync::Notify;
 use tonic::Code;
 
