@@ -683,12 +683,11 @@ impl Drop for AbortOnDrop {
 pub async fn serve(
     config: Config,
     engine: Arc<dyn Engine>,
-    clock: SharedClock,
     listeners: Listeners,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServerError> {
     let stats = ServerStats::new(&config);
-    serve_with_stats(config, engine, clock, listeners, shutdown, stats).await
+    serve_with_stats(config, engine, listeners, shutdown, stats).await
 }
 
 /// Serves on `listener` until `shutdown` resolves, counting into `stats`.
@@ -703,12 +702,11 @@ pub async fn serve(
 pub async fn serve_with_stats(
     config: Config,
     engine: Arc<dyn Engine>,
-    clock: SharedClock,
     listeners: Listeners,
     shutdown: impl Future<Output = ()> + Send,
     stats: ServerStats,
 ) -> Result<(), ServerError> {
-    serve_until_flushed(config, engine, clock, listeners, shutdown, stats, None).await
+    serve_until_flushed(config, engine, listeners, shutdown, stats, None).await
 }
 
 /// Like [`serve`], re-reading `[auth]` and `[tls]` on SIGHUP (see
@@ -716,28 +714,17 @@ pub async fn serve_with_stats(
 pub async fn serve_reloading(
     config: Config,
     engine: Arc<dyn Engine>,
-    clock: SharedClock,
     listeners: Listeners,
     shutdown: impl Future<Output = ()> + Send,
     reload: reload::Reload,
 ) -> Result<(), ServerError> {
     let stats = ServerStats::new(&config);
-    serve_until_flushed(
-        config,
-        engine,
-        clock,
-        listeners,
-        shutdown,
-        stats,
-        Some(reload),
-    )
-    .await
+    serve_until_flushed(config, engine, listeners, shutdown, stats, Some(reload)).await
 }
 
 async fn serve_until_flushed(
     config: Config,
     engine: Arc<dyn Engine>,
-    clock: SharedClock,
     listeners: Listeners,
     shutdown: impl Future<Output = ()> + Send,
     stats: ServerStats,
@@ -746,7 +733,6 @@ async fn serve_until_flushed(
     let served = serve_until_stopped(
         &config,
         Arc::clone(&engine),
-        clock,
         listeners,
         shutdown,
         &stats,
@@ -783,7 +769,6 @@ enum StopReason {
 async fn serve_until_stopped(
     config: &Config,
     engine: Arc<dyn Engine>,
-    clock: SharedClock,
     listeners: Listeners,
     shutdown: impl Future<Output = ()> + Send,
     stats: &ServerStats,
@@ -801,18 +786,13 @@ async fn serve_until_stopped(
     let lazy_migration = Arc::new(LazyMigrator::new(
         Arc::clone(&migrations),
         Arc::clone(&engine),
-        Arc::clone(&clock),
     ));
     metrics.collector(LazyMigrationFigures(Arc::clone(&lazy_migration)));
-    let migrator = Arc::new(Migrator::new(
-        migrations,
-        Arc::clone(&engine),
-        Arc::clone(&clock),
-    ));
+    let migrator = Arc::new(Migrator::new(migrations, Arc::clone(&engine)));
     let mut services = ServiceSet::default();
     services.add(
         KvApi::new(
-            KvService::new(Arc::clone(&engine), Arc::clone(&clock))
+            KvService::new(Arc::clone(&engine))
                 .with_lazy_migration(Arc::clone(&lazy_migration))
                 .with_fallback_counters(Arc::clone(&stats.fallbacks)),
         )
@@ -833,11 +813,7 @@ async fn serve_until_stopped(
         )
         .into_server(),
     );
-    let sessions = SessionService::new(
-        Arc::clone(&engine),
-        Arc::clone(&clock),
-        config.session.clone(),
-    );
+    let sessions = SessionService::new(Arc::clone(&engine), config.session.clone());
     metrics.collector(ServiceFigures {
         sessions: sessions.clone(),
         migrator: Arc::clone(&migrator),
@@ -845,7 +821,6 @@ async fn serve_until_stopped(
     services.add(SessionApi::new(sessions).into_server());
     let cache = CacheService::new(
         Arc::clone(&engine),
-        clock,
         config.cache.clone(),
         Arc::clone(&stats.cache),
     )
@@ -990,7 +965,13 @@ async fn serve_until_stopped(
             return Ok(());
         }
         () = shutdown => StopReason::Requested,
-        reason = engine.failed() => {
+        // Only a local engine has a writer that can fail for good.
+        reason = async {
+            match engine.local() {
+                Some(local) => local.failed().await,
+                None => std::future::pending().await,
+            }
+        } => {
             tracing::error!(%reason, "the storage engine failed; stopping");
             StopReason::EngineFailed(reason)
         }
@@ -1097,7 +1078,6 @@ impl RunningServer {
         let task = tokio::spawn(serve_with_stats(
             config,
             served,
-            clock,
             listeners,
             async {
                 let _ = shutdown_rx.await;

@@ -11,8 +11,8 @@ use tierkv::clock::{ManualClock, SharedClock};
 use tierkv::engine::conformance::{self, Harness, SUITE_CHANGE_FEED_CAPACITY, SUITE_NAMESPACES};
 use tierkv::engine::record::INLINE_VALUE_MAX;
 use tierkv::engine::{
-    Change, DeleteOp, Engine, EngineError, Namespaces, Precondition, Record, RocksEngine,
-    RocksOptions, ScanRequest, ValueKind, WriteOp, WriteOutcome,
+    Change, DeleteOp, Engine, EngineError, LocalStorage, Namespaces, Precondition, Record,
+    RocksEngine, RocksOptions, ScanRequest, ValueKind, WriteOp, WriteOutcome,
 };
 
 struct RocksHarness {
@@ -603,7 +603,9 @@ async fn write_in_one_group(
     for ops in requests {
         let queued = engine.queued_write_bytes();
         let writer = engine.clone();
-        tasks.push(tokio::spawn(async move { writer.write(ops).await }));
+        tasks.push(tokio::spawn(async move {
+            writer.write(ops).await.map(|receipt| receipt.outcomes)
+        }));
         while engine.queued_write_bytes() == queued {
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
@@ -723,7 +725,7 @@ async fn writer_death_is_reported() {
         .unwrap();
     let failed = {
         let engine = engine.clone();
-        tokio::spawn(async move { engine.failed().await })
+        tokio::spawn(async move { LocalStorage::failed(&engine).await })
     };
     tokio::time::sleep(Duration::from_millis(20)).await;
     assert!(!failed.is_finished(), "a healthy engine has not failed");

@@ -44,7 +44,7 @@ async fn committed_writes_publish_events_in_order() {
         clock.clone(),
     )
     .unwrap();
-    let service = KvService::new(Arc::new(engine), clock);
+    let service = KvService::new(Arc::new(engine));
     let mut changes = service.subscribe_changes();
 
     let first = service.put(put("cache:a")).await.unwrap();

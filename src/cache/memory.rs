@@ -5,9 +5,17 @@
 //!
 //! Two rules, and why they suffice:
 //!
-//! 1. **Every read catches up with the feed before it looks.** The engine
-//!    publishes a commit before it answers the writer, so when a write has
-//!    returned, its event is in this tier's subscriptions. The tier is split
+//! 1. **Every read catches up with the feed before it looks.** A read first
+//!    waits until the feed has published everything up to the engine's
+//!    [`acknowledged sequence`](crate::engine::Engine::acknowledged_sequence)
+//!    (the wait of [`ChangeSubscription::catch_up_to`], on the feed position
+//!    every subscription shares), so every write that returned before the
+//!    read started has its event in this tier's subscriptions. This is the
+//!    engine contract, not an assumption about timing: the RocksDB engine
+//!    publishes before it answers, so the wait ends at once; a remote
+//!    engine's feed may arrive later, and the read waits for it (until its
+//!    deadline, at most [`MAX_CATCH_UP_WAIT`]; past that it skips memory and
+//!    reads the store, whose reads are strong). The tier is split
 //!    into [`SHARDS`] shards by key hash, each with a subscription of its own
 //!    and a lock of its own, and applies, from that subscription, the events
 //!    of its keys only. [`MemoryTier::get`] first applies every event of its
@@ -29,8 +37,10 @@
 //!    delete or clear was applied since the ticket, nor a put whose version
 //!    is above the entry's. It checks and inserts under the lock of the
 //!    shard the key's events are applied under, so the two never interleave
-//!    (a stripe belongs to one shard). Versions of a key only
-//!    grow, so a commit newer than the value read has a higher version.
+//!    (a stripe belongs to one shard). Versions are ordered store-wide (a
+//!    commit's versions are above every earlier commit's, as the engine
+//!    contract states), so a commit newer than the value read has a higher
+//!    version, whichever key of the stripe it wrote.
 //!    Either its event was applied before the fill — the check sees it and
 //!    nothing is inserted — or after — and applying it drops the entry
 //!    (rule 1) before any read that starts after the write returned looks.
@@ -55,8 +65,9 @@
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
 
-use crate::engine::{Change, ChangeEvent, ChangeSubscription, RecvError};
+use crate::engine::{Change, ChangeEvent, ChangeSubscription, FeedPosition, RecvError};
 
 use super::entry::MemoryEntry;
 
@@ -70,6 +81,11 @@ const STRIPES: usize = 16384;
 /// sixteen keep readers of different keys from waiting on each other's
 /// events on any core count this runs on.
 pub const SHARDS: usize = 16;
+/// Longest a read waits for the feed to publish what the engine has
+/// acknowledged, when its caller's deadline is not sooner; past it the read
+/// skips memory and goes to the store. Never reached with the RocksDB
+/// engine, which publishes before it acknowledges.
+pub const MAX_CATCH_UP_WAIT: Duration = Duration::from_secs(1);
 
 /// A filler's view of its key's stripe, taken before it reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -100,6 +116,10 @@ pub struct MemoryTier {
     /// shard, and while a fill of one of its keys checks its ticket and
     /// inserts (see the module docs); never across an await.
     shards: Box<[Mutex<ChangeSubscription>]>,
+    /// How far the feed has published, shared by every shard's subscription.
+    published: FeedPosition,
+    /// The engine's acknowledged sequence: what a read catches up to.
+    acknowledged: Box<dyn Fn() -> u64 + Send + Sync>,
     capacity_bytes: u64,
     on_clear: Box<dyn Fn() + Send + Sync>,
 }
@@ -117,14 +137,24 @@ impl std::fmt::Debug for MemoryTier {
 impl MemoryTier {
     /// A tier holding at most `capacity_bytes` (as [`MemoryEntry::weight`]
     /// counts), applying events from subscriptions `subscribe` makes (one
-    /// per shard, and one to wake the background task); `on_clear` is called
-    /// when a lag clears it. Starts the background task that keeps it caught
-    /// up, which ends when the tier is dropped or the feed closes.
+    /// per shard, and one to wake the background task) and catching up to
+    /// `acknowledged` (the engine's
+    /// [`acknowledged_sequence`](crate::engine::Engine::acknowledged_sequence))
+    /// before every read; `on_clear` is called when a lag clears it. Starts
+    /// the background task that keeps it caught up, which ends when the tier
+    /// is dropped or the feed closes.
     pub fn start(
         capacity_bytes: u64,
         subscribe: impl Fn() -> ChangeSubscription,
+        acknowledged: impl Fn() -> u64 + Send + Sync + 'static,
         on_clear: impl Fn() + Send + Sync + 'static,
     ) -> Arc<Self> {
+        let shards: Box<[Mutex<ChangeSubscription>]> =
+            (0..SHARDS).map(|_| Mutex::new(subscribe())).collect();
+        let published = shards[0]
+            .lock()
+            .unwrap_or_else(|error| error.into_inner())
+            .feed_position();
         let cache = moka::sync::Cache::builder()
             .max_capacity(capacity_bytes)
             .weigher(|key: &Arc<str>, entry: &Arc<MemoryEntry>| entry.weight(key))
@@ -135,7 +165,9 @@ impl MemoryTier {
             stripes: (0..STRIPES).map(|_| Stripe::default()).collect(),
             hasher: Default::default(),
             epoch: AtomicU64::new(0),
-            shards: (0..SHARDS).map(|_| Mutex::new(subscribe())).collect(),
+            shards,
+            published,
+            acknowledged: Box::new(acknowledged),
             capacity_bytes,
             on_clear: Box::new(on_clear),
         });
@@ -149,11 +181,41 @@ impl MemoryTier {
         self.capacity_bytes / 4
     }
 
-    /// The entry for `key`, after applying every published change of its
-    /// shard.
-    pub fn get(&self, key: &str) -> Option<Arc<MemoryEntry>> {
+    /// The entry for `key`, after catching up with every write the engine
+    /// acknowledged before the call (see the module docs); `None` as well
+    /// when the feed did not get there by `deadline` (or within
+    /// [`MAX_CATCH_UP_WAIT`]): the caller then reads the store.
+    pub async fn get(&self, key: &str, deadline: Option<Instant>) -> Option<Arc<MemoryEntry>> {
+        if !self.wait_for_acknowledged(deadline).await {
+            return None;
+        }
+        self.get_published(key)
+    }
+
+    /// The entry for `key`, after applying every change of its shard
+    /// already published (not waiting for acknowledged ones still to come).
+    fn get_published(&self, key: &str) -> Option<Arc<MemoryEntry>> {
         self.catch_up_shard(self.stripe_of(key) % SHARDS);
         self.cache.get(key)
+    }
+
+    /// Waits until the subscriptions hold every event up to the engine's
+    /// acknowledged sequence; false when the deadline (or
+    /// [`MAX_CATCH_UP_WAIT`]) came first or the feed closed.
+    async fn wait_for_acknowledged(&self, deadline: Option<Instant>) -> bool {
+        let wanted = (self.acknowledged)();
+        if self.published.reached(wanted) {
+            return true;
+        }
+        let limit = Instant::now() + MAX_CATCH_UP_WAIT;
+        let until = deadline.map_or(limit, |deadline| deadline.min(limit));
+        match self.published.wait_for(wanted, until).await {
+            Ok(()) => true,
+            Err(error) => {
+                tracing::debug!(%error, "the memory tier is behind the change feed; reading the store");
+                false
+            }
+        }
     }
 
     /// A ticket for a fill of `key`; take it before reading what to fill.
@@ -238,8 +300,17 @@ impl MemoryTier {
         (self.hasher.hash_one(key) as usize) % STRIPES
     }
 
+    /// Applies every event up to the engine's acknowledged sequence, in
+    /// every shard (waiting for the feed until `deadline`, as a read does);
+    /// returns whether it got there.
+    pub async fn catch_up(&self, deadline: Option<Instant>) -> bool {
+        let caught_up = self.wait_for_acknowledged(deadline).await;
+        self.apply_published();
+        caught_up
+    }
+
     /// Applies every event already published, in every shard.
-    pub fn catch_up(&self) {
+    fn apply_published(&self) {
         for shard in 0..SHARDS {
             self.catch_up_shard(shard);
         }
@@ -320,7 +391,7 @@ async fn keep_up(tier: Weak<MemoryTier>, mut wake: ChangeSubscription) {
         }
         // Drain the wake-up subscription too: one catch-up covers them all.
         while let Ok(Some(_)) = wake.try_recv() {}
-        tier.catch_up();
+        tier.apply_published();
     }
 }
 
@@ -343,7 +414,13 @@ mod tests {
             ManualClock::starting_now(),
         )
         .unwrap();
-        let tier = MemoryTier::start(1 << 20, || engine.subscribe(), || {});
+        let acknowledged = engine.clone();
+        let tier = MemoryTier::start(
+            1 << 20,
+            || engine.subscribe(),
+            move || acknowledged.acknowledged_sequence(),
+            || {},
+        );
         (engine, tier)
     }
 
@@ -393,9 +470,9 @@ mod tests {
         let ticket = tier.ticket(key);
         assert_eq!(engine.get(key.into()).await.unwrap().unwrap().version, v1);
         let v2 = put(&engine, key, "2").await;
-        tier.catch_up();
+        tier.catch_up(None).await;
         assert!(!tier.fill(key, entry(v1), ticket));
-        assert!(tier.get(key).is_none());
+        assert!(tier.get(key, None).await.is_none());
 
         // The event is applied after the fill (unless the background task
         // was quicker, which the fill's check covers): the next read drops it.
@@ -403,7 +480,7 @@ mod tests {
         let _ = put(&engine, key, "3").await;
         let _ = tier.fill(key, entry(v2), ticket);
         assert!(
-            tier.get(key).is_none(),
+            tier.get(key, None).await.is_none(),
             "the v3 event drops v2 before the read looks"
         );
 
@@ -411,7 +488,7 @@ mod tests {
         let ticket = tier.ticket(key);
         let v4 = put(&engine, key, "4").await;
         assert!(tier.fill(key, entry(v4), ticket));
-        assert_eq!(tier.get(key).unwrap().version, v4);
+        assert_eq!(tier.get(key, None).await.unwrap().version, v4);
 
         // A delete between read and fill removes the fill, in both orders.
         let ticket = tier.ticket(key);
@@ -422,19 +499,19 @@ mod tests {
             })
         };
         engine.write(vec![delete()]).await.unwrap();
-        tier.catch_up();
+        tier.catch_up(None).await;
         assert!(!tier.fill(key, entry(v4), ticket));
-        assert!(tier.get(key).is_none());
+        assert!(tier.get(key, None).await.is_none());
         let v5 = put(&engine, key, "5").await;
         let ticket = tier.ticket(key);
         engine.write(vec![delete()]).await.unwrap();
         let _ = tier.fill(key, entry(v5), ticket);
-        assert!(tier.get(key).is_none());
+        assert!(tier.get(key, None).await.is_none());
 
         // A remembered 404 (version 0) does not survive a put of its key.
         let ticket = tier.ticket(key);
         let _ = put(&engine, key, "6").await;
-        tier.catch_up();
+        tier.catch_up(None).await;
         let mut negative = entry(0);
         negative.negative = Some(404);
         assert!(!tier.fill(key, negative, ticket));
@@ -461,8 +538,10 @@ mod tests {
         let (answered, answer) = std::sync::mpsc::channel();
         let reader = {
             let tier = Arc::clone(&tier);
+            let runtime = tokio::runtime::Handle::current();
             std::thread::spawn(move || {
-                let _ = answered.send(tier.get(key).map(|entry| entry.version));
+                let read = runtime.block_on(tier.get(key, None));
+                let _ = answered.send(read.map(|entry| entry.version));
             })
         };
         // A deadlock guard, not a time limit: without sharding the read
@@ -488,15 +567,16 @@ mod tests {
         let v1 = put(&engine, key, "1").await;
         let ticket = tier.ticket(key);
         put(&engine, key, "2").await;
-        tier.catch_up();
+        tier.catch_up(None).await;
 
         let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let reader = {
             let (tier, done) = (Arc::clone(&tier), Arc::clone(&done));
+            let runtime = tokio::runtime::Handle::current();
             std::thread::spawn(move || {
                 let mut seen = 0u64;
                 while !done.load(Ordering::SeqCst) {
-                    if tier.get(key).is_some() {
+                    if runtime.block_on(tier.get(key, None)).is_some() {
                         seen += 1;
                     }
                 }
@@ -508,5 +588,68 @@ mod tests {
         }
         done.store(true, Ordering::SeqCst);
         assert_eq!(reader.join().unwrap(), 0, "a refused fill was seen");
+    }
+
+    /// A read catches up with writes the engine acknowledged even when their
+    /// events reach the feed later, as a remote engine's do: the feed here is
+    /// the real one, published by hand after the write was acknowledged.
+    /// Before `catch_up_to`, a read returned the older entry from memory.
+    #[tokio::test]
+    async fn a_read_waits_for_acknowledged_events_still_to_come() {
+        use crate::engine::ChangeFeed;
+        let feed = Arc::new(ChangeFeed::new(16, usize::MAX, 0));
+        let acknowledged = Arc::new(AtomicU64::new(0));
+        let tier = {
+            let (feed, acknowledged) = (Arc::clone(&feed), Arc::clone(&acknowledged));
+            MemoryTier::start(
+                1 << 20,
+                move || feed.subscribe(),
+                move || acknowledged.load(Ordering::SeqCst),
+                || {},
+            )
+        };
+        let key = "cache:k";
+        assert!(tier.fill(key, entry(1), tier.ticket(key)));
+        assert_eq!(tier.get(key, None).await.unwrap().version, 1);
+
+        // A put of version 2 at sequence 30 is acknowledged; its event comes later.
+        acknowledged.store(30, Ordering::SeqCst);
+        let publisher = Arc::clone(&feed);
+        let late = tokio::spawn(async move {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            publisher.publish(
+                30,
+                1,
+                || key.len(),
+                || {
+                    vec![ChangeEvent {
+                        sequence: 30,
+                        key: Arc::from(key),
+                        change: Change::Put {
+                            version: 2,
+                            expire_at_millis: None,
+                        },
+                    }]
+                },
+            );
+        });
+        let read = tier
+            .get(
+                key,
+                Some(Instant::now() + std::time::Duration::from_secs(10)),
+            )
+            .await;
+        assert!(
+            read.is_none(),
+            "the read returned {read:?} after version 2 was acknowledged"
+        );
+        late.await.unwrap();
+
+        // A feed that never gets there: the read skips memory at its deadline.
+        assert!(tier.fill(key, entry(2), tier.ticket(key)));
+        acknowledged.store(40, Ordering::SeqCst);
+        let soon = Instant::now() + std::time::Duration::from_millis(20);
+        assert!(tier.get(key, Some(soon)).await.is_none());
+        assert!(!tier.catch_up(Some(soon)).await);
     }
 }

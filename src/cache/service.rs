@@ -30,7 +30,6 @@ use std::time::{Duration, Instant};
 
 use thiserror::Error;
 
-use crate::clock::SharedClock;
 use crate::engine::{
     DeleteOp, Engine, EngineError, Precondition, PutOp, Record, ScanRequest, ValueKind, WriteOp,
     WriteOutcome,
@@ -403,7 +402,6 @@ impl CacheService {
     /// must be called within a Tokio runtime.
     pub fn new(
         engine: Arc<dyn Engine>,
-        clock: SharedClock,
         config: CacheConfig,
         stats: Arc<CacheStats>,
     ) -> Result<Self, OriginError> {
@@ -413,9 +411,11 @@ impl CacheService {
             Some(OriginClient::new(&config)?)
         };
         let clear_stats = Arc::clone(&stats);
+        let acknowledged = Arc::clone(&engine);
         let memory = MemoryTier::start(
             config.memory_bytes(),
             || engine.subscribe(),
+            move || acknowledged.acknowledged_sequence(),
             move || CacheStats::count(&clear_stats.memory_clears),
         );
         stats.attach_memory(Arc::clone(&memory));
@@ -423,7 +423,7 @@ impl CacheService {
         budget::follow_deletes(&ledgers, engine.subscribe());
         Ok(Self {
             inner: Arc::new(Inner {
-                kv: KvService::new(Arc::clone(&engine), clock),
+                kv: KvService::new(Arc::clone(&engine)),
                 engine,
                 fetch_limits: FetchLimits::new(&config),
                 ledgers,
@@ -456,7 +456,7 @@ impl CacheService {
             .map_err(|violation| CacheError::Kv(KvError::InvalidArgument(vec![violation])))?;
         inner.check_owner("key", key)?;
         let now = inner.engine.now_millis();
-        let in_memory = inner.memory.get(key);
+        let in_memory = inner.memory.get(key, deadline).await;
         if let Some(entry) = &in_memory {
             if now < entry.memory_until() {
                 if let Some(status) = entry.negative {
@@ -1136,8 +1136,10 @@ impl Inner {
                     });
                     let _ = self.engine.write(vec![delete]).await;
                     // Our own delete would fail the earlier ticket: take a new
-                    // one after it, and check the store is still empty.
-                    self.memory.catch_up();
+                    // one after its event is applied (the engine acknowledged
+                    // it, so catching up covers it; if the feed is late, the
+                    // fill below just fails), and check the store is still empty.
+                    self.memory.catch_up(None).await;
                     ticket = self.memory.ticket(&key);
                     if !matches!(self.engine.get(key.clone()).await, Ok(None)) {
                         return Err(FetchError::NotFound(status));

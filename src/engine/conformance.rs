@@ -192,12 +192,18 @@ pub async fn preconditions_gate_writes<H: Harness>(mut harness: H) {
         .write(vec![delete("k", Precondition::IfVersion(v2))])
         .await
         .unwrap();
-    assert_eq!(deleted, vec![WriteOutcome::Delete { existed: true }]);
+    assert_eq!(
+        deleted.outcomes,
+        vec![WriteOutcome::Delete { existed: true }]
+    );
     let again = engine
         .write(vec![delete("k", Precondition::None)])
         .await
         .unwrap();
-    assert_eq!(again, vec![WriteOutcome::Delete { existed: false }]);
+    assert_eq!(
+        again.outcomes,
+        vec![WriteOutcome::Delete { existed: false }]
+    );
     engine
         .write(vec![put_with("k", "3", |op| {
             op.precondition = Precondition::IfAbsent
@@ -279,7 +285,10 @@ pub async fn expiry_hides_records<H: Harness>(mut harness: H) {
         .write(vec![delete("user:long", Precondition::None)])
         .await
         .unwrap();
-    assert_eq!(deleted, vec![WriteOutcome::Delete { existed: true }]);
+    assert_eq!(
+        deleted.outcomes,
+        vec![WriteOutcome::Delete { existed: true }]
+    );
     clock.advance(Duration::from_secs(3600));
     let results = engine
         .get_many(vec!["user:short".into(), "user:forever".into()])

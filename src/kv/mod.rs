@@ -11,7 +11,6 @@ use std::sync::Arc;
 
 use thiserror::Error;
 
-use crate::clock::SharedClock;
 use crate::engine::{
     ChangeSubscription, DeleteOp, Engine, EngineError, Precondition, PutOp, Record, ScanRequest,
     ValueKind, WriteOp, WriteOutcome,
@@ -327,18 +326,16 @@ fn invalid(field: impl Into<String>, description: impl Into<String>) -> KvError 
 #[derive(Clone)]
 pub struct KvService {
     engine: Arc<dyn Engine>,
-    clock: SharedClock,
     /// Migrates records older than their prefix's target as they are read.
     lazy_migration: Option<Arc<LazyMigrator>>,
     fallbacks: Arc<fallback::FallbackCounters>,
 }
 
 impl KvService {
-    /// A service over `engine`, taking time from `clock`.
-    pub fn new(engine: Arc<dyn Engine>, clock: SharedClock) -> Self {
+    /// A service over `engine`, taking time from its clock.
+    pub fn new(engine: Arc<dyn Engine>) -> Self {
         Self {
             engine,
-            clock,
             lazy_migration: None,
             fallbacks: Arc::default(),
         }
@@ -373,10 +370,10 @@ impl KvService {
         self.engine.subscribe()
     }
 
-    /// The time TTLs count from: the engine's now, which never goes back,
-    /// or the service's clock when it is ahead.
+    /// The time TTLs count from: the engine's now, which never goes back
+    /// (the engine's clock is the one clock for expiry).
     fn now_millis(&self) -> u64 {
-        self.clock.now_millis().max(self.engine.now_millis())
+        self.engine.now_millis()
     }
 
     /// Refuses a key (or listing prefix) inside a namespace another service
@@ -634,7 +631,7 @@ impl KvService {
     }
 
     async fn write(&self, ops: Vec<WriteOp>) -> Result<Vec<WriteOutcome>, KvError> {
-        Ok(self.engine.write(ops).await?)
+        Ok(self.engine.write(ops).await?.outcomes)
     }
 
     fn prepare_put(&self, field_prefix: &str, command: PutCommand) -> Result<PutOp, KvError> {

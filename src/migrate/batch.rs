@@ -34,7 +34,6 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
 use super::{lazy::write_back_op, MigrateError, Migrations, Plan};
-use crate::clock::SharedClock;
 use crate::engine::{Engine, EngineError, ScanRequest, WriteOp};
 use crate::kv::limits::MAX_KEY_BYTES;
 
@@ -141,7 +140,6 @@ type Registry = Arc<Mutex<HashMap<String, Arc<Mutex<MigrationState>>>>>;
 pub struct Migrator {
     migrations: Arc<Migrations>,
     engine: Arc<dyn Engine>,
-    clock: SharedClock,
     /// Runs in progress by prefix. A std mutex: held for map operations only.
     running: Registry,
     /// Set when the server shuts down: runs stop after their batch.
@@ -177,11 +175,10 @@ fn state_name(prefix: &str) -> String {
 
 impl Migrator {
     /// A migrator applying `migrations` to records of `engine`.
-    pub fn new(migrations: Arc<Migrations>, engine: Arc<dyn Engine>, clock: SharedClock) -> Self {
+    pub fn new(migrations: Arc<Migrations>, engine: Arc<dyn Engine>) -> Self {
         Self {
             migrations,
             engine,
-            clock,
             running: Arc::default(),
             stopping: Arc::default(),
         }
@@ -201,7 +198,8 @@ impl Migrator {
     }
 
     fn now(&self) -> u64 {
-        self.clock.now_millis().max(self.engine.now_millis())
+        // The engine's clock is the one clock for expiry.
+        self.engine.now_millis()
     }
 
     /// Starts (or resumes) the migration of `request.prefix` and returns its
@@ -306,7 +304,6 @@ impl Migrator {
             guard: Some(guard),
             migrations: Arc::clone(&self.migrations),
             engine: Arc::clone(&self.engine),
-            clock: Arc::clone(&self.clock),
             shared,
             request,
             sender,
@@ -367,7 +364,6 @@ struct Run {
     guard: Option<RunGuard>,
     migrations: Arc<Migrations>,
     engine: Arc<dyn Engine>,
-    clock: SharedClock,
     shared: Arc<Mutex<MigrationState>>,
     request: MigrationRequest,
     sender: mpsc::Sender<Result<MigrationProgress, MigrateError>>,
@@ -396,7 +392,8 @@ impl Run {
     }
 
     fn now(&self) -> u64 {
-        self.clock.now_millis().max(self.engine.now_millis())
+        // The engine's clock is the one clock for expiry.
+        self.engine.now_millis()
     }
 
     async fn save(&self, state: &MigrationState) -> Result<(), MigrateError> {
