@@ -85,6 +85,18 @@ async fn reads_within_a_byte_budget() {
     conformance::reads_within_a_byte_budget(RocksHarness::new()).await;
 }
 
+/// Suite: a commit's versions are above every earlier commit's, whatever the keys.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn versions_are_ordered_store_wide() {
+    conformance::versions_are_ordered_store_wide(RocksHarness::new()).await;
+}
+
+/// Suite: a read that starts after a write returned sees it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_after_a_write_sees_it() {
+    conformance::a_read_after_a_write_sees_it(RocksHarness::new()).await;
+}
+
 /// Suite: scans bound the records they examine and resume after them.
 #[tokio::test]
 async fn scans_bound_the_records_they_examine() {
@@ -119,6 +131,24 @@ async fn subscribe_then_read_misses_no_write() {
 #[tokio::test]
 async fn lagging_subscriber_learns_how_much_it_missed() {
     conformance::lagging_subscriber_learns_how_much_it_missed(RocksHarness::new()).await;
+}
+
+/// Suite: `write` returns the sequence its commit's events carry.
+#[tokio::test]
+async fn write_returns_its_commit_sequence() {
+    conformance::write_returns_its_commit_sequence(RocksHarness::new()).await;
+}
+
+/// Suite: sequences strictly increase across writers and restarts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sequences_strictly_increase() {
+    conformance::sequences_strictly_increase(RocksHarness::new()).await;
+}
+
+/// Suite: `catch_up_to` returns after a write, fails at its deadline and on close.
+#[tokio::test]
+async fn catch_up_to_waits_for_the_feed() {
+    conformance::catch_up_to_waits_for_the_feed(RocksHarness::new()).await;
 }
 
 /// Suite: the clock never goes back, even across a restart.

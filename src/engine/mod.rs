@@ -130,7 +130,8 @@ pub struct WriteReceipt {
     /// One outcome per mutation, in order.
     pub outcomes: Vec<WriteOutcome>,
     /// The commit's sequence: every change event of this commit has a
-    /// sequence at most this, every event of a later commit a greater one.
+    /// sequence at most this (its last event exactly this) and above every
+    /// earlier commit's; every event of a later commit has a greater one.
     /// [`ChangeSubscription::catch_up_to`] this sequence to see the commit's
     /// events. A write of no mutations commits nothing and carries the
     /// engine's [`Engine::acknowledged_sequence`].

@@ -199,6 +199,7 @@ impl LazyMigrator {
                 return;
             }
         }
+        // Relies on the engine's strong reads plus `IfVersion`, not on the change feed.
         let op = write_back_op(key, migrated.clone());
         let engine = Arc::clone(&self.engine);
         let in_flight = Arc::clone(&self.in_flight);

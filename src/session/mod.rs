@@ -531,6 +531,7 @@ impl SessionService {
     /// records the use, writing at most once per touch interval.
     pub async fn touch(&self, token: &str) -> Result<Session, SessionError> {
         for _ in 0..MAX_ATTEMPTS {
+            // Relies on the engine's strong reads plus `IfVersion`, not on the change feed.
             let found = self.find(token).await?;
             let now = self.now_millis();
             if !self.touch_due(&found.stored, now) {
