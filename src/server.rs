@@ -760,7 +760,7 @@ async fn serve_until_flushed(
 enum StopReason {
     /// The shutdown future resolved (SIGTERM, Ctrl-C, `RunningServer::stop`).
     Requested,
-    /// The storage engine failed for good (see [`Engine::failed`]); the
+    /// The storage engine failed for good (see [`crate::engine::LocalStorage::failed`]); the
     /// server drains like any other stop, then reports the failure so the
     /// process exits non-zero instead of answering UNAVAILABLE while SERVING.
     EngineFailed(String),
