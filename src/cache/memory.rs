@@ -118,8 +118,6 @@ pub struct MemoryTier {
     shards: Box<[Mutex<ChangeSubscription>]>,
     /// How far the feed has published, shared by every shard's subscription.
     published: FeedPosition,
-    /// The engine's acknowledged sequence: what a read catches up to.
-    acknowledged: Box<dyn Fn() -> u64 + Send + Sync>,
     capacity_bytes: u64,
     on_clear: Box<dyn Fn() + Send + Sync>,
 }
@@ -137,16 +135,14 @@ impl std::fmt::Debug for MemoryTier {
 impl MemoryTier {
     /// A tier holding at most `capacity_bytes` (as [`MemoryEntry::weight`]
     /// counts), applying events from subscriptions `subscribe` makes (one
-    /// per shard, and one to wake the background task) and catching up to
-    /// `acknowledged` (the engine's
-    /// [`acknowledged_sequence`](crate::engine::Engine::acknowledged_sequence))
-    /// before every read; `on_clear` is called when a lag clears it. Starts
-    /// the background task that keeps it caught up, which ends when the tier
-    /// is dropped or the feed closes.
+    /// per shard, and one to wake the background task); `on_clear` is called
+    /// when a lag clears it. Starts the background task that keeps it caught
+    /// up, which ends when the tier is dropped or the feed closes. The tier
+    /// holds no engine handle (its counters outlive the server, and must not
+    /// keep the store open): readers pass the sequence to catch up to.
     pub fn start(
         capacity_bytes: u64,
         subscribe: impl Fn() -> ChangeSubscription,
-        acknowledged: impl Fn() -> u64 + Send + Sync + 'static,
         on_clear: impl Fn() + Send + Sync + 'static,
     ) -> Arc<Self> {
         let shards: Box<[Mutex<ChangeSubscription>]> =
@@ -167,7 +163,6 @@ impl MemoryTier {
             epoch: AtomicU64::new(0),
             shards,
             published,
-            acknowledged: Box::new(acknowledged),
             capacity_bytes,
             on_clear: Box::new(on_clear),
         });
@@ -181,12 +176,19 @@ impl MemoryTier {
         self.capacity_bytes / 4
     }
 
-    /// The entry for `key`, after catching up with every write the engine
-    /// acknowledged before the call (see the module docs); `None` as well
-    /// when the feed did not get there by `deadline` (or within
+    /// The entry for `key`, after catching up with every event up to
+    /// `acknowledged`: the engine's
+    /// [`acknowledged_sequence`](crate::engine::Engine::acknowledged_sequence)
+    /// read when the call started (see the module docs). `None` as well when
+    /// the feed did not get there by `deadline` (or within
     /// [`MAX_CATCH_UP_WAIT`]): the caller then reads the store.
-    pub async fn get(&self, key: &str, deadline: Option<Instant>) -> Option<Arc<MemoryEntry>> {
-        if !self.wait_for_acknowledged(deadline).await {
+    pub async fn get(
+        &self,
+        key: &str,
+        acknowledged: u64,
+        deadline: Option<Instant>,
+    ) -> Option<Arc<MemoryEntry>> {
+        if !self.wait_for_feed(acknowledged, deadline).await {
             return None;
         }
         self.get_published(key)
@@ -199,11 +201,10 @@ impl MemoryTier {
         self.cache.get(key)
     }
 
-    /// Waits until the subscriptions hold every event up to the engine's
-    /// acknowledged sequence; false when the deadline (or
-    /// [`MAX_CATCH_UP_WAIT`]) came first or the feed closed.
-    async fn wait_for_acknowledged(&self, deadline: Option<Instant>) -> bool {
-        let wanted = (self.acknowledged)();
+    /// Waits until the subscriptions hold every event up to `wanted`; false
+    /// when the deadline (or [`MAX_CATCH_UP_WAIT`]) came first or the feed
+    /// closed.
+    async fn wait_for_feed(&self, wanted: u64, deadline: Option<Instant>) -> bool {
         if self.published.reached(wanted) {
             return true;
         }
@@ -300,11 +301,12 @@ impl MemoryTier {
         (self.hasher.hash_one(key) as usize) % STRIPES
     }
 
-    /// Applies every event up to the engine's acknowledged sequence, in
-    /// every shard (waiting for the feed until `deadline`, as a read does);
+    /// Applies every event up to `sequence` (a write's
+    /// [`WriteReceipt::sequence`](crate::engine::WriteReceipt::sequence)), in
+    /// every shard, waiting for the feed until `deadline` as a read does;
     /// returns whether it got there.
-    pub async fn catch_up(&self, deadline: Option<Instant>) -> bool {
-        let caught_up = self.wait_for_acknowledged(deadline).await;
+    pub async fn catch_up_to(&self, sequence: u64, deadline: Option<Instant>) -> bool {
+        let caught_up = self.wait_for_feed(sequence, deadline).await;
         self.apply_published();
         caught_up
     }

@@ -411,11 +411,9 @@ impl CacheService {
             Some(OriginClient::new(&config)?)
         };
         let clear_stats = Arc::clone(&stats);
-        let acknowledged = Arc::clone(&engine);
         let memory = MemoryTier::start(
             config.memory_bytes(),
             || engine.subscribe(),
-            move || acknowledged.acknowledged_sequence(),
             move || CacheStats::count(&clear_stats.memory_clears),
         );
         stats.attach_memory(Arc::clone(&memory));
@@ -456,7 +454,8 @@ impl CacheService {
             .map_err(|violation| CacheError::Kv(KvError::InvalidArgument(vec![violation])))?;
         inner.check_owner("key", key)?;
         let now = inner.engine.now_millis();
-        let in_memory = inner.memory.get(key, deadline).await;
+        let acknowledged = inner.engine.acknowledged_sequence();
+        let in_memory = inner.memory.get(key, acknowledged, deadline).await;
         if let Some(entry) = &in_memory {
             if now < entry.memory_until() {
                 if let Some(status) = entry.negative {
@@ -1134,12 +1133,14 @@ impl Inner {
                         key: key.clone(),
                         precondition: Precondition::IfVersion(record.version),
                     });
-                    let _ = self.engine.write(vec![delete]).await;
+                    let sequence = match self.engine.write(vec![delete]).await {
+                        Ok(receipt) => receipt.sequence,
+                        Err(_) => self.engine.acknowledged_sequence(),
+                    };
                     // Our own delete would fail the earlier ticket: take a new
-                    // one after its event is applied (the engine acknowledged
-                    // it, so catching up covers it; if the feed is late, the
+                    // one once its event is applied (if the feed is late, the
                     // fill below just fails), and check the store is still empty.
-                    self.memory.catch_up(None).await;
+                    self.memory.catch_up_to(sequence, None).await;
                     ticket = self.memory.ticket(&key);
                     if !matches!(self.engine.get(key.clone()).await, Ok(None)) {
                         return Err(FetchError::NotFound(status));

@@ -11,6 +11,13 @@
 //! would need I/O (or copies a large value) moves to tokio's blocking pool.
 //! Scans always run on the blocking pool. Writes are queued to a writer thread
 //! that group-commits them and publishes the change feed (`writer`).
+//!
+//! Files: this one holds the engine's handle, its state and the column-family
+//! helpers; `open` opens the store (options, counters, layout checks, the
+//! repair of misplaced keys), `read` the point reads, `scan` the scans and
+//! namespace ranges, `traits` the [`super::Engine`] and [`super::LocalStorage`]
+//! implementations, `writer` the write path, and `hooks` the test hooks (only
+//! with the `test-hooks` feature).
 
 #[cfg(feature = "test-hooks")]
 mod hooks;

@@ -18,13 +18,7 @@ fn engine_and_tier(dir: &tempfile::TempDir) -> (RocksEngine, Arc<MemoryTier>) {
         ManualClock::starting_now(),
     )
     .unwrap();
-    let acknowledged = engine.clone();
-    let tier = MemoryTier::start(
-        1 << 20,
-        || engine.subscribe(),
-        move || acknowledged.acknowledged_sequence(),
-        || {},
-    );
+    let tier = MemoryTier::start(1 << 20, || engine.subscribe(), || {});
     (engine, tier)
 }
 
@@ -74,9 +68,12 @@ async fn fills_that_raced_newer_commits_never_stay() {
     let ticket = tier.ticket(key);
     assert_eq!(engine.get(key.into()).await.unwrap().unwrap().version, v1);
     let v2 = put(&engine, key, "2").await;
-    tier.catch_up(None).await;
+    tier.catch_up_to(engine.acknowledged_sequence(), None).await;
     assert!(!tier.fill(key, entry(v1), ticket));
-    assert!(tier.get(key, None).await.is_none());
+    assert!(tier
+        .get(key, engine.acknowledged_sequence(), None)
+        .await
+        .is_none());
 
     // The event is applied after the fill (unless the background task
     // was quicker, which the fill's check covers): the next read drops it.
@@ -84,7 +81,9 @@ async fn fills_that_raced_newer_commits_never_stay() {
     let _ = put(&engine, key, "3").await;
     let _ = tier.fill(key, entry(v2), ticket);
     assert!(
-        tier.get(key, None).await.is_none(),
+        tier.get(key, engine.acknowledged_sequence(), None)
+            .await
+            .is_none(),
         "the v3 event drops v2 before the read looks"
     );
 
@@ -92,7 +91,13 @@ async fn fills_that_raced_newer_commits_never_stay() {
     let ticket = tier.ticket(key);
     let v4 = put(&engine, key, "4").await;
     assert!(tier.fill(key, entry(v4), ticket));
-    assert_eq!(tier.get(key, None).await.unwrap().version, v4);
+    assert_eq!(
+        tier.get(key, engine.acknowledged_sequence(), None)
+            .await
+            .unwrap()
+            .version,
+        v4
+    );
 
     // A delete between read and fill removes the fill, in both orders.
     let ticket = tier.ticket(key);
@@ -103,19 +108,25 @@ async fn fills_that_raced_newer_commits_never_stay() {
         })
     };
     engine.write(vec![delete()]).await.unwrap();
-    tier.catch_up(None).await;
+    tier.catch_up_to(engine.acknowledged_sequence(), None).await;
     assert!(!tier.fill(key, entry(v4), ticket));
-    assert!(tier.get(key, None).await.is_none());
+    assert!(tier
+        .get(key, engine.acknowledged_sequence(), None)
+        .await
+        .is_none());
     let v5 = put(&engine, key, "5").await;
     let ticket = tier.ticket(key);
     engine.write(vec![delete()]).await.unwrap();
     let _ = tier.fill(key, entry(v5), ticket);
-    assert!(tier.get(key, None).await.is_none());
+    assert!(tier
+        .get(key, engine.acknowledged_sequence(), None)
+        .await
+        .is_none());
 
     // A remembered 404 (version 0) does not survive a put of its key.
     let ticket = tier.ticket(key);
     let _ = put(&engine, key, "6").await;
-    tier.catch_up(None).await;
+    tier.catch_up_to(engine.acknowledged_sequence(), None).await;
     let mut negative = entry(0);
     negative.negative = Some(404);
     assert!(!tier.fill(key, negative, ticket));
@@ -143,8 +154,9 @@ async fn a_read_does_not_wait_for_other_keys_events() {
     let reader = {
         let tier = Arc::clone(&tier);
         let runtime = tokio::runtime::Handle::current();
+        let acknowledged = engine.acknowledged_sequence();
         std::thread::spawn(move || {
-            let read = runtime.block_on(tier.get(key, None));
+            let read = runtime.block_on(tier.get(key, acknowledged, None));
             let _ = answered.send(read.map(|entry| entry.version));
         })
     };
@@ -171,16 +183,20 @@ async fn a_refused_fill_is_never_visible() {
     let v1 = put(&engine, key, "1").await;
     let ticket = tier.ticket(key);
     put(&engine, key, "2").await;
-    tier.catch_up(None).await;
+    tier.catch_up_to(engine.acknowledged_sequence(), None).await;
 
     let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let reader = {
         let (tier, done) = (Arc::clone(&tier), Arc::clone(&done));
         let runtime = tokio::runtime::Handle::current();
+        let acknowledged = engine.acknowledged_sequence();
         std::thread::spawn(move || {
             let mut seen = 0u64;
             while !done.load(Ordering::SeqCst) {
-                if runtime.block_on(tier.get(key, None)).is_some() {
+                if runtime
+                    .block_on(tier.get(key, acknowledged, None))
+                    .is_some()
+                {
                     seen += 1;
                 }
             }
@@ -202,22 +218,15 @@ async fn a_refused_fill_is_never_visible() {
 async fn a_read_waits_for_acknowledged_events_still_to_come() {
     use crate::engine::ChangeFeed;
     let feed = Arc::new(ChangeFeed::new(16, usize::MAX, 0));
-    let acknowledged = Arc::new(AtomicU64::new(0));
     let tier = {
-        let (feed, acknowledged) = (Arc::clone(&feed), Arc::clone(&acknowledged));
-        MemoryTier::start(
-            1 << 20,
-            move || feed.subscribe(),
-            move || acknowledged.load(Ordering::SeqCst),
-            || {},
-        )
+        let feed = Arc::clone(&feed);
+        MemoryTier::start(1 << 20, move || feed.subscribe(), || {})
     };
     let key = "cache:k";
     assert!(tier.fill(key, entry(1), tier.ticket(key)));
-    assert_eq!(tier.get(key, None).await.unwrap().version, 1);
+    assert_eq!(tier.get(key, 0, None).await.unwrap().version, 1);
 
     // A put of version 2 at sequence 30 is acknowledged; its event comes later.
-    acknowledged.store(30, Ordering::SeqCst);
     let publisher = Arc::clone(&feed);
     let late = tokio::spawn(async move {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
@@ -240,6 +249,7 @@ async fn a_read_waits_for_acknowledged_events_still_to_come() {
     let read = tier
         .get(
             key,
+            30,
             Some(Instant::now() + std::time::Duration::from_secs(10)),
         )
         .await;
@@ -251,8 +261,7 @@ async fn a_read_waits_for_acknowledged_events_still_to_come() {
 
     // A feed that never gets there: the read skips memory at its deadline.
     assert!(tier.fill(key, entry(2), tier.ticket(key)));
-    acknowledged.store(40, Ordering::SeqCst);
     let soon = Instant::now() + std::time::Duration::from_millis(20);
-    assert!(tier.get(key, Some(soon)).await.is_none());
-    assert!(!tier.catch_up(Some(soon)).await);
+    assert!(tier.get(key, 40, Some(soon)).await.is_none());
+    assert!(!tier.catch_up_to(40, Some(soon)).await);
 }
