@@ -204,10 +204,11 @@ impl Inner {
                         .removed
                         .fetch_add(corrupt_removed, Ordering::Relaxed);
                 }
-                // Published before anyone is answered, so every commit is
-                // published whatever happened to its caller (and waits in
-                // `catch_up_to` for a returned sequence end at once; the
-                // contract does not promise it, see `changes`).
+                // Published before anyone is answered: every commit is
+                // published whatever happened to its caller, and a
+                // `catch_up_to` of a returned sequence ends at once. That is
+                // this engine's property; the `Engine` contract lets a feed
+                // arrive later, and consumers wait for it (see `changes`).
                 self.feed.publish(
                     last_sequence,
                     events,
