@@ -328,10 +328,24 @@ struct NamespaceLabels {
 /// Storage figures of the engine, per namespace and engine-wide.
 pub struct EngineFigures {
     engine: Arc<dyn crate::engine::Engine>,
-    last: std::sync::Mutex<(
-        Vec<crate::engine::NamespaceStats>,
-        crate::engine::StorageSummary,
-    )>,
+    last: std::sync::Mutex<(Vec<crate::engine::NamespaceStats>, Option<LocalFigures>)>,
+}
+
+/// The figures only an engine over local disk has.
+#[derive(Debug, Clone, Default)]
+struct LocalFigures {
+    namespaces: Vec<crate::engine::LocalNamespaceStats>,
+    summary: crate::engine::StorageSummary,
+}
+
+/// Reads the figures of a local engine.
+async fn local_figures(
+    local: &dyn crate::engine::LocalStorage,
+) -> Result<LocalFigures, crate::engine::EngineError> {
+    Ok(LocalFigures {
+        namespaces: local.local_namespace_stats().await?,
+        summary: local.storage_summary().await?,
+    })
 }
 
 impl EngineFigures {
@@ -354,10 +368,13 @@ impl std::fmt::Debug for EngineFigures {
 impl Refresh for EngineFigures {
     async fn refresh(&self) {
         let namespaces = self.engine.namespace_stats().await;
-        let summary = self.engine.storage_summary().await;
-        match (namespaces, summary) {
-            (Ok(namespaces), Ok(summary)) => {
-                *self.last.lock().unwrap_or_else(|p| p.into_inner()) = (namespaces, summary);
+        let local = match self.engine.local() {
+            Some(local) => local_figures(local).await.map(Some),
+            None => Ok(None),
+        };
+        match (namespaces, local) {
+            (Ok(namespaces), Ok(local)) => {
+                *self.last.lock().unwrap_or_else(|p| p.into_inner()) = (namespaces, local);
             }
             (Err(error), _) | (_, Err(error)) => {
                 tracing::warn!(error = %error.log_summary(), "reading storage statistics failed; serving the last ones");
@@ -371,7 +388,7 @@ impl Collector for EngineFigures {
         &self,
         mut encoder: prometheus_client::encoding::DescriptorEncoder,
     ) -> Result<(), std::fmt::Error> {
-        let (namespaces, summary) = self.last.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let (namespaces, local) = self.last.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let mut out = FigureWriter::new(&mut encoder);
         let per_namespace =
             |pick: fn(&crate::engine::NamespaceStats) -> u64| -> Vec<(NamespaceLabels, i64)> {
@@ -398,20 +415,48 @@ impl Collector for EngineFigures {
             "Estimated bytes of live data per namespace",
             &per_namespace(|stats| stats.estimated_live_bytes),
         )?;
+        let Some(LocalFigures {
+            namespaces: local_namespaces,
+            summary,
+        }) = local
+        else {
+            return Ok(());
+        };
+        // Labelled like the namespace figures above: the two lists come in
+        // the same order, one entry per namespace.
+        let per_local_namespace =
+            |pick: fn(&crate::engine::LocalNamespaceStats) -> u64| -> Vec<(NamespaceLabels, i64)> {
+                local_namespaces
+                    .iter()
+                    .map(|stats| {
+                        let storage = namespaces
+                            .iter()
+                            .find(|named| named.prefix == stats.prefix)
+                            .map_or_else(String::new, |named| named.storage.clone());
+                        (
+                            NamespaceLabels {
+                                namespace: stats.prefix.clone(),
+                                column_family: storage,
+                            },
+                            pick(stats) as i64,
+                        )
+                    })
+                    .collect()
+            };
         out.gauge_family(
             "namespace_table_files_bytes",
             "Bytes of table files on disk per namespace",
-            &per_namespace(|stats| stats.table_files_bytes),
+            &per_local_namespace(|stats| stats.table_files_bytes),
         )?;
         out.gauge_family(
             "namespace_memtable_bytes",
             "Bytes in unflushed write buffers per namespace",
-            &per_namespace(|stats| stats.memtable_bytes),
+            &per_local_namespace(|stats| stats.memtable_bytes),
         )?;
         out.gauge_family(
             "namespace_pending_compaction_bytes",
             "Estimated bytes compaction still has to rewrite, per namespace",
-            &per_namespace(|stats| stats.pending_compaction_bytes),
+            &per_local_namespace(|stats| stats.pending_compaction_bytes),
         )?;
         out.gauge(
             "block_cache_used_bytes",

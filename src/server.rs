@@ -684,12 +684,11 @@ impl Drop for AbortOnDrop {
 pub async fn serve(
     config: Config,
     engine: Arc<dyn Engine>,
-    clock: SharedClock,
     listeners: Listeners,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServerError> {
     let stats = ServerStats::new(&config);
-    serve_with_stats(config, engine, clock, listeners, shutdown, stats).await
+    serve_with_stats(config, engine, listeners, shutdown, stats).await
 }
 
 /// Serves on `listener` until `shutdown` resolves, counting into `stats`.
@@ -704,12 +703,11 @@ pub async fn serve(
 pub async fn serve_with_stats(
     config: Config,
     engine: Arc<dyn Engine>,
-    clock: SharedClock,
     listeners: Listeners,
     shutdown: impl Future<Output = ()> + Send,
     stats: ServerStats,
 ) -> Result<(), ServerError> {
-    serve_until_flushed(config, engine, clock, listeners, shutdown, stats, None).await
+    serve_until_flushed(config, engine, listeners, shutdown, stats, None).await
 }
 
 /// Like [`serve`], re-reading `[auth]` and `[tls]` on SIGHUP (see
@@ -717,28 +715,17 @@ pub async fn serve_with_stats(
 pub async fn serve_reloading(
     config: Config,
     engine: Arc<dyn Engine>,
-    clock: SharedClock,
     listeners: Listeners,
     shutdown: impl Future<Output = ()> + Send,
     reload: reload::Reload,
 ) -> Result<(), ServerError> {
     let stats = ServerStats::new(&config);
-    serve_until_flushed(
-        config,
-        engine,
-        clock,
-        listeners,
-        shutdown,
-        stats,
-        Some(reload),
-    )
-    .await
+    serve_until_flushed(config, engine, listeners, shutdown, stats, Some(reload)).await
 }
 
 async fn serve_until_flushed(
     config: Config,
     engine: Arc<dyn Engine>,
-    clock: SharedClock,
     listeners: Listeners,
     shutdown: impl Future<Output = ()> + Send,
     stats: ServerStats,
@@ -747,7 +734,6 @@ async fn serve_until_flushed(
     let served = serve_until_stopped(
         &config,
         Arc::clone(&engine),
-        clock,
         listeners,
         shutdown,
         &stats,
@@ -775,7 +761,7 @@ async fn serve_until_flushed(
 enum StopReason {
     /// The shutdown future resolved (SIGTERM, Ctrl-C, `RunningServer::stop`).
     Requested,
-    /// The storage engine failed for good (see [`Engine::failed`]); the
+    /// The storage engine failed for good (see [`crate::engine::LocalStorage::failed`]); the
     /// server drains like any other stop, then reports the failure so the
     /// process exits non-zero instead of answering UNAVAILABLE while SERVING.
     EngineFailed(String),
@@ -784,7 +770,6 @@ enum StopReason {
 async fn serve_until_stopped(
     config: &Config,
     engine: Arc<dyn Engine>,
-    clock: SharedClock,
     listeners: Listeners,
     shutdown: impl Future<Output = ()> + Send,
     stats: &ServerStats,
@@ -802,17 +787,12 @@ async fn serve_until_stopped(
     let lazy_migration = Arc::new(LazyMigrator::new(
         Arc::clone(&migrations),
         Arc::clone(&engine),
-        Arc::clone(&clock),
     ));
     metrics.collector(LazyMigrationFigures(Arc::clone(&lazy_migration)));
-    let migrator = Arc::new(Migrator::new(
-        migrations,
-        Arc::clone(&engine),
-        Arc::clone(&clock),
-    ));
+    let migrator = Arc::new(Migrator::new(migrations, Arc::clone(&engine)));
     // KV and the cache reach records by one path: owner checks, lazy
     // migration and version preconditions alike.
-    let records = RecordStore::new(Arc::clone(&engine), Arc::clone(&clock))
+    let records = RecordStore::new(Arc::clone(&engine))
         .with_lazy_migration(Arc::clone(&lazy_migration));
     let mut services = ServiceSet::default();
     services.add(
@@ -836,11 +816,7 @@ async fn serve_until_stopped(
         )
         .into_server(),
     );
-    let sessions = SessionService::new(
-        Arc::clone(&engine),
-        Arc::clone(&clock),
-        config.session.clone(),
-    );
+    let sessions = SessionService::new(Arc::clone(&engine), config.session.clone());
     metrics.collector(ServiceFigures {
         sessions: sessions.clone(),
         migrator: Arc::clone(&migrator),
@@ -988,7 +964,13 @@ async fn serve_until_stopped(
             return Ok(());
         }
         () = shutdown => StopReason::Requested,
-        reason = engine.failed() => {
+        // Only a local engine has a writer that can fail for good.
+        reason = async {
+            match engine.local() {
+                Some(local) => local.failed().await,
+                None => std::future::pending().await,
+            }
+        } => {
             tracing::error!(%reason, "the storage engine failed; stopping");
             StopReason::EngineFailed(reason)
         }
@@ -1095,7 +1077,6 @@ impl RunningServer {
         let task = tokio::spawn(serve_with_stats(
             config,
             served,
-            clock,
             listeners,
             async {
                 let _ = shutdown_rx.await;

@@ -11,8 +11,8 @@ use tierkv::clock::{ManualClock, SharedClock};
 use tierkv::engine::conformance::{self, Harness, SUITE_CHANGE_FEED_CAPACITY, SUITE_NAMESPACES};
 use tierkv::engine::record::INLINE_VALUE_MAX;
 use tierkv::engine::{
-    Change, DeleteOp, Engine, EngineError, Namespaces, Precondition, Record, RocksEngine,
-    RocksOptions, ScanRequest, ValueKind, WriteOp, WriteOutcome,
+    Change, DeleteOp, Engine, EngineError, LocalStorage, Namespaces, Precondition, Record,
+    RocksEngine, RocksOptions, ScanRequest, ValueKind, WriteOp, WriteOutcome,
 };
 
 struct RocksHarness {
@@ -85,6 +85,18 @@ async fn reads_within_a_byte_budget() {
     conformance::reads_within_a_byte_budget(RocksHarness::new()).await;
 }
 
+/// Suite: a commit's versions are above every earlier commit's, whatever the keys.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn versions_are_ordered_store_wide() {
+    conformance::versions_are_ordered_store_wide(RocksHarness::new()).await;
+}
+
+/// Suite: a read that starts after a write returned sees it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_after_a_write_sees_it() {
+    conformance::a_read_after_a_write_sees_it(RocksHarness::new()).await;
+}
+
 /// Suite: scans bound the records they examine and resume after them.
 #[tokio::test]
 async fn scans_bound_the_records_they_examine() {
@@ -119,6 +131,24 @@ async fn subscribe_then_read_misses_no_write() {
 #[tokio::test]
 async fn lagging_subscriber_learns_how_much_it_missed() {
     conformance::lagging_subscriber_learns_how_much_it_missed(RocksHarness::new()).await;
+}
+
+/// Suite: `write` returns the sequence its commit's events carry.
+#[tokio::test]
+async fn write_returns_its_commit_sequence() {
+    conformance::write_returns_its_commit_sequence(RocksHarness::new()).await;
+}
+
+/// Suite: sequences strictly increase across writers and restarts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sequences_strictly_increase() {
+    conformance::sequences_strictly_increase(RocksHarness::new()).await;
+}
+
+/// Suite: `catch_up_to` returns after a write, fails at its deadline and on close.
+#[tokio::test]
+async fn catch_up_to_waits_for_the_feed() {
+    conformance::catch_up_to_waits_for_the_feed(RocksHarness::new()).await;
 }
 
 /// Suite: the clock never goes back, even across a restart.
@@ -603,7 +633,9 @@ async fn write_in_one_group(
     for ops in requests {
         let queued = engine.queued_write_bytes();
         let writer = engine.clone();
-        tasks.push(tokio::spawn(async move { writer.write(ops).await }));
+        tasks.push(tokio::spawn(async move {
+            writer.write(ops).await.map(|receipt| receipt.outcomes)
+        }));
         while engine.queued_write_bytes() == queued {
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
@@ -723,7 +755,7 @@ async fn writer_death_is_reported() {
         .unwrap();
     let failed = {
         let engine = engine.clone();
-        tokio::spawn(async move { engine.failed().await })
+        tokio::spawn(async move { LocalStorage::failed(&engine).await })
     };
     tokio::time::sleep(Duration::from_millis(20)).await;
     assert!(!failed.is_finished(), "a healthy engine has not failed");

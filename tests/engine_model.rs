@@ -242,6 +242,7 @@ async fn run(steps: Vec<Step>) -> Result<(), TestCaseError> {
     // The engine's clock: the injected one, but never going back.
     let mut model_now = T0;
 
+    let mut last_sequence = 0;
     for step in steps {
         let now = model_now;
         match step {
@@ -249,7 +250,11 @@ async fn run(steps: Vec<Step>) -> Result<(), TestCaseError> {
                 let ops = build_ops(&specs, &model, raw(&clock), now);
                 let expected = model.apply(&ops, now);
                 let actual = engine.write(ops).await;
-                compare(expected, actual)?;
+                if let Ok(receipt) = &actual {
+                    prop_assert!(receipt.sequence > last_sequence, "sequences increase");
+                    last_sequence = receipt.sequence;
+                }
+                compare(expected, actual.map(|receipt| receipt.outcomes))?;
             }
             Step::Group(requests) => {
                 let groups_before = engine.groups_committed();
@@ -268,7 +273,13 @@ async fn run(steps: Vec<Step>) -> Result<(), TestCaseError> {
                 }
                 drop(pause);
                 for (task, expected) in tasks.into_iter().zip(expected) {
-                    compare(expected, task.await.unwrap())?;
+                    let actual = task.await.unwrap();
+                    if let Ok(receipt) = &actual {
+                        // Committed in queue order: each request's sequence is above the last.
+                        prop_assert!(receipt.sequence > last_sequence, "sequences increase");
+                        last_sequence = receipt.sequence;
+                    }
+                    compare(expected, actual.map(|receipt| receipt.outcomes))?;
                 }
                 prop_assert!(
                     engine.groups_committed() <= groups_before + 2,

@@ -327,7 +327,7 @@ async fn deep_records_from_before_the_limit_are_refused_on_read() {
         ])
         .await
         .unwrap();
-    let service = KvService::new(engine, clock);
+    let service = KvService::new(engine);
     let error = service
         .get("old:meta", ValueType::AsStored)
         .await

@@ -146,7 +146,12 @@ async fn write_backup(
     remove_leftover(&root.join(format!("{name}{STAGING_SUFFIX}.tmp")))?;
     remove_leftover(&staging)?;
     let started = Instant::now();
-    let info = engine.backup(&staging).await?;
+    let local = engine.local().ok_or_else(|| {
+        crate::engine::EngineError::Storage(
+            "this storage engine keeps no local files to back up".into(),
+        )
+    })?;
+    let info = local.backup(&staging).await?;
     if let Err(error) = std::fs::rename(&staging, &path) {
         let _ = std::fs::remove_dir_all(&staging);
         // Only another process could have made it since the check above.

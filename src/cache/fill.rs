@@ -196,10 +196,14 @@ impl Inner {
                         key: key.clone(),
                         precondition: Precondition::IfVersion(record.version),
                     });
-                    let _ = self.records.write(vec![delete]).await;
+                    let sequence = match self.records.write(vec![delete]).await {
+                        Ok(receipt) => receipt.sequence,
+                        Err(_) => self.engine.acknowledged_sequence(),
+                    };
                     // Our own delete would fail the earlier ticket: take a new
-                    // one after it, and check the store is still empty.
-                    self.memory.catch_up();
+                    // one once its event is applied (if the feed is late, the
+                    // fill below just fails), and check the store is still empty.
+                    self.memory.catch_up_to(sequence, None).await;
                     ticket = self.memory.ticket(&key);
                     if !matches!(self.records.get(&key).await, Ok(None)) {
                         return Err(FetchError::NotFound(status));

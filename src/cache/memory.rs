@@ -5,9 +5,17 @@
 //!
 //! Two rules, and why they suffice:
 //!
-//! 1. **Every read catches up with the feed before it looks.** The engine
-//!    publishes a commit before it answers the writer, so when a write has
-//!    returned, its event is in this tier's subscriptions. The tier is split
+//! 1. **Every read catches up with the feed before it looks.** A read first
+//!    waits until the feed has published everything up to the engine's
+//!    [`acknowledged sequence`](crate::engine::Engine::acknowledged_sequence)
+//!    (the wait of [`ChangeSubscription::catch_up_to`], on the feed position
+//!    every subscription shares), so every write that returned before the
+//!    read started has its event in this tier's subscriptions. This is the
+//!    engine contract, not an assumption about timing: the RocksDB engine
+//!    publishes before it answers, so the wait ends at once; a remote
+//!    engine's feed may arrive later, and the read waits for it (until its
+//!    deadline, at most [`MAX_CATCH_UP_WAIT`]; past that it skips memory and
+//!    reads the store, whose reads are strong). The tier is split
 //!    into [`SHARDS`] shards by key hash, each with a subscription of its own
 //!    and a lock of its own, and applies, from that subscription, the events
 //!    of its keys only. [`MemoryTier::get`] first applies every event of its
@@ -29,8 +37,10 @@
 //!    delete or clear was applied since the ticket, nor a put whose version
 //!    is above the entry's. It checks and inserts under the lock of the
 //!    shard the key's events are applied under, so the two never interleave
-//!    (a stripe belongs to one shard). Versions of a key only
-//!    grow, so a commit newer than the value read has a higher version.
+//!    (a stripe belongs to one shard). Versions are ordered store-wide (a
+//!    commit's versions are above every earlier commit's, as the engine
+//!    contract states), so a commit newer than the value read has a higher
+//!    version, whichever key of the stripe it wrote.
 //!    Either its event was applied before the fill — the check sees it and
 //!    nothing is inserted — or after — and applying it drops the entry
 //!    (rule 1) before any read that starts after the write returned looks.
@@ -55,8 +65,9 @@
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
 
-use crate::engine::{Change, ChangeEvent, ChangeSubscription, RecvError};
+use crate::engine::{Change, ChangeEvent, ChangeSubscription, FeedPosition, RecvError};
 
 use super::entry::MemoryEntry;
 
@@ -70,6 +81,11 @@ const STRIPES: usize = 16384;
 /// sixteen keep readers of different keys from waiting on each other's
 /// events on any core count this runs on.
 pub const SHARDS: usize = 16;
+/// Longest a read waits for the feed to publish what the engine has
+/// acknowledged, when its caller's deadline is not sooner; past it the read
+/// skips memory and goes to the store. Never reached with the RocksDB
+/// engine, which publishes before it acknowledges.
+pub const MAX_CATCH_UP_WAIT: Duration = Duration::from_secs(1);
 
 /// A filler's view of its key's stripe, taken before it reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -100,6 +116,8 @@ pub struct MemoryTier {
     /// shard, and while a fill of one of its keys checks its ticket and
     /// inserts (see the module docs); never across an await.
     shards: Box<[Mutex<ChangeSubscription>]>,
+    /// How far the feed has published, shared by every shard's subscription.
+    published: FeedPosition,
     capacity_bytes: u64,
     on_clear: Box<dyn Fn() + Send + Sync>,
 }
@@ -119,12 +137,20 @@ impl MemoryTier {
     /// counts), applying events from subscriptions `subscribe` makes (one
     /// per shard, and one to wake the background task); `on_clear` is called
     /// when a lag clears it. Starts the background task that keeps it caught
-    /// up, which ends when the tier is dropped or the feed closes.
+    /// up, which ends when the tier is dropped or the feed closes. The tier
+    /// holds no engine handle (its counters outlive the server, and must not
+    /// keep the store open): readers pass the sequence to catch up to.
     pub fn start(
         capacity_bytes: u64,
         subscribe: impl Fn() -> ChangeSubscription,
         on_clear: impl Fn() + Send + Sync + 'static,
     ) -> Arc<Self> {
+        let shards: Box<[Mutex<ChangeSubscription>]> =
+            (0..SHARDS).map(|_| Mutex::new(subscribe())).collect();
+        let published = shards[0]
+            .lock()
+            .unwrap_or_else(|error| error.into_inner())
+            .feed_position();
         let cache = moka::sync::Cache::builder()
             .max_capacity(capacity_bytes)
             .weigher(|key: &Arc<str>, entry: &Arc<MemoryEntry>| entry.weight(key))
@@ -135,7 +161,8 @@ impl MemoryTier {
             stripes: (0..STRIPES).map(|_| Stripe::default()).collect(),
             hasher: Default::default(),
             epoch: AtomicU64::new(0),
-            shards: (0..SHARDS).map(|_| Mutex::new(subscribe())).collect(),
+            shards,
+            published,
             capacity_bytes,
             on_clear: Box::new(on_clear),
         });
@@ -149,11 +176,47 @@ impl MemoryTier {
         self.capacity_bytes / 4
     }
 
-    /// The entry for `key`, after applying every published change of its
-    /// shard.
-    pub fn get(&self, key: &str) -> Option<Arc<MemoryEntry>> {
+    /// The entry for `key`, after catching up with every event up to
+    /// `acknowledged`: the engine's
+    /// [`acknowledged_sequence`](crate::engine::Engine::acknowledged_sequence)
+    /// read when the call started (see the module docs). `None` as well when
+    /// the feed did not get there by `deadline` (or within
+    /// [`MAX_CATCH_UP_WAIT`]): the caller then reads the store.
+    pub async fn get(
+        &self,
+        key: &str,
+        acknowledged: u64,
+        deadline: Option<Instant>,
+    ) -> Option<Arc<MemoryEntry>> {
+        if !self.wait_for_feed(acknowledged, deadline).await {
+            return None;
+        }
+        self.get_published(key)
+    }
+
+    /// The entry for `key`, after applying every change of its shard
+    /// already published (not waiting for acknowledged ones still to come).
+    fn get_published(&self, key: &str) -> Option<Arc<MemoryEntry>> {
         self.catch_up_shard(self.stripe_of(key) % SHARDS);
         self.cache.get(key)
+    }
+
+    /// Waits until the subscriptions hold every event up to `wanted`; false
+    /// when the deadline (or [`MAX_CATCH_UP_WAIT`]) came first or the feed
+    /// closed.
+    async fn wait_for_feed(&self, wanted: u64, deadline: Option<Instant>) -> bool {
+        if self.published.reached(wanted) {
+            return true;
+        }
+        let limit = Instant::now() + MAX_CATCH_UP_WAIT;
+        let until = deadline.map_or(limit, |deadline| deadline.min(limit));
+        match self.published.wait_for(wanted, until).await {
+            Ok(()) => true,
+            Err(error) => {
+                tracing::debug!(%error, "the memory tier is behind the change feed; reading the store");
+                false
+            }
+        }
     }
 
     /// A ticket for a fill of `key`; take it before reading what to fill.
@@ -238,8 +301,18 @@ impl MemoryTier {
         (self.hasher.hash_one(key) as usize) % STRIPES
     }
 
+    /// Applies every event up to `sequence` (a write's
+    /// [`WriteReceipt::sequence`](crate::engine::WriteReceipt::sequence)), in
+    /// every shard, waiting for the feed until `deadline` as a read does;
+    /// returns whether it got there.
+    pub async fn catch_up_to(&self, sequence: u64, deadline: Option<Instant>) -> bool {
+        let caught_up = self.wait_for_feed(sequence, deadline).await;
+        self.apply_published();
+        caught_up
+    }
+
     /// Applies every event already published, in every shard.
-    pub fn catch_up(&self) {
+    fn apply_published(&self) {
         for shard in 0..SHARDS {
             self.catch_up_shard(shard);
         }
@@ -320,193 +393,9 @@ async fn keep_up(tier: Weak<MemoryTier>, mut wake: ChangeSubscription) {
         }
         // Drain the wake-up subscription too: one catch-up covers them all.
         while let Ok(Some(_)) = wake.try_recv() {}
-        tier.catch_up();
+        tier.apply_published();
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::clock::ManualClock;
-    use crate::engine::{
-        DeleteOp, Engine, Namespaces, Precondition, PutOp, RocksEngine, RocksOptions, ValueKind,
-        WriteOp, WriteOutcome,
-    };
-
-    /// A real engine over `dir` with a `cache:` namespace, and a 1 MiB tier
-    /// following its feed.
-    fn engine_and_tier(dir: &tempfile::TempDir) -> (RocksEngine, Arc<MemoryTier>) {
-        let engine = RocksEngine::open(
-            dir.path().join("data"),
-            Namespaces::new(["cache:"]),
-            RocksOptions::default(),
-            ManualClock::starting_now(),
-        )
-        .unwrap();
-        let tier = MemoryTier::start(1 << 20, || engine.subscribe(), || {});
-        (engine, tier)
-    }
-
-    async fn put(engine: &RocksEngine, key: &str, value: &str) -> u64 {
-        let outcomes = engine
-            .write(vec![WriteOp::Put(PutOp {
-                key: key.into(),
-                kind: ValueKind::Text,
-                value: value.as_bytes().to_vec(),
-                metadata: None,
-                expire_at_millis: None,
-                schema_version: 1,
-                precondition: Precondition::None,
-            })])
-            .await
-            .unwrap();
-        match outcomes[0] {
-            WriteOutcome::Put { version } => version,
-            other => panic!("{other:?}"),
-        }
-    }
-
-    fn entry(version: u64) -> MemoryEntry {
-        MemoryEntry {
-            kind: ValueKind::Text,
-            value: Arc::from(&b"v"[..]),
-            content_type: None,
-            version,
-            fetched_at_ms: 0,
-            memory_until_ms: std::sync::atomic::AtomicU64::new(u64::MAX),
-            expire_at_ms: None,
-            negative: None,
-        }
-    }
-
-    /// Each interleaving of a fill with a newer commit, replayed step by
-    /// step against a real engine: the older value never stays in memory.
-    #[tokio::test]
-    async fn fills_that_raced_newer_commits_never_stay() {
-        let dir = tempfile::tempdir().unwrap();
-        let (engine, tier) = engine_and_tier(&dir);
-        let key = "cache:k";
-        let v1 = put(&engine, key, "1").await;
-
-        // The newer commit's event is applied between the read and the fill:
-        // the fill's own check removes the entry.
-        let ticket = tier.ticket(key);
-        assert_eq!(engine.get(key.into()).await.unwrap().unwrap().version, v1);
-        let v2 = put(&engine, key, "2").await;
-        tier.catch_up();
-        assert!(!tier.fill(key, entry(v1), ticket));
-        assert!(tier.get(key).is_none());
-
-        // The event is applied after the fill (unless the background task
-        // was quicker, which the fill's check covers): the next read drops it.
-        let ticket = tier.ticket(key);
-        let _ = put(&engine, key, "3").await;
-        let _ = tier.fill(key, entry(v2), ticket);
-        assert!(
-            tier.get(key).is_none(),
-            "the v3 event drops v2 before the read looks"
-        );
-
-        // A filler's own write (same version) stays, through its own event.
-        let ticket = tier.ticket(key);
-        let v4 = put(&engine, key, "4").await;
-        assert!(tier.fill(key, entry(v4), ticket));
-        assert_eq!(tier.get(key).unwrap().version, v4);
-
-        // A delete between read and fill removes the fill, in both orders.
-        let ticket = tier.ticket(key);
-        let delete = || {
-            WriteOp::Delete(DeleteOp {
-                key: key.into(),
-                precondition: Precondition::None,
-            })
-        };
-        engine.write(vec![delete()]).await.unwrap();
-        tier.catch_up();
-        assert!(!tier.fill(key, entry(v4), ticket));
-        assert!(tier.get(key).is_none());
-        let v5 = put(&engine, key, "5").await;
-        let ticket = tier.ticket(key);
-        engine.write(vec![delete()]).await.unwrap();
-        let _ = tier.fill(key, entry(v5), ticket);
-        assert!(tier.get(key).is_none());
-
-        // A remembered 404 (version 0) does not survive a put of its key.
-        let ticket = tier.ticket(key);
-        let _ = put(&engine, key, "6").await;
-        tier.catch_up();
-        let mut negative = entry(0);
-        negative.negative = Some(404);
-        assert!(!tier.fill(key, negative, ticket));
-    }
-
-    /// A read waits only for the events of its own key's shard: while the
-    /// events of another key are being applied (the lock they are applied
-    /// under is held), a memory read of this key still answers. With one
-    /// lock for the whole feed, a burst of writes to any keys stalled every
-    /// read.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_read_does_not_wait_for_other_keys_events() {
-        let dir = tempfile::tempdir().unwrap();
-        let (engine, tier) = engine_and_tier(&dir);
-        let key = "cache:read";
-        let version = put(&engine, key, "1").await;
-        assert!(tier.fill(key, entry(version), tier.ticket(key)));
-        let other = (0..)
-            .map(|i| format!("cache:written:{i}"))
-            .find(|other| !tier.same_lock(key, other))
-            .unwrap();
-
-        let applying = tier.hold_events_of(&other);
-        let (answered, answer) = std::sync::mpsc::channel();
-        let reader = {
-            let tier = Arc::clone(&tier);
-            std::thread::spawn(move || {
-                let _ = answered.send(tier.get(key).map(|entry| entry.version));
-            })
-        };
-        // A deadlock guard, not a time limit: without sharding the read
-        // never answers while the lock is held.
-        let read = answer.recv_timeout(std::time::Duration::from_secs(5));
-        drop(applying);
-        reader.join().unwrap();
-        assert_eq!(
-            read,
-            Ok(Some(version)),
-            "the read of {key} waited for the lock {other}'s events are applied under"
-        );
-    }
-
-    /// A fill refused by its check is never visible, not even for a moment:
-    /// a reader that caught up with the newer commit must not find the older
-    /// entry while the filler is between inserting and checking.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_refused_fill_is_never_visible() {
-        let dir = tempfile::tempdir().unwrap();
-        let (engine, tier) = engine_and_tier(&dir);
-        let key = "cache:k";
-        let v1 = put(&engine, key, "1").await;
-        let ticket = tier.ticket(key);
-        put(&engine, key, "2").await;
-        tier.catch_up();
-
-        let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let reader = {
-            let (tier, done) = (Arc::clone(&tier), Arc::clone(&done));
-            std::thread::spawn(move || {
-                let mut seen = 0u64;
-                while !done.load(Ordering::SeqCst) {
-                    if tier.get(key).is_some() {
-                        seen += 1;
-                    }
-                }
-                seen
-            })
-        };
-        for _ in 0..20_000 {
-            assert!(!tier.fill(key, entry(v1), ticket));
-        }
-        done.store(true, Ordering::SeqCst);
-        assert_eq!(reader.join().unwrap(), 0, "a refused fill was seen");
-    }
-}
+mod tests;

@@ -196,7 +196,8 @@ impl CacheService {
             .map_err(|violation| CacheError::Kv(KvError::InvalidArgument(vec![violation])))?;
         inner.records.check_owner("key", key)?;
         let now = inner.engine.now_millis();
-        let in_memory = inner.memory.get(key);
+        let acknowledged = inner.engine.acknowledged_sequence();
+        let in_memory = inner.memory.get(key, acknowledged, deadline).await;
         if let Some(entry) = &in_memory {
             if now < entry.memory_until() {
                 if let Some(status) = entry.negative {

@@ -136,7 +136,6 @@ async fn serve(args: ServeArgs) -> Result<(), ServerError> {
     server::serve_reloading(
         config,
         Arc::new(engine),
-        clock,
         listeners,
         server::shutdown_signal(),
         reload,

@@ -3,28 +3,40 @@
 //!
 //! Services that must see every write (the cache's in-memory L1, the record
 //! migrator, a `Watch` RPC) subscribe with [`crate::engine::Engine::subscribe`].
-//! The feed is published by the engine itself right after a commit is durable
-//! as configured, and before any caller is answered, so it does not depend on
-//! what happened to the caller: a write whose client gave up after it was
-//! queued is published like any other.
+//! An engine publishes each commit once it is visible to reads, whatever
+//! happened to the caller of the write: a write whose client gave up after it
+//! was queued is published like any other.
 //!
 //! Guarantees:
 //! - A subscription receives every commit that happens after
 //!   [`crate::engine::Engine::subscribe`] returns, in commit order. Subscribing
 //!   and then reading is therefore safe: a write the read did not see arrives
 //!   on the subscription.
-//! - Sequence numbers are consecutive: each event's is one more than the one
-//!   committed before it, so a gap is never silent.
+//! - Sequences are the positions of commits on the feed: strictly increasing
+//!   in commit order across the store. They are **not** consecutive (a
+//!   remote engine may use its store's revisions), and events of one commit
+//!   may carry one sequence each (RocksDB) or share their commit's. A
+//!   subscriber learns of a gap only from an explicit signal
+//!   ([`RecvError::Lagged`]), never from arithmetic on sequences.
+//! - [`ChangeSubscription::catch_up_to`] waits until the subscription holds
+//!   every event up to a sequence (such as the one [`crate::engine::Engine::write`]
+//!   returned, or [`crate::engine::Engine::acknowledged_sequence`]). No
+//!   consumer may assume that an event is already in its subscription when
+//!   `write` returns: an engine whose feed arrives later (a remote store's
+//!   watch) keeps the contract through this wait. The RocksDB engine
+//!   publishes before it answers the writer, so its waits end at once.
 //! - A subscriber that falls too far behind is told, with
-//!   [`RecvError::Lagged`], how many events it missed, and then continues with
-//!   the oldest event still held. It must treat a lag as "anything may have
-//!   changed" (a cache drops everything, for instance).
+//!   [`RecvError::Lagged`], how many events the feed dropped for it (the
+//!   feed counts them itself), and then continues with the oldest event
+//!   still held. It must treat a lag as "anything may have changed" (a cache
+//!   drops everything, for instance).
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use thiserror::Error;
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, Notify};
 
 /// What a committed mutation did to its key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,7 +62,10 @@ pub enum Change {
 /// One committed mutation.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChangeEvent {
-    /// The commit sequence number: consecutive across the store, in commit order.
+    /// The position of the event's commit on the feed: greater than the
+    /// sequence of every event of earlier commits, and not greater than the
+    /// sequence `write` returned for its commit. Not consecutive: compare
+    /// sequences, never count with them.
     pub sequence: u64,
     /// The key. Shared between subscribers, so fan-out does not copy it.
     pub key: Arc<str>,
@@ -62,7 +77,8 @@ pub struct ChangeEvent {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
 pub enum RecvError {
     /// The subscriber fell behind and this many events were dropped for it;
-    /// the next call continues with the oldest event still held.
+    /// the next call continues with the oldest event still held. The feed
+    /// counts dropped events itself: the count does not come from sequences.
     #[error("the change feed subscriber lagged behind and missed {missed} events")]
     Lagged {
         /// How many events it missed.
@@ -73,11 +89,36 @@ pub enum RecvError {
     Closed,
 }
 
+/// Why [`ChangeSubscription::catch_up_to`] gave up. Distinct from a lag or a
+/// cancellation: callers map a deadline to DEADLINE_EXCEEDED (or
+/// UNAVAILABLE), never to CANCELLED.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
+pub enum CatchUpError {
+    /// The deadline came before the feed published the sequence.
+    #[error(
+        "the change feed had not reached sequence {wanted} by the deadline (it is at {published})"
+    )]
+    DeadlineExceeded {
+        /// The sequence waited for.
+        wanted: u64,
+        /// The highest sequence published when the wait gave up.
+        published: u64,
+    },
+    /// The feed closed (the engine is gone) before publishing the sequence.
+    #[error("the change feed closed before reaching sequence {wanted}")]
+    Closed {
+        /// The sequence waited for.
+        wanted: u64,
+    },
+}
+
 /// The events of one commit (one group commit of the RocksDB engine).
 #[derive(Debug)]
 struct Commit {
-    /// The sequence of the commit's first event.
-    first: u64,
+    /// How many events the feed published before this commit: the feed's
+    /// own count, so that a lag is measured in events without arithmetic on
+    /// the engine's sequences.
+    ordinal: u64,
     /// How many events the commit made.
     count: u64,
     /// The events; empty when they did not fit in the feed's byte bound,
@@ -99,8 +140,21 @@ impl Drop for Commit {
 /// count and length.
 const EVENT_OVERHEAD_BYTES: usize = std::mem::size_of::<ChangeEvent>() + 16;
 
-/// The publishing side of a change feed, held by an engine. It numbers the
-/// events, so that numbering and subscribing are ordered by one lock.
+/// How far the feed has published, shared by the feed and every
+/// subscription, so that waiting for a sequence needs no subscription lock.
+#[derive(Debug, Default)]
+struct Published {
+    /// The highest sequence published.
+    sequence: AtomicU64,
+    /// Set when the feed is dropped.
+    closed: AtomicBool,
+    /// Woken on every publication and on close.
+    changed: Notify,
+}
+
+/// The publishing side of a change feed, held by an engine. The engine
+/// gives the sequences; the feed counts the events, so that counting and
+/// subscribing are ordered by one lock.
 ///
 /// Engines call [`ChangeFeed::publish`] once per commit, in commit order, and
 /// hand out [`ChangeFeed::subscribe`] from [`crate::engine::Engine::subscribe`].
@@ -113,32 +167,45 @@ const EVENT_OVERHEAD_BYTES: usize = std::mem::size_of::<ChangeEvent>() + 16;
 #[derive(Debug)]
 pub struct ChangeFeed {
     sender: broadcast::Sender<Arc<Commit>>,
-    /// The sequence of the next event. A std mutex: it is held for a few
+    /// Events published so far. A std mutex: it is held for a few
     /// instructions and never across an await.
-    next_sequence: Mutex<u64>,
+    published_events: Mutex<u64>,
+    published: Arc<Published>,
     /// Bytes of events held now by commits some subscriber has not read.
     held: Arc<AtomicUsize>,
     max_bytes: usize,
 }
 
+impl Drop for ChangeFeed {
+    fn drop(&mut self) {
+        self.published.closed.store(true, Ordering::SeqCst);
+        self.published.changed.notify_waiters();
+    }
+}
+
 impl ChangeFeed {
     /// A feed holding up to `capacity` unread commits per subscriber (at
-    /// least one), and events of at most `max_bytes` in all, whose first
-    /// event gets `next_sequence`.
-    pub fn new(capacity: usize, max_bytes: usize, next_sequence: u64) -> Self {
+    /// least one), and events of at most `max_bytes` in all, that has
+    /// published everything up to sequence `published` (0 for nothing).
+    pub fn new(capacity: usize, max_bytes: usize, published: u64) -> Self {
         let (sender, _) = broadcast::channel(capacity.max(1));
         Self {
             sender,
-            next_sequence: Mutex::new(next_sequence),
+            published_events: Mutex::new(0),
+            published: Arc::new(Published {
+                sequence: AtomicU64::new(published),
+                ..Published::default()
+            }),
             held: Arc::default(),
             max_bytes,
         }
     }
 
-    /// Publishes one commit of `count` events and returns the sequence after
-    /// the last one. Call it after the commit is visible to reads and before
-    /// its callers are answered, for every commit, subscribers or not.
-    /// `events` builds the events from the first one's sequence, and
+    /// Publishes one commit of `count` events, the last of which has
+    /// sequence `last` (greater than every sequence published before). Call
+    /// it once the commit is visible to reads, for every commit, subscribers
+    /// or not; waits in [`ChangeSubscription::catch_up_to`] for sequences up
+    /// to `last` end when it returns. `events` builds the events and
     /// `key_bytes` tells the length of their keys together; both are called
     /// only when someone listens, so an unwatched store does not pay for
     /// them. A commit whose events would take the feed past its byte bound is
@@ -147,28 +214,32 @@ impl ChangeFeed {
     /// instead.
     pub fn publish(
         &self,
+        last: u64,
         count: usize,
         key_bytes: impl FnOnce() -> usize,
-        events: impl FnOnce(u64) -> Vec<ChangeEvent>,
-    ) -> u64 {
-        let mut next = self.next_sequence.lock().unwrap_or_else(|e| e.into_inner());
-        let first = *next;
-        *next = first + count as u64;
+        events: impl FnOnce() -> Vec<ChangeEvent>,
+    ) {
+        let mut published_events = self
+            .published_events
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let ordinal = *published_events;
+        *published_events = ordinal + count as u64;
         if count > 0 && self.sender.receiver_count() > 0 {
             let bytes = key_bytes().saturating_add(count.saturating_mul(EVENT_OVERHEAD_BYTES));
-            // Publishing is serialised by `next`: only releases race this.
+            // Publishing is serialised by the lock: only releases race this.
             let fits = self.held.load(Ordering::Acquire).saturating_add(bytes) <= self.max_bytes;
             let commit = if fits {
                 self.held.fetch_add(bytes, Ordering::AcqRel);
                 Commit {
-                    first,
+                    ordinal,
                     count: count as u64,
-                    events: events(first),
+                    events: events(),
                     held: Some((bytes, Arc::clone(&self.held))),
                 }
             } else {
                 Commit {
-                    first,
+                    ordinal,
                     count: count as u64,
                     events: Vec::new(),
                     held: None,
@@ -177,7 +248,10 @@ impl ChangeFeed {
             // A receiver may have gone meanwhile; that is fine.
             let _ = self.sender.send(Arc::new(commit));
         }
-        *next
+        // After the send: a waiter that sees the sequence finds the commit
+        // in its subscription.
+        self.published.sequence.fetch_max(last, Ordering::AcqRel);
+        self.published.changed.notify_waiters();
     }
 
     /// Bytes of events the feed holds now for subscribers that have not
@@ -186,19 +260,68 @@ impl ChangeFeed {
         self.held.load(Ordering::Acquire)
     }
 
-    /// The sequence the next event will get.
-    pub fn next_sequence(&self) -> u64 {
-        *self.next_sequence.lock().unwrap_or_else(|e| e.into_inner())
+    /// The highest sequence published (0 before the first commit).
+    pub fn published_sequence(&self) -> u64 {
+        self.published.sequence.load(Ordering::Acquire)
     }
 
     /// A subscription to every commit published after this returns.
     pub fn subscribe(&self) -> ChangeSubscription {
-        let next = self.next_sequence.lock().unwrap_or_else(|e| e.into_inner());
+        let published_events = self
+            .published_events
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         ChangeSubscription {
             receiver: self.sender.subscribe(),
             current: None,
             position: 0,
-            next_sequence: *next,
+            next_ordinal: *published_events,
+            published: FeedPosition(Arc::clone(&self.published)),
+        }
+    }
+}
+
+/// How far a feed has published: a cheap handle that waits for a sequence
+/// without holding a subscription (the memory tier waits with it before it
+/// locks a shard's subscription). Every subscription of a feed shares it.
+#[derive(Debug, Clone)]
+pub struct FeedPosition(Arc<Published>);
+
+impl FeedPosition {
+    /// Whether the feed has published every event up to `sequence`: a
+    /// subscription then holds (or has handed out) all of them.
+    pub fn reached(&self, sequence: u64) -> bool {
+        self.0.sequence.load(Ordering::Acquire) >= sequence
+    }
+
+    /// The highest sequence published.
+    pub fn published(&self) -> u64 {
+        self.0.sequence.load(Ordering::Acquire)
+    }
+
+    /// Waits until [`FeedPosition::reached`] holds for `sequence`; fails at
+    /// `deadline`, or when the feed closes first.
+    pub async fn wait_for(&self, sequence: u64, deadline: Instant) -> Result<(), CatchUpError> {
+        loop {
+            let changed = self.0.changed.notified();
+            tokio::pin!(changed);
+            // Registered before the check, so a publication in between wakes it.
+            changed.as_mut().enable();
+            if self.reached(sequence) {
+                return Ok(());
+            }
+            if self.0.closed.load(Ordering::SeqCst) {
+                return Err(CatchUpError::Closed { wanted: sequence });
+            }
+            if tokio::time::timeout_at(deadline.into(), changed)
+                .await
+                .is_err()
+            {
+                return Err(CatchUpError::DeadlineExceeded {
+                    wanted: sequence,
+                    published: self.published(),
+                });
+            }
         }
     }
 }
@@ -210,8 +333,10 @@ pub struct ChangeSubscription {
     /// The commit being handed out event by event.
     current: Option<Arc<Commit>>,
     position: usize,
-    /// The sequence the next event should have, to measure a lag in events.
-    next_sequence: u64,
+    /// The feed's count of events before the next one this subscriber
+    /// should get, to measure a lag in events.
+    next_ordinal: u64,
+    published: FeedPosition,
 }
 
 impl ChangeSubscription {
@@ -228,7 +353,7 @@ impl ChangeSubscription {
                     }
                 }
                 Err(broadcast::error::RecvError::Closed) => return Err(RecvError::Closed),
-                // The count is in commits; the next commit's sequence tells
+                // The count is in commits; the next commit's ordinal tells
                 // how many events were missed.
                 Err(broadcast::error::RecvError::Lagged(_)) => {}
             }
@@ -254,6 +379,20 @@ impl ChangeSubscription {
         }
     }
 
+    /// Returns once this subscription holds (or has handed out) every event
+    /// with a sequence up to `sequence`, so that the following
+    /// [`ChangeSubscription::try_recv`] calls return them without waiting.
+    /// Fails with [`CatchUpError::DeadlineExceeded`] at `deadline`, or with
+    /// [`CatchUpError::Closed`] when the feed closes first.
+    pub async fn catch_up_to(&self, sequence: u64, deadline: Instant) -> Result<(), CatchUpError> {
+        self.published.wait_for(sequence, deadline).await
+    }
+
+    /// How far the feed has published, to wait on without this subscription.
+    pub fn feed_position(&self) -> FeedPosition {
+        self.published.clone()
+    }
+
     fn next_buffered(&mut self) -> Option<ChangeEvent> {
         let commit = self.current.as_ref()?;
         let event = commit.events.get(self.position)?.clone();
@@ -262,19 +401,17 @@ impl ChangeSubscription {
             self.current = None;
             self.position = 0;
         }
-        self.next_sequence = event.sequence + 1;
         Some(event)
     }
 
     /// Starts handing out `commit`; reports a lag first if events were
     /// skipped, or if the commit came without its events.
     fn take_commit(&mut self, commit: Arc<Commit>) -> Option<RecvError> {
-        let mut missed = commit.first.saturating_sub(self.next_sequence);
+        let mut missed = commit.ordinal.saturating_sub(self.next_ordinal);
+        self.next_ordinal = commit.ordinal + commit.count;
         if commit.events.is_empty() {
             missed += commit.count;
-            self.next_sequence = commit.first + commit.count;
         } else {
-            self.next_sequence = commit.first;
             self.current = Some(commit);
             self.position = 0;
         }
@@ -284,6 +421,8 @@ impl ChangeSubscription {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     fn event(sequence: u64) -> ChangeEvent {
@@ -294,34 +433,39 @@ mod tests {
         }
     }
 
-    fn publish(feed: &ChangeFeed, count: usize) {
+    /// Publishes one commit of `count` events at sequences `first`,
+    /// `first + 10`, …: far from consecutive, as a remote engine's may be.
+    fn publish(feed: &ChangeFeed, first: u64, count: usize) {
+        let sequences: Vec<u64> = (0..count as u64).map(|n| first + 10 * n).collect();
         feed.publish(
+            *sequences.last().unwrap_or(&first),
             count,
             || count,
-            |first| (first..first + count as u64).map(event).collect(),
+            || sequences.iter().copied().map(event).collect(),
         );
     }
 
     /// A subscriber sees only commits after it subscribed, event by event; a
-    /// lag is reported in events, not commits, and reading resumes after it.
+    /// lag is reported in events, not commits (counted by the feed, though
+    /// the sequences are not consecutive), and reading resumes after it.
     #[tokio::test]
     async fn lag_is_counted_in_events() {
-        let feed = ChangeFeed::new(2, usize::MAX, 10);
-        publish(&feed, 1);
+        let feed = ChangeFeed::new(2, usize::MAX, 0);
+        publish(&feed, 10, 1);
         let mut subscription = feed.subscribe();
         assert_eq!(subscription.try_recv(), Ok(None));
-        publish(&feed, 3); // 11, 12, 13
-        publish(&feed, 2); // 14, 15
-        publish(&feed, 1); // 16: the first commit is dropped for the subscriber
+        publish(&feed, 110, 3); // 110, 120, 130
+        publish(&feed, 200, 2); // 200, 210
+        publish(&feed, 300, 1); // 300: the first commit is dropped for the subscriber
         assert_eq!(
             subscription.recv().await,
             Err(RecvError::Lagged { missed: 3 })
         );
-        assert_eq!(subscription.recv().await.unwrap().sequence, 14);
-        assert_eq!(subscription.recv().await.unwrap().sequence, 15);
-        assert_eq!(subscription.try_recv().unwrap().unwrap().sequence, 16);
+        assert_eq!(subscription.recv().await.unwrap().sequence, 200);
+        assert_eq!(subscription.recv().await.unwrap().sequence, 210);
+        assert_eq!(subscription.try_recv().unwrap().unwrap().sequence, 300);
         assert_eq!(subscription.try_recv(), Ok(None));
-        assert_eq!(feed.next_sequence(), 17);
+        assert_eq!(feed.published_sequence(), 300);
         drop(feed);
         assert_eq!(subscription.recv().await, Err(RecvError::Closed));
     }
@@ -333,23 +477,73 @@ mod tests {
         let one = 1 + EVENT_OVERHEAD_BYTES;
         let feed = ChangeFeed::new(4096, 10 * one, 0);
         let mut subscription = feed.subscribe();
-        publish(&feed, 4); // 0..4
-        publish(&feed, 4); // 4..8
-        publish(&feed, 4); // 8..12: past the bound, not kept
-        publish(&feed, 2); // 12..14
+        publish(&feed, 1, 4); // 1..=31
+        publish(&feed, 100, 4); // 100..=130
+        publish(&feed, 200, 4); // past the bound, not kept
+        publish(&feed, 300, 2); // 300, 310
         assert_eq!(feed.held_bytes(), 10 * one);
-        for sequence in 0..8 {
+        for sequence in [1, 11, 21, 31, 100, 110, 120, 130] {
             assert_eq!(subscription.recv().await.unwrap().sequence, sequence);
         }
         assert_eq!(
             subscription.recv().await,
             Err(RecvError::Lagged { missed: 4 })
         );
-        assert_eq!(subscription.recv().await.unwrap().sequence, 12);
-        assert_eq!(subscription.recv().await.unwrap().sequence, 13);
+        assert_eq!(subscription.recv().await.unwrap().sequence, 300);
+        assert_eq!(subscription.recv().await.unwrap().sequence, 310);
         assert_eq!(subscription.try_recv(), Ok(None));
         assert_eq!(feed.held_bytes(), 0);
-        publish(&feed, 3);
-        assert_eq!(subscription.recv().await.unwrap().sequence, 14);
+        publish(&feed, 400, 3);
+        assert_eq!(subscription.recv().await.unwrap().sequence, 400);
+    }
+
+    /// `catch_up_to` waits for a publication it has not seen (here, one
+    /// that comes later, as a remote engine's feed does), returns at once
+    /// for one it has, and then `try_recv` hands the events out without
+    /// waiting.
+    #[tokio::test]
+    async fn catch_up_waits_for_a_later_publication() {
+        let feed = Arc::new(ChangeFeed::new(16, usize::MAX, 5));
+        let mut subscription = feed.subscribe();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        subscription.catch_up_to(5, deadline).await.unwrap();
+        let publisher = Arc::clone(&feed);
+        let late = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            publish(&publisher, 40, 2); // 40, 50
+        });
+        subscription.catch_up_to(50, deadline).await.unwrap();
+        assert_eq!(subscription.try_recv().unwrap().unwrap().sequence, 40);
+        assert_eq!(subscription.try_recv().unwrap().unwrap().sequence, 50);
+        late.await.unwrap();
+    }
+
+    /// `catch_up_to` a sequence never published fails with the deadline's
+    /// own error, and with `Closed` once the feed is gone.
+    #[tokio::test]
+    async fn catch_up_fails_at_the_deadline_or_on_close() {
+        let feed = ChangeFeed::new(16, usize::MAX, 0);
+        publish(&feed, 7, 1);
+        let subscription = feed.subscribe();
+        let soon = Instant::now() + Duration::from_millis(20);
+        assert_eq!(
+            subscription.catch_up_to(8, soon).await,
+            Err(CatchUpError::DeadlineExceeded {
+                wanted: 8,
+                published: 7
+            })
+        );
+        let position = subscription.feed_position();
+        let waiting = tokio::spawn(async move {
+            position
+                .wait_for(8, Instant::now() + Duration::from_secs(10))
+                .await
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        drop(feed);
+        assert_eq!(
+            waiting.await.unwrap(),
+            Err(CatchUpError::Closed { wanted: 8 })
+        );
     }
 }

@@ -8,9 +8,16 @@
 //! to every read as soon as the engine's clock passes its `expire_at`, and the
 //! engine's clock never goes back. Every commit is published on the engine's
 //! change feed ([`changes`]).
+//!
+//! The trait is split in two: [`Engine`] holds what every backend offers (a
+//! remote one too), and [`LocalStorage`] what only a store on local disk has
+//! (backups into a local directory, table-file and memtable figures, a
+//! writer thread that can fail); [`Engine::local`] hands it out.
 
 pub mod changes;
+#[cfg(feature = "testsuite")]
 pub mod conformance;
+mod local;
 pub mod namespace;
 pub mod record;
 pub mod rocks;
@@ -18,10 +25,15 @@ pub mod rocks;
 use async_trait::async_trait;
 use thiserror::Error;
 
-pub use changes::{Change, ChangeEvent, ChangeFeed, ChangeSubscription, RecvError};
+pub use changes::{
+    CatchUpError, Change, ChangeEvent, ChangeFeed, ChangeSubscription, FeedPosition, RecvError,
+};
+pub use local::{BackupInfo, LocalNamespaceStats, LocalStorage, StorageSummary};
 pub use namespace::Namespaces;
 pub use record::{Record, ValueKind};
-pub use rocks::{ReadFaultGuard, RocksEngine, RocksOptions, WriterPause};
+#[cfg(feature = "test-hooks")]
+pub use rocks::{ReadFaultGuard, WriterPause};
+pub use rocks::{RocksEngine, RocksOptions};
 
 /// A condition a write needs to hold, checked atomically with the write.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -108,6 +120,41 @@ pub enum WriteOutcome {
     },
 }
 
+/// What a committed `write` did: one outcome per mutation, and the
+/// commit's position on the change feed.
+///
+/// It dereferences to its outcomes, so callers that only need those read it
+/// like the slice of outcomes it carries.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct WriteReceipt {
+    /// One outcome per mutation, in order.
+    pub outcomes: Vec<WriteOutcome>,
+    /// The commit's sequence: every change event of this commit has a
+    /// sequence at most this (its last event exactly this) and above every
+    /// earlier commit's; every event of a later commit has a greater one.
+    /// [`ChangeSubscription::catch_up_to`] this sequence to see the commit's
+    /// events. A write of no mutations commits nothing and carries the
+    /// engine's [`Engine::acknowledged_sequence`].
+    pub sequence: u64,
+}
+
+impl std::ops::Deref for WriteReceipt {
+    type Target = [WriteOutcome];
+
+    fn deref(&self) -> &[WriteOutcome] {
+        &self.outcomes
+    }
+}
+
+impl IntoIterator for WriteReceipt {
+    type Item = WriteOutcome;
+    type IntoIter = std::vec::IntoIter<WriteOutcome>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.outcomes.into_iter()
+    }
+}
+
 /// A request for one page of an ordered prefix scan.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct ScanRequest {
@@ -136,52 +183,20 @@ pub struct ScanPage {
     pub resume_after: Option<String>,
 }
 
-/// Estimated size of one namespace, from storage statistics.
+/// Estimated size of one namespace, in terms every engine can give.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NamespaceStats {
     /// The namespace's prefix (empty for the default namespace).
     pub prefix: String,
-    /// Where the engine keeps it (the RocksDB column family).
+    /// The engine's own name for where it keeps the namespace, for operators
+    /// (an engine-specific label: RocksDB names its column family, a remote
+    /// engine its key range).
     pub storage: String,
     /// Estimated number of records, expired or deleted ones possibly
-    /// included until compaction.
+    /// included until the engine reclaims them.
     pub estimated_keys: u64,
     /// Estimated bytes of live data.
     pub estimated_live_bytes: u64,
-    /// Bytes of table files on disk.
-    pub table_files_bytes: u64,
-    /// Bytes held in write buffers (memtables) not yet flushed.
-    pub memtable_bytes: u64,
-    /// Estimated bytes compaction still has to rewrite to reach its target
-    /// shape (a backlog that keeps growing means writes outpace compaction).
-    pub pending_compaction_bytes: u64,
-}
-
-/// Engine-wide storage figures, for metrics.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct StorageSummary {
-    /// Bytes of the read cache in use.
-    pub cache_used_bytes: u64,
-    /// The read cache's capacity in bytes.
-    pub cache_capacity_bytes: u64,
-    /// Bytes of writes queued for commit (the write queue's budget in use).
-    pub queued_write_bytes: u64,
-    /// Times a read or a precondition check met a record that could not be
-    /// decoded, since the engine opened.
-    pub corrupt_records_found: u64,
-    /// Undecodable records removed by an unconditional delete since the
-    /// engine opened.
-    pub corrupt_records_removed: u64,
-}
-
-/// What a backup wrote.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct BackupInfo {
-    /// Files in the backup.
-    pub files: u64,
-    /// Their total size in bytes (files shared with the live store by hard
-    /// links count in full).
-    pub bytes: u64,
 }
 
 /// A failure of the storage engine.
@@ -260,18 +275,33 @@ impl EngineError {
     }
 }
 
-/// A key-value storage backend.
+/// A key-value storage backend: the operations every engine offers, local
+/// or remote.
 ///
 /// Implementations must:
 /// - hide records whose `expire_at` is at or before their clock's now from every read;
 /// - keep a clock that never goes back, not even across restarts: now is the
-///   greater of the injected clock and the latest time the store has seen;
+///   greater of the injected clock and the latest time the store has seen.
+///   It is the one clock services decide expiry by;
 /// - apply a `write` batch atomically: every mutation or none, preconditions
 ///   checked against the state left by the batch's earlier mutations;
 /// - assign versions that increase on every write of a key and never repeat
 ///   across the store, even across restarts and deletes;
+/// - order versions store-wide: a version assigned by a commit is greater
+///   than every version assigned by any earlier commit, whatever the keys
+///   (the memory tier compares versions of different keys; etcd's
+///   `mod_revision` has this order too);
+/// - make reads strong: a read (get, get_many, scan) that starts after a
+///   `write` returned sees that write or something newer. Compare-and-set
+///   loops (session touch, the lazy migrator's write-back) rely on this
+///   alone, not on the change feed;
+/// - give every commit a sequence, strictly increasing in commit order
+///   across the store but not necessarily consecutive, returned by `write`
+///   and carried by the commit's change events;
 /// - publish every committed mutation on the change feed ([`Engine::subscribe`]),
-///   in commit order, whatever happened to the caller of the write;
+///   in commit order, whatever happened to the caller of the write. The
+///   events may arrive after `write` returns: a consumer that needs them
+///   waits with [`ChangeSubscription::catch_up_to`];
 /// - return scans in ascending byte order of keys.
 #[async_trait]
 pub trait Engine: Send + Sync + 'static {
@@ -318,25 +348,27 @@ pub trait Engine: Send + Sync + 'static {
     /// at most `max_examined` stored records.
     async fn scan(&self, request: ScanRequest) -> Result<ScanPage, EngineError>;
 
-    /// Applies mutations atomically, returning one outcome per mutation.
-    async fn write(&self, ops: Vec<WriteOp>) -> Result<Vec<WriteOutcome>, EngineError>;
+    /// Applies mutations atomically, returning one outcome per mutation and
+    /// the commit's sequence.
+    async fn write(&self, ops: Vec<WriteOp>) -> Result<WriteReceipt, EngineError>;
 
     /// Subscribes to the change feed: every mutation committed after this
-    /// returns, in commit order, with consecutive sequence numbers. See
+    /// returns, in commit order, with strictly increasing sequences. See
     /// [`changes`] for the guarantees.
     fn subscribe(&self) -> ChangeSubscription;
 
-    /// Resolves, with the reason, once the engine can no longer serve writes
-    /// (its writer died or the storage failed for good). Never resolves for a
-    /// healthy engine. A server watches it to turn NOT_SERVING and exit, so an
-    /// orchestrator restarts it.
-    async fn failed(&self) -> String;
+    /// The highest sequence this engine handle has returned from a write (or
+    /// the latest commit it knows of, which is at least that). A reader that
+    /// must see every write acknowledged before it started (the memory tier)
+    /// catches its subscription up to this with
+    /// [`ChangeSubscription::catch_up_to`] before it looks.
+    fn acknowledged_sequence(&self) -> u64;
 
     /// The engine's now, in milliseconds since the Unix epoch: the time its
     /// reads decide expiry by. Never goes back, not even across restarts.
     fn now_millis(&self) -> u64;
 
-    /// Makes every acknowledged write durable on disk and flushes buffers, for shutdown.
+    /// Makes every acknowledged write durable and flushes buffers, for shutdown.
     async fn flush(&self) -> Result<(), EngineError>;
 
     /// A secret persisted with the data and shared by every server over it;
@@ -372,12 +404,10 @@ pub trait Engine: Send + Sync + 'static {
     /// as configured for writes. See [`Engine::get_state`].
     async fn put_state(&self, name: &str, value: Option<Vec<u8>>) -> Result<(), EngineError>;
 
-    /// Writes a consistent, point-in-time copy of every namespace and of the
-    /// engine's own state into `dir` (which must not exist; its parent is
-    /// created), while serving. Every write acknowledged before the call is
-    /// in it. The copy is a data directory a server opens as it is.
-    async fn backup(&self, dir: &std::path::Path) -> Result<BackupInfo, EngineError>;
-
-    /// Engine-wide figures for metrics: read cache and write queue use.
-    async fn storage_summary(&self) -> Result<StorageSummary, EngineError>;
+    /// What only a store on local disk offers (backups into a local
+    /// directory, storage figures, failure of its writer); `None` for an
+    /// engine without one.
+    fn local(&self) -> Option<&dyn LocalStorage> {
+        None
+    }
 }

@@ -3,7 +3,6 @@
 
 use std::sync::Arc;
 
-use crate::clock::SharedClock;
 use crate::engine::{ChangeSubscription, Engine, EngineError, ScanRequest, WriteOp, WriteOutcome};
 use crate::migrate::LazyMigrator;
 
@@ -26,9 +25,9 @@ pub struct KvService {
 }
 
 impl KvService {
-    /// A service over `engine`, taking time from `clock`.
-    pub fn new(engine: Arc<dyn Engine>, clock: SharedClock) -> Self {
-        Self::over(RecordStore::new(engine, clock))
+    /// A service over `engine`, taking time from its clock.
+    pub fn new(engine: Arc<dyn Engine>) -> Self {
+        Self::over(RecordStore::new(engine))
     }
 
     /// A service over `store`.

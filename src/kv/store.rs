@@ -15,9 +15,9 @@
 
 use std::sync::Arc;
 
-use crate::clock::SharedClock;
 use crate::engine::{
     ChangeSubscription, DeleteOp, Engine, EngineError, PutOp, Record, WriteOp, WriteOutcome,
+    WriteReceipt,
 };
 use crate::migrate::LazyMigrator;
 
@@ -29,18 +29,16 @@ use super::{DeleteCommand, KvError, PutCommand};
 #[derive(Clone)]
 pub struct RecordStore {
     engine: Arc<dyn Engine>,
-    clock: SharedClock,
     /// Migrates records older than their prefix's target as they are read.
     lazy_migration: Option<Arc<LazyMigrator>>,
 }
 
 impl RecordStore {
-    /// Records of `engine`, with TTLs counted on `clock` (or the engine's
-    /// clock when it is ahead), not migrated on read.
-    pub fn new(engine: Arc<dyn Engine>, clock: SharedClock) -> Self {
+    /// Records of `engine`, with TTLs counted on the engine's clock, not
+    /// migrated on read.
+    pub fn new(engine: Arc<dyn Engine>) -> Self {
         Self {
             engine,
-            clock,
             lazy_migration: None,
         }
     }
@@ -62,10 +60,10 @@ impl RecordStore {
         self.engine.subscribe()
     }
 
-    /// The time TTLs count from: the engine's now, which never goes back,
-    /// or the service's clock when it is ahead.
+    /// The time TTLs count from: the engine's now, which never goes back
+    /// (the engine's clock is the one clock for expiry).
     pub fn now_millis(&self) -> u64 {
-        self.clock.now_millis().max(self.engine.now_millis())
+        self.engine.now_millis()
     }
 
     /// Refuses a key (or listing prefix) inside a namespace another service
@@ -139,9 +137,8 @@ impl RecordStore {
     /// Checks a put against the limits and the namespace owners, its expiry
     /// counted from now, and turns it into its write operation.
     pub fn prepare_put(&self, field_prefix: &str, command: PutCommand) -> Result<PutOp, KvError> {
-        // A TTL counts from the engine's now, which never goes back: with a
-        // clock stepped back, the service's clock alone would make a fresh
-        // write expire early (or be born expired).
+        // A TTL counts from the engine's now, which never goes back: a clock
+        // stepped back cannot make a fresh write expire early.
         let op = put_op(field_prefix, command, self.now_millis())?;
         self.check_owner_with(&op.key, || format!("{field_prefix}key"))?;
         Ok(op)
@@ -159,9 +156,10 @@ impl RecordStore {
         Ok(op)
     }
 
-    /// Applies `ops` atomically, one outcome per op; a failed precondition
-    /// names the op's index. The one reader of the engine's write result.
-    pub async fn write(&self, ops: Vec<WriteOp>) -> Result<Vec<WriteOutcome>, KvError> {
+    /// Applies `ops` atomically, one outcome per op, with the commit's
+    /// sequence on the change feed; a failed precondition names the op's
+    /// index. The one reader of the engine's write result.
+    pub async fn write(&self, ops: Vec<WriteOp>) -> Result<WriteReceipt, KvError> {
         Ok(self.engine.write(ops).await?)
     }
 

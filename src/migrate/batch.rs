@@ -37,7 +37,6 @@ pub use super::state::{
     MigrationProgress, MigrationRequest, MigrationState, MAX_LISTED_FAILURE_BYTES,
 };
 use super::{lazy::write_back_op, MigrateError, Migrations, Plan};
-use crate::clock::SharedClock;
 use crate::engine::{Engine, EngineError, WriteOp};
 use crate::records::limits::MAX_KEY_BYTES;
 use crate::records::pages::PrefixPages;
@@ -57,7 +56,6 @@ type Registry = Arc<Mutex<HashMap<String, Arc<Mutex<MigrationState>>>>>;
 pub struct Migrator {
     migrations: Arc<Migrations>,
     engine: Arc<dyn Engine>,
-    clock: SharedClock,
     /// Runs in progress by prefix. A std mutex: held for map operations only.
     running: Registry,
     /// Set when the server shuts down: runs stop after their batch.
@@ -93,11 +91,10 @@ fn state_name(prefix: &str) -> String {
 
 impl Migrator {
     /// A migrator applying `migrations` to records of `engine`.
-    pub fn new(migrations: Arc<Migrations>, engine: Arc<dyn Engine>, clock: SharedClock) -> Self {
+    pub fn new(migrations: Arc<Migrations>, engine: Arc<dyn Engine>) -> Self {
         Self {
             migrations,
             engine,
-            clock,
             running: Arc::default(),
             stopping: Arc::default(),
         }
@@ -117,7 +114,8 @@ impl Migrator {
     }
 
     fn now(&self) -> u64 {
-        self.clock.now_millis().max(self.engine.now_millis())
+        // The engine's clock is the one clock for expiry.
+        self.engine.now_millis()
     }
 
     /// Starts (or resumes) the migration of `request.prefix` and returns its
@@ -222,7 +220,6 @@ impl Migrator {
             guard: Some(guard),
             migrations: Arc::clone(&self.migrations),
             engine: Arc::clone(&self.engine),
-            clock: Arc::clone(&self.clock),
             shared,
             request,
             sender,
@@ -283,7 +280,6 @@ struct Run {
     guard: Option<RunGuard>,
     migrations: Arc<Migrations>,
     engine: Arc<dyn Engine>,
-    clock: SharedClock,
     shared: Arc<Mutex<MigrationState>>,
     request: MigrationRequest,
     sender: mpsc::Sender<Result<MigrationProgress, MigrateError>>,
@@ -312,7 +308,8 @@ impl Run {
     }
 
     fn now(&self) -> u64 {
-        self.clock.now_millis().max(self.engine.now_millis())
+        // The engine's clock is the one clock for expiry.
+        self.engine.now_millis()
     }
 
     async fn save(&self, state: &MigrationState) -> Result<(), MigrateError> {

@@ -26,7 +26,6 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::Semaphore;
 
 use super::{Migrations, Plan};
-use crate::clock::SharedClock;
 use crate::engine::{Engine, EngineError, Precondition, PutOp, Record, WriteOp};
 
 /// Records larger than this are migrated on the blocking pool.
@@ -68,7 +67,6 @@ struct Counters {
 pub struct LazyMigrator {
     migrations: Arc<Migrations>,
     engine: Arc<dyn Engine>,
-    clock: SharedClock,
     /// Keys with a write-back in flight. A std mutex: held for a hash lookup.
     in_flight: Arc<Mutex<HashSet<String>>>,
     room: Arc<Semaphore>,
@@ -87,11 +85,10 @@ impl std::fmt::Debug for LazyMigrator {
 
 impl LazyMigrator {
     /// A lazy migrator applying `migrations` to records of `engine`.
-    pub fn new(migrations: Arc<Migrations>, engine: Arc<dyn Engine>, clock: SharedClock) -> Self {
+    pub fn new(migrations: Arc<Migrations>, engine: Arc<dyn Engine>) -> Self {
         Self {
             migrations,
             engine,
-            clock,
             in_flight: Arc::default(),
             room: Arc::new(Semaphore::new(MAX_WRITE_BACKS_IN_FLIGHT)),
             counters: Arc::default(),
@@ -108,12 +105,12 @@ impl LazyMigrator {
     /// target (and then written back in the background), else as read.
     pub fn on_read(&self, key: &str, record: Record) -> Record {
         // Keys outside every migration prefix (most reads) stop here,
-        // without reading the clocks.
+        // without reading the clock.
         let Some(chain) = self.migrations.chain_for(key) else {
             return record;
         };
-        // The stored time never goes back; the source clock might.
-        let now = self.clock.now_millis().max(self.engine.now_millis());
+        // The engine's clock is the one clock for expiry; it never goes back.
+        let now = self.engine.now_millis();
         match chain.plan(&record, now) {
             Plan::Uncovered | Plan::Current => record,
             Plan::NewerThanKnown => {
@@ -202,6 +199,7 @@ impl LazyMigrator {
                 return;
             }
         }
+        // Relies on the engine's strong reads plus `IfVersion`, not on the change feed.
         let op = write_back_op(key, migrated.clone());
         let engine = Arc::clone(&self.engine);
         let in_flight = Arc::clone(&self.in_flight);

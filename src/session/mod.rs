@@ -35,7 +35,6 @@ use serde_json::{Map, Value};
 use thiserror::Error;
 
 use crate::api::convert::{json_from_proto, json_to_proto};
-use crate::clock::SharedClock;
 use crate::engine::{
     DeleteOp, Engine, EngineError, Precondition, PutOp, Record, ScanRequest, ValueKind, WriteOp,
     WriteOutcome,
@@ -333,7 +332,6 @@ struct Found {
 #[derive(Clone)]
 pub struct SessionService {
     engine: Arc<dyn Engine>,
-    clock: SharedClock,
     config: Arc<SessionConfig>,
     /// `P s/`, precomputed: the hot path builds one key per call.
     record_prefix: Arc<str>,
@@ -366,12 +364,11 @@ fn count(counter: &std::sync::atomic::AtomicU64, by: u64) {
 
 impl SessionService {
     /// A service over `engine` with a validated `config`.
-    pub fn new(engine: Arc<dyn Engine>, clock: SharedClock, config: SessionConfig) -> Self {
+    pub fn new(engine: Arc<dyn Engine>, config: SessionConfig) -> Self {
         let record_prefix = format!("{}s/", config.prefix).into();
         let index_prefix = format!("{}u/", config.prefix).into();
         Self {
             engine,
-            clock,
             config: Arc::new(config),
             record_prefix,
             index_prefix,
@@ -396,11 +393,11 @@ impl SessionService {
         &self.config
     }
 
-    /// Now, never behind the engine's clock: expiry is decided by the
-    /// engine's time, which never goes back (not even across restarts), so
-    /// a clock stepped back cannot shorten a new session or revive an old one.
+    /// Now, by the engine's clock, the one clock for expiry: it never goes
+    /// back (not even across restarts), so a clock stepped back cannot
+    /// shorten a new session or revive an old one.
     fn now_millis(&self) -> u64 {
-        self.clock.now_millis().max(self.engine.now_millis())
+        self.engine.now_millis()
     }
 
     fn record_key(&self, session_id: &str) -> String {
@@ -534,6 +531,7 @@ impl SessionService {
     /// records the use, writing at most once per touch interval.
     pub async fn touch(&self, token: &str) -> Result<Session, SessionError> {
         for _ in 0..MAX_ATTEMPTS {
+            // Relies on the engine's strong reads plus `IfVersion`, not on the change feed.
             let found = self.find(token).await?;
             let now = self.now_millis();
             if !self.touch_due(&found.stored, now) {
