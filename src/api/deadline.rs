@@ -81,7 +81,7 @@ where
         };
         // Counted from when the server read the call: time spent waiting for
         // its turn is part of the caller's budget.
-        let deadline = crate::server::http2::Accepted::time_of(&request) + budget;
+        let deadline = crate::server::load_shed::Accepted::time_of(&request) + budget;
         if budget.is_zero() || deadline <= std::time::Instant::now() {
             // Already out of time: answer without starting any work.
             return Box::pin(async move { Ok(deadline_exceeded(budget)) });
