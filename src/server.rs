@@ -3,11 +3,13 @@
 
 pub mod auth_layer;
 pub mod connections;
+pub mod deadline;
 pub mod http2;
 pub mod in_flight;
 pub mod load_shed;
 pub mod metrics_http;
 pub mod reload;
+pub mod request_limits;
 pub mod response_budget;
 pub mod rpc_metrics;
 pub mod tls;
@@ -32,9 +34,9 @@ use crate::admin::backup::Backups;
 use crate::admin::NamespaceAdmin;
 use crate::api::admin::AdminApi;
 use crate::api::cache::CacheApi;
-use crate::api::deadline::DeadlineLayer;
+use deadline::DeadlineLayer;
 use crate::api::kv::KvApi;
-use crate::api::request_limits::{BudgetCounts, RequestBudget, RequestLimitLayer};
+use request_limits::{BudgetCounts, RequestBudget, RequestLimitLayer};
 use crate::api::session::SessionApi;
 use crate::cache::{CacheCounts, CacheService, CacheStats};
 use crate::clock::SharedClock;

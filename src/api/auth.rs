@@ -12,7 +12,7 @@ use tonic_types::{ErrorDetails, StatusExt};
 
 use super::status::ERROR_DOMAIN;
 use crate::auth::{Access, Permission, Principal};
-use crate::server::auth_layer::CallIdentity;
+use super::call::CallIdentity;
 
 fn principal<T>(request: &Request<T>) -> Result<Option<&Principal>, Status> {
     match request.extensions().get::<CallIdentity>() {

@@ -7,7 +7,7 @@ use tonic_types::{ErrorDetails, StatusExt};
 
 use super::auth::{authorize_key, authorize_prefix};
 use super::convert::{nanos_from_duration, timestamp_from_millis};
-use super::deadline::RequestDeadline;
+use super::call::RequestDeadline;
 use super::kv::{get_responses, put_command, value_type_from_proto};
 use super::status::{expected_keys_mismatch, kv_status, ERROR_DOMAIN};
 use crate::auth::Access;

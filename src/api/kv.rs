@@ -9,7 +9,7 @@ use super::convert::{
     build_json_value, json_from_proto, json_to_proto, nanos_from_duration, nanos_from_timestamp,
     scan_json_text, timestamp_from_millis, JsonTextError,
 };
-use super::deadline::RequestDeadline;
+use super::call::RequestDeadline;
 use super::status::kv_status;
 use crate::auth::Access;
 use crate::engine::{EngineError, Precondition};
