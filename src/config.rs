@@ -2,6 +2,8 @@
 //! environment variables, then command-line flags. Unknown keys and invalid
 //! values are rejected with a message naming them.
 
+pub mod tls;
+
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -15,8 +17,8 @@ use crate::cache::config::CacheConfig;
 use crate::engine::Namespaces;
 use crate::kv::limits::{MAX_KEY_BYTES, MAX_MESSAGE_BYTES};
 use crate::migrate::{MigrationStep, Migrations};
-use crate::server::tls::TlsSettings;
 use crate::session::SessionConfig;
+pub use tls::TlsSettings;
 
 /// Environment variables read by the command-line client, not the server.
 const CLIENT_ENV: &[&str] = &[
@@ -491,7 +493,7 @@ impl Config {
             ConfigError::Invalid(format!("log_level {:?}: {error}", self.log_level))
         })?;
         self.session.validate().map_err(ConfigError::Invalid)?;
-        self.tls.validate().map_err(ConfigError::Invalid)?;
+        self.tls.check_pairing().map_err(ConfigError::Invalid)?;
         crate::auth::Authenticator::new(&self.auth).map_err(ConfigError::Invalid)?;
         self.check_exposure()?;
         self.metrics_addr()?;

@@ -939,9 +939,7 @@ async fn serve_until_stopped(
         max_connection_age: config.max_connection_age(),
         max_connection_age_grace: config.max_connection_age_grace(),
     };
-    let tls = config
-        .tls
-        .acceptor()
+    let tls = tls::acceptor(&config.tls)
         .map_err(ServerError::Tls)?
         .map(tls::SharedAcceptor::new);
     let _reloading = reload.map(|reload| {
@@ -1063,6 +1061,14 @@ async fn set_health(
     reporter.set_service_status("", status).await;
 }
 
+/// Checks `config` as the server will use it: everything
+/// [`Config::validate`] checks, and that the TLS files load (which takes the
+/// server's rustls code, so the configuration module cannot check it).
+pub fn validate(config: &Config) -> Result<(), ConfigError> {
+    config.validate()?;
+    tls::validate(&config.tls).map_err(ConfigError::Invalid)
+}
+
 /// A server running in the background, for tests and embedding.
 pub struct RunningServer {
     /// The address it listens on.
@@ -1080,7 +1086,7 @@ pub struct RunningServer {
 impl RunningServer {
     /// Starts a server for `config` (its `listen` may use port 0).
     pub async fn start(config: Config, clock: SharedClock) -> Result<Self, ServerError> {
-        config.validate()?;
+        validate(&config)?;
         let (engine, listeners) = open_and_bind(&config, Arc::clone(&clock)).await?;
         let addr = listeners
             .grpc
