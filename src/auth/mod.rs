@@ -18,6 +18,7 @@ use std::sync::{Arc, RwLock};
 
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
 use thiserror::Error;
 
 /// What a call does to a key or prefix.
@@ -291,7 +292,7 @@ impl Authenticator {
         let presented: TokenHash = Sha256::digest(token.as_bytes()).into();
         let mut found = None;
         for (hash, principal) in &self.tokens {
-            if crate::session::token::hashes_equal(hash, &presented) {
+            if bool::from(hash.ct_eq(&presented)) {
                 found = Some(Arc::clone(principal));
             }
         }
