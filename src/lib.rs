@@ -5,6 +5,7 @@
 //! - [`proto`] — the generated protobuf messages, server traits and **clients**
 //!   (`tierkv::proto::v1::kv_service_client::KvServiceClient`), for other Rust
 //!   services to depend on.
+//! - [`clock`] — injectable wall-clock time, so expiry is testable.
 //! - [`engine`] — the [`engine::Engine`] trait (namespaces, point reads,
 //!   ordered scans, atomic batches with preconditions, expiry, the
 //!   commit-ordered change feed), the RocksDB implementation (its writer
@@ -25,13 +26,38 @@
 //!   configuration (`[cache]`) and its origin client (key-to-URL escaping,
 //!   pooled HTTP/1.1 and HTTP/2 over rustls, `Cache-Control` and validators).
 //!   No transport types.
-//! - [`api`] — thin tonic adapters and the single error-to-status mapping.
-//! - [`config`], [`server`], [`telemetry`] — configuration, wiring and
-//!   graceful shutdown, logging. `server::connections` bounds connections
-//!   (limit, handshake timeout, accept back-off); `api::request_limits`
-//!   bounds request sizes per method and request memory across calls.
+//! - [`auth`] — bearer tokens and their grants (`[auth]`). No transport types.
+//! - [`config`] — the configuration file and environment, including `[tls]`.
+//! - [`telemetry`], [`metrics`] — logging set-up; the figures `/metrics`
+//!   exports.
+//! - [`api`] — thin tonic adapters, the message conversions, the single
+//!   error-to-status mapping, and the per-call facts the server's layers
+//!   hand the adapters (`api::call`).
+//! - [`server`] — wiring and graceful shutdown, and every tower layer:
+//!   `server::connections` bounds connections (limit, handshake timeout,
+//!   accept back-off); `server::request_limits` bounds request sizes per
+//!   method and request memory across calls; `server::deadline`,
+//!   `server::auth_layer`, `server::load_shed` and the others wrap each call.
 //! - [`cli`] — the `tierkv` command line (server and `wrangler kv`-like client).
-//! - [`clock`] — injectable wall-clock time, so expiry is testable.
+//!
+//! # Layers
+//! Modules import only from layers below their own, never from their own
+//! layer or above, and never in a cycle (`tests/layering.rs` checks every
+//! `crate::` path against its `LAYERS` table, which must match this list;
+//! sub-modules of one module form no cycle either). Lowest first:
+//! 1. foundation: [`clock`], `limits` (record limits and JSON depth, shared
+//!    by every layer);
+//! 2. [`engine`];
+//! 3. domain, in the order its services build on each other:
+//!    [`migrate`] and [`auth`]; then [`kv`] (applies migrations); then
+//!    [`session`], [`cache`] and [`admin`] (use KV's validation and limits).
+//!    No domain module uses `prost`, `prost_types` or `tonic` types;
+//! 4. [`config`] (every service's settings);
+//! 5. [`telemetry`], [`metrics`];
+//! 6. [`proto`] (generated code);
+//! 7. [`api`] (adapters: domain ⇄ protobuf, errors → `Status`);
+//! 8. [`server`] (tower layers, connections, TLS, serving);
+//! 9. [`cli`].
 
 pub mod admin;
 pub mod api;
