@@ -839,6 +839,7 @@ async fn serve_until_stopped(
         Arc::clone(&engine),
         Arc::clone(&clock),
         config.session.clone(),
+        Arc::new(crate::api::session::StructCodec),
     );
     metrics.collector(ServiceFigures {
         sessions: sessions.clone(),

@@ -23,26 +23,24 @@
 //! `IfAbsent`, so it never overwrites.
 
 pub mod config;
+pub mod record;
 pub mod token;
 
 use std::sync::Arc;
 
-use prost::Message as _;
-use prost_types::value::Kind;
-use prost_types::Struct;
-use serde::Deserialize;
 use serde_json::{Map, Value};
 use thiserror::Error;
 
-use crate::api::convert::{json_from_proto, json_to_proto};
 use crate::clock::SharedClock;
 use crate::engine::{
-    DeleteOp, Engine, EngineError, Precondition, PutOp, Record, ScanRequest, ValueKind, WriteOp,
+    DeleteOp, Engine, EngineError, Precondition, PutOp, ScanRequest, ValueKind, WriteOp,
     WriteOutcome,
 };
 use crate::kv::limits::MAX_LIST_EXAMINED;
 use crate::kv::FieldViolation;
 pub use config::SessionConfig;
+pub use record::DataCodec;
+use record::{decode, decode_object, Stored};
 pub use token::Token;
 
 /// The gRPC service that owns the session namespace.
@@ -78,11 +76,14 @@ pub struct Session {
     pub session_id: String,
     /// The owning user.
     pub user_id: String,
-    /// Application data, a JSON object as stored: a protobuf `Struct`, so
-    /// that reading a session converts nothing.
-    pub data: Struct,
-    /// Metadata given at creation, as stored.
-    pub metadata: Option<Struct>,
+    /// Application data, a JSON object.
+    pub data: Map<String, Value>,
+    /// The bytes `data` takes encoded (as stored, and as a reply carries it).
+    pub data_bytes: usize,
+    /// Metadata given at creation.
+    pub metadata: Option<Map<String, Value>>,
+    /// The bytes `metadata` takes encoded.
+    pub metadata_bytes: Option<usize>,
     /// Creation time, milliseconds since the Unix epoch.
     pub create_at_millis: u64,
     /// Absolute expiry.
@@ -104,11 +105,8 @@ impl Session {
         let body = delimited_len(token)
             + delimited_len(self.session_id.len())
             + delimited_len(self.user_id.len())
-            + delimited_len(self.data.encoded_len())
-            + self
-                .metadata
-                .as_ref()
-                .map_or(0, |metadata| delimited_len(metadata.encoded_len()))
+            + delimited_len(self.data_bytes)
+            + self.metadata_bytes.map_or(0, delimited_len)
             + SESSION_REPLY_OVERHEAD;
         delimited_len(body)
     }
@@ -117,7 +115,12 @@ impl Session {
 /// Bytes of a length-delimited protobuf field of `body` bytes, with a tag of
 /// one byte.
 fn delimited_len(body: usize) -> usize {
-    1 + prost::encoding::encoded_len_varint(body as u64) + body
+    1 + varint_len(body as u64) + body
+}
+
+/// Bytes of `value` as a protobuf varint: seven bits a byte.
+fn varint_len(value: u64) -> usize {
+    (64 - (value | 1).leading_zeros() as usize).div_ceil(7)
 }
 
 /// What `create` needs.
@@ -209,117 +212,34 @@ fn violation(field: &str, description: String) -> FieldViolation {
     }
 }
 
-/// The session record as stored: a protobuf message (see
-/// `docs/record-format.md`), so that `Get` decodes it with one pass of prost
-/// and hands `data` and `metadata` out as the `google.protobuf.Struct`s they
-/// are stored as, without a JSON round trip.
-#[derive(Clone, PartialEq, prost::Message)]
-struct Stored {
-    #[prost(string, tag = "1")]
-    user_id: String,
-    /// SHA-256 of the token's secret, 32 bytes.
-    #[prost(bytes = "vec", tag = "2")]
-    secret_hash: Vec<u8>,
-    #[prost(uint64, tag = "3")]
-    create_ms: u64,
-    #[prost(uint64, tag = "4")]
-    expire_ms: u64,
-    #[prost(uint64, optional, tag = "5")]
-    idle_timeout_ms: Option<u64>,
-    #[prost(uint64, optional, tag = "6")]
-    idle_expire_ms: Option<u64>,
-    #[prost(uint64, tag = "7")]
-    last_seen_ms: u64,
-    #[prost(message, optional, tag = "8")]
-    data: Option<Struct>,
-    #[prost(message, optional, tag = "9")]
-    metadata: Option<Struct>,
-}
-
-/// The JSON layout of session records written before the protobuf one
-/// (`ValueKind::Json`); still read, and rewritten in the new layout by the
-/// next change of the session.
-#[derive(Deserialize)]
-struct LegacyStored {
-    user_id: String,
-    secret_hash: String,
-    create_ms: u64,
-    expire_ms: u64,
-    #[serde(default)]
-    idle_timeout_ms: Option<u64>,
-    #[serde(default)]
-    idle_expire_ms: Option<u64>,
-    last_seen_ms: u64,
-    #[serde(default)]
-    data: Map<String, Value>,
-    #[serde(default)]
-    metadata: Option<Map<String, Value>>,
-}
-
-impl LegacyStored {
-    fn into_stored(self) -> Stored {
-        Stored {
-            user_id: self.user_id,
-            secret_hash: token::decode_hash(&self.secret_hash)
-                .map(Vec::from)
-                .unwrap_or_default(),
-            create_ms: self.create_ms,
-            expire_ms: self.expire_ms,
-            idle_timeout_ms: self.idle_timeout_ms,
-            idle_expire_ms: self.idle_expire_ms,
-            last_seen_ms: self.last_seen_ms,
-            data: Some(struct_from_json(self.data)),
-            metadata: self.metadata.map(struct_from_json),
-        }
-    }
-}
-
-/// A JSON object as a `google.protobuf.Struct`.
-fn struct_from_json(object: Map<String, Value>) -> Struct {
-    match json_to_proto(Value::Object(object)).kind {
-        Some(Kind::StructValue(value)) => value,
-        _ => Struct::default(),
-    }
-}
-
-/// A `google.protobuf.Struct` as a JSON object. Stored structs came from
-/// JSON, so every number in them is finite and the conversion cannot fail;
-/// a record that says otherwise is corrupt.
-fn json_from_struct(session_id: &str, value: Struct) -> Result<Map<String, Value>, SessionError> {
-    match json_from_proto(prost_types::Value {
-        kind: Some(Kind::StructValue(value)),
-    }) {
-        Ok(Value::Object(object)) => Ok(object),
-        Ok(_) => Ok(Map::new()),
-        Err(reason) => Err(EngineError::Corrupt {
-            key: format!("session {session_id}"),
-            reason: format!("session data is not valid: {reason}"),
-        }
-        .into()),
-    }
-}
-
-impl Stored {
-    /// When the record stops being live: the earlier of the two expiries.
-    fn record_expire_ms(&self) -> u64 {
-        self.idle_expire_ms
-            .map_or(self.expire_ms, |idle| idle.min(self.expire_ms))
-    }
-
-    fn into_session(self, session_id: String, version: u64, token: Option<Token>) -> Session {
-        Session {
-            token,
-            session_id,
-            user_id: self.user_id,
-            data: self.data.unwrap_or_default(),
-            metadata: self.metadata,
-            create_at_millis: self.create_ms,
-            expire_at_millis: self.expire_ms,
-            idle_expire_at_millis: self.idle_expire_ms,
-            last_seen_at_millis: self.last_seen_ms,
-            version,
-        }
-    }
+/// The session `stored` holds, its data and metadata decoded.
+fn into_session(
+    codec: &dyn DataCodec,
+    stored: Stored,
+    session_id: String,
+    version: u64,
+    token: Option<Token>,
+) -> Result<Session, SessionError> {
+    let data_bytes = stored.data.as_deref().unwrap_or_default();
+    let data = decode_object(codec, &session_id, data_bytes)?;
+    let metadata = match stored.metadata.as_deref() {
+        Some(bytes) => Some((decode_object(codec, &session_id, bytes)?, bytes.len())),
+        None => None,
+    };
+    Ok(Session {
+        token,
+        user_id: stored.user_id,
+        data,
+        data_bytes: data_bytes.len(),
+        metadata_bytes: metadata.as_ref().map(|(_, len)| *len),
+        metadata: metadata.map(|(metadata, _)| metadata),
+        create_at_millis: stored.create_ms,
+        expire_at_millis: stored.expire_ms,
+        idle_expire_at_millis: stored.idle_expire_ms,
+        last_seen_at_millis: stored.last_seen_ms,
+        version,
+        session_id,
+    })
 }
 
 /// A live session read from the engine.
@@ -333,6 +253,9 @@ struct Found {
 #[derive(Clone)]
 pub struct SessionService {
     engine: Arc<dyn Engine>,
+    /// Encodes data and metadata in records (the server's is protobuf's
+    /// `Struct`, so replies carry them as stored).
+    codec: Arc<dyn DataCodec>,
     clock: SharedClock,
     config: Arc<SessionConfig>,
     /// `P s/`, precomputed: the hot path builds one key per call.
@@ -365,12 +288,19 @@ fn count(counter: &std::sync::atomic::AtomicU64, by: u64) {
 }
 
 impl SessionService {
-    /// A service over `engine` with a validated `config`.
-    pub fn new(engine: Arc<dyn Engine>, clock: SharedClock, config: SessionConfig) -> Self {
+    /// A service over `engine` with a validated `config`, storing data and
+    /// metadata as `codec` encodes them.
+    pub fn new(
+        engine: Arc<dyn Engine>,
+        clock: SharedClock,
+        config: SessionConfig,
+        codec: Arc<dyn DataCodec>,
+    ) -> Self {
         let record_prefix = format!("{}s/", config.prefix).into();
         let index_prefix = format!("{}u/", config.prefix).into();
         Self {
             engine,
+            codec,
             clock,
             config: Arc::new(config),
             record_prefix,
@@ -489,8 +419,10 @@ impl SessionService {
             idle_timeout_ms: idle_ms,
             idle_expire_ms: idle_ms.map(|idle| now.saturating_add(idle).min(expire_ms)),
             last_seen_ms: now,
-            data: Some(struct_from_json(data)),
-            metadata: request.metadata.map(struct_from_json),
+            data: Some(self.codec.encode(&data)),
+            metadata: request
+                .metadata
+                .map(|metadata| self.codec.encode(&metadata)),
         };
         // A collision of 128 random bits does not happen; IfAbsent makes sure
         // that if it did, nothing would be overwritten.
@@ -510,7 +442,7 @@ impl SessionService {
                 Ok(outcomes) => {
                     let version = put_version(&outcomes)?;
                     tracing::info!(session_id = %issued.session_id, "session created");
-                    return Ok(stored.into_session(issued.session_id, version, Some(issued.token)));
+                    return into_session(&*self.codec, stored, issued.session_id, version, Some(issued.token));
                 }
                 Err(EngineError::PreconditionFailed { .. }) => continue,
                 Err(other) => return Err(other.into()),
@@ -525,9 +457,13 @@ impl SessionService {
             return self.touch(token).await;
         }
         let found = self.find(token).await?;
-        Ok(found
-            .stored
-            .into_session(found.session_id, found.version, None))
+        into_session(
+            &*self.codec,
+            found.stored,
+            found.session_id,
+            found.version,
+            None,
+        )
     }
 
     /// Slides the idle expiry forward (never past the absolute expiry) and
@@ -537,9 +473,13 @@ impl SessionService {
             let found = self.find(token).await?;
             let now = self.now_millis();
             if !self.touch_due(&found.stored, now) {
-                return Ok(found
-                    .stored
-                    .into_session(found.session_id, found.version, None));
+                return into_session(
+                    &*self.codec,
+                    found.stored,
+                    found.session_id,
+                    found.version,
+                    None,
+                );
             }
             let mut stored = found.stored;
             stored.last_seen_ms = now;
@@ -563,7 +503,7 @@ impl SessionService {
             match self.engine.write(ops).await {
                 Ok(outcomes) => {
                     let version = put_version(&outcomes)?;
-                    return Ok(stored.into_session(found.session_id, version, None));
+                    return into_session(&*self.codec, stored, found.session_id, version, None);
                 }
                 Err(EngineError::PreconditionFailed { .. }) => continue,
                 Err(other) => return Err(other.into()),
@@ -602,7 +542,11 @@ impl SessionService {
                 }
             }
             let mut stored = found.stored;
-            let data = json_from_struct(&found.session_id, stored.data.take().unwrap_or_default())?;
+            let data = decode_object(
+                &*self.codec,
+                &found.session_id,
+                stored.data.as_deref().unwrap_or_default(),
+            )?;
             let data = merge_patch(data, &patch);
             if let Err(found) = check_json_size("data", &data, self.config.max_data_bytes) {
                 return Err(SessionError::InvalidArgument(vec![FieldViolation {
@@ -610,7 +554,7 @@ impl SessionService {
                     ..found
                 }]));
             }
-            stored.data = Some(struct_from_json(data));
+            stored.data = Some(self.codec.encode(&data));
             let ops = vec![self.put_record(
                 &found.session_id,
                 &stored,
@@ -619,7 +563,7 @@ impl SessionService {
             match self.engine.write(ops).await {
                 Ok(outcomes) => {
                     let version = put_version(&outcomes)?;
-                    return Ok(stored.into_session(found.session_id, version, None));
+                    return into_session(&*self.codec, stored, found.session_id, version, None);
                 }
                 // The session ended (revoked, expired) between the read and the
                 // write: that is NOT_FOUND, as it would be a moment later.
@@ -665,7 +609,7 @@ impl SessionService {
                 Ok(outcomes) => {
                     let version = put_version(&outcomes)?;
                     tracing::info!(session_id = %issued.session_id, "session token rotated");
-                    return Ok(stored.into_session(issued.session_id, version, Some(issued.token)));
+                    return into_session(&*self.codec, stored, issued.session_id, version, Some(issued.token));
                 }
                 // Another change won; re-read. If it was a rotation, the
                 // presented token no longer matches and this ends NOT_FOUND.
@@ -795,11 +739,11 @@ impl SessionService {
                 // Revoked between the scan and the read: not live any more.
                 let Some(record) = record else { continue };
                 let version = record.version;
-                let stored = decode(session_id, record)?;
+                let stored = decode(&*self.codec, session_id, record)?;
                 if stored.user_id != user_id {
                     continue;
                 }
-                let session = stored.into_session(session_id.clone(), version, None);
+                let session = into_session(&*self.codec, stored, session_id.clone(), version, None)?;
                 let bytes = session.reply_bytes_bound();
                 if reply_bytes + bytes > max_reply_bytes {
                     let Some(last) = sessions.last() else {
@@ -934,7 +878,7 @@ impl SessionService {
             return Ok(None);
         };
         let version = record.version;
-        let stored = decode(session_id, record)?;
+        let stored = decode(&*self.codec, session_id, record)?;
         // The engine hides expired records; this guards against a clock read
         // between its check and ours.
         if stored.record_expire_ms() <= self.now_millis() {
@@ -951,7 +895,7 @@ impl SessionService {
         WriteOp::Put(PutOp {
             key: self.record_key(session_id),
             kind: ValueKind::Bytes,
-            value: stored.encode_to_vec(),
+            value: stored.to_bytes(),
             metadata: None,
             expire_at_millis: Some(stored.record_expire_ms()),
             schema_version: 1,
@@ -999,22 +943,6 @@ fn put_version(outcomes: &[WriteOutcome]) -> Result<u64, SessionError> {
     match outcomes.first() {
         Some(WriteOutcome::Put { version }) => Ok(*version),
         _ => Err(EngineError::Storage("engine returned no outcome for a put".into()).into()),
-    }
-}
-
-fn decode(session_id: &str, record: Record) -> Result<Stored, SessionError> {
-    let corrupt = |error: String| -> SessionError {
-        EngineError::Corrupt {
-            key: format!("session {session_id}"),
-            reason: format!("session record is not valid: {error}"),
-        }
-        .into()
-    };
-    match record.kind {
-        ValueKind::Json => serde_json::from_slice::<LegacyStored>(&record.value)
-            .map(LegacyStored::into_stored)
-            .map_err(|error| corrupt(error.to_string())),
-        _ => Stored::decode(record.value.as_slice()).map_err(|error| corrupt(error.to_string())),
     }
 }
 
@@ -1083,6 +1011,7 @@ fn merge_patch(data: Map<String, Value>, patch: &Value) -> Map<String, Value> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::Record;
     use serde_json::json;
 
     fn object(value: Value) -> Map<String, Value> {
@@ -1116,10 +1045,24 @@ mod tests {
         }
     }
 
+    /// A codec for the tests: JSON text (the server's is protobuf's
+    /// `Struct`, tested beside it in `crate::api::session`).
+    struct JsonCodec;
+
+    impl DataCodec for JsonCodec {
+        fn encode(&self, object: &Map<String, Value>) -> Vec<u8> {
+            serde_json::to_vec(object).unwrap()
+        }
+        fn decode(&self, bytes: &[u8]) -> Result<Map<String, Value>, String> {
+            serde_json::from_slice(bytes).map_err(|error| error.to_string())
+        }
+    }
+
     /// The protobuf record round-trips; a JSON record of the earlier layout
     /// reads as the same session; garbage is corrupt, not a panic.
     #[test]
     fn records_decode_in_both_layouts() {
+        let codec = JsonCodec;
         let hash = [7u8; 32];
         let stored = Stored {
             user_id: "alice".into(),
@@ -1129,10 +1072,10 @@ mod tests {
             idle_timeout_ms: Some(2000),
             idle_expire_ms: Some(3000),
             last_seen_ms: 1000,
-            data: Some(struct_from_json(object(json!({"role": "admin", "n": 3})))),
-            metadata: Some(struct_from_json(object(json!({"ip": "10.0.0.1"})))),
+            data: Some(codec.encode(&object(json!({"role": "admin", "n": 3})))),
+            metadata: Some(codec.encode(&object(json!({"ip": "10.0.0.1"})))),
         };
-        let decoded = decode("id", record(ValueKind::Bytes, stored.encode_to_vec())).unwrap();
+        let decoded = decode(&codec, "id", record(ValueKind::Bytes, stored.to_bytes())).unwrap();
         assert_eq!(decoded, stored);
 
         let legacy = json!({
@@ -1147,22 +1090,39 @@ mod tests {
             "metadata": {"ip": "10.0.0.1"},
         });
         let value = serde_json::to_vec(&legacy).unwrap();
-        let decoded = decode("id", record(ValueKind::Json, value)).unwrap();
+        let decoded = decode(&codec, "id", record(ValueKind::Json, value)).unwrap();
         assert_eq!(decoded, stored);
-        assert_eq!(
-            json_from_struct("id", decoded.data.unwrap()).unwrap(),
-            object(json!({"role": "admin", "n": 3}))
-        );
+        let session = into_session(&codec, decoded, "id".into(), 7, None).unwrap();
+        assert_eq!(session.data, object(json!({"role": "admin", "n": 3})));
+        assert_eq!(session.metadata, Some(object(json!({"ip": "10.0.0.1"}))));
 
         for (kind, garbage) in [
             (ValueKind::Bytes, vec![0xff, 0xff, 0xff]),
             (ValueKind::Json, b"{".to_vec()),
         ] {
-            let error = decode("id", record(kind, garbage)).unwrap_err();
+            let error = decode(&codec, "id", record(kind, garbage)).unwrap_err();
             assert!(
                 matches!(error, SessionError::Engine(EngineError::Corrupt { .. })),
                 "{error:?}"
             );
+        }
+        // Data its codec cannot read is corrupt too.
+        let unreadable = Stored {
+            data: Some(b"not json".to_vec()),
+            ..stored
+        };
+        let error = into_session(&codec, unreadable, "id".into(), 7, None).unwrap_err();
+        assert!(
+            matches!(error, SessionError::Engine(EngineError::Corrupt { .. })),
+            "{error:?}"
+        );
+    }
+
+    /// The varint length matches protobuf's at every boundary.
+    #[test]
+    fn varint_lengths() {
+        for (value, len) in [(0, 1), (127, 1), (128, 2), (16_383, 2), (16_384, 3), (u64::MAX, 10)] {
+            assert_eq!(varint_len(value), len, "{value}");
         }
     }
 
