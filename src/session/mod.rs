@@ -37,7 +37,7 @@ use crate::engine::{
     WriteOutcome,
 };
 use crate::kv::limits::MAX_LIST_EXAMINED;
-use crate::kv::FieldViolation;
+use crate::kv::{format_seconds, FieldViolation};
 pub use config::SessionConfig;
 pub use record::DataCodec;
 use record::{decode, decode_object, Stored};
@@ -954,31 +954,17 @@ fn check_duration(field: &str, nanos: i128, max_ms: u64) -> Result<u64, FieldVio
     if nanos < 1_000_000_000 {
         return Err(violation(
             field,
-            format!("{field} is {seconds}s; the minimum is 1s"),
+            format!("{field} is {seconds}; the minimum is 1s"),
         ));
     }
     let millis = (nanos + 999_999) / 1_000_000;
     if millis > i128::from(max_ms) {
         return Err(violation(
             field,
-            format!("{field} is {seconds}s; the maximum is {max_secs}s (session.max_ttl_secs)"),
+            format!("{field} is {seconds}; the maximum is {max_secs}s (session.max_ttl_secs)"),
         ));
     }
     Ok(millis as u64)
-}
-
-/// Exact seconds for nanoseconds, without trailing zeros: rounding would
-/// report 0.9999999995 s as "1.000s" and confuse the reader of the error.
-fn format_seconds(nanos: i128) -> String {
-    let sign = if nanos < 0 { "-" } else { "" };
-    let magnitude = nanos.unsigned_abs();
-    let whole = magnitude / 1_000_000_000;
-    let fraction = magnitude % 1_000_000_000;
-    if fraction == 0 {
-        return format!("{sign}{whole}");
-    }
-    let digits = format!("{fraction:09}");
-    format!("{sign}{whole}.{}", digits.trim_end_matches('0'))
 }
 
 fn check_json_size(
