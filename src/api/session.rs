@@ -1,12 +1,11 @@
 //! The `tierkv.v1.SessionService` adapter.
 
 use prost_types::{Struct, Timestamp};
-use tonic::{Code, Request, Response, Status};
-use tonic_types::{ErrorDetails, StatusExt};
+use tonic::{Request, Response, Status};
 
 use super::auth::authorize_prefix;
 use super::convert::{json_from_struct, struct_from_json, timestamp_from_millis};
-use super::status::{engine_status, ERROR_DOMAIN};
+use super::status::session_status;
 use crate::auth::Access;
 use crate::kv::FieldViolation;
 use crate::proto::v1 as pb;
@@ -40,38 +39,6 @@ impl SessionApi {
             .max_decoding_message_size(MAX_SESSION_WRITE_REQUEST_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES)
     }
-}
-
-/// Maps a session error to a status, logging it once. Messages never carry
-/// a token: the domain's errors do not contain one.
-pub fn session_status(method: &'static str, error: SessionError) -> Status {
-    let message = error.to_string();
-    let status = match error {
-        SessionError::InvalidArgument(violations) => {
-            let mut details = ErrorDetails::new();
-            for violation in violations {
-                details.add_bad_request_violation(violation.field, violation.description);
-            }
-            Status::with_error_details(Code::InvalidArgument, message, details)
-        }
-        SessionError::NotFound => Status::not_found(message),
-        SessionError::VersionMismatch { current, .. } => {
-            let mut info = std::collections::HashMap::new();
-            info.insert("current_version".to_string(), current.to_string());
-            let details = ErrorDetails::with_error_info("VERSION_MISMATCH", ERROR_DOMAIN, info);
-            Status::with_error_details(Code::Aborted, message, details)
-        }
-        SessionError::Contention(_) => Status::aborted(message),
-        SessionError::ReplyTooLarge { limit, .. } => {
-            let mut info = std::collections::HashMap::new();
-            info.insert("limit_bytes".to_string(), limit.to_string());
-            let details = ErrorDetails::with_error_info("RESPONSE_TOO_LARGE", ERROR_DOMAIN, info);
-            Status::with_error_details(Code::ResourceExhausted, message, details)
-        }
-        SessionError::Engine(engine) => return engine_status(method, engine),
-    };
-    tracing::debug!(method, code = ?status.code(), "request rejected");
-    status
 }
 
 fn object_from_proto(
