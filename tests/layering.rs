@@ -542,6 +542,101 @@ fn imports_go_down_the_layers_without_cycles() {
     );
 }
 
+/// The domain and everything below it: modules that speak no transport.
+const NO_TRANSPORT: &[&str] = &[
+    "clock", "limits", "engine", "migrate", "auth", "kv", "session", "cache", "admin",
+];
+
+/// Crates whose types belong to the edge. (`prost` itself, the encoding
+/// library, may encode a storage record; its well-known types may not
+/// reach the domain.)
+const TRANSPORT_CRATES: &[&str] = &["tonic", "tonic_types", "prost_types", "tonic_health"];
+
+/// Every library file under `src/` with its text, comments and strings blanked.
+fn library_sources() -> Vec<(String, String)> {
+    let src = package_root().join("src");
+    let mut files = Vec::new();
+    rust_files(&src, &mut files);
+    files
+        .into_iter()
+        .filter_map(|path| {
+            let relative = path.strip_prefix(&src).unwrap().to_path_buf();
+            if relative.starts_with("bin") || relative == Path::new("main.rs") {
+                return None;
+            }
+            let text = strip(&fs::read_to_string(&path).unwrap());
+            Some((format!("src/{}", relative.display()), text))
+        })
+        .collect()
+}
+
+/// Where `word` occurs in `text` as a whole path segment followed by `::`.
+fn uses_of(text: &str, word: &str) -> Vec<usize> {
+    let mut lines = Vec::new();
+    for (number, line) in text.lines().enumerate() {
+        let mut rest = line;
+        let mut offset = 0;
+        while let Some(found) = rest.find(word) {
+            let at = offset + found;
+            let before = line[..at].chars().next_back();
+            let after = &line[at + word.len()..];
+            if !before.is_some_and(|c| is_ident(c) || c == ':') && after.trim_start().starts_with("::")
+            {
+                lines.push(number + 1);
+                break;
+            }
+            offset = at + word.len();
+            rest = &line[offset..];
+        }
+    }
+    lines
+}
+
+/// Protobuf at the edge only: no domain module names a tonic or protobuf
+/// well-known type (`session::Session` once exposed `prost_types::Struct`).
+#[test]
+fn the_domain_speaks_no_transport() {
+    let mut problems = Vec::new();
+    for (file, text) in library_sources() {
+        let top = file
+            .trim_start_matches("src/")
+            .split(['/', '.'])
+            .next()
+            .unwrap()
+            .to_string();
+        if !NO_TRANSPORT.contains(&top.as_str()) {
+            continue;
+        }
+        for krate in TRANSPORT_CRATES {
+            for line in uses_of(&text, krate) {
+                problems.push(format!("{file}:{line}: {top} uses {krate}"));
+            }
+        }
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+/// Statuses with `google.rpc` details, and conversions of errors into
+/// statuses, are written in `src/api/status.rs` only (the server's tower
+/// layers answer their own transport refusals).
+#[test]
+fn error_to_status_mapping_lives_in_one_place() {
+    let mut problems = Vec::new();
+    for (file, text) in library_sources() {
+        if file == "src/api/status.rs" || file.starts_with("src/server") || file.starts_with("src/cli") {
+            continue;
+        }
+        for (number, line) in text.lines().enumerate() {
+            let for_status = line.contains("impl From<")
+                && (line.contains("for Status") || line.contains("for tonic::Status"));
+            if line.contains("with_error_details") || line.contains("ErrorDetails::") || for_status {
+                problems.push(format!("{file}:{}: {}", number + 1, line.trim()));
+            }
+        }
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
 /// Every top-level module the library declares has a place in [`LAYERS`]
 /// (so a new module cannot slip past the check), and no module is in two.
 #[test]

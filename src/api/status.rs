@@ -31,6 +31,17 @@ pub fn expected_keys_mismatch(message: String, prefix: &str, actual: u64, what: 
     Status::with_error_details(Code::FailedPrecondition, message, details)
 }
 
+/// PERMISSION_DENIED for a call whose token lacks a grant: ErrorInfo reason
+/// `NOT_GRANTED` with `metadata` saying what was refused, and nothing about
+/// the token.
+pub fn not_granted(message: String, metadata: std::collections::HashMap<String, String>) -> Status {
+    Status::with_error_details(
+        Code::PermissionDenied,
+        message,
+        ErrorDetails::with_error_info("NOT_GRANTED", ERROR_DOMAIN, metadata),
+    )
+}
+
 /// Maps a KV error to a status with `google.rpc` details, logging it once.
 pub fn kv_status(method: &'static str, error: KvError) -> Status {
     let message = error.to_string();
