@@ -580,7 +580,8 @@ fn uses_of(text: &str, word: &str) -> Vec<usize> {
             let at = offset + found;
             let before = line[..at].chars().next_back();
             let after = &line[at + word.len()..];
-            if !before.is_some_and(|c| is_ident(c) || c == ':') && after.trim_start().starts_with("::")
+            if !before.is_some_and(|c| is_ident(c) || c == ':')
+                && after.trim_start().starts_with("::")
             {
                 lines.push(number + 1);
                 break;
@@ -623,13 +624,17 @@ fn the_domain_speaks_no_transport() {
 fn error_to_status_mapping_lives_in_one_place() {
     let mut problems = Vec::new();
     for (file, text) in library_sources() {
-        if file == "src/api/status.rs" || file.starts_with("src/server") || file.starts_with("src/cli") {
+        if file == "src/api/status.rs"
+            || file.starts_with("src/server")
+            || file.starts_with("src/cli")
+        {
             continue;
         }
         for (number, line) in text.lines().enumerate() {
             let for_status = line.contains("impl From<")
                 && (line.contains("for Status") || line.contains("for tonic::Status"));
-            if line.contains("with_error_details") || line.contains("ErrorDetails::") || for_status {
+            if line.contains("with_error_details") || line.contains("ErrorDetails::") || for_status
+            {
                 problems.push(format!("{file}:{}: {}", number + 1, line.trim()));
             }
         }

@@ -9,9 +9,9 @@ use std::collections::HashMap;
 
 use tonic::{Request, Status};
 
+use super::call::CallIdentity;
 use super::status::not_granted;
 use crate::auth::{Access, Permission, Principal};
-use super::call::CallIdentity;
 
 fn principal<T>(request: &Request<T>) -> Result<Option<&Principal>, Status> {
     match request.extensions().get::<CallIdentity>() {
@@ -29,7 +29,10 @@ fn denied(access: Access, what: String, index: Option<usize>) -> Status {
     if let Some(index) = index {
         metadata.insert("index".to_string(), index.to_string());
     }
-    not_granted(format!("this token may not {} {what}", access.verb()), metadata)
+    not_granted(
+        format!("this token may not {} {what}", access.verb()),
+        metadata,
+    )
 }
 
 /// `key` must be granted for `access`.

@@ -5,8 +5,8 @@ use std::time::{Duration, Instant};
 use tonic::{Request, Response, Status};
 
 use super::auth::{authorize_key, authorize_prefix};
-use super::convert::{nanos_from_duration, timestamp_from_millis};
 use super::call::RequestDeadline;
+use super::convert::{nanos_from_duration, timestamp_from_millis};
 use super::kv::{get_responses, put_command, value_type_from_proto};
 use super::status::{cache_status, kv_status};
 use crate::auth::Access;

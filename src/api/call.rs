@@ -33,4 +33,3 @@ impl RequestDeadline {
             .saturating_sub(reserve)
     }
 }
-

@@ -5,11 +5,11 @@ use tonic::{Request, Response, Status};
 use prost::Message as _;
 
 use super::auth::{authorize_key, authorize_keys, authorize_prefix};
+use super::call::RequestDeadline;
 use super::convert::{
     build_json_value, json_from_proto, json_to_proto, nanos_from_duration, nanos_from_timestamp,
     scan_json_text, timestamp_from_millis, JsonTextError,
 };
-use super::call::RequestDeadline;
 use super::status::kv_status;
 use crate::auth::Access;
 use crate::engine::{EngineError, Precondition};

@@ -65,10 +65,7 @@ impl DataCodec for StructCodec {
         struct_from_json(object.clone()).encode_to_vec()
     }
 
-    fn decode(
-        &self,
-        bytes: &[u8],
-    ) -> Result<serde_json::Map<String, serde_json::Value>, String> {
+    fn decode(&self, bytes: &[u8]) -> Result<serde_json::Map<String, serde_json::Value>, String> {
         use prost::Message as _;
         let value = Struct::decode(bytes).map_err(|error| error.to_string())?;
         json_from_struct(value)
@@ -323,7 +320,8 @@ mod tests {
     #[test]
     fn struct_codec_stores_what_replies_carry() {
         use prost::Message as _;
-        let data = match serde_json::json!({"role": "admin", "n": 3, "x": [1.5, null, {"y": true}]}) {
+        let data = match serde_json::json!({"role": "admin", "n": 3, "x": [1.5, null, {"y": true}]})
+        {
             serde_json::Value::Object(object) => object,
             _ => unreachable!(),
         };

@@ -50,16 +50,13 @@ pub fn acceptor(settings: &TlsSettings) -> Result<Option<TlsAcceptor>, String> {
         Some(path) => {
             let mut roots = RootCertStore::empty();
             for certificate in read_certificates(path)? {
-                roots.add(certificate).map_err(|error| {
-                    format!("tls.client_ca_file {}: {error}", path.display())
-                })?;
+                roots
+                    .add(certificate)
+                    .map_err(|error| format!("tls.client_ca_file {}: {error}", path.display()))?;
             }
-            let verifier =
-                WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
-                    .build()
-                    .map_err(|error| {
-                        format!("tls.client_ca_file {}: {error}", path.display())
-                    })?;
+            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                .build()
+                .map_err(|error| format!("tls.client_ca_file {}: {error}", path.display()))?;
             builder.with_client_cert_verifier(verifier)
         }
     };

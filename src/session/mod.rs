@@ -442,7 +442,13 @@ impl SessionService {
                 Ok(outcomes) => {
                     let version = put_version(&outcomes)?;
                     tracing::info!(session_id = %issued.session_id, "session created");
-                    return into_session(&*self.codec, stored, issued.session_id, version, Some(issued.token));
+                    return into_session(
+                        &*self.codec,
+                        stored,
+                        issued.session_id,
+                        version,
+                        Some(issued.token),
+                    );
                 }
                 Err(EngineError::PreconditionFailed { .. }) => continue,
                 Err(other) => return Err(other.into()),
@@ -609,7 +615,13 @@ impl SessionService {
                 Ok(outcomes) => {
                     let version = put_version(&outcomes)?;
                     tracing::info!(session_id = %issued.session_id, "session token rotated");
-                    return into_session(&*self.codec, stored, issued.session_id, version, Some(issued.token));
+                    return into_session(
+                        &*self.codec,
+                        stored,
+                        issued.session_id,
+                        version,
+                        Some(issued.token),
+                    );
                 }
                 // Another change won; re-read. If it was a rotation, the
                 // presented token no longer matches and this ends NOT_FOUND.
@@ -743,7 +755,8 @@ impl SessionService {
                 if stored.user_id != user_id {
                     continue;
                 }
-                let session = into_session(&*self.codec, stored, session_id.clone(), version, None)?;
+                let session =
+                    into_session(&*self.codec, stored, session_id.clone(), version, None)?;
                 let bytes = session.reply_bytes_bound();
                 if reply_bytes + bytes > max_reply_bytes {
                     let Some(last) = sessions.last() else {
@@ -1107,7 +1120,14 @@ mod tests {
     /// The varint length matches protobuf's at every boundary.
     #[test]
     fn varint_lengths() {
-        for (value, len) in [(0, 1), (127, 1), (128, 2), (16_383, 2), (16_384, 3), (u64::MAX, 10)] {
+        for (value, len) in [
+            (0, 1),
+            (127, 1),
+            (128, 2),
+            (16_383, 2),
+            (16_384, 3),
+            (u64::MAX, 10),
+        ] {
             assert_eq!(varint_len(value), len, "{value}");
         }
     }

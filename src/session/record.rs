@@ -120,7 +120,8 @@ pub(super) fn decode(
     session_id: &str,
     record: Record,
 ) -> Result<Stored, SessionError> {
-    let invalid = |error: String| corrupt(session_id, format!("session record is not valid: {error}"));
+    let invalid =
+        |error: String| corrupt(session_id, format!("session record is not valid: {error}"));
     match record.kind {
         ValueKind::Json => serde_json::from_slice::<LegacyStored>(&record.value)
             .map(|legacy| legacy.into_stored(codec))
