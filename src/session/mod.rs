@@ -23,25 +23,33 @@
 //! `IfAbsent`, so it never overwrites.
 
 pub mod config;
+mod error;
+mod keys;
+mod listing;
+mod model;
 pub mod record;
 pub mod token;
+mod validate;
 
 use std::sync::Arc;
 
 use serde_json::{Map, Value};
-use thiserror::Error;
 
 use crate::clock::SharedClock;
 use crate::engine::{
-    DeleteOp, Engine, EngineError, Precondition, PutOp, ScanRequest, ValueKind, WriteOp,
-    WriteOutcome,
+    DeleteOp, Engine, EngineError, Precondition, PutOp, ValueKind, WriteOp, WriteOutcome,
 };
-use crate::kv::limits::MAX_LIST_EXAMINED;
-use crate::kv::{format_seconds, FieldViolation};
+use crate::kv::FieldViolation;
 pub use config::SessionConfig;
+pub use error::SessionError;
+use error::{invalid, violation};
+use keys::Keys;
+use model::into_session;
+pub use model::{CreateSession, RevokeTarget, Session, SessionPage};
 pub use record::DataCodec;
 use record::{decode, decode_object, Stored};
 pub use token::Token;
+use validate::{check_duration, check_json_size, merge_patch};
 
 /// The gRPC service that owns the session namespace.
 pub const OWNER: &str = "tierkv.v1.SessionService";
@@ -55,10 +63,6 @@ const MAX_ATTEMPTS: usize = 1000;
 /// page that stops early at its byte limit holds at most this many records
 /// beyond it.
 const LIST_READ_BATCH: usize = 16;
-/// What a listed session adds to its reply at most beyond its strings and
-/// structs: four timestamps of at most 19 bytes each, a version of at most
-/// 11, and the tags and lengths of the remaining fields.
-const SESSION_REPLY_OVERHEAD: usize = 4 * 19 + 11 + 16;
 /// Index entries revoked per atomic batch by `revoke_all_for_user`.
 const REVOKE_BATCH: usize = 500;
 /// A well-formed session id that is never issued (the all-zero id is as
@@ -66,181 +70,6 @@ const REVOKE_BATCH: usize = 500;
 const MISSING_SESSION_ID: &str = "AAAAAAAAAAAAAAAAAAAAAA";
 /// The one message for every token that does not lead to a live session.
 pub const NOT_FOUND_MESSAGE: &str = "no live session for this token";
-
-/// A session as callers see it.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Session {
-    /// The bearer token; only set by `create` and `rotate`.
-    pub token: Option<Token>,
-    /// The non-secret handle.
-    pub session_id: String,
-    /// The owning user.
-    pub user_id: String,
-    /// Application data, a JSON object.
-    pub data: Map<String, Value>,
-    /// The bytes `data` takes encoded (as stored, and as a reply carries it).
-    pub data_bytes: usize,
-    /// Metadata given at creation.
-    pub metadata: Option<Map<String, Value>>,
-    /// The bytes `metadata` takes encoded.
-    pub metadata_bytes: Option<usize>,
-    /// Creation time, milliseconds since the Unix epoch.
-    pub create_at_millis: u64,
-    /// Absolute expiry.
-    pub expire_at_millis: u64,
-    /// Idle expiry, when the session has an idle timeout.
-    pub idle_expire_at_millis: Option<u64>,
-    /// Last recorded use.
-    pub last_seen_at_millis: u64,
-    /// The session record's version.
-    pub version: u64,
-}
-
-impl Session {
-    /// The most bytes this session takes in a reply, as an element of a
-    /// repeated `tierkv.v1.Session` field: what a listing counts against its
-    /// byte limit.
-    pub fn reply_bytes_bound(&self) -> usize {
-        let token = self.token.as_ref().map_or(0, |token| token.expose().len());
-        let body = delimited_len(token)
-            + delimited_len(self.session_id.len())
-            + delimited_len(self.user_id.len())
-            + delimited_len(self.data_bytes)
-            + self.metadata_bytes.map_or(0, delimited_len)
-            + SESSION_REPLY_OVERHEAD;
-        delimited_len(body)
-    }
-}
-
-/// Bytes of a length-delimited protobuf field of `body` bytes, with a tag of
-/// one byte.
-fn delimited_len(body: usize) -> usize {
-    1 + varint_len(body as u64) + body
-}
-
-/// Bytes of `value` as a protobuf varint: seven bits a byte.
-fn varint_len(value: u64) -> usize {
-    (64 - (value | 1).leading_zeros() as usize).div_ceil(7)
-}
-
-/// What `create` needs.
-#[derive(Debug, Clone, PartialEq, Default)]
-pub struct CreateSession {
-    /// The owning user.
-    pub user_id: String,
-    /// Absolute lifetime in nanoseconds (signed, so that a negative input is
-    /// reported as such); `None` uses the configured default.
-    pub ttl_nanos: Option<i128>,
-    /// Idle timeout in nanoseconds; `None` uses the configured default.
-    pub idle_timeout_nanos: Option<i128>,
-    /// Application data.
-    pub data: Option<Map<String, Value>>,
-    /// Metadata.
-    pub metadata: Option<Map<String, Value>>,
-}
-
-/// Which session `revoke` ends.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum RevokeTarget {
-    /// The session a token belongs to.
-    Token(String),
-    /// A session by id.
-    SessionId(String),
-}
-
-/// One page of a user's sessions.
-#[derive(Debug, Clone, PartialEq, Default)]
-pub struct SessionPage {
-    /// Sessions in order of their ids, without tokens.
-    pub sessions: Vec<Session>,
-    /// The token of the next page; empty when the listing is complete.
-    pub next_page_token: String,
-}
-
-/// A failure of a session operation.
-#[derive(Debug, Error)]
-pub enum SessionError {
-    /// The request is malformed; nothing was done.
-    #[error("{}", describe_violations(.0))]
-    InvalidArgument(Vec<FieldViolation>),
-    /// The token is malformed, unknown, expired or revoked — deliberately
-    /// indistinguishable.
-    #[error("{NOT_FOUND_MESSAGE}")]
-    NotFound,
-    /// `if_version` did not match; nothing was written.
-    #[error("session version is {current}; the request expected {expected}")]
-    VersionMismatch {
-        /// The version the caller expected.
-        expected: u64,
-        /// The session's version now.
-        current: u64,
-    },
-    /// The session kept changing while this change retried; retrying later may succeed.
-    #[error("the session changed on each of {0} attempts to apply this change; retry")]
-    Contention(usize),
-    /// One session alone is larger than a reply may be; nothing was answered.
-    #[error("session {session_id} takes {bytes} bytes in a reply; the limit is {limit} bytes")]
-    ReplyTooLarge {
-        /// The session.
-        session_id: String,
-        /// Its size in a reply, at most.
-        bytes: usize,
-        /// The reply limit.
-        limit: usize,
-    },
-    /// The storage engine failed.
-    #[error(transparent)]
-    Engine(#[from] EngineError),
-}
-
-fn describe_violations(violations: &[FieldViolation]) -> String {
-    violations
-        .iter()
-        .map(|violation| format!("{}: {}", violation.field, violation.description))
-        .collect::<Vec<_>>()
-        .join("; ")
-}
-
-fn invalid(field: &str, description: String) -> SessionError {
-    SessionError::InvalidArgument(vec![violation(field, description)])
-}
-
-fn violation(field: &str, description: String) -> FieldViolation {
-    FieldViolation {
-        field: field.to_string(),
-        description,
-    }
-}
-
-/// The session `stored` holds, its data and metadata decoded.
-fn into_session(
-    codec: &dyn DataCodec,
-    stored: Stored,
-    session_id: String,
-    version: u64,
-    token: Option<Token>,
-) -> Result<Session, SessionError> {
-    let data_bytes = stored.data.as_deref().unwrap_or_default();
-    let data = decode_object(codec, &session_id, data_bytes)?;
-    let metadata = match stored.metadata.as_deref() {
-        Some(bytes) => Some((decode_object(codec, &session_id, bytes)?, bytes.len())),
-        None => None,
-    };
-    Ok(Session {
-        token,
-        user_id: stored.user_id,
-        data,
-        data_bytes: data_bytes.len(),
-        metadata_bytes: metadata.as_ref().map(|(_, len)| *len),
-        metadata: metadata.map(|(metadata, _)| metadata),
-        create_at_millis: stored.create_ms,
-        expire_at_millis: stored.expire_ms,
-        idle_expire_at_millis: stored.idle_expire_ms,
-        last_seen_at_millis: stored.last_seen_ms,
-        version,
-        session_id,
-    })
-}
 
 /// A live session read from the engine.
 struct Found {
@@ -258,10 +87,8 @@ pub struct SessionService {
     codec: Arc<dyn DataCodec>,
     clock: SharedClock,
     config: Arc<SessionConfig>,
-    /// `P s/`, precomputed: the hot path builds one key per call.
-    record_prefix: Arc<str>,
-    /// `P u/`.
-    index_prefix: Arc<str>,
+    /// The keys of records and of the per-user index.
+    keys: Keys,
     counters: Arc<Counters>,
 }
 
@@ -296,15 +123,13 @@ impl SessionService {
         config: SessionConfig,
         codec: Arc<dyn DataCodec>,
     ) -> Self {
-        let record_prefix = format!("{}s/", config.prefix).into();
-        let index_prefix = format!("{}u/", config.prefix).into();
+        let keys = Keys::new(&config.prefix);
         Self {
             engine,
             codec,
             clock,
             config: Arc::new(config),
-            record_prefix,
-            index_prefix,
+            keys,
             counters: Arc::default(),
         }
     }
@@ -331,33 +156,6 @@ impl SessionService {
     /// a clock stepped back cannot shorten a new session or revive an old one.
     fn now_millis(&self) -> u64 {
         self.clock.now_millis().max(self.engine.now_millis())
-    }
-
-    fn record_key(&self, session_id: &str) -> String {
-        let mut key = String::with_capacity(self.record_prefix.len() + session_id.len());
-        key.push_str(&self.record_prefix);
-        key.push_str(session_id);
-        key
-    }
-
-    fn user_index_prefix(&self, user_id: &str) -> String {
-        let mut key = String::with_capacity(self.index_prefix.len() + user_id.len() + 1);
-        key.push_str(&self.index_prefix);
-        for character in user_id.chars() {
-            match character {
-                '%' => key.push_str("%25"),
-                '/' => key.push_str("%2F"),
-                other => key.push(other),
-            }
-        }
-        key.push('/');
-        key
-    }
-
-    fn index_key(&self, user_id: &str, session_id: &str) -> String {
-        let mut key = self.user_index_prefix(user_id);
-        key.push_str(session_id);
-        key
     }
 
     /// Creates a session; the result carries its token.
@@ -668,11 +466,11 @@ impl SessionService {
             };
             let ops = vec![
                 WriteOp::Delete(DeleteOp {
-                    key: self.record_key(&found.session_id),
+                    key: self.keys.record(&found.session_id),
                     precondition: Precondition::IfVersion(found.version),
                 }),
                 WriteOp::Delete(DeleteOp {
-                    key: self.index_key(&found.stored.user_id, &found.session_id),
+                    key: self.keys.index(&found.stored.user_id, &found.session_id),
                     precondition: Precondition::None,
                 }),
             ];
@@ -686,181 +484,6 @@ impl SessionService {
             }
         }
         Err(SessionError::Contention(MAX_ATTEMPTS))
-    }
-
-    /// One page of a user's live sessions, without tokens, whose reply takes
-    /// at most `max_reply_bytes` ([`Session::reply_bytes_bound`] of each):
-    /// a page stops early, with a token for the rest, before the session that
-    /// would pass the limit, so a page is never refused whole. Records are
-    /// read a few at a time, so the memory a call holds follows the page it
-    /// answers, not the page size asked for.
-    pub async fn list_by_user(
-        &self,
-        user_id: &str,
-        page_size: i32,
-        page_token: &str,
-        max_reply_bytes: usize,
-    ) -> Result<SessionPage, SessionError> {
-        self.check_user_id("user_id", user_id)
-            .map_err(|found| SessionError::InvalidArgument(vec![found]))?;
-        let page_size =
-            crate::kv::limits::resolve_page_size(page_size, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
-                .map_err(|description| invalid("page_size", description))?;
-        // A page token is the last session id of the previous page: ids are
-        // not secret, and a forged one only moves the start within this
-        // user's own index.
-        if !page_token.is_empty() && !token::is_session_id(page_token) {
-            return Err(invalid(
-                "page_token",
-                "page_token is not one this service returned".into(),
-            ));
-        }
-        let prefix = self.user_index_prefix(user_id);
-        let page = self
-            .engine
-            .scan(ScanRequest {
-                start_after: (!page_token.is_empty()).then(|| format!("{prefix}{page_token}")),
-                prefix: prefix.clone(),
-                limit: page_size + 1,
-                include_values: false,
-                max_examined: MAX_LIST_EXAMINED.max(page_size + 1),
-            })
-            .await?;
-        let more = page.entries.len() > page_size;
-        let session_ids: Vec<String> = page
-            .entries
-            .into_iter()
-            .take(page_size)
-            .map(|(key, _)| key[prefix.len()..].to_string())
-            .collect();
-        // A scan stopped by its bound on examined records (a run of expired
-        // entries not yet compacted away) resumes after the last one examined.
-        let mut next_page_token = match (more, session_ids.last(), page.resume_after) {
-            (true, Some(last), _) => last.clone(),
-            (false, _, Some(resume_after)) => resume_after[prefix.len()..].to_string(),
-            _ => String::new(),
-        };
-        let mut sessions: Vec<Session> = Vec::new();
-        let mut reply_bytes = 0usize;
-        'batches: for batch in session_ids.chunks(LIST_READ_BATCH) {
-            let records = self
-                .engine
-                .get_many(batch.iter().map(|id| self.record_key(id)).collect())
-                .await?;
-            for (session_id, record) in batch.iter().zip(records) {
-                // Revoked between the scan and the read: not live any more.
-                let Some(record) = record else { continue };
-                let version = record.version;
-                let stored = decode(&*self.codec, session_id, record)?;
-                if stored.user_id != user_id {
-                    continue;
-                }
-                let session =
-                    into_session(&*self.codec, stored, session_id.clone(), version, None)?;
-                let bytes = session.reply_bytes_bound();
-                if reply_bytes + bytes > max_reply_bytes {
-                    let Some(last) = sessions.last() else {
-                        return Err(SessionError::ReplyTooLarge {
-                            session_id: session_id.clone(),
-                            bytes,
-                            limit: max_reply_bytes,
-                        });
-                    };
-                    next_page_token = last.session_id.clone();
-                    break 'batches;
-                }
-                reply_bytes += bytes;
-                sessions.push(session);
-            }
-        }
-        Ok(SessionPage {
-            sessions,
-            next_page_token,
-        })
-    }
-
-    /// Ends every live session of a user except `except_session_id`; returns
-    /// how many were ended.
-    pub async fn revoke_all_for_user(
-        &self,
-        user_id: &str,
-        except_session_id: Option<&str>,
-    ) -> Result<u64, SessionError> {
-        let revoked = self.revoke_all(user_id, except_session_id).await;
-        if let Ok(ended) = revoked {
-            count(&self.counters.revoked, ended);
-        }
-        revoked
-    }
-
-    async fn revoke_all(
-        &self,
-        user_id: &str,
-        except_session_id: Option<&str>,
-    ) -> Result<u64, SessionError> {
-        self.check_user_id("user_id", user_id)
-            .map_err(|found| SessionError::InvalidArgument(vec![found]))?;
-        if let Some(except) = except_session_id {
-            if !token::is_session_id(except) {
-                return Err(invalid(
-                    "except_session_id",
-                    format!(
-                        "except_session_id must be {} URL-safe base64 characters; it is {} bytes",
-                        token::SESSION_ID_LEN,
-                        except.len()
-                    ),
-                ));
-            }
-        }
-        let prefix = self.user_index_prefix(user_id);
-        let mut start_after = None;
-        let mut revoked = 0u64;
-        loop {
-            let page = self
-                .engine
-                .scan(ScanRequest {
-                    prefix: prefix.clone(),
-                    start_after: start_after.take(),
-                    limit: REVOKE_BATCH,
-                    include_values: false,
-                    max_examined: MAX_LIST_EXAMINED,
-                })
-                .await?;
-            let complete = page.entries.len() < REVOKE_BATCH && page.resume_after.is_none();
-            start_after = page
-                .resume_after
-                .or_else(|| page.entries.last().map(|(key, _)| key.clone()));
-            let mut ops = Vec::with_capacity(page.entries.len() * 2);
-            for (index_key, _) in page.entries {
-                let session_id = &index_key[prefix.len()..];
-                if Some(session_id) == except_session_id {
-                    continue;
-                }
-                // Unconditional: a concurrent touch or update, guarded by the
-                // record's version, fails after this and finds nothing.
-                ops.push(WriteOp::Delete(DeleteOp {
-                    key: self.record_key(session_id),
-                    precondition: Precondition::None,
-                }));
-                ops.push(WriteOp::Delete(DeleteOp {
-                    key: index_key,
-                    precondition: Precondition::None,
-                }));
-            }
-            if !ops.is_empty() {
-                let outcomes = self.engine.write(ops).await?;
-                revoked += outcomes
-                    .iter()
-                    .step_by(2)
-                    .filter(|outcome| matches!(outcome, WriteOutcome::Delete { existed: true }))
-                    .count() as u64;
-            }
-            if complete {
-                break;
-            }
-        }
-        tracing::info!(revoked, "revoked every session of a user");
-        Ok(revoked)
     }
 
     /// Reads the session a token names and checks the token's secret.
@@ -887,7 +510,7 @@ impl SessionService {
 
     /// Reads a live session by id.
     async fn read(&self, session_id: &str) -> Result<Option<Found>, SessionError> {
-        let Some(record) = self.engine.get(self.record_key(session_id)).await? else {
+        let Some(record) = self.engine.get(self.keys.record(session_id)).await? else {
             return Ok(None);
         };
         let version = record.version;
@@ -906,7 +529,7 @@ impl SessionService {
 
     fn put_record(&self, session_id: &str, stored: &Stored, precondition: Precondition) -> WriteOp {
         WriteOp::Put(PutOp {
-            key: self.record_key(session_id),
+            key: self.keys.record(session_id),
             kind: ValueKind::Bytes,
             value: stored.to_bytes(),
             metadata: None,
@@ -924,7 +547,7 @@ impl SessionService {
         precondition: Precondition,
     ) -> WriteOp {
         WriteOp::Put(PutOp {
-            key: self.index_key(user_id, session_id),
+            key: self.keys.index(user_id, session_id),
             kind: ValueKind::Bytes,
             value: Vec::new(),
             metadata: None,
@@ -959,56 +582,9 @@ fn put_version(outcomes: &[WriteOutcome]) -> Result<u64, SessionError> {
     }
 }
 
-/// Checks a duration in nanoseconds against 1 s..=`max_ms`; returns whole
-/// milliseconds, rounded up so that a session never ends early.
-fn check_duration(field: &str, nanos: i128, max_ms: u64) -> Result<u64, FieldViolation> {
-    let seconds = format_seconds(nanos);
-    let max_secs = max_ms / 1000;
-    if nanos < 1_000_000_000 {
-        return Err(violation(
-            field,
-            format!("{field} is {seconds}; the minimum is 1s"),
-        ));
-    }
-    let millis = (nanos + 999_999) / 1_000_000;
-    if millis > i128::from(max_ms) {
-        return Err(violation(
-            field,
-            format!("{field} is {seconds}; the maximum is {max_secs}s (session.max_ttl_secs)"),
-        ));
-    }
-    Ok(millis as u64)
-}
-
-fn check_json_size(
-    field: &str,
-    object: &Map<String, Value>,
-    limit: usize,
-) -> Result<(), FieldViolation> {
-    let size = serde_json::to_vec(object).map_or(usize::MAX, |bytes| bytes.len());
-    if size > limit {
-        return Err(violation(
-            field,
-            format!("{field} is {size} bytes serialized; the limit is {limit} bytes (session.max_{field}_bytes)"),
-        ));
-    }
-    Ok(())
-}
-
-/// Applies an RFC 7396 merge patch (an object) to the session's data (the
-/// same merge `KvService.Patch` uses).
-fn merge_patch(data: Map<String, Value>, patch: &Value) -> Map<String, Value> {
-    let mut merged = Value::Object(data);
-    json_patch::merge(&mut merged, patch);
-    match merged {
-        Value::Object(data) => data,
-        // An object patch merged into an object leaves an object.
-        _ => Map::new(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use super::model::varint_len;
     use super::*;
     use crate::engine::Record;
     use serde_json::json;
