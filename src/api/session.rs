@@ -333,4 +333,21 @@ mod tests {
         assert_eq!(super::StructCodec.decode(&bytes).unwrap(), data);
         assert!(super::StructCodec.decode(&[0xff, 0xff, 0xff]).is_err());
     }
+
+    /// The structs of the golden session record in `session::tests` are
+    /// what prost writes for the JSON they stand for, and read back as it.
+    #[test]
+    fn struct_codec_reads_the_golden_structs() {
+        use crate::session::tests::{hex, GOLDEN_DATA, GOLDEN_METADATA};
+        for (golden, json) in [
+            (GOLDEN_DATA, serde_json::json!({"n": 3, "role": "admin"})),
+            (GOLDEN_METADATA, serde_json::json!({"ip": "10.0.0.1"})),
+        ] {
+            let serde_json::Value::Object(object) = json else {
+                unreachable!()
+            };
+            assert_eq!(super::StructCodec.encode(&object), hex(golden));
+            assert_eq!(super::StructCodec.decode(&hex(golden)).unwrap(), object);
+        }
+    }
 }

@@ -583,4 +583,4 @@ fn put_version(outcomes: &[WriteOutcome]) -> Result<u64, SessionError> {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

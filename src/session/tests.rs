@@ -143,3 +143,48 @@ fn durations_are_checked() {
         high.description
     );
 }
+
+/// A record as the previous release wrote it (data and metadata as
+/// `google.protobuf.Struct` messages, encoded by hand here; the adapter's
+/// `struct_codec_reads_the_golden_structs` checks the structs against
+/// prost's encoding) reads with the new `Stored`, whose fields 8 and 9 are
+/// bytes, and writes back byte for byte: the storage layout did not change.
+#[test]
+fn records_of_the_previous_release_round_trip_byte_for_byte() {
+    let golden = hex(GOLDEN_RECORD);
+    let stored = decode(&JsonCodec, "id", record(ValueKind::Bytes, golden.clone())).unwrap();
+    assert_eq!(stored.user_id, "alice");
+    assert_eq!(stored.secret_hash, vec![7u8; 32]);
+    assert_eq!(
+        (stored.create_ms, stored.expire_ms, stored.last_seen_ms),
+        (1000, 5000, 1000)
+    );
+    assert_eq!(
+        (stored.idle_timeout_ms, stored.idle_expire_ms),
+        (Some(2000), Some(3000))
+    );
+    assert_eq!(stored.data, Some(hex(GOLDEN_DATA)));
+    assert_eq!(stored.metadata, Some(hex(GOLDEN_METADATA)));
+    assert_eq!(stored.to_bytes(), golden);
+}
+
+/// `{"n": 3, "role": "admin"}` as a `google.protobuf.Struct`.
+pub(crate) const GOLDEN_DATA: &str =
+    "0a0e0a016e12091100000000000008400a0f0a04726f6c6512071a0561646d696e";
+/// `{"ip": "10.0.0.1"}` as a `google.protobuf.Struct`.
+pub(crate) const GOLDEN_METADATA: &str = "0a100a026970120a1a0831302e302e302e31";
+/// A whole session record of the protobuf layout holding the two above.
+const GOLDEN_RECORD: &str = concat!(
+    "0a05616c696365",
+    "12200707070707070707070707070707070707070707070707070707070707070707",
+    "18e80720882728d00f30b81738e807",
+    "42210a0e0a016e12091100000000000008400a0f0a04726f6c6512071a0561646d696e",
+    "4a120a100a026970120a1a0831302e302e302e31",
+);
+
+pub(crate) fn hex(text: &str) -> Vec<u8> {
+    (0..text.len())
+        .step_by(2)
+        .map(|at| u8::from_str_radix(&text[at..at + 2], 16).unwrap())
+        .collect()
+}
