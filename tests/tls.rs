@@ -15,7 +15,7 @@ use common::process::BINARY;
 use common::{put_text, test_config, KvServiceClient};
 use tierkv::clock::{ManualClock, SharedClock};
 use tierkv::config::Config;
-use tierkv::server::tls::TlsSettings;
+use tierkv::config::TlsSettings;
 use tierkv::server::RunningServer;
 use tokio::io::AsyncWriteExt;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
@@ -285,7 +285,7 @@ async fn bad_tls_settings_are_refused_at_start() {
         let dir = tempfile::tempdir().unwrap();
         let mut config = test_config(&dir);
         config.tls = tls;
-        let error = config.validate().unwrap_err().to_string();
+        let error = tierkv::server::validate(&config).unwrap_err().to_string();
         assert!(error.contains(expected), "{expected:?} not in {error:?}");
     }
 }

@@ -4,17 +4,16 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use tokio_stream::{wrappers::ReceiverStream, Stream, StreamExt};
-use tonic::{Code, Request, Response, Status};
-use tonic_types::{ErrorDetails, StatusExt};
+use tonic::{Request, Response, Status};
 
 use super::auth::authorize_admin;
 use super::convert::timestamp_from_millis;
-use super::status::{engine_status, expected_keys_mismatch, ERROR_DOMAIN};
+use super::status::{admin_status, migrate_status};
 use crate::admin::backup::Backups;
-use crate::admin::{AdminError, NamespaceAdmin};
+use crate::admin::NamespaceAdmin;
 use crate::auth::Permission;
 use crate::metrics::{parse_samples, Metrics};
-use crate::migrate::{MigrateError, MigrationProgress, MigrationRequest, MigrationState, Migrator};
+use crate::migrate::{MigrationProgress, MigrationRequest, MigrationState, Migrator};
 use crate::proto::v1 as pb;
 use pb::admin_service_server::AdminService as AdminServiceRpc;
 
@@ -48,71 +47,6 @@ impl AdminApi {
     pub fn into_server(self) -> pb::admin_service_server::AdminServiceServer<Self> {
         pb::admin_service_server::AdminServiceServer::new(self)
     }
-}
-
-/// Maps a migration error to a status, logging it once.
-pub fn migrate_status(method: &'static str, error: MigrateError) -> Status {
-    let message = error.to_string();
-    let status = match error {
-        MigrateError::InvalidArgument { field, description } => {
-            let mut details = ErrorDetails::new();
-            details.add_bad_request_violation(field, description);
-            Status::with_error_details(Code::InvalidArgument, message, details)
-        }
-        MigrateError::AlreadyRunning { prefix } => {
-            let mut info = std::collections::HashMap::new();
-            info.insert("prefix".to_string(), prefix);
-            let details = ErrorDetails::with_error_info("MIGRATION_RUNNING", ERROR_DOMAIN, info);
-            Status::with_error_details(Code::Aborted, message, details)
-        }
-        MigrateError::NotFound { .. } => Status::not_found(message),
-        MigrateError::ShuttingDown { .. } => Status::unavailable(message),
-        MigrateError::InvalidStep { .. } | MigrateError::CorruptState { .. } => {
-            tracing::error!(method, error = %message, "migration state failure");
-            return Status::internal(message);
-        }
-        MigrateError::Engine(engine) => return engine_status(method, engine),
-    };
-    tracing::debug!(method, code = ?status.code(), "request rejected");
-    status
-}
-
-/// Maps a namespace administration error to a status, logging it once.
-pub fn admin_status(method: &'static str, error: AdminError) -> Status {
-    let message = error.to_string();
-    let status = match error {
-        AdminError::UnknownNamespace { .. } => Status::not_found(message),
-        AdminError::ExpectedKeysMismatch { prefix, actual, .. } => expected_keys_mismatch(
-            message,
-            &prefix,
-            actual,
-            &format!("the namespace holds {actual} live keys"),
-        ),
-        AdminError::ForceRequired { prefix, owner } => {
-            let mut info = std::collections::HashMap::new();
-            info.insert("prefix".to_string(), prefix.clone());
-            if let Some(owner) = owner {
-                info.insert("owner".to_string(), owner);
-            }
-            let mut details = ErrorDetails::with_error_info("FORCE_REQUIRED", ERROR_DOMAIN, info);
-            details.add_precondition_failure_violation(
-                "FORCE",
-                prefix,
-                "the default namespace and owned namespaces are dropped only with force = true",
-            );
-            Status::with_error_details(Code::FailedPrecondition, message, details)
-        }
-        AdminError::BackupsOff => Status::failed_precondition(message),
-        AdminError::InvalidBackupName { .. } => {
-            let mut details = ErrorDetails::new();
-            details.add_bad_request_violation("name", message.clone());
-            Status::with_error_details(Code::InvalidArgument, message, details)
-        }
-        AdminError::BackupExists { .. } => Status::already_exists(message),
-        AdminError::Engine(engine) => return engine_status(method, engine),
-    };
-    tracing::debug!(method, code = ?status.code(), "request rejected");
-    status
 }
 
 fn state_to_proto(state: MigrationState) -> pb::MigrationState {

@@ -7,12 +7,11 @@
 
 use std::collections::HashMap;
 
-use tonic::{Code, Request, Status};
-use tonic_types::{ErrorDetails, StatusExt};
+use tonic::{Request, Status};
 
-use super::status::ERROR_DOMAIN;
+use super::call::CallIdentity;
+use super::status::not_granted;
 use crate::auth::{Access, Permission, Principal};
-use crate::server::auth_layer::CallIdentity;
 
 fn principal<T>(request: &Request<T>) -> Result<Option<&Principal>, Status> {
     match request.extensions().get::<CallIdentity>() {
@@ -30,10 +29,9 @@ fn denied(access: Access, what: String, index: Option<usize>) -> Status {
     if let Some(index) = index {
         metadata.insert("index".to_string(), index.to_string());
     }
-    Status::with_error_details(
-        Code::PermissionDenied,
+    not_granted(
         format!("this token may not {} {what}", access.verb()),
-        ErrorDetails::with_error_info("NOT_GRANTED", ERROR_DOMAIN, metadata),
+        metadata,
     )
 }
 
@@ -109,9 +107,8 @@ pub fn authorize_admin<T>(
     let mut metadata = HashMap::new();
     metadata.insert("method".to_string(), method.to_string());
     metadata.insert("permission".to_string(), needed.clone());
-    Err(Status::with_error_details(
-        Code::PermissionDenied,
+    Err(not_granted(
         format!("this token may not call AdminService.{method}: it needs the {needed} permission"),
-        ErrorDetails::with_error_info("NOT_GRANTED", ERROR_DOMAIN, metadata),
+        metadata,
     ))
 }

@@ -2,15 +2,14 @@
 
 use std::time::{Duration, Instant};
 
-use tonic::{Code, Request, Response, Status};
-use tonic_types::{ErrorDetails, StatusExt};
+use tonic::{Request, Response, Status};
 
 use super::auth::{authorize_key, authorize_prefix};
+use super::call::RequestDeadline;
 use super::convert::{build_json_value, scan_json_text};
 use super::convert::{nanos_from_duration, timestamp_from_millis};
-use super::deadline::RequestDeadline;
 use super::kv::{json_read_error, put_command, value_type_from_proto, INLINE_JSON_BYTES};
-use super::status::{expected_keys_mismatch, kv_status, ERROR_DOMAIN};
+use super::status::{cache_status, kv_status};
 use crate::auth::Access;
 use crate::cache::{CacheError, CachePut, CacheService, PurgeCommand, Tier};
 use crate::engine::EngineError;
@@ -38,7 +37,7 @@ impl CacheApi {
 
     /// The tonic service to mount.
     pub fn into_server(self) -> pb::cache_service_server::CacheServiceServer<Self> {
-        use crate::server::message_limits::MAX_MESSAGE_BYTES;
+        use crate::kv::limits::MAX_MESSAGE_BYTES;
         pb::cache_service_server::CacheServiceServer::new(self)
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES)
@@ -69,74 +68,6 @@ fn duration_from_millis(millis: u64) -> prost_types::Duration {
         seconds: (millis / 1000) as i64,
         nanos: ((millis % 1000) * 1_000_000) as i32,
     }
-}
-
-/// Maps a cache error to a status with `google.rpc` details, logging it once.
-pub fn cache_status(method: &'static str, error: CacheError) -> Status {
-    let error = match error {
-        CacheError::Kv(kv) => return kv_status(method, kv),
-        other => other,
-    };
-    let message = error.to_string();
-    let with_reason = |code: Code, reason: &str, retry: Option<Duration>| {
-        let mut details = ErrorDetails::with_error_info(
-            reason,
-            ERROR_DOMAIN,
-            std::collections::HashMap::<String, String>::new(),
-        );
-        if let Some(delay) = retry {
-            details.set_retry_info(Some(delay));
-        }
-        Status::with_error_details(code, message.clone(), details)
-    };
-    let status = match &error {
-        CacheError::Kv(_) => unreachable!("answered by kv_status above"),
-        CacheError::NotFound { .. } => with_reason(Code::NotFound, "ORIGIN_NOT_FOUND", None),
-        CacheError::OriginUnavailable { .. } => with_reason(
-            Code::Unavailable,
-            "ORIGIN_UNAVAILABLE",
-            Some(Duration::from_secs(1)),
-        ),
-        CacheError::OriginTimeout { .. } | CacheError::DeadlineExceeded { .. } => {
-            with_reason(Code::DeadlineExceeded, "ORIGIN_TIMEOUT", None)
-        }
-        CacheError::InvalidOriginKey { .. } => {
-            let mut details = ErrorDetails::new();
-            details.add_bad_request_violation("key", message.clone());
-            Status::with_error_details(Code::InvalidArgument, message.clone(), details)
-        }
-        CacheError::OriginBodyTooLarge { .. } => {
-            with_reason(Code::FailedPrecondition, "ORIGIN_BODY_TOO_LARGE", None)
-        }
-        CacheError::PurgeExpectedKeysMismatch {
-            prefix,
-            actual,
-            more,
-            ..
-        } => expected_keys_mismatch(
-            message.clone(),
-            prefix,
-            *actual,
-            &if *more {
-                format!("the purge lists the first {actual} live keys under the prefix")
-            } else {
-                format!("the purge lists {actual} live keys under the prefix")
-            },
-        ),
-        CacheError::FetchesExhausted { retry_after, .. } => with_reason(
-            Code::ResourceExhausted,
-            "ORIGIN_FETCHES_EXHAUSTED",
-            Some(*retry_after),
-        ),
-        CacheError::PurgeIncomplete { .. } => Status::deadline_exceeded(message.clone()),
-    };
-    match status.code() {
-        Code::Unavailable | Code::DeadlineExceeded => {
-            tracing::warn!(method, code = ?status.code(), error = %message, "origin failure")
-        }
-        _ => tracing::debug!(method, code = ?status.code(), "request rejected"),
-    }
-    status
 }
 
 /// A cached JSON text as the `google.protobuf.Value` of a Get answer: within

@@ -6,4 +6,5 @@ pub use tierkv_client::codec::{TierkvCodec, TierkvDecoder};
 
 // The decode error names the client crate's JSON depth limit: it must be the
 // one the server enforces.
-const _: () = assert!(tierkv_client::codec::MAX_JSON_DEPTH == crate::records::limits::MAX_JSON_DEPTH);
+const _: () =
+    assert!(tierkv_client::codec::MAX_JSON_DEPTH == crate::records::limits::MAX_JSON_DEPTH);

@@ -4,10 +4,9 @@
 pub mod admin;
 pub mod auth;
 pub mod cache;
+pub mod call;
 pub mod codec;
 pub mod convert;
-pub mod deadline;
 pub mod kv;
-pub mod request_limits;
 pub mod session;
 pub mod status;

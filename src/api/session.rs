@@ -1,16 +1,17 @@
 //! The `tierkv.v1.SessionService` adapter.
 
 use prost_types::{Struct, Timestamp};
-use tonic::{Code, Request, Response, Status};
-use tonic_types::{ErrorDetails, StatusExt};
+use tonic::{Request, Response, Status};
 
 use super::auth::authorize_prefix;
-use super::convert::{json_from_proto, timestamp_from_millis};
-use super::status::{engine_status, ERROR_DOMAIN};
+use super::convert::{json_from_struct, struct_from_json, timestamp_from_millis};
+use super::status::session_status;
 use crate::auth::Access;
 use crate::kv::FieldViolation;
 use crate::proto::v1 as pb;
-use crate::session::{CreateSession, RevokeTarget, Session, SessionError, SessionService};
+use crate::session::{
+    CreateSession, DataCodec, RevokeTarget, Session, SessionError, SessionService,
+};
 use pb::session_service_server::SessionService as SessionServiceRpc;
 
 /// The bytes a page of `ListByUser` may take: the response limit KvService
@@ -33,43 +34,12 @@ impl SessionApi {
     /// (the request limits layer bounds each method), replies up to the
     /// largest message, which listings stay within.
     pub fn into_server(self) -> pb::session_service_server::SessionServiceServer<Self> {
-        use crate::server::message_limits::{MAX_MESSAGE_BYTES, MAX_SESSION_WRITE_REQUEST_BYTES};
+        use crate::kv::limits::MAX_MESSAGE_BYTES;
+        use crate::session::config::MAX_SESSION_WRITE_REQUEST_BYTES;
         pb::session_service_server::SessionServiceServer::new(self)
             .max_decoding_message_size(MAX_SESSION_WRITE_REQUEST_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES)
     }
-}
-
-/// Maps a session error to a status, logging it once. Messages never carry
-/// a token: the domain's errors do not contain one.
-pub fn session_status(method: &'static str, error: SessionError) -> Status {
-    let message = error.to_string();
-    let status = match error {
-        SessionError::InvalidArgument(violations) => {
-            let mut details = ErrorDetails::new();
-            for violation in violations {
-                details.add_bad_request_violation(violation.field, violation.description);
-            }
-            Status::with_error_details(Code::InvalidArgument, message, details)
-        }
-        SessionError::NotFound => Status::not_found(message),
-        SessionError::VersionMismatch { current, .. } => {
-            let mut info = std::collections::HashMap::new();
-            info.insert("current_version".to_string(), current.to_string());
-            let details = ErrorDetails::with_error_info("VERSION_MISMATCH", ERROR_DOMAIN, info);
-            Status::with_error_details(Code::Aborted, message, details)
-        }
-        SessionError::Contention(_) => Status::aborted(message),
-        SessionError::ReplyTooLarge { limit, .. } => {
-            let mut info = std::collections::HashMap::new();
-            info.insert("limit_bytes".to_string(), limit.to_string());
-            let details = ErrorDetails::with_error_info("RESPONSE_TOO_LARGE", ERROR_DOMAIN, info);
-            Status::with_error_details(Code::ResourceExhausted, message, details)
-        }
-        SessionError::Engine(engine) => return engine_status(method, engine),
-    };
-    tracing::debug!(method, code = ?status.code(), "request rejected");
-    status
 }
 
 fn object_from_proto(
@@ -77,18 +47,29 @@ fn object_from_proto(
     value: Option<Struct>,
 ) -> Result<Option<serde_json::Map<String, serde_json::Value>>, SessionError> {
     let Some(value) = value else { return Ok(None) };
-    let json = json_from_proto(prost_types::Value {
-        kind: Some(prost_types::value::Kind::StructValue(value)),
-    })
-    .map_err(|description| {
+    json_from_struct(value).map(Some).map_err(|description| {
         SessionError::InvalidArgument(vec![FieldViolation {
             field: field.to_string(),
             description,
         }])
-    })?;
-    match json {
-        serde_json::Value::Object(map) => Ok(Some(map)),
-        _ => Ok(None),
+    })
+}
+
+/// Session data and metadata in records as `google.protobuf.Struct`s, the
+/// form replies carry (see `docs/record-format.md`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StructCodec;
+
+impl DataCodec for StructCodec {
+    fn encode(&self, object: &serde_json::Map<String, serde_json::Value>) -> Vec<u8> {
+        use prost::Message as _;
+        struct_from_json(object.clone()).encode_to_vec()
+    }
+
+    fn decode(&self, bytes: &[u8]) -> Result<serde_json::Map<String, serde_json::Value>, String> {
+        use prost::Message as _;
+        let value = Struct::decode(bytes).map_err(|error| error.to_string())?;
+        json_from_struct(value)
     }
 }
 
@@ -108,9 +89,8 @@ fn session_to_proto(session: Session) -> pb::Session {
             .unwrap_or_default(),
         session_id: session.session_id,
         user_id: session.user_id,
-        // Stored as protobuf: handed out as they are, nothing converted.
-        data: Some(session.data),
-        metadata: session.metadata,
+        data: Some(struct_from_json(session.data)),
+        metadata: session.metadata.map(struct_from_json),
         create_time: time(session.create_at_millis),
         expire_time: time(session.expire_at_millis),
         idle_expire_time: session.idle_expire_at_millis.and_then(time),
@@ -279,6 +259,7 @@ impl SessionServiceRpc for SessionApi {
 
 #[cfg(test)]
 mod tests {
+    use crate::session::DataCodec as _;
     /// The owner named in the namespace configuration is this service.
     #[test]
     fn owner_is_the_generated_service_name() {
@@ -293,18 +274,10 @@ mod tests {
     #[test]
     fn reply_bytes_bound_covers_the_encoded_session() {
         use prost::Message as _;
-        let data = super::Struct {
-            fields: (0..50)
-                .map(|i| {
-                    (
-                        format!("field{i}"),
-                        prost_types::Value {
-                            kind: Some(prost_types::value::Kind::NumberValue(f64::from(i))),
-                        },
-                    )
-                })
-                .collect(),
-        };
+        let data: serde_json::Map<String, serde_json::Value> = (0..50)
+            .map(|i| (format!("field{i}"), serde_json::Value::from(i)))
+            .collect();
+        let data_bytes = super::StructCodec.encode(&data).len();
         let latest = crate::kv::limits::MAX_EXPIRE_AT_MILLIS;
         for (token, metadata, idle) in [
             (None, None, None),
@@ -319,6 +292,8 @@ mod tests {
                 session_id: "AAAAAAAAAAAAAAAAAAAAAA".into(),
                 user_id: "u".repeat(128),
                 data: data.clone(),
+                data_bytes,
+                metadata_bytes: metadata.as_ref().map(|_| data_bytes),
                 metadata,
                 create_at_millis: latest,
                 expire_at_millis: latest,
@@ -337,6 +312,43 @@ mod tests {
                 bound <= actual + 64,
                 "bound {bound} far above actual {actual}"
             );
+        }
+    }
+
+    /// Records hold data as the `google.protobuf.Struct` a reply carries
+    /// (the layout `docs/record-format.md` pins), and read back as the
+    /// same JSON; bytes that are not a struct are an error, not a panic.
+    #[test]
+    fn struct_codec_stores_what_replies_carry() {
+        use prost::Message as _;
+        let data = match serde_json::json!({"role": "admin", "n": 3, "x": [1.5, null, {"y": true}]})
+        {
+            serde_json::Value::Object(object) => object,
+            _ => unreachable!(),
+        };
+        let bytes = super::StructCodec.encode(&data);
+        assert_eq!(
+            bytes,
+            crate::api::convert::struct_from_json(data.clone()).encode_to_vec()
+        );
+        assert_eq!(super::StructCodec.decode(&bytes).unwrap(), data);
+        assert!(super::StructCodec.decode(&[0xff, 0xff, 0xff]).is_err());
+    }
+
+    /// The structs of the golden session record in `session::tests` are
+    /// what prost writes for the JSON they stand for, and read back as it.
+    #[test]
+    fn struct_codec_reads_the_golden_structs() {
+        use crate::session::tests::{hex, GOLDEN_DATA, GOLDEN_METADATA};
+        for (golden, json) in [
+            (GOLDEN_DATA, serde_json::json!({"n": 3, "role": "admin"})),
+            (GOLDEN_METADATA, serde_json::json!({"ip": "10.0.0.1"})),
+        ] {
+            let serde_json::Value::Object(object) = json else {
+                unreachable!()
+            };
+            assert_eq!(super::StructCodec.encode(&object), hex(golden));
+            assert_eq!(super::StructCodec.decode(&hex(golden)).unwrap(), object);
         }
     }
 }

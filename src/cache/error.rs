@@ -8,7 +8,6 @@ use crate::kv::{self, KvError};
 
 use super::budget::FetchLimit;
 use super::origin::OriginError;
-use super::purge::MAX_PURGE_KEYS;
 
 /// A failure of a cache operation.
 #[derive(Debug, Error)]
@@ -107,9 +106,11 @@ fn purge_mismatch_message(prefix: &str, expected: Option<u64>, actual: u64, more
         None => String::new(),
     };
     if more {
+        // A listing with more behind it is cut at the purge's bound
+        // (`purge::MAX_PURGE_KEYS`), so `actual` is that bound.
         format!(
             "prefix {prefix:?} holds more than {actual} live keys{expected}; a purge deletes at \
-             most {MAX_PURGE_KEYS}: pass expected_keys = {actual} to purge the first {actual}, \
+             most {actual}: pass expected_keys = {actual} to purge the first {actual}, \
              then call again"
         )
     } else {

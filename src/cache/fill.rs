@@ -18,18 +18,8 @@ use super::fence::FillFence;
 use super::freshness::{millis, Lifetimes};
 use super::memory::FillTicket;
 use super::origin::{OriginResponse, Validators};
-use super::service::{Inner, Tier};
+use super::service::{FetchResult, Fetched, Inner, Tier};
 use super::stats::CacheStats;
-
-/// What one origin fetch gives every caller that waited on it.
-#[derive(Debug, Clone)]
-pub(super) struct Fetched {
-    /// The value to answer with.
-    pub(super) entry: Arc<MemoryEntry>,
-    /// [`Tier::Origin`], or [`Tier::Store`] when a newer committed record
-    /// answers instead of the origin's (older) answer.
-    pub(super) tier: Tier,
-}
 
 impl Fetched {
     fn origin(entry: MemoryEntry) -> Self {
@@ -39,9 +29,6 @@ impl Fetched {
         }
     }
 }
-
-/// The outcome of one origin fetch, shared by every caller that waited on it.
-pub(super) type FetchResult = Result<Fetched, FetchError>;
 
 impl Inner {
     /// Asks the origin for `key` (conditionally when a stale copy has

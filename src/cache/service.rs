@@ -36,9 +36,8 @@ use crate::kv::{
 use super::budget::{self, FetchLimits, StoreLedgers};
 use super::config::{CacheConfig, OriginConfig};
 use super::entry::{MemoryEntry, StoredMeta, METADATA_FIELD};
-use super::error::{invalid, store_ttl_violations, CacheError};
+use super::error::{invalid, store_ttl_violations, CacheError, FetchError};
 use super::fence::Fences;
-use super::fill::FetchResult;
 use super::flight::{self, Flights, Landing, Role};
 use super::freshness::millis;
 use super::memory::{FillTicket, MemoryTier};
@@ -50,6 +49,19 @@ use super::stats::CacheStats;
 pub const DEFAULT_MEMORY_TTL: Duration = Duration::from_secs(60);
 /// Longest content type a Put may set.
 pub const MAX_CONTENT_TYPE_BYTES: usize = 256;
+
+/// What one origin fetch gives every caller that waited on it.
+#[derive(Debug, Clone)]
+pub(super) struct Fetched {
+    /// The value to answer with.
+    pub(super) entry: Arc<MemoryEntry>,
+    /// [`Tier::Origin`], or [`Tier::Store`] when a newer committed record
+    /// answers instead of the origin's (older) answer.
+    pub(super) tier: Tier,
+}
+
+/// The outcome of one origin fetch, shared by every caller that waited on it.
+pub(super) type FetchResult = Result<Fetched, FetchError>;
 
 /// The tier a value was served from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

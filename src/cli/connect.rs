@@ -12,7 +12,7 @@ use super::DEFAULT_ENDPOINT;
 // The clients of the commands ([`tierkv_client::Client`]) encode and decode
 // messages up to the largest the server sends or accepts, so that every reply
 // is readable.
-const _: () = assert!(tierkv_client::MAX_MESSAGE_SIZE == crate::server::message_limits::MAX_MESSAGE_BYTES);
+const _: () = assert!(tierkv_client::MAX_MESSAGE_SIZE == crate::kv::limits::MAX_MESSAGE_BYTES);
 
 /// The connection options every client command shares.
 #[derive(Debug, Clone, Args)]

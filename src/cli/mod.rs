@@ -119,7 +119,7 @@ async fn serve(args: ServeArgs) -> Result<(), ServerError> {
     if let Some(metrics_listen) = args.metrics_listen {
         config.metrics_listen = metrics_listen;
     }
-    config.validate()?;
+    server::validate(&config)?;
     crate::telemetry::init(config.log_format, &config.log_level);
     match server::connections::raise_descriptor_limit() {
         Ok(limit) if limit < config.max_connections as u64 => tracing::warn!(

@@ -34,17 +34,14 @@ use tokio::sync::mpsc;
 
 use super::state::Failures;
 pub use super::state::{
-    MigrationProgress, MigrationRequest, MigrationState, MAX_LISTED_FAILURE_BYTES,
+    MigrationProgress, MigrationRequest, MigrationState, DEFAULT_BATCH_SIZE, MAX_BATCH_SIZE,
+    MAX_LISTED_FAILURE_BYTES,
 };
 use super::{lazy::write_back_op, MigrateError, Migrations, Plan};
 use crate::engine::{Engine, EngineError, WriteOp};
 use crate::records::limits::MAX_KEY_BYTES;
 use crate::records::pages::PrefixPages;
 
-/// Records per batch when the request leaves it at 0.
-pub const DEFAULT_BATCH_SIZE: u32 = 500;
-/// Most records per batch.
-pub const MAX_BATCH_SIZE: u32 = 10_000;
 /// Tries to migrate one record that concurrent writers keep changing.
 pub const MAX_ATTEMPTS: usize = 3;
 /// Progress messages buffered for a slow client before the run waits.

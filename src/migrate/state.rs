@@ -3,8 +3,10 @@
 
 use serde::{Deserialize, Serialize};
 
-#[allow(unused_imports)] // named by doc links
-use super::batch::{DEFAULT_BATCH_SIZE, MAX_BATCH_SIZE};
+/// Records per batch when the request leaves it at 0.
+pub const DEFAULT_BATCH_SIZE: u32 = 500;
+/// Most records per batch.
+pub const MAX_BATCH_SIZE: u32 = 10_000;
 
 /// A request to migrate every record under a prefix.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]

@@ -26,6 +26,12 @@ pub const MAX_SCHEMA_VERSION: u32 = 1_000_000;
 /// Largest `BatchWrite`, counting keys, values and metadata: 100 MiB. Here
 /// because the server's message limit is derived from it.
 pub const MAX_BATCH_WRITE_BYTES: usize = 100 * 1024 * 1024;
+/// Largest gRPC message the server accepts or sends: the largest batch plus
+/// room for framing. Kept beside the record limits it derives from, so that
+/// the adapters and the configuration's memory floors (below the server)
+/// can read it; the server's per-method request sizes are in
+/// `server::message_limits`.
+pub const MAX_MESSAGE_BYTES: usize = MAX_BATCH_WRITE_BYTES + 4 * 1024 * 1024;
 /// The latest expiry a `google.protobuf.Timestamp` can express
 /// (9999-12-31T23:59:59.999Z), in milliseconds since the Unix epoch.
 pub const MAX_EXPIRE_AT_MILLIS: u64 = 253_402_300_799_999;

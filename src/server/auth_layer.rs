@@ -14,16 +14,8 @@ use std::task::{Context, Poll};
 use tonic::Status;
 use tower::{Layer, Service};
 
-use crate::auth::{AuthState, Principal};
-
-/// Who a call is, as handlers see it (in the request's extensions).
-#[derive(Debug, Clone)]
-pub enum CallIdentity {
-    /// Authentication is off: every call may do everything.
-    Anyone,
-    /// The call presented this token.
-    Token(Arc<Principal>),
-}
+use crate::api::call::CallIdentity;
+use crate::auth::AuthState;
 
 /// Authenticates calls with the tokens in force in an [`AuthState`] (or
 /// marks them all [`CallIdentity::Anyone`] while there are none).

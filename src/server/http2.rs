@@ -34,7 +34,7 @@ use tonic::body::Body;
 use tower::util::Oneshot;
 use tracing::Instrument;
 
-use super::load_shed::{Admission, CallLimit, ConnectionWatches};
+use super::load_shed::{Accepted, CallLimit, ConnectionWatches};
 
 /// HTTP/2 settings of every connection.
 #[derive(Debug, Clone)]
@@ -58,30 +58,6 @@ pub struct Http2Settings {
     /// After the GOAWAY of an aged connection, calls get this long to finish
     /// before the connection is closed.
     pub max_connection_age_grace: Duration,
-}
-
-/// What the server decided when it read a call's headers off its
-/// connection, in the request's extensions: one entry (one allocation) for
-/// both. Latency metrics and deadlines count from `at`, so the time a call
-/// waited for its turn in the server is part of both; the load-shedding
-/// layer takes `admission`.
-#[derive(Debug, Clone)]
-pub struct Accepted {
-    /// When the headers were read.
-    pub at: Instant,
-    /// Whether the call was admitted; `None` once the shedding layer took it.
-    pub admission: Option<Admission>,
-}
-
-impl Accepted {
-    /// The accept time of `request`, or now for a request that did not come
-    /// through [`serve`].
-    pub fn time_of<B>(request: &Request<B>) -> Instant {
-        request
-            .extensions()
-            .get::<Accepted>()
-            .map_or_else(Instant::now, |accepted| accepted.at)
-    }
 }
 
 /// Makes the tracing span a call runs in, from its headers.

@@ -25,14 +25,38 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use http::HeaderMap;
+use http::{HeaderMap, Request};
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 use tower::{Layer, Service};
 
 use crate::api::status::ERROR_DOMAIN;
+
+/// What the server decided when it read a call's headers off its
+/// connection, in the request's extensions: one entry (one allocation) for
+/// both. Latency metrics and deadlines count from `at`, so the time a call
+/// waited for its turn in the server is part of both; the load-shedding
+/// layer takes `admission`.
+#[derive(Debug, Clone)]
+pub struct Accepted {
+    /// When the headers were read.
+    pub at: Instant,
+    /// Whether the call was admitted; `None` once the shedding layer took it.
+    pub admission: Option<Admission>,
+}
+
+impl Accepted {
+    /// The accept time of `request`, or now for a request that did not come
+    /// through [`serve`](super::http2::serve).
+    pub fn time_of<B>(request: &Request<B>) -> Instant {
+        request
+            .extensions()
+            .get::<Accepted>()
+            .map_or_else(Instant::now, |accepted| accepted.at)
+    }
+}
 
 /// The retry delay suggested to a shed call.
 const RETRY_DELAY: Duration = Duration::from_millis(50);
@@ -297,7 +321,7 @@ where
     fn call(&mut self, mut request: http::Request<ReqBody>) -> Self::Future {
         let admission = match request
             .extensions_mut()
-            .get_mut::<super::http2::Accepted>()
+            .get_mut::<Accepted>()
             .and_then(|accepted| accepted.admission.take())
         {
             Some(admission) => admission,

@@ -10,11 +10,7 @@
 //! by validation, whose message names that field's limit; only absurd
 //! requests hit these.
 
-use crate::records::limits::MAX_BATCH_WRITE_BYTES;
-
-/// Largest gRPC message the server accepts or sends: the largest batch plus
-/// room for framing.
-pub const MAX_MESSAGE_BYTES: usize = MAX_BATCH_WRITE_BYTES + 4 * 1024 * 1024;
+pub use crate::records::limits::MAX_MESSAGE_BYTES;
 /// Largest `Get` request: a key is at most 512 bytes.
 pub const MAX_GET_REQUEST_BYTES: usize = 16 * 1024;
 /// Largest `Delete` request: a key and a precondition.
@@ -29,9 +25,6 @@ pub const MAX_BATCH_GET_REQUEST_BYTES: usize = 256 * 1024;
 pub const MAX_PUT_REQUEST_BYTES: usize = MAX_MESSAGE_BYTES;
 /// Largest `BatchWrite` request: the largest batch plus framing.
 pub const MAX_BATCH_WRITE_REQUEST_BYTES: usize = MAX_MESSAGE_BYTES;
-/// Largest SessionService `Create` or `Update` request: `data` may be
-/// configured up to 1 MiB of JSON, which a `google.protobuf.Struct` can
-/// encode in several times that.
-pub const MAX_SESSION_WRITE_REQUEST_BYTES: usize = 16 * 1024 * 1024;
+pub use crate::session::config::MAX_SESSION_WRITE_REQUEST_BYTES;
 /// Largest request of any other method (health checks, reflection).
 pub const MAX_OTHER_REQUEST_BYTES: usize = 64 * 1024;

@@ -102,7 +102,7 @@ fn reload(
     let config = Config::load(Some(file), env).map_err(|error| error.to_string())?;
     // Everything that can fail runs before anything is replaced, so a
     // reload applies whole or not at all.
-    let acceptor = match (&targets.tls, config.tls.acceptor()?) {
+    let acceptor = match (&targets.tls, super::tls::acceptor(&config.tls)?) {
         (Some(_), Some(acceptor)) => Some(acceptor),
         (None, None) => None,
         (Some(_), None) => {

@@ -69,7 +69,7 @@ where
         let pending = Pending {
             metrics: self.metrics.clone(),
             labels: Some(self.metrics.labels(request.uri().path())),
-            started: super::http2::Accepted::time_of(&request),
+            started: super::load_shed::Accepted::time_of(&request),
             span: tracing::Span::none(),
         };
         let response = self.inner.call(request);

@@ -14,100 +14,56 @@ use std::time::{Duration, Instant, SystemTime};
 
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-use serde::Deserialize;
 use tokio_rustls::rustls::crypto::{ring, CryptoProvider};
 use tokio_rustls::rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use tokio_rustls::rustls::sign::CertifiedKey;
 use tokio_rustls::rustls::{RootCertStore, ServerConfig};
 use tokio_rustls::TlsAcceptor;
 
-/// `[tls]` in the configuration: TLS on the gRPC port when `cert_file` and
-/// `key_file` are set; mutual TLS when `client_ca_file` is set too.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct TlsSettings {
-    /// PEM certificate chain, leaf first.
-    pub cert_file: Option<PathBuf>,
-    /// PEM private key (PKCS#8, PKCS#1 or SEC1) of the leaf certificate.
-    pub key_file: Option<PathBuf>,
-    /// PEM CA certificates; when set, every client must present a
-    /// certificate signed by one of them.
-    pub client_ca_file: Option<PathBuf>,
-    /// How often, at most, the certificate files are checked for changes.
-    pub reload_interval_secs: u64,
+use crate::config::TlsSettings;
+
+/// Checks that the configured files load, so a bad certificate stops the
+/// server at start rather than failing every handshake.
+pub fn validate(settings: &TlsSettings) -> Result<(), String> {
+    acceptor(settings).map(|_| ())
 }
 
-impl Default for TlsSettings {
-    fn default() -> Self {
-        Self {
-            cert_file: None,
-            key_file: None,
-            client_ca_file: None,
-            reload_interval_secs: 30,
+/// The acceptor for the configured certificate, or `None` without TLS.
+pub fn acceptor(settings: &TlsSettings) -> Result<Option<TlsAcceptor>, String> {
+    settings.check_pairing()?;
+    let (Some(cert_file), Some(key_file)) = (&settings.cert_file, &settings.key_file) else {
+        return Ok(None);
+    };
+    let (cert_file, key_file) = (cert_file.clone(), key_file.clone());
+    let provider = Arc::new(ring::default_provider());
+    let resolver = ReloadingCertificate::new(
+        cert_file,
+        key_file,
+        Duration::from_secs(settings.reload_interval_secs),
+        Arc::clone(&provider),
+    )?;
+    let builder = ServerConfig::builder_with_provider(Arc::clone(&provider))
+        .with_safe_default_protocol_versions()
+        .map_err(|error| format!("TLS: {error}"))?;
+    let builder = match &settings.client_ca_file {
+        None => builder.with_no_client_auth(),
+        Some(path) => {
+            let mut roots = RootCertStore::empty();
+            for certificate in read_certificates(path)? {
+                roots
+                    .add(certificate)
+                    .map_err(|error| format!("tls.client_ca_file {}: {error}", path.display()))?;
+            }
+            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                .build()
+                .map_err(|error| format!("tls.client_ca_file {}: {error}", path.display()))?;
+            builder.with_client_cert_verifier(verifier)
         }
-    }
-}
-
-impl TlsSettings {
-    /// Whether TLS is configured at all.
-    pub fn enabled(&self) -> bool {
-        self.cert_file.is_some() || self.key_file.is_some()
-    }
-
-    /// Checks the settings and that the files load, so a bad certificate
-    /// stops the server at start rather than failing every handshake.
-    pub fn validate(&self) -> Result<(), String> {
-        self.acceptor().map(|_| ())
-    }
-
-    /// The acceptor for the configured certificate, or `None` without TLS.
-    pub fn acceptor(&self) -> Result<Option<TlsAcceptor>, String> {
-        let (cert_file, key_file) = match (&self.cert_file, &self.key_file) {
-            (None, None) => {
-                if self.client_ca_file.is_some() {
-                    return Err(
-                        "tls.client_ca_file needs tls.cert_file and tls.key_file: mutual TLS is TLS first"
-                            .into(),
-                    );
-                }
-                return Ok(None);
-            }
-            (Some(cert), Some(key)) => (cert.clone(), key.clone()),
-            _ => return Err("tls.cert_file and tls.key_file must be set together".into()),
-        };
-        let provider = Arc::new(ring::default_provider());
-        let resolver = ReloadingCertificate::new(
-            cert_file,
-            key_file,
-            Duration::from_secs(self.reload_interval_secs),
-            Arc::clone(&provider),
-        )?;
-        let builder = ServerConfig::builder_with_provider(Arc::clone(&provider))
-            .with_safe_default_protocol_versions()
-            .map_err(|error| format!("TLS: {error}"))?;
-        let builder = match &self.client_ca_file {
-            None => builder.with_no_client_auth(),
-            Some(path) => {
-                let mut roots = RootCertStore::empty();
-                for certificate in read_certificates(path)? {
-                    roots.add(certificate).map_err(|error| {
-                        format!("tls.client_ca_file {}: {error}", path.display())
-                    })?;
-                }
-                let verifier =
-                    WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
-                        .build()
-                        .map_err(|error| {
-                            format!("tls.client_ca_file {}: {error}", path.display())
-                        })?;
-                builder.with_client_cert_verifier(verifier)
-            }
-        };
-        let mut config = builder.with_cert_resolver(Arc::new(resolver));
-        // gRPC is HTTP/2 only.
-        config.alpn_protocols = vec![b"h2".to_vec()];
-        Ok(Some(TlsAcceptor::from(Arc::new(config))))
-    }
+    };
+    let mut config = builder.with_cert_resolver(Arc::new(resolver));
+    // gRPC is HTTP/2 only.
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(Some(TlsAcceptor::from(Arc::new(config))))
 }
 
 /// The TLS acceptor in force, replaceable while serving.

@@ -32,6 +32,12 @@ pub const USER_ID_BYTES_CEILING: usize = 256;
 /// Largest `max_data_bytes` accepted: a session is read on every request of
 /// its user, and requests stay under tonic's default 4 MiB message limit.
 pub const DATA_BYTES_CEILING: usize = 1024 * 1024;
+/// Largest SessionService `Create` or `Update` request in bytes: `data` may
+/// be configured up to [`DATA_BYTES_CEILING`] of JSON, which a
+/// `google.protobuf.Struct` can encode in several times that. Kept beside
+/// the ceiling it derives from; the server's other request sizes are in
+/// `server::message_limits`.
+pub const MAX_SESSION_WRITE_REQUEST_BYTES: usize = 16 * 1024 * 1024;
 /// Largest `max_metadata_bytes` accepted: metadata is returned on every read.
 pub const METADATA_BYTES_CEILING: usize = 64 * 1024;
 

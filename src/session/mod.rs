@@ -23,26 +23,32 @@
 //! `IfAbsent`, so it never overwrites.
 
 pub mod config;
+mod error;
+mod keys;
+mod listing;
+mod model;
+pub mod record;
 pub mod token;
+mod validate;
 
 use std::sync::Arc;
 
-use prost::Message as _;
-use prost_types::value::Kind;
-use prost_types::Struct;
-use serde::Deserialize;
 use serde_json::{Map, Value};
-use thiserror::Error;
 
-use crate::api::convert::{json_from_proto, json_to_proto};
 use crate::engine::{
-    DeleteOp, Engine, EngineError, Precondition, PutOp, Record, ScanRequest, ValueKind, WriteOp,
-    WriteOutcome,
+    DeleteOp, Engine, EngineError, Precondition, PutOp, ValueKind, WriteOp, WriteOutcome,
 };
-use crate::kv::limits::MAX_LIST_EXAMINED;
 use crate::kv::FieldViolation;
 pub use config::SessionConfig;
+pub use error::SessionError;
+use error::{invalid, violation};
+use keys::Keys;
+use model::into_session;
+pub use model::{CreateSession, RevokeTarget, Session, SessionPage};
+pub use record::DataCodec;
+use record::{decode, decode_object, Stored};
 pub use token::Token;
+use validate::{check_duration, check_json_size, merge_patch};
 
 /// The gRPC service that owns the session namespace.
 pub const OWNER: &str = "tierkv.v1.SessionService";
@@ -56,10 +62,6 @@ const MAX_ATTEMPTS: usize = 1000;
 /// page that stops early at its byte limit holds at most this many records
 /// beyond it.
 const LIST_READ_BATCH: usize = 16;
-/// What a listed session adds to its reply at most beyond its strings and
-/// structs: four timestamps of at most 19 bytes each, a version of at most
-/// 11, and the tags and lengths of the remaining fields.
-const SESSION_REPLY_OVERHEAD: usize = 4 * 19 + 11 + 16;
 /// Index entries revoked per atomic batch by `revoke_all_for_user`.
 const REVOKE_BATCH: usize = 500;
 /// A well-formed session id that is never issued (the all-zero id is as
@@ -67,259 +69,6 @@ const REVOKE_BATCH: usize = 500;
 const MISSING_SESSION_ID: &str = "AAAAAAAAAAAAAAAAAAAAAA";
 /// The one message for every token that does not lead to a live session.
 pub const NOT_FOUND_MESSAGE: &str = "no live session for this token";
-
-/// A session as callers see it.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Session {
-    /// The bearer token; only set by `create` and `rotate`.
-    pub token: Option<Token>,
-    /// The non-secret handle.
-    pub session_id: String,
-    /// The owning user.
-    pub user_id: String,
-    /// Application data, a JSON object as stored: a protobuf `Struct`, so
-    /// that reading a session converts nothing.
-    pub data: Struct,
-    /// Metadata given at creation, as stored.
-    pub metadata: Option<Struct>,
-    /// Creation time, milliseconds since the Unix epoch.
-    pub create_at_millis: u64,
-    /// Absolute expiry.
-    pub expire_at_millis: u64,
-    /// Idle expiry, when the session has an idle timeout.
-    pub idle_expire_at_millis: Option<u64>,
-    /// Last recorded use.
-    pub last_seen_at_millis: u64,
-    /// The session record's version.
-    pub version: u64,
-}
-
-impl Session {
-    /// The most bytes this session takes in a reply, as an element of a
-    /// repeated `tierkv.v1.Session` field: what a listing counts against its
-    /// byte limit.
-    pub fn reply_bytes_bound(&self) -> usize {
-        let token = self.token.as_ref().map_or(0, |token| token.expose().len());
-        let body = delimited_len(token)
-            + delimited_len(self.session_id.len())
-            + delimited_len(self.user_id.len())
-            + delimited_len(self.data.encoded_len())
-            + self
-                .metadata
-                .as_ref()
-                .map_or(0, |metadata| delimited_len(metadata.encoded_len()))
-            + SESSION_REPLY_OVERHEAD;
-        delimited_len(body)
-    }
-}
-
-/// Bytes of a length-delimited protobuf field of `body` bytes, with a tag of
-/// one byte.
-fn delimited_len(body: usize) -> usize {
-    1 + prost::encoding::encoded_len_varint(body as u64) + body
-}
-
-/// What `create` needs.
-#[derive(Debug, Clone, PartialEq, Default)]
-pub struct CreateSession {
-    /// The owning user.
-    pub user_id: String,
-    /// Absolute lifetime in nanoseconds (signed, so that a negative input is
-    /// reported as such); `None` uses the configured default.
-    pub ttl_nanos: Option<i128>,
-    /// Idle timeout in nanoseconds; `None` uses the configured default.
-    pub idle_timeout_nanos: Option<i128>,
-    /// Application data.
-    pub data: Option<Map<String, Value>>,
-    /// Metadata.
-    pub metadata: Option<Map<String, Value>>,
-}
-
-/// Which session `revoke` ends.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum RevokeTarget {
-    /// The session a token belongs to.
-    Token(String),
-    /// A session by id.
-    SessionId(String),
-}
-
-/// One page of a user's sessions.
-#[derive(Debug, Clone, PartialEq, Default)]
-pub struct SessionPage {
-    /// Sessions in order of their ids, without tokens.
-    pub sessions: Vec<Session>,
-    /// The token of the next page; empty when the listing is complete.
-    pub next_page_token: String,
-}
-
-/// A failure of a session operation.
-#[derive(Debug, Error)]
-pub enum SessionError {
-    /// The request is malformed; nothing was done.
-    #[error("{}", describe_violations(.0))]
-    InvalidArgument(Vec<FieldViolation>),
-    /// The token is malformed, unknown, expired or revoked — deliberately
-    /// indistinguishable.
-    #[error("{NOT_FOUND_MESSAGE}")]
-    NotFound,
-    /// `if_version` did not match; nothing was written.
-    #[error("session version is {current}; the request expected {expected}")]
-    VersionMismatch {
-        /// The version the caller expected.
-        expected: u64,
-        /// The session's version now.
-        current: u64,
-    },
-    /// The session kept changing while this change retried; retrying later may succeed.
-    #[error("the session changed on each of {0} attempts to apply this change; retry")]
-    Contention(usize),
-    /// One session alone is larger than a reply may be; nothing was answered.
-    #[error("session {session_id} takes {bytes} bytes in a reply; the limit is {limit} bytes")]
-    ReplyTooLarge {
-        /// The session.
-        session_id: String,
-        /// Its size in a reply, at most.
-        bytes: usize,
-        /// The reply limit.
-        limit: usize,
-    },
-    /// The storage engine failed.
-    #[error(transparent)]
-    Engine(#[from] EngineError),
-}
-
-fn describe_violations(violations: &[FieldViolation]) -> String {
-    violations
-        .iter()
-        .map(|violation| format!("{}: {}", violation.field, violation.description))
-        .collect::<Vec<_>>()
-        .join("; ")
-}
-
-fn invalid(field: &str, description: String) -> SessionError {
-    SessionError::InvalidArgument(vec![violation(field, description)])
-}
-
-fn violation(field: &str, description: String) -> FieldViolation {
-    FieldViolation {
-        field: field.to_string(),
-        description,
-    }
-}
-
-/// The session record as stored: a protobuf message (see
-/// `docs/record-format.md`), so that `Get` decodes it with one pass of prost
-/// and hands `data` and `metadata` out as the `google.protobuf.Struct`s they
-/// are stored as, without a JSON round trip.
-#[derive(Clone, PartialEq, prost::Message)]
-struct Stored {
-    #[prost(string, tag = "1")]
-    user_id: String,
-    /// SHA-256 of the token's secret, 32 bytes.
-    #[prost(bytes = "vec", tag = "2")]
-    secret_hash: Vec<u8>,
-    #[prost(uint64, tag = "3")]
-    create_ms: u64,
-    #[prost(uint64, tag = "4")]
-    expire_ms: u64,
-    #[prost(uint64, optional, tag = "5")]
-    idle_timeout_ms: Option<u64>,
-    #[prost(uint64, optional, tag = "6")]
-    idle_expire_ms: Option<u64>,
-    #[prost(uint64, tag = "7")]
-    last_seen_ms: u64,
-    #[prost(message, optional, tag = "8")]
-    data: Option<Struct>,
-    #[prost(message, optional, tag = "9")]
-    metadata: Option<Struct>,
-}
-
-/// The JSON layout of session records written before the protobuf one
-/// (`ValueKind::Json`); still read, and rewritten in the new layout by the
-/// next change of the session.
-#[derive(Deserialize)]
-struct LegacyStored {
-    user_id: String,
-    secret_hash: String,
-    create_ms: u64,
-    expire_ms: u64,
-    #[serde(default)]
-    idle_timeout_ms: Option<u64>,
-    #[serde(default)]
-    idle_expire_ms: Option<u64>,
-    last_seen_ms: u64,
-    #[serde(default)]
-    data: Map<String, Value>,
-    #[serde(default)]
-    metadata: Option<Map<String, Value>>,
-}
-
-impl LegacyStored {
-    fn into_stored(self) -> Stored {
-        Stored {
-            user_id: self.user_id,
-            secret_hash: token::decode_hash(&self.secret_hash)
-                .map(Vec::from)
-                .unwrap_or_default(),
-            create_ms: self.create_ms,
-            expire_ms: self.expire_ms,
-            idle_timeout_ms: self.idle_timeout_ms,
-            idle_expire_ms: self.idle_expire_ms,
-            last_seen_ms: self.last_seen_ms,
-            data: Some(struct_from_json(self.data)),
-            metadata: self.metadata.map(struct_from_json),
-        }
-    }
-}
-
-/// A JSON object as a `google.protobuf.Struct`.
-fn struct_from_json(object: Map<String, Value>) -> Struct {
-    match json_to_proto(Value::Object(object)).kind {
-        Some(Kind::StructValue(value)) => value,
-        _ => Struct::default(),
-    }
-}
-
-/// A `google.protobuf.Struct` as a JSON object. Stored structs came from
-/// JSON, so every number in them is finite and the conversion cannot fail;
-/// a record that says otherwise is corrupt.
-fn json_from_struct(session_id: &str, value: Struct) -> Result<Map<String, Value>, SessionError> {
-    match json_from_proto(prost_types::Value {
-        kind: Some(Kind::StructValue(value)),
-    }) {
-        Ok(Value::Object(object)) => Ok(object),
-        Ok(_) => Ok(Map::new()),
-        Err(reason) => Err(EngineError::Corrupt {
-            key: format!("session {session_id}"),
-            reason: format!("session data is not valid: {reason}"),
-        }
-        .into()),
-    }
-}
-
-impl Stored {
-    /// When the record stops being live: the earlier of the two expiries.
-    fn record_expire_ms(&self) -> u64 {
-        self.idle_expire_ms
-            .map_or(self.expire_ms, |idle| idle.min(self.expire_ms))
-    }
-
-    fn into_session(self, session_id: String, version: u64, token: Option<Token>) -> Session {
-        Session {
-            token,
-            session_id,
-            user_id: self.user_id,
-            data: self.data.unwrap_or_default(),
-            metadata: self.metadata,
-            create_at_millis: self.create_ms,
-            expire_at_millis: self.expire_ms,
-            idle_expire_at_millis: self.idle_expire_ms,
-            last_seen_at_millis: self.last_seen_ms,
-            version,
-        }
-    }
-}
 
 /// A live session read from the engine.
 struct Found {
@@ -332,11 +81,12 @@ struct Found {
 #[derive(Clone)]
 pub struct SessionService {
     engine: Arc<dyn Engine>,
+    /// Encodes data and metadata in records (the server's is protobuf's
+    /// `Struct`, so replies carry them as stored).
+    codec: Arc<dyn DataCodec>,
     config: Arc<SessionConfig>,
-    /// `P s/`, precomputed: the hot path builds one key per call.
-    record_prefix: Arc<str>,
-    /// `P u/`.
-    index_prefix: Arc<str>,
+    /// The keys of records and of the per-user index.
+    keys: Keys,
     counters: Arc<Counters>,
 }
 
@@ -363,15 +113,15 @@ fn count(counter: &std::sync::atomic::AtomicU64, by: u64) {
 }
 
 impl SessionService {
-    /// A service over `engine` with a validated `config`.
-    pub fn new(engine: Arc<dyn Engine>, config: SessionConfig) -> Self {
-        let record_prefix = format!("{}s/", config.prefix).into();
-        let index_prefix = format!("{}u/", config.prefix).into();
+    /// A service over `engine` with a validated `config`, storing data and
+    /// metadata as `codec` encodes them.
+    pub fn new(engine: Arc<dyn Engine>, config: SessionConfig, codec: Arc<dyn DataCodec>) -> Self {
+        let keys = Keys::new(&config.prefix);
         Self {
             engine,
+            codec,
             config: Arc::new(config),
-            record_prefix,
-            index_prefix,
+            keys,
             counters: Arc::default(),
         }
     }
@@ -398,33 +148,6 @@ impl SessionService {
     /// shorten a new session or revive an old one.
     fn now_millis(&self) -> u64 {
         self.engine.now_millis()
-    }
-
-    fn record_key(&self, session_id: &str) -> String {
-        let mut key = String::with_capacity(self.record_prefix.len() + session_id.len());
-        key.push_str(&self.record_prefix);
-        key.push_str(session_id);
-        key
-    }
-
-    fn user_index_prefix(&self, user_id: &str) -> String {
-        let mut key = String::with_capacity(self.index_prefix.len() + user_id.len() + 1);
-        key.push_str(&self.index_prefix);
-        for character in user_id.chars() {
-            match character {
-                '%' => key.push_str("%25"),
-                '/' => key.push_str("%2F"),
-                other => key.push(other),
-            }
-        }
-        key.push('/');
-        key
-    }
-
-    fn index_key(&self, user_id: &str, session_id: &str) -> String {
-        let mut key = self.user_index_prefix(user_id);
-        key.push_str(session_id);
-        key
     }
 
     /// Creates a session; the result carries its token.
@@ -486,8 +209,10 @@ impl SessionService {
             idle_timeout_ms: idle_ms,
             idle_expire_ms: idle_ms.map(|idle| now.saturating_add(idle).min(expire_ms)),
             last_seen_ms: now,
-            data: Some(struct_from_json(data)),
-            metadata: request.metadata.map(struct_from_json),
+            data: Some(self.codec.encode(&data)),
+            metadata: request
+                .metadata
+                .map(|metadata| self.codec.encode(&metadata)),
         };
         // A collision of 128 random bits does not happen; IfAbsent makes sure
         // that if it did, nothing would be overwritten.
@@ -507,7 +232,13 @@ impl SessionService {
                 Ok(outcomes) => {
                     let version = put_version(&outcomes)?;
                     tracing::info!(session_id = %issued.session_id, "session created");
-                    return Ok(stored.into_session(issued.session_id, version, Some(issued.token)));
+                    return into_session(
+                        &*self.codec,
+                        stored,
+                        issued.session_id,
+                        version,
+                        Some(issued.token),
+                    );
                 }
                 Err(EngineError::PreconditionFailed { .. }) => continue,
                 Err(other) => return Err(other.into()),
@@ -522,9 +253,13 @@ impl SessionService {
             return self.touch(token).await;
         }
         let found = self.find(token).await?;
-        Ok(found
-            .stored
-            .into_session(found.session_id, found.version, None))
+        into_session(
+            &*self.codec,
+            found.stored,
+            found.session_id,
+            found.version,
+            None,
+        )
     }
 
     /// Slides the idle expiry forward (never past the absolute expiry) and
@@ -535,9 +270,13 @@ impl SessionService {
             let found = self.find(token).await?;
             let now = self.now_millis();
             if !self.touch_due(&found.stored, now) {
-                return Ok(found
-                    .stored
-                    .into_session(found.session_id, found.version, None));
+                return into_session(
+                    &*self.codec,
+                    found.stored,
+                    found.session_id,
+                    found.version,
+                    None,
+                );
             }
             let mut stored = found.stored;
             stored.last_seen_ms = now;
@@ -561,7 +300,7 @@ impl SessionService {
             match self.engine.write(ops).await {
                 Ok(outcomes) => {
                     let version = put_version(&outcomes)?;
-                    return Ok(stored.into_session(found.session_id, version, None));
+                    return into_session(&*self.codec, stored, found.session_id, version, None);
                 }
                 Err(EngineError::PreconditionFailed { .. }) => continue,
                 Err(other) => return Err(other.into()),
@@ -600,7 +339,11 @@ impl SessionService {
                 }
             }
             let mut stored = found.stored;
-            let data = json_from_struct(&found.session_id, stored.data.take().unwrap_or_default())?;
+            let data = decode_object(
+                &*self.codec,
+                &found.session_id,
+                stored.data.as_deref().unwrap_or_default(),
+            )?;
             let data = merge_patch(data, &patch);
             if let Err(found) = check_json_size("data", &data, self.config.max_data_bytes) {
                 return Err(SessionError::InvalidArgument(vec![FieldViolation {
@@ -608,7 +351,7 @@ impl SessionService {
                     ..found
                 }]));
             }
-            stored.data = Some(struct_from_json(data));
+            stored.data = Some(self.codec.encode(&data));
             let ops = vec![self.put_record(
                 &found.session_id,
                 &stored,
@@ -617,7 +360,7 @@ impl SessionService {
             match self.engine.write(ops).await {
                 Ok(outcomes) => {
                     let version = put_version(&outcomes)?;
-                    return Ok(stored.into_session(found.session_id, version, None));
+                    return into_session(&*self.codec, stored, found.session_id, version, None);
                 }
                 // The session ended (revoked, expired) between the read and the
                 // write: that is NOT_FOUND, as it would be a moment later.
@@ -663,7 +406,13 @@ impl SessionService {
                 Ok(outcomes) => {
                     let version = put_version(&outcomes)?;
                     tracing::info!(session_id = %issued.session_id, "session token rotated");
-                    return Ok(stored.into_session(issued.session_id, version, Some(issued.token)));
+                    return into_session(
+                        &*self.codec,
+                        stored,
+                        issued.session_id,
+                        version,
+                        Some(issued.token),
+                    );
                 }
                 // Another change won; re-read. If it was a rotation, the
                 // presented token no longer matches and this ends NOT_FOUND.
@@ -710,11 +459,11 @@ impl SessionService {
             };
             let ops = vec![
                 WriteOp::Delete(DeleteOp {
-                    key: self.record_key(&found.session_id),
+                    key: self.keys.record(&found.session_id),
                     precondition: Precondition::IfVersion(found.version),
                 }),
                 WriteOp::Delete(DeleteOp {
-                    key: self.index_key(&found.stored.user_id, &found.session_id),
+                    key: self.keys.index(&found.stored.user_id, &found.session_id),
                     precondition: Precondition::None,
                 }),
             ];
@@ -728,180 +477,6 @@ impl SessionService {
             }
         }
         Err(SessionError::Contention(MAX_ATTEMPTS))
-    }
-
-    /// One page of a user's live sessions, without tokens, whose reply takes
-    /// at most `max_reply_bytes` ([`Session::reply_bytes_bound`] of each):
-    /// a page stops early, with a token for the rest, before the session that
-    /// would pass the limit, so a page is never refused whole. Records are
-    /// read a few at a time, so the memory a call holds follows the page it
-    /// answers, not the page size asked for.
-    pub async fn list_by_user(
-        &self,
-        user_id: &str,
-        page_size: i32,
-        page_token: &str,
-        max_reply_bytes: usize,
-    ) -> Result<SessionPage, SessionError> {
-        self.check_user_id("user_id", user_id)
-            .map_err(|found| SessionError::InvalidArgument(vec![found]))?;
-        let page_size =
-            crate::kv::limits::resolve_page_size(page_size, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
-                .map_err(|description| invalid("page_size", description))?;
-        // A page token is the last session id of the previous page: ids are
-        // not secret, and a forged one only moves the start within this
-        // user's own index.
-        if !page_token.is_empty() && !token::is_session_id(page_token) {
-            return Err(invalid(
-                "page_token",
-                "page_token is not one this service returned".into(),
-            ));
-        }
-        let prefix = self.user_index_prefix(user_id);
-        let page = self
-            .engine
-            .scan(ScanRequest {
-                start_after: (!page_token.is_empty()).then(|| format!("{prefix}{page_token}")),
-                prefix: prefix.clone(),
-                limit: page_size + 1,
-                include_values: false,
-                max_examined: MAX_LIST_EXAMINED.max(page_size + 1),
-            })
-            .await?;
-        let more = page.entries.len() > page_size;
-        let session_ids: Vec<String> = page
-            .entries
-            .into_iter()
-            .take(page_size)
-            .map(|(key, _)| key[prefix.len()..].to_string())
-            .collect();
-        // A scan stopped by its bound on examined records (a run of expired
-        // entries not yet compacted away) resumes after the last one examined.
-        let mut next_page_token = match (more, session_ids.last(), page.resume_after) {
-            (true, Some(last), _) => last.clone(),
-            (false, _, Some(resume_after)) => resume_after[prefix.len()..].to_string(),
-            _ => String::new(),
-        };
-        let mut sessions: Vec<Session> = Vec::new();
-        let mut reply_bytes = 0usize;
-        'batches: for batch in session_ids.chunks(LIST_READ_BATCH) {
-            let records = self
-                .engine
-                .get_many(batch.iter().map(|id| self.record_key(id)).collect())
-                .await?;
-            for (session_id, record) in batch.iter().zip(records) {
-                // Revoked between the scan and the read: not live any more.
-                let Some(record) = record else { continue };
-                let version = record.version;
-                let stored = decode(session_id, record)?;
-                if stored.user_id != user_id {
-                    continue;
-                }
-                let session = stored.into_session(session_id.clone(), version, None);
-                let bytes = session.reply_bytes_bound();
-                if reply_bytes + bytes > max_reply_bytes {
-                    let Some(last) = sessions.last() else {
-                        return Err(SessionError::ReplyTooLarge {
-                            session_id: session_id.clone(),
-                            bytes,
-                            limit: max_reply_bytes,
-                        });
-                    };
-                    next_page_token = last.session_id.clone();
-                    break 'batches;
-                }
-                reply_bytes += bytes;
-                sessions.push(session);
-            }
-        }
-        Ok(SessionPage {
-            sessions,
-            next_page_token,
-        })
-    }
-
-    /// Ends every live session of a user except `except_session_id`; returns
-    /// how many were ended.
-    pub async fn revoke_all_for_user(
-        &self,
-        user_id: &str,
-        except_session_id: Option<&str>,
-    ) -> Result<u64, SessionError> {
-        let revoked = self.revoke_all(user_id, except_session_id).await;
-        if let Ok(ended) = revoked {
-            count(&self.counters.revoked, ended);
-        }
-        revoked
-    }
-
-    async fn revoke_all(
-        &self,
-        user_id: &str,
-        except_session_id: Option<&str>,
-    ) -> Result<u64, SessionError> {
-        self.check_user_id("user_id", user_id)
-            .map_err(|found| SessionError::InvalidArgument(vec![found]))?;
-        if let Some(except) = except_session_id {
-            if !token::is_session_id(except) {
-                return Err(invalid(
-                    "except_session_id",
-                    format!(
-                        "except_session_id must be {} URL-safe base64 characters; it is {} bytes",
-                        token::SESSION_ID_LEN,
-                        except.len()
-                    ),
-                ));
-            }
-        }
-        let prefix = self.user_index_prefix(user_id);
-        let mut start_after = None;
-        let mut revoked = 0u64;
-        loop {
-            let page = self
-                .engine
-                .scan(ScanRequest {
-                    prefix: prefix.clone(),
-                    start_after: start_after.take(),
-                    limit: REVOKE_BATCH,
-                    include_values: false,
-                    max_examined: MAX_LIST_EXAMINED,
-                })
-                .await?;
-            let complete = page.entries.len() < REVOKE_BATCH && page.resume_after.is_none();
-            start_after = page
-                .resume_after
-                .or_else(|| page.entries.last().map(|(key, _)| key.clone()));
-            let mut ops = Vec::with_capacity(page.entries.len() * 2);
-            for (index_key, _) in page.entries {
-                let session_id = &index_key[prefix.len()..];
-                if Some(session_id) == except_session_id {
-                    continue;
-                }
-                // Unconditional: a concurrent touch or update, guarded by the
-                // record's version, fails after this and finds nothing.
-                ops.push(WriteOp::Delete(DeleteOp {
-                    key: self.record_key(session_id),
-                    precondition: Precondition::None,
-                }));
-                ops.push(WriteOp::Delete(DeleteOp {
-                    key: index_key,
-                    precondition: Precondition::None,
-                }));
-            }
-            if !ops.is_empty() {
-                let outcomes = self.engine.write(ops).await?;
-                revoked += outcomes
-                    .iter()
-                    .step_by(2)
-                    .filter(|outcome| matches!(outcome, WriteOutcome::Delete { existed: true }))
-                    .count() as u64;
-            }
-            if complete {
-                break;
-            }
-        }
-        tracing::info!(revoked, "revoked every session of a user");
-        Ok(revoked)
     }
 
     /// Reads the session a token names and checks the token's secret.
@@ -928,11 +503,11 @@ impl SessionService {
 
     /// Reads a live session by id.
     async fn read(&self, session_id: &str) -> Result<Option<Found>, SessionError> {
-        let Some(record) = self.engine.get(self.record_key(session_id)).await? else {
+        let Some(record) = self.engine.get(self.keys.record(session_id)).await? else {
             return Ok(None);
         };
         let version = record.version;
-        let stored = decode(session_id, record)?;
+        let stored = decode(&*self.codec, session_id, record)?;
         // The engine hides expired records; this guards against a clock read
         // between its check and ours.
         if stored.record_expire_ms() <= self.now_millis() {
@@ -947,9 +522,9 @@ impl SessionService {
 
     fn put_record(&self, session_id: &str, stored: &Stored, precondition: Precondition) -> WriteOp {
         WriteOp::Put(PutOp {
-            key: self.record_key(session_id),
+            key: self.keys.record(session_id),
             kind: ValueKind::Bytes,
-            value: stored.encode_to_vec(),
+            value: stored.to_bytes(),
             metadata: None,
             expire_at_millis: Some(stored.record_expire_ms()),
             schema_version: 1,
@@ -965,7 +540,7 @@ impl SessionService {
         precondition: Precondition,
     ) -> WriteOp {
         WriteOp::Put(PutOp {
-            key: self.index_key(user_id, session_id),
+            key: self.keys.index(user_id, session_id),
             kind: ValueKind::Bytes,
             value: Vec::new(),
             metadata: None,
@@ -1000,187 +575,5 @@ fn put_version(outcomes: &[WriteOutcome]) -> Result<u64, SessionError> {
     }
 }
 
-fn decode(session_id: &str, record: Record) -> Result<Stored, SessionError> {
-    let corrupt = |error: String| -> SessionError {
-        EngineError::Corrupt {
-            key: format!("session {session_id}"),
-            reason: format!("session record is not valid: {error}"),
-        }
-        .into()
-    };
-    match record.kind {
-        ValueKind::Json => serde_json::from_slice::<LegacyStored>(&record.value)
-            .map(LegacyStored::into_stored)
-            .map_err(|error| corrupt(error.to_string())),
-        _ => Stored::decode(record.value.as_slice()).map_err(|error| corrupt(error.to_string())),
-    }
-}
-
-/// Checks a duration in nanoseconds against 1 s..=`max_ms`; returns whole
-/// milliseconds, rounded up so that a session never ends early.
-fn check_duration(field: &str, nanos: i128, max_ms: u64) -> Result<u64, FieldViolation> {
-    let seconds = format_seconds(nanos);
-    let max_secs = max_ms / 1000;
-    if nanos < 1_000_000_000 {
-        return Err(violation(
-            field,
-            format!("{field} is {seconds}s; the minimum is 1s"),
-        ));
-    }
-    let millis = (nanos + 999_999) / 1_000_000;
-    if millis > i128::from(max_ms) {
-        return Err(violation(
-            field,
-            format!("{field} is {seconds}s; the maximum is {max_secs}s (session.max_ttl_secs)"),
-        ));
-    }
-    Ok(millis as u64)
-}
-
-/// Exact seconds for nanoseconds, without trailing zeros: rounding would
-/// report 0.9999999995 s as "1.000s" and confuse the reader of the error.
-fn format_seconds(nanos: i128) -> String {
-    let sign = if nanos < 0 { "-" } else { "" };
-    let magnitude = nanos.unsigned_abs();
-    let whole = magnitude / 1_000_000_000;
-    let fraction = magnitude % 1_000_000_000;
-    if fraction == 0 {
-        return format!("{sign}{whole}");
-    }
-    let digits = format!("{fraction:09}");
-    format!("{sign}{whole}.{}", digits.trim_end_matches('0'))
-}
-
-fn check_json_size(
-    field: &str,
-    object: &Map<String, Value>,
-    limit: usize,
-) -> Result<(), FieldViolation> {
-    let size = serde_json::to_vec(object).map_or(usize::MAX, |bytes| bytes.len());
-    if size > limit {
-        return Err(violation(
-            field,
-            format!("{field} is {size} bytes serialized; the limit is {limit} bytes (session.max_{field}_bytes)"),
-        ));
-    }
-    Ok(())
-}
-
-/// Applies an RFC 7396 merge patch (an object) to the session's data (the
-/// same merge `KvService.Patch` uses).
-fn merge_patch(data: Map<String, Value>, patch: &Value) -> Map<String, Value> {
-    let mut merged = Value::Object(data);
-    json_patch::merge(&mut merged, patch);
-    match merged {
-        Value::Object(data) => data,
-        // An object patch merged into an object leaves an object.
-        _ => Map::new(),
-    }
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use serde_json::json;
-
-    fn object(value: Value) -> Map<String, Value> {
-        match value {
-            Value::Object(map) => map,
-            _ => panic!("not an object"),
-        }
-    }
-
-    /// The RFC 7396 examples that apply to objects.
-    #[test]
-    fn merge_patch_follows_rfc_7396() {
-        let data = merge_patch(
-            object(json!({"a": "b", "c": {"d": "e", "f": "g"}, "k": 1})),
-            &json!({"a": "z", "c": {"f": null, "x": {"y": 1}}, "k": {"n": 2}}),
-        );
-        assert_eq!(
-            Value::Object(data),
-            json!({"a": "z", "c": {"d": "e", "x": {"y": 1}}, "k": {"n": 2}})
-        );
-    }
-
-    fn record(kind: ValueKind, value: Vec<u8>) -> Record {
-        Record {
-            kind,
-            value,
-            metadata: None,
-            expire_at_millis: Some(5000),
-            version: 7,
-            schema_version: 1,
-        }
-    }
-
-    /// The protobuf record round-trips; a JSON record of the earlier layout
-    /// reads as the same session; garbage is corrupt, not a panic.
-    #[test]
-    fn records_decode_in_both_layouts() {
-        let hash = [7u8; 32];
-        let stored = Stored {
-            user_id: "alice".into(),
-            secret_hash: hash.to_vec(),
-            create_ms: 1000,
-            expire_ms: 5000,
-            idle_timeout_ms: Some(2000),
-            idle_expire_ms: Some(3000),
-            last_seen_ms: 1000,
-            data: Some(struct_from_json(object(json!({"role": "admin", "n": 3})))),
-            metadata: Some(struct_from_json(object(json!({"ip": "10.0.0.1"})))),
-        };
-        let decoded = decode("id", record(ValueKind::Bytes, stored.encode_to_vec())).unwrap();
-        assert_eq!(decoded, stored);
-
-        let legacy = json!({
-            "user_id": "alice",
-            "secret_hash": token::encode_hash(&hash),
-            "create_ms": 1000,
-            "expire_ms": 5000,
-            "idle_timeout_ms": 2000,
-            "idle_expire_ms": 3000,
-            "last_seen_ms": 1000,
-            "data": {"role": "admin", "n": 3},
-            "metadata": {"ip": "10.0.0.1"},
-        });
-        let value = serde_json::to_vec(&legacy).unwrap();
-        let decoded = decode("id", record(ValueKind::Json, value)).unwrap();
-        assert_eq!(decoded, stored);
-        assert_eq!(
-            json_from_struct("id", decoded.data.unwrap()).unwrap(),
-            object(json!({"role": "admin", "n": 3}))
-        );
-
-        for (kind, garbage) in [
-            (ValueKind::Bytes, vec![0xff, 0xff, 0xff]),
-            (ValueKind::Json, b"{".to_vec()),
-        ] {
-            let error = decode("id", record(kind, garbage)).unwrap_err();
-            assert!(
-                matches!(error, SessionError::Engine(EngineError::Corrupt { .. })),
-                "{error:?}"
-            );
-        }
-    }
-
-    /// Duration limits name the field, the limit and the actual value.
-    #[test]
-    fn durations_are_checked() {
-        assert_eq!(check_duration("ttl", 1_000_000_000, 10_000).unwrap(), 1000);
-        assert_eq!(check_duration("ttl", 1_000_000_001, 10_000).unwrap(), 1001);
-        let low = check_duration("ttl", 999_999_999, 10_000).unwrap_err();
-        assert_eq!(low.description, "ttl is 0.999999999s; the minimum is 1s");
-        let negative = check_duration("idle_timeout", -5_500_000_000, 10_000).unwrap_err();
-        assert_eq!(
-            negative.description,
-            "idle_timeout is -5.5s; the minimum is 1s"
-        );
-        let high = check_duration("ttl", 11_000_000_000, 10_000).unwrap_err();
-        assert!(
-            high.description.contains("11s") && high.description.contains("10s"),
-            "{}",
-            high.description
-        );
-    }
-}
+pub(crate) mod tests;

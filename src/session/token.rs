@@ -13,6 +13,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use rand::TryRngCore;
 use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
 
 /// Random bytes in a session id.
 const SESSION_ID_BYTES: usize = 16;
@@ -150,12 +151,7 @@ pub fn parse(token: &str) -> Option<Presented<'_>> {
 
 /// Compares two hashes in time independent of where they differ.
 pub fn hashes_equal(left: &SecretHash, right: &SecretHash) -> bool {
-    let difference = left
-        .iter()
-        .zip(right.iter())
-        .fold(0u8, |acc, (a, b)| acc | (a ^ b));
-    // Keeps the compiler from turning the fold into an early-exit compare.
-    std::hint::black_box(difference) == 0
+    bool::from(left.ct_eq(right))
 }
 
 /// Encodes a stored hash.

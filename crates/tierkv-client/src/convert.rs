@@ -69,6 +69,28 @@ pub fn json_to_proto(value: serde_json::Value) -> prost_types::Value {
     prost_types::Value { kind: Some(kind) }
 }
 
+/// A JSON object as a `google.protobuf.Struct`.
+pub fn struct_from_json(object: serde_json::Map<String, serde_json::Value>) -> Struct {
+    match json_to_proto(serde_json::Value::Object(object)).kind {
+        Some(Kind::StructValue(value)) => value,
+        // An object converts to a struct; nothing else is reachable.
+        _ => Struct::default(),
+    }
+}
+
+/// A `google.protobuf.Struct` as a JSON object; fails on NaN and infinities.
+pub fn json_from_struct(
+    value: Struct,
+) -> Result<serde_json::Map<String, serde_json::Value>, String> {
+    match json_from_proto(prost_types::Value {
+        kind: Some(Kind::StructValue(value)),
+    })? {
+        serde_json::Value::Object(object) => Ok(object),
+        // A struct converts to an object; nothing else is reachable.
+        _ => Ok(serde_json::Map::new()),
+    }
+}
+
 /// A timestamp for milliseconds since the Unix epoch.
 pub fn timestamp_from_millis(millis: u64) -> Timestamp {
     Timestamp {

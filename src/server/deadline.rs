@@ -14,6 +14,9 @@ use std::time::Duration;
 use tonic::Status;
 use tower::{Layer, Service};
 
+use super::load_shed::Accepted;
+use crate::api::call::RequestDeadline;
+
 /// How much earlier than the client's deadline the server gives up, so its
 /// answer wins the race with tonic's own timer (which has millisecond ticks).
 pub const MARGIN: Duration = Duration::from_millis(2);
@@ -81,7 +84,7 @@ where
         };
         // Counted from when the server read the call: time spent waiting for
         // its turn is part of the caller's budget.
-        let deadline = crate::server::http2::Accepted::time_of(&request) + budget;
+        let deadline = Accepted::time_of(&request) + budget;
         if budget.is_zero() || deadline <= std::time::Instant::now() {
             // Already out of time: answer without starting any work.
             return Box::pin(async move { Ok(deadline_exceeded(budget)) });
@@ -95,23 +98,6 @@ where
                 Err(_) => Ok(deadline_exceeded(budget)),
             }
         })
-    }
-}
-
-/// When this layer will answer DEADLINE_EXCEEDED for a request, in the
-/// request's extensions for handlers that would rather answer something else
-/// in time (a fallback read).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RequestDeadline(pub std::time::Instant);
-
-impl RequestDeadline {
-    /// The time left for work that must finish before the deadline, keeping
-    /// back `reserve` for building and sending the answer; zero when there is
-    /// none.
-    pub fn time_left(&self, reserve: Duration) -> Duration {
-        self.0
-            .saturating_duration_since(std::time::Instant::now())
-            .saturating_sub(reserve)
     }
 }
 
