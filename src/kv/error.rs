@@ -114,7 +114,9 @@ pub enum KvError {
     },
 }
 
-fn describe_violations(violations: &[FieldViolation]) -> String {
+/// The violations as one line of text, for error messages: `field:
+/// description` pairs joined by `; `.
+pub fn describe_violations(violations: &[FieldViolation]) -> String {
     violations
         .iter()
         .map(|violation| format!("{}: {}", violation.field, violation.description))

@@ -21,7 +21,7 @@ pub mod validate;
 pub mod value;
 
 pub use crate::records::limits::json_depth;
-pub use error::{invalid, FieldViolation, KvError};
+pub use error::{describe_violations, invalid, FieldViolation, KvError};
 pub use fallback::{FallbackCounts, FallbackReason};
 pub use page_token::PageTokenError;
 pub use patch::{PatchCommand, PatchResult, PatchTtl};

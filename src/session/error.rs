@@ -2,7 +2,7 @@
 
 use super::NOT_FOUND_MESSAGE;
 use crate::engine::EngineError;
-use crate::kv::FieldViolation;
+use crate::kv::{describe_violations, FieldViolation};
 use thiserror::Error;
 
 /// A failure of a session operation.
@@ -39,14 +39,6 @@ pub enum SessionError {
     /// The storage engine failed.
     #[error(transparent)]
     Engine(#[from] EngineError),
-}
-
-fn describe_violations(violations: &[FieldViolation]) -> String {
-    violations
-        .iter()
-        .map(|violation| format!("{}: {}", violation.field, violation.description))
-        .collect::<Vec<_>>()
-        .join("; ")
 }
 
 pub(super) fn invalid(field: &str, description: String) -> SessionError {

@@ -5,6 +5,7 @@ use super::record::decode;
 use super::*;
 use crate::engine::{DeleteOp, Precondition, ScanRequest, WriteOp, WriteOutcome};
 use crate::kv::limits::MAX_LIST_EXAMINED;
+use crate::records::pages::PrefixPages;
 
 impl SessionService {
     /// One page of a user's live sessions, without tokens, whose reply takes
@@ -132,25 +133,11 @@ impl SessionService {
             }
         }
         let prefix = self.keys.user_prefix(user_id);
-        let mut start_after = None;
+        let mut pages = PrefixPages::new(prefix.clone(), None, false, MAX_LIST_EXAMINED);
         let mut revoked = 0u64;
-        loop {
-            let page = self
-                .engine
-                .scan(ScanRequest {
-                    prefix: prefix.clone(),
-                    start_after: start_after.take(),
-                    limit: REVOKE_BATCH,
-                    include_values: false,
-                    max_examined: MAX_LIST_EXAMINED,
-                })
-                .await?;
-            let complete = page.entries.len() < REVOKE_BATCH && page.resume_after.is_none();
-            start_after = page
-                .resume_after
-                .or_else(|| page.entries.last().map(|(key, _)| key.clone()));
-            let mut ops = Vec::with_capacity(page.entries.len() * 2);
-            for (index_key, _) in page.entries {
+        while let Some(entries) = pages.next(&*self.engine, REVOKE_BATCH).await? {
+            let mut ops = Vec::with_capacity(entries.len() * 2);
+            for (index_key, _) in entries {
                 let session_id = &index_key[prefix.len()..];
                 if Some(session_id) == except_session_id {
                     continue;
@@ -173,9 +160,6 @@ impl SessionService {
                     .step_by(2)
                     .filter(|outcome| matches!(outcome, WriteOutcome::Delete { existed: true }))
                     .count() as u64;
-            }
-            if complete {
-                break;
             }
         }
         tracing::info!(revoked, "revoked every session of a user");
