@@ -138,6 +138,20 @@ pub struct WriteReceipt {
     pub sequence: u64,
 }
 
+impl WriteReceipt {
+    /// The version the put at `index` of the batch was given; a storage
+    /// error when the engine answered anything else there (a broken engine,
+    /// never a client's doing).
+    pub fn put_version(&self, index: usize) -> Result<u64, EngineError> {
+        match self.outcomes.get(index) {
+            Some(WriteOutcome::Put { version }) => Ok(*version),
+            _ => Err(EngineError::Storage(format!(
+                "engine returned no put outcome for mutation {index}"
+            ))),
+        }
+    }
+}
+
 impl std::ops::Deref for WriteReceipt {
     type Target = [WriteOutcome];
 

@@ -166,16 +166,11 @@ impl RecordStore {
     /// Stores one put, returning the key's new version. A failed
     /// precondition carries no batch index.
     pub async fn put(&self, op: PutOp) -> Result<u64, KvError> {
-        let outcomes = self
+        let receipt = self
             .write(vec![WriteOp::Put(op)])
             .await
             .map_err(super::error::single_op)?;
-        match outcomes.first() {
-            Some(WriteOutcome::Put { version }) => Ok(*version),
-            _ => Err(KvError::Engine(EngineError::Storage(
-                "engine returned no outcome for a put".into(),
-            ))),
-        }
+        Ok(receipt.put_version(0)?)
     }
 
     /// Applies one delete, returning whether a live key was deleted. A failed

@@ -35,9 +35,7 @@ use std::sync::Arc;
 
 use serde_json::{Map, Value};
 
-use crate::engine::{
-    DeleteOp, Engine, EngineError, Precondition, PutOp, ValueKind, WriteOp, WriteOutcome,
-};
+use crate::engine::{DeleteOp, Engine, EngineError, Precondition, PutOp, ValueKind, WriteOp};
 use crate::kv::FieldViolation;
 pub use config::SessionConfig;
 pub use error::SessionError;
@@ -230,7 +228,7 @@ impl SessionService {
             ];
             match self.engine.write(ops).await {
                 Ok(outcomes) => {
-                    let version = put_version(&outcomes)?;
+                    let version = outcomes.put_version(0)?;
                     tracing::info!(session_id = %issued.session_id, "session created");
                     return into_session(
                         &*self.codec,
@@ -299,7 +297,7 @@ impl SessionService {
             ];
             match self.engine.write(ops).await {
                 Ok(outcomes) => {
-                    let version = put_version(&outcomes)?;
+                    let version = outcomes.put_version(0)?;
                     return into_session(&*self.codec, stored, found.session_id, version, None);
                 }
                 Err(EngineError::PreconditionFailed { .. }) => continue,
@@ -359,7 +357,7 @@ impl SessionService {
             )];
             match self.engine.write(ops).await {
                 Ok(outcomes) => {
-                    let version = put_version(&outcomes)?;
+                    let version = outcomes.put_version(0)?;
                     return into_session(&*self.codec, stored, found.session_id, version, None);
                 }
                 // The session ended (revoked, expired) between the read and the
@@ -404,7 +402,7 @@ impl SessionService {
             )];
             match self.engine.write(ops).await {
                 Ok(outcomes) => {
-                    let version = put_version(&outcomes)?;
+                    let version = outcomes.put_version(0)?;
                     tracing::info!(session_id = %issued.session_id, "session token rotated");
                     return into_session(
                         &*self.codec,
@@ -565,13 +563,6 @@ impl SessionService {
             ));
         }
         Ok(())
-    }
-}
-
-fn put_version(outcomes: &[WriteOutcome]) -> Result<u64, SessionError> {
-    match outcomes.first() {
-        Some(WriteOutcome::Put { version }) => Ok(*version),
-        _ => Err(EngineError::Storage("engine returned no outcome for a put".into()).into()),
     }
 }
 
