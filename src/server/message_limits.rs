@@ -1,9 +1,11 @@
-//! Request and message size limits of the gRPC transport: per method, in
-//! bytes of the encoded request message, and the largest message at all.
-//!
-//! The server's own (the tower layer in `api::request_limits`, the codecs'
-//! settings, the configuration's memory floors), kept in a file of their own
-//! so that they can be imported without importing the KV service.
+//! Request size limits of the gRPC transport, per method, in bytes of the
+//! encoded request message, read by the tower layer in
+//! `server::request_limits`. The largest message at all
+//! ([`MAX_MESSAGE_BYTES`]) is defined beside the record limits it derives
+//! from (`records::limits`), so that the adapters and the configuration's
+//! memory floors, below the server, can read it; the largest session write
+//! beside the session data ceiling. Both are re-exported here, so this file
+//! lists every request size.
 //!
 //! Each per-method limit leaves room for the largest legal request many times
 //! over, so a field over its own limit (a 600-byte key, 101 keys) is refused
