@@ -12,7 +12,8 @@ use clap::{Args, Subcommand};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::{json, Value};
 
-use super::{describe, ConnectArgs};
+use super::error::CliError;
+use super::{ConnectArgs};
 use crate::proto::v1 as pb;
 use pb::admin_service_client::AdminServiceClient;
 
@@ -86,14 +87,11 @@ enum AdminCommand {
 pub async fn run(args: AdminArgs) -> ExitCode {
     match execute(args).await {
         Ok(code) => code,
-        Err(message) => {
-            eprintln!("error: {message}");
-            ExitCode::from(2)
-        }
+        Err(error) => error.report(),
     }
 }
 
-async fn execute(args: AdminArgs) -> Result<ExitCode, String> {
+async fn execute(args: AdminArgs) -> Result<ExitCode, CliError> {
     let mut client = args.connect.client().await?.admin();
     match args.command {
         AdminCommand::Migrate {
@@ -106,7 +104,7 @@ async fn execute(args: AdminArgs) -> Result<ExitCode, String> {
             let state = client
                 .get_migration(pb::GetMigrationRequest { prefix })
                 .await
-                .map_err(|status| describe(&status))?
+                ?
                 .into_inner();
             print_json(&state_json(&state));
             Ok(ExitCode::SUCCESS)
@@ -134,7 +132,7 @@ async fn execute(args: AdminArgs) -> Result<ExitCode, String> {
                     name_prefix: prefix.clone(),
                 })
                 .await
-                .map_err(|status| describe(&status))?
+                ?
                 .into_inner();
             if json {
                 let samples: Vec<Value> = response
@@ -169,7 +167,7 @@ async fn execute(args: AdminArgs) -> Result<ExitCode, String> {
                     name: name.unwrap_or_default(),
                 })
                 .await
-                .map_err(|status| describe(&status))?
+                ?
                 .into_inner();
             let took_ms = response
                 .took
@@ -195,7 +193,7 @@ async fn execute(args: AdminArgs) -> Result<ExitCode, String> {
                     force,
                 })
                 .await
-                .map_err(|status| describe(&status))?
+                ?
                 .into_inner();
             print_json(&json!({ "deleted_keys": response.deleted_keys }));
             Ok(ExitCode::SUCCESS)
@@ -205,11 +203,11 @@ async fn execute(args: AdminArgs) -> Result<ExitCode, String> {
 
 async fn namespaces(
     client: &mut AdminServiceClient<Channel>,
-) -> Result<Vec<pb::Namespace>, String> {
+) -> Result<Vec<pb::Namespace>, CliError> {
     Ok(client
         .list_namespaces(pb::ListNamespacesRequest {})
         .await
-        .map_err(|status| describe(&status))?
+        ?
         .into_inner()
         .namespaces)
 }
@@ -220,7 +218,7 @@ async fn migrate(
     dry_run: bool,
     batch_size: u32,
     rate: Option<u32>,
-) -> Result<ExitCode, String> {
+) -> Result<ExitCode, CliError> {
     // A bar with a length when the prefix is a whole namespace, whose size is
     // estimated; a spinner with counts otherwise.
     let estimate = namespaces(client)
@@ -255,7 +253,7 @@ async fn migrate(
             max_records_per_second: rate,
         })
         .await
-        .map_err(|status| describe(&status))?
+        ?
         .into_inner();
     let mut last: Option<pb::MigrationState> = None;
     loop {
@@ -264,7 +262,7 @@ async fn migrate(
             Ok(None) => break,
             Err(status) => {
                 bar.abandon();
-                return Err(describe(&status));
+                return Err(status.into());
             }
         };
         for failure in &message.failures {

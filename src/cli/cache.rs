@@ -9,7 +9,8 @@ use std::process::ExitCode;
 
 use clap::{Args, Subcommand};
 
-use super::{describe, CliChannel, ConnectArgs};
+use super::error::CliError;
+use super::{CliChannel, ConnectArgs};
 use crate::api::convert::{json_from_proto, json_to_proto};
 use crate::proto::v1 as pb;
 use pb::cache_service_client::CacheServiceClient;
@@ -76,10 +77,7 @@ enum CacheCommand {
 pub async fn run(args: CacheArgs) -> ExitCode {
     match execute(args).await {
         Ok(code) => code,
-        Err(message) => {
-            eprintln!("error: {message}");
-            ExitCode::from(2)
-        }
+        Err(error) => error.report(),
     }
 }
 
@@ -90,7 +88,7 @@ fn seconds(value: u64) -> prost_types::Duration {
     }
 }
 
-async fn execute(args: CacheArgs) -> Result<ExitCode, String> {
+async fn execute(args: CacheArgs) -> Result<ExitCode, CliError> {
     let mut client = args.connect.client().await?.cache();
     match args.command {
         CacheCommand::Get { key, timeout } => get(&mut client, key, timeout).await,
@@ -118,7 +116,7 @@ async fn execute(args: CacheArgs) -> Result<ExitCode, String> {
                     store_ttl: ttl.map(seconds),
                 })
                 .await
-                .map_err(|status| describe(&status))?
+                ?
                 .into_inner();
             println!("{}", serde_json::json!({ "version": response.version }));
             Ok(ExitCode::SUCCESS)
@@ -127,7 +125,7 @@ async fn execute(args: CacheArgs) -> Result<ExitCode, String> {
             let response = client
                 .invalidate(pb::InvalidateRequest { key })
                 .await
-                .map_err(|status| describe(&status))?
+                ?
                 .into_inner();
             println!("{}", serde_json::json!({ "existed": response.existed }));
             Ok(ExitCode::SUCCESS)
@@ -144,7 +142,7 @@ async fn execute(args: CacheArgs) -> Result<ExitCode, String> {
                     dry_run,
                 })
                 .await
-                .map_err(|status| describe(&status))?
+                ?
                 .into_inner();
             if dry_run {
                 println!(
@@ -184,7 +182,7 @@ async fn get(
     client: &mut CacheServiceClient<CliChannel>,
     key: String,
     timeout: Option<f64>,
-) -> Result<ExitCode, String> {
+) -> Result<ExitCode, CliError> {
     let mut request = tonic::Request::new(pb::CacheGetRequest {
         key: key.clone(),
         r#type: 0,
@@ -200,7 +198,7 @@ async fn get(
             eprintln!("{key:?} not found at its origin");
             return Ok(ExitCode::from(1));
         }
-        Err(status) => return Err(describe(&status)),
+        Err(status) => return Err(status.into()),
     };
     if !response.found {
         eprintln!("{key:?} not found");

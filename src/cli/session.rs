@@ -12,7 +12,8 @@ use super::CliChannel as Channel;
 use clap::{Args, Subcommand};
 use serde_json::{json, Map, Value};
 
-use super::{describe, ConnectArgs};
+use super::error::CliError;
+use super::{ConnectArgs};
 use crate::api::convert::{json_from_proto, json_to_proto};
 use crate::proto::v1 as pb;
 use pb::session_service_client::SessionServiceClient;
@@ -111,10 +112,7 @@ enum SessionCommand {
 pub async fn run(args: SessionArgs) -> ExitCode {
     match execute(args).await {
         Ok(code) => code,
-        Err(message) => {
-            eprintln!("error: {message}");
-            ExitCode::from(2)
-        }
+        Err(error) => error.report(),
     }
 }
 
@@ -209,7 +207,7 @@ fn print(value: &Value) -> Result<(), String> {
 }
 
 /// A session answer: printed, or exit code 1 for NOT_FOUND.
-fn answer(result: Result<tonic::Response<pb::Session>, tonic::Status>) -> Result<ExitCode, String> {
+fn answer(result: Result<tonic::Response<pb::Session>, tonic::Status>) -> Result<ExitCode, CliError> {
     match result {
         Ok(response) => {
             print(&session_json(response.into_inner()))?;
@@ -219,11 +217,11 @@ fn answer(result: Result<tonic::Response<pb::Session>, tonic::Status>) -> Result
             eprintln!("{}", status.message());
             Ok(ExitCode::from(1))
         }
-        Err(status) => Err(describe(&status)),
+        Err(status) => Err(status.into()),
     }
 }
 
-async fn execute(args: SessionArgs) -> Result<ExitCode, String> {
+async fn execute(args: SessionArgs) -> Result<ExitCode, CliError> {
     let mut client: SessionServiceClient<Channel> = args.connect.client().await?.session();
     match args.command {
         SessionCommand::Create {
@@ -284,7 +282,7 @@ async fn execute(args: SessionArgs) -> Result<ExitCode, String> {
                     session: Some(session),
                 })
                 .await
-                .map_err(|status| describe(&status))?
+                ?
                 .into_inner();
             print(&json!({ "revoked": response.revoked }))?;
             Ok(if response.revoked {
@@ -304,7 +302,7 @@ async fn execute(args: SessionArgs) -> Result<ExitCode, String> {
                         page_token,
                     })
                     .await
-                    .map_err(|status| describe(&status))?
+                    ?
                     .into_inner();
                 sessions.extend(page.sessions.into_iter().map(session_json));
                 if page.next_page_token.is_empty() {
@@ -322,7 +320,7 @@ async fn execute(args: SessionArgs) -> Result<ExitCode, String> {
                     except_session_id: except.unwrap_or_default(),
                 })
                 .await
-                .map_err(|status| describe(&status))?
+                ?
                 .into_inner();
             print(&json!({ "revoked": response.revoked }))?;
             Ok(ExitCode::SUCCESS)
