@@ -13,7 +13,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::{json, Value};
 
 use super::error::CliError;
-use super::{ConnectArgs};
+use super::ConnectArgs;
 use crate::proto::v1 as pb;
 use pb::admin_service_client::AdminServiceClient;
 
@@ -103,8 +103,7 @@ async fn execute(args: AdminArgs) -> Result<ExitCode, CliError> {
         AdminCommand::Migration { prefix } => {
             let state = client
                 .get_migration(pb::GetMigrationRequest { prefix })
-                .await
-                ?
+                .await?
                 .into_inner();
             print_json(&state_json(&state));
             Ok(ExitCode::SUCCESS)
@@ -131,8 +130,7 @@ async fn execute(args: AdminArgs) -> Result<ExitCode, CliError> {
                 .stats(pb::StatsRequest {
                     name_prefix: prefix.clone(),
                 })
-                .await
-                ?
+                .await?
                 .into_inner();
             if json {
                 let samples: Vec<Value> = response
@@ -166,8 +164,7 @@ async fn execute(args: AdminArgs) -> Result<ExitCode, CliError> {
                 .backup(pb::BackupRequest {
                     name: name.unwrap_or_default(),
                 })
-                .await
-                ?
+                .await?
                 .into_inner();
             let took_ms = response
                 .took
@@ -192,8 +189,7 @@ async fn execute(args: AdminArgs) -> Result<ExitCode, CliError> {
                     expected_keys,
                     force,
                 })
-                .await
-                ?
+                .await?
                 .into_inner();
             print_json(&json!({ "deleted_keys": response.deleted_keys }));
             Ok(ExitCode::SUCCESS)
@@ -206,8 +202,7 @@ async fn namespaces(
 ) -> Result<Vec<pb::Namespace>, CliError> {
     Ok(client
         .list_namespaces(pb::ListNamespacesRequest {})
-        .await
-        ?
+        .await?
         .into_inner()
         .namespaces)
 }
@@ -252,8 +247,7 @@ async fn migrate(
             batch_size,
             max_records_per_second: rate,
         })
-        .await
-        ?
+        .await?
         .into_inner();
     let mut last: Option<pb::MigrationState> = None;
     loop {

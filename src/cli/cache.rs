@@ -115,8 +115,7 @@ async fn execute(args: CacheArgs) -> Result<ExitCode, CliError> {
                     memory_ttl: memory_ttl.map(seconds),
                     store_ttl: ttl.map(seconds),
                 })
-                .await
-                ?
+                .await?
                 .into_inner();
             println!("{}", serde_json::json!({ "version": response.version }));
             Ok(ExitCode::SUCCESS)
@@ -124,8 +123,7 @@ async fn execute(args: CacheArgs) -> Result<ExitCode, CliError> {
         CacheCommand::Invalidate { key } => {
             let response = client
                 .invalidate(pb::InvalidateRequest { key })
-                .await
-                ?
+                .await?
                 .into_inner();
             println!("{}", serde_json::json!({ "existed": response.existed }));
             Ok(ExitCode::SUCCESS)
@@ -141,8 +139,7 @@ async fn execute(args: CacheArgs) -> Result<ExitCode, CliError> {
                     expected_keys,
                     dry_run,
                 })
-                .await
-                ?
+                .await?
                 .into_inner();
             if dry_run {
                 println!(

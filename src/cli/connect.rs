@@ -23,17 +23,38 @@ pub struct ConnectArgs {
     #[arg(long, global = true, help_heading = "Connection options", env = "TIERKV_ENDPOINT", default_value = DEFAULT_ENDPOINT)]
     pub endpoint: String,
     /// PEM CA certificate(s) to verify an `https://` server with, instead of the system roots.
-    #[arg(long, global = true, help_heading = "Connection options", env = "TIERKV_CA_FILE")]
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Connection options",
+        env = "TIERKV_CA_FILE"
+    )]
     pub ca_file: Option<PathBuf>,
     /// PEM client certificate, for a server that requires mutual TLS.
-    #[arg(long, global = true, help_heading = "Connection options", env = "TIERKV_CLIENT_CERT_FILE")]
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Connection options",
+        env = "TIERKV_CLIENT_CERT_FILE"
+    )]
     pub client_cert_file: Option<PathBuf>,
     /// PEM private key of `--client-cert-file`.
-    #[arg(long, global = true, help_heading = "Connection options", env = "TIERKV_CLIENT_KEY_FILE")]
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Connection options",
+        env = "TIERKV_CLIENT_KEY_FILE"
+    )]
     pub client_key_file: Option<PathBuf>,
     /// Bearer token, for a server with `[auth]` tokens (prefer the variable:
     /// arguments show in process listings).
-    #[arg(long, global = true, help_heading = "Connection options", env = "TIERKV_TOKEN", hide_env_values = true)]
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Connection options",
+        env = "TIERKV_TOKEN",
+        hide_env_values = true
+    )]
     pub token: Option<String>,
 }
 

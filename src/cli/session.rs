@@ -13,7 +13,7 @@ use clap::{Args, Subcommand};
 use serde_json::{json, Map, Value};
 
 use super::error::CliError;
-use super::{ConnectArgs};
+use super::ConnectArgs;
 use crate::api::convert::{json_from_proto, json_to_proto};
 use crate::proto::v1 as pb;
 use pb::session_service_client::SessionServiceClient;
@@ -207,7 +207,9 @@ fn print(value: &Value) -> Result<(), String> {
 }
 
 /// A session answer: printed, or exit code 1 for NOT_FOUND.
-fn answer(result: Result<tonic::Response<pb::Session>, tonic::Status>) -> Result<ExitCode, CliError> {
+fn answer(
+    result: Result<tonic::Response<pb::Session>, tonic::Status>,
+) -> Result<ExitCode, CliError> {
     match result {
         Ok(response) => {
             print(&session_json(response.into_inner()))?;
@@ -281,8 +283,7 @@ async fn execute(args: SessionArgs) -> Result<ExitCode, CliError> {
                 .revoke(pb::RevokeSessionRequest {
                     session: Some(session),
                 })
-                .await
-                ?
+                .await?
                 .into_inner();
             print(&json!({ "revoked": response.revoked }))?;
             Ok(if response.revoked {
@@ -301,8 +302,7 @@ async fn execute(args: SessionArgs) -> Result<ExitCode, CliError> {
                         page_size: 0,
                         page_token,
                     })
-                    .await
-                    ?
+                    .await?
                     .into_inner();
                 sessions.extend(page.sessions.into_iter().map(session_json));
                 if page.next_page_token.is_empty() {
@@ -319,8 +319,7 @@ async fn execute(args: SessionArgs) -> Result<ExitCode, CliError> {
                     user_id,
                     except_session_id: except.unwrap_or_default(),
                 })
-                .await
-                ?
+                .await?
                 .into_inner();
             print(&json!({ "revoked": response.revoked }))?;
             Ok(ExitCode::SUCCESS)

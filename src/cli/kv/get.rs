@@ -10,9 +10,9 @@ use base64::Engine as _;
 use pb::kv_service_client::KvServiceClient;
 
 use super::TypeArg;
+use crate::api::convert::json_from_proto;
 use crate::cli::error::{CliError, EXIT_NOT_FOUND};
 use crate::cli::output::{print_rows, OutputFormat};
-use crate::api::convert::json_from_proto;
 use crate::cli::CliChannel as Channel;
 use crate::proto::v1 as pb;
 

@@ -20,10 +20,10 @@ use std::process::ExitCode;
 use clap::{Args, Subcommand, ValueEnum};
 
 use self::bulk_file::BulkKind;
-use crate::proto::v1 as pb;
 use super::error::CliError;
 use super::output::OutputFormat;
 use super::ConnectArgs;
+use crate::proto::v1 as pb;
 
 /// Arguments of `tierkv kv`.
 #[derive(Debug, Args)]
@@ -72,7 +72,11 @@ enum KvCommand {
         /// The key.
         key: String,
         /// The value (text, or JSON with --json); `-` reads it from stdin.
-        #[arg(required_unless_present = "path", conflicts_with = "path", allow_hyphen_values = true)]
+        #[arg(
+            required_unless_present = "path",
+            conflicts_with = "path",
+            allow_hyphen_values = true
+        )]
         value: Option<String>,
         /// Read the value from this file, as it is (binary values, large JSON).
         #[arg(long)]

@@ -10,8 +10,8 @@ use base64::Engine as _;
 
 use pb::kv_service_client::KvServiceClient;
 
-use crate::cli::error::CliError;
 use crate::api::convert::{json_from_proto, json_to_proto};
+use crate::cli::error::CliError;
 use crate::cli::CliChannel as Channel;
 use crate::proto::v1 as pb;
 
@@ -37,12 +37,18 @@ pub(super) fn read_value(
             std::io::stdin()
                 .lock()
                 .read_to_end(&mut bytes)
-                .map_err(|error| CliError::Usage(format!("cannot read the value from stdin: {error}")))?;
+                .map_err(|error| {
+                    CliError::Usage(format!("cannot read the value from stdin: {error}"))
+                })?;
             bytes
         }
         (Some(value), None) if !json && !base64 => return Ok(pb::put_request::Value::Text(value)),
         (Some(value), None) => value.into_bytes(),
-        (None, None) => return Err(CliError::Usage("give a VALUE, `-` for stdin, or --path FILE".into())),
+        (None, None) => {
+            return Err(CliError::Usage(
+                "give a VALUE, `-` for stdin, or --path FILE".into(),
+            ))
+        }
     };
     if base64 {
         // Line breaks (`base64` wraps at 76 columns) and the final newline
