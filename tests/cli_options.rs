@@ -441,3 +441,57 @@ async fn completions_for_each_shell() {
     let unknown = run("http://127.0.0.1:1", &["completions", "tcsh"], b"").await;
     assert_eq!(unknown.code, 2);
 }
+
+/// `--output table` where a person reads a list: `admin namespaces`,
+/// `session list` and `admin stats` print a header and one aligned line per
+/// item; JSON stays the default.
+#[tokio::test]
+async fn lists_print_as_tables() {
+    let server = start().await;
+    let endpoint = server.server.endpoint();
+    let endpoint = endpoint.as_str();
+
+    let namespaces = run(endpoint, &["admin", "namespaces", "--output", "table"], b"").await;
+    assert_eq!(namespaces.code, 0, "{}", namespaces.stderr);
+    let text = namespaces.stdout();
+    let header = text.lines().next().unwrap_or_default();
+    assert!(
+        header.starts_with("PREFIX") && header.contains("ESTIMATED_KEYS"),
+        "{text}"
+    );
+    let json = run(endpoint, &["admin", "namespaces"], b"").await;
+    let json: Vec<serde_json::Value> = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(text.lines().count(), json.len() + 1, "{text}");
+
+    for _ in 0..2 {
+        let created = run(endpoint, &["session", "create", "ada"], b"").await;
+        assert_eq!(created.code, 0, "{}", created.stderr);
+    }
+    let sessions = run(
+        endpoint,
+        &["session", "list", "ada", "--output", "table"],
+        b"",
+    )
+    .await;
+    assert_eq!(sessions.code, 0, "{}", sessions.stderr);
+    let lines: Vec<String> = sessions.stdout().lines().map(String::from).collect();
+    assert_eq!(lines.len(), 3, "{}", sessions.stdout());
+    assert!(lines[0].starts_with("SESSION_ID"), "{}", lines[0]);
+    assert!(!sessions.stdout().contains("tkv"), "no token in a listing");
+
+    let stats = run(
+        endpoint,
+        &["admin", "stats", "--prefix", "tierkv_", "--output", "table"],
+        b"",
+    )
+    .await;
+    assert_eq!(stats.code, 0, "{}", stats.stderr);
+    let text = stats.stdout();
+    assert!(text.starts_with("NAME"), "{text}");
+    assert!(text.lines().count() > 1, "{text}");
+    assert!(
+        text.lines().skip(1).all(|line| line.starts_with("tierkv_")),
+        "{text}"
+    );
+    server.stop().await;
+}

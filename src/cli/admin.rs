@@ -13,6 +13,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::{json, Value};
 
 use super::error::CliError;
+use super::output::{print_rows, OutputFormat};
 use super::ConnectArgs;
 use crate::proto::v1 as pb;
 use pb::admin_service_client::AdminServiceClient;
@@ -49,7 +50,11 @@ enum AdminCommand {
         prefix: String,
     },
     /// Print every namespace with its estimated key count and size.
-    Namespaces,
+    Namespaces {
+        /// `json` (the default) or `table`.
+        #[arg(long, value_enum, default_value_t = OutputFormat::Json)]
+        output: OutputFormat,
+    },
     /// Delete every key of a namespace. Without --expected-keys, prints how
     /// many live keys it holds and deletes nothing.
     DropNamespace {
@@ -69,8 +74,12 @@ enum AdminCommand {
         /// Only metrics whose name starts with this (e.g. tierkv_rpc_).
         #[arg(long, default_value = "")]
         prefix: String,
-        /// Print JSON samples instead of the Prometheus text.
-        #[arg(long)]
+        /// `text`: the Prometheus text; `json`: an array of samples;
+        /// `table`: one line per sample.
+        #[arg(long, value_enum, default_value_t = StatsOutput::Text)]
+        output: StatsOutput,
+        /// The same as `--output json`.
+        #[arg(long, conflicts_with = "output")]
         json: bool,
     },
     /// Write a consistent copy of the whole store, while serving, into the
@@ -80,6 +89,17 @@ enum AdminCommand {
         /// backup-<unix milliseconds>).
         name: Option<String>,
     },
+}
+
+/// How `admin stats` prints the figures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum StatsOutput {
+    /// The Prometheus text exposition, as /metrics serves it.
+    Text,
+    /// An array of `{name, labels, value}` samples.
+    Json,
+    /// One aligned line per sample.
+    Table,
 }
 
 /// Runs a `tierkv admin` command; exit code 0 on success, 1 when a migration
@@ -108,7 +128,7 @@ async fn execute(args: AdminArgs) -> Result<ExitCode, CliError> {
             print_json(&state_json(&state));
             Ok(ExitCode::SUCCESS)
         }
-        AdminCommand::Namespaces => {
+        AdminCommand::Namespaces { output } => {
             let namespaces = namespaces(&mut client).await?;
             let list: Vec<Value> = namespaces
                 .iter()
@@ -122,17 +142,36 @@ async fn execute(args: AdminArgs) -> Result<ExitCode, CliError> {
                     })
                 })
                 .collect();
-            print_json(&Value::Array(list));
+            print_rows(
+                output,
+                &[
+                    "prefix",
+                    "column_family",
+                    "estimated_keys",
+                    "estimated_live_bytes",
+                    "owner",
+                ],
+                &list,
+            )?;
             Ok(ExitCode::SUCCESS)
         }
-        AdminCommand::Stats { prefix, json } => {
+        AdminCommand::Stats {
+            prefix,
+            output,
+            json,
+        } => {
             let response = client
                 .stats(pb::StatsRequest {
                     name_prefix: prefix.clone(),
                 })
                 .await?
                 .into_inner();
-            if json {
+            let format = match (json, output) {
+                (true, _) | (false, StatsOutput::Json) => Some(OutputFormat::Json),
+                (false, StatsOutput::Table) => Some(OutputFormat::Table),
+                (false, StatsOutput::Text) => None,
+            };
+            if let Some(format) = format {
                 let samples: Vec<Value> = response
                     .samples
                     .iter()
@@ -144,7 +183,7 @@ async fn execute(args: AdminArgs) -> Result<ExitCode, CliError> {
                         })
                     })
                     .collect();
-                print_json(&Value::Array(samples));
+                print_rows(format, &["name", "labels", "value"], &samples)?;
             } else {
                 // The text, limited to the metrics asked for (and their comments).
                 for line in response.text.lines() {

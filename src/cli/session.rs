@@ -13,6 +13,7 @@ use clap::{Args, Subcommand};
 use serde_json::{json, Map, Value};
 
 use super::error::CliError;
+use super::output::{print_rows, OutputFormat};
 use super::ConnectArgs;
 use crate::api::convert::{json_from_proto, json_to_proto};
 use crate::proto::v1 as pb;
@@ -92,10 +93,13 @@ enum SessionCommand {
         #[arg(long)]
         id: bool,
     },
-    /// Print a user's live sessions as a JSON array (no tokens).
+    /// Print a user's live sessions as a JSON array (no tokens), or a table.
     List {
         /// The user.
         user_id: String,
+        /// `json` (the default) or `table`.
+        #[arg(long, value_enum, default_value_t = OutputFormat::Json)]
+        output: OutputFormat,
     },
     /// End every session of a user.
     RevokeAll {
@@ -292,7 +296,7 @@ async fn execute(args: SessionArgs) -> Result<ExitCode, CliError> {
                 ExitCode::from(1)
             })
         }
-        SessionCommand::List { user_id } => {
+        SessionCommand::List { user_id, output } => {
             let mut sessions = Vec::new();
             let mut page_token = String::new();
             loop {
@@ -310,7 +314,19 @@ async fn execute(args: SessionArgs) -> Result<ExitCode, CliError> {
                 }
                 page_token = page.next_page_token;
             }
-            print(&Value::Array(sessions))?;
+            print_rows(
+                output,
+                &[
+                    "session_id",
+                    "create_time",
+                    "last_seen_time",
+                    "expire_time",
+                    "idle_expire_time",
+                    "version",
+                    "metadata",
+                ],
+                &sessions,
+            )?;
             Ok(ExitCode::SUCCESS)
         }
         SessionCommand::RevokeAll { user_id, except } => {
