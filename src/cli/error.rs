@@ -37,7 +37,7 @@ Exit codes of the client commands (kv, session, admin, cache):
   1  not found: the key, session or migration does not exist (NOT_FOUND, a get miss)
   2  invalid input: bad arguments, or the server's INVALID_ARGUMENT / OUT_OF_RANGE
   3  precondition failed: ABORTED (--if-version, --if-absent), FAILED_PRECONDITION, ALREADY_EXISTS
-  4  unavailable: cannot connect, UNAVAILABLE, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED; retry later
+  4  unavailable: cannot connect, UNAVAILABLE, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED, CANCELLED; retry later
   5  permission: UNAUTHENTICATED, PERMISSION_DENIED
   6  other: INTERNAL, DATA_LOSS, UNIMPLEMENTED, UNKNOWN, or output that cannot be written";
 
@@ -206,4 +206,48 @@ pub fn describe(status: &tonic::Status) -> String {
 /// A delay as seconds, to the millisecond (`1.5s`).
 fn seconds(delay: Duration) -> String {
     format!("{}s", delay.as_millis() as f64 / 1000.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tonic_types::ErrorDetails;
+
+    /// The RetryInfo delay and a quota violation, which the tests through
+    /// the binary cannot provoke on demand, render under the one line.
+    #[test]
+    fn describe_renders_retry_delay_and_quota() {
+        let mut details = ErrorDetails::with_retry_info(Some(Duration::from_millis(1500)));
+        details.add_quota_failure_violation("calls", "256 calls in flight");
+        let status = tonic::Status::with_error_details(
+            Code::ResourceExhausted,
+            "server overloaded",
+            details,
+        );
+        assert_eq!(
+            describe(&status),
+            "server overloaded [RESOURCE_EXHAUSTED]\n  limit calls: 256 calls in flight\n  retry after 1.5s"
+        );
+        assert_eq!(CliError::Rpc(status).exit_code(), EXIT_UNAVAILABLE);
+    }
+
+    /// Every gRPC code has a row of the table, and the table names the code.
+    #[test]
+    fn every_code_has_an_exit_code_in_the_table() {
+        for number in 0..=16 {
+            let code = Code::from_i32(number);
+            let exit = code_exit(code);
+            assert!(exit <= EXIT_OTHER);
+            if code != Code::Ok {
+                let row = EXIT_CODES
+                    .lines()
+                    .find(|line| line.trim_start().starts_with(&format!("{exit} ")))
+                    .unwrap_or_else(|| panic!("no row for {exit}"));
+                assert!(
+                    row.contains(code_name(code)),
+                    "{code:?} is not named in the row of exit code {exit}: {row}"
+                );
+            }
+        }
+    }
 }
