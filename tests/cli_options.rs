@@ -495,3 +495,59 @@ async fn lists_print_as_tables() {
     );
     server.stop().await;
 }
+
+/// `admin backup` waits with a spinner on a terminal (here a pseudo-terminal
+/// made by `script`), and prints nothing but its JSON result when stderr is
+/// a pipe.
+#[tokio::test]
+async fn progress_only_on_a_terminal() {
+    let backups = tempfile::tempdir().unwrap();
+    let backup_dir = backups.path().to_path_buf();
+    let server = start_with(|config| config.backup_dir = Some(backup_dir)).await;
+    let endpoint = server.server.endpoint();
+    let endpoint = endpoint.as_str();
+    // Enough data that the backup takes a moment.
+    let mut client = server.client.clone();
+    for chunk in 0..20 {
+        let mutations = (0..500)
+            .map(|index| tierkv::proto::v1::Mutation {
+                operation: Some(tierkv::proto::v1::mutation::Operation::Put(put_text(
+                    &format!("bk:{chunk}:{index}"),
+                    &"v".repeat(1000),
+                ))),
+            })
+            .collect();
+        client
+            .batch_write(tierkv::proto::v1::BatchWriteRequest { mutations })
+            .await
+            .unwrap();
+    }
+
+    let piped = run(endpoint, &["admin", "backup", "piped"], b"").await;
+    assert_eq!(piped.code, 0, "{}", piped.stderr);
+    assert!(
+        piped.stderr.is_empty(),
+        "no progress in a pipe: {:?}",
+        piped.stderr
+    );
+    let json: serde_json::Value = serde_json::from_slice(&piped.stdout).unwrap();
+    assert_eq!(json["name"], "piped");
+
+    let command = format!("{} admin backup on-a-terminal", binary());
+    let endpoint = endpoint.to_string();
+    let terminal = tokio::task::spawn_blocking(move || {
+        Command::new("script")
+            .args(["-qec", &command, "/dev/null"])
+            .env("TIERKV_ENDPOINT", endpoint)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run script")
+    })
+    .await
+    .unwrap();
+    let text = String::from_utf8_lossy(&terminal.stdout);
+    assert!(terminal.status.success(), "{text}");
+    assert!(text.contains("backing up the store"), "{text:?}");
+    assert!(text.contains("\"on-a-terminal\""), "{text:?}");
+    server.stop().await;
+}

@@ -13,7 +13,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::{json, Value};
 
 use super::error::CliError;
-use super::output::{print_rows, OutputFormat};
+use super::output::{print_rows, waiting, OutputFormat};
 use super::ConnectArgs;
 use crate::proto::v1 as pb;
 use pb::admin_service_client::AdminServiceClient;
@@ -199,10 +199,10 @@ async fn execute(args: AdminArgs) -> Result<ExitCode, CliError> {
             Ok(ExitCode::SUCCESS)
         }
         AdminCommand::Backup { name } => {
-            let response = client
-                .backup(pb::BackupRequest {
-                    name: name.unwrap_or_default(),
-                })
+            let call = client.backup(pb::BackupRequest {
+                name: name.unwrap_or_default(),
+            });
+            let response = waiting("backing up the store".to_string(), call)
                 .await?
                 .into_inner();
             let took_ms = response
@@ -222,14 +222,16 @@ async fn execute(args: AdminArgs) -> Result<ExitCode, CliError> {
             expected_keys,
             force,
         } => {
-            let response = client
-                .drop_namespace(pb::DropNamespaceRequest {
-                    prefix,
-                    expected_keys,
-                    force,
-                })
-                .await?
-                .into_inner();
+            let message = match expected_keys {
+                Some(_) => format!("dropping namespace {prefix:?}"),
+                None => format!("counting the keys of namespace {prefix:?}"),
+            };
+            let call = client.drop_namespace(pb::DropNamespaceRequest {
+                prefix,
+                expected_keys,
+                force,
+            });
+            let response = waiting(message, call).await?.into_inner();
             print_json(&json!({ "deleted_keys": response.deleted_keys }));
             Ok(ExitCode::SUCCESS)
         }

@@ -10,6 +10,7 @@ use std::process::ExitCode;
 use clap::{Args, Subcommand};
 
 use super::error::CliError;
+use super::output::waiting;
 use super::{CliChannel, ConnectArgs};
 use crate::api::convert::{json_from_proto, json_to_proto};
 use crate::proto::v1 as pb;
@@ -133,14 +134,14 @@ async fn execute(args: CacheArgs) -> Result<ExitCode, CliError> {
             expected_keys,
         } => {
             let dry_run = expected_keys.is_none();
-            let response = client
-                .purge(pb::PurgeRequest {
-                    prefix,
-                    expected_keys,
-                    dry_run,
-                })
-                .await?
-                .into_inner();
+            let verb = if dry_run { "counting" } else { "purging" };
+            let message = format!("{verb} cached keys under {prefix:?}");
+            let call = client.purge(pb::PurgeRequest {
+                prefix,
+                expected_keys,
+                dry_run,
+            });
+            let response = waiting(message, call).await?.into_inner();
             if dry_run {
                 println!(
                     "{}",

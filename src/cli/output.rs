@@ -97,3 +97,23 @@ mod tests {
         );
     }
 }
+
+/// Runs `call`, a long unary call that reports no progress of its own
+/// (`admin backup`, `admin drop-namespace`, `cache purge`), with a spinner,
+/// the message and the time taken on stderr while it waits: only when stderr
+/// is a terminal, so pipes, logs and tests see clean output.
+pub async fn waiting<F: std::future::Future>(message: String, call: F) -> F::Output {
+    use std::io::IsTerminal;
+    if !std::io::stderr().is_terminal() {
+        return call.await;
+    }
+    let spinner = indicatif::ProgressBar::new_spinner().with_style(
+        indicatif::ProgressStyle::with_template("{spinner} {msg} [{elapsed_precise}]")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+    );
+    spinner.set_message(message);
+    spinner.enable_steady_tick(std::time::Duration::from_millis(120));
+    let output = call.await;
+    spinner.finish_and_clear();
+    output
+}
