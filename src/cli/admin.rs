@@ -12,7 +12,7 @@ use clap::{Args, Subcommand};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::{json, Value};
 
-use super::error::CliError;
+use super::error::{CliError, EXIT_OTHER};
 use super::output::{print_rows, waiting, OutputFormat};
 use super::ConnectArgs;
 use crate::proto::v1 as pb;
@@ -102,8 +102,8 @@ enum StatsOutput {
     Table,
 }
 
-/// Runs a `tierkv admin` command; exit code 0 on success, 1 when a migration
-/// left records it could not migrate, 2 on errors.
+/// Runs a `tierkv admin` command; exit codes as in [`super::EXIT_CODES`]
+/// (6 when a migration left records it could not migrate).
 pub async fn run(args: AdminArgs) -> ExitCode {
     match execute(args).await {
         Ok(code) => code,
@@ -329,14 +329,18 @@ async fn migrate(
     }
     bar.finish();
     let Some(state) = last else {
-        return Err("the server ended the migration without reporting progress".into());
+        return Err(CliError::Incomplete(
+            "the server ended the migration without reporting progress".into(),
+        ));
     };
     print_json(&state_json(&state));
     if !state.done {
-        return Err("the migration stopped before the end; run the command again to resume".into());
+        return Err(CliError::Incomplete(
+            "the migration stopped before the end; run the command again to resume".into(),
+        ));
     }
     Ok(if state.failed > 0 {
-        ExitCode::from(1)
+        ExitCode::from(EXIT_OTHER)
     } else {
         ExitCode::SUCCESS
     })

@@ -74,7 +74,8 @@ enum CacheCommand {
 }
 
 /// Runs a `tierkv cache` command; exit code 0 on success, 1 when there is no
-/// value (a miss, or NOT_FOUND from an origin), 2 on errors.
+/// value (a miss, or NOT_FOUND from an origin), the others as in
+/// [`super::EXIT_CODES`].
 pub async fn run(args: CacheArgs) -> ExitCode {
     match execute(args).await {
         Ok(code) => code,

@@ -27,7 +27,8 @@ pub const EXIT_UNAVAILABLE: u8 = 4;
 /// PERMISSION_DENIED).
 pub const EXIT_PERMISSION: u8 = 5;
 /// Exit code: any other server error (INTERNAL, DATA_LOSS, UNIMPLEMENTED,
-/// UNKNOWN), and output that cannot be written.
+/// UNKNOWN), output that cannot be written, and a migration that left
+/// records it could not migrate.
 pub const EXIT_OTHER: u8 = 6;
 
 /// The exit code table, as `tierkv --help` prints it after the commands.
@@ -37,9 +38,11 @@ Exit codes of the client commands (kv, session, admin, cache):
   1  not found: the key, session or migration does not exist (NOT_FOUND, a get miss)
   2  invalid input: bad arguments, or the server's INVALID_ARGUMENT / OUT_OF_RANGE
   3  precondition failed: ABORTED (--if-version, --if-absent), FAILED_PRECONDITION, ALREADY_EXISTS
-  4  unavailable: cannot connect, UNAVAILABLE, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED, CANCELLED; retry later
+  4  unavailable: cannot connect, UNAVAILABLE, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED, CANCELLED,
+     or a migration that stopped before the end; retry later
   5  permission: UNAUTHENTICATED, PERMISSION_DENIED
-  6  other: INTERNAL, DATA_LOSS, UNIMPLEMENTED, UNKNOWN, or output that cannot be written";
+  6  other: INTERNAL, DATA_LOSS, UNIMPLEMENTED, UNKNOWN, output that cannot be written,
+     or a migration that left records it could not migrate";
 
 /// A failure of a client command.
 #[derive(Debug)]
@@ -52,6 +55,9 @@ pub enum CliError {
     Connect(String),
     /// The output could not be written (a closed pipe, a full disk).
     Output(String),
+    /// A long operation ended before it was done; running the command again
+    /// resumes it.
+    Incomplete(String),
 }
 
 impl CliError {
@@ -59,7 +65,7 @@ impl CliError {
     pub fn exit_code(&self) -> u8 {
         match self {
             CliError::Usage(_) => EXIT_INVALID,
-            CliError::Connect(_) => EXIT_UNAVAILABLE,
+            CliError::Connect(_) | CliError::Incomplete(_) => EXIT_UNAVAILABLE,
             CliError::Output(_) => EXIT_OTHER,
             CliError::Rpc(status) => code_exit(status.code()),
         }
@@ -93,6 +99,7 @@ impl std::fmt::Display for CliError {
             CliError::Usage(message) => write!(f, "{message}"),
             CliError::Connect(message) => write!(f, "cannot connect: {message}"),
             CliError::Output(message) => write!(f, "cannot write output: {message}"),
+            CliError::Incomplete(message) => write!(f, "{message}"),
             CliError::Rpc(status) => write!(f, "{}", describe(status)),
         }
     }

@@ -112,7 +112,7 @@ enum SessionCommand {
 }
 
 /// Runs a `tierkv session` command; exit code 0 on success, 1 when no
-/// session matched, 2 on errors.
+/// session matched, the others as in [`super::EXIT_CODES`].
 pub async fn run(args: SessionArgs) -> ExitCode {
     match execute(args).await {
         Ok(code) => code,

@@ -176,7 +176,8 @@ pub(super) enum TypeArg {
     Bytes,
 }
 
-/// Runs a `tierkv kv` command; exit code 0 on success, 1 on a miss, 2 on errors.
+/// Runs a `tierkv kv` command; exit code 0 on success, 1 on a miss, the
+/// others as in [`super::EXIT_CODES`].
 pub async fn run(args: KvArgs) -> ExitCode {
     match execute(args).await {
         Ok(code) => code,
