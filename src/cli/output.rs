@@ -80,24 +80,6 @@ fn cell(value: &Value) -> String {
         .collect()
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use serde_json::json;
-
-    #[test]
-    fn table_aligns_columns_and_keeps_rows_on_one_line() {
-        let rows = [
-            json!({"key": "a", "value": "x\ny", "version": 3}),
-            json!({"key": "longer", "value": null, "version": 12}),
-        ];
-        assert_eq!(
-            table(&["key", "version", "value"], &rows),
-            "KEY     VERSION  VALUE\na       3        x\\ny\nlonger  12       -\n"
-        );
-    }
-}
-
 /// Runs `call`, a long unary call that reports no progress of its own
 /// (`admin backup`, `admin drop-namespace`, `cache purge`), with a spinner,
 /// the message and the time taken on stderr while it waits: only when stderr
@@ -116,4 +98,22 @@ pub async fn waiting<F: std::future::Future>(message: String, call: F) -> F::Out
     let output = call.await;
     spinner.finish_and_clear();
     output
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn table_aligns_columns_and_keeps_rows_on_one_line() {
+        let rows = [
+            json!({"key": "a", "value": "x\ny", "version": 3}),
+            json!({"key": "longer", "value": null, "version": 12}),
+        ];
+        assert_eq!(
+            table(&["key", "version", "value"], &rows),
+            "KEY     VERSION  VALUE\na       3        x\\ny\nlonger  12       -\n"
+        );
+    }
 }
