@@ -316,6 +316,10 @@ async fn list_pages_with_limit_and_cursor() {
     let all = kv(endpoint, &["list", "--prefix", "page:", "--keys-only"]).await;
     assert_eq!(all.stdout(), "page:0\npage:1\npage:2\npage:3\npage:4\n");
     assert!(!all.stderr.contains("cursor"), "{}", all.stderr);
+    for limit in ["0", "1001"] {
+        let refused = kv(endpoint, &["list", "--limit", limit]).await;
+        assert_eq!(refused.code, 2, "--limit {limit}: {}", refused.stderr);
+    }
     let none = kv(endpoint, &["list", "--prefix", "nothing:"]).await;
     let none: Vec<serde_json::Value> = serde_json::from_slice(&none.stdout).unwrap();
     assert!(none.is_empty());

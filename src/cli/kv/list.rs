@@ -43,11 +43,11 @@ pub(super) async fn list(
     paging: Paging,
     keys_only: bool,
 ) -> Result<ExitCode, CliError> {
-    let page_size = match paging.limit {
-        Some(limit) => i32::try_from(limit)
-            .map_err(|_| CliError::Usage(format!("--limit {limit} is above 1000")))?,
-        None => 0,
-    };
+    // clap keeps --limit within 1 to 1000; 0 asks for the server's default.
+    let page_size = paging
+        .limit
+        .map_or(Ok(0), i32::try_from)
+        .map_err(|_| CliError::Usage("--limit is above 1000".into()))?;
     let mut stdout = std::io::stdout().lock();
     let output = |error: std::io::Error| CliError::Output(error.to_string());
     let mut page_token = paging.cursor;

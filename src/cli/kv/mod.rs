@@ -130,7 +130,7 @@ enum KvCommand {
         #[arg(long, default_value = "")]
         prefix: String,
         /// One page of at most this many keys (1 to 1000).
-        #[arg(long)]
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1000))]
         limit: Option<u32>,
         /// Continue from the cursor a previous page printed.
         #[arg(long)]
