@@ -326,25 +326,18 @@ async fn list_pages_with_limit_and_cursor() {
     server.stop().await;
 }
 
-/// `kv list` prints each page as it arrives: with its stdout unread (the pipe
-/// full of the first page), the server stops; the listing then ends with
-/// exit code 4, and the keys of the first page were printed. A listing
-/// collected before printing would have read every page first and exited 0.
-#[tokio::test]
-async fn list_streams_page_by_page() {
-    let server = start().await;
-    let endpoint = server.server.endpoint();
-    // 2,500 keys with 200 bytes of metadata each: a page (1,000 keys) prints
-    // about 250 KB, more than a pipe holds.
-    let metadata = format!(r#"{{"pad":"{}"}}"#, "x".repeat(200));
+/// Writes `count` keys `{prefix}{index:05}` with 200 bytes of metadata each.
+async fn write_padded_keys(server: &TestServer, prefix: &str, count: usize) {
+    let metadata: serde_json::Value =
+        serde_json::from_str(&format!(r#"{{"pad":"{}"}}"#, "x".repeat(200))).unwrap();
     let mut client = server.client.clone();
-    for chunk in 0..25 {
-        let mutations = (0..100)
+    let keys: Vec<usize> = (0..count).collect();
+    for chunk in keys.chunks(100) {
+        let mutations = chunk
+            .iter()
             .map(|index| {
-                let mut request = put_text(&format!("stream:{:05}", chunk * 100 + index), "v");
-                request.metadata = Some(tierkv::api::convert::json_to_proto(
-                    serde_json::from_str(&metadata).unwrap(),
-                ));
+                let mut request = put_text(&format!("{prefix}{index:05}"), "v");
+                request.metadata = Some(tierkv::api::convert::json_to_proto(metadata.clone()));
                 tierkv::proto::v1::Mutation {
                     operation: Some(tierkv::proto::v1::mutation::Operation::Put(request)),
                 }
@@ -355,6 +348,54 @@ async fn list_streams_page_by_page() {
             .await
             .unwrap();
     }
+}
+
+/// `kv list | head`: when the reader closes the pipe, the listing stops with
+/// exit code 6 and no error message (the reader stopped on purpose).
+#[tokio::test]
+async fn list_into_a_closed_pipe_stops_quietly() {
+    let server = start().await;
+    let endpoint = server.server.endpoint();
+    write_padded_keys(&server, "head:", 2_500).await;
+    let (code, stderr) = tokio::task::spawn_blocking(move || {
+        let mut child = Command::new(binary())
+            .args(["kv", "list", "--prefix", "head:"])
+            .env("TIERKV_ENDPOINT", &endpoint)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run tierkv");
+        let mut stdout = child.stdout.take().unwrap();
+        let mut start = [0u8; 64];
+        stdout.read_exact(&mut start).unwrap();
+        drop(stdout);
+        let mut stderr = String::new();
+        child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut stderr)
+            .unwrap();
+        (child.wait().unwrap().code(), stderr)
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, Some(6), "{stderr}");
+    assert!(stderr.is_empty(), "{stderr}");
+    server.stop().await;
+}
+
+/// `kv list` prints each page as it arrives: with its stdout unread (the pipe
+/// full of the first page), the server stops; the listing then ends with
+/// exit code 4, and the keys of the first page were printed. A listing
+/// collected before printing would have read every page first and exited 0.
+#[tokio::test]
+async fn list_streams_page_by_page() {
+    let server = start().await;
+    let endpoint = server.server.endpoint();
+    // 2,500 keys with 200 bytes of metadata each: a page (1,000 keys) prints
+    // about 250 KB, more than a pipe holds.
+    write_padded_keys(&server, "stream:", 2_500).await;
     let mut child = Command::new(binary())
         .args(["kv", "list", "--prefix", "stream:"])
         .env("TIERKV_ENDPOINT", &endpoint)

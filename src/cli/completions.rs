@@ -35,6 +35,6 @@ pub fn print(shell: Shell) -> ExitCode {
     clap_complete::generate(shell, &mut command, "tierkv", &mut script);
     match std::io::stdout().lock().write_all(&script) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(error) => CliError::Output(error.to_string()).report(),
+        Err(error) => CliError::Output(error).report(),
     }
 }

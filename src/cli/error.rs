@@ -54,7 +54,7 @@ pub enum CliError {
     /// The server could not be reached.
     Connect(String),
     /// The output could not be written (a closed pipe, a full disk).
-    Output(String),
+    Output(std::io::Error),
     /// A long operation ended before it was done; running the command again
     /// resumes it.
     Incomplete(String),
@@ -71,9 +71,14 @@ impl CliError {
         }
     }
 
-    /// Prints the failure on stderr and returns its exit code.
+    /// Prints the failure on stderr and returns its exit code. A reader
+    /// that closed the pipe (`tierkv kv list | head`) stopped on purpose:
+    /// the exit code says it, with no message.
     pub fn report(&self) -> ExitCode {
-        eprintln!("error: {self}");
+        let closed_pipe = matches!(self, CliError::Output(error) if error.kind() == std::io::ErrorKind::BrokenPipe);
+        if !closed_pipe {
+            eprintln!("error: {self}");
+        }
         ExitCode::from(self.exit_code())
     }
 }

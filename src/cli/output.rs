@@ -27,7 +27,7 @@ pub fn print_rows(format: OutputFormat, columns: &[&str], rows: &[Value]) -> Res
             .and_then(|()| writeln!(stdout)),
         OutputFormat::Table => stdout.write_all(table(columns, rows).as_bytes()),
     };
-    written.map_err(|error| CliError::Output(error.to_string()))
+    written.map_err(CliError::Output)
 }
 
 /// The table of `rows`: a header of the column names, then one line per

@@ -45,7 +45,7 @@ pub(super) async fn get(
         return Ok(ExitCode::from(EXIT_NOT_FOUND));
     }
     let mut stdout = std::io::stdout().lock();
-    let write_error = |error: std::io::Error| CliError::Output(error.to_string());
+    let write_error = CliError::Output;
     if json {
         let mut object = result_json(response)?;
         // `kv get` has always printed these members, and no `found`.

@@ -49,7 +49,7 @@ pub(super) async fn list(
         .map_or(Ok(0), i32::try_from)
         .map_err(|_| CliError::Usage("--limit is above 1000".into()))?;
     let mut stdout = std::io::stdout().lock();
-    let output = |error: std::io::Error| CliError::Output(error.to_string());
+    let output = CliError::Output;
     let mut page_token = paging.cursor;
     let mut first = true;
     if !keys_only {
@@ -82,7 +82,7 @@ pub(super) async fn list(
             first = false;
             stdout.write_all(separator).map_err(output)?;
             serde_json::to_writer(&mut stdout, &listed)
-                .map_err(|error| CliError::Output(error.to_string()))?;
+                .map_err(|error| CliError::Output(error.into()))?;
         }
         // The page goes out before the next is asked for.
         stdout.flush().map_err(output)?;
