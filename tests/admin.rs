@@ -374,8 +374,9 @@ async fn cli_admin_commands() {
     let endpoint = server.server.endpoint();
 
     let dry = admin_cli(&endpoint, &["migrate", "user:", "--dry-run"]).await;
+    // Exit code 6 (docs/cli.md): a record could not be migrated.
     assert_eq!(
-        dry.code, 1,
+        dry.code, 6,
         "a record could not be migrated: {}",
         dry.stderr
     );
@@ -434,7 +435,8 @@ async fn cli_admin_commands() {
         .any(|ns| ns["prefix"] == "session:" && ns["owner"] == "tierkv.v1.SessionService"));
 
     let unconfirmed = admin_cli(&endpoint, &["drop-namespace", "user:"]).await;
-    assert_eq!(unconfirmed.code, 2);
+    // FAILED_PRECONDITION: exit code 3 (docs/cli.md).
+    assert_eq!(unconfirmed.code, 3, "{}", unconfirmed.stderr);
     assert!(
         unconfirmed.stderr.contains("holds 21 live keys"),
         "{}",
@@ -452,7 +454,7 @@ async fn cli_admin_commands() {
 
     // The default namespace needs --force on top of the count.
     let unforced = admin_cli(&endpoint, &["drop-namespace", "", "--expected-keys", "0"]).await;
-    assert_eq!(unforced.code, 2);
+    assert_eq!(unforced.code, 3, "{}", unforced.stderr);
     assert!(unforced.stderr.contains("--force"), "{}", unforced.stderr);
     let forced = admin_cli(
         &endpoint,

@@ -391,9 +391,12 @@ async fn cache_commands() {
     );
     assert_eq!(cache(endpoint, &["get", "cache:j"]).await.code, 0);
     let wrong = cache(endpoint, &["purge", "cache:", "--expected-keys", "2"]).await;
-    assert_eq!(wrong.code, 2);
+    // FAILED_PRECONDITION: exit code 3, with the ErrorInfo reason rendered.
+    assert_eq!(wrong.code, 3, "{}", wrong.stderr);
     assert!(
-        wrong.stderr.contains("expected_keys = 1"),
+        wrong.stderr.contains("expected_keys = 1")
+            && wrong.stderr.contains("[FAILED_PRECONDITION]")
+            && wrong.stderr.contains("reason: EXPECTED_KEYS_MISMATCH"),
         "{}",
         wrong.stderr
     );

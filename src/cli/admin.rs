@@ -12,7 +12,9 @@ use clap::{Args, Subcommand};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::{json, Value};
 
-use super::{describe, ConnectArgs};
+use super::error::{CliError, EXIT_OTHER};
+use super::output::{print_rows, waiting, OutputFormat};
+use super::ConnectArgs;
 use crate::proto::v1 as pb;
 use pb::admin_service_client::AdminServiceClient;
 
@@ -48,7 +50,11 @@ enum AdminCommand {
         prefix: String,
     },
     /// Print every namespace with its estimated key count and size.
-    Namespaces,
+    Namespaces {
+        /// `json` (the default) or `table`.
+        #[arg(long, value_enum, default_value_t = OutputFormat::Json)]
+        output: OutputFormat,
+    },
     /// Delete every key of a namespace. Without --expected-keys, prints how
     /// many live keys it holds and deletes nothing.
     DropNamespace {
@@ -68,8 +74,12 @@ enum AdminCommand {
         /// Only metrics whose name starts with this (e.g. tierkv_rpc_).
         #[arg(long, default_value = "")]
         prefix: String,
-        /// Print JSON samples instead of the Prometheus text.
-        #[arg(long)]
+        /// `text`: the Prometheus text; `json`: an array of samples;
+        /// `table`: one line per sample.
+        #[arg(long, value_enum, default_value_t = StatsOutput::Text)]
+        output: StatsOutput,
+        /// The same as `--output json`.
+        #[arg(long, conflicts_with = "output")]
         json: bool,
     },
     /// Write a consistent copy of the whole store, while serving, into the
@@ -81,19 +91,27 @@ enum AdminCommand {
     },
 }
 
-/// Runs a `tierkv admin` command; exit code 0 on success, 1 when a migration
-/// left records it could not migrate, 2 on errors.
+/// How `admin stats` prints the figures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum StatsOutput {
+    /// The Prometheus text exposition, as /metrics serves it.
+    Text,
+    /// An array of `{name, labels, value}` samples.
+    Json,
+    /// One aligned line per sample.
+    Table,
+}
+
+/// Runs a `tierkv admin` command; exit codes as in [`super::EXIT_CODES`]
+/// (6 when a migration left records it could not migrate).
 pub async fn run(args: AdminArgs) -> ExitCode {
     match execute(args).await {
         Ok(code) => code,
-        Err(message) => {
-            eprintln!("error: {message}");
-            ExitCode::from(2)
-        }
+        Err(error) => error.report(),
     }
 }
 
-async fn execute(args: AdminArgs) -> Result<ExitCode, String> {
+async fn execute(args: AdminArgs) -> Result<ExitCode, CliError> {
     let mut client = args.connect.client().await?.admin();
     match args.command {
         AdminCommand::Migrate {
@@ -105,13 +123,12 @@ async fn execute(args: AdminArgs) -> Result<ExitCode, String> {
         AdminCommand::Migration { prefix } => {
             let state = client
                 .get_migration(pb::GetMigrationRequest { prefix })
-                .await
-                .map_err(|status| describe(&status))?
+                .await?
                 .into_inner();
             print_json(&state_json(&state));
             Ok(ExitCode::SUCCESS)
         }
-        AdminCommand::Namespaces => {
+        AdminCommand::Namespaces { output } => {
             let namespaces = namespaces(&mut client).await?;
             let list: Vec<Value> = namespaces
                 .iter()
@@ -125,18 +142,36 @@ async fn execute(args: AdminArgs) -> Result<ExitCode, String> {
                     })
                 })
                 .collect();
-            print_json(&Value::Array(list));
+            print_rows(
+                output,
+                &[
+                    "prefix",
+                    "column_family",
+                    "estimated_keys",
+                    "estimated_live_bytes",
+                    "owner",
+                ],
+                &list,
+            )?;
             Ok(ExitCode::SUCCESS)
         }
-        AdminCommand::Stats { prefix, json } => {
+        AdminCommand::Stats {
+            prefix,
+            output,
+            json,
+        } => {
             let response = client
                 .stats(pb::StatsRequest {
                     name_prefix: prefix.clone(),
                 })
-                .await
-                .map_err(|status| describe(&status))?
+                .await?
                 .into_inner();
-            if json {
+            let format = match (json, output) {
+                (true, _) | (false, StatsOutput::Json) => Some(OutputFormat::Json),
+                (false, StatsOutput::Table) => Some(OutputFormat::Table),
+                (false, StatsOutput::Text) => None,
+            };
+            if let Some(format) = format {
                 let samples: Vec<Value> = response
                     .samples
                     .iter()
@@ -148,7 +183,7 @@ async fn execute(args: AdminArgs) -> Result<ExitCode, String> {
                         })
                     })
                     .collect();
-                print_json(&Value::Array(samples));
+                print_rows(format, &["name", "labels", "value"], &samples)?;
             } else {
                 // The text, limited to the metrics asked for (and their comments).
                 for line in response.text.lines() {
@@ -164,12 +199,11 @@ async fn execute(args: AdminArgs) -> Result<ExitCode, String> {
             Ok(ExitCode::SUCCESS)
         }
         AdminCommand::Backup { name } => {
-            let response = client
-                .backup(pb::BackupRequest {
-                    name: name.unwrap_or_default(),
-                })
-                .await
-                .map_err(|status| describe(&status))?
+            let call = client.backup(pb::BackupRequest {
+                name: name.unwrap_or_default(),
+            });
+            let response = waiting("backing up the store".to_string(), call)
+                .await?
                 .into_inner();
             let took_ms = response
                 .took
@@ -188,15 +222,16 @@ async fn execute(args: AdminArgs) -> Result<ExitCode, String> {
             expected_keys,
             force,
         } => {
-            let response = client
-                .drop_namespace(pb::DropNamespaceRequest {
-                    prefix,
-                    expected_keys,
-                    force,
-                })
-                .await
-                .map_err(|status| describe(&status))?
-                .into_inner();
+            let message = match expected_keys {
+                Some(_) => format!("dropping namespace {prefix:?}"),
+                None => format!("counting the keys of namespace {prefix:?}"),
+            };
+            let call = client.drop_namespace(pb::DropNamespaceRequest {
+                prefix,
+                expected_keys,
+                force,
+            });
+            let response = waiting(message, call).await?.into_inner();
             print_json(&json!({ "deleted_keys": response.deleted_keys }));
             Ok(ExitCode::SUCCESS)
         }
@@ -205,11 +240,10 @@ async fn execute(args: AdminArgs) -> Result<ExitCode, String> {
 
 async fn namespaces(
     client: &mut AdminServiceClient<Channel>,
-) -> Result<Vec<pb::Namespace>, String> {
+) -> Result<Vec<pb::Namespace>, CliError> {
     Ok(client
         .list_namespaces(pb::ListNamespacesRequest {})
-        .await
-        .map_err(|status| describe(&status))?
+        .await?
         .into_inner()
         .namespaces)
 }
@@ -220,7 +254,7 @@ async fn migrate(
     dry_run: bool,
     batch_size: u32,
     rate: Option<u32>,
-) -> Result<ExitCode, String> {
+) -> Result<ExitCode, CliError> {
     // A bar with a length when the prefix is a whole namespace, whose size is
     // estimated; a spinner with counts otherwise.
     let estimate = namespaces(client)
@@ -254,8 +288,7 @@ async fn migrate(
             batch_size,
             max_records_per_second: rate,
         })
-        .await
-        .map_err(|status| describe(&status))?
+        .await?
         .into_inner();
     let mut last: Option<pb::MigrationState> = None;
     loop {
@@ -264,7 +297,7 @@ async fn migrate(
             Ok(None) => break,
             Err(status) => {
                 bar.abandon();
-                return Err(describe(&status));
+                return Err(status.into());
             }
         };
         for failure in &message.failures {
@@ -296,14 +329,18 @@ async fn migrate(
     }
     bar.finish();
     let Some(state) = last else {
-        return Err("the server ended the migration without reporting progress".into());
+        return Err(CliError::Incomplete(
+            "the server ended the migration without reporting progress".into(),
+        ));
     };
     print_json(&state_json(&state));
     if !state.done {
-        return Err("the migration stopped before the end; run the command again to resume".into());
+        return Err(CliError::Incomplete(
+            "the migration stopped before the end; run the command again to resume".into(),
+        ));
     }
     Ok(if state.failed > 0 {
-        ExitCode::from(1)
+        ExitCode::from(EXIT_OTHER)
     } else {
         ExitCode::SUCCESS
     })

@@ -9,7 +9,9 @@ use std::process::ExitCode;
 
 use clap::{Args, Subcommand};
 
-use super::{describe, CliChannel, ConnectArgs};
+use super::error::CliError;
+use super::output::waiting;
+use super::{CliChannel, ConnectArgs};
 use crate::api::convert::{json_from_proto, json_to_proto};
 use crate::proto::v1 as pb;
 use pb::cache_service_client::CacheServiceClient;
@@ -72,14 +74,12 @@ enum CacheCommand {
 }
 
 /// Runs a `tierkv cache` command; exit code 0 on success, 1 when there is no
-/// value (a miss, or NOT_FOUND from an origin), 2 on errors.
+/// value (a miss, or NOT_FOUND from an origin), the others as in
+/// [`super::EXIT_CODES`].
 pub async fn run(args: CacheArgs) -> ExitCode {
     match execute(args).await {
         Ok(code) => code,
-        Err(message) => {
-            eprintln!("error: {message}");
-            ExitCode::from(2)
-        }
+        Err(error) => error.report(),
     }
 }
 
@@ -90,7 +90,7 @@ fn seconds(value: u64) -> prost_types::Duration {
     }
 }
 
-async fn execute(args: CacheArgs) -> Result<ExitCode, String> {
+async fn execute(args: CacheArgs) -> Result<ExitCode, CliError> {
     let mut client = args.connect.client().await?.cache();
     match args.command {
         CacheCommand::Get { key, timeout } => get(&mut client, key, timeout).await,
@@ -117,8 +117,7 @@ async fn execute(args: CacheArgs) -> Result<ExitCode, String> {
                     memory_ttl: memory_ttl.map(seconds),
                     store_ttl: ttl.map(seconds),
                 })
-                .await
-                .map_err(|status| describe(&status))?
+                .await?
                 .into_inner();
             println!("{}", serde_json::json!({ "version": response.version }));
             Ok(ExitCode::SUCCESS)
@@ -126,8 +125,7 @@ async fn execute(args: CacheArgs) -> Result<ExitCode, String> {
         CacheCommand::Invalidate { key } => {
             let response = client
                 .invalidate(pb::InvalidateRequest { key })
-                .await
-                .map_err(|status| describe(&status))?
+                .await?
                 .into_inner();
             println!("{}", serde_json::json!({ "existed": response.existed }));
             Ok(ExitCode::SUCCESS)
@@ -137,15 +135,14 @@ async fn execute(args: CacheArgs) -> Result<ExitCode, String> {
             expected_keys,
         } => {
             let dry_run = expected_keys.is_none();
-            let response = client
-                .purge(pb::PurgeRequest {
-                    prefix,
-                    expected_keys,
-                    dry_run,
-                })
-                .await
-                .map_err(|status| describe(&status))?
-                .into_inner();
+            let verb = if dry_run { "counting" } else { "purging" };
+            let message = format!("{verb} cached keys under {prefix:?}");
+            let call = client.purge(pb::PurgeRequest {
+                prefix,
+                expected_keys,
+                dry_run,
+            });
+            let response = waiting(message, call).await?.into_inner();
             if dry_run {
                 println!(
                     "{}",
@@ -184,7 +181,7 @@ async fn get(
     client: &mut CacheServiceClient<CliChannel>,
     key: String,
     timeout: Option<f64>,
-) -> Result<ExitCode, String> {
+) -> Result<ExitCode, CliError> {
     let mut request = tonic::Request::new(pb::CacheGetRequest {
         key: key.clone(),
         r#type: 0,
@@ -200,7 +197,7 @@ async fn get(
             eprintln!("{key:?} not found at its origin");
             return Ok(ExitCode::from(1));
         }
-        Err(status) => return Err(describe(&status)),
+        Err(status) => return Err(status.into()),
     };
     if !response.found {
         eprintln!("{key:?} not found");

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use clap::Args;
 use tierkv_client::{Client, ConnectOptions};
 
+use super::error::CliError;
 use super::DEFAULT_ENDPOINT;
 
 // The clients of the commands ([`tierkv_client::Client`]) encode and decode
@@ -14,24 +15,46 @@ use super::DEFAULT_ENDPOINT;
 // is readable.
 const _: () = assert!(tierkv_client::MAX_MESSAGE_SIZE == crate::kv::limits::MAX_MESSAGE_BYTES);
 
-/// The connection options every client command shares.
+/// The connection options every client command shares, listed in `--help`
+/// under their own heading, after the command's own options.
 #[derive(Debug, Clone, Args)]
 pub struct ConnectArgs {
     /// The server to talk to; `https://` for TLS.
-    #[arg(long, global = true, env = "TIERKV_ENDPOINT", default_value = DEFAULT_ENDPOINT)]
+    #[arg(long, global = true, help_heading = "Connection options", env = "TIERKV_ENDPOINT", default_value = DEFAULT_ENDPOINT)]
     pub endpoint: String,
     /// PEM CA certificate(s) to verify an `https://` server with, instead of the system roots.
-    #[arg(long, global = true, env = "TIERKV_CA_FILE")]
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Connection options",
+        env = "TIERKV_CA_FILE"
+    )]
     pub ca_file: Option<PathBuf>,
     /// PEM client certificate, for a server that requires mutual TLS.
-    #[arg(long, global = true, env = "TIERKV_CLIENT_CERT_FILE")]
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Connection options",
+        env = "TIERKV_CLIENT_CERT_FILE"
+    )]
     pub client_cert_file: Option<PathBuf>,
     /// PEM private key of `--client-cert-file`.
-    #[arg(long, global = true, env = "TIERKV_CLIENT_KEY_FILE")]
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Connection options",
+        env = "TIERKV_CLIENT_KEY_FILE"
+    )]
     pub client_key_file: Option<PathBuf>,
     /// Bearer token, for a server with `[auth]` tokens (prefer the variable:
     /// arguments show in process listings).
-    #[arg(long, global = true, env = "TIERKV_TOKEN", hide_env_values = true)]
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Connection options",
+        env = "TIERKV_TOKEN",
+        hide_env_values = true
+    )]
     pub token: Option<String>,
 }
 
@@ -45,11 +68,11 @@ fn read(path: &Path) -> Result<Vec<u8>, String> {
 
 impl ConnectArgs {
     /// A connected client of the endpoint, carrying the token if any.
-    pub async fn client(&self) -> Result<Client, String> {
-        let options = self.options()?;
+    pub async fn client(&self) -> Result<Client, CliError> {
+        let options = self.options().map_err(CliError::Usage)?;
         Client::connect(options)
             .await
-            .map_err(|error| error.to_string())
+            .map_err(|error| CliError::Connect(error.to_string()))
     }
 
     /// The connection options the arguments describe, with the files read.

@@ -5,11 +5,15 @@
 
 mod admin;
 mod cache;
+mod completions;
 mod connect;
+mod error;
 mod kv;
+mod output;
 mod session;
 
 pub use connect::{CliChannel, ConnectArgs};
+pub use error::{CliError, EXIT_CODES};
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -27,7 +31,7 @@ pub const DEFAULT_ENDPOINT: &str = "http://127.0.0.1:50051";
 
 /// tierkv: a gRPC key-value store over RocksDB.
 #[derive(Debug, Parser)]
-#[command(name = "tierkv", version, about)]
+#[command(name = "tierkv", version, about, after_help = EXIT_CODES)]
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -48,6 +52,12 @@ enum Command {
     /// Make tokens for `[[auth.tokens]]`.
     #[command(subcommand)]
     Auth(AuthCommand),
+    /// Print the shell completion script of bash, zsh or fish.
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: completions::Shell,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -100,6 +110,7 @@ pub async fn main() -> ExitCode {
         Command::Admin(args) => admin::run(args).await,
         Command::Auth(command) => auth(command),
         Command::Cache(args) => cache::run(args).await,
+        Command::Completions { shell } => completions::print(shell),
     }
 }
 
@@ -193,20 +204,4 @@ fn auth(command: AuthCommand) -> ExitCode {
             ExitCode::SUCCESS
         }
     }
-}
-
-/// A failed call as the client commands print it: the code and message, and
-/// each field violation of a `google.rpc.BadRequest`.
-fn describe(status: &tonic::Status) -> String {
-    use tonic_types::StatusExt;
-    let mut text = format!("{:?}: {}", status.code(), status.message());
-    if let Some(bad_request) = status.get_details_bad_request() {
-        for violation in bad_request.field_violations {
-            text.push_str(&format!(
-                "\n  {}: {}",
-                violation.field, violation.description
-            ));
-        }
-    }
-    text
 }

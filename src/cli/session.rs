@@ -12,7 +12,9 @@ use super::CliChannel as Channel;
 use clap::{Args, Subcommand};
 use serde_json::{json, Map, Value};
 
-use super::{describe, ConnectArgs};
+use super::error::CliError;
+use super::output::{print_rows, OutputFormat};
+use super::ConnectArgs;
 use crate::api::convert::{json_from_proto, json_to_proto};
 use crate::proto::v1 as pb;
 use pb::session_service_client::SessionServiceClient;
@@ -91,10 +93,13 @@ enum SessionCommand {
         #[arg(long)]
         id: bool,
     },
-    /// Print a user's live sessions as a JSON array (no tokens).
+    /// Print a user's live sessions as a JSON array (no tokens), or a table.
     List {
         /// The user.
         user_id: String,
+        /// `json` (the default) or `table`.
+        #[arg(long, value_enum, default_value_t = OutputFormat::Json)]
+        output: OutputFormat,
     },
     /// End every session of a user.
     RevokeAll {
@@ -107,14 +112,11 @@ enum SessionCommand {
 }
 
 /// Runs a `tierkv session` command; exit code 0 on success, 1 when no
-/// session matched, 2 on errors.
+/// session matched, the others as in [`super::EXIT_CODES`].
 pub async fn run(args: SessionArgs) -> ExitCode {
     match execute(args).await {
         Ok(code) => code,
-        Err(message) => {
-            eprintln!("error: {message}");
-            ExitCode::from(2)
-        }
+        Err(error) => error.report(),
     }
 }
 
@@ -209,7 +211,9 @@ fn print(value: &Value) -> Result<(), String> {
 }
 
 /// A session answer: printed, or exit code 1 for NOT_FOUND.
-fn answer(result: Result<tonic::Response<pb::Session>, tonic::Status>) -> Result<ExitCode, String> {
+fn answer(
+    result: Result<tonic::Response<pb::Session>, tonic::Status>,
+) -> Result<ExitCode, CliError> {
     match result {
         Ok(response) => {
             print(&session_json(response.into_inner()))?;
@@ -219,11 +223,11 @@ fn answer(result: Result<tonic::Response<pb::Session>, tonic::Status>) -> Result
             eprintln!("{}", status.message());
             Ok(ExitCode::from(1))
         }
-        Err(status) => Err(describe(&status)),
+        Err(status) => Err(status.into()),
     }
 }
 
-async fn execute(args: SessionArgs) -> Result<ExitCode, String> {
+async fn execute(args: SessionArgs) -> Result<ExitCode, CliError> {
     let mut client: SessionServiceClient<Channel> = args.connect.client().await?.session();
     match args.command {
         SessionCommand::Create {
@@ -283,8 +287,7 @@ async fn execute(args: SessionArgs) -> Result<ExitCode, String> {
                 .revoke(pb::RevokeSessionRequest {
                     session: Some(session),
                 })
-                .await
-                .map_err(|status| describe(&status))?
+                .await?
                 .into_inner();
             print(&json!({ "revoked": response.revoked }))?;
             Ok(if response.revoked {
@@ -293,7 +296,7 @@ async fn execute(args: SessionArgs) -> Result<ExitCode, String> {
                 ExitCode::from(1)
             })
         }
-        SessionCommand::List { user_id } => {
+        SessionCommand::List { user_id, output } => {
             let mut sessions = Vec::new();
             let mut page_token = String::new();
             loop {
@@ -303,8 +306,7 @@ async fn execute(args: SessionArgs) -> Result<ExitCode, String> {
                         page_size: 0,
                         page_token,
                     })
-                    .await
-                    .map_err(|status| describe(&status))?
+                    .await?
                     .into_inner();
                 sessions.extend(page.sessions.into_iter().map(session_json));
                 if page.next_page_token.is_empty() {
@@ -312,7 +314,19 @@ async fn execute(args: SessionArgs) -> Result<ExitCode, String> {
                 }
                 page_token = page.next_page_token;
             }
-            print(&Value::Array(sessions))?;
+            print_rows(
+                output,
+                &[
+                    "session_id",
+                    "create_time",
+                    "last_seen_time",
+                    "expire_time",
+                    "idle_expire_time",
+                    "version",
+                    "metadata",
+                ],
+                &sessions,
+            )?;
             Ok(ExitCode::SUCCESS)
         }
         SessionCommand::RevokeAll { user_id, except } => {
@@ -321,8 +335,7 @@ async fn execute(args: SessionArgs) -> Result<ExitCode, String> {
                     user_id,
                     except_session_id: except.unwrap_or_default(),
                 })
-                .await
-                .map_err(|status| describe(&status))?
+                .await?
                 .into_inner();
             print(&json!({ "revoked": response.revoked }))?;
             Ok(ExitCode::SUCCESS)

@@ -6,8 +6,8 @@ use base64::Engine as _;
 use serde::Deserialize;
 
 use super::write::expiration_from;
-use super::CliError;
 use crate::api::convert::json_to_proto;
+use crate::cli::error::CliError;
 use crate::proto::v1 as pb;
 
 /// One entry of wrangler's bulk put format.

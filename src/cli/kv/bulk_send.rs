@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use pb::kv_service_client::KvServiceClient;
 
 use super::bulk_file::BulkKind;
-use super::CliError;
+use crate::cli::error::CliError;
 use crate::cli::CliChannel as Channel;
 use crate::kv::limits::{MAX_BATCH_WRITE_BYTES, MAX_BATCH_WRITE_MUTATIONS};
 use crate::proto::v1 as pb;

@@ -9,20 +9,21 @@
 
 mod bulk_file;
 mod bulk_send;
-mod error;
+
 mod get;
 mod list;
 mod write;
 
-use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Subcommand, ValueEnum};
 
 use self::bulk_file::BulkKind;
-use self::error::CliError;
+use super::error::CliError;
+use super::output::OutputFormat;
 use super::ConnectArgs;
+use crate::proto::v1 as pb;
 
 /// Arguments of `tierkv kv`.
 #[derive(Debug, Args)]
@@ -39,22 +40,53 @@ enum KvCommand {
     Get {
         /// The key.
         key: String,
-        /// The representation to print.
+        /// The representation to ask the server for.
         #[arg(long = "type", value_enum)]
         value_type: Option<TypeArg>,
-        /// Print a JSON object with the value, metadata, expiration and version.
-        #[arg(long)]
+        /// `raw`: the value as it is; `json`: a JSON object with the key,
+        /// value, metadata, expiration and versions.
+        #[arg(long, value_enum, default_value_t = GetOutput::Raw)]
+        output: GetOutput,
+        /// The same as `--output json`.
+        #[arg(long, conflicts_with = "output")]
         with_metadata: bool,
     },
-    /// Write a key.
+    /// Print several keys' values in one call (BatchGet, at most 100 keys);
+    /// exit code 1 when any of them does not exist (all are printed).
+    GetMany {
+        /// The keys.
+        #[arg(required = true, num_args = 1..)]
+        keys: Vec<String>,
+        /// The representation to ask the server for.
+        #[arg(long = "type", value_enum)]
+        value_type: Option<TypeArg>,
+        /// `json`: an array of objects, one per key, in order; `table`: one
+        /// line per key.
+        #[arg(long, value_enum, default_value_t = OutputFormat::Json)]
+        output: OutputFormat,
+    },
+    /// Write a key: the value from the command line, a file (`--path`) or
+    /// stdin (`-`). A value from a file or stdin is stored as bytes unless
+    /// `--json` is given.
     Put {
         /// The key.
         key: String,
-        /// The value (text, or JSON with --json).
-        value: String,
-        /// Store the value as JSON.
+        /// The value (text, or JSON with --json); `-` reads it from stdin.
+        #[arg(
+            required_unless_present = "path",
+            conflicts_with = "path",
+            allow_hyphen_values = true
+        )]
+        value: Option<String>,
+        /// Read the value from this file, as it is (binary values, large JSON).
         #[arg(long)]
+        path: Option<PathBuf>,
+        /// Store the value as JSON.
+        #[arg(long, conflicts_with = "base64")]
         json: bool,
+        /// The value is base64: store the bytes it decodes to.
+        #[arg(long)]
+        base64: bool,
         /// Expire after this many seconds (at least 1).
         #[arg(long, conflicts_with = "expiration")]
         ttl: Option<u64>,
@@ -64,6 +96,13 @@ enum KvCommand {
         /// Metadata, as JSON.
         #[arg(long)]
         metadata: Option<String>,
+        /// Write only if the key's current version is this (compare-and-set;
+        /// exit code 3 otherwise).
+        #[arg(long, conflicts_with = "if_absent")]
+        if_version: Option<u64>,
+        /// Write only if the key does not exist (exit code 3 otherwise).
+        #[arg(long)]
+        if_absent: bool,
     },
     /// Delete a key.
     Delete {
@@ -84,11 +123,21 @@ enum KvCommand {
         #[arg(long)]
         create: bool,
     },
-    /// Print every key (with a prefix) as a JSON array, paging through all of them.
+    /// Print the keys with a prefix as a JSON array, streamed page by page;
+    /// with `--limit` or `--cursor`, one page, and the next cursor on stderr.
     List {
         /// Only keys starting with this.
         #[arg(long, default_value = "")]
         prefix: String,
+        /// One page of at most this many keys (1 to 1000).
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1000))]
+        limit: Option<u32>,
+        /// Continue from the cursor a previous page printed.
+        #[arg(long)]
+        cursor: Option<String>,
+        /// Print only the key names, one per line.
+        #[arg(long)]
+        keys_only: bool,
     },
     /// Write or delete many keys from a wrangler-style JSON file.
     Bulk {
@@ -111,6 +160,15 @@ enum BulkCommand {
     },
 }
 
+/// How `kv get` prints a value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(super) enum GetOutput {
+    /// The value as it is.
+    Raw,
+    /// A JSON object with the value, metadata, expiration and versions.
+    Json,
+}
+
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub(super) enum TypeArg {
     Text,
@@ -118,35 +176,54 @@ pub(super) enum TypeArg {
     Bytes,
 }
 
-/// Runs a `tierkv kv` command; exit code 0 on success, 1 on a miss, 2 on errors.
+/// Runs a `tierkv kv` command; exit code 0 on success, 1 on a miss, the
+/// others as in [`super::EXIT_CODES`].
 pub async fn run(args: KvArgs) -> ExitCode {
     match execute(args).await {
         Ok(code) => code,
-        Err(error) => {
-            eprintln!("error: {error}");
-            ExitCode::from(2)
-        }
+        Err(error) => error.report(),
     }
 }
 
 async fn execute(args: KvArgs) -> Result<ExitCode, CliError> {
-    let client = args.connect.client().await.map_err(CliError::Connect)?;
+    let client = args.connect.client().await?;
     let mut client = client.kv();
     match args.command {
         KvCommand::Get {
             key,
             value_type,
+            output,
             with_metadata,
-        } => get::get(&mut client, key, value_type, with_metadata).await,
+        } => {
+            let json = with_metadata || output == GetOutput::Json;
+            get::get(&mut client, key, value_type, json).await
+        }
+        KvCommand::GetMany {
+            keys,
+            value_type,
+            output,
+        } => get::get_many(&mut client, keys, value_type, output).await,
         KvCommand::Put {
             key,
             value,
+            path,
             json,
+            base64,
             ttl,
             expiration,
             metadata,
+            if_version,
+            if_absent,
         } => {
-            let request = write::put_request(key.clone(), value, json, ttl, expiration, metadata)?;
+            let value = write::read_value(value, path.as_deref(), json, base64)?;
+            let mut request = write::put_request(key.clone(), value, ttl, expiration, metadata)?;
+            request.precondition = if let Some(version) = if_version {
+                Some(pb::put_request::Precondition::IfVersion(version))
+            } else if if_absent {
+                Some(pb::put_request::Precondition::IfAbsent(true))
+            } else {
+                None
+            };
             write::put(&mut client, key, request).await
         }
         KvCommand::Delete { key } => write::delete(&mut client, key).await,
@@ -156,15 +233,19 @@ async fn execute(args: KvArgs) -> Result<ExitCode, CliError> {
             if_version,
             create,
         } => write::patch(&mut client, key, &patch, if_version, create).await,
-        KvCommand::List { prefix } => {
-            let keys = list::list_all(&mut client, &prefix).await?;
-            let mut stdout = std::io::stdout().lock();
-            let printed = serde_json::to_writer_pretty(&mut stdout, &keys)
-                .map_err(|error| CliError::Usage(error.to_string()))
-                .and_then(|()| {
-                    writeln!(stdout).map_err(|error| CliError::Usage(error.to_string()))
-                });
-            printed.map(|()| ExitCode::SUCCESS)
+        KvCommand::List {
+            prefix,
+            limit,
+            cursor,
+            keys_only,
+        } => {
+            let one_page = limit.is_some() || cursor.is_some();
+            let page = list::Paging {
+                limit,
+                cursor: cursor.unwrap_or_default(),
+                one_page,
+            };
+            list::list(&mut client, &prefix, page, keys_only).await
         }
         KvCommand::Bulk { command } => match command {
             BulkCommand::Put { file } => bulk_send::bulk(client, file, BulkKind::Put).await,

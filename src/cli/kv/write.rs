@@ -1,12 +1,17 @@
 //! `tierkv kv put`, `delete` and `patch`: the single-key writes, and the
 //! expiration options `put` shares with `bulk put`.
 
+use std::io::Read;
+use std::path::Path;
 use std::process::ExitCode;
+
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine as _;
 
 use pb::kv_service_client::KvServiceClient;
 
-use super::CliError;
 use crate::api::convert::{json_from_proto, json_to_proto};
+use crate::cli::error::CliError;
 use crate::cli::CliChannel as Channel;
 use crate::proto::v1 as pb;
 
@@ -15,19 +20,63 @@ pub(super) fn parse_json(what: &str, text: &str) -> Result<serde_json::Value, Cl
         .map_err(|error| CliError::Usage(format!("{what} is not valid JSON: {error}")))
 }
 
+/// The value of `kv put`: the VALUE argument as text, or the bytes of
+/// `--path FILE` or of stdin (`-`), as JSON with `--json`, decoded from
+/// base64 with `--base64`.
+pub(super) fn read_value(
+    value: Option<String>,
+    path: Option<&Path>,
+    json: bool,
+    base64: bool,
+) -> Result<pb::put_request::Value, CliError> {
+    let bytes = match (value, path) {
+        (_, Some(path)) => std::fs::read(path)
+            .map_err(|error| CliError::Usage(format!("--path {}: {error}", path.display())))?,
+        (Some(value), None) if value == "-" => {
+            let mut bytes = Vec::new();
+            std::io::stdin()
+                .lock()
+                .read_to_end(&mut bytes)
+                .map_err(|error| {
+                    CliError::Usage(format!("cannot read the value from stdin: {error}"))
+                })?;
+            bytes
+        }
+        (Some(value), None) if !json && !base64 => return Ok(pb::put_request::Value::Text(value)),
+        (Some(value), None) => value.into_bytes(),
+        (None, None) => {
+            return Err(CliError::Usage(
+                "give a VALUE, `-` for stdin, or --path FILE".into(),
+            ))
+        }
+    };
+    if base64 {
+        // Line breaks (`base64` wraps at 76 columns) and the final newline
+        // are not part of the encoding.
+        let text: Vec<u8> = bytes
+            .into_iter()
+            .filter(|byte| !byte.is_ascii_whitespace())
+            .collect();
+        let decoded = BASE64
+            .decode(&text)
+            .map_err(|error| CliError::Usage(format!("the value is not valid base64: {error}")))?;
+        return Ok(pb::put_request::Value::Bytes(decoded));
+    }
+    if json {
+        let value: serde_json::Value = serde_json::from_slice(&bytes)
+            .map_err(|error| CliError::Usage(format!("VALUE is not valid JSON: {error}")))?;
+        return Ok(pb::put_request::Value::Json(json_to_proto(value)));
+    }
+    Ok(pb::put_request::Value::Bytes(bytes))
+}
+
 pub(super) fn put_request(
     key: String,
-    value: String,
-    json: bool,
+    value: pb::put_request::Value,
     ttl: Option<u64>,
     expiration: Option<i64>,
     metadata: Option<String>,
 ) -> Result<pb::PutRequest, CliError> {
-    let value = if json {
-        pb::put_request::Value::Json(json_to_proto(parse_json("VALUE", &value)?))
-    } else {
-        pb::put_request::Value::Text(value)
-    };
     Ok(pb::PutRequest {
         key,
         value: Some(value),
