@@ -111,3 +111,58 @@ fn test_tools_go_into_a_project_venv_made_from_the_system_python() {
     );
     assert!(venv.join("bin/grpcurl").exists(), "{log}");
 }
+
+/// Where `python3 -m venv` fails for want of ensurepip (Debian and Ubuntu
+/// without `python3-venv`), the set-up installs `python3-venv` from apt and
+/// tries again. apt-get and sudo are stand-ins that record their calls (and
+/// the stand-in Python's venv works once "installed"): the real apt is not
+/// run by a test.
+#[test]
+fn a_python_without_venv_gets_python3_venv_from_apt() {
+    let dir = tempfile::tempdir().unwrap();
+    let bin = dir.path().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    let installed = dir.path().join("installed");
+    let calls = dir.path().join("apt-calls");
+    let real = system_python();
+    let script = |name: &str, body: String| {
+        let path = bin.join(name);
+        std::fs::write(&path, format!("#!/bin/bash\n{body}")).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        path
+    };
+    let python = script(
+        "python3",
+        format!(
+            "if [ \"$1 $2\" = \"-m venv\" ] && [ ! -e {installed:?} ]; then\n\
+             echo 'The virtual environment was not created successfully because ensurepip is not available.' >&2\n\
+             exit 1\nfi\nexec {real:?} \"$@\"\n"
+        ),
+    );
+    script(
+        "apt-get",
+        format!("echo \"$*\" >> {calls:?}\n[ \"$1\" = install ] && touch {installed:?}\nexit 0\n"),
+    );
+    script("sudo", "exec \"$@\"\n".to_string());
+
+    let venv = dir.path().join("venv");
+    let output = Command::new("bash")
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/setup.sh"))
+        .arg("--with-test-tools")
+        .env("PATH", format!("{}:{}", bin.display(), stock_path()))
+        .env("PYTHON", &python)
+        .env("TEST_TOOLS_VENV", &venv)
+        .output()
+        .unwrap();
+    let log = text(&output);
+    assert!(output.status.success(), "{log}");
+    let calls = std::fs::read_to_string(&calls).unwrap_or_default();
+    let install = calls
+        .lines()
+        .find(|line| line.starts_with("install"))
+        .unwrap_or_else(|| panic!("apt-get install was not called: {calls:?}\n{log}"));
+    assert!(install.contains("python3-venv"), "{install}");
+    assert!(log.contains("installing python3-venv"), "{log}");
+    assert!(venv.join("bin/grpcurl").exists(), "{log}");
+}
