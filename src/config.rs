@@ -39,6 +39,13 @@ pub enum LogFormat {
     Json,
 }
 
+/// The default metrics and probes address: loopback, and the gRPC port's
+/// neighbour rather than Prometheus's own 9090 (or any of the 9090–9999 its
+/// exporters are allocated), so tierkv and a local Prometheus both start.
+/// Left at this value, a taken port turns metrics off with a warning instead
+/// of stopping the server ([`Config::metrics_listen_is_default`]).
+pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:50052";
+
 /// Everything the server can be told.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -132,7 +139,7 @@ impl Default for Config {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
             allow_unauthenticated: false,
-            metrics_listen: "127.0.0.1:9090".to_string(),
+            metrics_listen: DEFAULT_METRICS_LISTEN.to_string(),
             data_dir: PathBuf::from("./data"),
             backup_dir: None,
             namespaces: Namespaces::default_prefixes(),
@@ -253,9 +260,16 @@ impl Config {
         }
         value.parse().map(Some).map_err(|_| {
             ConfigError::Invalid(format!(
-                "metrics_listen {value:?} is not an address like 127.0.0.1:9090, or \"off\""
+                "metrics_listen {value:?} is not an address like {DEFAULT_METRICS_LISTEN}, or \"off\""
             ))
         })
+    }
+
+    /// Whether `metrics_listen` is the default address, which only a server
+    /// nobody configured metrics for uses: when it is taken the server runs
+    /// without metrics, while an address someone chose must bind.
+    pub fn metrics_listen_is_default(&self) -> bool {
+        self.metrics_listen.trim() == DEFAULT_METRICS_LISTEN
     }
 
     /// The connection age after which a connection is closed gracefully, if any.

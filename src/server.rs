@@ -2,6 +2,7 @@
 //! reflection within the configured bounds, and shuts down gracefully.
 
 pub mod auth_layer;
+pub mod banner;
 pub mod connections;
 pub mod deadline;
 mod error;
@@ -27,6 +28,7 @@ pub use stats::ServerStats;
 use stats::{LazyMigrationFigures, ServiceFigures};
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -96,6 +98,9 @@ pub struct Listeners {
     pub grpc: TcpListener,
     /// The metrics and probes port, unless `metrics_listen` is off.
     pub metrics: Option<TcpListener>,
+    /// The default metrics address, when it was taken: the server runs
+    /// without metrics rather than not at all (see `docs/setup.md`).
+    pub metrics_taken: Option<SocketAddr>,
 }
 
 impl Listeners {
@@ -107,15 +112,32 @@ impl Listeners {
                 addr: config.listen,
                 source,
             })?;
+        let mut metrics_taken = None;
         let metrics = match config.metrics_addr()? {
             None => None,
-            Some(addr) => Some(
-                TcpListener::bind(addr)
-                    .await
-                    .map_err(|source| ServerError::MetricsBind { addr, source })?,
-            ),
+            Some(addr) => match TcpListener::bind(addr).await {
+                Ok(listener) => Some(listener),
+                // Nobody asked for this port: a second server on the machine
+                // (or anything else holding it) must not stop this one.
+                Err(error) if config.metrics_listen_is_default() => {
+                    tracing::warn!(
+                        addr = %addr,
+                        %error,
+                        "metrics are off: the default metrics address {addr} is taken; \
+                         set metrics_listen (file), TIERKV_METRICS_LISTEN or --metrics-listen \
+                         to a free address to serve /metrics, /healthz and /readyz"
+                    );
+                    metrics_taken = Some(addr);
+                    None
+                }
+                Err(source) => return Err(ServerError::MetricsBind { addr, source }),
+            },
         };
-        Ok(Self { grpc, metrics })
+        Ok(Self {
+            grpc,
+            metrics,
+            metrics_taken,
+        })
     }
 }
 

@@ -9,6 +9,7 @@ use std::path::Path;
 use std::process::Command;
 
 use common::process::*;
+use common::tools;
 
 /// Generates the Python stubs for every proto file into `out`.
 fn generate_python_stubs(out: &Path) {
@@ -20,17 +21,17 @@ fn generate_python_stubs(out: &Path) {
         .collect();
     protos.sort();
     assert!(!protos.is_empty());
-    let output = Command::new("python3")
+    let output = Command::new(tools::python())
         .args(["-m", "grpc_tools.protoc", "-I"])
         .arg(root.join("proto"))
         .arg(format!("--python_out={}", out.display()))
         .arg(format!("--grpc_python_out={}", out.display()))
         .args(&protos)
         .output()
-        .expect("python3 is needed for the client test");
+        .expect("the test environment's Python runs");
     assert!(
         output.status.success(),
-        "grpc_tools.protoc failed (run `bash scripts/setup.sh --with-test-tools`): {}",
+        "grpc_tools.protoc failed (run `make setup-test`): {}",
         String::from_utf8_lossy(&output.stderr)
     );
 }
@@ -43,13 +44,13 @@ fn python_client_suite_passes() {
     let stubs = tempfile::tempdir().unwrap();
     generate_python_stubs(stubs.path());
     let mut server = spawn_server(server_command(data.path()));
-    let output = Command::new("python3")
+    let output = Command::new(tools::python())
         .args(["-m", "unittest", "-v", "test_clients"])
         .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python"))
         .env("PYTHONPATH", stubs.path())
         .env("TIERKV_ENDPOINT", server.addr.to_string())
         .output()
-        .expect("python3");
+        .expect("the test environment's Python runs");
     server.child.kill().unwrap();
     server.child.wait().unwrap();
     let report = String::from_utf8_lossy(&output.stderr);

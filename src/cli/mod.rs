@@ -144,6 +144,7 @@ async fn serve(args: ServeArgs) -> Result<(), ServerError> {
 
     let clock: SharedClock = Arc::new(SystemClock);
     let (engine, listeners) = server::open_and_bind(&config, Arc::clone(&clock)).await?;
+    print_banner(&config, &listeners);
     server::serve_reloading(
         config,
         Arc::new(engine),
@@ -152,6 +153,36 @@ async fn serve(args: ServeArgs) -> Result<(), ServerError> {
         reload,
     )
     .await
+}
+
+/// Prints `make run`'s banner on stdout once the sockets are bound and the
+/// store is open (connections made from here on queue until the first
+/// accept), for human logs only: with JSON logs a machine reads the output.
+fn print_banner(config: &Config, listeners: &server::Listeners) {
+    use server::banner::{banner, program_for_banner, MetricsState};
+    if config.log_format != crate::config::LogFormat::Human {
+        return;
+    }
+    let Ok(grpc) = listeners.grpc.local_addr() else {
+        return;
+    };
+    let metrics = match (&listeners.metrics, listeners.metrics_taken) {
+        (Some(listener), _) => listener
+            .local_addr()
+            .map(MetricsState::On)
+            .unwrap_or(MetricsState::Off),
+        (None, Some(taken)) => MetricsState::Taken(taken),
+        (None, None) => MetricsState::Off,
+    };
+    let program = match (std::env::current_exe(), std::env::current_dir()) {
+        (Ok(exe), Ok(cwd)) => program_for_banner(&exe, &cwd),
+        _ => "tierkv".to_string(),
+    };
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    // A closed stdout must not stop the server; the log says "serving" too.
+    let _ = stdout.write_all(banner(config, grpc, metrics, &program).as_bytes());
+    let _ = stdout.flush();
 }
 
 /// Makes every file and directory the server creates private to its user

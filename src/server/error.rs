@@ -34,8 +34,13 @@ pub enum ServerError {
     /// The configuration reload (SIGHUP) could not be set up.
     #[error("{0}")]
     Reload(String),
-    /// The metrics listen address could not be bound.
-    #[error("cannot listen for metrics on {addr}: {source}")]
+    /// The metrics listen address, set in the file, the environment or the
+    /// flag, could not be bound. The message names all three, since whoever
+    /// reads it has to move the address or turn metrics off.
+    #[error(
+        "cannot listen for metrics on {addr}: {source}; set metrics_listen (file), \
+         TIERKV_METRICS_LISTEN or --metrics-listen to a free address, or to \"off\""
+    )]
     MetricsBind {
         /// The address.
         addr: SocketAddr,

@@ -6,6 +6,7 @@ pub mod origin;
 pub mod pki;
 pub mod process;
 pub mod raw;
+pub mod tools;
 
 use std::sync::Arc;
 use std::time::Duration;
