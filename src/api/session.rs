@@ -81,22 +81,41 @@ fn time(millis: u64) -> Option<Timestamp> {
     Some(timestamp_from_millis(millis))
 }
 
-fn session_to_proto(session: Session) -> pb::Session {
-    pb::Session {
+/// The reply for `session`. Its data and metadata are stored in the
+/// `Struct` encoding a reply carries ([`StructCodec`]), so they are decoded
+/// straight into the reply, with no JSON in between; bytes that do not
+/// decode are a corrupt record (DATA_LOSS).
+fn session_to_proto(method: &'static str, session: Session) -> Result<pb::Session, Status> {
+    use prost::Message as _;
+    let corrupt = |error: prost::DecodeError| {
+        session_status(
+            method,
+            SessionError::corrupt(
+                &session.session_id,
+                format!("session data is not valid: {error}"),
+            ),
+        )
+    };
+    let data = Struct::decode(session.data.encoded()).map_err(corrupt)?;
+    let metadata = match &session.metadata {
+        Some(metadata) => Some(Struct::decode(metadata.encoded()).map_err(corrupt)?),
+        None => None,
+    };
+    Ok(pb::Session {
         token: session
             .token
             .map(|token| token.into_exposed())
             .unwrap_or_default(),
         session_id: session.session_id,
         user_id: session.user_id,
-        data: Some(struct_from_json(session.data)),
-        metadata: session.metadata.map(struct_from_json),
+        data: Some(data),
+        metadata,
         create_time: time(session.create_at_millis),
         expire_time: time(session.expire_at_millis),
         idle_expire_time: session.idle_expire_at_millis.and_then(time),
         last_seen_time: time(session.last_seen_at_millis),
         version: session.version,
-    }
+    })
 }
 
 impl SessionApi {
@@ -126,7 +145,7 @@ impl SessionServiceRpc for SessionApi {
         }
         .await;
         let session = result.map_err(|error| session_status("Create", error))?;
-        Ok(Response::new(session_to_proto(session)))
+        Ok(Response::new(session_to_proto("Create", session)?))
     }
 
     async fn get(
@@ -147,7 +166,7 @@ impl SessionServiceRpc for SessionApi {
             .get(&request.token, request.touch)
             .await
             .map_err(|error| session_status("Get", error))?;
-        Ok(Response::new(session_to_proto(session)))
+        Ok(Response::new(session_to_proto("Get", session)?))
     }
 
     async fn touch(
@@ -160,7 +179,7 @@ impl SessionServiceRpc for SessionApi {
             .touch(&request.into_inner().token)
             .await
             .map_err(|error| session_status("Touch", error))?;
-        Ok(Response::new(session_to_proto(session)))
+        Ok(Response::new(session_to_proto("Touch", session)?))
     }
 
     async fn update(
@@ -177,7 +196,7 @@ impl SessionServiceRpc for SessionApi {
         }
         .await;
         let session = result.map_err(|error| session_status("Update", error))?;
-        Ok(Response::new(session_to_proto(session)))
+        Ok(Response::new(session_to_proto("Update", session)?))
     }
 
     async fn rotate(
@@ -190,7 +209,7 @@ impl SessionServiceRpc for SessionApi {
             .rotate(&request.into_inner().token)
             .await
             .map_err(|error| session_status("Rotate", error))?;
-        Ok(Response::new(session_to_proto(session)))
+        Ok(Response::new(session_to_proto("Rotate", session)?))
     }
 
     async fn revoke(
@@ -236,7 +255,11 @@ impl SessionServiceRpc for SessionApi {
             .await
             .map_err(|error| session_status("ListByUser", error))?;
         Ok(Response::new(pb::ListSessionsByUserResponse {
-            sessions: page.sessions.into_iter().map(session_to_proto).collect(),
+            sessions: page
+                .sessions
+                .into_iter()
+                .map(|session| session_to_proto("ListByUser", session))
+                .collect::<Result<_, _>>()?,
             next_page_token: page.next_page_token,
         }))
     }
@@ -260,6 +283,27 @@ impl SessionServiceRpc for SessionApi {
 #[cfg(test)]
 mod tests {
     use crate::session::DataCodec as _;
+    use crate::session::StoredObject;
+
+    /// Stored data its codec cannot read makes the reply DATA_LOSS, not a
+    /// panic and not an empty object.
+    #[test]
+    fn unreadable_stored_data_is_data_loss() {
+        let session = super::Session {
+            token: None,
+            session_id: "AAAAAAAAAAAAAAAAAAAAAA".into(),
+            user_id: "u".into(),
+            data: StoredObject::new(b"not a struct".to_vec()),
+            metadata: None,
+            create_at_millis: 0,
+            expire_at_millis: 0,
+            idle_expire_at_millis: None,
+            last_seen_at_millis: 0,
+            version: 1,
+        };
+        let status = super::session_to_proto("Get", session).unwrap_err();
+        assert_eq!(status.code(), tonic::Code::DataLoss, "{status:?}");
+    }
     /// The owner named in the namespace configuration is this service.
     #[test]
     fn owner_is_the_generated_service_name() {
@@ -277,7 +321,6 @@ mod tests {
         let data: serde_json::Map<String, serde_json::Value> = (0..50)
             .map(|i| (format!("field{i}"), serde_json::Value::from(i)))
             .collect();
-        let data_bytes = super::StructCodec.encode(&data).len();
         let latest = crate::kv::limits::MAX_EXPIRE_AT_MILLIS;
         for (token, metadata, idle) in [
             (None, None, None),
@@ -291,10 +334,10 @@ mod tests {
                 token,
                 session_id: "AAAAAAAAAAAAAAAAAAAAAA".into(),
                 user_id: "u".repeat(128),
-                data: data.clone(),
-                data_bytes,
-                metadata_bytes: metadata.as_ref().map(|_| data_bytes),
-                metadata,
+                data: StoredObject::new(super::StructCodec.encode(&data)),
+                metadata: metadata
+                    .as_ref()
+                    .map(|metadata| StoredObject::new(super::StructCodec.encode(metadata))),
                 create_at_millis: latest,
                 expire_at_millis: latest,
                 idle_expire_at_millis: idle,
@@ -303,7 +346,7 @@ mod tests {
             };
             let bound = session.reply_bytes_bound();
             let reply = super::pb::ListSessionsByUserResponse {
-                sessions: vec![super::session_to_proto(session)],
+                sessions: vec![super::session_to_proto("ListByUser", session).unwrap()],
                 next_page_token: String::new(),
             };
             let actual = reply.encoded_len();

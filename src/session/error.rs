@@ -41,6 +41,18 @@ pub enum SessionError {
     Engine(#[from] EngineError),
 }
 
+impl SessionError {
+    /// A session record that cannot be read: its key is named by the
+    /// session id only, never by the token.
+    pub fn corrupt(session_id: &str, reason: String) -> Self {
+        EngineError::Corrupt {
+            key: format!("session {session_id}"),
+            reason,
+        }
+        .into()
+    }
+}
+
 pub(super) fn invalid(field: &str, description: String) -> SessionError {
     SessionError::InvalidArgument(vec![violation(field, description)])
 }

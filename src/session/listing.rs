@@ -75,8 +75,7 @@ impl SessionService {
                 if stored.user_id != user_id {
                     continue;
                 }
-                let session =
-                    into_session(&*self.codec, stored, session_id.clone(), version, None)?;
+                let session = into_session(stored, session_id.clone(), version, None);
                 let bytes = session.reply_bytes_bound();
                 if reply_bytes + bytes > max_reply_bytes {
                     let Some(last) = sessions.last() else {

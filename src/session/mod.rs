@@ -42,7 +42,7 @@ pub use error::SessionError;
 use error::{invalid, violation};
 use keys::Keys;
 use model::into_session;
-pub use model::{CreateSession, RevokeTarget, Session, SessionPage};
+pub use model::{CreateSession, RevokeTarget, Session, SessionPage, StoredObject};
 pub use record::DataCodec;
 use record::{decode, decode_object, Stored};
 pub use token::Token;
@@ -230,13 +230,12 @@ impl SessionService {
                 Ok(outcomes) => {
                     let version = outcomes.put_version(0)?;
                     tracing::info!(session_id = %issued.session_id, "session created");
-                    return into_session(
-                        &*self.codec,
+                    return Ok(into_session(
                         stored,
                         issued.session_id,
                         version,
                         Some(issued.token),
-                    );
+                    ));
                 }
                 Err(EngineError::PreconditionFailed { .. }) => continue,
                 Err(other) => return Err(other.into()),
@@ -251,13 +250,12 @@ impl SessionService {
             return self.touch(token).await;
         }
         let found = self.find(token).await?;
-        into_session(
-            &*self.codec,
+        Ok(into_session(
             found.stored,
             found.session_id,
             found.version,
             None,
-        )
+        ))
     }
 
     /// Slides the idle expiry forward (never past the absolute expiry) and
@@ -268,13 +266,12 @@ impl SessionService {
             let found = self.find(token).await?;
             let now = self.now_millis();
             if !self.touch_due(&found.stored, now) {
-                return into_session(
-                    &*self.codec,
+                return Ok(into_session(
                     found.stored,
                     found.session_id,
                     found.version,
                     None,
-                );
+                ));
             }
             let mut stored = found.stored;
             stored.last_seen_ms = now;
@@ -298,7 +295,7 @@ impl SessionService {
             match self.engine.write(ops).await {
                 Ok(outcomes) => {
                     let version = outcomes.put_version(0)?;
-                    return into_session(&*self.codec, stored, found.session_id, version, None);
+                    return Ok(into_session(stored, found.session_id, version, None));
                 }
                 Err(EngineError::PreconditionFailed { .. }) => continue,
                 Err(other) => return Err(other.into()),
@@ -358,7 +355,7 @@ impl SessionService {
             match self.engine.write(ops).await {
                 Ok(outcomes) => {
                     let version = outcomes.put_version(0)?;
-                    return into_session(&*self.codec, stored, found.session_id, version, None);
+                    return Ok(into_session(stored, found.session_id, version, None));
                 }
                 // The session ended (revoked, expired) between the read and the
                 // write: that is NOT_FOUND, as it would be a moment later.
@@ -404,13 +401,12 @@ impl SessionService {
                 Ok(outcomes) => {
                     let version = outcomes.put_version(0)?;
                     tracing::info!(session_id = %issued.session_id, "session token rotated");
-                    return into_session(
-                        &*self.codec,
+                    return Ok(into_session(
                         stored,
                         issued.session_id,
                         version,
                         Some(issued.token),
-                    );
+                    ));
                 }
                 // Another change won; re-read. If it was a rotation, the
                 // presented token no longer matches and this ends NOT_FOUND.

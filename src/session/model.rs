@@ -1,10 +1,8 @@
 //! Sessions as callers see them, what creating one needs, and what a
 //! listing answers: the service's types, in JSON and plain times.
 
-use super::record::DataCodec;
-use super::record::{decode_object, Stored};
+use super::record::{DataCodec, Stored};
 use super::token::Token;
-use super::SessionError;
 use serde_json::{Map, Value};
 
 /// What a listed session adds to its reply at most beyond its strings and
@@ -21,14 +19,10 @@ pub struct Session {
     pub session_id: String,
     /// The owning user.
     pub user_id: String,
-    /// Application data, a JSON object.
-    pub data: Map<String, Value>,
-    /// The bytes `data` takes encoded (as stored, and as a reply carries it).
-    pub data_bytes: usize,
-    /// Metadata given at creation.
-    pub metadata: Option<Map<String, Value>>,
-    /// The bytes `metadata` takes encoded.
-    pub metadata_bytes: Option<usize>,
+    /// Application data, a JSON object, as the record stores it.
+    pub data: StoredObject,
+    /// Metadata given at creation, as the record stores it.
+    pub metadata: Option<StoredObject>,
     /// Creation time, milliseconds since the Unix epoch.
     pub create_at_millis: u64,
     /// Absolute expiry.
@@ -50,10 +44,48 @@ impl Session {
         let body = delimited_len(token)
             + delimited_len(self.session_id.len())
             + delimited_len(self.user_id.len())
-            + delimited_len(self.data_bytes)
-            + self.metadata_bytes.map_or(0, delimited_len)
+            + delimited_len(self.data.len())
+            + self
+                .metadata
+                .as_ref()
+                .map_or(0, |metadata| delimited_len(metadata.len()))
             + SESSION_REPLY_OVERHEAD;
         delimited_len(body)
+    }
+}
+
+/// A session's data or metadata: a JSON object kept in the encoded form the
+/// record stores (made by the service's [`DataCodec`]). A read hands it on
+/// as it is, so that a reply built from it (the server's codec stores the
+/// reply's own `Struct` encoding) costs no conversion; [`StoredObject::to_json`]
+/// decodes it where JSON is wanted.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct StoredObject(Vec<u8>);
+
+impl StoredObject {
+    /// An object in the form `codec.encode` made it.
+    pub fn new(encoded: Vec<u8>) -> Self {
+        Self(encoded)
+    }
+
+    /// The encoded bytes.
+    pub fn encoded(&self) -> &[u8] {
+        &self.0
+    }
+
+    /// Bytes it takes encoded (as stored, and as a reply carries it).
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether it takes no bytes (an empty object may).
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The JSON object, decoded with the codec that encoded it.
+    pub fn to_json(&self, codec: &dyn DataCodec) -> Result<Map<String, Value>, String> {
+        codec.decode(&self.0)
     }
 }
 
@@ -102,32 +134,23 @@ pub struct SessionPage {
     pub next_page_token: String,
 }
 
-/// The session `stored` holds, its data and metadata decoded.
+/// The session `stored` holds, its data and metadata as stored.
 pub(super) fn into_session(
-    codec: &dyn DataCodec,
     stored: Stored,
     session_id: String,
     version: u64,
     token: Option<Token>,
-) -> Result<Session, SessionError> {
-    let data_bytes = stored.data.as_deref().unwrap_or_default();
-    let data = decode_object(codec, &session_id, data_bytes)?;
-    let metadata = match stored.metadata.as_deref() {
-        Some(bytes) => Some((decode_object(codec, &session_id, bytes)?, bytes.len())),
-        None => None,
-    };
-    Ok(Session {
+) -> Session {
+    Session {
         token,
         user_id: stored.user_id,
-        data,
-        data_bytes: data_bytes.len(),
-        metadata_bytes: metadata.as_ref().map(|(_, len)| *len),
-        metadata: metadata.map(|(metadata, _)| metadata),
+        data: StoredObject::new(stored.data.unwrap_or_default()),
+        metadata: stored.metadata.map(StoredObject::new),
         create_at_millis: stored.create_ms,
         expire_at_millis: stored.expire_ms,
         idle_expire_at_millis: stored.idle_expire_ms,
         last_seen_at_millis: stored.last_seen_ms,
         version,
         session_id,
-    })
+    }
 }

@@ -15,7 +15,7 @@ use serde_json::{Map, Value};
 
 use super::token;
 use super::SessionError;
-use crate::engine::{EngineError, Record, ValueKind};
+use crate::engine::{Record, ValueKind};
 
 /// Encodes a JSON object (a session's data or metadata) as the record
 /// stores it, and decodes it back.
@@ -107,11 +107,7 @@ impl LegacyStored {
 }
 
 fn corrupt(session_id: &str, reason: String) -> SessionError {
-    EngineError::Corrupt {
-        key: format!("session {session_id}"),
-        reason,
-    }
-    .into()
+    SessionError::corrupt(session_id, reason)
 }
 
 /// Reads a session record in either layout.
