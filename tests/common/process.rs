@@ -66,17 +66,16 @@ pub fn spawn_server(mut command: Command) -> ServerProcess {
     // Keep draining stderr for the life of the process so it never blocks on a full pipe.
     std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Ok(json) = serde_json::from_str::<serde_json::Value>(&line) {
-                if json["message"] == "serving" {
-                    if let Some(addr) = json["addr"]
-                        .as_str()
-                        .and_then(|addr| addr.parse::<SocketAddr>().ok())
-                    {
-                        let _ = addr_tx.send(addr);
-                    }
-                }
-            }
+            let serving = serde_json::from_str::<serde_json::Value>(&line)
+                .ok()
+                .filter(|json| json["message"] == "serving")
+                .and_then(|json| json["addr"].as_str()?.parse::<SocketAddr>().ok());
+            // Kept before the address is announced, so that the logs a test
+            // reads once spawn_server returns hold the "serving" line.
             collected.lock().unwrap().push(line);
+            if let Some(addr) = serving {
+                let _ = addr_tx.send(addr);
+            }
         }
     });
     let addr = addr_rx
