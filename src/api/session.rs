@@ -61,9 +61,9 @@ fn object_from_proto(
 pub struct StructCodec;
 
 impl DataCodec for StructCodec {
-    fn encode(&self, object: &serde_json::Map<String, serde_json::Value>) -> Vec<u8> {
+    fn encode(&self, object: serde_json::Map<String, serde_json::Value>) -> Vec<u8> {
         use prost::Message as _;
-        struct_from_json(object.clone()).encode_to_vec()
+        struct_from_json(object).encode_to_vec()
     }
 
     fn decode(&self, bytes: &[u8]) -> Result<serde_json::Map<String, serde_json::Value>, String> {
@@ -334,10 +334,10 @@ mod tests {
                 token,
                 session_id: "AAAAAAAAAAAAAAAAAAAAAA".into(),
                 user_id: "u".repeat(128),
-                data: StoredObject::new(super::StructCodec.encode(&data)),
+                data: StoredObject::new(super::StructCodec.encode(data.clone())),
                 metadata: metadata
                     .as_ref()
-                    .map(|metadata| StoredObject::new(super::StructCodec.encode(metadata))),
+                    .map(|metadata| StoredObject::new(super::StructCodec.encode(metadata.clone()))),
                 create_at_millis: latest,
                 expire_at_millis: latest,
                 idle_expire_at_millis: idle,
@@ -369,7 +369,7 @@ mod tests {
             serde_json::Value::Object(object) => object,
             _ => unreachable!(),
         };
-        let bytes = super::StructCodec.encode(&data);
+        let bytes = super::StructCodec.encode(data.clone());
         assert_eq!(
             bytes,
             crate::api::convert::struct_from_json(data.clone()).encode_to_vec()
@@ -390,7 +390,7 @@ mod tests {
             let serde_json::Value::Object(object) = json else {
                 unreachable!()
             };
-            assert_eq!(super::StructCodec.encode(&object), hex(golden));
+            assert_eq!(super::StructCodec.encode(object.clone()), hex(golden));
             assert_eq!(super::StructCodec.decode(&hex(golden)).unwrap(), object);
         }
     }

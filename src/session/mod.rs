@@ -207,10 +207,8 @@ impl SessionService {
             idle_timeout_ms: idle_ms,
             idle_expire_ms: idle_ms.map(|idle| now.saturating_add(idle).min(expire_ms)),
             last_seen_ms: now,
-            data: Some(self.codec.encode(&data)),
-            metadata: request
-                .metadata
-                .map(|metadata| self.codec.encode(&metadata)),
+            data: Some(self.codec.encode(data)),
+            metadata: request.metadata.map(|metadata| self.codec.encode(metadata)),
         };
         // A collision of 128 random bits does not happen; IfAbsent makes sure
         // that if it did, nothing would be overwritten.
@@ -346,7 +344,7 @@ impl SessionService {
                     ..found
                 }]));
             }
-            stored.data = Some(self.codec.encode(&data));
+            stored.data = Some(self.codec.encode(data));
             let ops = vec![self.put_record(
                 &found.session_id,
                 &stored,

@@ -21,7 +21,7 @@ use crate::engine::{Record, ValueKind};
 /// stores it, and decodes it back.
 pub trait DataCodec: Send + Sync + 'static {
     /// The stored form of `object`.
-    fn encode(&self, object: &Map<String, Value>) -> Vec<u8>;
+    fn encode(&self, object: Map<String, Value>) -> Vec<u8>;
     /// The object `bytes` hold; an error for bytes `encode` did not make.
     fn decode(&self, bytes: &[u8]) -> Result<Map<String, Value>, String>;
 }
@@ -100,14 +100,10 @@ impl LegacyStored {
             idle_timeout_ms: self.idle_timeout_ms,
             idle_expire_ms: self.idle_expire_ms,
             last_seen_ms: self.last_seen_ms,
-            data: Some(codec.encode(&self.data)),
-            metadata: self.metadata.map(|metadata| codec.encode(&metadata)),
+            data: Some(codec.encode(self.data)),
+            metadata: self.metadata.map(|metadata| codec.encode(metadata)),
         }
     }
-}
-
-fn corrupt(session_id: &str, reason: String) -> SessionError {
-    SessionError::corrupt(session_id, reason)
 }
 
 /// Reads a session record in either layout.
@@ -116,8 +112,9 @@ pub(super) fn decode(
     session_id: &str,
     record: Record,
 ) -> Result<Stored, SessionError> {
-    let invalid =
-        |error: String| corrupt(session_id, format!("session record is not valid: {error}"));
+    let invalid = |error: String| {
+        SessionError::corrupt(session_id, format!("session record is not valid: {error}"))
+    };
     match record.kind {
         ValueKind::Json => serde_json::from_slice::<LegacyStored>(&record.value)
             .map(|legacy| legacy.into_stored(codec))
@@ -135,7 +132,7 @@ pub(super) fn decode_object(
     session_id: &str,
     bytes: &[u8],
 ) -> Result<Map<String, Value>, SessionError> {
-    codec
-        .decode(bytes)
-        .map_err(|reason| corrupt(session_id, format!("session data is not valid: {reason}")))
+    codec.decode(bytes).map_err(|reason| {
+        SessionError::corrupt(session_id, format!("session data is not valid: {reason}"))
+    })
 }

@@ -41,8 +41,8 @@ fn record(kind: ValueKind, value: Vec<u8>) -> Record {
 struct JsonCodec;
 
 impl DataCodec for JsonCodec {
-    fn encode(&self, object: &Map<String, Value>) -> Vec<u8> {
-        serde_json::to_vec(object).unwrap()
+    fn encode(&self, object: Map<String, Value>) -> Vec<u8> {
+        serde_json::to_vec(&object).unwrap()
     }
     fn decode(&self, bytes: &[u8]) -> Result<Map<String, Value>, String> {
         serde_json::from_slice(bytes).map_err(|error| error.to_string())
@@ -63,8 +63,8 @@ fn records_decode_in_both_layouts() {
         idle_timeout_ms: Some(2000),
         idle_expire_ms: Some(3000),
         last_seen_ms: 1000,
-        data: Some(codec.encode(&object(json!({"role": "admin", "n": 3})))),
-        metadata: Some(codec.encode(&object(json!({"ip": "10.0.0.1"})))),
+        data: Some(codec.encode(object(json!({"role": "admin", "n": 3})))),
+        metadata: Some(codec.encode(object(json!({"ip": "10.0.0.1"})))),
     };
     let decoded = decode(&codec, "id", record(ValueKind::Bytes, stored.to_bytes())).unwrap();
     assert_eq!(decoded, stored);
