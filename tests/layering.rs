@@ -713,3 +713,27 @@ mod tests {
     }
     assert_eq!(cycles(&edges), vec![vec!["a", "b", "c"]]);
 }
+
+/// Most lines a file of `src/` may have: a file that grows past it mixes
+/// ideas and is split (issue 15 set the bound).
+const MAX_FILE_LINES: usize = 600;
+
+/// No file of `src/` is over [`MAX_FILE_LINES`] lines.
+#[test]
+fn files_hold_one_idea_each() {
+    let mut files = Vec::new();
+    rust_files(&package_root().join("src"), &mut files);
+    assert!(!files.is_empty(), "no source files found");
+    let long: Vec<String> = files
+        .iter()
+        .filter_map(|file| {
+            let lines = fs::read_to_string(file).ok()?.lines().count();
+            (lines > MAX_FILE_LINES).then(|| format!("{} ({lines} lines)", file.display()))
+        })
+        .collect();
+    assert!(
+        long.is_empty(),
+        "files over {MAX_FILE_LINES} lines: {}",
+        long.join(", ")
+    );
+}
