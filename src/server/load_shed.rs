@@ -7,8 +7,8 @@
 //! the calls admitted keep their latency. Health checks (`Health/Check`) are
 //! never shed: probes must see the truth even under overload.
 //!
-//! Health `Watch` and reflection streams need no token and may stay open for
-//! as long as the client likes. They count against the limit like any call
+//! Health `Watch`, reflection and `KvService.Watch` streams may stay open
+//! for as long as the client likes (the first two need no token). They count against the limit like any call
 //! (until their first message, like any stream), and while open against
 //! their connection's `max_watch_streams_per_connection`, so their number is
 //! bounded by the connection limit rather than by nothing.
@@ -90,7 +90,10 @@ enum CallKind {
 }
 
 fn call_kind(path: &str) -> CallKind {
-    if path == "/grpc.health.v1.Health/Watch" || path.starts_with("/grpc.reflection.") {
+    if path == "/grpc.health.v1.Health/Watch"
+        || path == "/tierkv.v1.KvService/Watch"
+        || path.starts_with("/grpc.reflection.")
+    {
         CallKind::Watch
     } else if path.starts_with("/grpc.health.") {
         CallKind::Probe
@@ -482,7 +485,7 @@ fn too_many_watches_status(limit: usize) -> Status {
     Status::with_error_details(
         Code::ResourceExhausted,
         format!(
-            "{limit} health Watch and reflection streams are open on this connection \
+            "{limit} Watch and reflection streams are open on this connection \
              (max_watch_streams_per_connection); end one, or use another connection"
         ),
         details,
