@@ -83,6 +83,8 @@ pub async fn open_engine(config: &Config, clock: SharedClock) -> Result<RocksEng
         block_cache_bytes: config.block_cache_mb * 1024 * 1024,
         expiry_grace: Duration::from_secs(config.expiry_grace_secs),
         write_queue_bytes: config.write_queue_mb * 1024 * 1024,
+        history_max_events: config.watch.history_events,
+        history_max_age_millis: config.watch.history_age_secs.saturating_mul(1000),
         ..RocksOptions::default()
     };
     let engine =

@@ -201,11 +201,12 @@ impl Pump {
         let mut events = Vec::new();
         let mut to_read = Vec::new();
         for event in batch {
-            let (kind, version, expire_at_millis) = match event.change {
+            let (kind, version, expire_at_millis) = match &event.change {
                 Change::Put {
                     version,
                     expire_at_millis,
-                } => (EventKind::Put, version, expire_at_millis),
+                    ..
+                } => (EventKind::Put, *version, *expire_at_millis),
                 Change::Delete => (EventKind::Delete, 0, None),
                 Change::NamespaceCleared => (EventKind::NamespaceCleared, 0, None),
             };

@@ -248,7 +248,11 @@ impl KvServiceRpc for KvApi {
         Ok(Response::new(pb::ListResponse {
             keys,
             next_page_token: page.next_page_token,
-            position: String::new(),
+            position: crate::watch::Position {
+                history_id: self.service.engine().history_id(),
+                sequence: page.position,
+            }
+            .to_string(),
         }))
     }
 
