@@ -521,3 +521,35 @@ async fn watch_metrics_are_scraped() {
         "{text}"
     );
 }
+
+/// Idle Watch streams (no events, no heartbeats) do not hold
+/// `max_calls_in_flight`: with a limit of 2 and 4 watches open, calls still
+/// go through; each still holds a place on its connection
+/// (`max_watch_streams_per_connection`).
+#[tokio::test]
+async fn idle_watches_leave_calls_in_flight_but_count_per_connection() {
+    let mut server = start_with(|config| {
+        config.max_calls_in_flight = 2;
+        config.max_watch_streams_per_connection = 4;
+    })
+    .await;
+    let mut streams = Vec::new();
+    for index in 0..4 {
+        streams.push(open(&mut server.client, watch(&format!("idle{index}:"))).await);
+    }
+    for _ in 0..3 {
+        server
+            .client
+            .put(put_text("calls", "go through"))
+            .await
+            .unwrap();
+    }
+    let status = server.client.watch(watch("fifth:")).await.unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert_eq!(reason(&status).0, "TOO_MANY_WATCH_STREAMS");
+    let mut other = connect(&server.server.endpoint()).await;
+    other
+        .watch(watch("fifth:"))
+        .await
+        .expect("another connection has room");
+}

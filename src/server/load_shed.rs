@@ -78,6 +78,11 @@ pub struct CallLimit {
     too_many_watches: HeaderMap,
 }
 
+/// `KvService.Watch`: a long stream that holds a place on its connection
+/// like health Watch, and leaves `max_calls_in_flight` once its handler has
+/// answered (it may wait long for its first event).
+const KV_WATCH_PATH: &str = "/tierkv.v1.KvService/Watch";
+
 /// How a call is admitted, by its path.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum CallKind {
@@ -91,7 +96,7 @@ enum CallKind {
 
 fn call_kind(path: &str) -> CallKind {
     if path == "/grpc.health.v1.Health/Watch"
-        || path == "/tierkv.v1.KvService/Watch"
+        || path == KV_WATCH_PATH
         || path.starts_with("/grpc.reflection.")
     {
         CallKind::Watch
@@ -353,6 +358,9 @@ where
                 return Box::pin(async move { Ok(refusal.await) });
             }
         };
+        // A KvService.Watch stream may wait long for its first event (no
+        // heartbeats asked for): its work is done when the handler answers.
+        let release_at_headers = request.uri().path() == KV_WATCH_PATH;
         let response = self.inner.call(request);
         Box::pin(async move {
             // An error or a dropped future drops the ticket here; a response
@@ -360,7 +368,7 @@ where
             let response = response.await?;
             Ok(response.map(|inner| AdmittedBody {
                 inner,
-                ticket: Some(ticket),
+                ticket: (!release_at_headers).then_some(ticket),
                 _watch: watch,
             }))
         })
