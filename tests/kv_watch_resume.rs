@@ -195,7 +195,7 @@ async fn resume_after_kill_9_is_exactly_once() {
     process.child.wait().unwrap();
     drop(stream);
 
-    let process = spawn_server(server_command(&data));
+    let mut process = spawn_server(server_command(&data));
     let mut client = connect(&process.endpoint()).await;
     written.extend(write_batches(&mut client, "k:", 6_000, 4_000, 100).await);
     let mut stream = client
@@ -207,6 +207,8 @@ async fn resume_after_kill_9_is_exactly_once() {
         let response = next(&mut stream).await.unwrap().unwrap();
         seen.extend(events(&response).iter().map(|e| (e.key.clone(), e.version)));
     }
+    process.child.kill().unwrap();
+    process.child.wait().unwrap();
     assert_exactly_once(&seen, &written);
 }
 

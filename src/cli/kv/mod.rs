@@ -142,9 +142,10 @@ enum KvCommand {
         keys_only: bool,
     },
     /// Print every change under PREFIX as one JSON line (key, type, version,
-    /// expiration, position; value and metadata with --values), resuming by
-    /// itself from the last position printed when the stream breaks.
-    /// Heartbeats (--progress) print `{"progress":true,"position":…}`.
+    /// expiration; value and metadata with --values; the last event of each
+    /// response also its position), resuming by itself from the last
+    /// position printed when the stream breaks. Heartbeats (--progress)
+    /// print `{"progress":true,"position":…}`.
     Watch {
         /// Only keys starting with this ("" for every key the token may read).
         prefix: String,

@@ -157,7 +157,8 @@ fn print_response(
         }
         None => Vec::new(),
     };
-    for event in events {
+    let count = events.len();
+    for (index, event) in events.into_iter().enumerate() {
         let kind = match pb::EventType::try_from(event.r#type) {
             Ok(pb::EventType::Put) => "put",
             Ok(pb::EventType::Delete) => "delete",
@@ -197,7 +198,11 @@ fn print_response(
         if superseded {
             object.insert("value_superseded".into(), true.into());
         }
-        object.insert("position".into(), response.position.clone().into());
+        // Only a response's last event carries its position: a reader that
+        // checkpoints it has processed every event before it.
+        if index + 1 == count {
+            object.insert("position".into(), response.position.clone().into());
+        }
         writeln!(stdout, "{}", serde_json::Value::Object(object)).map_err(output)?;
         *printed += 1;
         if max_events > 0 && *printed >= max_events {
