@@ -93,10 +93,10 @@ pub struct Config {
     /// Most calls handled at once across all connections; more are refused
     /// at once with RESOURCE_EXHAUSTED (health checks are exempt); 0: no limit.
     pub max_calls_in_flight: usize,
-    /// Most health `Watch` and reflection streams open at once on one
-    /// connection; more are refused with RESOURCE_EXHAUSTED. Anyone may open
-    /// them and keep them open, so past their first message (when they leave
-    /// `max_calls_in_flight`) only this bounds them.
+    /// Most health `Watch`, reflection and `KvService.Watch` streams open at
+    /// once on one connection; more are refused with RESOURCE_EXHAUSTED. They
+    /// stay open as long as their clients like, and once they leave
+    /// `max_calls_in_flight` only this (and `watch.max_watchers`) bounds them.
     pub max_watch_streams_per_connection: usize,
     /// Close a connection gracefully (GOAWAY) after this many seconds, so
     /// clients rebalance across pods; 0: never.
