@@ -31,6 +31,8 @@ mod history;
 mod position;
 mod pump;
 mod service;
+#[cfg(test)]
+mod tests;
 
 pub use config::WatchConfig;
 pub use error::WatchError;
