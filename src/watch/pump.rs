@@ -134,7 +134,6 @@ impl Pump {
     /// from there on).
     async fn replay(&self, cursor: &mut u64) -> Result<(), WatchError> {
         loop {
-            self.wait_for_room().await;
             let page = history::read(
                 self.engine.as_ref(),
                 self.history_id,
@@ -148,6 +147,10 @@ impl Pump {
                 if batch.sequence <= *cursor {
                     continue;
                 }
+                // Per batch, not per page: with values, one page could hold
+                // far more than the buffer (a batch is bounded by the size
+                // of the one request that wrote it).
+                self.wait_for_room().await;
                 let events = self.convert(&batch.events, false).await?;
                 self.push(events, batch.sequence, Mode::Replay)?;
                 *cursor = batch.sequence;
