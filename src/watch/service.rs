@@ -154,10 +154,13 @@ impl WatchService {
             })
             .transpose()?;
         if *self.inner.shutdown.borrow() {
+            // Nothing was sent: resume where the client asked to start, or
+            // from now.
+            let engine = self.inner.store.engine();
             return Err(WatchError::ShuttingDown {
                 last_sent: start.unwrap_or(Position {
-                    history_id: 0,
-                    sequence: 0,
+                    history_id: engine.history_id(),
+                    sequence: engine.acknowledged_sequence(),
                 }),
             });
         }
