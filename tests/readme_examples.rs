@@ -329,9 +329,16 @@ fn contains(expected: &Value, actual: &Value) -> bool {
             .all(|(key, value)| actual.get(key).is_some_and(|found| contains(value, found))),
         (Value::Array(expected), Value::Array(actual)) => {
             let open = expected.last().is_some_and(|last| last == MORE);
-            let shown = if open { &expected[..expected.len() - 1] } else { &expected[..] };
-            (if open { actual.len() >= shown.len() } else { actual.len() == shown.len() })
-                && shown.iter().zip(actual).all(|(e, a)| contains(e, a))
+            let shown = if open {
+                &expected[..expected.len() - 1]
+            } else {
+                &expected[..]
+            };
+            (if open {
+                actual.len() >= shown.len()
+            } else {
+                actual.len() == shown.len()
+            }) && shown.iter().zip(actual).all(|(e, a)| contains(e, a))
         }
         (expected, actual) => expected == actual,
     }
@@ -367,9 +374,7 @@ fn check(outcome: &Outcome, ran: &Ran) -> Result<(), String> {
         None if !fails && ran.status != 0 => {
             return Err(format!("exit code {} (documented: success)", ran.status))
         }
-        _ if fails && ran.status == 0 => {
-            return Err("succeeded (documented: an error)".to_string())
-        }
+        _ if fails && ran.status == 0 => return Err("succeeded (documented: an error)".to_string()),
         _ => {}
     }
     if let Some((code, message)) = &outcome.grpc_error {
@@ -402,12 +407,17 @@ fn check(outcome: &Outcome, ran: &Ran) -> Result<(), String> {
         }
     }
     if let Some(line) = &outcome.cli_error {
-        if !ran.stderr.lines().any(|actual| glob(line, actual.trim_end())) {
+        if !ran
+            .stderr
+            .lines()
+            .any(|actual| glob(line, actual.trim_end()))
+        {
             return Err(format!("no stderr line like {line:?}"));
         }
     }
     if let Some(json) = &outcome.json {
-        let expected = expected_json(json).map_err(|error| format!("bad documented JSON: {error}"))?;
+        let expected =
+            expected_json(json).map_err(|error| format!("bad documented JSON: {error}"))?;
         let printed: Vec<Value> = serde_json::Deserializer::from_str(&ran.stdout)
             .into_iter::<Value>()
             .map_while(Result::ok)
@@ -445,7 +455,15 @@ impl Drop for ServerGuard {
 /// The example origin as the README starts it (`make origin`), on a free port.
 fn start_origin() -> (Killed, String) {
     let mut child = Command::new(tools::python())
-        .args(["-u", "-m", "http.server", "0", "--bind", "127.0.0.1", "--directory"])
+        .args([
+            "-u",
+            "-m",
+            "http.server",
+            "0",
+            "--bind",
+            "127.0.0.1",
+            "--directory",
+        ])
         .arg(repo().join("examples/origin"))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -484,7 +502,10 @@ fn dev_config(dir: &Path, origin: &str) -> PathBuf {
         .replace(ORIGIN_ADDR, origin)
         .parse()
         .expect("examples/dev.toml parses");
-    table.insert("data_dir".into(), dir.join("data").display().to_string().into());
+    table.insert(
+        "data_dir".into(),
+        dir.join("data").display().to_string().into(),
+    );
     table.insert(
         "backup_dir".into(),
         dir.join("backups").display().to_string().into(),
@@ -603,7 +624,10 @@ fn readme_examples_run_as_written() {
         let results = run_document(&examples, &work, &bin, &addresses, &endpoint);
         for (example, ran) in examples.iter().zip(results) {
             let Some(ran) = ran else {
-                failures.push(format!("{}: did not run (deadline)\n  {}", example.at, example.command));
+                failures.push(format!(
+                    "{}: did not run (deadline)\n  {}",
+                    example.at, example.command
+                ));
                 continue;
             };
             ran_total += 1;
@@ -636,9 +660,15 @@ fn blocks_split_into_commands_and_outcomes() {
     let doc = "text\n\n```sh\n# prose\ngrpcurl -d '{\"a\":\n  1}' \\\n  host/M\n# {\"found\":true,\n#  \"n\":\"1\"}\n# more prose\n\ntierkv kv get x\n# error: not found […] [NOT_FOUND]\n# exit 1\n```\n\n```sh\nmake run\n```\n\n<!-- readme-test: expect=NOT_FOUND -->\n```sh\ngrpcurl x\n```\n";
     let examples = extract("doc", doc);
     assert_eq!(examples.len(), 3, "{examples:#?}");
-    assert_eq!(examples[0].command, "grpcurl -d '{\"a\":\n  1}' \\\n  host/M");
+    assert_eq!(
+        examples[0].command,
+        "grpcurl -d '{\"a\":\n  1}' \\\n  host/M"
+    );
     assert_eq!(examples[0].at, "doc:5");
-    assert_eq!(examples[0].outcome.json.as_deref(), Some("{\"found\":true, \"n\":\"1\"}"));
+    assert_eq!(
+        examples[0].outcome.json.as_deref(),
+        Some("{\"found\":true, \"n\":\"1\"}")
+    );
     assert_eq!(examples[1].outcome.exit, Some(1));
     assert_eq!(
         examples[1].outcome.cli_error.as_deref(),
@@ -654,7 +684,10 @@ fn blocks_split_into_commands_and_outcomes() {
 #[test]
 #[should_panic(expected = "there is no skip")]
 fn skip_annotations_are_refused() {
-    extract("doc", "<!-- readme-test: skip-reason=slow -->\n```sh\ngrpcurl x\n```\n");
+    extract(
+        "doc",
+        "<!-- readme-test: skip-reason=slow -->\n```sh\ngrpcurl x\n```\n",
+    );
 }
 
 /// Documented JSON with wildcards matches what contains it, and nothing else.
@@ -674,7 +707,8 @@ fn json_outcomes_match_only_what_they_show() {
     )
     .unwrap();
     assert!(!contains(&expected, &wrong_version));
-    let missing_field: Value = serde_json::from_str(r#"{"token":"Yf3Q.x9k","version":"12"}"#).unwrap();
+    let missing_field: Value =
+        serde_json::from_str(r#"{"token":"Yf3Q.x9k","version":"12"}"#).unwrap();
     assert!(!contains(&expected, &missing_field));
     assert!(!glob("Yf3…Q", "Yf3abcZ"));
     // An object wildcard inside an array is one element; `,…]` allows more.
