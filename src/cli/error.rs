@@ -130,7 +130,7 @@ impl From<&str> for CliError {
 }
 
 /// The canonical name of a gRPC code (`INVALID_ARGUMENT`), as grpcurl and
-/// the README's status table write it.
+/// docs/status-codes.md write it.
 pub fn code_name(code: Code) -> &'static str {
     match code {
         Code::Ok => "OK",

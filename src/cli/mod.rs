@@ -6,6 +6,7 @@
 mod admin;
 mod cache;
 mod completions;
+mod config;
 mod connect;
 mod error;
 mod kv;
@@ -52,6 +53,9 @@ enum Command {
     /// Make tokens for `[[auth.tokens]]`.
     #[command(subcommand)]
     Auth(AuthCommand),
+    /// Print a complete commented configuration, or check a configuration file.
+    #[command(subcommand)]
+    Config(config::ConfigCommand),
     /// Print the shell completion script of bash, zsh or fish.
     Completions {
         /// The shell.
@@ -110,6 +114,7 @@ pub async fn main() -> ExitCode {
         Command::Admin(args) => admin::run(args).await,
         Command::Auth(command) => auth(command),
         Command::Cache(args) => cache::run(args).await,
+        Command::Config(command) => config::run(command),
         Command::Completions { shell } => completions::print(shell),
     }
 }

@@ -196,6 +196,14 @@ const SERVER_ENV: &[(&str, &str, EnvKind)] = &[
 
 /// Sets `key` in `table`; a dotted key (`session.prefix`) sets a member of a
 /// sub-table, keeping the sub-table's other members from the file.
+/// The `TIERKV_*` variable the server reads for a configuration key, if any.
+pub(super) fn variable_for(key: &str) -> Option<&'static str> {
+    SERVER_ENV
+        .iter()
+        .find(|(_, config_key, _)| *config_key == key)
+        .map(|(variable, _, _)| *variable)
+}
+
 pub(super) fn insert_dotted(table: &mut toml::Table, key: &str, value: toml::Value) {
     match key.split_once('.') {
         None => {
