@@ -111,7 +111,7 @@ pub const SETTINGS: &[Setting] = &[
     set("max_calls_in_flight", "2048",
         "most calls in progress across all connections, each counted from when its headers are read until its response message is encoded (a stream: its first message); more are refused at once with RESOURCE_EXHAUSTED (health checks exempt; health `Watch` and reflection streams count like calls); `0` disables. see Overload for sizing"),
     set("max_watch_streams_per_connection", "8",
-        "most health `Watch` and reflection streams open at once on one connection (at least 1); more are refused with RESOURCE_EXHAUSTED (`ErrorInfo` reason `TOO_MANY_WATCH_STREAMS`). Anyone may open them and keep them open, so this bounds them by `max_connections`"),
+        "most long streams (`KvService.Watch`, health `Watch` and reflection) open at once on one connection (at least 1); more are refused with RESOURCE_EXHAUSTED (`ErrorInfo` reason `TOO_MANY_WATCH_STREAMS`). Anyone may open them and keep them open, so this bounds them by `max_connections`"),
     set("max_connection_age_secs", "0",
         "end connections gracefully (GOAWAY) at this age, so clients rebalance across pods (never)"),
     set("max_connection_age_grace_secs", "30",
@@ -204,6 +204,14 @@ pub const SETTINGS: &[Setting] = &[
         "most records the cache keeps stored from this origin's answers; beyond it answers are served but not stored (nothing is evicted; client-written records are not counted)"),
     set("cache.origins[].max_store_bytes", "1073741824",
         "most bytes (key, value and cache metadata) of those records; beyond it, as for `max_store_entries` (1 GiB)"),
+    set("watch.max_watchers", "1024",
+        "most `KvService.Watch` streams open at once on this server; more are refused with RESOURCE_EXHAUSTED. Each holds a task and up to `buffer_bytes` (docs/watch.md)"),
+    set("watch.buffer_bytes", "4194304",
+        "most bytes of events one watcher holds for a client that does not read them (at least 65536); past it the watcher is ended with RESOURCE_EXHAUSTED and the last position it sent, and the client resumes from history"),
+    set("watch.history_events", "1000000",
+        "most events the history keeps for resuming; older ones are trimmed in the background; 0: no bound by count"),
+    set("watch.history_age_secs", "86400",
+        "longest the history keeps an event, in seconds; 0: no bound by age (not both 0)"),
 ];
 
 /// The settings of one table, in order.

@@ -51,6 +51,7 @@ fn structs() -> Vec<(&'static str, &'static [&'static str])> {
         ("migrations[].", fields::<MigrationStep>()),
         ("cache.", fields::<CacheConfig>()),
         ("cache.origins[].", fields::<OriginConfig>()),
+        ("watch.", fields::<crate::watch::WatchConfig>()),
     ]
 }
 
@@ -64,6 +65,7 @@ const TABLES: &[&str] = &[
     "migrations",
     "cache",
     "cache.origins",
+    "watch",
 ];
 
 /// Every field of every configuration struct has an entry, and every entry
