@@ -27,7 +27,7 @@ use std::sync::{Arc, Mutex};
 use rand::Rng;
 use rocksdb::{ReadOptions, WriteBatch, WriteOptions, DB};
 
-use super::{storage_error, Inner, META_CF};
+use super::{storage_error, Inner, CHANGE_SEQUENCE_KEY, META_CF};
 use crate::clock::Clock;
 use crate::engine::changes::{Change, ChangeEvent};
 use crate::engine::{EngineError, HistoryBatch, HistoryError, HistoryPage, HistoryPosition};
@@ -160,7 +160,16 @@ pub(super) fn open_history(
             .flat_map(|(after, to)| after.to_le_bytes().into_iter().chain(to.to_le_bytes()))
             .collect();
         batch.put_cf(meta_cf, LOST_RANGES_KEY, encoded);
-        last_sequence = ceiling;
+        // One past the ceiling: the ceiling itself may have been used before
+        // the stop, and a position this open hands out (a heartbeat's, a
+        // scan's) must lie outside the lost range. Stored as the next
+        // sequence, so scans report it too.
+        last_sequence = ceiling + 1;
+        batch.put_cf(
+            meta_cf,
+            CHANGE_SEQUENCE_KEY,
+            (last_sequence + 1).to_le_bytes(),
+        );
     }
 
     // Identity: kept only when the file, the meta copy and the column

@@ -274,6 +274,10 @@ impl LocalStorage for RocksEngine {
         .await
     }
 
+    async fn trim_history(&self) -> Result<u64, EngineError> {
+        self.blocking(|inner| inner.trim_history()).await
+    }
+
     async fn local_namespace_stats(&self) -> Result<Vec<LocalNamespaceStats>, EngineError> {
         self.blocking(|inner| {
             (0..inner.namespaces.len())
