@@ -133,6 +133,36 @@ async fn a_clean_restart_leaves_no_gap() {
     assert_eq!(batches_after(&engine, 0).await, vec![last, next]);
 }
 
+/// A flush (what the server does at shutdown) marks the stop clean even if
+/// the process then exits without closing the engine: the next open continues
+/// without a gap. Writes after the flush raise the ceiling again, so a crash
+/// after them is still detected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flush_marks_the_stop_clean() {
+    let dir = TempDir::new().unwrap();
+    let engine = open(dir.path());
+    let first = engine.write(puts(&["user:a"])).await.unwrap().sequence;
+    engine.flush().await.unwrap();
+    let second = engine.write(puts(&["user:b"])).await.unwrap().sequence;
+    assert_eq!(second, first + 1);
+    engine.flush().await.unwrap();
+    // An exit without a clean close: the writer dies, nothing else runs.
+    let failed = {
+        let engine = engine.clone();
+        tokio::spawn(async move { LocalStorage::failed(&engine).await })
+    };
+    engine.crash_writer();
+    tokio::time::timeout(Duration::from_secs(10), failed)
+        .await
+        .expect("the writer's death is reported")
+        .unwrap();
+    drop(engine);
+    let engine = open(dir.path());
+    let third = engine.write(puts(&["user:c"])).await.unwrap().sequence;
+    assert_eq!(third, second + 1, "no gap after a flushed stop");
+    assert_eq!(batches_after(&engine, 0).await, vec![first, second, third]);
+}
+
 /// A power loss with `sync_writes = false` can drop the tail of the log:
 /// the store comes back at an earlier sequence than clients have seen. The
 /// durable ceiling (raised before any sequence above it was used) marks the

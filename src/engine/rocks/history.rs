@@ -27,6 +27,7 @@ use std::sync::{Arc, Mutex};
 use rand::Rng;
 use rocksdb::{ReadOptions, WriteBatch, WriteOptions, DB};
 
+use super::writer::WriterState;
 use super::{storage_error, Inner, CHANGE_SEQUENCE_KEY, META_CF};
 use crate::clock::Clock;
 use crate::engine::changes::{Change, ChangeEvent};
@@ -409,15 +410,21 @@ impl Inner {
 
     /// Lowers the ceiling to the last sequence used, durably: a clean stop,
     /// after which the next open continues without a gap.
-    pub(super) fn close_ceiling(&self, last: u64) -> Result<(), EngineError> {
+    /// Writer thread only: the next write raises it again.
+    pub(super) fn close_ceiling(&self, state: &mut WriterState) -> Result<(), EngineError> {
+        if state.ceiling == state.last_sequence {
+            return Ok(());
+        }
         self.db
             .put_cf_opt(
                 self.meta_handle()?,
                 SEQUENCE_CEILING_KEY,
-                last.to_le_bytes(),
+                state.last_sequence.to_le_bytes(),
                 &synced(),
             )
-            .map_err(storage_error)
+            .map_err(storage_error)?;
+        state.ceiling = state.last_sequence;
+        Ok(())
     }
 
     /// Adds one request's history entry to a commit's batch.

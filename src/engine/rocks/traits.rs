@@ -89,6 +89,14 @@ impl Engine for RocksEngine {
     }
 
     async fn flush(&self) -> Result<(), EngineError> {
+        // A flush is for shutdown: mark the stop clean first, so the next
+        // open continues its sequences without a gap even if this process
+        // exits without dropping the engine.
+        // Failing that (a dead writer) is safe: the next open treats the
+        // stop as unclean and skips the unused sequences.
+        if let Err(error) = self.writer.submit_seal(&self.inner).await {
+            tracing::warn!(error = %error.log_summary(), "could not mark the stop clean");
+        }
         self.blocking(|inner| inner.flush()).await
     }
 
