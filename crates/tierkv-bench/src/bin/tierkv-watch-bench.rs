@@ -31,6 +31,7 @@
 //! ```text
 //! cargo run --release --locked -p tierkv-bench --bin tierkv-watch-bench
 //! cargo run --release --locked -p tierkv-bench --bin tierkv-watch-bench -- --ops 5000 --rounds 1
+//! SCENARIO=watch scripts/bench-h2load.sh   # writers through h2load, watchers held by --attach
 //! ```
 
 #![warn(missing_docs)]
@@ -83,6 +84,63 @@ struct Args {
     /// Open the store with `sync_writes`.
     #[arg(long)]
     sync_writes: bool,
+    /// Instead of benchmarking: hold `--hold` watchers on `--prefix` against
+    /// a running server at this endpoint (`http://127.0.0.1:PORT`), print
+    /// `watching N` once every stream is open, count their events, and print
+    /// `received E events` at SIGTERM or Ctrl-C (scripts/bench-h2load.sh
+    /// SCENARIO=watch).
+    #[arg(long)]
+    attach: Option<String>,
+    /// Watchers to hold with `--attach`.
+    #[arg(long, default_value_t = 10)]
+    hold: usize,
+    /// Prefix the held watchers watch.
+    #[arg(long, default_value = "bench:")]
+    prefix: String,
+}
+
+/// `--attach`: holds watchers and counts their events until told to stop.
+async fn hold(endpoint: &str, watchers: usize, prefix: &str) -> Result<(), BoxError> {
+    let received = Arc::new(AtomicU64::new(0));
+    let mut streams = Vec::new();
+    let mut connection = None;
+    for n in 0..watchers {
+        if n % WATCHERS_PER_CONNECTION == 0 {
+            connection = Some(connect(endpoint).await?);
+        }
+        let mut client = connection.clone().ok_or("no connection")?;
+        streams.push(
+            client
+                .watch(pb::WatchRequest {
+                    prefix: prefix.to_string(),
+                    ..Default::default()
+                })
+                .await?
+                .into_inner(),
+        );
+    }
+    println!("watching {watchers}");
+    let mut tasks = JoinSet::new();
+    for mut stream in streams {
+        let received = Arc::clone(&received);
+        tasks.spawn(async move {
+            while let Ok(Some(response)) = stream.message().await {
+                if let Some(pb::watch_response::Kind::Events(events)) = response.kind {
+                    received.fetch_add(events.events.len() as u64, Ordering::Relaxed);
+                }
+            }
+        });
+    }
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = terminate.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+        _ = async { while tasks.join_next().await.is_some() {} } => {
+            println!("every watch stream ended");
+        }
+    }
+    println!("received {} events", received.load(Ordering::Relaxed));
+    Ok(())
 }
 
 async fn connect(endpoint: &str) -> Result<KvServiceClient<Channel>, BoxError> {
@@ -321,6 +379,9 @@ async fn replay(endpoint: &str, events: u64, include_values: bool) -> Result<f64
 #[tokio::main]
 async fn main() -> Result<(), BoxError> {
     let args = Args::parse();
+    if let Some(endpoint) = &args.attach {
+        return hold(endpoint, args.hold, &args.prefix).await;
+    }
     let scratch: PathBuf =
         std::env::temp_dir().join(format!("tierkv-watch-bench-{}", std::process::id()));
     let config = Config {
