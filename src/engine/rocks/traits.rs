@@ -89,6 +89,14 @@ impl Engine for RocksEngine {
     }
 
     async fn flush(&self) -> Result<(), EngineError> {
+        // A flush is for shutdown: mark the stop clean first, so the next
+        // open continues its sequences without a gap even if this process
+        // exits without dropping the engine.
+        // Failing that (a dead writer) is safe: the next open treats the
+        // stop as unclean and skips the unused sequences.
+        if let Err(error) = self.writer.submit_seal(&self.inner).await {
+            tracing::warn!(error = %error.log_summary(), "could not mark the stop clean");
+        }
         self.blocking(|inner| inner.flush()).await
     }
 
@@ -272,6 +280,10 @@ impl LocalStorage for RocksEngine {
             })
         })
         .await
+    }
+
+    async fn trim_history(&self) -> Result<u64, EngineError> {
+        self.blocking(|inner| inner.trim_history()).await
     }
 
     async fn local_namespace_stats(&self) -> Result<Vec<LocalNamespaceStats>, EngineError> {

@@ -96,6 +96,9 @@ struct WriteRequest {
     /// Set for a request that empties a whole namespace; it has no ops and
     /// commits alone (see [`Inner::commit_clear`]).
     clear: Option<NamespaceId>,
+    /// Set for a request that marks a clean stop (see [`Inner::commit_seal`]);
+    /// it has no ops and goes alone.
+    seal: bool,
     reply: Option<Reply>,
     bytes: usize,
     /// The request's share of the queue's byte budget, returned as it is answered.
@@ -107,6 +110,7 @@ impl WriteRequest {
         Self {
             ops: Vec::new(),
             clear: None,
+            seal: false,
             reply: None,
             bytes: 0,
             budget: None,
@@ -274,6 +278,7 @@ impl Writer {
             .send(WriteRequest {
                 ops: prepared,
                 clear: None,
+                seal: false,
                 reply: Some(reply),
                 bytes,
                 budget: Some(budget),
@@ -295,6 +300,27 @@ impl Writer {
             .send(WriteRequest {
                 ops: Vec::new(),
                 clear: Some(namespace),
+                seal: false,
+                reply: Some(reply),
+                bytes: 0,
+                budget: None,
+            })
+            .await
+            .map_err(|_| self.closed(inner))?;
+        response.await.map_err(|_| self.closed(inner))?.map(|_| ())
+    }
+
+    /// Has the writer mark a clean stop: the sequence ceiling lowered to the
+    /// last sequence used (raised again by the next write), so that an open
+    /// after a shutdown that flushed continues without a gap.
+    pub(super) async fn submit_seal(&self, inner: &Arc<Inner>) -> Result<(), EngineError> {
+        let sender = self.sender.as_ref().ok_or_else(|| self.closed(inner))?;
+        let (reply, response) = oneshot::channel();
+        sender
+            .send(WriteRequest {
+                ops: Vec::new(),
+                clear: None,
+                seal: true,
                 reply: Some(reply),
                 bytes: 0,
                 budget: None,
@@ -404,8 +430,8 @@ fn run_writer(
     mut requests: mpsc::Receiver<WriteRequest>,
     mut state: WriterState,
 ) -> Result<(), String> {
-    // A namespace clear taken while gathering a group waits for the next turn:
-    // it commits alone, after the group queued before it.
+    // A namespace clear (or a seal) taken while gathering a group waits for
+    // the next turn: it commits alone, after the group queued before it.
     let mut held: Option<WriteRequest> = None;
     while let Some(first) = held.take().or_else(|| next_request(&mut requests)) {
         #[cfg(feature = "test-hooks")]
@@ -414,11 +440,15 @@ fn run_writer(
             inner.commit_clear(first, &mut state)?;
             continue;
         }
+        if first.seal {
+            inner.commit_seal(first, &mut state)?;
+            continue;
+        }
         let mut group_bytes = first.bytes;
         let mut group = vec![first];
         while group.len() < MAX_GROUP_REQUESTS && group_bytes < MAX_GROUP_BYTES {
             match requests.try_recv() {
-                Ok(request) if request.clear.is_some() => {
+                Ok(request) if request.clear.is_some() || request.seal => {
                     held = Some(request);
                     break;
                 }
@@ -435,7 +465,7 @@ fn run_writer(
     // last sequence used, which marks the stop as clean.
     inner.commit_group(Vec::new(), &mut state)?;
     inner
-        .close_ceiling(state.last_sequence)
+        .close_ceiling(&mut state)
         .map_err(|error| format!("cannot record a clean stop: {error}"))
 }
 

@@ -357,6 +357,35 @@ impl Inner {
     }
 }
 
+impl Inner {
+    /// Marks a clean stop for a flush before shutdown: the clock's mark
+    /// persisted and the sequence ceiling lowered to the last sequence used.
+    pub(super) fn commit_seal(
+        &self,
+        mut request: WriteRequest,
+        state: &mut WriterState,
+    ) -> Result<(), String> {
+        self.commit_group(Vec::new(), state)?;
+        match self.close_ceiling(state) {
+            Ok(()) => {
+                request.answer(Ok(WriteReceipt {
+                    outcomes: Vec::new(),
+                    sequence: state.last_sequence,
+                }));
+                Ok(())
+            }
+            Err(error) => {
+                request.answer(Err(error.duplicate()));
+                if error.is_retryable() {
+                    Ok(())
+                } else {
+                    Err(format!("cannot record a clean stop: {error}"))
+                }
+            }
+        }
+    }
+}
+
 /// One request's preconditions checked and versions assigned.
 struct Staged {
     /// The live version each touched key is left with.
