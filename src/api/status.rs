@@ -134,6 +134,14 @@ pub fn engine_status(method: &'static str, error: EngineError) -> Status {
         );
         return Status::with_error_details(Code::DataLoss, message, details);
     }
+    if let EngineError::Limit(_) = error {
+        // A batch or value over what the store accepts: the client's to
+        // change, and the message names the limit and the setting.
+        tracing::debug!(method, "request over a storage limit");
+        let mut details = ErrorDetails::new();
+        details.add_bad_request_violation("mutations", message.clone());
+        return Status::with_error_details(Code::InvalidArgument, message, details);
+    }
     if error.is_retryable() {
         tracing::warn!(method, error = %summary, "storage unavailable");
         Status::unavailable(message)

@@ -17,6 +17,7 @@
 pub mod changes;
 #[cfg(feature = "testsuite")]
 pub mod conformance;
+pub mod etcd;
 mod local;
 pub mod namespace;
 pub mod record;
@@ -28,6 +29,7 @@ use thiserror::Error;
 pub use changes::{
     CatchUpError, Change, ChangeEvent, ChangeFeed, ChangeSubscription, FeedPosition, RecvError,
 };
+pub use etcd::{EtcdEngine, EtcdLimits, EtcdOptions, EtcdTls};
 pub use local::{BackupInfo, LocalNamespaceStats, LocalStorage, StorageSummary};
 pub use namespace::Namespaces;
 pub use record::{Record, ValueKind};
@@ -251,6 +253,11 @@ pub enum EngineError {
     /// The data directory holds something this configuration would hide or lose.
     #[error("{0}")]
     Layout(String),
+    /// A request over a limit of the store itself (an etcd cluster's
+    /// operations or bytes per transaction); the message names the limit and
+    /// the setting that raises it. A client's doing: INVALID_ARGUMENT.
+    #[error("{0}")]
+    Limit(String),
     /// Any other storage failure.
     #[error("storage error: {0}")]
     Storage(String),
@@ -272,6 +279,7 @@ impl EngineError {
                 key: key.clone(),
                 reason: reason.clone(),
             },
+            EngineError::Limit(message) => EngineError::Limit(message.clone()),
             other => EngineError::Storage(other.to_string()),
         }
     }

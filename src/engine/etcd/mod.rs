@@ -1,0 +1,504 @@
+//! The etcd engine: the core [`Engine`] contract over an etcd v3 cluster, so
+//! that several stateless tierkv servers can share one replicated store.
+//!
+//! The mapping (see `docs/design/etcd-engine.md`):
+//! - records are `<root>k/<key>` heads (the RocksDB record format, the
+//!   value inline up to [`INLINE_VALUE_MAX`](crate::engine::record::INLINE_VALUE_MAX),
+//!   longer ones at `<root>v/<key>`), one ordered etcd range, so scans are
+//!   native `Range`s in byte order;
+//! - a write batch is read, decided and committed as one `Txn` whose
+//!   compares are the `mod_revision`s the decision read ([`write`]);
+//! - versions are `revision << 16 | index`, sequences are revisions;
+//! - the change feed is a `Watch` on the feed record each write puts ([`feed`]);
+//! - the clock's high-water mark, the instance secret and named state live
+//!   under the root too.
+//!
+//! A remote store has no [`LocalStorage`](crate::engine::LocalStorage):
+//! [`Engine::local`] answers `None`.
+
+mod feed;
+mod keys;
+mod read;
+mod write;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use etcd_client::{
+    Client, Compare, CompareOp, ConnectOptions, GetOptions, Txn, TxnOp, TxnOpResponse,
+};
+use tokio::task::JoinHandle;
+
+use self::keys::{clock_mark, parse_clock_mark, Keys};
+use super::{
+    ChangeFeed, ChangeSubscription, Engine, EngineError, FeedPosition, NamespaceStats, Namespaces,
+    Record, ScanPage, ScanRequest, WriteOp, WriteReceipt,
+};
+use crate::clock::{Clock, MonotonicClock, SharedClock};
+
+/// etcd's default `--max-txn-ops`.
+pub const ETCD_DEFAULT_MAX_TXN_OPS: usize = 128;
+/// etcd's default `--max-request-bytes` (1.5 MiB).
+pub const ETCD_DEFAULT_MAX_REQUEST_BYTES: usize = 1536 * 1024;
+/// The clock mark is written by a read only when the clock ran this far
+/// ahead of it (a step, or a test's clock); the background task keeps it
+/// within this of the clock otherwise.
+const CLOCK_MARK_INTERVAL: Duration = Duration::from_secs(1);
+
+/// TLS towards etcd: PEM bytes, read by the configuration.
+#[derive(Clone, Default)]
+pub struct EtcdTls {
+    /// The CA that signed etcd's server certificates; the system roots
+    /// when `None`.
+    pub ca_pem: Option<Vec<u8>>,
+    /// A client certificate and key, for etcd's `--client-cert-auth`.
+    pub identity_pem: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+/// How to reach the etcd cluster and how much it accepts.
+#[derive(Clone)]
+pub struct EtcdOptions {
+    /// `http://host:port` (or `https://` with [`EtcdOptions::tls`]) of the members.
+    pub endpoints: Vec<String>,
+    /// The key prefix that isolates this tierkv cluster inside etcd.
+    pub prefix: String,
+    /// How long connecting to a member may take.
+    pub dial_timeout: Duration,
+    /// How long one etcd request may take before it fails as unavailable.
+    pub request_timeout: Duration,
+    /// TLS towards etcd.
+    pub tls: Option<EtcdTls>,
+    /// etcd user name and password (etcd authentication); never logged.
+    pub user: Option<(String, String)>,
+    /// The cluster's `--max-txn-ops`: the most operations one transaction may carry.
+    pub max_txn_ops: usize,
+    /// The cluster's `--max-request-bytes`: the largest request it accepts.
+    pub max_request_bytes: usize,
+    /// How many commits a change-feed subscriber may fall behind before it lags.
+    pub change_feed_capacity: usize,
+    /// Most bytes of change events held for subscribers that have not read them.
+    pub change_feed_max_bytes: usize,
+}
+
+impl std::fmt::Debug for EtcdOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The password never reaches a log; the user name may.
+        f.debug_struct("EtcdOptions")
+            .field("endpoints", &self.endpoints)
+            .field("prefix", &self.prefix)
+            .field("dial_timeout", &self.dial_timeout)
+            .field("request_timeout", &self.request_timeout)
+            .field("tls", &self.tls.is_some())
+            .field("user", &self.user.as_ref().map(|(name, _)| name))
+            .field("max_txn_ops", &self.max_txn_ops)
+            .field("max_request_bytes", &self.max_request_bytes)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for EtcdOptions {
+    fn default() -> Self {
+        Self {
+            endpoints: vec!["http://127.0.0.1:2379".to_string()],
+            prefix: "tierkv/".to_string(),
+            dial_timeout: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(10),
+            tls: None,
+            user: None,
+            max_txn_ops: ETCD_DEFAULT_MAX_TXN_OPS,
+            max_request_bytes: ETCD_DEFAULT_MAX_REQUEST_BYTES,
+            change_feed_capacity: 4096,
+            change_feed_max_bytes: 64 * 1024 * 1024,
+        }
+    }
+}
+
+/// What one etcd request may carry, as configured to match the cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EtcdLimits {
+    /// Mutations one write batch may hold: the cluster's `--max-txn-ops`
+    /// less the feed record's operation (a value longer than 1 KiB takes a
+    /// second operation).
+    pub max_batch_ops: usize,
+    /// Bytes of keys, values and metadata one write batch may carry: the
+    /// cluster's `--max-request-bytes` less room for the request's framing.
+    pub max_request_bytes: usize,
+}
+
+/// The etcd engine: a cheap-to-clone handle.
+#[derive(Clone)]
+pub struct EtcdEngine {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    client: Client,
+    keys: Keys,
+    namespaces: Namespaces,
+    clock: Arc<MonotonicClock>,
+    /// The clock mark as last written (or read) by this process.
+    persisted_clock: Arc<AtomicU64>,
+    secret: Vec<u8>,
+    feed: Arc<ChangeFeed>,
+    /// How far the feed has published, to wait on.
+    position: FeedPosition,
+    /// The highest revision a write of this handle returned (or the store's
+    /// revision at open).
+    acknowledged: AtomicU64,
+    options: EtcdOptions,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // The watch task holds the feed: aborting it closes the feed, which
+        // ends every `catch_up_to` wait.
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+/// Maps an etcd client failure: what a retry can fix is unavailable; a
+/// request etcd refuses for its size names the limit and the flag.
+pub(crate) fn etcd_error(error: etcd_client::Error) -> EngineError {
+    use etcd_client::Error as E;
+    match error {
+        E::GRpcStatus(status) => {
+            let message = status.message().to_string();
+            if message.contains("too many operations in txn request") {
+                return EngineError::Limit(format!(
+                    "the etcd cluster refused the transaction: {message}; raise etcd's --max-txn-ops (and [engine.etcd] max_txn_ops) or write fewer mutations per batch"
+                ));
+            }
+            if message.contains("request is too large") {
+                return EngineError::Limit(format!(
+                    "the etcd cluster refused the request: {message}; raise etcd's --max-request-bytes (and [engine.etcd] max_request_bytes) or write smaller batches"
+                ));
+            }
+            // gRPC status codes etcd answers with (its API is gRPC): what
+            // no retry fixes is a storage failure, the rest a transient one.
+            const INVALID_ARGUMENT: i32 = 3;
+            const PERMISSION_DENIED: i32 = 7;
+            const FAILED_PRECONDITION: i32 = 9;
+            const OUT_OF_RANGE: i32 = 11;
+            const UNIMPLEMENTED: i32 = 12;
+            const UNAUTHENTICATED: i32 = 16;
+            match status.code() as i32 {
+                INVALID_ARGUMENT | PERMISSION_DENIED | UNAUTHENTICATED | FAILED_PRECONDITION
+                | OUT_OF_RANGE | UNIMPLEMENTED => EngineError::Storage(format!("etcd: {message}")),
+                _ => EngineError::Unavailable(format!("etcd: {message}")),
+            }
+        }
+        E::TransportError(error) => EngineError::Unavailable(format!("etcd unreachable: {error}")),
+        E::IoError(error) => EngineError::Unavailable(format!("etcd unreachable: {error}")),
+        other => EngineError::Storage(format!("etcd: {other}")),
+    }
+}
+
+impl EtcdEngine {
+    /// Connects to the cluster, reads (or creates) the clock mark and the
+    /// instance secret under the prefix, and starts the change feed's watch
+    /// at the store's current revision. Fails with
+    /// [`EngineError::Unavailable`] when etcd cannot be reached.
+    pub async fn open(
+        options: EtcdOptions,
+        namespaces: Namespaces,
+        clock: SharedClock,
+    ) -> Result<Self, EngineError> {
+        if options.endpoints.is_empty() {
+            return Err(EngineError::Storage("no etcd endpoints configured".into()));
+        }
+        let mut connect = ConnectOptions::new()
+            .with_connect_timeout(options.dial_timeout)
+            .with_timeout(options.request_timeout)
+            .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5));
+        if let Some((name, password)) = &options.user {
+            connect = connect.with_user(name.clone(), password.clone());
+        }
+        if let Some(tls) = &options.tls {
+            let mut config = etcd_client::TlsOptions::new();
+            if let Some(ca) = &tls.ca_pem {
+                config = config.ca_certificate(etcd_client::Certificate::from_pem(ca));
+            }
+            if let Some((cert, key)) = &tls.identity_pem {
+                config = config.identity(etcd_client::Identity::from_pem(cert, key));
+            }
+            connect = connect.with_tls(config);
+        }
+        let client = Client::connect(&options.endpoints, Some(connect))
+            .await
+            .map_err(etcd_error)?;
+        let keys = Keys::new(&options.prefix);
+        let clock = Arc::new(MonotonicClock::new(clock, 0));
+
+        // The mark and the secret are created once (create_revision == 0),
+        // whichever replica comes first; every later open reads them.
+        let mut kv = client.kv_client();
+        let secret: Vec<u8> = {
+            use rand::RngCore;
+            let mut bytes = vec![0u8; 32];
+            rand::rng().fill_bytes(&mut bytes);
+            bytes
+        };
+        let txn = Txn::new()
+            .when([Compare::create_revision(keys.secret(), CompareOp::Equal, 0)])
+            .and_then([TxnOp::put(keys.secret(), secret, None)]);
+        kv.txn(txn).await.map_err(etcd_error)?;
+        let txn = Txn::new()
+            .when([Compare::create_revision(keys.clock(), CompareOp::Equal, 0)])
+            .and_then([TxnOp::put(keys.clock(), clock_mark(0), None)]);
+        kv.txn(txn).await.map_err(etcd_error)?;
+        let read = Txn::new().and_then([
+            TxnOp::get(keys.secret(), None),
+            TxnOp::get(keys.clock(), None),
+        ]);
+        let response = kv.txn(read).await.map_err(etcd_error)?;
+        let mut values = response.op_responses().into_iter().map(|op| match op {
+            TxnOpResponse::Get(get) => get.kvs().first().map(|kv| kv.value().to_vec()),
+            _ => None,
+        });
+        let secret = values
+            .next()
+            .flatten()
+            .ok_or_else(|| EngineError::Storage("the instance secret is missing in etcd".into()))?;
+        let mark = parse_clock_mark(&values.next().flatten().unwrap_or_default());
+        clock.raise_floor(mark);
+        let persisted_clock = Arc::new(AtomicU64::new(mark));
+        let mut revision = response.header().map_or(0, |header| header.revision());
+        let now = clock.now_millis();
+        if now > mark {
+            if let Some(written) = persist_clock(&client, &keys, now).await? {
+                revision = revision.max(written);
+            }
+            persisted_clock.fetch_max(now, Ordering::AcqRel);
+        }
+
+        let feed = Arc::new(ChangeFeed::new(
+            options.change_feed_capacity,
+            options.change_feed_max_bytes,
+            revision as u64,
+        ));
+        let mut tasks = vec![tokio::spawn(feed::run(
+            client.clone(),
+            keys.feed(),
+            Arc::clone(&feed),
+            revision,
+        ))];
+        tasks.push(tokio::spawn(keep_clock_mark(
+            client.clone(),
+            keys.clone(),
+            Arc::clone(&clock),
+            Arc::clone(&persisted_clock),
+        )));
+        Ok(Self {
+            inner: Arc::new(Inner {
+                client,
+                keys,
+                namespaces,
+                clock,
+                persisted_clock,
+                secret,
+                position: feed.subscribe().feed_position(),
+                feed,
+                acknowledged: AtomicU64::new(revision as u64),
+                options,
+                tasks,
+            }),
+        })
+    }
+
+    /// What one write request may carry, so that services can refuse a
+    /// larger batch with INVALID_ARGUMENT before sending it.
+    pub fn limits(&self) -> EtcdLimits {
+        limits(&self.inner.options)
+    }
+
+    /// Whether a quorum of the cluster answers a linearizable read now; for
+    /// the health check.
+    pub async fn is_reachable(&self) -> bool {
+        let mut kv = self.inner.client.kv_client();
+        kv.get(
+            self.inner.keys.clock(),
+            Some(GetOptions::new().with_count_only()),
+        )
+        .await
+        .is_ok()
+    }
+
+    /// Writes the clock mark before a read decides expiry by a time far
+    /// ahead of it, so that no restart can make the read's result undone.
+    async fn ensure_clock_persisted(&self) -> Result<u64, EngineError> {
+        let now = self.inner.clock.now_millis();
+        let persisted = self.inner.persisted_clock.load(Ordering::Acquire);
+        if now > persisted.saturating_add(CLOCK_MARK_INTERVAL.as_millis() as u64) {
+            persist_clock(&self.inner.client, &self.inner.keys, now).await?;
+            self.inner.persisted_clock.fetch_max(now, Ordering::AcqRel);
+        }
+        Ok(now)
+    }
+
+    /// Records a committed revision as acknowledged, and waits (up to the
+    /// request timeout) until the watch has published it, as the RocksDB
+    /// engine publishes before it answers: a subscription made after a write
+    /// returned then never receives that write's events. The write committed
+    /// either way: past the wait it is acknowledged all the same, and
+    /// `catch_up_to` keeps the contract for consumers that need the events.
+    async fn acknowledge(&self, revision: u64) {
+        self.inner
+            .acknowledged
+            .fetch_max(revision, Ordering::AcqRel);
+        let position = &self.inner.position;
+        let deadline = std::time::Instant::now() + self.inner.options.request_timeout;
+        if position.wait_for(revision, deadline).await.is_err() {
+            tracing::warn!(
+                revision,
+                "the etcd change feed had not published a committed write by the request timeout"
+            );
+        }
+    }
+
+    fn kv(&self) -> etcd_client::KvClient {
+        self.inner
+            .client
+            .kv_client()
+            .max_decoding_message_size(usize::MAX)
+    }
+}
+
+/// The limits of `options`.
+fn limits(options: &EtcdOptions) -> EtcdLimits {
+    EtcdLimits {
+        max_batch_ops: options.max_txn_ops.saturating_sub(1).min(u16::MAX as usize),
+        max_request_bytes: options.max_request_bytes.saturating_sub(4096),
+    }
+}
+
+/// Raises the stored clock mark to `now` unless it is already there (another
+/// replica's clock may be ahead); the revision written, if any.
+async fn persist_clock(client: &Client, keys: &Keys, now: u64) -> Result<Option<i64>, EngineError> {
+    let mark = clock_mark(now);
+    let txn = Txn::new()
+        .when([Compare::value(keys.clock(), CompareOp::Less, mark.clone())])
+        .and_then([TxnOp::put(keys.clock(), mark, None)]);
+    let response = client.kv_client().txn(txn).await.map_err(etcd_error)?;
+    Ok(response
+        .succeeded()
+        .then(|| response.header().map_or(0, |header| header.revision())))
+}
+
+/// Keeps the stored clock mark within [`CLOCK_MARK_INTERVAL`] of the clock.
+async fn keep_clock_mark(
+    client: Client,
+    keys: Keys,
+    clock: Arc<MonotonicClock>,
+    persisted: Arc<AtomicU64>,
+) {
+    let mut tick = tokio::time::interval(CLOCK_MARK_INTERVAL);
+    loop {
+        tick.tick().await;
+        let now = clock.now_millis();
+        if now > persisted.load(Ordering::Acquire)
+            && persist_clock(&client, &keys, now).await.is_ok()
+        {
+            persisted.fetch_max(now, Ordering::AcqRel);
+        }
+    }
+}
+
+#[async_trait]
+impl Engine for EtcdEngine {
+    async fn get_many(&self, keys: Vec<String>) -> Result<Vec<Option<Record>>, EngineError> {
+        self.read_records(&keys, None).await
+    }
+
+    async fn get_many_within(
+        &self,
+        keys: &[String],
+        max_bytes: usize,
+    ) -> Result<Vec<Option<Record>>, EngineError> {
+        self.read_records(keys, Some(max_bytes)).await
+    }
+
+    async fn scan(&self, request: ScanRequest) -> Result<ScanPage, EngineError> {
+        self.scan_records(request).await
+    }
+
+    async fn write(&self, ops: Vec<WriteOp>) -> Result<WriteReceipt, EngineError> {
+        if ops.is_empty() {
+            return Ok(WriteReceipt {
+                outcomes: Vec::new(),
+                sequence: self.acknowledged_sequence(),
+            });
+        }
+        let receipt = self.write_batch(ops).await?;
+        self.acknowledge(receipt.sequence).await;
+        Ok(receipt)
+    }
+
+    fn subscribe(&self) -> ChangeSubscription {
+        self.inner.feed.subscribe()
+    }
+
+    fn acknowledged_sequence(&self) -> u64 {
+        self.inner.acknowledged.load(Ordering::Acquire)
+    }
+
+    fn now_millis(&self) -> u64 {
+        self.inner.clock.now_millis()
+    }
+
+    async fn flush(&self) -> Result<(), EngineError> {
+        // etcd made every acknowledged write durable on a quorum; what is
+        // left is the clock mark.
+        let now = self.inner.clock.now_millis();
+        if now > self.inner.persisted_clock.load(Ordering::Acquire) {
+            persist_clock(&self.inner.client, &self.inner.keys, now).await?;
+            self.inner.persisted_clock.fetch_max(now, Ordering::AcqRel);
+        }
+        Ok(())
+    }
+
+    fn instance_secret(&self) -> &[u8] {
+        &self.inner.secret
+    }
+
+    fn namespaces(&self) -> &Namespaces {
+        &self.inner.namespaces
+    }
+
+    async fn namespace_stats(&self) -> Result<Vec<NamespaceStats>, EngineError> {
+        self.stats().await
+    }
+
+    async fn count_namespace(&self, prefix: &str) -> Result<u64, EngineError> {
+        self.count_live(prefix).await
+    }
+
+    async fn clear_namespace(&self, prefix: &str) -> Result<(), EngineError> {
+        let revision = self.clear(prefix).await?;
+        self.acknowledge(revision).await;
+        Ok(())
+    }
+
+    async fn get_state(&self, name: &str) -> Result<Option<Vec<u8>>, EngineError> {
+        let response = self
+            .kv()
+            .get(self.inner.keys.state(name), None)
+            .await
+            .map_err(etcd_error)?;
+        Ok(response.kvs().first().map(|kv| kv.value().to_vec()))
+    }
+
+    async fn put_state(&self, name: &str, value: Option<Vec<u8>>) -> Result<(), EngineError> {
+        let key = self.inner.keys.state(name);
+        let mut kv = self.kv();
+        match value {
+            Some(value) => kv.put(key, value, None).await.map(drop),
+            None => kv.delete(key, None).await.map(drop),
+        }
+        .map_err(etcd_error)
+    }
+}

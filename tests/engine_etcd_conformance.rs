@@ -1,0 +1,178 @@
+//! The shared engine suite against the etcd engine, on a real three-member
+//! etcd cluster (tests/common/etcd.rs), unchanged: every case the RocksDB
+//! engine passes in tests/engine_conformance.rs.
+//!
+//! One cluster serves the whole binary; every harness has a key prefix of
+//! its own, and the cases take turns (one suite case at a time), because a
+//! case may count on no other commit coming between two of its own (the
+//! suite's namespace case checks that the write after a clear is the next
+//! sequence).
+
+mod common;
+
+use std::sync::{Arc, OnceLock};
+
+use async_trait::async_trait;
+use common::etcd::{self, TEST_MAX_REQUEST_BYTES, TEST_MAX_TXN_OPS};
+use tierkv::clock::SharedClock;
+use tierkv::engine::conformance::{self, Harness, SUITE_CHANGE_FEED_CAPACITY, SUITE_NAMESPACES};
+use tierkv::engine::{Engine, EngineError, EtcdEngine, EtcdOptions, Namespaces};
+use tokio::sync::{Mutex, OwnedMutexGuard};
+
+/// The suite's cases run one at a time on the shared cluster.
+fn turn() -> Arc<Mutex<()>> {
+    static TURN: OnceLock<Arc<Mutex<()>>> = OnceLock::new();
+    Arc::clone(TURN.get_or_init(|| Arc::new(Mutex::new(()))))
+}
+
+/// The options a harness opens the engine with, under `prefix`.
+pub fn suite_options(prefix: &str) -> EtcdOptions {
+    EtcdOptions {
+        endpoints: etcd::shared().endpoints(),
+        prefix: prefix.to_string(),
+        max_txn_ops: TEST_MAX_TXN_OPS,
+        max_request_bytes: TEST_MAX_REQUEST_BYTES,
+        change_feed_capacity: SUITE_CHANGE_FEED_CAPACITY,
+        ..EtcdOptions::default()
+    }
+}
+
+struct EtcdHarness {
+    prefix: String,
+    turn: Option<OwnedMutexGuard<()>>,
+}
+
+impl EtcdHarness {
+    fn new(name: &str) -> Self {
+        Self {
+            prefix: etcd::unique_prefix(name),
+            turn: None,
+        }
+    }
+}
+
+#[async_trait]
+impl Harness for EtcdHarness {
+    async fn open(&mut self, clock: SharedClock) -> Result<Arc<dyn Engine>, EngineError> {
+        if self.turn.is_none() {
+            self.turn = Some(turn().lock_owned().await);
+        }
+        let engine = EtcdEngine::open(
+            suite_options(&self.prefix),
+            Namespaces::new(SUITE_NAMESPACES.iter().copied()),
+            clock,
+        )
+        .await?;
+        Ok(Arc::new(engine))
+    }
+}
+
+macro_rules! suite_case {
+    ($(#[$attr:meta])* $name:ident) => {
+        $(#[$attr])*
+        async fn $name() {
+            conformance::$name(EtcdHarness::new(stringify!($name))).await;
+        }
+    };
+}
+
+suite_case!(
+    /// Suite: a put reads back whole.
+    #[tokio::test]
+    put_then_get_round_trips
+);
+suite_case!(
+    /// Suite: versions never repeat, across deletes and restarts.
+    #[tokio::test]
+    versions_increase_across_deletes_and_restarts
+);
+suite_case!(
+    /// Suite: preconditions gate writes.
+    #[tokio::test]
+    preconditions_gate_writes
+);
+suite_case!(
+    /// Suite: batches are atomic and see their own earlier mutations.
+    #[tokio::test]
+    batches_are_atomic_and_ordered
+);
+suite_case!(
+    /// Suite: expiry hides records at once.
+    #[tokio::test]
+    expiry_hides_records
+);
+suite_case!(
+    /// Suite: values of every size round-trip, are replaced and deleted.
+    #[tokio::test]
+    large_values_round_trip
+);
+suite_case!(
+    /// Suite: reads within a byte budget refuse what does not fit.
+    #[tokio::test]
+    reads_within_a_byte_budget
+);
+suite_case!(
+    /// Suite: a commit's versions are above every earlier commit's, whatever the keys.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    versions_are_ordered_store_wide
+);
+suite_case!(
+    /// Suite: a read that starts after a write returned sees it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    a_read_after_a_write_sees_it
+);
+suite_case!(
+    /// Suite: scans bound the records they examine and resume after them.
+    #[tokio::test]
+    scans_bound_the_records_they_examine
+);
+suite_case!(
+    /// Suite: scans merge namespaces in byte order.
+    #[tokio::test]
+    scans_merge_namespaces_in_byte_order
+);
+suite_case!(
+    /// Suite: concurrent compare-and-set loses no update.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    concurrent_compare_and_set_loses_no_update
+);
+suite_case!(
+    /// Suite: the change feed publishes every commit in order.
+    #[tokio::test]
+    change_feed_publishes_commits_in_order
+);
+suite_case!(
+    /// Suite: subscribe-then-read misses no concurrent write.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    subscribe_then_read_misses_no_write
+);
+suite_case!(
+    /// Suite: a lagging subscriber learns how much it missed.
+    #[tokio::test]
+    lagging_subscriber_learns_how_much_it_missed
+);
+suite_case!(
+    /// Suite: `write` returns the sequence its commit's events carry.
+    #[tokio::test]
+    write_returns_its_commit_sequence
+);
+suite_case!(
+    /// Suite: sequences strictly increase across writers and restarts.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    sequences_strictly_increase
+);
+suite_case!(
+    /// Suite: `catch_up_to` returns after a write, fails at its deadline and on close.
+    #[tokio::test]
+    catch_up_to_waits_for_the_feed
+);
+suite_case!(
+    /// Suite: the clock never goes back, even across a restart.
+    #[tokio::test]
+    clock_never_goes_back
+);
+suite_case!(
+    /// Suite: namespaces are counted exactly and cleared in one commit.
+    #[tokio::test]
+    namespaces_are_counted_and_cleared
+);
