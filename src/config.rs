@@ -19,6 +19,7 @@ use crate::cache::config::CacheConfig;
 use crate::engine::Namespaces;
 use crate::migrate::{MigrationStep, Migrations};
 use crate::session::SessionConfig;
+use crate::watch::WatchConfig;
 pub use tls::TlsSettings;
 
 /// Most configured namespaces. Each is a column family with its own
@@ -132,6 +133,10 @@ pub struct Config {
     /// The cache: memory bound and HTTP origins (`[cache]` in the file).
     #[serde(default)]
     pub cache: CacheConfig,
+    /// `KvService.Watch`: watcher limits and history retention (`[watch]`
+    /// in the file).
+    #[serde(default)]
+    pub watch: WatchConfig,
 }
 
 impl Default for Config {
@@ -168,6 +173,7 @@ impl Default for Config {
             auth: AuthConfig::default(),
             migrations: Vec::new(),
             cache: CacheConfig::default(),
+            watch: WatchConfig::default(),
         }
     }
 }

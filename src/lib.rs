@@ -35,6 +35,9 @@
 //!   configuration (`[cache]`) and its origin client (key-to-URL escaping,
 //!   pooled HTTP/1.1 and HTTP/2 over rustls, `Cache-Control` and validators).
 //!   No transport types.
+//! - [`watch`] — `KvService.Watch`'s domain logic: resumable change streams
+//!   by prefix over the change feed and the engine's history, positions,
+//!   per-watcher byte bounds, `[watch]` settings. No transport types.
 //! - [`auth`] — bearer tokens and their grants (`[auth]`). No transport types.
 //! - [`config`] — the configuration file and environment, including `[tls]`.
 //! - [`telemetry`], [`metrics`] — logging set-up; the figures `/metrics`
@@ -59,7 +62,7 @@
 //! 3. [`records`] (record limits and JSON depth, the prefix page walk);
 //! 4. domain, in the order its services build on each other:
 //!    [`migrate`] and [`auth`]; then [`kv`] (applies migrations); then
-//!    [`session`], [`cache`] and [`admin`] (use KV's validation and limits).
+//!    [`session`], [`cache`], [`admin`] and [`watch`] (use KV's validation and limits).
 //!    No domain module uses `prost`, `prost_types` or `tonic` types;
 //! 5. [`config`] (every service's settings);
 //! 6. [`telemetry`], [`metrics`];
@@ -83,6 +86,7 @@ pub mod records;
 pub mod server;
 pub mod session;
 pub mod telemetry;
+pub mod watch;
 
 /// Generated protobuf code, from the `tierkv-client` crate (which builds
 /// without RocksDB), re-exported so that `tierkv::proto` keeps its paths.

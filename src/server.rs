@@ -25,7 +25,7 @@ pub use running::{shutdown_signal, RunningServer};
 use services::{known_method_paths, probe_or_tooling};
 pub use services::{ServiceSet, SERVICE_NAMES};
 pub use stats::ServerStats;
-use stats::{LazyMigrationFigures, ServiceFigures};
+use stats::{LazyMigrationFigures, ServiceFigures, WatchFigures};
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -49,6 +49,7 @@ use crate::engine::{Engine, EngineError, Namespaces, RocksEngine, RocksOptions};
 use crate::kv::{KvService, RecordStore};
 use crate::migrate::{LazyMigrator, Migrator};
 use crate::session::SessionService;
+use crate::watch::WatchService;
 use auth_layer::AuthLayer;
 use deadline::DeadlineLayer;
 use in_flight::InFlightLayer;
@@ -82,6 +83,8 @@ pub async fn open_engine(config: &Config, clock: SharedClock) -> Result<RocksEng
         block_cache_bytes: config.block_cache_mb * 1024 * 1024,
         expiry_grace: Duration::from_secs(config.expiry_grace_secs),
         write_queue_bytes: config.write_queue_mb * 1024 * 1024,
+        history_max_events: config.watch.history_events,
+        history_max_age_millis: config.watch.history_age_secs.saturating_mul(1000),
         ..RocksOptions::default()
     };
     let engine =
@@ -301,10 +304,13 @@ async fn serve_until_stopped(
     let records =
         RecordStore::new(Arc::clone(&engine)).with_lazy_migration(Arc::clone(&lazy_migration));
     let mut services = ServiceSet::default();
+    let watch = WatchService::new(records.clone(), config.watch.clone());
+    metrics.collector(WatchFigures(watch.clone()));
     services.add(
         KvApi::new(
             KvService::over(records.clone()).with_fallback_counters(Arc::clone(&stats.fallbacks)),
         )
+        .with_watch(watch.clone())
         .into_server(),
     );
     services.add(
@@ -504,6 +510,9 @@ async fn serve_until_stopped(
         open_connections = stats.connections.counts().open,
         "refusing new calls; draining in-flight calls"
     );
+    // Watch streams would hold the drain for as long as their clients like:
+    // they end now with UNAVAILABLE and the position to resume from elsewhere.
+    watch.shut_down();
     let _ = drain_tx.send(());
     match tokio::time::timeout(config.shutdown_grace(), &mut serving).await {
         Ok(()) => {}

@@ -35,6 +35,8 @@ impl Harness for RocksHarness {
             Namespaces::new(SUITE_NAMESPACES.iter().copied()),
             RocksOptions {
                 change_feed_capacity: SUITE_CHANGE_FEED_CAPACITY,
+                history_max_events: conformance::SUITE_HISTORY_MAX_EVENTS,
+                history_max_age_millis: conformance::SUITE_HISTORY_MAX_AGE_MILLIS,
                 ..RocksOptions::default()
             },
             clock,
@@ -161,6 +163,36 @@ async fn clock_never_goes_back() {
 #[tokio::test]
 async fn namespaces_are_counted_and_cleared() {
     conformance::namespaces_are_counted_and_cleared(RocksHarness::new()).await;
+}
+
+/// Suite: the history keeps one whole batch per request, paged exactly once.
+#[tokio::test]
+async fn history_keeps_whole_batches() {
+    conformance::history_keeps_whole_batches(RocksHarness::new()).await;
+}
+
+/// Suite: live events carry their payload and their request's sequence.
+#[tokio::test]
+async fn live_events_carry_payload_and_batch() {
+    conformance::live_events_carry_payload_and_batch(RocksHarness::new()).await;
+}
+
+/// Suite: a namespace clear is a batch of its own in history.
+#[tokio::test]
+async fn namespace_cleared_is_in_history() {
+    conformance::namespace_cleared_is_in_history(RocksHarness::new()).await;
+}
+
+/// Suite: other-history, ahead and trimmed positions are refused.
+#[tokio::test]
+async fn unresumable_positions_are_refused() {
+    conformance::unresumable_positions_are_refused(RocksHarness::new()).await;
+}
+
+/// Suite: a scan's position is a cut of history under concurrent writes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scan_position_is_a_cut_of_history() {
+    conformance::scan_position_is_a_cut_of_history(RocksHarness::new()).await;
 }
 
 fn open(dir: &TempDir, prefixes: &[&str], clock: SharedClock) -> Result<RocksEngine, EngineError> {
@@ -598,7 +630,24 @@ async fn group_commit_isolates_a_failed_precondition() {
     let published: Vec<(String, Change)> =
         vec![changes.recv().await.unwrap(), changes.recv().await.unwrap()]
             .into_iter()
-            .map(|event| (event.key.to_string(), event.change))
+            .map(|event| {
+                // The payload is checked by the conformance suite.
+                let change = match event.change {
+                    Change::Put {
+                        version,
+                        expire_at_millis,
+                        schema_version,
+                        ..
+                    } => Change::Put {
+                        version,
+                        expire_at_millis,
+                        schema_version,
+                        payload: None,
+                    },
+                    other => other,
+                };
+                (event.key.to_string(), change)
+            })
             .collect();
     assert_eq!(
         published,
@@ -607,14 +656,18 @@ async fn group_commit_isolates_a_failed_precondition() {
                 "user:lock".to_string(),
                 Change::Put {
                     version: last + 1,
-                    expire_at_millis: None
+                    expire_at_millis: None,
+                    schema_version: 1,
+                    payload: None,
                 }
             ),
             (
                 "user:other".to_string(),
                 Change::Put {
                     version: last + 2,
-                    expire_at_millis: None
+                    expire_at_millis: None,
+                    schema_version: 1,
+                    payload: None,
                 }
             ),
         ]
@@ -703,7 +756,7 @@ async fn write_queue_is_bounded_in_bytes() {
     let dir = tempfile::tempdir().unwrap();
     let clock: SharedClock = ManualClock::new(1_800_000_000_000);
     let options = RocksOptions {
-        write_queue_bytes: 3 * 1024 * 1024,
+        write_queue_bytes: 5 * 1024 * 1024,
         ..RocksOptions::default()
     };
     let engine = open_with(&dir, &["user:"], clock, options).unwrap();
@@ -719,8 +772,9 @@ async fn write_queue_is_bounded_in_bytes() {
                 .await
         }));
     }
-    // Two 1 MiB records fit (with headers and keys) in 3 MiB; a third does
-    // not. The writer holds the first and the second waits in the queue (or,
+    // A queued 1 MiB put holds about 2 MiB (its encoded record, and its
+    // value kept for the change feed's payload): two fit in 5 MiB; a third
+    // does not. The writer holds the first and the second waits in the queue (or,
     // if an idle clock tick reached the writer first, both wait there).
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while engine.queued_write_requests() < 1 && tokio::time::Instant::now() < deadline {
@@ -732,7 +786,7 @@ async fn write_queue_is_bounded_in_bytes() {
         (1..=2).contains(&waiting),
         "only two writes admitted, {waiting} queued"
     );
-    assert!(engine.queued_write_bytes() <= 3 * 1024 * 1024);
+    assert!(engine.queued_write_bytes() <= 5 * 1024 * 1024);
     drop(pause);
     for task in tasks {
         task.await

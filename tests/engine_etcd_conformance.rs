@@ -15,7 +15,10 @@ use std::sync::{Arc, OnceLock};
 use async_trait::async_trait;
 use common::etcd::{self, TEST_MAX_REQUEST_BYTES, TEST_MAX_TXN_OPS};
 use tierkv::clock::SharedClock;
-use tierkv::engine::conformance::{self, Harness, SUITE_CHANGE_FEED_CAPACITY, SUITE_NAMESPACES};
+use tierkv::engine::conformance::{
+    self, Harness, SUITE_CHANGE_FEED_CAPACITY, SUITE_HISTORY_MAX_AGE_MILLIS,
+    SUITE_HISTORY_MAX_EVENTS, SUITE_NAMESPACES,
+};
 use tierkv::engine::{Engine, EngineError, EtcdEngine, EtcdOptions, Namespaces};
 use tokio::sync::{Mutex, OwnedMutexGuard};
 
@@ -33,6 +36,8 @@ pub fn suite_options(prefix: &str) -> EtcdOptions {
         max_txn_ops: TEST_MAX_TXN_OPS,
         max_request_bytes: TEST_MAX_REQUEST_BYTES,
         change_feed_capacity: SUITE_CHANGE_FEED_CAPACITY,
+        history_max_events: SUITE_HISTORY_MAX_EVENTS,
+        history_max_age_millis: SUITE_HISTORY_MAX_AGE_MILLIS,
         ..EtcdOptions::default()
     }
 }
@@ -40,6 +45,8 @@ pub fn suite_options(prefix: &str) -> EtcdOptions {
 struct EtcdHarness {
     prefix: String,
     turn: Option<OwnedMutexGuard<()>>,
+    /// The clock of the last open, for the engine that trims.
+    clock: Option<SharedClock>,
 }
 
 impl EtcdHarness {
@@ -47,6 +54,7 @@ impl EtcdHarness {
         Self {
             prefix: etcd::unique_prefix(name),
             turn: None,
+            clock: None,
         }
     }
 }
@@ -57,13 +65,26 @@ impl Harness for EtcdHarness {
         if self.turn.is_none() {
             self.turn = Some(turn().lock_owned().await);
         }
-        let engine = EtcdEngine::open(
+        self.clock = Some(clock.clone());
+        Ok(Arc::new(self.open_etcd(clock).await?))
+    }
+
+    /// Trims as every replica's background pass does, from an engine of its
+    /// own over the same prefix (the suite's handle is a `dyn Engine`).
+    async fn trim_history(&mut self, _engine: &Arc<dyn Engine>) -> Result<(), EngineError> {
+        let clock = self.clock.clone().expect("opened before");
+        self.open_etcd(clock).await?.trim_history().await.map(drop)
+    }
+}
+
+impl EtcdHarness {
+    async fn open_etcd(&self, clock: SharedClock) -> Result<EtcdEngine, EngineError> {
+        EtcdEngine::open(
             suite_options(&self.prefix),
             Namespaces::new(SUITE_NAMESPACES.iter().copied()),
             clock,
         )
-        .await?;
-        Ok(Arc::new(engine))
+        .await
     }
 }
 
@@ -175,4 +196,29 @@ suite_case!(
     /// Suite: namespaces are counted exactly and cleared in one commit.
     #[tokio::test]
     namespaces_are_counted_and_cleared
+);
+suite_case!(
+    /// Suite: history keeps whole batches, paged, once each.
+    #[tokio::test]
+    history_keeps_whole_batches
+);
+suite_case!(
+    /// Suite: live events carry their payload and their request's sequence.
+    #[tokio::test]
+    live_events_carry_payload_and_batch
+);
+suite_case!(
+    /// Suite: a namespace clear is one batch of one event in history.
+    #[tokio::test]
+    namespace_cleared_is_in_history
+);
+suite_case!(
+    /// Suite: another history's, ahead and trimmed positions are refused.
+    #[tokio::test]
+    unresumable_positions_are_refused
+);
+suite_case!(
+    /// Suite: a scan's position is a cut of history under concurrent writes.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    scan_position_is_a_cut_of_history
 );

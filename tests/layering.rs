@@ -33,11 +33,14 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("records", &["records"]),
     // Domain services, in the order they may build on each other: the
     // migration chains and tokens know no other service; KV applies
-    // migrations; the session, cache and admin services build on KV's
+    // migrations; the session, cache, admin and watch services build on KV's
     // validation and limits.
     ("domain: migrations, tokens", &["migrate", "auth"]),
     ("domain: kv", &["kv"]),
-    ("domain: services on kv", &["session", "cache", "admin"]),
+    (
+        "domain: services on kv",
+        &["session", "cache", "admin", "watch"],
+    ),
     // The configuration file: every domain service's settings.
     ("configuration", &["config"]),
     // Logging set-up, and the figures metrics export (read by the admin

@@ -1,6 +1,7 @@
 //! The `tierkv.v1.KvService` adapter.
 
 mod rpc;
+mod watch;
 
 pub use rpc::KvApi;
 

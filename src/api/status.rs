@@ -11,6 +11,7 @@ use crate::engine::{EngineError, Precondition};
 use crate::kv::KvError;
 use crate::migrate::MigrateError;
 use crate::session::SessionError;
+use crate::watch::WatchError;
 
 /// The `google.rpc.ErrorInfo` domain of tierkv's errors.
 pub const ERROR_DOMAIN: &str = "tierkv.v1";
@@ -313,5 +314,88 @@ pub fn admin_status(method: &'static str, error: AdminError) -> Status {
         AdminError::Engine(engine) => return engine_status(method, engine),
     };
     tracing::debug!(method, code = ?status.code(), "request rejected");
+    status
+}
+
+/// Maps a Watch error to a status with `google.rpc` details, logging it once.
+/// Errors that end a stream carry the position to resume from in their
+/// ErrorInfo (`last_position`), so a client resumes without guessing.
+pub fn watch_status(error: WatchError) -> Status {
+    use std::collections::HashMap;
+    let message = error.to_string();
+    let info = |reason: &str, entries: Vec<(&str, String)>| {
+        let metadata: HashMap<String, String> = entries
+            .into_iter()
+            .map(|(name, value)| (name.to_string(), value))
+            .collect();
+        ErrorDetails::with_error_info(reason, ERROR_DOMAIN, metadata)
+    };
+    let status = match error {
+        WatchError::Kv(kv) => return kv_status("Watch", kv),
+        WatchError::Engine(engine) => return engine_status("Watch", engine),
+        WatchError::MalformedPosition(_) => {
+            let mut details = ErrorDetails::new();
+            details.add_bad_request_violation("start_after", message.clone());
+            Status::with_error_details(Code::InvalidArgument, message, details)
+        }
+        WatchError::Compacted { oldest, .. } => Status::with_error_details(
+            Code::OutOfRange,
+            message,
+            info(
+                "HISTORY_COMPACTED",
+                vec![("oldest_position", oldest.to_string())],
+            ),
+        ),
+        WatchError::OtherHistory { current, .. } => Status::with_error_details(
+            Code::OutOfRange,
+            message,
+            info(
+                "HISTORY_MISMATCH",
+                vec![("history_id", format!("{current:016x}"))],
+            ),
+        ),
+        WatchError::Rewound { latest, .. } => Status::with_error_details(
+            Code::OutOfRange,
+            message,
+            info(
+                "HISTORY_REWOUND",
+                vec![("latest_position", latest.to_string())],
+            ),
+        ),
+        WatchError::TooManyWatchers { limit } => {
+            let mut details = ErrorDetails::with_retry_info(Some(Duration::from_secs(1)));
+            details.set_error_info(
+                "TOO_MANY_WATCHERS",
+                ERROR_DOMAIN,
+                [("max_watchers".to_string(), limit.to_string())]
+                    .into_iter()
+                    .collect::<HashMap<_, _>>(),
+            );
+            Status::with_error_details(Code::ResourceExhausted, message, details)
+        }
+        WatchError::SlowConsumer {
+            buffer_bytes,
+            last_sent,
+        } => Status::with_error_details(
+            Code::ResourceExhausted,
+            message,
+            info(
+                "WATCHER_FELL_BEHIND",
+                vec![
+                    ("last_position", last_sent.to_string()),
+                    ("buffer_bytes", buffer_bytes.to_string()),
+                ],
+            ),
+        ),
+        WatchError::ShuttingDown { last_sent } => Status::with_error_details(
+            Code::Unavailable,
+            message,
+            info(
+                "SHUTTING_DOWN",
+                vec![("last_position", last_sent.to_string())],
+            ),
+        ),
+    };
+    tracing::debug!(method = "Watch", code = ?status.code(), "watch ended");
     status
 }

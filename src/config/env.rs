@@ -172,6 +172,26 @@ const SERVER_ENV: &[(&str, &str, EnvKind)] = &[
         "cache.max_concurrent_fetches",
         EnvKind::Integer,
     ),
+    (
+        "TIERKV_WATCH_MAX_WATCHERS",
+        "watch.max_watchers",
+        EnvKind::Integer,
+    ),
+    (
+        "TIERKV_WATCH_BUFFER_BYTES",
+        "watch.buffer_bytes",
+        EnvKind::Integer,
+    ),
+    (
+        "TIERKV_WATCH_HISTORY_EVENTS",
+        "watch.history_events",
+        EnvKind::Integer,
+    ),
+    (
+        "TIERKV_WATCH_HISTORY_AGE_SECS",
+        "watch.history_age_secs",
+        EnvKind::Integer,
+    ),
 ];
 
 /// Sets `key` in `table`; a dotted key (`session.prefix`) sets a member of a

@@ -111,6 +111,7 @@ impl Config {
         })?;
         self.migrations()?;
         crate::cache::validate_config(&self.cache, &namespaces).map_err(ConfigError::Invalid)?;
+        self.watch.validate().map_err(ConfigError::Invalid)?;
         Ok(())
     }
 

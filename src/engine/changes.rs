@@ -38,15 +38,44 @@ use std::time::Instant;
 use thiserror::Error;
 use tokio::sync::{broadcast, Notify};
 
+use super::record::ValueKind;
+
+/// The value and metadata of a put, as written: what a watcher sends with a
+/// live event. Shared by every subscriber (one allocation per put, made
+/// from the put's own buffers without copying them).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PutPayload {
+    /// How the value was written.
+    pub kind: ValueKind,
+    /// The value bytes.
+    pub value: Vec<u8>,
+    /// Serialized JSON metadata.
+    pub metadata: Option<Vec<u8>>,
+}
+
+impl PutPayload {
+    /// Bytes it holds, counted in the feed's byte bound.
+    pub fn bytes(&self) -> usize {
+        self.value.len() + self.metadata.as_ref().map_or(0, Vec::len)
+    }
+}
+
 /// What a committed mutation did to its key.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Change {
     /// The key now holds a record with this version.
     Put {
         /// The version the write was given.
         version: u64,
-        /// The record's expiry, in milliseconds since the Unix epoch.
+        /// The record's expiry, in milliseconds since the Unix epoch. Expiry
+        /// makes no event of its own: a watcher acts on this.
         expire_at_millis: Option<u64>,
+        /// The record's schema version.
+        schema_version: u32,
+        /// The value and metadata as written: set on live events of the
+        /// feed, `None` on events replayed from history (which keeps no
+        /// values; the reader looks at the current record instead).
+        payload: Option<Arc<PutPayload>>,
     },
     /// The key was deleted (whether or not a live record was there).
     Delete,
@@ -67,6 +96,12 @@ pub struct ChangeEvent {
     /// sequence `write` returned for its commit. Not consecutive: compare
     /// sequences, never count with them.
     pub sequence: u64,
+    /// The sequence of the client request (one `write` call or one
+    /// `clear_namespace`) the event belongs to: the events of one request
+    /// are published together and in order, and its last has
+    /// `sequence == batch_sequence`. A watcher may resume only between
+    /// requests, so it checkpoints at events where the two are equal.
+    pub batch_sequence: u64,
     /// The key. Shared between subscribers, so fan-out does not copy it.
     pub key: Arc<str>,
     /// What happened to the key.
@@ -206,7 +241,8 @@ impl ChangeFeed {
     /// it once the commit is visible to reads, for every commit, subscribers
     /// or not; waits in [`ChangeSubscription::catch_up_to`] for sequences up
     /// to `last` end when it returns. `events` builds the events and
-    /// `key_bytes` tells the length of their keys together; both are called
+    /// `key_bytes` tells the length of their keys and payloads together
+    /// ([`PutPayload::bytes`]); both are called
     /// only when someone listens, so an unwatched store does not pay for
     /// them. A commit whose events would take the feed past its byte bound is
     /// published without them (not even built): every subscriber is told it
@@ -263,6 +299,11 @@ impl ChangeFeed {
     /// The highest sequence published (0 before the first commit).
     pub fn published_sequence(&self) -> u64 {
         self.published.sequence.load(Ordering::Acquire)
+    }
+
+    /// How far the feed has published, to wait on without a subscription.
+    pub fn position(&self) -> FeedPosition {
+        FeedPosition(Arc::clone(&self.published))
     }
 
     /// A subscription to every commit published after this returns.
@@ -428,6 +469,7 @@ mod tests {
     fn event(sequence: u64) -> ChangeEvent {
         ChangeEvent {
             sequence,
+            batch_sequence: sequence,
             key: Arc::from("k"),
             change: Change::Delete,
         }

@@ -73,4 +73,8 @@ pub trait LocalStorage: Send + Sync {
     /// Table-file, memtable and compaction figures of every namespace, in
     /// the order of [`crate::engine::Engine::namespace_stats`].
     async fn local_namespace_stats(&self) -> Result<Vec<LocalNamespaceStats>, EngineError>;
+
+    /// Trims the change history to its retention now (a background pass
+    /// does it every few seconds), returning the oldest resumable sequence.
+    async fn trim_history(&self) -> Result<u64, EngineError>;
 }

@@ -18,6 +18,7 @@ pub mod changes;
 #[cfg(feature = "testsuite")]
 pub mod conformance;
 pub mod etcd;
+pub mod history;
 mod local;
 pub mod namespace;
 pub mod record;
@@ -27,9 +28,11 @@ use async_trait::async_trait;
 use thiserror::Error;
 
 pub use changes::{
-    CatchUpError, Change, ChangeEvent, ChangeFeed, ChangeSubscription, FeedPosition, RecvError,
+    CatchUpError, Change, ChangeEvent, ChangeFeed, ChangeSubscription, FeedPosition, PutPayload,
+    RecvError,
 };
 pub use etcd::{EtcdEngine, EtcdLimits, EtcdOptions, EtcdTls};
+pub use history::{HistoryBatch, HistoryError, HistoryPage, HistoryPosition};
 pub use local::{BackupInfo, LocalNamespaceStats, LocalStorage, StorageSummary};
 pub use namespace::Namespaces;
 pub use record::{Record, ValueKind};
@@ -197,6 +200,10 @@ pub struct ScanPage {
     /// last key it examined. The scan continues after it; keys up to it hold
     /// nothing more to return.
     pub resume_after: Option<String>,
+    /// The change sequence of the snapshot the page was read at: every
+    /// commit up to it is visible in the page, none after it. "Scan, then
+    /// read history (or watch) after this position" misses nothing.
+    pub position: u64,
 }
 
 /// Estimated size of one namespace, in terms every engine can give.
@@ -425,6 +432,28 @@ pub trait Engine: Send + Sync + 'static {
     /// Writes (or with `None` removes) a named piece of server state, durably
     /// as configured for writes. See [`Engine::get_state`].
     async fn put_state(&self, name: &str, value: Option<Vec<u8>>) -> Result<(), EngineError>;
+
+    /// The id of this store's history ([`history`]); positions of another
+    /// id are refused with [`HistoryError::OtherHistory`]. Random, and new
+    /// whenever the history is lost or restored.
+    fn history_id(&self) -> u64;
+
+    /// The oldest resumable sequence (a position with `sequence` at or
+    /// above it can be read after) and the latest committed sequence.
+    async fn history_bounds(&self) -> Result<(u64, u64), EngineError>;
+
+    /// Committed batches with a sequence above `after.sequence`, in commit
+    /// order, whole (never split), at most about `max_events` events (at
+    /// least one batch when any exists, however large), up to the latest
+    /// commit published on the change feed. Fails with
+    /// [`HistoryError::OtherHistory`], [`HistoryError::Compacted`],
+    /// [`HistoryError::Rewound`] or [`HistoryError::Ahead`] when the
+    /// position cannot be resumed.
+    async fn read_history(
+        &self,
+        after: HistoryPosition,
+        max_events: usize,
+    ) -> Result<HistoryPage, HistoryError>;
 
     /// What only a store on local disk offers (backups into a local
     /// directory, storage figures, failure of its writer); `None` for an

@@ -2,9 +2,10 @@
 //!
 //! Column families: RocksDB's `default` holds the default namespace, `kv/<prefix>`
 //! holds each configured prefix, `tierkv/values` holds values too long to keep
-//! inline with their record's head (see [`record`]), and `tierkv/meta` holds
-//! the engine's own state (the version counter, the change-feed sequence, the
-//! clock's high-water mark and the page-token secret).
+//! inline with their record's head (see [`record`]), `tierkv/history` the
+//! change history (`history`), and `tierkv/meta` holds the engine's own state
+//! (the version counter, the change-feed sequence, the clock's high-water
+//! mark, the page-token secret and the history's floor and ceiling).
 //!
 //! Point reads that the memtables and the block cache can answer run inline on
 //! the calling async worker with RocksDB's non-blocking read tier; a read that
@@ -15,10 +16,11 @@
 //! Files: this one holds the engine's handle, its state and the column-family
 //! helpers; `open` opens the store (options, counters, layout checks, the
 //! repair of misplaced keys), `read` the point reads, `scan` the scans and
-//! namespace ranges, `traits` the [`super::Engine`] and [`super::LocalStorage`]
+//! namespace ranges, `history` the change history, `traits` the [`super::Engine`] and [`super::LocalStorage`]
 //! implementations, `writer` the write path, and `hooks` the test hooks (only
 //! with the `test-hooks` feature).
 
+mod history;
 #[cfg(feature = "test-hooks")]
 mod hooks;
 mod open;
@@ -95,6 +97,12 @@ pub struct RocksOptions {
     /// Most bytes of change events held for subscribers that have not read
     /// them; a commit beyond is published as a lag instead.
     pub change_feed_max_bytes: usize,
+    /// Retention of the change history: the most recent this many sequences
+    /// (one per event) are kept; 0 keeps them all.
+    pub history_max_events: u64,
+    /// Retention of the change history: batches committed longer ago than
+    /// this are trimmed; 0 keeps them whatever their age.
+    pub history_max_age_millis: u64,
 }
 
 impl Default for RocksOptions {
@@ -107,6 +115,8 @@ impl Default for RocksOptions {
             write_queue_bytes: 256 * 1024 * 1024,
             change_feed_capacity: 4096,
             change_feed_max_bytes: 64 * 1024 * 1024,
+            history_max_events: 1_000_000,
+            history_max_age_millis: 0,
         }
     }
 }
@@ -147,6 +157,7 @@ struct Inner {
     #[cfg(feature = "test-hooks")]
     read_faults: ReadFaults,
     corrupt_records: CorruptRecordCounts,
+    history: history::HistoryState,
 }
 
 /// Undecodable records met by this engine since it opened.
@@ -236,6 +247,13 @@ impl RocksEngine {
     /// Write requests waiting in the queue that the writer has not taken yet.
     pub fn queued_write_requests(&self) -> usize {
         self.writer.queued_requests()
+    }
+
+    /// Trims the change history to its retention now (a background pass
+    /// does it every few seconds), returning the oldest resumable sequence.
+    /// Blocking; for operators and tests.
+    pub fn trim_history_now(&self) -> Result<u64, EngineError> {
+        self.inner.trim_history()
     }
 
     /// How many groups the writer has committed since the engine opened.

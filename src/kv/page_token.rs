@@ -13,8 +13,12 @@ use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use thiserror::Error;
 
-const TOKEN_VERSION: u8 = 1;
+/// Version 1 carried the last key only; version 2 also the listing's
+/// position (the first page's snapshot), so every page reports it.
+const TOKEN_V1: u8 = 1;
+const TOKEN_VERSION: u8 = 2;
 const TAG_LEN: usize = 16;
+const POSITION_LEN: usize = 8;
 
 /// A page token that cannot be used.
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -29,46 +33,66 @@ pub enum PageTokenError {
     Mismatch,
 }
 
-fn mac(secret: &[u8], prefix: &str, last_key: &[u8]) -> Hmac<Sha256> {
+/// What a page token carries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PageToken {
+    /// The key the next page starts after.
+    pub last_key: String,
+    /// The listing's position (its first page's snapshot sequence); `None`
+    /// in a token of a server before positions.
+    pub position: Option<u64>,
+}
+
+fn mac(secret: &[u8], version: u8, prefix: &str, body: &[u8]) -> Hmac<Sha256> {
     // HMAC accepts keys of any length, so this cannot fail.
     let mut mac = Hmac::<Sha256>::new_from_slice(secret).expect("hmac takes any key length");
-    mac.update(&[TOKEN_VERSION]);
+    mac.update(&[version]);
     mac.update(&(prefix.len() as u64).to_le_bytes());
     mac.update(prefix.as_bytes());
-    mac.update(last_key);
+    mac.update(body);
     mac
 }
 
-fn tag(secret: &[u8], prefix: &str, last_key: &[u8]) -> [u8; TAG_LEN] {
-    let full = mac(secret, prefix, last_key).finalize().into_bytes();
-    let mut truncated = [0u8; TAG_LEN];
-    truncated.copy_from_slice(&full[..TAG_LEN]);
-    truncated
-}
-
-/// A token resuming a listing of `prefix` after `last_key`.
-pub fn encode(secret: &[u8], prefix: &str, last_key: &str) -> String {
-    let mut raw = Vec::with_capacity(1 + last_key.len() + TAG_LEN);
+/// A token resuming a listing of `prefix` after `last_key`, read at `position`.
+pub fn encode(secret: &[u8], prefix: &str, last_key: &str, position: u64) -> String {
+    let mut raw = Vec::with_capacity(1 + POSITION_LEN + last_key.len() + TAG_LEN);
     raw.push(TOKEN_VERSION);
+    raw.extend_from_slice(&position.to_le_bytes());
     raw.extend_from_slice(last_key.as_bytes());
-    raw.extend_from_slice(&tag(secret, prefix, last_key.as_bytes()));
+    let full = mac(secret, TOKEN_VERSION, prefix, &raw[1..])
+        .finalize()
+        .into_bytes();
+    raw.extend_from_slice(&full[..TAG_LEN]);
     URL_SAFE_NO_PAD.encode(raw)
 }
 
-/// The key a token resumes after, if the token is genuine and for `prefix`.
-pub fn decode(secret: &[u8], prefix: &str, token: &str) -> Result<String, PageTokenError> {
+/// What a token carries, if the token is genuine and for `prefix`.
+pub fn decode(secret: &[u8], prefix: &str, token: &str) -> Result<PageToken, PageTokenError> {
     let raw = URL_SAFE_NO_PAD
         .decode(token)
         .map_err(|_| PageTokenError::Malformed)?;
-    if raw.len() < 1 + TAG_LEN || raw[0] != TOKEN_VERSION {
+    let version = *raw.first().ok_or(PageTokenError::Malformed)?;
+    let header = match version {
+        TOKEN_V1 => 0,
+        TOKEN_VERSION => POSITION_LEN,
+        _ => return Err(PageTokenError::Malformed),
+    };
+    if raw.len() < 1 + header + TAG_LEN {
         return Err(PageTokenError::Malformed);
     }
     let (body, received_tag) = raw.split_at(raw.len() - TAG_LEN);
-    let last_key = &body[1..];
-    mac(secret, prefix, last_key)
+    let body = &body[1..];
+    mac(secret, version, prefix, body)
         .verify_truncated_left(received_tag)
         .map_err(|_| PageTokenError::Mismatch)?;
-    String::from_utf8(last_key.to_vec()).map_err(|_| PageTokenError::Malformed)
+    let (position, last_key) = body.split_at(header);
+    let position = (header == POSITION_LEN).then(|| {
+        let mut bytes = [0u8; POSITION_LEN];
+        bytes.copy_from_slice(position);
+        u64::from_le_bytes(bytes)
+    });
+    let last_key = String::from_utf8(last_key.to_vec()).map_err(|_| PageTokenError::Malformed)?;
+    Ok(PageToken { last_key, position })
 }
 
 #[cfg(test)]
@@ -78,8 +102,14 @@ mod tests {
     /// A token round-trips, and fails for another prefix, another secret or any flipped bit.
     #[test]
     fn tokens_are_tamper_evident() {
-        let token = encode(b"secret", "user:", "user:42");
-        assert_eq!(decode(b"secret", "user:", &token).unwrap(), "user:42");
+        let token = encode(b"secret", "user:", "user:42", 77);
+        assert_eq!(
+            decode(b"secret", "user:", &token).unwrap(),
+            PageToken {
+                last_key: "user:42".into(),
+                position: Some(77)
+            }
+        );
         assert_eq!(
             decode(b"secret", "user", &token),
             Err(PageTokenError::Mismatch)
@@ -105,6 +135,26 @@ mod tests {
         assert_eq!(
             decode(b"secret", "user:", "AQ"),
             Err(PageTokenError::Malformed)
+        );
+    }
+
+    /// A token of a server before positions (version 1) still resumes,
+    /// without a position.
+    #[test]
+    fn version_one_tokens_still_decode() {
+        let mut raw = vec![TOKEN_V1];
+        raw.extend_from_slice(b"user:42");
+        let full = mac(b"secret", TOKEN_V1, "user:", b"user:42")
+            .finalize()
+            .into_bytes();
+        raw.extend_from_slice(&full[..TAG_LEN]);
+        let token = URL_SAFE_NO_PAD.encode(raw);
+        assert_eq!(
+            decode(b"secret", "user:", &token).unwrap(),
+            PageToken {
+                last_key: "user:42".into(),
+                position: None
+            }
         );
     }
 }

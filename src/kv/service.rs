@@ -223,13 +223,17 @@ impl KvService {
         let page_size = resolve_page_size(page_size, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
             .map_err(|description| invalid("page_size", description))?;
         let secret = self.store.engine().instance_secret();
-        let start_after = if page_token.is_empty() {
+        let token = if page_token.is_empty() {
             None
         } else {
             Some(
                 page_token::decode(secret, prefix, page_token)
                     .map_err(|error| invalid("page_token", error.to_string()))?,
             )
+        };
+        let (start_after, listing_position) = match token {
+            None => (None, None),
+            Some(token) => (Some(token.last_key), token.position),
         };
         // One extra record tells whether another page exists. A call examines
         // at most MAX_LIST_EXAMINED stored records; when dead ones (expired,
@@ -246,12 +250,18 @@ impl KvService {
                 max_examined: MAX_LIST_EXAMINED.max(page_size + 1),
             })
             .await?;
+        // Every page reports the first page's snapshot: "List every page,
+        // then Watch after it" then misses nothing (later pages may show
+        // newer changes too, which the Watch repeats).
+        let position = listing_position.unwrap_or(page.position);
         let mut records = page.entries;
         let more = records.len() > page_size;
         records.truncate(page_size);
         let next_page_token = match (more, records.last(), page.resume_after) {
-            (true, Some((last, _)), _) => page_token::encode(secret, prefix, last),
-            (false, _, Some(resume_after)) => page_token::encode(secret, prefix, &resume_after),
+            (true, Some((last, _)), _) => page_token::encode(secret, prefix, last, position),
+            (false, _, Some(resume_after)) => {
+                page_token::encode(secret, prefix, &resume_after, position)
+            }
             _ => String::new(),
         };
         let keys = records
@@ -270,6 +280,7 @@ impl KvService {
         Ok(ListPage {
             keys,
             next_page_token,
+            position,
         })
     }
 }

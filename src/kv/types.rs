@@ -151,4 +151,7 @@ pub struct ListPage {
     pub keys: Vec<ListedKey>,
     /// The token for the next page; empty when the listing is complete.
     pub next_page_token: String,
+    /// The commit sequence of the listing's first page's snapshot: every
+    /// change up to it is reflected, so watching after it misses nothing.
+    pub position: u64,
 }

@@ -7,8 +7,8 @@
 //! the calls admitted keep their latency. Health checks (`Health/Check`) are
 //! never shed: probes must see the truth even under overload.
 //!
-//! Health `Watch` and reflection streams need no token and may stay open for
-//! as long as the client likes. They count against the limit like any call
+//! Health `Watch`, reflection and `KvService.Watch` streams may stay open
+//! for as long as the client likes (the first two need no token). They count against the limit like any call
 //! (until their first message, like any stream), and while open against
 //! their connection's `max_watch_streams_per_connection`, so their number is
 //! bounded by the connection limit rather than by nothing.
@@ -78,6 +78,11 @@ pub struct CallLimit {
     too_many_watches: HeaderMap,
 }
 
+/// `KvService.Watch`: a long stream that holds a place on its connection
+/// like health Watch, and leaves `max_calls_in_flight` once its handler has
+/// answered (it may wait long for its first event).
+const KV_WATCH_PATH: &str = "/tierkv.v1.KvService/Watch";
+
 /// How a call is admitted, by its path.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum CallKind {
@@ -90,7 +95,10 @@ enum CallKind {
 }
 
 fn call_kind(path: &str) -> CallKind {
-    if path == "/grpc.health.v1.Health/Watch" || path.starts_with("/grpc.reflection.") {
+    if path == "/grpc.health.v1.Health/Watch"
+        || path == KV_WATCH_PATH
+        || path.starts_with("/grpc.reflection.")
+    {
         CallKind::Watch
     } else if path.starts_with("/grpc.health.") {
         CallKind::Probe
@@ -350,6 +358,9 @@ where
                 return Box::pin(async move { Ok(refusal.await) });
             }
         };
+        // A KvService.Watch stream may wait long for its first event (no
+        // heartbeats asked for): its work is done when the handler answers.
+        let release_at_headers = request.uri().path() == KV_WATCH_PATH;
         let response = self.inner.call(request);
         Box::pin(async move {
             // An error or a dropped future drops the ticket here; a response
@@ -357,7 +368,7 @@ where
             let response = response.await?;
             Ok(response.map(|inner| AdmittedBody {
                 inner,
-                ticket: Some(ticket),
+                ticket: (!release_at_headers).then_some(ticket),
                 _watch: watch,
             }))
         })
@@ -482,7 +493,7 @@ fn too_many_watches_status(limit: usize) -> Status {
     Status::with_error_details(
         Code::ResourceExhausted,
         format!(
-            "{limit} health Watch and reflection streams are open on this connection \
+            "{limit} Watch and reflection streams are open on this connection \
              (max_watch_streams_per_connection); end one, or use another connection"
         ),
         details,

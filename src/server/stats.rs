@@ -414,3 +414,56 @@ impl prometheus_client::collector::Collector for ServerStats {
         Ok(())
     }
 }
+
+/// `KvService.Watch`'s figures, read at every scrape.
+#[derive(Debug)]
+pub(super) struct WatchFigures(pub(super) crate::watch::WatchService);
+
+/// Labels of the reason a watch stream ended.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, prometheus_client::encoding::EncodeLabelSet)]
+struct EndLabels {
+    reason: String,
+}
+
+impl prometheus_client::collector::Collector for WatchFigures {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::DescriptorEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        let counts = self.0.counts();
+        let mut out = FigureWriter::new(&mut encoder);
+        out.gauge(
+            "watchers",
+            "KvService.Watch streams open now",
+            counts.watchers as i64,
+        )?;
+        out.counter(
+            "watch_events_sent",
+            "Events sent to Watch clients",
+            counts.events_sent,
+        )?;
+        out.gauge(
+            "watch_lag_max_sequences",
+            "How far the slowest open watcher is behind the latest commit, in commit sequences",
+            i64::try_from(counts.max_lag).unwrap_or(i64::MAX),
+        )?;
+        let ended: Vec<(EndLabels, u64)> = counts
+            .ended
+            .into_iter()
+            .map(|(reason, count)| {
+                (
+                    EndLabels {
+                        reason: reason.to_string(),
+                    },
+                    count,
+                )
+            })
+            .collect();
+        out.counter_family(
+            "watch_streams_ended",
+            "Watch streams ended (or refused), by reason: client, invalid, compacted, \
+             other_history, too_many_watchers, slow_consumer, shutdown, engine",
+            &ended,
+        )
+    }
+}

@@ -10,6 +10,7 @@ use crate::api::status::kv_status;
 use crate::auth::Access;
 use crate::kv::{FieldViolation, KvError, KvService, Mutation, MutationResult};
 use crate::proto::v1 as pb;
+use crate::watch::{WatchConfig, WatchService};
 use pb::kv_service_server::KvService as KvServiceRpc;
 use std::time::Duration;
 use tonic::{Request, Response, Status};
@@ -18,12 +19,21 @@ use tonic::{Request, Response, Status};
 #[derive(Clone)]
 pub struct KvApi {
     service: KvService,
+    watch: WatchService,
 }
 
 impl KvApi {
-    /// An adapter for `service`.
+    /// An adapter for `service`, with a Watch service of the default
+    /// `[watch]` settings over the same records.
     pub fn new(service: KvService) -> Self {
-        Self { service }
+        let watch = WatchService::new(service.store().clone(), WatchConfig::default());
+        Self { service, watch }
+    }
+
+    /// Serves Watch with `watch` (the server's configured one).
+    pub fn with_watch(mut self, watch: WatchService) -> Self {
+        self.watch = watch;
+        self
     }
 
     /// The tonic service to mount.
@@ -37,6 +47,24 @@ impl KvApi {
 
 #[tonic::async_trait]
 impl KvServiceRpc for KvApi {
+    type WatchStream = super::watch::WatchStream;
+
+    async fn watch(
+        &self,
+        request: Request<pb::WatchRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        // Read access to every key under the prefix, as List needs.
+        authorize_prefix(&request, Access::Read, &request.get_ref().prefix)?;
+        let request = super::watch::watch_request(request.into_inner())
+            .map_err(|error| kv_status("Watch", error))?;
+        let watcher = self
+            .watch
+            .watch(request)
+            .await
+            .map_err(crate::api::status::watch_status)?;
+        Ok(Response::new(super::watch::stream(watcher)))
+    }
+
     async fn get(
         &self,
         request: Request<pb::GetRequest>,
@@ -220,6 +248,11 @@ impl KvServiceRpc for KvApi {
         Ok(Response::new(pb::ListResponse {
             keys,
             next_page_token: page.next_page_token,
+            position: crate::watch::Position {
+                history_id: self.service.engine().history_id(),
+                sequence: page.position,
+            }
+            .to_string(),
         }))
     }
 

@@ -237,10 +237,13 @@ async fn a_read_waits_for_acknowledged_events_still_to_come() {
             || {
                 vec![ChangeEvent {
                     sequence: 30,
+                    batch_sequence: 30,
                     key: Arc::from(key),
                     change: Change::Put {
                         version: 2,
                         expire_at_millis: None,
+                        schema_version: 1,
+                        payload: None,
                     },
                 }]
             },

@@ -106,7 +106,7 @@ pub(super) async fn get_many(
 /// A read's result as a JSON object: key, found, value (bytes that are not
 /// UTF-8 as base64, with `"base64": true`), metadata, expiration (seconds
 /// since the epoch), version and schema version.
-fn result_json(response: pb::GetResponse) -> Result<serde_json::Value, CliError> {
+pub(super) fn result_json(response: pb::GetResponse) -> Result<serde_json::Value, CliError> {
     let (value, is_base64) = match response.value {
         Some(pb::get_response::Value::Text(text)) => (serde_json::Value::String(text), false),
         Some(pb::get_response::Value::Json(json)) => {

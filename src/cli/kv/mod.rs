@@ -3,6 +3,7 @@
 //! - `get` — one key's value, as it is or with its metadata.
 //! - `write` — `put`, `delete`, `patch` of one key.
 //! - `list` — every key with a prefix.
+//! - `watch` — the changes under a prefix, one JSON line each, resuming by itself.
 //! - `bulk_file` — wrangler's bulk files, read as a stream into mutations.
 //! - `bulk_send` — those mutations in batches within the server's limits.
 //! - `error` — what the commands fail with.
@@ -12,6 +13,7 @@ mod bulk_send;
 
 mod get;
 mod list;
+mod watch;
 mod write;
 
 use std::path::PathBuf;
@@ -139,6 +141,28 @@ enum KvCommand {
         #[arg(long)]
         keys_only: bool,
     },
+    /// Print every change under PREFIX as one JSON line (key, type, version,
+    /// expiration, position; value and metadata with --values), resuming by
+    /// itself from the last position printed when the stream breaks.
+    /// Heartbeats (--progress) print `{"progress":true,"position":…}`.
+    Watch {
+        /// Only keys starting with this ("" for every key the token may read).
+        prefix: String,
+        /// Resume after this position (a `position` printed before, or a
+        /// List's); without it, start now.
+        #[arg(long)]
+        from: Option<String>,
+        /// Print each put's value and metadata.
+        #[arg(long)]
+        values: bool,
+        /// Print a heartbeat line with the position every this many
+        /// seconds while nothing changes.
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+        progress: Option<u64>,
+        /// Exit (0) after this many events.
+        #[arg(long)]
+        max_events: Option<u64>,
+    },
     /// Write or delete many keys from a wrangler-style JSON file.
     Bulk {
         #[command(subcommand)]
@@ -246,6 +270,22 @@ async fn execute(args: KvArgs) -> Result<ExitCode, CliError> {
                 one_page,
             };
             list::list(&mut client, &prefix, page, keys_only).await
+        }
+        KvCommand::Watch {
+            prefix,
+            from,
+            values,
+            progress,
+            max_events,
+        } => {
+            let options = watch::WatchOptions {
+                prefix,
+                from,
+                values,
+                progress: progress.map(std::time::Duration::from_secs),
+                max_events: max_events.unwrap_or(0),
+            };
+            watch::watch(&mut client, options).await
         }
         KvCommand::Bulk { command } => match command {
             BulkCommand::Put { file } => bulk_send::bulk(client, file, BulkKind::Put).await,

@@ -5,7 +5,16 @@ use std::time::Instant;
 
 use super::*;
 use crate::clock::ManualClock;
-use crate::engine::{CatchUpError, Change};
+use crate::engine::{CatchUpError, Change, PutPayload};
+
+/// The payload of a text put without metadata.
+fn text_payload(value: &str) -> Arc<PutPayload> {
+    Arc::new(PutPayload {
+        kind: ValueKind::Text,
+        value: value.as_bytes().to_vec(),
+        metadata: None,
+    })
+}
 
 /// The change feed publishes every committed mutation, with its key, version
 /// or deletion, in commit order and with increasing sequences; a
@@ -45,7 +54,7 @@ pub async fn change_feed_publishes_commits_in_order<H: Harness>(mut harness: H) 
         ];
         let seen: Vec<(&str, Change)> = events
             .iter()
-            .map(|event| (&*event.key, event.change))
+            .map(|event| (&*event.key, event.change.clone()))
             .collect();
         assert_eq!(
             seen,
@@ -54,14 +63,18 @@ pub async fn change_feed_publishes_commits_in_order<H: Harness>(mut harness: H) 
                     "user:1",
                     Change::Put {
                         version: v1,
-                        expire_at_millis: None
+                        expire_at_millis: None,
+                        schema_version: 1,
+                        payload: Some(text_payload("a")),
                     }
                 ),
                 (
                     "cache:x",
                     Change::Put {
                         version: v2,
-                        expire_at_millis: Some(T0 + 5_000)
+                        expire_at_millis: Some(T0 + 5_000),
+                        schema_version: 1,
+                        payload: Some(text_payload("d")),
                     }
                 ),
                 ("user:1", Change::Delete),

@@ -11,9 +11,11 @@
 //! Compiled only with the `testsuite` feature, so it does not ship in the
 //! server's library. The cases are grouped by promise: records (reads,
 //! writes, versions, expiry), scans, the change feed (sequences,
-//! `catch_up_to`, lags) and engine state (clock, namespaces, named state).
+//! `catch_up_to`, lags), the change history (batches, paging, retention,
+//! positions) and engine state (clock, namespaces, named state).
 
 mod feed;
+mod history;
 mod records;
 mod scans;
 mod state;
@@ -24,6 +26,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 pub use feed::*;
+pub use history::*;
 pub use records::*;
 pub use scans::*;
 pub use state::*;
@@ -41,12 +44,33 @@ pub const SUITE_NAMESPACES: &[&str] = &["user:", "user:admin:", "cache:"];
 /// before the subscriber lags.
 pub const SUITE_CHANGE_FEED_CAPACITY: usize = 256;
 
+/// The change history's retention a harness must configure: the most
+/// recent this many sequences are kept.
+pub const SUITE_HISTORY_MAX_EVENTS: u64 = 1000;
+
+/// The change history's retention a harness must configure: batches
+/// committed longer ago than this (by the engine's clock) are trimmed.
+pub const SUITE_HISTORY_MAX_AGE_MILLIS: u64 = 60 * 60 * 1000;
+
 /// Opens the engine under test.
 #[async_trait]
 pub trait Harness: Send {
     /// Opens the engine over this harness's store. Every engine opened before
     /// has been dropped.
     async fn open(&mut self, clock: SharedClock) -> Result<Arc<dyn Engine>, EngineError>;
+
+    /// Trims the engine's change history to its retention now, as its
+    /// background trimming would eventually (tests do not wait for timers).
+    /// The default asks a local engine ([`crate::engine::LocalStorage::trim_history`]);
+    /// a remote engine's harness overrides it.
+    async fn trim_history(&mut self, engine: &Arc<dyn Engine>) -> Result<(), EngineError> {
+        match engine.local() {
+            Some(local) => local.trim_history().await.map(|_| ()),
+            None => Err(EngineError::Storage(
+                "this harness cannot trim the engine's history".into(),
+            )),
+        }
+    }
 }
 
 const T0: u64 = 1_800_000_000_000;
@@ -153,4 +177,9 @@ pub async fn run_all<H: Harness>(mut make: impl FnMut() -> H) {
     catch_up_to_waits_for_the_feed(make()).await;
     clock_never_goes_back(make()).await;
     namespaces_are_counted_and_cleared(make()).await;
+    history_keeps_whole_batches(make()).await;
+    live_events_carry_payload_and_batch(make()).await;
+    namespace_cleared_is_in_history(make()).await;
+    unresumable_positions_are_refused(make()).await;
+    scan_position_is_a_cut_of_history(make()).await;
 }

@@ -91,7 +91,7 @@ pub async fn namespaces_are_counted_and_cleared<H: Harness>(mut harness: H) {
     engine.clear_namespace("user:").await.unwrap();
     let event = next_event(&mut changes).await.unwrap();
     assert_eq!(
-        (&*event.key, event.change),
+        (&*event.key, event.change.clone()),
         ("user:", Change::NamespaceCleared)
     );
     assert_eq!(engine.count_namespace("user:").await.unwrap(), 0);

@@ -8,6 +8,7 @@
 //! <root>s/<name>    named server state (Engine::get_state)
 //! <root>meta/clock  the clock's high-water mark, 20 decimal digits
 //! <root>meta/secret the instance secret shared by every replica
+//! <root>meta/history_id, history_floor   the change history's identity and retention
 //! ```
 //!
 //! Records are one ordered range, so a scan across namespaces is one etcd
@@ -51,6 +52,24 @@ impl Keys {
             .strip_prefix(self.root.as_slice())?
             .strip_prefix(b"k/")?;
         std::str::from_utf8(rest).ok()
+    }
+
+    /// The record key an out-of-line value's etcd key stands for.
+    pub(crate) fn value_key<'a>(&self, value: &'a [u8]) -> Option<&'a str> {
+        let rest = value
+            .strip_prefix(self.root.as_slice())?
+            .strip_prefix(b"v/")?;
+        std::str::from_utf8(rest).ok()
+    }
+
+    /// The history's id.
+    pub(crate) fn history_id(&self) -> Vec<u8> {
+        self.under(b"meta/history_id", b"")
+    }
+
+    /// The oldest resumable position, raised by retention.
+    pub(crate) fn history_floor(&self) -> Vec<u8> {
+        self.under(b"meta/history_floor", b"")
     }
 
     /// The feed record, written by every write request.

@@ -17,6 +17,7 @@
 //! [`Engine::local`] answers `None`.
 
 mod feed;
+mod history;
 mod keys;
 mod read;
 mod write;
@@ -33,8 +34,9 @@ use tokio::task::JoinHandle;
 
 use self::keys::{clock_mark, parse_clock_mark, Keys};
 use super::{
-    ChangeFeed, ChangeSubscription, Engine, EngineError, FeedPosition, NamespaceStats, Namespaces,
-    Record, ScanPage, ScanRequest, WriteOp, WriteReceipt,
+    ChangeFeed, ChangeSubscription, Engine, EngineError, FeedPosition, HistoryError, HistoryPage,
+    HistoryPosition, NamespaceStats, Namespaces, Record, ScanPage, ScanRequest, WriteOp,
+    WriteReceipt,
 };
 use crate::clock::{Clock, MonotonicClock, SharedClock};
 
@@ -80,6 +82,12 @@ pub struct EtcdOptions {
     pub change_feed_capacity: usize,
     /// Most bytes of change events held for subscribers that have not read them.
     pub change_feed_max_bytes: usize,
+    /// The change history keeps at least the most recent this many events
+    /// (0: no bound by count; etcd's own compaction still applies).
+    pub history_max_events: u64,
+    /// The change history drops batches older than this, by the engine's
+    /// clock (0: no bound by age).
+    pub history_max_age_millis: u64,
 }
 
 impl std::fmt::Debug for EtcdOptions {
@@ -111,6 +119,8 @@ impl Default for EtcdOptions {
             max_request_bytes: ETCD_DEFAULT_MAX_REQUEST_BYTES,
             change_feed_capacity: 4096,
             change_feed_max_bytes: 64 * 1024 * 1024,
+            history_max_events: 1_000_000,
+            history_max_age_millis: 0,
         }
     }
 }
@@ -147,15 +157,18 @@ struct Inner {
     /// The highest revision a write of this handle returned (or the store's
     /// revision at open).
     acknowledged: AtomicU64,
+    /// The change history's id ([`history`]).
+    history_id: u64,
     options: EtcdOptions,
-    tasks: Vec<JoinHandle<()>>,
+    tasks: std::sync::Mutex<Vec<JoinHandle<()>>>,
 }
 
 impl Drop for Inner {
     fn drop(&mut self) {
         // The watch task holds the feed: aborting it closes the feed, which
         // ends every `catch_up_to` wait.
-        for task in &self.tasks {
+        let tasks = self.tasks.get_mut().unwrap_or_else(|e| e.into_inner());
+        for task in tasks.iter() {
             task.abort();
         }
     }
@@ -251,9 +264,19 @@ impl EtcdEngine {
             .when([Compare::create_revision(keys.clock(), CompareOp::Equal, 0)])
             .and_then([TxnOp::put(keys.clock(), clock_mark(0), None)]);
         kv.txn(txn).await.map_err(etcd_error)?;
+        let history_id = format!("{:016x}", rand::random::<u64>());
+        let txn = Txn::new()
+            .when([Compare::create_revision(
+                keys.history_id(),
+                CompareOp::Equal,
+                0,
+            )])
+            .and_then([TxnOp::put(keys.history_id(), history_id, None)]);
+        kv.txn(txn).await.map_err(etcd_error)?;
         let read = Txn::new().and_then([
             TxnOp::get(keys.secret(), None),
             TxnOp::get(keys.clock(), None),
+            TxnOp::get(keys.history_id(), None),
         ]);
         let response = kv.txn(read).await.map_err(etcd_error)?;
         let mut values = response.op_responses().into_iter().map(|op| match op {
@@ -265,6 +288,14 @@ impl EtcdEngine {
             .flatten()
             .ok_or_else(|| EngineError::Storage("the instance secret is missing in etcd".into()))?;
         let mark = parse_clock_mark(&values.next().flatten().unwrap_or_default());
+        let history_id = values
+            .next()
+            .flatten()
+            .and_then(|bytes| String::from_utf8(bytes).ok())
+            .and_then(|text| u64::from_str_radix(&text, 16).ok())
+            .ok_or_else(|| {
+                EngineError::Storage("the history id in etcd is missing or unreadable".into())
+            })?;
         clock.raise_floor(mark);
         let persisted_clock = Arc::new(AtomicU64::new(mark));
         let mut revision = response.header().map_or(0, |header| header.revision());
@@ -283,7 +314,7 @@ impl EtcdEngine {
         ));
         let mut tasks = vec![tokio::spawn(feed::run(
             client.clone(),
-            keys.feed(),
+            keys.clone(),
             Arc::clone(&feed),
             revision,
         ))];
@@ -293,21 +324,23 @@ impl EtcdEngine {
             Arc::clone(&clock),
             Arc::clone(&persisted_clock),
         )));
-        Ok(Self {
-            inner: Arc::new(Inner {
-                client,
-                keys,
-                namespaces,
-                clock,
-                persisted_clock,
-                secret,
-                position: feed.subscribe().feed_position(),
-                feed,
-                acknowledged: AtomicU64::new(revision as u64),
-                options,
-                tasks,
-            }),
-        })
+        let inner = Arc::new(Inner {
+            client,
+            keys,
+            namespaces,
+            clock,
+            persisted_clock,
+            secret,
+            position: feed.position(),
+            feed,
+            acknowledged: AtomicU64::new(revision as u64),
+            history_id,
+            options,
+            tasks: std::sync::Mutex::new(Vec::new()),
+        });
+        tasks.push(tokio::spawn(history::keep_trimmed(Arc::downgrade(&inner))));
+        *inner.tasks.lock().unwrap_or_else(|e| e.into_inner()) = tasks;
+        Ok(Self { inner })
     }
 
     /// What one write request may carry, so that services can refuse a
@@ -490,6 +523,22 @@ impl Engine for EtcdEngine {
             .await
             .map_err(etcd_error)?;
         Ok(response.kvs().first().map(|kv| kv.value().to_vec()))
+    }
+
+    fn history_id(&self) -> u64 {
+        self.inner.history_id
+    }
+
+    async fn history_bounds(&self) -> Result<(u64, u64), EngineError> {
+        self.history_state().await
+    }
+
+    async fn read_history(
+        &self,
+        after: HistoryPosition,
+        max_events: usize,
+    ) -> Result<HistoryPage, HistoryError> {
+        self.history_page(after, max_events).await
     }
 
     async fn put_state(&self, name: &str, value: Option<Vec<u8>>) -> Result<(), EngineError> {

@@ -236,6 +236,21 @@ impl EtcdEngine {
             last.push(0);
             from = last;
         }
+        // The position: the last write request of this store at the scan's
+        // snapshot (other clusters' revisions in the same etcd are not ours).
+        let position = match revision {
+            Some(revision) => kv
+                .get(
+                    keys.feed(),
+                    Some(GetOptions::new().with_revision(revision).with_keys_only()),
+                )
+                .await
+                .map_err(etcd_error)?
+                .kvs()
+                .first()
+                .map_or(0, |kv| kv.mod_revision().max(0) as u64),
+            None => 0,
+        };
         if request.include_values {
             let mut filled: Vec<(&str, &mut Head)> = heads
                 .iter_mut()
@@ -254,6 +269,7 @@ impl EtcdEngine {
                 })
                 .collect(),
             resume_after,
+            position,
         })
     }
 

@@ -167,13 +167,14 @@ impl EtcdEngine {
                         key: put.key.clone(),
                         index: index as u16,
                         expire_at_millis: put.expire_at_millis,
+                        schema_version: put.schema_version,
                     },
                     WriteOp::Delete(delete) => Entry::Delete {
                         key: delete.key.clone(),
                     },
                 })
                 .collect();
-            let feed_record = feed::encode(&entries);
+            let feed_record = feed::encode(now, &entries);
             if bytes + feed_record.len() > limits.max_request_bytes {
                 return Err(EngineError::Limit(format!(
                     "a write batch of {} bytes is over the etcd engine's limit of {} bytes per request \
@@ -312,7 +313,8 @@ impl EtcdEngine {
         let entries = [Entry::Cleared {
             prefix: prefix.to_string(),
         }];
-        ops.push(TxnOp::put(keys.feed(), feed::encode(&entries), None));
+        let now = self.ensure_clock_persisted().await?;
+        ops.push(TxnOp::put(keys.feed(), feed::encode(now, &entries), None));
         let response = self
             .kv()
             .txn(Txn::new().and_then(ops))

@@ -60,6 +60,11 @@ impl RocksEngine {
             namespace_options(&cache, &options, &clock),
         ));
         descriptors.push(ColumnFamilyDescriptor::new(META_CF, Options::default()));
+        let history_created = !existing_history_cf(&path)?;
+        descriptors.push(ColumnFamilyDescriptor::new(
+            history::HISTORY_CF,
+            history_options(&cache),
+        ));
         // Namespaces no longer configured are opened only to see whether they
         // still hold data.
         for name in &leftovers {
@@ -101,7 +106,16 @@ impl RocksEngine {
         };
         let last_version = read_counter(VERSION_COUNTER_KEY)?;
         // The key holds the sequence the next event gets.
-        let last_sequence = read_counter(CHANGE_SEQUENCE_KEY)?.max(1) - 1;
+        let recovered_sequence = read_counter(CHANGE_SEQUENCE_KEY)?.max(1) - 1;
+        let opened_history = history::open_history(
+            &db,
+            &path,
+            history_created,
+            recovered_sequence,
+            options.history_max_events,
+            options.history_max_age_millis,
+        )?;
+        let last_sequence = opened_history.last_sequence;
         let clock_mark = read_counter(CLOCK_MARK_KEY)?;
         clock.raise_floor(clock_mark);
         // The time at open counts as seen: it is what the writer persists first.
@@ -151,6 +165,7 @@ impl RocksEngine {
             hooks: Arc::default(),
             groups_committed: AtomicU64::new(0),
             corrupt_records: CorruptRecordCounts::default(),
+            history: opened_history.state,
             #[cfg(feature = "test-hooks")]
             read_faults: super::hooks::ReadFaults::default(),
         });
@@ -160,6 +175,7 @@ impl RocksEngine {
             last_version,
             last_sequence,
             persisted_clock: clock_mark,
+            ceiling: opened_history.ceiling,
         };
         let writer = Writer::start(Arc::clone(&inner), state, options.write_queue_bytes)?;
         Ok(Self {
@@ -257,7 +273,11 @@ fn check_existing_column_families(
     let existing = DB::list_cf(&Options::default(), path).map_err(storage_error)?;
     let mut leftovers = Vec::new();
     for name in existing {
-        if configured.contains(&name) || name == META_CF || name == VALUES_CF {
+        if configured.contains(&name)
+            || name == META_CF
+            || name == VALUES_CF
+            || name == history::HISTORY_CF
+        {
             continue;
         }
         if name.starts_with(NAMESPACE_CF_PREFIX) {
@@ -310,6 +330,28 @@ fn drop_empty_leftovers(
         );
     }
     Ok(())
+}
+
+/// Whether the store at `path` already has a history column family.
+fn existing_history_cf(path: &Path) -> Result<bool, EngineError> {
+    if !path.join("CURRENT").exists() {
+        return Ok(false);
+    }
+    let existing = DB::list_cf(&Options::default(), path).map_err(storage_error)?;
+    Ok(existing.iter().any(|name| name == history::HISTORY_CF))
+}
+
+/// The history's column family: written in sequence order and read in
+/// ranges, trimmed from its start by range deletions; no expiry filter (its
+/// entries are not records).
+fn history_options(cache: &Cache) -> Options {
+    let mut table = BlockBasedOptions::default();
+    table.set_block_cache(cache);
+    let mut cf_options = Options::default();
+    cf_options.set_block_based_table_factory(&table);
+    cf_options.set_compression_type(DBCompressionType::Lz4);
+    cf_options.set_bottommost_compression_type(DBCompressionType::Zstd);
+    cf_options
 }
 
 fn namespace_options(

@@ -12,9 +12,6 @@ use crate::engine::{ScanPage, ScanRequest};
 impl Inner {
     pub(super) fn scan(&self, request: &ScanRequest) -> Result<ScanPage, EngineError> {
         let mut page = ScanPage::default();
-        if request.limit == 0 {
-            return Ok(page);
-        }
         let now = self.clock.now_millis();
         let prefix = request.prefix.as_bytes();
         let start: Vec<u8> = match &request.start_after {
@@ -26,8 +23,14 @@ impl Inner {
             _ => prefix.to_vec(),
         };
         let upper_bound = prefix_successor(prefix);
-        // One snapshot for every namespace, so a page is a consistent cut.
+        // One snapshot for every namespace, so a page is a consistent cut;
+        // its position is the change sequence the writer stored with the
+        // last commit the snapshot holds.
         let snapshot = self.db.snapshot();
+        page.position = self.snapshot_position(&snapshot)?;
+        if request.limit == 0 {
+            return Ok(page);
+        }
         let handles = self
             .namespaces
             .spanning(&request.prefix)
@@ -117,6 +120,29 @@ impl Inner {
             iterator.status().map_err(storage_error)?;
         }
         Ok(page)
+    }
+}
+
+impl Inner {
+    /// The last change sequence committed in `snapshot`: the meta column
+    /// family's next sequence, read through it, less one.
+    fn snapshot_position(&self, snapshot: &rocksdb::Snapshot<'_>) -> Result<u64, EngineError> {
+        let mut read_options = ReadOptions::default();
+        read_options.set_snapshot(snapshot);
+        let next = self
+            .db
+            .get_pinned_cf_opt(self.meta_handle()?, CHANGE_SEQUENCE_KEY, &read_options)
+            .map_err(storage_error)?;
+        Ok(match next.as_deref().map(<[u8; 8]>::try_from) {
+            Some(Ok(bytes)) => u64::from_le_bytes(bytes).saturating_sub(1),
+            Some(Err(_)) => {
+                return Err(EngineError::Corrupt {
+                    key: "change_sequence".into(),
+                    reason: "not 8 bytes".into(),
+                })
+            }
+            None => 0,
+        })
     }
 }
 

@@ -12,9 +12,15 @@ use super::*;
 use crate::clock::Clock;
 use crate::engine::changes::ChangeSubscription;
 use crate::engine::{
-    BackupInfo, Engine, LocalNamespaceStats, LocalStorage, NamespaceStats, Record, ScanPage,
-    ScanRequest, StorageSummary, WriteOp, WriteReceipt,
+    BackupInfo, Engine, HistoryError, HistoryPage, HistoryPosition, LocalNamespaceStats,
+    LocalStorage, NamespaceStats, Record, ScanPage, ScanRequest, StorageSummary, WriteOp,
+    WriteReceipt,
 };
+
+/// How long a scan waits for the writer to publish a commit its snapshot
+/// already holds: the writer publishes right after writing, so this is
+/// reached only when the writer has stopped.
+const PUBLISH_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl Inner {
     pub(super) fn flush(&self) -> Result<(), EngineError> {
@@ -44,7 +50,18 @@ impl Engine for RocksEngine {
     }
 
     async fn scan(&self, request: ScanRequest) -> Result<ScanPage, EngineError> {
-        self.blocking(move |inner| inner.scan(&request)).await
+        let page = self.blocking(move |inner| inner.scan(&request)).await?;
+        // The snapshot may hold a commit the writer has not published yet
+        // (it publishes right after its write); wait for it, so that reading
+        // history after the page's position never finds it ahead.
+        let feed = self.inner.feed.position();
+        if !feed.reached(page.position) {
+            let deadline = std::time::Instant::now() + PUBLISH_WAIT;
+            feed.wait_for(page.position, deadline)
+                .await
+                .map_err(|error| EngineError::Unavailable(error.to_string()))?;
+        }
+        Ok(page)
     }
 
     async fn write(&self, ops: Vec<WriteOp>) -> Result<WriteReceipt, EngineError> {
@@ -72,6 +89,14 @@ impl Engine for RocksEngine {
     }
 
     async fn flush(&self) -> Result<(), EngineError> {
+        // A flush is for shutdown: mark the stop clean first, so the next
+        // open continues its sequences without a gap even if this process
+        // exits without dropping the engine.
+        // Failing that (a dead writer) is safe: the next open treats the
+        // stop as unclean and skips the unused sequences.
+        if let Err(error) = self.writer.submit_seal(&self.inner).await {
+            tracing::warn!(error = %error.log_summary(), "could not mark the stop clean");
+        }
         self.blocking(|inner| inner.flush()).await
     }
 
@@ -98,6 +123,25 @@ impl Engine for RocksEngine {
                 .collect()
         })
         .await
+    }
+
+    fn history_id(&self) -> u64 {
+        self.inner.history.id
+    }
+
+    async fn history_bounds(&self) -> Result<(u64, u64), EngineError> {
+        Ok(self.inner.history_bounds())
+    }
+
+    async fn read_history(
+        &self,
+        after: HistoryPosition,
+        max_events: usize,
+    ) -> Result<HistoryPage, HistoryError> {
+        let inner = Arc::clone(&self.inner);
+        tokio::task::spawn_blocking(move || inner.read_history(after, max_events))
+            .await
+            .map_err(|error| EngineError::Storage(format!("history task failed: {error}")))?
     }
 
     fn local(&self) -> Option<&dyn LocalStorage> {
@@ -236,6 +280,10 @@ impl LocalStorage for RocksEngine {
             })
         })
         .await
+    }
+
+    async fn trim_history(&self) -> Result<u64, EngineError> {
+        self.blocking(|inner| inner.trim_history()).await
     }
 
     async fn local_namespace_stats(&self) -> Result<Vec<LocalNamespaceStats>, EngineError> {

@@ -34,7 +34,7 @@ use super::hooks::{HookState, WriterHooks, WriterPause};
 use super::Inner;
 use crate::engine::namespace::NamespaceId;
 use crate::engine::record::{self, RecordParts, StoredRecord};
-use crate::engine::{EngineError, Precondition, WriteOp, WriteReceipt};
+use crate::engine::{EngineError, Precondition, PutPayload, WriteOp, WriteReceipt};
 
 /// Most requests one group commit takes.
 const MAX_GROUP_REQUESTS: usize = 256;
@@ -54,6 +54,8 @@ const INLINE_ENCODE_BYTES: usize = 1024 * 1024;
 const WRITER_POLL: Duration = Duration::from_micros(50);
 /// How often an idle writer persists the clock's high-water mark.
 const CLOCK_MARK_INTERVAL: Duration = Duration::from_secs(1);
+/// The history is trimmed to its retention every this many clock ticks.
+const HISTORY_TRIM_TICKS: u32 = 5;
 
 /// One mutation, ready for the writer.
 struct PreparedOp {
@@ -63,6 +65,11 @@ struct PreparedOp {
     /// The encoded record with version 0, patched by the writer; `None` deletes.
     record: Option<StoredRecord>,
     expire_at_millis: Option<u64>,
+    schema_version: u32,
+    /// A put's value and metadata as written, for live change events: the
+    /// put's own buffers, moved here after the record was encoded from them
+    /// (no copy), freed once every subscriber has the event.
+    payload: Option<Arc<PutPayload>>,
 }
 
 impl PreparedOp {
@@ -71,8 +78,12 @@ impl PreparedOp {
         self.record.is_some() && self.precondition == Precondition::None
     }
 
+    /// What the op holds while queued: its key, its encoded record and the
+    /// payload kept for the change feed.
     fn bytes(&self) -> usize {
-        self.key.len() + self.record.as_ref().map_or(0, StoredRecord::len)
+        self.key.len()
+            + self.record.as_ref().map_or(0, StoredRecord::len)
+            + self.payload.as_ref().map_or(0, |payload| payload.bytes())
     }
 }
 
@@ -85,6 +96,9 @@ struct WriteRequest {
     /// Set for a request that empties a whole namespace; it has no ops and
     /// commits alone (see [`Inner::commit_clear`]).
     clear: Option<NamespaceId>,
+    /// Set for a request that marks a clean stop (see [`Inner::commit_seal`]);
+    /// it has no ops and goes alone.
+    seal: bool,
     reply: Option<Reply>,
     bytes: usize,
     /// The request's share of the queue's byte budget, returned as it is answered.
@@ -96,6 +110,7 @@ impl WriteRequest {
         Self {
             ops: Vec::new(),
             clear: None,
+            seal: false,
             reply: None,
             bytes: 0,
             budget: None,
@@ -121,6 +136,9 @@ pub(super) struct WriterState {
     pub(super) last_sequence: u64,
     /// The clock's high-water mark last written to the store.
     pub(super) persisted_clock: u64,
+    /// The durable sequence ceiling: no sequence above it is used before it
+    /// is raised (see `history`).
+    pub(super) ceiling: u64,
 }
 
 /// The writer thread, its queue, its byte budget and its clock ticker.
@@ -184,12 +202,22 @@ impl Writer {
         let ticker_stop = Arc::new(AtomicBool::new(false));
         let stop = Arc::clone(&ticker_stop);
         let ticks = sender.clone();
+        let trimmed = Arc::clone(&inner);
+        let mut tick: u32 = 0;
         let ticker = std::thread::Builder::new()
             .name("tierkv-clock".into())
             .spawn(move || loop {
                 std::thread::park_timeout(CLOCK_MARK_INTERVAL);
                 if stop.load(Ordering::SeqCst) {
                     return;
+                }
+                // History retention, off the writer's thread: one small
+                // range deletion now and then, which writers do not wait on.
+                tick = tick.wrapping_add(1);
+                if tick % HISTORY_TRIM_TICKS == 0 {
+                    if let Err(error) = trimmed.trim_history() {
+                        tracing::warn!(error = %error.log_summary(), "trimming the change history failed");
+                    }
                 }
                 // A full queue means groups are committing, and each persists the mark.
                 if let Err(mpsc::error::TrySendError::Closed(_)) =
@@ -250,6 +278,7 @@ impl Writer {
             .send(WriteRequest {
                 ops: prepared,
                 clear: None,
+                seal: false,
                 reply: Some(reply),
                 bytes,
                 budget: Some(budget),
@@ -271,6 +300,27 @@ impl Writer {
             .send(WriteRequest {
                 ops: Vec::new(),
                 clear: Some(namespace),
+                seal: false,
+                reply: Some(reply),
+                bytes: 0,
+                budget: None,
+            })
+            .await
+            .map_err(|_| self.closed(inner))?;
+        response.await.map_err(|_| self.closed(inner))?.map(|_| ())
+    }
+
+    /// Has the writer mark a clean stop: the sequence ceiling lowered to the
+    /// last sequence used (raised again by the next write), so that an open
+    /// after a shutdown that flushed continues without a gap.
+    pub(super) async fn submit_seal(&self, inner: &Arc<Inner>) -> Result<(), EngineError> {
+        let sender = self.sender.as_ref().ok_or_else(|| self.closed(inner))?;
+        let (reply, response) = oneshot::channel();
+        sender
+            .send(WriteRequest {
+                ops: Vec::new(),
+                clear: None,
+                seal: true,
                 reply: Some(reply),
                 bytes: 0,
                 budget: None,
@@ -332,7 +382,7 @@ fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
 
 /// Encodes every put's record (version 0) and routes every key, on the
 /// caller's side of the queue. Each value is copied once, into its record;
-/// the put's own buffer is freed here.
+/// the put's own buffer becomes the change event's payload.
 fn prepare(inner: &Inner, ops: Vec<WriteOp>) -> Vec<PreparedOp> {
     ops.into_iter()
         .map(|op| match op {
@@ -351,6 +401,12 @@ fn prepare(inner: &Inner, ops: Vec<WriteOp>) -> Vec<PreparedOp> {
                     precondition: put.precondition,
                     record: Some(record),
                     expire_at_millis: put.expire_at_millis,
+                    schema_version: put.schema_version,
+                    payload: Some(Arc::new(PutPayload {
+                        kind: put.kind,
+                        value: put.value,
+                        metadata: put.metadata,
+                    })),
                 }
             }
             WriteOp::Delete(delete) => PreparedOp {
@@ -359,6 +415,8 @@ fn prepare(inner: &Inner, ops: Vec<WriteOp>) -> Vec<PreparedOp> {
                 precondition: delete.precondition,
                 record: None,
                 expire_at_millis: None,
+                schema_version: 0,
+                payload: None,
             },
         })
         .collect()
@@ -372,8 +430,8 @@ fn run_writer(
     mut requests: mpsc::Receiver<WriteRequest>,
     mut state: WriterState,
 ) -> Result<(), String> {
-    // A namespace clear taken while gathering a group waits for the next turn:
-    // it commits alone, after the group queued before it.
+    // A namespace clear (or a seal) taken while gathering a group waits for
+    // the next turn: it commits alone, after the group queued before it.
     let mut held: Option<WriteRequest> = None;
     while let Some(first) = held.take().or_else(|| next_request(&mut requests)) {
         #[cfg(feature = "test-hooks")]
@@ -382,11 +440,15 @@ fn run_writer(
             inner.commit_clear(first, &mut state)?;
             continue;
         }
+        if first.seal {
+            inner.commit_seal(first, &mut state)?;
+            continue;
+        }
         let mut group_bytes = first.bytes;
         let mut group = vec![first];
         while group.len() < MAX_GROUP_REQUESTS && group_bytes < MAX_GROUP_BYTES {
             match requests.try_recv() {
-                Ok(request) if request.clear.is_some() => {
+                Ok(request) if request.clear.is_some() || request.seal => {
                     held = Some(request);
                     break;
                 }
@@ -399,8 +461,12 @@ fn run_writer(
         }
         inner.commit_group(group, &mut state)?;
     }
-    // Closing: the last word on the clock.
-    inner.commit_group(Vec::new(), &mut state)
+    // Closing: the last word on the clock, then the ceiling lowered to the
+    // last sequence used, which marks the stop as clean.
+    inner.commit_group(Vec::new(), &mut state)?;
+    inner
+        .close_ceiling(&mut state)
+        .map_err(|error| format!("cannot record a clean stop: {error}"))
 }
 
 /// The next queued request: polled for [`WRITER_POLL`], yielding the core

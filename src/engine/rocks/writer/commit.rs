@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use rocksdb::WriteBatch;
 
+use super::super::history::{encode_batch, HistoryEvent};
 use super::super::{
     storage_error, CfHandle, Inner, CHANGE_SEQUENCE_KEY, CLOCK_MARK_KEY, VERSION_COUNTER_KEY,
 };
@@ -167,7 +168,30 @@ impl Inner {
             return Ok(());
         }
 
-        // Sized up front, so the batch never grows by copying what it holds.
+        // RocksDB's sequences are consecutive (one per event); nothing
+        // outside this engine may count on that.
+        let first_sequence = state.last_sequence + 1;
+        let last_sequence = state.last_sequence + events as u64;
+        if let Err(error) = self.ensure_ceiling(&mut state.ceiling, last_sequence) {
+            for mut entry in accepted {
+                entry.request.answer(Err(error.duplicate()));
+            }
+            return Err(format!("cannot raise the sequence ceiling: {error}"));
+        }
+        // One history entry per request: encoded before the batch is
+        // sized, so the batch never grows by copying what it holds.
+        let mut request_sequence = first_sequence - 1;
+        let history: Vec<(u64, Vec<u8>)> = accepted
+            .iter()
+            .map(|entry| {
+                request_sequence += entry.outcomes.len() as u64;
+                (request_sequence, history_entry(entry, now))
+            })
+            .collect();
+        batch_bytes += history
+            .iter()
+            .map(|(_, entry)| entry.len() + 32)
+            .sum::<usize>();
         let mut batch = WriteBatch::with_capacity_bytes(batch_bytes + 256);
         for entry in &accepted {
             for op in &entry.request.ops {
@@ -179,13 +203,18 @@ impl Inner {
                 }
             }
         }
+        for (sequence, entry) in &history {
+            if let Err(error) = self.batch_history(&mut batch, *sequence, entry) {
+                for mut entry in accepted {
+                    entry.request.answer(Err(error.duplicate()));
+                }
+                return Err(format!("history column family unavailable: {error}"));
+            }
+        }
+        drop(history);
         if next_version != state.last_version {
             batch.put_cf(meta, VERSION_COUNTER_KEY, next_version.to_le_bytes());
         }
-        // RocksDB's sequences are consecutive (one per event); nothing
-        // outside this engine may count on that.
-        let first_sequence = state.last_sequence + 1;
-        let last_sequence = state.last_sequence + events as u64;
         if events > 0 {
             batch.put_cf(meta, CHANGE_SEQUENCE_KEY, (last_sequence + 1).to_le_bytes());
         }
@@ -273,6 +302,19 @@ impl Inner {
             batch.delete_range_cf(values, &start, &end);
         }
         let sequence = state.last_sequence + 1;
+        let recorded = self
+            .ensure_ceiling(&mut state.ceiling, sequence)
+            .and_then(|()| {
+                let entry = encode_batch(
+                    now,
+                    std::iter::once(HistoryEvent::NamespaceCleared { prefix: &prefix }),
+                );
+                self.batch_history(&mut batch, sequence, &entry)
+            });
+        if let Err(error) = recorded {
+            request.answer(Err(error.duplicate()));
+            return Err(format!("cannot record the history: {error}"));
+        }
         batch.put_cf(meta, CHANGE_SEQUENCE_KEY, (sequence + 1).to_le_bytes());
         let advance_clock = now > state.persisted_clock;
         if advance_clock {
@@ -290,6 +332,7 @@ impl Inner {
                     || {
                         vec![ChangeEvent {
                             sequence,
+                            batch_sequence: sequence,
                             key: Arc::from(prefix.as_str()),
                             change: Change::NamespaceCleared,
                         }]
@@ -308,6 +351,35 @@ impl Inner {
                     Ok(())
                 } else {
                     Err(format!("a write to the store failed: {error}"))
+                }
+            }
+        }
+    }
+}
+
+impl Inner {
+    /// Marks a clean stop for a flush before shutdown: the clock's mark
+    /// persisted and the sequence ceiling lowered to the last sequence used.
+    pub(super) fn commit_seal(
+        &self,
+        mut request: WriteRequest,
+        state: &mut WriterState,
+    ) -> Result<(), String> {
+        self.commit_group(Vec::new(), state)?;
+        match self.close_ceiling(state) {
+            Ok(()) => {
+                request.answer(Ok(WriteReceipt {
+                    outcomes: Vec::new(),
+                    sequence: state.last_sequence,
+                }));
+                Ok(())
+            }
+            Err(error) => {
+                request.answer(Err(error.duplicate()));
+                if error.is_retryable() {
+                    Ok(())
+                } else {
+                    Err(format!("cannot record a clean stop: {error}"))
                 }
             }
         }
@@ -416,31 +488,58 @@ fn live_version_of(key: &str, bytes: &[u8], now: u64) -> Result<Option<u64>, Eng
         })
 }
 
-/// The length of the keys of a commit's change events together.
+/// The length of the keys and payloads of a commit's change events together.
 fn change_key_bytes(accepted: &[Accepted]) -> usize {
     accepted
         .iter()
         .flat_map(|entry| entry.request.ops.iter().take(entry.outcomes.len()))
-        .map(|op| op.key.len())
+        .map(|op| op.key.len() + op.payload.as_ref().map_or(0, |payload| payload.bytes()))
         .sum()
 }
 
-/// The change events of a committed group, numbered from `first`.
+/// The change events of a committed group, numbered from `first`; each
+/// request's events carry the sequence of its last as their batch's.
 fn change_events(accepted: &[Accepted], first: u64) -> Vec<ChangeEvent> {
-    let ops = accepted
-        .iter()
-        .flat_map(|entry| entry.request.ops.iter().zip(&entry.outcomes));
-    ops.zip(first..)
-        .map(|((op, outcome), sequence)| ChangeEvent {
-            sequence,
-            key: Arc::from(op.key.as_str()),
-            change: match outcome {
-                WriteOutcome::Put { version } => Change::Put {
-                    version: *version,
-                    expire_at_millis: op.expire_at_millis,
+    let mut events = Vec::new();
+    let mut sequence = first;
+    for entry in accepted {
+        let batch_sequence = sequence + entry.outcomes.len() as u64 - 1;
+        for (op, outcome) in entry.request.ops.iter().zip(&entry.outcomes) {
+            events.push(ChangeEvent {
+                sequence,
+                batch_sequence,
+                key: Arc::from(op.key.as_str()),
+                change: match outcome {
+                    WriteOutcome::Put { version } => Change::Put {
+                        version: *version,
+                        expire_at_millis: op.expire_at_millis,
+                        schema_version: op.schema_version,
+                        payload: op.payload.clone(),
+                    },
+                    WriteOutcome::Delete { .. } => Change::Delete,
                 },
-                WriteOutcome::Delete { .. } => Change::Delete,
+            });
+            sequence += 1;
+        }
+    }
+    events
+}
+
+/// The history entry of one accepted request, committed at `now`.
+fn history_entry(entry: &Accepted, now: u64) -> Vec<u8> {
+    let events = entry
+        .request
+        .ops
+        .iter()
+        .zip(&entry.outcomes)
+        .map(|(op, outcome)| match outcome {
+            WriteOutcome::Put { version } => HistoryEvent::Put {
+                key: &op.key,
+                version: *version,
+                expire_at_millis: op.expire_at_millis,
+                schema_version: op.schema_version,
             },
-        })
-        .collect()
+            WriteOutcome::Delete { .. } => HistoryEvent::Delete { key: &op.key },
+        });
+    encode_batch(now, events)
 }
