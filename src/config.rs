@@ -2,6 +2,7 @@
 //! environment variables, then command-line flags. Unknown keys and invalid
 //! values are rejected with a message naming them.
 
+pub mod engine;
 mod env;
 pub mod tls;
 mod validate;
@@ -20,6 +21,7 @@ use crate::engine::Namespaces;
 use crate::migrate::{MigrationStep, Migrations};
 use crate::session::SessionConfig;
 use crate::watch::WatchConfig;
+pub use engine::{EngineConfig, EngineKind, EtcdConfig};
 pub use tls::TlsSettings;
 
 /// Most configured namespaces. Each is a column family with its own
@@ -137,6 +139,10 @@ pub struct Config {
     /// in the file).
     #[serde(default)]
     pub watch: WatchConfig,
+    /// The storage engine (`[engine]`, `[engine.etcd]` in the file):
+    /// embedded RocksDB by default, or an etcd cluster.
+    #[serde(default)]
+    pub engine: EngineConfig,
 }
 
 impl Default for Config {
@@ -174,6 +180,7 @@ impl Default for Config {
             migrations: Vec::new(),
             cache: CacheConfig::default(),
             watch: WatchConfig::default(),
+            engine: EngineConfig::default(),
         }
     }
 }

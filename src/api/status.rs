@@ -304,7 +304,7 @@ pub fn admin_status(method: &'static str, error: AdminError) -> Status {
             );
             Status::with_error_details(Code::FailedPrecondition, message, details)
         }
-        AdminError::BackupsOff => Status::failed_precondition(message),
+        AdminError::BackupsOff | AdminError::BackupNotLocal => Status::failed_precondition(message),
         AdminError::InvalidBackupName { .. } => {
             let mut details = ErrorDetails::new();
             details.add_bad_request_violation("name", message.clone());

@@ -455,6 +455,13 @@ pub trait Engine: Send + Sync + 'static {
         max_events: usize,
     ) -> Result<HistoryPage, HistoryError>;
 
+    /// Whether the store answers now; the server turns its health
+    /// NOT_SERVING while it does not (a remote store's outage) and SERVING
+    /// again when it does. A local store always answers.
+    async fn probe(&self) -> Result<(), EngineError> {
+        Ok(())
+    }
+
     /// What only a store on local disk offers (backups into a local
     /// directory, storage figures, failure of its writer); `None` for an
     /// engine without one.

@@ -290,3 +290,23 @@ pub fn unique_prefix(name: &str) -> String {
         NEXT.fetch_add(1, Ordering::Relaxed)
     )
 }
+
+/// `tierkv serve` (see [`super::process::server_command`]) over the etcd
+/// cluster at `endpoints`, its keys under `prefix`; `data_dir` is unused by
+/// the etcd engine but keeps the command's shape.
+pub fn server_command(endpoints: &[String], prefix: &str, data_dir: &Path) -> Command {
+    let mut command = super::process::server_command(data_dir);
+    command
+        .env("TIERKV_ENGINE_KIND", "etcd")
+        .env("TIERKV_ENGINE_ETCD_ENDPOINTS", endpoints.join(","))
+        .env("TIERKV_ENGINE_ETCD_PREFIX", prefix)
+        .env(
+            "TIERKV_ENGINE_ETCD_MAX_TXN_OPS",
+            TEST_MAX_TXN_OPS.to_string(),
+        )
+        .env(
+            "TIERKV_ENGINE_ETCD_MAX_REQUEST_BYTES",
+            TEST_MAX_REQUEST_BYTES.to_string(),
+        );
+    command
+}

@@ -525,6 +525,19 @@ impl Engine for EtcdEngine {
         Ok(response.kvs().first().map(|kv| kv.value().to_vec()))
     }
 
+    /// A linearizable count-only read: it answers only while a quorum of
+    /// the cluster does.
+    async fn probe(&self) -> Result<(), EngineError> {
+        self.kv()
+            .get(
+                self.inner.keys.clock(),
+                Some(GetOptions::new().with_count_only()),
+            )
+            .await
+            .map(drop)
+            .map_err(etcd_error)
+    }
+
     fn history_id(&self) -> u64 {
         self.inner.history_id
     }
