@@ -263,3 +263,71 @@ async fn page_tokens_work_on_every_replica() {
     stop(a);
     stop(b);
 }
+
+/// Two Migrate calls of one prefix, on A and on B: one runs, the other is
+/// refused with ABORTED naming the server that runs it (the replicas share
+/// one etcd lock per prefix); once the run ends, B may run it.
+#[tokio::test]
+async fn one_migration_at_a_time_across_replicas() {
+    let cluster = etcd::shared();
+    let prefix = etcd::unique_prefix("migrate");
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("tierkv.toml");
+    std::fs::write(
+        &config,
+        "[[migrations]]\nprefix = \"user:m\"\nfrom = 1\nto = 2\npatch = '[{\"op\": \"add\", \"path\": \"/v2\", \"value\": true}]'\n",
+    )
+    .unwrap();
+    let start = |data: &std::path::Path| {
+        let mut command = etcd::server_command(&cluster.endpoints(), &prefix, data);
+        command.arg("--config").arg(&config);
+        spawn_server(command)
+    };
+    let (data_a, data_b) = (dir.path().join("a"), dir.path().join("b"));
+    let a = start(&data_a);
+    let b = start(&data_b);
+    let mut kv = connect(&a.endpoint()).await;
+    for n in 0..30 {
+        kv.put(pb::PutRequest {
+            key: format!("user:m{n:02}"),
+            value: Some(pb::put_request::Value::Json(
+                tierkv::api::convert::json_to_proto(serde_json::json!({"n": n})),
+            )),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    }
+    let migrate = |max: Option<u32>| pb::MigrateRequest {
+        prefix: "user:m".into(),
+        dry_run: false,
+        batch_size: 1,
+        max_records_per_second: max,
+    };
+    let mut admin_a = common::connect_admin(&a.endpoint()).await;
+    let mut admin_b = common::connect_admin(&b.endpoint()).await;
+    // 30 records at 5 a second: the run on A lasts about 6 seconds.
+    let mut running = admin_a
+        .migrate(migrate(Some(5)))
+        .await
+        .unwrap()
+        .into_inner();
+    running
+        .message()
+        .await
+        .unwrap()
+        .expect("a first progress report");
+    let refused = admin_b.migrate(migrate(None)).await.unwrap_err();
+    assert_eq!(refused.code(), Code::Aborted, "{refused:?}");
+    let holder = format!("pid {}", a.pid());
+    assert!(
+        refused.message().contains(&holder),
+        "the refusal names the running server ({holder}): {}",
+        refused.message()
+    );
+    while running.message().await.unwrap().is_some() {}
+    let mut again = admin_b.migrate(migrate(None)).await.unwrap().into_inner();
+    while again.message().await.unwrap().is_some() {}
+    stop(a);
+    stop(b);
+}

@@ -267,6 +267,13 @@ pub fn migrate_status(method: &'static str, error: MigrateError) -> Status {
             let details = ErrorDetails::with_error_info("MIGRATION_RUNNING", ERROR_DOMAIN, info);
             Status::with_error_details(Code::Aborted, message, details)
         }
+        MigrateError::RunningElsewhere { prefix, holder } => {
+            let mut info = std::collections::HashMap::new();
+            info.insert("prefix".to_string(), prefix);
+            info.insert("holder".to_string(), holder);
+            let details = ErrorDetails::with_error_info("MIGRATION_RUNNING", ERROR_DOMAIN, info);
+            Status::with_error_details(Code::Aborted, message, details)
+        }
         MigrateError::NotFound { .. } => Status::not_found(message),
         MigrateError::ShuttingDown { .. } => Status::unavailable(message),
         MigrateError::InvalidStep { .. } | MigrateError::CorruptState { .. } => {

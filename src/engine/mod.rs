@@ -40,6 +40,21 @@ pub use record::{Record, ValueKind};
 pub use rocks::{ReadFaultGuard, WriterPause};
 pub use rocks::{RocksEngine, RocksOptions};
 
+/// A lock held across every server over one store ([`Engine::try_lock`]);
+/// dropping it releases it.
+pub type EngineLock = Box<dyn std::any::Any + Send + Sync>;
+
+/// What [`Engine::try_lock`] got.
+pub enum LockAttempt {
+    /// The lock is this caller's until the guard is dropped.
+    Acquired(EngineLock),
+    /// Another server holds it.
+    Held {
+        /// Who: the holder's own description (host and process).
+        holder: String,
+    },
+}
+
 /// A condition a write needs to hold, checked atomically with the write.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Precondition {
@@ -454,6 +469,15 @@ pub trait Engine: Send + Sync + 'static {
         after: HistoryPosition,
         max_events: usize,
     ) -> Result<HistoryPage, HistoryError>;
+
+    /// Takes the lock `name`, shared by every server over the store, for
+    /// work only one of them may do at a time (a batch migration of a
+    /// prefix); dropping the returned guard releases it. A store only one
+    /// server opens has nothing to share: the default always acquires.
+    async fn try_lock(&self, name: &str) -> Result<LockAttempt, EngineError> {
+        let _ = name;
+        Ok(LockAttempt::Acquired(Box::new(())))
+    }
 
     /// Whether the store answers now; the server turns its health
     /// NOT_SERVING while it does not (a remote store's outage) and SERVING

@@ -9,6 +9,7 @@
 //! <root>meta/clock  the clock's high-water mark, 20 decimal digits
 //! <root>meta/secret the instance secret shared by every replica
 //! <root>meta/history_id, history_floor   the change history's identity and retention
+//! <root>lock/<name>  locks (one batch migration of a prefix at a time)
 //! ```
 //!
 //! Records are one ordered range, so a scan across namespaces is one etcd
@@ -70,6 +71,11 @@ impl Keys {
     /// The oldest resumable position, raised by retention.
     pub(crate) fn history_floor(&self) -> Vec<u8> {
         self.under(b"meta/history_floor", b"")
+    }
+
+    /// A lock shared by every replica.
+    pub(crate) fn lock(&self, name: &str) -> Vec<u8> {
+        self.under(b"lock/", name.as_bytes())
     }
 
     /// The feed record, written by every write request.

@@ -19,6 +19,7 @@
 mod feed;
 mod history;
 mod keys;
+mod lock;
 mod read;
 mod write;
 
@@ -35,8 +36,8 @@ use tokio::task::JoinHandle;
 use self::keys::{clock_mark, parse_clock_mark, Keys};
 use super::{
     ChangeFeed, ChangeSubscription, Engine, EngineError, FeedPosition, HistoryError, HistoryPage,
-    HistoryPosition, NamespaceStats, Namespaces, Record, ScanPage, ScanRequest, WriteOp,
-    WriteReceipt,
+    HistoryPosition, LockAttempt, NamespaceStats, Namespaces, Record, ScanPage, ScanRequest,
+    WriteOp, WriteReceipt,
 };
 use crate::clock::{Clock, MonotonicClock, SharedClock};
 
@@ -159,6 +160,8 @@ struct Inner {
     acknowledged: AtomicU64,
     /// The change history's id ([`history`]).
     history_id: u64,
+    /// Who this process is, written into the locks it holds.
+    identity: String,
     options: EtcdOptions,
     tasks: std::sync::Mutex<Vec<JoinHandle<()>>>,
 }
@@ -335,6 +338,7 @@ impl EtcdEngine {
             feed,
             acknowledged: AtomicU64::new(revision as u64),
             history_id,
+            identity: lock::identity(),
             options,
             tasks: std::sync::Mutex::new(Vec::new()),
         });
@@ -536,6 +540,10 @@ impl Engine for EtcdEngine {
             .await
             .map(drop)
             .map_err(etcd_error)
+    }
+
+    async fn try_lock(&self, name: &str) -> Result<LockAttempt, EngineError> {
+        self.lock(name).await
     }
 
     fn history_id(&self) -> u64 {
