@@ -310,3 +310,37 @@ pub fn server_command(endpoints: &[String], prefix: &str, data_dir: &Path) -> Co
         );
     command
 }
+
+impl EtcdCluster {
+    /// The index of the member that leads now, asked of the members that
+    /// answer; `None` while there is no leader.
+    pub async fn leader(&self) -> Option<usize> {
+        let endpoints = self.endpoints();
+        for endpoint in &endpoints {
+            let options = etcd_client::ConnectOptions::new()
+                .with_connect_timeout(Duration::from_secs(1))
+                .with_timeout(Duration::from_secs(2));
+            let Ok(mut client) = etcd_client::Client::connect([endpoint], Some(options)).await
+            else {
+                continue;
+            };
+            let Ok(status) = client.status().await else {
+                continue;
+            };
+            let leader = status.leader();
+            for (n, other) in endpoints.iter().enumerate() {
+                let Ok(mut client) = etcd_client::Client::connect([other], None).await else {
+                    continue;
+                };
+                if let Ok(Ok(status)) =
+                    tokio::time::timeout(Duration::from_secs(2), client.status()).await
+                {
+                    if status.header().map(|header| header.member_id()) == Some(leader) {
+                        return Some(n);
+                    }
+                }
+            }
+        }
+        None
+    }
+}

@@ -42,7 +42,7 @@ impl EtcdEngine {
             TxnOp::get(keys.history_floor(), None),
             TxnOp::get(keys.feed(), Some(GetOptions::new().with_keys_only())),
         ]);
-        let response = self.kv().txn(txn).await.map_err(etcd_error)?;
+        let response = self.send_txn(txn, true).await?;
         let mut found = response.op_responses().into_iter().map(|op| match op {
             TxnOpResponse::Get(get) => get.kvs().first().cloned(),
             _ => None,
@@ -71,7 +71,7 @@ impl EtcdEngine {
                     .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
                     .and_then([TxnOp::put(key, mark, None)]),
             )]);
-        self.kv().txn(txn).await.map_err(etcd_error)?;
+        self.send_txn(txn, true).await?;
         Ok(())
     }
 

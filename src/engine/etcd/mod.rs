@@ -194,18 +194,9 @@ pub(crate) fn etcd_error(error: etcd_client::Error) -> EngineError {
                     "the etcd cluster refused the request: {message}; raise etcd's --max-request-bytes (and [engine.etcd] max_request_bytes) or write smaller batches"
                 ));
             }
-            // gRPC status codes etcd answers with (its API is gRPC): what
-            // no retry fixes is a storage failure, the rest a transient one.
-            const INVALID_ARGUMENT: i32 = 3;
-            const PERMISSION_DENIED: i32 = 7;
-            const FAILED_PRECONDITION: i32 = 9;
-            const OUT_OF_RANGE: i32 = 11;
-            const UNIMPLEMENTED: i32 = 12;
-            const UNAUTHENTICATED: i32 = 16;
-            match status.code() as i32 {
-                INVALID_ARGUMENT | PERMISSION_DENIED | UNAUTHENTICATED | FAILED_PRECONDITION
-                | OUT_OF_RANGE | UNIMPLEMENTED => EngineError::Storage(format!("etcd: {message}")),
-                _ => EngineError::Unavailable(format!("etcd: {message}")),
+            match etcd_error_kind(status.code() as i32) {
+                Kind::Permanent => EngineError::Storage(format!("etcd: {message}")),
+                Kind::Transient => EngineError::Unavailable(format!("etcd: {message}")),
             }
         }
         E::TransportError(error) => EngineError::Unavailable(format!("etcd unreachable: {error}")),
@@ -353,18 +344,6 @@ impl EtcdEngine {
         limits(&self.inner.options)
     }
 
-    /// Whether a quorum of the cluster answers a linearizable read now; for
-    /// the health check.
-    pub async fn is_reachable(&self) -> bool {
-        let mut kv = self.inner.client.kv_client();
-        kv.get(
-            self.inner.keys.clock(),
-            Some(GetOptions::new().with_count_only()),
-        )
-        .await
-        .is_ok()
-    }
-
     /// Writes the clock mark before a read decides expiry by a time far
     /// ahead of it, so that no restart can make the read's result undone.
     async fn ensure_clock_persisted(&self) -> Result<u64, EngineError> {
@@ -397,11 +376,94 @@ impl EtcdEngine {
         }
     }
 
+    /// Sends `txn`; again (a few times) when it failed before reaching etcd
+    /// (the client's balancer may still pick a stopped member, whose
+    /// connection is refused) or, when `idempotent`, on any retryable
+    /// failure. A write is never sent twice once it may have reached etcd.
+    pub(crate) async fn send_txn(
+        &self,
+        txn: Txn,
+        idempotent: bool,
+    ) -> Result<etcd_client::TxnResponse, EngineError> {
+        let mut attempt = 0;
+        loop {
+            match self.kv().txn(txn.clone()).await {
+                Ok(response) => return Ok(response),
+                Err(error) if attempt < SEND_RETRIES && retry(&error, idempotent) => {
+                    attempt += 1;
+                    tokio::time::sleep(Duration::from_millis(25 * attempt as u64)).await;
+                }
+                Err(error) => return Err(etcd_error(error)),
+            }
+        }
+    }
+
+    /// A linearizable range read, retried like an idempotent [`EtcdEngine::send_txn`].
+    pub(crate) async fn send_get(
+        &self,
+        key: Vec<u8>,
+        options: Option<GetOptions>,
+    ) -> Result<etcd_client::GetResponse, EngineError> {
+        let mut attempt = 0;
+        loop {
+            match self.kv().get(key.clone(), options.clone()).await {
+                Ok(response) => return Ok(response),
+                Err(error) if attempt < SEND_RETRIES && retry(&error, true) => {
+                    attempt += 1;
+                    tokio::time::sleep(Duration::from_millis(25 * attempt as u64)).await;
+                }
+                Err(error) => return Err(etcd_error(error)),
+            }
+        }
+    }
+
     fn kv(&self) -> etcd_client::KvClient {
         self.inner
             .client
             .kv_client()
             .max_decoding_message_size(usize::MAX)
+    }
+}
+
+/// Tries after the first of a request that may be sent again.
+const SEND_RETRIES: usize = 4;
+
+/// Whether a failed request may be sent again: it never reached etcd (the
+/// connection to the member was refused or could not be made), or it is
+/// `idempotent` and failed in a way a retry can fix.
+fn retry(error: &etcd_client::Error, idempotent: bool) -> bool {
+    match error {
+        etcd_client::Error::TransportError(_) => true,
+        etcd_client::Error::GRpcStatus(status) => {
+            const UNAVAILABLE: i32 = 14;
+            let unsent = status.code() as i32 == UNAVAILABLE
+                && (status.message().contains("connect error")
+                    || status.message().contains("Connection refused"));
+            unsent
+                || (idempotent && matches!(etcd_error_kind(status.code() as i32), Kind::Transient))
+        }
+        _ => false,
+    }
+}
+
+enum Kind {
+    Transient,
+    Permanent,
+}
+
+/// gRPC status codes etcd answers with (its API is gRPC): what no retry
+/// fixes is permanent, the rest transient.
+fn etcd_error_kind(code: i32) -> Kind {
+    const INVALID_ARGUMENT: i32 = 3;
+    const PERMISSION_DENIED: i32 = 7;
+    const FAILED_PRECONDITION: i32 = 9;
+    const OUT_OF_RANGE: i32 = 11;
+    const UNIMPLEMENTED: i32 = 12;
+    const UNAUTHENTICATED: i32 = 16;
+    match code {
+        INVALID_ARGUMENT | PERMISSION_DENIED | UNAUTHENTICATED | FAILED_PRECONDITION
+        | OUT_OF_RANGE | UNIMPLEMENTED => Kind::Permanent,
+        _ => Kind::Transient,
     }
 }
 
@@ -521,11 +583,7 @@ impl Engine for EtcdEngine {
     }
 
     async fn get_state(&self, name: &str) -> Result<Option<Vec<u8>>, EngineError> {
-        let response = self
-            .kv()
-            .get(self.inner.keys.state(name), None)
-            .await
-            .map_err(etcd_error)?;
+        let response = self.send_get(self.inner.keys.state(name), None).await?;
         Ok(response.kvs().first().map(|kv| kv.value().to_vec()))
     }
 
@@ -564,11 +622,13 @@ impl Engine for EtcdEngine {
 
     async fn put_state(&self, name: &str, value: Option<Vec<u8>>) -> Result<(), EngineError> {
         let key = self.inner.keys.state(name);
-        let mut kv = self.kv();
-        match value {
-            Some(value) => kv.put(key, value, None).await.map(drop),
-            None => kv.delete(key, None).await.map(drop),
-        }
-        .map_err(etcd_error)
+        let op = match value {
+            Some(value) => TxnOp::put(key, value, None),
+            None => TxnOp::delete(key, None),
+        };
+        // Writing the same state twice leaves the same state: idempotent.
+        self.send_txn(Txn::new().and_then([op]), true)
+            .await
+            .map(drop)
     }
 }

@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use etcd_client::{GetOptions, KeyValue, Txn, TxnOp, TxnOpResponse};
 
 use super::keys::version;
-use super::{etcd_error, EtcdEngine};
+use super::EtcdEngine;
 use crate::engine::namespace::NamespaceId;
 use crate::engine::record::{decode_head, peek_payload_len, value_of_entry, ValuePlace};
 use crate::engine::{EngineError, NamespaceStats, Record, ScanPage, ScanRequest};
@@ -62,16 +62,12 @@ impl EtcdEngine {
         keys: &[Vec<u8>],
         mut revision: Option<i64>,
     ) -> Result<(i64, Vec<Option<KeyValue>>), EngineError> {
-        let mut kv = self.kv();
         let mut found = Vec::with_capacity(keys.len());
         let chunk = self.inner.options.max_txn_ops.max(1);
         for keys in keys.chunks(chunk) {
             let options = || revision.map(|revision| GetOptions::new().with_revision(revision));
             let (header_revision, kvs) = if keys.len() == 1 {
-                let mut response = kv
-                    .get(keys[0].clone(), options())
-                    .await
-                    .map_err(etcd_error)?;
+                let mut response = self.send_get(keys[0].clone(), options()).await?;
                 let header = response.header().map_or(0, |header| header.revision());
                 (header, vec![response.take_kvs().into_iter().next()])
             } else {
@@ -79,7 +75,7 @@ impl EtcdEngine {
                     .iter()
                     .map(|key| TxnOp::get(key.clone(), options()))
                     .collect();
-                let response = kv.txn(Txn::new().and_then(ops)).await.map_err(etcd_error)?;
+                let response = self.send_txn(Txn::new().and_then(ops), true).await?;
                 let header = response.header().map_or(0, |header| header.revision());
                 let kvs = response
                     .op_responses()
@@ -188,7 +184,6 @@ impl EtcdEngine {
             next.push(0);
             from = from.max(next);
         }
-        let mut kv = self.kv();
         let mut revision: Option<i64> = None;
         let mut heads: Vec<(String, Head)> = Vec::new();
         let mut examined = 0usize;
@@ -204,10 +199,7 @@ impl EtcdEngine {
             if let Some(revision) = revision {
                 options = options.with_revision(revision);
             }
-            let mut response = kv
-                .get(from.clone(), Some(options))
-                .await
-                .map_err(etcd_error)?;
+            let mut response = self.send_get(from.clone(), Some(options)).await?;
             revision.get_or_insert(response.header().map_or(0, |header| header.revision()));
             let more = response.more();
             let mut last = None;
@@ -239,13 +231,12 @@ impl EtcdEngine {
         // The position: the last write request of this store at the scan's
         // snapshot (other clusters' revisions in the same etcd are not ours).
         let position = match revision {
-            Some(revision) => kv
-                .get(
+            Some(revision) => self
+                .send_get(
                     keys.feed(),
                     Some(GetOptions::new().with_revision(revision).with_keys_only()),
                 )
-                .await
-                .map_err(etcd_error)?
+                .await?
                 .kvs()
                 .first()
                 .map_or(0, |kv| kv.mod_revision().max(0) as u64),
@@ -289,7 +280,6 @@ impl EtcdEngine {
         let now = self.ensure_clock_persisted().await?;
         let keys = &self.inner.keys;
         let (mut from, end) = keys.head_range(prefix);
-        let mut kv = self.kv();
         let mut revision: Option<i64> = None;
         let mut count = 0;
         loop {
@@ -299,10 +289,7 @@ impl EtcdEngine {
             if let Some(revision) = revision {
                 options = options.with_revision(revision);
             }
-            let mut response = kv
-                .get(from.clone(), Some(options))
-                .await
-                .map_err(etcd_error)?;
+            let mut response = self.send_get(from.clone(), Some(options)).await?;
             revision.get_or_insert(response.header().map_or(0, |header| header.revision()));
             let more = response.more();
             let kvs = response.take_kvs();
@@ -330,17 +317,15 @@ impl EtcdEngine {
     /// included), nested namespaces subtracted; bytes are not estimated.
     pub(super) async fn stats(&self) -> Result<Vec<NamespaceStats>, EngineError> {
         let namespaces = &self.inner.namespaces;
-        let mut kv = self.kv();
         let mut totals = Vec::with_capacity(namespaces.len());
         for id in 0..namespaces.len() {
             let (start, end) = self.inner.keys.head_range(namespaces.prefix(id));
-            let response = kv
-                .get(
+            let response = self
+                .send_get(
                     start,
                     Some(GetOptions::new().with_range(end).with_count_only()),
                 )
-                .await
-                .map_err(etcd_error)?;
+                .await?;
             totals.push(response.count().max(0) as u64);
         }
         let mut stats: Vec<NamespaceStats> = (0..namespaces.len())

@@ -24,7 +24,7 @@ use etcd_client::{Compare, CompareOp, DeleteOptions, Txn, TxnOp};
 use super::feed::{self, Entry};
 use super::keys::version;
 use super::read::decode;
-use super::{etcd_error, EtcdEngine};
+use super::EtcdEngine;
 use crate::engine::record::{encode_stored, RecordParts};
 use crate::engine::{EngineError, Precondition, WriteOp, WriteOutcome, WriteReceipt};
 
@@ -188,7 +188,7 @@ impl EtcdEngine {
             let mut success = commit_ops.clone();
             success.push(TxnOp::put(self.inner.keys.feed(), feed_record, None));
             let txn = Txn::new().when(compares).and_then(success);
-            let response = self.kv().txn(txn).await.map_err(etcd_error)?;
+            let response = self.send_txn(txn, false).await?;
             if !response.succeeded() {
                 continue;
             }
@@ -315,11 +315,7 @@ impl EtcdEngine {
         }];
         let now = self.ensure_clock_persisted().await?;
         ops.push(TxnOp::put(keys.feed(), feed::encode(now, &entries), None));
-        let response = self
-            .kv()
-            .txn(Txn::new().and_then(ops))
-            .await
-            .map_err(etcd_error)?;
+        let response = self.send_txn(Txn::new().and_then(ops), false).await?;
         Ok(response.header().map_or(0, |header| header.revision()) as u64)
     }
 }
