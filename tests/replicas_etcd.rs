@@ -240,7 +240,6 @@ async fn page_tokens_work_on_every_replica() {
         prefix: "user:p".into(),
         page_size: 10,
         page_token: token,
-        ..Default::default()
     };
     let mut keys = Vec::new();
     let first = on_a.list(list(String::new())).await.unwrap().into_inner();
