@@ -222,3 +222,75 @@ suite_case!(
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     scan_position_is_a_cut_of_history
 );
+
+/// etcd-only: the sweeper deletes records expired for longer than the
+/// grace from etcd itself (and only them, values out of line included),
+/// with no change event; reads hid them already.
+#[tokio::test]
+async fn the_sweeper_reclaims_expired_records() {
+    use std::time::Duration;
+    use tierkv::clock::ManualClock;
+    use tierkv::engine::{Precondition, PutOp, ValueKind, WriteOp};
+
+    let mut harness = EtcdHarness::new("sweeper");
+    let _turn = {
+        harness.turn = Some(turn().lock_owned().await);
+    };
+    let clock = ManualClock::new(1_800_000_000_000);
+    let mut options = suite_options(&harness.prefix);
+    options.expiry_grace = Duration::from_secs(10);
+    let engine = EtcdEngine::open(
+        options,
+        Namespaces::new(SUITE_NAMESPACES.iter().copied()),
+        clock.clone(),
+    )
+    .await
+    .unwrap();
+    let put = |key: &str, value: Vec<u8>, expire_at_millis: Option<u64>| {
+        WriteOp::Put(PutOp {
+            key: key.into(),
+            kind: ValueKind::Bytes,
+            value,
+            metadata: None,
+            expire_at_millis,
+            schema_version: 1,
+            precondition: Precondition::None,
+        })
+    };
+    engine
+        .write(vec![
+            put("user:short", b"s".to_vec(), Some(1_800_000_001_000)),
+            put("user:big", vec![9; 4096], Some(1_800_000_001_000)),
+            put("user:forever", b"f".to_vec(), None),
+        ])
+        .await
+        .unwrap();
+    let mut raw = etcd_client::Client::connect(etcd::shared().endpoints(), None)
+        .await
+        .unwrap();
+    let present = |raw: &mut etcd_client::Client, key: String| {
+        let mut raw = raw.clone();
+        async move { !raw.get(key, None).await.unwrap().kvs().is_empty() }
+    };
+    let head = |key: &str| format!("{}k/{key}", harness.prefix);
+    let value = |key: &str| format!("{}v/{key}", harness.prefix);
+
+    // Expired, but within the grace: hidden, not deleted.
+    clock.advance(Duration::from_secs(5));
+    assert!(engine.get("user:short".into()).await.unwrap().is_none());
+    assert_eq!(engine.sweep_expired().await.unwrap(), 0);
+    assert!(present(&mut raw, head("user:short")).await);
+
+    let mut changes = engine.subscribe();
+    clock.advance(Duration::from_secs(10));
+    assert_eq!(engine.sweep_expired().await.unwrap(), 2);
+    assert!(!present(&mut raw, head("user:short")).await);
+    assert!(!present(&mut raw, head("user:big")).await);
+    assert!(!present(&mut raw, value("user:big")).await);
+    assert!(present(&mut raw, head("user:forever")).await);
+    assert!(engine.get("user:forever".into()).await.unwrap().is_some());
+    assert!(
+        changes.try_recv().unwrap().is_none(),
+        "expiry makes no change event"
+    );
+}

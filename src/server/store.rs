@@ -63,6 +63,7 @@ pub fn etcd_options(config: &Config) -> Result<EtcdOptions, ConfigError> {
         max_request_bytes: etcd.max_request_bytes,
         history_max_events: config.watch.history_events,
         history_max_age_millis: config.watch.history_age_secs.saturating_mul(1000),
+        expiry_grace: Duration::from_secs(config.expiry_grace_secs),
         ..EtcdOptions::default()
     })
 }

@@ -16,11 +16,15 @@
 //! A remote store has no [`LocalStorage`](crate::engine::LocalStorage):
 //! [`Engine::local`] answers `None`.
 
+mod endpoints;
+mod error;
 mod feed;
 mod history;
 mod keys;
 mod lock;
+mod options;
 mod read;
+mod sweep;
 mod write;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -33,7 +37,13 @@ use etcd_client::{
 };
 use tokio::task::JoinHandle;
 
+pub(crate) use self::error::etcd_error;
+use self::error::retry;
 use self::keys::{clock_mark, parse_clock_mark, Keys};
+use self::options::limits;
+pub use self::options::{
+    EtcdLimits, EtcdOptions, EtcdTls, ETCD_DEFAULT_MAX_REQUEST_BYTES, ETCD_DEFAULT_MAX_TXN_OPS,
+};
 use super::{
     ChangeFeed, ChangeSubscription, Engine, EngineError, FeedPosition, HistoryError, HistoryPage,
     HistoryPosition, LockAttempt, NamespaceStats, Namespaces, Record, ScanPage, ScanRequest,
@@ -41,102 +51,10 @@ use super::{
 };
 use crate::clock::{Clock, MonotonicClock, SharedClock};
 
-/// etcd's default `--max-txn-ops`.
-pub const ETCD_DEFAULT_MAX_TXN_OPS: usize = 128;
-/// etcd's default `--max-request-bytes` (1.5 MiB).
-pub const ETCD_DEFAULT_MAX_REQUEST_BYTES: usize = 1536 * 1024;
 /// The clock mark is written by a read only when the clock ran this far
 /// ahead of it (a step, or a test's clock); the background task keeps it
 /// within this of the clock otherwise.
 const CLOCK_MARK_INTERVAL: Duration = Duration::from_secs(1);
-
-/// TLS towards etcd: PEM bytes, read by the configuration.
-#[derive(Clone, Default)]
-pub struct EtcdTls {
-    /// The CA that signed etcd's server certificates; the system roots
-    /// when `None`.
-    pub ca_pem: Option<Vec<u8>>,
-    /// A client certificate and key, for etcd's `--client-cert-auth`.
-    pub identity_pem: Option<(Vec<u8>, Vec<u8>)>,
-}
-
-/// How to reach the etcd cluster and how much it accepts.
-#[derive(Clone)]
-pub struct EtcdOptions {
-    /// `http://host:port` (or `https://` with [`EtcdOptions::tls`]) of the members.
-    pub endpoints: Vec<String>,
-    /// The key prefix that isolates this tierkv cluster inside etcd.
-    pub prefix: String,
-    /// How long connecting to a member may take.
-    pub dial_timeout: Duration,
-    /// How long one etcd request may take before it fails as unavailable.
-    pub request_timeout: Duration,
-    /// TLS towards etcd.
-    pub tls: Option<EtcdTls>,
-    /// etcd user name and password (etcd authentication); never logged.
-    pub user: Option<(String, String)>,
-    /// The cluster's `--max-txn-ops`: the most operations one transaction may carry.
-    pub max_txn_ops: usize,
-    /// The cluster's `--max-request-bytes`: the largest request it accepts.
-    pub max_request_bytes: usize,
-    /// How many commits a change-feed subscriber may fall behind before it lags.
-    pub change_feed_capacity: usize,
-    /// Most bytes of change events held for subscribers that have not read them.
-    pub change_feed_max_bytes: usize,
-    /// The change history keeps at least the most recent this many events
-    /// (0: no bound by count; etcd's own compaction still applies).
-    pub history_max_events: u64,
-    /// The change history drops batches older than this, by the engine's
-    /// clock (0: no bound by age).
-    pub history_max_age_millis: u64,
-}
-
-impl std::fmt::Debug for EtcdOptions {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // The password never reaches a log; the user name may.
-        f.debug_struct("EtcdOptions")
-            .field("endpoints", &self.endpoints)
-            .field("prefix", &self.prefix)
-            .field("dial_timeout", &self.dial_timeout)
-            .field("request_timeout", &self.request_timeout)
-            .field("tls", &self.tls.is_some())
-            .field("user", &self.user.as_ref().map(|(name, _)| name))
-            .field("max_txn_ops", &self.max_txn_ops)
-            .field("max_request_bytes", &self.max_request_bytes)
-            .finish_non_exhaustive()
-    }
-}
-
-impl Default for EtcdOptions {
-    fn default() -> Self {
-        Self {
-            endpoints: vec!["http://127.0.0.1:2379".to_string()],
-            prefix: "tierkv/".to_string(),
-            dial_timeout: Duration::from_secs(5),
-            request_timeout: Duration::from_secs(10),
-            tls: None,
-            user: None,
-            max_txn_ops: ETCD_DEFAULT_MAX_TXN_OPS,
-            max_request_bytes: ETCD_DEFAULT_MAX_REQUEST_BYTES,
-            change_feed_capacity: 4096,
-            change_feed_max_bytes: 64 * 1024 * 1024,
-            history_max_events: 1_000_000,
-            history_max_age_millis: 0,
-        }
-    }
-}
-
-/// What one etcd request may carry, as configured to match the cluster.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct EtcdLimits {
-    /// Mutations one write batch may hold: the cluster's `--max-txn-ops`
-    /// less the feed record's operation (a value longer than 1 KiB takes a
-    /// second operation).
-    pub max_batch_ops: usize,
-    /// Bytes of keys, values and metadata one write batch may carry: the
-    /// cluster's `--max-request-bytes` less room for the request's framing.
-    pub max_request_bytes: usize,
-}
 
 /// The etcd engine: a cheap-to-clone handle.
 #[derive(Clone)]
@@ -174,34 +92,6 @@ impl Drop for Inner {
         for task in tasks.iter() {
             task.abort();
         }
-    }
-}
-
-/// Maps an etcd client failure: what a retry can fix is unavailable; a
-/// request etcd refuses for its size names the limit and the flag.
-pub(crate) fn etcd_error(error: etcd_client::Error) -> EngineError {
-    use etcd_client::Error as E;
-    match error {
-        E::GRpcStatus(status) => {
-            let message = status.message().to_string();
-            if message.contains("too many operations in txn request") {
-                return EngineError::Limit(format!(
-                    "the etcd cluster refused the transaction: {message}; raise etcd's --max-txn-ops (and [engine.etcd] max_txn_ops) or write fewer mutations per batch"
-                ));
-            }
-            if message.contains("request is too large") {
-                return EngineError::Limit(format!(
-                    "the etcd cluster refused the request: {message}; raise etcd's --max-request-bytes (and [engine.etcd] max_request_bytes) or write smaller batches"
-                ));
-            }
-            match etcd_error_kind(status.code() as i32) {
-                Kind::Permanent => EngineError::Storage(format!("etcd: {message}")),
-                Kind::Transient => EngineError::Unavailable(format!("etcd: {message}")),
-            }
-        }
-        E::TransportError(error) => EngineError::Unavailable(format!("etcd unreachable: {error}")),
-        E::IoError(error) => EngineError::Unavailable(format!("etcd unreachable: {error}")),
-        other => EngineError::Storage(format!("etcd: {other}")),
     }
 }
 
@@ -312,6 +202,10 @@ impl EtcdEngine {
             Arc::clone(&feed),
             revision,
         ))];
+        tasks.push(tokio::spawn(endpoints::keep_balanced(
+            client.clone(),
+            options.endpoints.clone(),
+        )));
         tasks.push(tokio::spawn(keep_clock_mark(
             client.clone(),
             keys.clone(),
@@ -334,6 +228,7 @@ impl EtcdEngine {
             tasks: std::sync::Mutex::new(Vec::new()),
         });
         tasks.push(tokio::spawn(history::keep_trimmed(Arc::downgrade(&inner))));
+        tasks.push(tokio::spawn(sweep::keep_swept(Arc::downgrade(&inner))));
         *inner.tasks.lock().unwrap_or_else(|e| e.into_inner()) = tasks;
         Ok(Self { inner })
     }
@@ -389,9 +284,9 @@ impl EtcdEngine {
         loop {
             match self.kv().txn(txn.clone()).await {
                 Ok(response) => return Ok(response),
-                Err(error) if attempt < SEND_RETRIES && retry(&error, idempotent) => {
+                Err(error) if retry(&error, idempotent, attempt) => {
                     attempt += 1;
-                    tokio::time::sleep(Duration::from_millis(25 * attempt as u64)).await;
+                    tokio::time::sleep(Duration::from_millis(10 * attempt.min(10) as u64)).await;
                 }
                 Err(error) => return Err(etcd_error(error)),
             }
@@ -408,9 +303,9 @@ impl EtcdEngine {
         loop {
             match self.kv().get(key.clone(), options.clone()).await {
                 Ok(response) => return Ok(response),
-                Err(error) if attempt < SEND_RETRIES && retry(&error, true) => {
+                Err(error) if retry(&error, true, attempt) => {
                     attempt += 1;
-                    tokio::time::sleep(Duration::from_millis(25 * attempt as u64)).await;
+                    tokio::time::sleep(Duration::from_millis(10 * attempt.min(10) as u64)).await;
                 }
                 Err(error) => return Err(etcd_error(error)),
             }
@@ -422,56 +317,6 @@ impl EtcdEngine {
             .client
             .kv_client()
             .max_decoding_message_size(usize::MAX)
-    }
-}
-
-/// Tries after the first of a request that may be sent again.
-const SEND_RETRIES: usize = 4;
-
-/// Whether a failed request may be sent again: it never reached etcd (the
-/// connection to the member was refused or could not be made), or it is
-/// `idempotent` and failed in a way a retry can fix.
-fn retry(error: &etcd_client::Error, idempotent: bool) -> bool {
-    match error {
-        etcd_client::Error::TransportError(_) => true,
-        etcd_client::Error::GRpcStatus(status) => {
-            const UNAVAILABLE: i32 = 14;
-            let unsent = status.code() as i32 == UNAVAILABLE
-                && (status.message().contains("connect error")
-                    || status.message().contains("Connection refused"));
-            unsent
-                || (idempotent && matches!(etcd_error_kind(status.code() as i32), Kind::Transient))
-        }
-        _ => false,
-    }
-}
-
-enum Kind {
-    Transient,
-    Permanent,
-}
-
-/// gRPC status codes etcd answers with (its API is gRPC): what no retry
-/// fixes is permanent, the rest transient.
-fn etcd_error_kind(code: i32) -> Kind {
-    const INVALID_ARGUMENT: i32 = 3;
-    const PERMISSION_DENIED: i32 = 7;
-    const FAILED_PRECONDITION: i32 = 9;
-    const OUT_OF_RANGE: i32 = 11;
-    const UNIMPLEMENTED: i32 = 12;
-    const UNAUTHENTICATED: i32 = 16;
-    match code {
-        INVALID_ARGUMENT | PERMISSION_DENIED | UNAUTHENTICATED | FAILED_PRECONDITION
-        | OUT_OF_RANGE | UNIMPLEMENTED => Kind::Permanent,
-        _ => Kind::Transient,
-    }
-}
-
-/// The limits of `options`.
-fn limits(options: &EtcdOptions) -> EtcdLimits {
-    EtcdLimits {
-        max_batch_ops: options.max_txn_ops.saturating_sub(1).min(u16::MAX as usize),
-        max_request_bytes: options.max_request_bytes.saturating_sub(4096),
     }
 }
 
