@@ -12,6 +12,12 @@
 #                                           # CacheService.Get of one key from memory, alone and while a
 #                                           # writer runs BatchWrites of 100 other keys of the same namespace
 #                                           # (cache:); WRITER_CLIENTS x WRITER_STREAMS (default 2 x 4)
+#   SCENARIO=watch scripts/bench-h2load.sh  # KvService.Put of one key (bench:get) through h2load while
+#                                           # WATCHERS (default "0 10 100") KvService.Watch streams on its
+#                                           # prefix (bench:) are held by `tierkv-watch-bench --attach`
+#                                           # (8 per connection); Put req/s per count and its ratio to 0,
+#                                           # and the events the watchers received; WATCH_BIN names the
+#                                           # watcher binary (built with cargo when missing)
 #
 # Every RPC of a round runs against the same server process, one after the other, and rounds interleave
 # (health, Get, Put, BatchGet, health, Get, ...), so slow drifts of the machine hit every RPC alike. The
@@ -35,10 +41,12 @@ VALUE="${VALUE:-json}"
 SCENARIO="${SCENARIO:-rpcs}"
 WRITER_CLIENTS="${WRITER_CLIENTS:-2}"
 WRITER_STREAMS="${WRITER_STREAMS:-4}"
+WATCHERS="${WATCHERS:-0 10 100}"
 case "$SCENARIO" in
     rpcs) ;;
     cache-under-writes) ETCD=0 ;;
-    *) echo "unknown SCENARIO $SCENARIO (rpcs, cache-under-writes)" >&2; exit 1 ;;
+    watch) ETCD=0 ;;
+    *) echo "unknown SCENARIO $SCENARIO (rpcs, cache-under-writes, watch)" >&2; exit 1 ;;
 esac
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 
@@ -55,8 +63,14 @@ if [ "$ETCD" = 1 ] && ! need etcd; then install_packages etcd-server; fi
 need curl || install_packages curl
 need python3 || { echo "python3 is required to build the request bodies" >&2; exit 1; }
 
+TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
+if [ "$SCENARIO" = watch ] && [ -z "${WATCH_BIN:-}" ]; then
+    WATCH_BIN="$TARGET_DIR/release/tierkv-watch-bench"
+    if [ ! -x "$WATCH_BIN" ]; then
+        (cd "$ROOT" && cargo build --release --locked -p tierkv-bench --bin tierkv-watch-bench)
+    fi
+fi
 if [ -z "${SERVER_BIN:-}" ]; then
-    TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
     SERVER_BIN="$TARGET_DIR/release/tierkv"
     if [ ! -x "$SERVER_BIN" ]; then
         (cd "$ROOT" && cargo build --release --locked -p tierkv --bin tierkv)
@@ -263,6 +277,61 @@ writer = statistics.median(r[2] for r in rows)
 print()
 print(f"median: Get alone {alone:,.0f} req/s; Get under writes {under:,.0f} req/s ({under / alone:.2f}x); "
       f"writer {writer:,.0f} BatchWrite/s ({writer * 100:,.0f} keys/s)")
+EOF
+    exit 0
+fi
+
+if [ "$SCENARIO" = watch ]; then
+    echo "tierkv: $SERVER_BIN (pid $TIERKV_PID); KvService.Put of bench:get ($VALUE value): h2load -c $CLIENTS -m $STREAMS -t $THREADS -D $DURATION;"
+    echo "watchers on bench: held by $WATCH_BIN --attach; counts: $WATCHERS; $ROUNDS rounds"
+    RESULTS="$WORK/results.txt"
+    : >"$RESULTS"
+    for round in $(seq 1 "$ROUNDS"); do
+        for watchers in $WATCHERS; do
+            holder=""
+            if [ "$watchers" -gt 0 ]; then
+                "$WATCH_BIN" --attach "$TIERKV" --hold "$watchers" --prefix bench: >"$WORK/watchers.txt" 2>&1 &
+                holder=$!
+                PIDS+=("$holder")
+                for _ in $(seq 1 300); do
+                    grep -q '^watching' "$WORK/watchers.txt" && break
+                    kill -0 "$holder" 2>/dev/null || { cat "$WORK/watchers.txt" >&2; exit 1; }
+                    sleep 0.1
+                done
+                grep -q '^watching' "$WORK/watchers.txt" || { echo "the watchers did not start" >&2; exit 1; }
+            fi
+            ticks_before="$(cpu_ticks "$TIERKV_PID")"
+            result="$(h2load_run "Put with $watchers watchers" "$TIERKV/tierkv.v1.KvService/Put" put "$CLIENTS" "$STREAMS" "$DURATION")"
+            ticks="$(( $(cpu_ticks "$TIERKV_PID") - ticks_before ))"
+            received=0
+            if [ -n "$holder" ]; then
+                # Let the watchers drain what is in flight, then stop them.
+                sleep 1
+                kill -TERM "$holder"
+                wait "$holder" || true
+                received="$(sed -n 's/^received \([0-9]*\) events/\1/p' "$WORK/watchers.txt")"
+            fi
+            IFS='|' read -r rps done_requests mean <<<"$result"
+            cpu_us="$(python3 -c "print($ticks / $TICKS_PER_SEC * 1e6 / max($done_requests, 1))")"
+            printf 'round %d  %4d watchers  Put %9.0f req/s (mean %s) %7.1f us server CPU/req  events received %s (%s puts x %d watchers)\n' \
+                "$round" "$watchers" "$rps" "$mean" "$cpu_us" "${received:-?}" "$done_requests" "$watchers"
+            printf '%s|%s|%s\n' "$watchers" "$rps" "$cpu_us" >>"$RESULTS"
+        done
+    done
+    python3 - "$RESULTS" <<'EOF'
+import statistics, sys
+runs, cpu = {}, {}
+for line in open(sys.argv[1]):
+    watchers, rps, cpu_us = line.rstrip("\n").split("|")
+    runs.setdefault(int(watchers), []).append(float(rps))
+    cpu.setdefault(int(watchers), []).append(float(cpu_us))
+base = statistics.median(runs[min(runs)])
+print()
+print(f"{'watchers':>9}{'median Put req/s':>18}{'vs ' + str(min(runs)):>8}{'CPU us/req':>12}   runs (req/s)")
+for watchers, values in sorted(runs.items()):
+    median = statistics.median(values)
+    print(f"{watchers:>9}{median:>18,.0f}{median / base:>7.2f}x{statistics.median(cpu[watchers]):>12.1f}   "
+          + " ".join(f"{v:,.0f}" for v in values))
 EOF
     exit 0
 fi
