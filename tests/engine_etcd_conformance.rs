@@ -233,9 +233,9 @@ async fn the_sweeper_reclaims_expired_records() {
     use tierkv::engine::{Precondition, PutOp, ValueKind, WriteOp};
 
     let mut harness = EtcdHarness::new("sweeper");
-    let _turn = {
-        harness.turn = Some(turn().lock_owned().await);
-    };
+    // The suite's turn: the sweeper takes a lock no other case holds, but
+    // its own writes must not race a case that counts sequences.
+    harness.turn = Some(turn().lock_owned().await);
     let clock = ManualClock::new(1_800_000_000_000);
     let mut options = suite_options(&harness.prefix);
     options.expiry_grace = Duration::from_secs(10);
