@@ -11,7 +11,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::etcd::{self, EtcdCluster};
-use common::process::{spawn_server, ServerProcess};
 use common::{connect, get, put_text};
 use tierkv::proto::v1 as pb;
 use tonic::transport::Channel;
@@ -19,12 +18,12 @@ use tonic::Code;
 
 use pb::kv_service_client::KvServiceClient;
 
-fn server(cluster: &EtcdCluster, dir: &tempfile::TempDir) -> ServerProcess {
+fn server(cluster: &EtcdCluster, dir: &tempfile::TempDir) -> etcd::Served {
     let mut command = etcd::server_command(&cluster.endpoints(), "failures/", dir.path());
     command
         .env("TIERKV_ENGINE_ETCD_REQUEST_TIMEOUT_MS", "2000")
         .env("TIERKV_ENGINE_ETCD_DIAL_TIMEOUT_MS", "500");
-    spawn_server(command)
+    etcd::spawn(command)
 }
 
 /// Acknowledged writes: key to version.
@@ -73,7 +72,7 @@ fn burst(
         .collect()
 }
 
-async fn wait_for_acks(acked: &Acked, at_least: usize, server: &ServerProcess) {
+async fn wait_for_acks(acked: &Acked, at_least: usize, server: &etcd::Served) {
     let deadline = Instant::now() + Duration::from_secs(90);
     while acked.lock().unwrap().len() < at_least {
         assert!(

@@ -10,7 +10,6 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::etcd;
-use common::process::{spawn_server, ServerProcess};
 use common::{connect, connect_sessions, get, put_text};
 use tierkv::proto::v1 as pb;
 use tonic::transport::Channel;
@@ -19,16 +18,16 @@ use tonic::Code;
 use pb::cache_service_client::CacheServiceClient;
 
 /// Two replicas over the shared cluster, one key prefix.
-fn replicas(name: &str) -> (ServerProcess, ServerProcess, Vec<tempfile::TempDir>) {
+fn replicas(name: &str) -> (etcd::Served, etcd::Served, Vec<tempfile::TempDir>) {
     let cluster = etcd::shared();
     let prefix = etcd::unique_prefix(name);
     let dirs = vec![tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
-    let a = spawn_server(etcd::server_command(
+    let a = etcd::spawn(etcd::server_command(
         &cluster.endpoints(),
         &prefix,
         dirs[0].path(),
     ));
-    let b = spawn_server(etcd::server_command(
+    let b = etcd::spawn(etcd::server_command(
         &cluster.endpoints(),
         &prefix,
         dirs[1].path(),
@@ -36,9 +35,8 @@ fn replicas(name: &str) -> (ServerProcess, ServerProcess, Vec<tempfile::TempDir>
     (a, b, dirs)
 }
 
-fn stop(mut server: ServerProcess) {
-    let _ = server.child.kill();
-    let _ = server.child.wait();
+fn stop(server: etcd::Served) {
+    drop(server);
 }
 
 fn text_of(reply: &pb::GetResponse) -> Option<&str> {
@@ -48,7 +46,7 @@ fn text_of(reply: &pb::GetResponse) -> Option<&str> {
     }
 }
 
-async fn cache_client(server: &ServerProcess) -> CacheServiceClient<Channel> {
+async fn cache_client(server: &etcd::Served) -> CacheServiceClient<Channel> {
     CacheServiceClient::connect(server.endpoint())
         .await
         .unwrap()
@@ -280,7 +278,7 @@ async fn one_migration_at_a_time_across_replicas() {
     let start = |data: &std::path::Path| {
         let mut command = etcd::server_command(&cluster.endpoints(), &prefix, data);
         command.arg("--config").arg(&config);
-        spawn_server(command)
+        etcd::spawn(command)
     };
     let (data_a, data_b) = (dir.path().join("a"), dir.path().join("b"));
     let a = start(&data_a);

@@ -9,7 +9,6 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::etcd::{self, EtcdCluster};
-use common::process::{spawn_server, ServerProcess};
 use common::{connect, connect_admin, get, put_text};
 use tierkv::proto::v1 as pb;
 use tonic::Code;
@@ -24,7 +23,7 @@ fn text_of(reply: pb::GetResponse) -> Option<String> {
     }
 }
 
-async fn health(server: &ServerProcess) -> Option<i32> {
+async fn health(server: &etcd::Served) -> Option<i32> {
     let channel = tonic::transport::Endpoint::from_shared(server.endpoint())
         .ok()?
         .connect_timeout(Duration::from_secs(5))
@@ -45,7 +44,7 @@ async fn health(server: &ServerProcess) -> Option<i32> {
 }
 
 /// Waits (generously: a loaded machine) until `condition` holds.
-async fn eventually<F, Fut>(what: &str, server: &ServerProcess, mut condition: F)
+async fn eventually<F, Fut>(what: &str, server: &etcd::Served, mut condition: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
@@ -75,7 +74,7 @@ async fn a_server_over_etcd_serves_and_refuses_what_etcd_cannot_take() {
         dir.path(),
     );
     command.env("TIERKV_ENGINE_ETCD_MAX_REQUEST_BYTES", "1572864");
-    let mut server = spawn_server(command);
+    let mut server = etcd::spawn(command);
     let mut client = connect(&server.endpoint()).await;
     client.put(put_text("user:a", "one")).await.unwrap();
     let reply = client.get(get("user:a")).await.unwrap().into_inner();
@@ -127,7 +126,7 @@ async fn an_etcd_outage_answers_unavailable_and_recovers() {
     command
         .env("TIERKV_ENGINE_ETCD_REQUEST_TIMEOUT_MS", "1000")
         .env("TIERKV_ENGINE_ETCD_DIAL_TIMEOUT_MS", "500");
-    let mut server = spawn_server(command);
+    let mut server = etcd::spawn(command);
     let mut client = connect(&server.endpoint()).await;
     client.put(put_text("user:kept", "v")).await.unwrap();
     assert_eq!(health(&server).await, Some(ServingStatus::Serving as i32));

@@ -344,3 +344,34 @@ impl EtcdCluster {
         None
     }
 }
+
+/// A `tierkv serve` process that is killed when dropped, so that a failing
+/// test leaves no server behind (an etcd-backed one whose cluster is gone
+/// would otherwise wait out its drain).
+pub struct Served(pub super::process::ServerProcess);
+
+impl std::ops::Deref for Served {
+    type Target = super::process::ServerProcess;
+
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Served {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.0.child.kill();
+        let _ = self.0.child.wait();
+    }
+}
+
+/// Starts `command` (see [`server_command`]) and waits until it serves.
+pub fn spawn(command: Command) -> Served {
+    Served(super::process::spawn_server(command))
+}
