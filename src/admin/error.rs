@@ -35,6 +35,10 @@ pub enum AdminError {
         /// Who depends on it: a service, or `None` for the default namespace.
         owner: Option<String>,
     },
+    /// The store keeps no local files (an etcd cluster): etcd is backed up
+    /// with its own tools.
+    #[error("this server's store is an etcd cluster, so tierkv keeps no files to back up: back up etcd itself with `etcdctl snapshot save FILE` against one member (restore with `etcdctl snapshot restore`; see docs/replicas.md)")]
+    BackupNotLocal,
     /// No `backup_dir` is configured.
     #[error("backups are off: set backup_dir (TIERKV_BACKUP_DIR) to the directory backups go to")]
     BackupsOff,

@@ -135,6 +135,14 @@ pub fn engine_status(method: &'static str, error: EngineError) -> Status {
         );
         return Status::with_error_details(Code::DataLoss, message, details);
     }
+    if let EngineError::Limit(_) = error {
+        // A batch or value over what the store accepts: the client's to
+        // change, and the message names the limit and the setting.
+        tracing::debug!(method, "request over a storage limit");
+        let mut details = ErrorDetails::new();
+        details.add_bad_request_violation("mutations", message.clone());
+        return Status::with_error_details(Code::InvalidArgument, message, details);
+    }
     if error.is_retryable() {
         tracing::warn!(method, error = %summary, "storage unavailable");
         Status::unavailable(message)
@@ -259,6 +267,13 @@ pub fn migrate_status(method: &'static str, error: MigrateError) -> Status {
             let details = ErrorDetails::with_error_info("MIGRATION_RUNNING", ERROR_DOMAIN, info);
             Status::with_error_details(Code::Aborted, message, details)
         }
+        MigrateError::RunningElsewhere { prefix, holder } => {
+            let mut info = std::collections::HashMap::new();
+            info.insert("prefix".to_string(), prefix);
+            info.insert("holder".to_string(), holder);
+            let details = ErrorDetails::with_error_info("MIGRATION_RUNNING", ERROR_DOMAIN, info);
+            Status::with_error_details(Code::Aborted, message, details)
+        }
         MigrateError::NotFound { .. } => Status::not_found(message),
         MigrateError::ShuttingDown { .. } => Status::unavailable(message),
         MigrateError::InvalidStep { .. } | MigrateError::CorruptState { .. } => {
@@ -296,7 +311,7 @@ pub fn admin_status(method: &'static str, error: AdminError) -> Status {
             );
             Status::with_error_details(Code::FailedPrecondition, message, details)
         }
-        AdminError::BackupsOff => Status::failed_precondition(message),
+        AdminError::BackupsOff | AdminError::BackupNotLocal => Status::failed_precondition(message),
         AdminError::InvalidBackupName { .. } => {
             let mut details = ErrorDetails::new();
             details.add_bad_request_violation("name", message.clone());

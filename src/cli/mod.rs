@@ -148,16 +148,12 @@ async fn serve(args: ServeArgs) -> Result<(), ServerError> {
     }
 
     let clock: SharedClock = Arc::new(SystemClock);
-    let (engine, listeners) = server::open_and_bind(&config, Arc::clone(&clock)).await?;
+    // Binding first fails fast on a taken port, before a long open (or a
+    // wait for an unreachable etcd).
+    let listeners = server::Listeners::bind(&config).await?;
+    let engine = server::store::open_store(&config, Arc::clone(&clock)).await?;
     print_banner(&config, &listeners);
-    server::serve_reloading(
-        config,
-        Arc::new(engine),
-        listeners,
-        server::shutdown_signal(),
-        reload,
-    )
-    .await
+    server::serve_reloading(config, engine, listeners, server::shutdown_signal(), reload).await
 }
 
 /// Prints `make run`'s banner on stdout once the sockets are bound and the

@@ -192,6 +192,58 @@ const SERVER_ENV: &[(&str, &str, EnvKind)] = &[
         "watch.history_age_secs",
         EnvKind::Integer,
     ),
+    ("TIERKV_ENGINE_KIND", "engine.kind", EnvKind::Text),
+    (
+        "TIERKV_ENGINE_ETCD_ENDPOINTS",
+        "engine.etcd.endpoints",
+        EnvKind::List,
+    ),
+    (
+        "TIERKV_ENGINE_ETCD_PREFIX",
+        "engine.etcd.prefix",
+        EnvKind::Text,
+    ),
+    (
+        "TIERKV_ENGINE_ETCD_DIAL_TIMEOUT_MS",
+        "engine.etcd.dial_timeout_ms",
+        EnvKind::Integer,
+    ),
+    (
+        "TIERKV_ENGINE_ETCD_REQUEST_TIMEOUT_MS",
+        "engine.etcd.request_timeout_ms",
+        EnvKind::Integer,
+    ),
+    (
+        "TIERKV_ENGINE_ETCD_CA_FILE",
+        "engine.etcd.ca_file",
+        EnvKind::Text,
+    ),
+    (
+        "TIERKV_ENGINE_ETCD_CERT_FILE",
+        "engine.etcd.cert_file",
+        EnvKind::Text,
+    ),
+    (
+        "TIERKV_ENGINE_ETCD_KEY_FILE",
+        "engine.etcd.key_file",
+        EnvKind::Text,
+    ),
+    ("TIERKV_ENGINE_ETCD_USER", "engine.etcd.user", EnvKind::Text),
+    (
+        "TIERKV_ENGINE_ETCD_PASSWORD",
+        "engine.etcd.password",
+        EnvKind::Text,
+    ),
+    (
+        "TIERKV_ENGINE_ETCD_MAX_TXN_OPS",
+        "engine.etcd.max_txn_ops",
+        EnvKind::Integer,
+    ),
+    (
+        "TIERKV_ENGINE_ETCD_MAX_REQUEST_BYTES",
+        "engine.etcd.max_request_bytes",
+        EnvKind::Integer,
+    ),
 ];
 
 /// Sets `key` in `table`; a dotted key (`session.prefix`) sets a member of a

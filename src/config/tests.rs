@@ -353,3 +353,46 @@ fn transport_bounds_from_environment() {
     assert_eq!(config.request_memory_wait(), Duration::from_millis(30));
     assert_eq!(config.shutdown_delay(), Duration::ZERO);
 }
+
+/// `[engine.etcd]` comes from the file and the environment (endpoints as a
+/// comma-separated list); the password never shows in the configuration's
+/// debug form; TLS files with a plain http endpoint are refused.
+#[test]
+fn etcd_engine_settings() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tierkv.toml");
+    std::fs::write(
+        &path,
+        "[engine]\nkind = \"etcd\"\n[engine.etcd]\nprefix = \"prod/\"\nuser = \"tierkv\"\n",
+    )
+    .unwrap();
+    let config = Config::load(
+        Some(&path),
+        &env(&[
+            (
+                "TIERKV_ENGINE_ETCD_ENDPOINTS",
+                "http://a:2379, http://b:2379",
+            ),
+            ("TIERKV_ENGINE_ETCD_PASSWORD", "s3cret-pass"),
+            ("TIERKV_ENGINE_ETCD_MAX_TXN_OPS", "10240"),
+        ]),
+    )
+    .unwrap();
+    assert_eq!(config.engine.kind, EngineKind::Etcd);
+    assert_eq!(
+        config.engine.etcd.endpoints,
+        vec!["http://a:2379", "http://b:2379"]
+    );
+    assert_eq!(config.engine.etcd.prefix, "prod/");
+    assert_eq!(config.engine.etcd.max_txn_ops, 10240);
+    config.validate().unwrap();
+    assert!(!format!("{config:?}").contains("s3cret-pass"));
+    assert_eq!(Config::default().engine.kind, EngineKind::Rocksdb);
+
+    let mut tls = config.clone();
+    tls.engine.etcd.ca_file = Some(dir.path().join("ca.pem"));
+    let error = tls.validate().unwrap_err().to_string();
+    assert!(error.contains("https://"), "{error}");
+    let unknown = Config::load(None, &env(&[("TIERKV_ENGINE_KIND", "redis")])).unwrap_err();
+    assert!(unknown.to_string().contains("redis"), "{unknown}");
+}

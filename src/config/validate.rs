@@ -7,6 +7,7 @@ use crate::kv::limits::{MAX_KEY_BYTES, MAX_MESSAGE_BYTES};
 impl Config {
     /// Checks values that parse but make no sense.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.engine.validate()?;
         if self.namespaces.len() > MAX_NAMESPACES {
             return Err(ConfigError::Invalid(format!(
                 "namespaces: {} prefixes are configured; the limit is {MAX_NAMESPACES} (each is a RocksDB column family)",

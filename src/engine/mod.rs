@@ -17,6 +17,7 @@
 pub mod changes;
 #[cfg(feature = "testsuite")]
 pub mod conformance;
+pub mod etcd;
 pub mod history;
 mod local;
 pub mod namespace;
@@ -30,6 +31,7 @@ pub use changes::{
     CatchUpError, Change, ChangeEvent, ChangeFeed, ChangeSubscription, FeedPosition, PutPayload,
     RecvError,
 };
+pub use etcd::{EtcdEngine, EtcdLimits, EtcdOptions, EtcdTls};
 pub use history::{HistoryBatch, HistoryError, HistoryPage, HistoryPosition};
 pub use local::{BackupInfo, LocalNamespaceStats, LocalStorage, StorageSummary};
 pub use namespace::Namespaces;
@@ -37,6 +39,21 @@ pub use record::{Record, ValueKind};
 #[cfg(feature = "test-hooks")]
 pub use rocks::{ReadFaultGuard, WriterPause};
 pub use rocks::{RocksEngine, RocksOptions};
+
+/// A lock held across every server over one store ([`Engine::try_lock`]);
+/// dropping it releases it.
+pub type EngineLock = Box<dyn std::any::Any + Send + Sync>;
+
+/// What [`Engine::try_lock`] got.
+pub enum LockAttempt {
+    /// The lock is this caller's until the guard is dropped.
+    Acquired(EngineLock),
+    /// Another server holds it.
+    Held {
+        /// Who: the holder's own description (host and process).
+        holder: String,
+    },
+}
 
 /// A condition a write needs to hold, checked atomically with the write.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -258,6 +275,11 @@ pub enum EngineError {
     /// The data directory holds something this configuration would hide or lose.
     #[error("{0}")]
     Layout(String),
+    /// A request over a limit of the store itself (an etcd cluster's
+    /// operations or bytes per transaction); the message names the limit and
+    /// the setting that raises it. A client's doing: INVALID_ARGUMENT.
+    #[error("{0}")]
+    Limit(String),
     /// Any other storage failure.
     #[error("storage error: {0}")]
     Storage(String),
@@ -279,6 +301,7 @@ impl EngineError {
                 key: key.clone(),
                 reason: reason.clone(),
             },
+            EngineError::Limit(message) => EngineError::Limit(message.clone()),
             other => EngineError::Storage(other.to_string()),
         }
     }
@@ -446,6 +469,22 @@ pub trait Engine: Send + Sync + 'static {
         after: HistoryPosition,
         max_events: usize,
     ) -> Result<HistoryPage, HistoryError>;
+
+    /// Takes the lock `name`, shared by every server over the store, for
+    /// work only one of them may do at a time (a batch migration of a
+    /// prefix); dropping the returned guard releases it. A store only one
+    /// server opens has nothing to share: the default always acquires.
+    async fn try_lock(&self, name: &str) -> Result<LockAttempt, EngineError> {
+        let _ = name;
+        Ok(LockAttempt::Acquired(Box::new(())))
+    }
+
+    /// Whether the store answers now; the server turns its health
+    /// NOT_SERVING while it does not (a remote store's outage) and SERVING
+    /// again when it does. A local store always answers.
+    async fn probe(&self) -> Result<(), EngineError> {
+        Ok(())
+    }
 
     /// What only a store on local disk offers (backups into a local
     /// directory, storage figures, failure of its writer); `None` for an

@@ -38,7 +38,7 @@ pub use super::state::{
     MAX_LISTED_FAILURE_BYTES,
 };
 use super::{lazy::write_back_op, MigrateError, Migrations, Plan};
-use crate::engine::{Engine, EngineError, WriteOp};
+use crate::engine::{Engine, EngineError, EngineLock, LockAttempt, WriteOp};
 use crate::records::limits::MAX_KEY_BYTES;
 use crate::records::pages::PrefixPages;
 
@@ -71,6 +71,8 @@ impl std::fmt::Debug for Migrator {
 struct RunGuard {
     registry: Registry,
     prefix: String,
+    /// The store-wide lock of the prefix, released with the guard.
+    lock: Option<EngineLock>,
 }
 
 impl Drop for RunGuard {
@@ -186,10 +188,26 @@ impl Migrator {
             }
             running.insert(request.prefix.clone(), Arc::clone(&shared));
         }
-        let guard = RunGuard {
+        let mut guard = RunGuard {
             registry: Arc::clone(&self.running),
             prefix: request.prefix.clone(),
+            lock: None,
         };
+        // Other servers over the same store (etcd replicas) run one
+        // migration of a prefix at a time too.
+        match self
+            .engine
+            .try_lock(&format!("migrate/{}", request.prefix))
+            .await?
+        {
+            LockAttempt::Acquired(lock) => guard.lock = Some(lock),
+            LockAttempt::Held { holder } => {
+                return Err(MigrateError::RunningElsewhere {
+                    prefix: request.prefix,
+                    holder,
+                })
+            }
+        }
         let saved = if request.dry_run {
             None
         } else {

@@ -36,6 +36,15 @@ pub enum MigrateError {
         /// The prefix.
         prefix: String,
     },
+    /// A migration of the same prefix is running on another server over the
+    /// same store (an etcd engine's replicas share one lock per prefix).
+    #[error("a migration of prefix {prefix:?} is already running on {holder}; watch it there with GetMigration or wait for it to finish")]
+    RunningElsewhere {
+        /// The prefix.
+        prefix: String,
+        /// The server running it.
+        holder: String,
+    },
     /// The server is shutting down; the run stopped (or never started) and
     /// keeps its checkpoint.
     #[error("the server is shutting down; the migration of {prefix:?} stopped after its last batch and keeps its checkpoint: call Migrate again to resume")]

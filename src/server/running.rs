@@ -27,8 +27,15 @@ pub struct RunningServer {
 
 impl RunningServer {
     /// Starts a server for `config` (its `listen` may use port 0).
+    /// Runs the RocksDB engine only (its handle is `engine`): an etcd-backed
+    /// server runs as `tierkv serve` (see tests/replicas_etcd.rs).
     pub async fn start(config: Config, clock: SharedClock) -> Result<Self, ServerError> {
         validate(&config)?;
+        if config.engine.kind != crate::config::EngineKind::Rocksdb {
+            return Err(ServerError::Config(crate::config::ConfigError::Invalid(
+                "RunningServer runs the RocksDB engine; run `tierkv serve` for [engine] kind = \"etcd\"".into(),
+            )));
+        }
         let (engine, listeners) = open_and_bind(&config, Arc::clone(&clock)).await?;
         let addr = listeners
             .grpc

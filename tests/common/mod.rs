@@ -2,6 +2,7 @@
 //! directory, with a manual clock, reached through the generated client.
 #![allow(dead_code)]
 
+pub mod etcd;
 pub mod origin;
 pub mod pki;
 pub mod process;

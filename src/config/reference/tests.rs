@@ -51,6 +51,8 @@ fn structs() -> Vec<(&'static str, &'static [&'static str])> {
         ("migrations[].", fields::<MigrationStep>()),
         ("cache.", fields::<CacheConfig>()),
         ("cache.origins[].", fields::<OriginConfig>()),
+        ("engine.", fields::<crate::config::engine::EngineConfig>()),
+        ("engine.etcd.", fields::<crate::config::engine::EtcdConfig>()),
         ("watch.", fields::<crate::watch::WatchConfig>()),
     ]
 }
@@ -65,6 +67,8 @@ const TABLES: &[&str] = &[
     "migrations",
     "cache",
     "cache.origins",
+    "engine",
+    "engine.etcd",
     "watch",
 ];
 

@@ -1,0 +1,255 @@
+//! The change history over etcd: the feed key's own etcd history.
+//!
+//! Every write request puts the feed record (`<root>f`), so each revision of
+//! that key is one [`HistoryBatch`], at the request's sequence (its
+//! revision), with the request's events in order. Reading history is a
+//! `Watch` of the feed key from the position on, stopped at the feed key's
+//! current revision (a known event, so no progress notification is needed).
+//!
+//! Retention: etcd keeps history until it is compacted (its
+//! `--auto-compaction-*` flags or a `Compact` call), and the engine keeps a
+//! floor of its own (`<root>meta/history_floor`), raised by
+//! [`EtcdEngine::trim_history`] from `history_max_events` and
+//! `history_max_age_millis`, so that retention is the same promise on both
+//! engines. A position below either answers [`HistoryError::Compacted`].
+//!
+//! Identity: a random id created once under `<root>meta/history_id`. An
+//! etcd restored from a snapshot goes back in revisions and reuses them:
+//! after such a restore, delete that key so positions of the lost revisions
+//! are refused as another history's (docs/replicas.md says so).
+
+use std::time::Duration;
+
+use etcd_client::{Compare, CompareOp, GetOptions, Txn, TxnOp, TxnOpResponse, WatchOptions};
+
+use super::feed::{self, MAX_WATCH_MESSAGE_BYTES};
+use super::keys::{clock_mark, parse_clock_mark};
+use super::{etcd_error, EtcdEngine};
+use crate::clock::Clock;
+use crate::engine::{EngineError, HistoryBatch, HistoryError, HistoryPage, HistoryPosition};
+
+/// How often every replica trims the history to its retention.
+pub(super) const TRIM_INTERVAL: Duration = Duration::from_secs(300);
+/// Events read per page while trimming.
+const TRIM_PAGE_EVENTS: usize = 10_000;
+
+impl EtcdEngine {
+    /// The retention floor and the feed key's latest revision (0 when
+    /// nothing was ever written), read together.
+    pub(super) async fn history_state(&self) -> Result<(u64, u64), EngineError> {
+        let keys = &self.inner.keys;
+        let txn = Txn::new().and_then([
+            TxnOp::get(keys.history_floor(), None),
+            TxnOp::get(keys.feed(), Some(GetOptions::new().with_keys_only())),
+        ]);
+        let response = self.send_txn(txn, true).await?;
+        let mut found = response.op_responses().into_iter().map(|op| match op {
+            TxnOpResponse::Get(get) => get.kvs().first().cloned(),
+            _ => None,
+        });
+        let floor = found
+            .next()
+            .flatten()
+            .map_or(0, |kv| parse_clock_mark(kv.value()));
+        let latest = found
+            .next()
+            .flatten()
+            .map_or(0, |kv| kv.mod_revision().max(0) as u64);
+        Ok((floor, latest))
+    }
+
+    /// Raises the retention floor to `floor` (never lowers it: another
+    /// replica may have raised it further).
+    async fn raise_floor(&self, floor: u64) -> Result<(), EngineError> {
+        let key = self.inner.keys.history_floor();
+        let mark = clock_mark(floor);
+        let txn = Txn::new()
+            .when([Compare::value(key.clone(), CompareOp::Less, mark.clone())])
+            .and_then([TxnOp::put(key.clone(), mark.clone(), None)])
+            .or_else([TxnOp::txn(
+                Txn::new()
+                    .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
+                    .and_then([TxnOp::put(key, mark, None)]),
+            )]);
+        self.send_txn(txn, true).await?;
+        Ok(())
+    }
+
+    /// Batches after `after` up to revision `until`, whole, stopping once
+    /// they hold `max_events` events (at least one batch).
+    async fn walk(
+        &self,
+        after: u64,
+        until: u64,
+        max_events: usize,
+        floor: u64,
+    ) -> Result<Vec<HistoryBatch>, HistoryError> {
+        let mut batches = Vec::new();
+        if after >= until {
+            return Ok(batches);
+        }
+        let mut watch = self
+            .inner
+            .client
+            .watch_client()
+            .max_decoding_message_size(MAX_WATCH_MESSAGE_BYTES);
+        let options = WatchOptions::new().with_start_revision(after as i64 + 1);
+        let mut stream = watch
+            .watch(self.inner.keys.feed(), Some(options))
+            .await
+            .map_err(etcd_error)?;
+        let timeout = self.inner.options.request_timeout;
+        let mut events = 0usize;
+        loop {
+            let message = tokio::time::timeout(timeout, stream.message())
+                .await
+                .map_err(|_| {
+                    EngineError::Unavailable(format!(
+                        "etcd sent no history within {} ms",
+                        timeout.as_millis()
+                    ))
+                })?
+                .map_err(etcd_error)?;
+            let Some(response) = message else {
+                return Err(EngineError::Unavailable("etcd ended the history watch".into()).into());
+            };
+            if response.canceled() {
+                let compacted = response.compact_revision();
+                if compacted > 0 {
+                    let oldest = floor.max(compacted as u64 - 1);
+                    // Later readers learn it without asking etcd again.
+                    self.raise_floor(oldest).await?;
+                    return Err(HistoryError::Compacted { oldest });
+                }
+                return Err(EngineError::Unavailable(format!(
+                    "etcd cancelled the history watch: {}",
+                    response.cancel_reason()
+                ))
+                .into());
+            }
+            for event in response.events() {
+                let Some(kv) = event.kv() else { continue };
+                let revision = kv.mod_revision();
+                if revision <= after as i64 || revision > until as i64 {
+                    continue;
+                }
+                let record = feed::decode(kv.value()).ok_or_else(|| {
+                    EngineError::Storage(format!(
+                        "the feed record of revision {revision} does not decode"
+                    ))
+                })?;
+                let batch = HistoryBatch {
+                    sequence: revision as u64,
+                    committed_at_millis: record.committed_at_millis,
+                    events: feed::events(revision, record.entries, |_, _| None),
+                };
+                events += batch.events.len();
+                batches.push(batch);
+                if revision as u64 >= until || events >= max_events {
+                    return Ok(batches);
+                }
+            }
+        }
+    }
+
+    /// See [`crate::engine::Engine::read_history`].
+    pub(super) async fn history_page(
+        &self,
+        after: HistoryPosition,
+        max_events: usize,
+    ) -> Result<HistoryPage, HistoryError> {
+        if after.history_id != self.inner.history_id {
+            return Err(HistoryError::OtherHistory {
+                current: self.inner.history_id,
+            });
+        }
+        let (floor, latest) = self.history_state().await?;
+        if after.sequence < floor {
+            return Err(HistoryError::Compacted { oldest: floor });
+        }
+        if after.sequence > latest {
+            return Err(HistoryError::Ahead { latest });
+        }
+        let batches = self
+            .walk(after.sequence, latest, max_events.max(1), floor)
+            .await?;
+        Ok(HistoryPage { batches, latest })
+    }
+
+    /// Raises the history's floor to its retention (`history_max_events`
+    /// events kept, batches older than `history_max_age_millis` by the
+    /// engine's clock dropped), walking the history kept so far; returns the
+    /// new floor. Every replica runs it every [`TRIM_INTERVAL`]; the floor
+    /// only rises, so they never undo each other.
+    pub async fn trim_history(&self) -> Result<u64, EngineError> {
+        let options = &self.inner.options;
+        let (floor, latest) = self.history_state().await?;
+        if options.history_max_events == 0 && options.history_max_age_millis == 0 {
+            return Ok(floor);
+        }
+        let mut summaries: Vec<(u64, usize, u64)> = Vec::new();
+        let mut position = floor;
+        while position < latest {
+            let page = match self.walk(position, latest, TRIM_PAGE_EVENTS, floor).await {
+                Ok(page) => page,
+                Err(HistoryError::Compacted { oldest }) => return Ok(oldest),
+                Err(HistoryError::Engine(error)) => return Err(error),
+                Err(other) => return Err(EngineError::Storage(other.to_string())),
+            };
+            let Some(last) = page.last() else { break };
+            position = last.sequence;
+            summaries.extend(page.iter().map(|batch| {
+                (
+                    batch.sequence,
+                    batch.events.len(),
+                    batch.committed_at_millis,
+                )
+            }));
+        }
+        let mut new_floor = floor;
+        if options.history_max_events > 0 {
+            let mut kept = 0u64;
+            for (sequence, events, _) in summaries.iter().rev() {
+                kept += *events as u64;
+                if kept > options.history_max_events {
+                    new_floor = new_floor.max(*sequence);
+                    break;
+                }
+            }
+        }
+        if options.history_max_age_millis > 0 {
+            let cutoff = self
+                .inner
+                .clock
+                .now_millis()
+                .saturating_sub(options.history_max_age_millis);
+            if let Some((sequence, _, _)) = summaries
+                .iter()
+                .rev()
+                .find(|(_, _, committed_at)| *committed_at < cutoff)
+            {
+                new_floor = new_floor.max(*sequence);
+            }
+        }
+        if new_floor > floor {
+            self.raise_floor(new_floor).await?;
+        }
+        Ok(new_floor)
+    }
+}
+
+/// Trims the history of `engine` every [`TRIM_INTERVAL`].
+pub(super) async fn keep_trimmed(engine: std::sync::Weak<super::Inner>) {
+    let mut tick = tokio::time::interval(TRIM_INTERVAL);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let Some(inner) = engine.upgrade() else {
+            return;
+        };
+        let engine = EtcdEngine { inner };
+        if let Err(error) = engine.trim_history().await {
+            tracing::warn!(error = %error.log_summary(), "trimming the etcd change history failed; retrying later");
+        }
+    }
+}

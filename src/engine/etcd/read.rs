@@ -1,0 +1,353 @@
+//! Reads: point reads, ordered scans and namespace counts, all linearizable
+//! (etcd's default; serializable reads are never used, so a read that
+//! starts after a write returned sees it, on any replica).
+//!
+//! A read that needs several etcd requests (many keys, out-of-line values,
+//! several pages) pins the revision of its first, so it sees one snapshot.
+
+use std::collections::HashMap;
+
+use etcd_client::{GetOptions, KeyValue, Txn, TxnOp, TxnOpResponse};
+
+use super::keys::version;
+use super::EtcdEngine;
+use crate::engine::namespace::NamespaceId;
+use crate::engine::record::{decode_head, peek_payload_len, value_of_entry, ValuePlace};
+use crate::engine::{EngineError, NamespaceStats, Record, ScanPage, ScanRequest};
+
+/// Most heads one scan request asks etcd for.
+const SCAN_PAGE: usize = 1000;
+
+/// A decoded head: the record (its value empty when out of line), where
+/// its value is, and the head's `mod_revision`.
+pub(super) struct Head {
+    pub(super) record: Record,
+    pub(super) place: ValuePlace,
+    pub(super) mod_revision: i64,
+    /// Bytes of metadata and value, from the header alone.
+    pub(super) payload_len: u64,
+    /// The index stored in the header (the version's low bits).
+    pub(super) index: u64,
+}
+
+/// Decodes a stored head; the version comes from the commit's revision.
+pub(super) fn decode(key: &str, kv: &KeyValue) -> Result<Head, EngineError> {
+    let bytes = kv.value();
+    let corrupt = |reason: String| EngineError::Corrupt {
+        key: key.to_string(),
+        reason,
+    };
+    let (mut record, place) = decode_head(bytes).map_err(|error| corrupt(error.to_string()))?;
+    let payload_len = peek_payload_len(bytes).map_err(|error| corrupt(error.to_string()))?;
+    let index = record.version;
+    record.version = version(kv.mod_revision(), index);
+    if let ValuePlace::Inline { start } = place {
+        record.value = bytes[start..].to_vec();
+    }
+    Ok(Head {
+        record,
+        place,
+        mod_revision: kv.mod_revision(),
+        payload_len,
+        index,
+    })
+}
+
+impl EtcdEngine {
+    /// Ranges of single keys, in as few transactions as the cluster's
+    /// `--max-txn-ops` allows, at one revision (`revision`, or the first
+    /// transaction's); returns that revision and the key-values in order.
+    pub(super) async fn get_keys(
+        &self,
+        keys: &[Vec<u8>],
+        mut revision: Option<i64>,
+    ) -> Result<(i64, Vec<Option<KeyValue>>), EngineError> {
+        let mut found = Vec::with_capacity(keys.len());
+        let chunk = self.inner.options.max_txn_ops.max(1);
+        for keys in keys.chunks(chunk) {
+            let options = || revision.map(|revision| GetOptions::new().with_revision(revision));
+            let (header_revision, kvs) = if keys.len() == 1 {
+                let mut response = self.send_get(keys[0].clone(), options()).await?;
+                let header = response.header().map_or(0, |header| header.revision());
+                (header, vec![response.take_kvs().into_iter().next()])
+            } else {
+                let ops: Vec<TxnOp> = keys
+                    .iter()
+                    .map(|key| TxnOp::get(key.clone(), options()))
+                    .collect();
+                let response = self.send_txn(Txn::new().and_then(ops), true).await?;
+                let header = response.header().map_or(0, |header| header.revision());
+                let kvs = response
+                    .op_responses()
+                    .into_iter()
+                    .map(|op| match op {
+                        TxnOpResponse::Get(mut get) => get.take_kvs().into_iter().next(),
+                        _ => None,
+                    })
+                    .collect();
+                (header, kvs)
+            };
+            revision.get_or_insert(header_revision);
+            found.extend(kvs);
+        }
+        Ok((revision.unwrap_or(0), found))
+    }
+
+    /// Fills in the out-of-line values of `heads` from their value entries
+    /// at `revision`; an entry that is not the head's is corrupt data.
+    async fn fill_values(
+        &self,
+        heads: &mut [(&str, &mut Head)],
+        revision: i64,
+    ) -> Result<(), EngineError> {
+        let wanted: Vec<usize> = (0..heads.len())
+            .filter(|at| matches!(heads[*at].1.place, ValuePlace::OutOfLine { .. }))
+            .collect();
+        if wanted.is_empty() {
+            return Ok(());
+        }
+        let keys: Vec<Vec<u8>> = wanted
+            .iter()
+            .map(|at| self.inner.keys.value(heads[*at].0))
+            .collect();
+        let (_, entries) = self.get_keys(&keys, Some(revision)).await?;
+        for (at, entry) in wanted.into_iter().zip(entries) {
+            let (key, head) = &mut heads[at];
+            let corrupt = |reason: &str| EngineError::Corrupt {
+                key: key.to_string(),
+                reason: reason.to_string(),
+            };
+            let entry = entry.ok_or_else(|| corrupt("the out-of-line value is missing"))?;
+            if entry.mod_revision() != head.mod_revision {
+                return Err(corrupt("the out-of-line value belongs to another write"));
+            }
+            let value = value_of_entry(entry.value(), head.index)
+                .map_err(|error| corrupt(&error.to_string()))?
+                .ok_or_else(|| corrupt("the out-of-line value belongs to another write"))?;
+            head.record.value = value.to_vec();
+        }
+        Ok(())
+    }
+
+    /// Reads live records (duplicates included), refusing with
+    /// [`EngineError::TooLarge`] before reading any out-of-line value when
+    /// they exceed `max_bytes`.
+    pub(super) async fn read_records(
+        &self,
+        keys: &[String],
+        max_bytes: Option<usize>,
+    ) -> Result<Vec<Option<Record>>, EngineError> {
+        let now = self.ensure_clock_persisted().await?;
+        let mut distinct: Vec<&str> = keys.iter().map(String::as_str).collect();
+        distinct.sort_unstable();
+        distinct.dedup();
+        let etcd_keys: Vec<Vec<u8>> = distinct
+            .iter()
+            .map(|key| self.inner.keys.head(key))
+            .collect();
+        let (revision, kvs) = self.get_keys(&etcd_keys, None).await?;
+        let mut heads: HashMap<&str, Head> = HashMap::new();
+        for (key, kv) in distinct.iter().zip(kvs) {
+            if let Some(kv) = kv {
+                let head = decode(key, &kv)?;
+                if !head.record.is_expired_at(now) {
+                    heads.insert(key, head);
+                }
+            }
+        }
+        if let Some(limit) = max_bytes {
+            let actual: u64 = keys
+                .iter()
+                .filter_map(|key| heads.get(key.as_str()))
+                .map(|head| head.payload_len)
+                .sum();
+            if actual > limit as u64 {
+                return Err(EngineError::TooLarge { limit, actual });
+            }
+        }
+        let mut filled: Vec<(&str, &mut Head)> =
+            heads.iter_mut().map(|(key, head)| (*key, head)).collect();
+        self.fill_values(&mut filled, revision).await?;
+        Ok(keys
+            .iter()
+            .map(|key| heads.get(key.as_str()).map(|head| head.record.clone()))
+            .collect())
+    }
+
+    /// One page of an ordered prefix scan (see [`ScanRequest`]).
+    pub(super) async fn scan_records(&self, request: ScanRequest) -> Result<ScanPage, EngineError> {
+        let now = self.ensure_clock_persisted().await?;
+        let keys = &self.inner.keys;
+        let (mut from, end) = keys.head_range(&request.prefix);
+        if let Some(after) = &request.start_after {
+            let mut next = keys.head(after);
+            next.push(0);
+            from = from.max(next);
+        }
+        let mut revision: Option<i64> = None;
+        let mut heads: Vec<(String, Head)> = Vec::new();
+        let mut examined = 0usize;
+        let mut resume_after = None;
+        while heads.len() < request.limit {
+            let mut want = (request.limit - heads.len()).min(SCAN_PAGE);
+            if request.max_examined > 0 {
+                want = want.min(request.max_examined - examined);
+            }
+            let mut options = GetOptions::new()
+                .with_range(end.clone())
+                .with_limit(want as i64);
+            if let Some(revision) = revision {
+                options = options.with_revision(revision);
+            }
+            let mut response = self.send_get(from.clone(), Some(options)).await?;
+            revision.get_or_insert(response.header().map_or(0, |header| header.revision()));
+            let more = response.more();
+            let mut last = None;
+            for kv in response.take_kvs() {
+                examined += 1;
+                let Some(key) = keys.record_key(kv.key()) else {
+                    continue;
+                };
+                let head = decode(key, &kv)?;
+                if !head.record.is_expired_at(now) {
+                    heads.push((key.to_string(), head));
+                }
+                last = Some(kv.key().to_vec());
+            }
+            let Some(mut last) = last else { break };
+            if !more {
+                break;
+            }
+            if request.max_examined > 0
+                && examined >= request.max_examined
+                && heads.len() < request.limit
+            {
+                resume_after = keys.record_key(&last).map(String::from);
+                break;
+            }
+            last.push(0);
+            from = last;
+        }
+        // The position: the last write request of this store at the scan's
+        // snapshot (other clusters' revisions in the same etcd are not ours).
+        let position = match revision {
+            Some(revision) => self
+                .send_get(
+                    keys.feed(),
+                    Some(GetOptions::new().with_revision(revision).with_keys_only()),
+                )
+                .await?
+                .kvs()
+                .first()
+                .map_or(0, |kv| kv.mod_revision().max(0) as u64),
+            None => 0,
+        };
+        if request.include_values {
+            let mut filled: Vec<(&str, &mut Head)> = heads
+                .iter_mut()
+                .map(|(key, head)| (key.as_str(), head))
+                .collect();
+            self.fill_values(&mut filled, revision.unwrap_or(0)).await?;
+        }
+        Ok(ScanPage {
+            entries: heads
+                .into_iter()
+                .map(|(key, mut head)| {
+                    if !request.include_values {
+                        head.record.value = Vec::new();
+                    }
+                    (key, head.record)
+                })
+                .collect(),
+            resume_after,
+            position,
+        })
+    }
+
+    /// The namespace whose prefix is `prefix`.
+    pub(super) fn namespace_id(&self, prefix: &str) -> Result<NamespaceId, EngineError> {
+        let namespaces = &self.inner.namespaces;
+        (0..namespaces.len())
+            .find(|id| namespaces.prefix(*id) == prefix)
+            .ok_or_else(|| EngineError::Layout(format!("{prefix:?} is not a configured namespace")))
+    }
+
+    /// Live records of namespace `prefix`, nested namespaces left out: every
+    /// head is read, because etcd's count-only ranges count expired records
+    /// too.
+    pub(super) async fn count_live(&self, prefix: &str) -> Result<u64, EngineError> {
+        let id = self.namespace_id(prefix)?;
+        let now = self.ensure_clock_persisted().await?;
+        let keys = &self.inner.keys;
+        let (mut from, end) = keys.head_range(prefix);
+        let mut revision: Option<i64> = None;
+        let mut count = 0;
+        loop {
+            let mut options = GetOptions::new()
+                .with_range(end.clone())
+                .with_limit(SCAN_PAGE as i64);
+            if let Some(revision) = revision {
+                options = options.with_revision(revision);
+            }
+            let mut response = self.send_get(from.clone(), Some(options)).await?;
+            revision.get_or_insert(response.header().map_or(0, |header| header.revision()));
+            let more = response.more();
+            let kvs = response.take_kvs();
+            for kv in &kvs {
+                let Some(key) = keys.record_key(kv.key()) else {
+                    continue;
+                };
+                if self.inner.namespaces.route(key) == id
+                    && !decode(key, kv)?.record.is_expired_at(now)
+                {
+                    count += 1;
+                }
+            }
+            match kvs.last() {
+                Some(last) if more => {
+                    from = last.key().to_vec();
+                    from.push(0);
+                }
+                _ => return Ok(count),
+            }
+        }
+    }
+
+    /// Estimated sizes: count-only ranges (expired records not yet swept
+    /// included), nested namespaces subtracted; bytes are not estimated.
+    pub(super) async fn stats(&self) -> Result<Vec<NamespaceStats>, EngineError> {
+        let namespaces = &self.inner.namespaces;
+        let mut totals = Vec::with_capacity(namespaces.len());
+        for id in 0..namespaces.len() {
+            let (start, end) = self.inner.keys.head_range(namespaces.prefix(id));
+            let response = self
+                .send_get(
+                    start,
+                    Some(GetOptions::new().with_range(end).with_count_only()),
+                )
+                .await?;
+            totals.push(response.count().max(0) as u64);
+        }
+        let mut stats: Vec<NamespaceStats> = (0..namespaces.len())
+            .map(|id| {
+                let nested: u64 = namespaces
+                    .nested_in(id)
+                    .iter()
+                    .map(|child| totals[*child])
+                    .sum();
+                NamespaceStats {
+                    prefix: namespaces.prefix(id).to_string(),
+                    storage: format!(
+                        "etcd range {}k/{}",
+                        self.inner.options.prefix,
+                        namespaces.prefix(id)
+                    ),
+                    estimated_keys: totals[id].saturating_sub(nested),
+                    estimated_live_bytes: 0,
+                }
+            })
+            .collect();
+        stats[1..].sort_by(|a, b| a.prefix.cmp(&b.prefix));
+        Ok(stats)
+    }
+}
