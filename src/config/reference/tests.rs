@@ -4,9 +4,11 @@
 use super::*;
 use crate::auth::{AuthConfig, TokenConfig};
 use crate::cache::config::{CacheConfig, OriginConfig};
+use crate::config::engine::{EngineConfig, EtcdConfig};
 use crate::config::{Config, TlsSettings};
 use crate::migrate::MigrationStep;
 use crate::session::SessionConfig;
+use crate::watch::WatchConfig;
 use serde::de::{Deserialize, Deserializer, Error as _, Visitor};
 
 /// The field names a derived `Deserialize` asks for, read by asking it to
@@ -51,9 +53,9 @@ fn structs() -> Vec<(&'static str, &'static [&'static str])> {
         ("migrations[].", fields::<MigrationStep>()),
         ("cache.", fields::<CacheConfig>()),
         ("cache.origins[].", fields::<OriginConfig>()),
-        ("engine.", fields::<crate::config::engine::EngineConfig>()),
-        ("engine.etcd.", fields::<crate::config::engine::EtcdConfig>()),
-        ("watch.", fields::<crate::watch::WatchConfig>()),
+        ("engine.", fields::<EngineConfig>()),
+        ("engine.etcd.", fields::<EtcdConfig>()),
+        ("watch.", fields::<WatchConfig>()),
     ]
 }
 
