@@ -307,6 +307,13 @@ impl ChangeFeed {
     }
 
     /// A subscription to every commit published after this returns.
+    ///
+    /// Returns only once a publication under way has finished (publishing
+    /// and subscribing take one lock): a commit any subscriber has received,
+    /// as events or as a lag, is then counted as published, so history
+    /// reads see it. The watch service relies on this after a lag
+    /// (`watch::pump`), and every engine gets it by publishing through this
+    /// feed.
     pub fn subscribe(&self) -> ChangeSubscription {
         let published_events = self
             .published_events

@@ -398,7 +398,10 @@ pub trait Engine: Send + Sync + 'static {
 
     /// Subscribes to the change feed: every mutation committed after this
     /// returns, in commit order, with strictly increasing sequences. See
-    /// [`changes`] for the guarantees.
+    /// [`changes`] for the guarantees. Returns only once a publication under
+    /// way has finished, so that a commit a subscriber heard of (as events or
+    /// as a lag) is visible to [`Engine::read_history`]; engines get this by
+    /// publishing through [`ChangeFeed`].
     fn subscribe(&self) -> ChangeSubscription;
 
     /// The highest sequence this engine handle has returned from a write (or
