@@ -391,26 +391,14 @@ async fn refuses_owned_namespaces_and_bad_input() {
 /// and the memory tier's size.
 #[tokio::test]
 async fn cache_counters_are_scraped() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let server = common::start().await;
     let mut cache = cache_client(&server).await;
     cache.put(cache_put_text("cache:m", "v")).await.unwrap();
     get(&mut cache, "cache:m").await;
     get(&mut cache, "cache:absent").await;
     let metrics = server.server.metrics_addr.expect("metrics listener");
-    let mut stream = tokio::net::TcpStream::connect(metrics).await.unwrap();
-    stream
-        .write_all(b"GET /metrics HTTP/1.0\r\nHost: test\r\n\r\n")
-        .await
-        .unwrap();
-    let mut scrape = String::new();
-    stream.read_to_string(&mut scrape).await.unwrap();
-    let sample = |series: &str| -> Option<f64> {
-        scrape.lines().find_map(|line| {
-            let (name, value) = line.rsplit_once(' ')?;
-            (name == series).then(|| value.parse().unwrap())
-        })
-    };
+    let scrape = common::scrape_metrics(metrics).await;
+    let sample = |series: &str| common::metric_sample(&scrape, series);
     assert_eq!(
         sample(r#"tierkv_cache_hits_total{tier="memory"}"#),
         Some(1.0),

@@ -55,18 +55,8 @@ fn metrics_addr(server: &ServerProcess) -> std::net::SocketAddr {
 
 /// Open watchers, from the server's /metrics.
 async fn watchers(metrics: std::net::SocketAddr) -> f64 {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(metrics).await.unwrap();
-    stream
-        .write_all(b"GET /metrics HTTP/1.0\r\nHost: test\r\n\r\n")
-        .await
-        .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.unwrap();
-    response
-        .lines()
-        .find_map(|line| line.strip_prefix("tierkv_watchers "))
-        .map_or(0.0, |value| value.parse().unwrap())
+    let scrape = common::scrape_metrics(metrics).await;
+    common::metric_sample(&scrape, "tierkv_watchers").unwrap_or(0.0)
 }
 
 fn watch_command(endpoint: &str, args: &[&str]) -> Command {

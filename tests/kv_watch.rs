@@ -10,7 +10,6 @@ use std::time::Duration;
 use common::*;
 use tierkv::auth::{hash_token, AuthConfig, Permission, TokenConfig};
 use tierkv::proto::v1 as pb;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic::transport::Channel;
 use tonic::{Code, Streaming};
 use tonic_types::StatusExt;
@@ -519,24 +518,6 @@ async fn a_drain_ends_watches_with_unavailable() {
     stopping.await.unwrap().unwrap();
 }
 
-async fn scrape(addr: std::net::SocketAddr) -> String {
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    stream
-        .write_all(b"GET /metrics HTTP/1.0\r\nHost: test\r\n\r\n")
-        .await
-        .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.unwrap();
-    response
-}
-
-fn sample(scrape: &str, series: &str) -> Option<f64> {
-    scrape.lines().find_map(|line| {
-        let (name, value) = line.rsplit_once(' ')?;
-        (name == series).then(|| value.parse().unwrap())
-    })
-}
-
 /// /metrics shows open watchers, events sent and streams ended by reason.
 #[tokio::test]
 async fn watch_metrics_are_scraped() {
@@ -546,15 +527,19 @@ async fn watch_metrics_are_scraped() {
     server.client.put(put_text("m:1", "x")).await.unwrap();
     collect(&mut stream, 1).await;
     server.client.watch(watch("m:")).await.unwrap_err();
-    let text = scrape(metrics).await;
-    assert_eq!(sample(&text, "tierkv_watchers"), Some(1.0), "{text}");
+    let text = common::scrape_metrics(metrics).await;
     assert_eq!(
-        sample(&text, "tierkv_watch_events_sent_total"),
+        common::metric_sample(&text, "tierkv_watchers"),
         Some(1.0),
         "{text}"
     );
     assert_eq!(
-        sample(
+        common::metric_sample(&text, "tierkv_watch_events_sent_total"),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        common::metric_sample(
             &text,
             "tierkv_watch_streams_ended_total{reason=\"too_many_watchers\"}"
         ),
@@ -562,7 +547,7 @@ async fn watch_metrics_are_scraped() {
         "{text}"
     );
     assert!(
-        sample(&text, "tierkv_watch_lag_max_sequences").is_some(),
+        common::metric_sample(&text, "tierkv_watch_lag_max_sequences").is_some(),
         "{text}"
     );
 }

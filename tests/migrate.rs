@@ -171,19 +171,6 @@ async fn listed(client: &mut KvServiceClient<Channel>, prefix: &str) -> Vec<pb::
     }
 }
 
-/// The Prometheus text of the server's metrics listener.
-async fn scrape_metrics(addr: std::net::SocketAddr) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    stream
-        .write_all(b"GET /metrics HTTP/1.0\r\nHost: test\r\n\r\n")
-        .await
-        .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.unwrap();
-    response
-}
-
 /// The seed, lazily: a v1 record reads back migrated (userName, schema 2,
 /// migratedAt in its metadata, expiry kept), and the write-back lands as a
 /// compare-and-set through the change feed, after which the stored record
@@ -692,7 +679,8 @@ async fn newer_and_unmigratable_records_are_left_alone() {
     assert_eq!(listed(&mut server.client, "user:").await, before);
 
     // The reads were counted (the batch run's are not lazy reads).
-    let scrape = scrape_metrics(server.server.metrics_addr.expect("metrics listener")).await;
+    let scrape =
+        common::scrape_metrics(server.server.metrics_addr.expect("metrics listener")).await;
     assert!(
         scrape.contains("tierkv_lazy_migration_failed_total 2\n"),
         "{scrape}"

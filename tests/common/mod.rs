@@ -199,3 +199,25 @@ pub async fn put_all(client: &mut KvServiceClient<Channel>, keys: &[&str]) {
         .await
         .expect("batch write");
 }
+
+/// The Prometheus text a server's metrics listener answers at `/metrics`.
+pub async fn scrape_metrics(addr: std::net::SocketAddr) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(b"GET /metrics HTTP/1.0\r\nHost: test\r\n\r\n")
+        .await
+        .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    response
+}
+
+/// The value of one series (name and labels, exactly as exposed) in a
+/// scrape, `None` when the scrape lacks it.
+pub fn metric_sample(scrape: &str, series: &str) -> Option<f64> {
+    scrape.lines().find_map(|line| {
+        let (name, value) = line.rsplit_once(' ')?;
+        (name == series).then(|| value.parse().unwrap())
+    })
+}
