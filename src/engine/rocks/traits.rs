@@ -8,6 +8,7 @@ use async_trait::async_trait;
 
 use super::open::create_private_dir;
 use super::scan::{count_live, namespace_ranges};
+use super::writer::Solo;
 use super::*;
 use crate::clock::Clock;
 use crate::engine::changes::ChangeSubscription;
@@ -94,7 +95,7 @@ impl Engine for RocksEngine {
         // exits without dropping the engine.
         // Failing that (a dead writer) is safe: the next open treats the
         // stop as unclean and skips the unused sequences.
-        if let Err(error) = self.writer.submit_seal(&self.inner).await {
+        if let Err(error) = self.writer.submit_solo(&self.inner, Solo::Seal).await {
             tracing::warn!(error = %error.log_summary(), "could not mark the stop clean");
         }
         self.blocking(|inner| inner.flush()).await
@@ -159,7 +160,9 @@ impl Engine for RocksEngine {
 
     async fn clear_namespace(&self, prefix: &str) -> Result<(), EngineError> {
         let id = self.namespace_id(prefix)?;
-        self.writer.submit_clear(&self.inner, id).await?;
+        self.writer
+            .submit_solo(&self.inner, Solo::Clear(id))
+            .await?;
         // Compact the emptied ranges now, so the space comes back and the
         // estimates drop, instead of whenever compaction gets there. Not
         // `DeleteFilesInRange`: it ignores sequence numbers, so a file holding

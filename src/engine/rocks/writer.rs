@@ -93,24 +93,28 @@ type Reply = oneshot::Sender<Result<WriteReceipt, EngineError>>;
 /// wakes the writer so it persists the clock's high-water mark.
 struct WriteRequest {
     ops: Vec<PreparedOp>,
-    /// Set for a request that empties a whole namespace; it has no ops and
-    /// commits alone (see [`Inner::commit_clear`]).
-    clear: Option<NamespaceId>,
-    /// Set for a request that marks a clean stop (see [`Inner::commit_seal`]);
-    /// it has no ops and goes alone.
-    seal: bool,
+    /// Set for a request that has no ops and commits alone.
+    solo: Option<Solo>,
     reply: Option<Reply>,
     bytes: usize,
     /// The request's share of the queue's byte budget, returned as it is answered.
     budget: Option<OwnedSemaphorePermit>,
 }
 
+/// What a request that commits alone, outside every group, does.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Solo {
+    /// Empties a whole namespace (see [`Inner::commit_clear`]).
+    Clear(NamespaceId),
+    /// Marks a clean stop (see [`Inner::commit_seal`]).
+    Seal,
+}
+
 impl WriteRequest {
     fn tick() -> Self {
         Self {
             ops: Vec::new(),
-            clear: None,
-            seal: false,
+            solo: None,
             reply: None,
             bytes: 0,
             budget: None,
@@ -277,8 +281,7 @@ impl Writer {
         sender
             .send(WriteRequest {
                 ops: prepared,
-                clear: None,
-                seal: false,
+                solo: None,
                 reply: Some(reply),
                 bytes,
                 budget: Some(budget),
@@ -288,39 +291,19 @@ impl Writer {
         response.await.map_err(|_| self.closed(inner))?
     }
 
-    /// Queues the emptying of namespace `namespace` and waits for its commit.
-    pub(super) async fn submit_clear(
+    /// Queues a request that commits alone (a namespace's emptying, or the
+    /// mark of a clean stop) and waits for its commit.
+    pub(super) async fn submit_solo(
         &self,
         inner: &Arc<Inner>,
-        namespace: NamespaceId,
+        solo: Solo,
     ) -> Result<(), EngineError> {
         let sender = self.sender.as_ref().ok_or_else(|| self.closed(inner))?;
         let (reply, response) = oneshot::channel();
         sender
             .send(WriteRequest {
                 ops: Vec::new(),
-                clear: Some(namespace),
-                seal: false,
-                reply: Some(reply),
-                bytes: 0,
-                budget: None,
-            })
-            .await
-            .map_err(|_| self.closed(inner))?;
-        response.await.map_err(|_| self.closed(inner))?.map(|_| ())
-    }
-
-    /// Has the writer mark a clean stop: the sequence ceiling lowered to the
-    /// last sequence used (raised again by the next write), so that an open
-    /// after a shutdown that flushed continues without a gap.
-    pub(super) async fn submit_seal(&self, inner: &Arc<Inner>) -> Result<(), EngineError> {
-        let sender = self.sender.as_ref().ok_or_else(|| self.closed(inner))?;
-        let (reply, response) = oneshot::channel();
-        sender
-            .send(WriteRequest {
-                ops: Vec::new(),
-                clear: None,
-                seal: true,
+                solo: Some(solo),
                 reply: Some(reply),
                 bytes: 0,
                 budget: None,
@@ -436,19 +419,22 @@ fn run_writer(
     while let Some(first) = held.take().or_else(|| next_request(&mut requests)) {
         #[cfg(feature = "test-hooks")]
         inner.hooks.checkpoint();
-        if first.clear.is_some() {
-            inner.commit_clear(first, &mut state)?;
-            continue;
-        }
-        if first.seal {
-            inner.commit_seal(first, &mut state)?;
-            continue;
+        match first.solo {
+            Some(Solo::Clear(namespace)) => {
+                inner.commit_clear(first, namespace, &mut state)?;
+                continue;
+            }
+            Some(Solo::Seal) => {
+                inner.commit_seal(first, &mut state)?;
+                continue;
+            }
+            None => {}
         }
         let mut group_bytes = first.bytes;
         let mut group = vec![first];
         while group.len() < MAX_GROUP_REQUESTS && group_bytes < MAX_GROUP_BYTES {
             match requests.try_recv() {
-                Ok(request) if request.clear.is_some() || request.seal => {
+                Ok(request) if request.solo.is_some() => {
                     held = Some(request);
                     break;
                 }

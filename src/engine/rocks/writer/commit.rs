@@ -17,6 +17,7 @@ use super::super::{
 use super::{PreparedOp, WriteRequest, WriterState};
 use crate::clock::Clock;
 use crate::engine::changes::{Change, ChangeEvent};
+use crate::engine::namespace::NamespaceId;
 use crate::engine::record;
 use crate::engine::{EngineError, Precondition, WriteOutcome, WriteReceipt};
 
@@ -279,11 +280,9 @@ impl Inner {
     pub(super) fn commit_clear(
         &self,
         mut request: WriteRequest,
+        namespace: NamespaceId,
         state: &mut WriterState,
     ) -> Result<(), String> {
-        let Some(namespace) = request.clear else {
-            return Ok(());
-        };
         let handles = self
             .handle(namespace)
             .and_then(|cf| Ok((cf, self.values_handle()?, self.meta_handle()?)));
