@@ -338,6 +338,37 @@ async fn bad_positions_are_refused() {
     assert_eq!(reason(&status).0, "HISTORY_MISMATCH");
 }
 
+/// The prefix is limited like List's: longer than a key can be, it is
+/// refused with the limit in the message and the field named.
+#[tokio::test]
+async fn an_over_long_prefix_is_refused_with_the_limit() {
+    let mut server = start().await;
+    let limit = tierkv::records::limits::MAX_KEY_BYTES;
+    let status = server
+        .client
+        .watch(watch(&"p".repeat(limit + 1)))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert!(
+        status
+            .message()
+            .contains(&format!("the limit is {limit} bytes")),
+        "{status:?}"
+    );
+    let details = status.get_error_details();
+    assert_eq!(
+        details.bad_request().unwrap().field_violations[0].field,
+        "prefix"
+    );
+    // At the limit it is a prefix like any other.
+    server
+        .client
+        .watch(watch(&"p".repeat(limit)))
+        .await
+        .unwrap();
+}
+
 const READER: &str = "tkv_reader-secret-0123456789";
 
 #[derive(Clone)]
