@@ -253,6 +253,21 @@ impl Inner {
             .ok_or_else(|| EngineError::Storage("history column family missing".into()))
     }
 
+    /// An iterator over the history's batches up to sequence `latest`
+    /// (nothing above it: a commit still being made visible waits for the
+    /// next read), read once, so it does not fill the block cache.
+    fn history_iterator(
+        &self,
+        latest: u64,
+    ) -> Result<rocksdb::DBRawIteratorWithThreadMode<'_, rocksdb::DB>, EngineError> {
+        let mut read_options = ReadOptions::default();
+        read_options.set_iterate_upper_bound(history_key(latest.saturating_add(1)).to_vec());
+        read_options.fill_cache(false);
+        Ok(self
+            .db
+            .raw_iterator_cf_opt(self.history_handle()?, read_options))
+    }
+
     /// Adds the durable raise of the sequence ceiling needed before
     /// sequences up to `last` are used: a separate synced write, before the
     /// commit that uses them, so no crash can keep a sequence above the
@@ -325,12 +340,7 @@ impl Inner {
         // its write), and nothing above it is read: a commit still being
         // made visible stays for the next read.
         let latest = self.feed.published_sequence();
-        let mut read_options = ReadOptions::default();
-        read_options.set_iterate_upper_bound(history_key(latest.saturating_add(1)).to_vec());
-        read_options.fill_cache(false);
-        let mut iterator = self
-            .db
-            .raw_iterator_cf_opt(self.history_handle()?, read_options);
+        let mut iterator = self.history_iterator(latest)?;
         // The floor after the iterator's implicit snapshot: a trim raises it
         // before deleting, so batches missing from the snapshot show here.
         let floor = self.history.floor.load(Ordering::SeqCst);
@@ -396,12 +406,7 @@ impl Inner {
                 .clock
                 .now_millis()
                 .saturating_sub(self.history.max_age_millis);
-            let mut read_options = ReadOptions::default();
-            read_options.set_iterate_upper_bound(history_key(latest.saturating_add(1)).to_vec());
-            read_options.fill_cache(false);
-            let mut iterator = self
-                .db
-                .raw_iterator_cf_opt(self.history_handle()?, read_options);
+            let mut iterator = self.history_iterator(latest)?;
             iterator.seek(history_key(target.saturating_add(1)));
             let mut looked = 0;
             while let (Some(key), Some(value)) = (iterator.key(), iterator.value()) {
