@@ -92,20 +92,54 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// What a cluster's directory starts with.
+const DIR_PREFIX: &str = "tierkv-etcd-";
+/// The file in a cluster's directory naming the test process that owns it.
+const OWNER_FILE: &str = "owner.pid";
+
+/// A directory for a cluster's data, named for its owner process. On
+/// /dev/shm the data is memory, so directories of owners that died without
+/// cleaning up (a test binary killed by a signal) are removed first.
 fn temp_dir() -> TempDir {
     let shm = Path::new("/dev/shm");
-    if shm.is_dir() {
-        if let Ok(dir) = tempfile::Builder::new()
-            .prefix("tierkv-etcd-")
-            .tempdir_in(shm)
-        {
-            return dir;
+    let dir = if shm.is_dir() {
+        remove_orphaned_dirs(shm);
+        tempfile::Builder::new().prefix(DIR_PREFIX).tempdir_in(shm)
+    } else {
+        tempfile::Builder::new().prefix(DIR_PREFIX).tempdir()
+    }
+    .expect("temp dir for etcd");
+    std::fs::write(dir.path().join(OWNER_FILE), std::process::id().to_string())
+        .expect("write the owner of the etcd dir");
+    dir
+}
+
+/// Removes the cluster directories under `parent` whose owner process is
+/// gone (their members died with it: `PR_SET_PDEATHSIG`).
+fn remove_orphaned_dirs(parent: &Path) {
+    let Ok(entries) = std::fs::read_dir(parent) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        if !entry.file_name().to_string_lossy().starts_with(DIR_PREFIX) {
+            continue;
+        }
+        let owner = std::fs::read_to_string(entry.path().join(OWNER_FILE));
+        let alive = match owner.ok().and_then(|pid| pid.trim().parse::<u32>().ok()) {
+            Some(pid) => Path::new(&format!("/proc/{pid}")).exists(),
+            // Being created right now, or from before owners were written:
+            // leave it unless it is old.
+            None => entry
+                .metadata()
+                .and_then(|metadata| metadata.modified())
+                .ok()
+                .and_then(|modified| modified.elapsed().ok())
+                .is_none_or(|age| age < Duration::from_secs(3600)),
+        };
+        if !alive {
+            let _ = std::fs::remove_dir_all(entry.path());
         }
     }
-    tempfile::Builder::new()
-        .prefix("tierkv-etcd-")
-        .tempdir()
-        .expect("temp dir")
 }
 
 impl EtcdCluster {
@@ -262,10 +296,39 @@ impl Drop for EtcdCluster {
     }
 }
 
+/// The shared cluster: a static, so never dropped; [`stop_shared`] stops it
+/// and removes its data when the test binary exits.
+static SHARED: OnceLock<EtcdCluster> = OnceLock::new();
+
+/// Run by `exit` (libtest ends every test binary with it): kills the shared
+/// cluster's members and removes their data, which on /dev/shm is memory
+/// that would otherwise outlive the binary.
+extern "C" fn stop_shared() {
+    let Some(cluster) = SHARED.get() else {
+        return;
+    };
+    for member in &cluster.members {
+        if let Some(child) = &member.child {
+            let pid = child.id() as i32;
+            // SAFETY: plain syscalls on the group this member leads and on
+            // our own child.
+            unsafe {
+                libc::killpg(pid, libc::SIGKILL);
+                libc::waitpid(pid, std::ptr::null_mut(), 0);
+            }
+        }
+    }
+    let _ = std::fs::remove_dir_all(cluster.dir.path());
+}
+
 /// One three-member cluster for the whole test binary, started on first use.
 pub fn shared() -> &'static EtcdCluster {
-    static SHARED: OnceLock<EtcdCluster> = OnceLock::new();
     SHARED.get_or_init(|| {
+        // SAFETY: registers a function without arguments that touches only
+        // statics; it runs once, at exit.
+        unsafe {
+            libc::atexit(stop_shared);
+        }
         // Started from a thread that never ends, so the members' death
         // signal fires only when the test binary itself exits.
         let (sender, receiver) = std::sync::mpsc::channel();
