@@ -443,7 +443,7 @@ fn purge(prefix: &str, expected_keys: Option<u64>) -> pb::PurgeRequest {
 /// (every write, a delete too, takes some); returns how many it holds.
 async fn queued_beyond(server: &TestServer, bytes: usize) -> usize {
     for _ in 0..2000 {
-        let queued = server.server.engine.queued_write_bytes();
+        let queued = server.rocks().queued_write_bytes();
         if queued > bytes {
             return queued;
         }
@@ -467,7 +467,7 @@ async fn a_purge_deletes_only_the_versions_it_listed() {
     }
     assert_eq!(text_of(&get(&mut cache, "cache:p:b").await), "first");
 
-    let pause = server.server.engine.pause_writer();
+    let pause = server.rocks().pause_writer();
     let rewrite = {
         let mut kv = kv.clone();
         tokio::spawn(async move { kv_put(&mut kv, "cache:p:b", "rewritten").await })

@@ -107,7 +107,7 @@ async fn failed_reads_fall_back() {
         .put(put_text("config:live", "dark"))
         .await
         .unwrap();
-    let fault = server.server.engine.inject_read_fault(None);
+    let fault = server.rocks().inject_read_fault(None);
 
     let response = server
         .client
@@ -162,10 +162,7 @@ async fn slow_reads_fall_back_before_the_deadline() {
         .put(put_text("config:live", "dark"))
         .await
         .unwrap();
-    let _slow = server
-        .server
-        .engine
-        .inject_read_fault(Some(Duration::from_secs(30)));
+    let _slow = server.rocks().inject_read_fault(Some(Duration::from_secs(30)));
 
     let mut request = tonic::Request::new(get_or("config:live", json!({"cached": false})));
     request.set_timeout(Duration::from_millis(500));

@@ -301,13 +301,8 @@ async fn deep_records_from_before_the_limit_are_refused_on_read() {
     use tierkv::kv::{KvError, KvService, ValueType};
 
     let dir = tempfile::tempdir().unwrap();
-    let config = test_config(&dir);
     let clock: tierkv::clock::SharedClock = tierkv::clock::ManualClock::starting_now();
-    let engine: Arc<dyn Engine> = Arc::new(
-        tierkv::server::open_engine(&config, Arc::clone(&clock))
-            .await
-            .unwrap(),
-    );
+    let engine: Arc<dyn Engine> = common::open_engine(&dir, clock).await;
     let deep = serde_json::to_vec(&nested_lists(40)).unwrap();
     let put = |key: &str, kind, value: Vec<u8>, metadata: Option<Vec<u8>>| {
         WriteOp::Put(PutOp {

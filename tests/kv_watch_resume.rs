@@ -277,7 +277,7 @@ async fn trimmed_history_is_out_of_range_and_list_then_watch_recovers() {
     let mut server = start_with(|config| config.watch.history_events = 100).await;
     let start = list_state(&mut server.client, "t:", 10).await.1;
     write_batches(&mut server.client, "t:", 0, 500, 10).await;
-    server.server.engine.trim_history_now().unwrap();
+    server.rocks().trim_history_now().unwrap();
     let status = server
         .client
         .watch(watch_from("t:", Some(start)))

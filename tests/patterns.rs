@@ -662,7 +662,7 @@ async fn error_boundary_with_server_fallback() {
         resilient_get_with_fallback(&mut client, "config:none", defaults.clone()).await,
         defaults
     );
-    let fault = server.server.engine.inject_read_fault(None);
+    let fault = server.rocks().inject_read_fault(None);
     assert_eq!(
         resilient_get_with_fallback(&mut client, "config:app", defaults.clone()).await,
         defaults,
