@@ -184,6 +184,13 @@ impl EtcdEngine {
             next.push(0);
             from = from.max(next);
         }
+        // A prefix spanning owned namespaces (the empty one) leaves them out,
+        // as RocksDB does by reading only the spanned column families: a
+        // listing of everything never shows another service's records.
+        let namespaces = &self.inner.namespaces;
+        let spanned = namespaces
+            .has_owners()
+            .then(|| namespaces.spanning(&request.prefix));
         let mut revision: Option<i64> = None;
         let mut heads: Vec<(String, Head)> = Vec::new();
         let mut examined = 0usize;
@@ -205,14 +212,20 @@ impl EtcdEngine {
             let mut last = None;
             for kv in response.take_kvs() {
                 examined += 1;
+                last = Some(kv.key().to_vec());
                 let Some(key) = keys.record_key(kv.key()) else {
                     continue;
                 };
+                if spanned
+                    .as_ref()
+                    .is_some_and(|spanned| !spanned.contains(&namespaces.route(key)))
+                {
+                    continue;
+                }
                 let head = decode(key, &kv)?;
                 if !head.record.is_expired_at(now) {
                     heads.push((key.to_string(), head));
                 }
-                last = Some(kv.key().to_vec());
             }
             let Some(mut last) = last else { break };
             if !more {
