@@ -162,7 +162,9 @@ async fn slow_reads_fall_back_before_the_deadline() {
         .put(put_text("config:live", "dark"))
         .await
         .unwrap();
-    let _slow = server.rocks().inject_read_fault(Some(Duration::from_secs(30)));
+    let _slow = server
+        .rocks()
+        .inject_read_fault(Some(Duration::from_secs(30)));
 
     let mut request = tonic::Request::new(get_or("config:live", json!({"cached": false})));
     request.set_timeout(Duration::from_millis(500));

@@ -118,10 +118,7 @@ pub fn use_engine(config: &mut Config) {
 /// This binary's engine opened in-process, without a server, for tests of
 /// a service over an engine: RocksDB in `dir`, or a fresh prefix of the
 /// etcd test cluster; `clock` drives either.
-pub async fn open_engine(
-    dir: &TempDir,
-    clock: SharedClock,
-) -> Arc<dyn tierkv::engine::Engine> {
+pub async fn open_engine(dir: &TempDir, clock: SharedClock) -> Arc<dyn tierkv::engine::Engine> {
     let mut config = test_config(dir);
     use_engine(&mut config);
     tierkv::server::store::open_store(&config, clock)
@@ -217,7 +214,9 @@ impl TestServer {
     /// layout, `src/engine/etcd/keys.rs`), read directly from etcd.
     pub async fn value_entry_present(&self, key: &str) -> bool {
         if let Some(rocks) = self.server.rocks() {
-            return rocks.value_entry_present(key).expect("read the value entry");
+            return rocks
+                .value_entry_present(key)
+                .expect("read the value entry");
         }
         let etcd = &self.config.engine.etcd;
         let mut client = etcd_client::Client::connect(&etcd.endpoints, None)
