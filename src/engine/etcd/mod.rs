@@ -24,6 +24,7 @@ mod keys;
 mod lock;
 mod options;
 mod read;
+mod stats;
 mod sweep;
 mod write;
 
