@@ -6,11 +6,15 @@
 
 mod common;
 
+// The etcd twin (`<this file>_etcd.rs`) declares its own `rocksdb_only`.
+#[allow(unused_imports)]
+use common::rocksdb_run::rocksdb_only;
+
 use std::process::Command;
 use std::time::Duration;
 
 use common::*;
-use tierkv::engine::{Change, Engine};
+use tierkv::engine::Change;
 use tierkv::proto::v1 as pb;
 use tonic::Code;
 
@@ -48,20 +52,35 @@ async fn list_namespaces_shows_estimates() {
         prefixes,
         vec!["", "cache:", "feature:", "session:", "user:"]
     );
-    assert_eq!(listed[0].column_family, "default");
     let user = &listed[4];
-    assert_eq!(user.column_family, "kv/user:");
-    assert!(
-        (100..=400).contains(&user.estimated_keys),
-        "estimate {}",
-        user.estimated_keys
-    );
+    if ON_ETCD {
+        // Namespaces are key ranges under the server's prefix, and counts
+        // come from count-only ranges: exact.
+        let root = &server.config.engine.etcd.prefix;
+        assert_eq!(listed[0].column_family, format!("etcd range {root}k/"));
+        assert_eq!(user.column_family, format!("etcd range {root}k/user:"));
+        assert_eq!(user.estimated_keys, 200);
+    } else {
+        assert_eq!(listed[0].column_family, "default");
+        assert_eq!(user.column_family, "kv/user:");
+        assert!(
+            (100..=400).contains(&user.estimated_keys),
+            "estimate {}",
+            user.estimated_keys
+        );
+    }
     assert_eq!(listed[3].owner, "tierkv.v1.SessionService");
     assert_eq!(user.owner, "");
-    // Flushed, the live size is estimated too.
+    // Flushed, the live size is estimated too; over etcd it is exact: each
+    // record's key and its one-byte value.
     server.server.engine.flush().await.unwrap();
     let user = &namespaces(&mut admin).await[4];
-    assert!(user.estimated_live_bytes > 0, "{user:?}");
+    if ON_ETCD {
+        let expected: usize = keys.iter().map(|key| key.len() + 1).sum();
+        assert_eq!(user.estimated_live_bytes, expected as u64, "{user:?}");
+    } else {
+        assert!(user.estimated_live_bytes > 0, "{user:?}");
+    }
     server.stop().await;
 }
 
@@ -137,7 +156,10 @@ async fn drop_namespace_needs_the_exact_count_and_publishes_one_event() {
     );
     for key in ["user:1", "user:2", "user:3", "user:big"] {
         assert!(!exists(&mut server.client, key).await, "{key} dropped");
-        assert!(!server.server.engine.value_entry_present(key).unwrap());
+        assert!(
+            !server.value_entry_present(key).await,
+            "{key}'s value entry"
+        );
     }
     for key in ["user:admin:1", "cache:1", "other"] {
         assert!(exists(&mut server.client, key).await, "{key} kept");
@@ -248,71 +270,74 @@ async fn dropping_the_default_or_an_owned_namespace_needs_force() {
     server.stop().await;
 }
 
-/// A namespace removed from the configuration while it holds data is refused
-/// at start, naming the prefix, its key count and how to retire it; after
-/// dropping its data (re-added), removing it succeeds and its empty column
-/// family is dropped.
-#[tokio::test]
-async fn removed_namespace_with_data_is_refused_at_start() {
-    // The data dir outlives every server of the test.
-    let dir = tempfile::tempdir().unwrap();
-    let mut config = test_config(&dir);
-    with_namespaces(&["user:", "old:", "session:"])(&mut config);
-    let server = tierkv::server::RunningServer::start(
-        config.clone(),
-        tierkv::clock::ManualClock::starting_now(),
-    )
-    .await
-    .unwrap();
-    let mut client = connect(&server.endpoint()).await;
-    put_all(&mut client, &["old:1", "old:2", "old:3", "user:1"]).await;
-    server.stop().await.unwrap();
-
-    let mut removed = config.clone();
-    removed.namespaces = vec!["user:".into(), "session:".into()];
-    let refused = tierkv::server::RunningServer::start(
-        removed.clone(),
-        tierkv::clock::ManualClock::starting_now(),
-    )
-    .await
-    .err()
-    .expect("refused")
-    .to_string();
-    assert!(refused.contains("\"old:\""), "{refused}");
-    assert!(refused.contains("3 live keys"), "{refused}");
-    assert!(
-        refused.contains("tierkv admin drop-namespace old: --expected-keys 3"),
-        "{refused}"
-    );
-
-    // Re-add it, drop its data, remove it.
-    let server =
-        tierkv::server::RunningServer::start(config, tierkv::clock::ManualClock::starting_now())
-            .await
-            .unwrap();
-    let mut admin = connect_admin(&server.endpoint()).await;
-    admin
-        .drop_namespace(pb::DropNamespaceRequest {
-            prefix: "old:".into(),
-            expected_keys: Some(3),
-            ..Default::default()
-        })
+crate::rocksdb_only! {
+    "a RocksDB column family left without a namespace is what the start refuses; over etcd a namespace is only a key range";
+    /// A namespace removed from the configuration while it holds data is refused
+    /// at start, naming the prefix, its key count and how to retire it; after
+    /// dropping its data (re-added), removing it succeeds and its empty column
+    /// family is dropped.
+    #[tokio::test]
+    async fn removed_namespace_with_data_is_refused_at_start() {
+        // The data dir outlives every server of the test.
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = test_config(&dir);
+        with_namespaces(&["user:", "old:", "session:"])(&mut config);
+        let server = tierkv::server::RunningServer::start(
+            config.clone(),
+            tierkv::clock::ManualClock::starting_now(),
+        )
         .await
         .unwrap();
-    server.stop().await.unwrap();
-    let server =
-        tierkv::server::RunningServer::start(removed, tierkv::clock::ManualClock::starting_now())
-            .await
-            .expect("an empty leftover namespace is no obstacle");
-    let mut client = connect(&server.endpoint()).await;
-    assert!(exists(&mut client, "user:1").await);
-    assert!(!exists(&mut client, "old:1").await);
-    let mut admin = connect_admin(&server.endpoint()).await;
-    assert!(namespaces(&mut admin)
+        let mut client = connect(&server.endpoint()).await;
+        put_all(&mut client, &["old:1", "old:2", "old:3", "user:1"]).await;
+        server.stop().await.unwrap();
+
+        let mut removed = config.clone();
+        removed.namespaces = vec!["user:".into(), "session:".into()];
+        let refused = tierkv::server::RunningServer::start(
+            removed.clone(),
+            tierkv::clock::ManualClock::starting_now(),
+        )
         .await
-        .iter()
-        .all(|ns| ns.prefix != "old:"));
-    server.stop().await.unwrap();
+        .err()
+        .expect("refused")
+        .to_string();
+        assert!(refused.contains("\"old:\""), "{refused}");
+        assert!(refused.contains("3 live keys"), "{refused}");
+        assert!(
+            refused.contains("tierkv admin drop-namespace old: --expected-keys 3"),
+            "{refused}"
+        );
+
+        // Re-add it, drop its data, remove it.
+        let server =
+            tierkv::server::RunningServer::start(config, tierkv::clock::ManualClock::starting_now())
+                .await
+                .unwrap();
+        let mut admin = connect_admin(&server.endpoint()).await;
+        admin
+            .drop_namespace(pb::DropNamespaceRequest {
+                prefix: "old:".into(),
+                expected_keys: Some(3),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        server.stop().await.unwrap();
+        let server =
+            tierkv::server::RunningServer::start(removed, tierkv::clock::ManualClock::starting_now())
+                .await
+                .expect("an empty leftover namespace is no obstacle");
+        let mut client = connect(&server.endpoint()).await;
+        assert!(exists(&mut client, "user:1").await);
+        assert!(!exists(&mut client, "old:1").await);
+        let mut admin = connect_admin(&server.endpoint()).await;
+        assert!(namespaces(&mut admin)
+            .await
+            .iter()
+            .all(|ns| ns.prefix != "old:"));
+        server.stop().await.unwrap();
+    }
 }
 
 struct Outcome {

@@ -12,6 +12,10 @@
 
 mod common;
 
+// The etcd twin (`<this file>_etcd.rs`) declares its own `rocksdb_only`.
+#[allow(unused_imports)]
+use common::rocksdb_run::rocksdb_only;
+
 use std::time::Duration;
 
 use common::origin::{Reply, TestOrigin};
@@ -443,7 +447,7 @@ fn purge(prefix: &str, expected_keys: Option<u64>) -> pb::PurgeRequest {
 /// (every write, a delete too, takes some); returns how many it holds.
 async fn queued_beyond(server: &TestServer, bytes: usize) -> usize {
     for _ in 0..2000 {
-        let queued = server.server.engine.queued_write_bytes();
+        let queued = server.rocks().queued_write_bytes();
         if queued > bytes {
             return queued;
         }
@@ -452,58 +456,61 @@ async fn queued_beyond(server: &TestServer, bytes: usize) -> usize {
     panic!("no write queued beyond {bytes} bytes");
 }
 
-/// A purge deletes each key only at the version it listed. Its listing sees
-/// `b` and `c` at their first versions; a KvService.Put of `b` and an
-/// Invalidate of `c` commit after the listing and before the purge's
-/// deletes (the writer is paused while all three queue, in that order).
-/// The Put survives; `c` is not counted as purged; `a` is purged.
-#[tokio::test]
-async fn a_purge_deletes_only_the_versions_it_listed() {
-    let server = common::start().await;
-    let mut cache = cache_client(&server).await;
-    let mut kv = server.client.clone();
-    for key in ["cache:p:a", "cache:p:b", "cache:p:c", "cache:q"] {
-        kv_put(&mut kv, key, "first").await;
+crate::rocksdb_only! {
+    "pauses the RocksDB writer thread to order the race (a local-only test hook)";
+    /// A purge deletes each key only at the version it listed. Its listing sees
+    /// `b` and `c` at their first versions; a KvService.Put of `b` and an
+    /// Invalidate of `c` commit after the listing and before the purge's
+    /// deletes (the writer is paused while all three queue, in that order).
+    /// The Put survives; `c` is not counted as purged; `a` is purged.
+    #[tokio::test]
+    async fn a_purge_deletes_only_the_versions_it_listed() {
+        let server = common::start().await;
+        let mut cache = cache_client(&server).await;
+        let mut kv = server.client.clone();
+        for key in ["cache:p:a", "cache:p:b", "cache:p:c", "cache:q"] {
+            kv_put(&mut kv, key, "first").await;
+        }
+        assert_eq!(text_of(&get(&mut cache, "cache:p:b").await), "first");
+
+        let pause = server.rocks().pause_writer();
+        let rewrite = {
+            let mut kv = kv.clone();
+            tokio::spawn(async move { kv_put(&mut kv, "cache:p:b", "rewritten").await })
+        };
+        let queued = queued_beyond(&server, 0).await;
+        let invalidating = {
+            let mut cache = cache.clone();
+            tokio::spawn(async move { invalidate(&mut cache, "cache:p:c").await })
+        };
+        let queued = queued_beyond(&server, queued).await;
+        let purging = {
+            let mut cache = cache.clone();
+            tokio::spawn(async move { cache.purge(purge("cache:p:", Some(3))).await })
+        };
+        queued_beyond(&server, queued).await;
+        drop(pause);
+
+        let rewritten = rewrite.await.unwrap();
+        assert!(invalidating.await.unwrap());
+        let purged = purging.await.unwrap().expect("purge").into_inner();
+        let b = kv_get(&mut kv, "cache:p:b").await;
+        assert!(b.found, "the purge deleted a Put made after its listing");
+        assert_eq!((kv_text(&b), b.version), ("rewritten".into(), rewritten));
+        let through_cache = get(&mut cache, "cache:p:b").await;
+        assert_eq!(
+            (text_of(&through_cache), through_cache.version),
+            ("rewritten".into(), rewritten)
+        );
+        assert_eq!(
+            (purged.listed, purged.purged, purged.skipped, purged.more),
+            (3, 1, 2, false)
+        );
+        assert!(!kv_get(&mut kv, "cache:p:a").await.found);
+        assert!(!kv_get(&mut kv, "cache:p:c").await.found);
+        assert!(kv_get(&mut kv, "cache:q").await.found);
+        server.stop().await;
     }
-    assert_eq!(text_of(&get(&mut cache, "cache:p:b").await), "first");
-
-    let pause = server.server.engine.pause_writer();
-    let rewrite = {
-        let mut kv = kv.clone();
-        tokio::spawn(async move { kv_put(&mut kv, "cache:p:b", "rewritten").await })
-    };
-    let queued = queued_beyond(&server, 0).await;
-    let invalidating = {
-        let mut cache = cache.clone();
-        tokio::spawn(async move { invalidate(&mut cache, "cache:p:c").await })
-    };
-    let queued = queued_beyond(&server, queued).await;
-    let purging = {
-        let mut cache = cache.clone();
-        tokio::spawn(async move { cache.purge(purge("cache:p:", Some(3))).await })
-    };
-    queued_beyond(&server, queued).await;
-    drop(pause);
-
-    let rewritten = rewrite.await.unwrap();
-    assert!(invalidating.await.unwrap());
-    let purged = purging.await.unwrap().expect("purge").into_inner();
-    let b = kv_get(&mut kv, "cache:p:b").await;
-    assert!(b.found, "the purge deleted a Put made after its listing");
-    assert_eq!((kv_text(&b), b.version), ("rewritten".into(), rewritten));
-    let through_cache = get(&mut cache, "cache:p:b").await;
-    assert_eq!(
-        (text_of(&through_cache), through_cache.version),
-        ("rewritten".into(), rewritten)
-    );
-    assert_eq!(
-        (purged.listed, purged.purged, purged.skipped, purged.more),
-        (3, 1, 2, false)
-    );
-    assert!(!kv_get(&mut kv, "cache:p:a").await.found);
-    assert!(!kv_get(&mut kv, "cache:p:c").await.found);
-    assert!(kv_get(&mut kv, "cache:q").await.found);
-    server.stop().await;
 }
 
 /// Purge has DropNamespace's guard: a dry run counts; without the count, or

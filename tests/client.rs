@@ -132,7 +132,7 @@ async fn retries_unavailable_until_the_server_is_up() {
 #[tokio::test]
 async fn retries_resource_exhausted_after_the_retry_info_delay() {
     let server = start_with(|config| config.max_calls_in_flight = 1).await;
-    let pause = Arc::new(Mutex::new(Some(server.server.engine.pause_writer())));
+    let pause = Arc::new(Mutex::new(Some(server.rocks().pause_writer())));
     // A put held by the paused writer takes the only slot.
     let mut holder = server.client.clone();
     let held = tokio::spawn(async move { holder.put(put_text("user:held", "v")).await });
@@ -220,7 +220,7 @@ async fn deadlines_end_in_deadline_exceeded() {
     let client = Client::connect(ConnectOptions::new(server.server.endpoint()))
         .await
         .unwrap();
-    let pause = server.server.engine.pause_writer();
+    let pause = server.rocks().pause_writer();
     let mut kv = client.kv();
     let started = Instant::now();
     let held = deadline::call(

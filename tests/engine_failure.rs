@@ -39,7 +39,7 @@ async fn writer_death_turns_health_not_serving_and_stops_the_server() {
         watches.push(watch);
     }
 
-    server.server.engine.crash_writer();
+    server.rocks().crash_writer();
     for watch in &mut watches {
         let next = tokio::time::timeout(Duration::from_secs(30), watch.next())
             .await

@@ -3,6 +3,10 @@
 
 mod common;
 
+// The etcd twin (`<this file>_etcd.rs`) declares its own `rocksdb_only`.
+#[allow(unused_imports)]
+use common::rocksdb_run::rocksdb_only;
+
 use std::time::Duration;
 
 use common::*;
@@ -736,42 +740,45 @@ async fn value_size_limit() {
     server.stop().await;
 }
 
-/// A BatchGet whose values would exceed 100 MiB in one response is
-/// RESOURCE_EXHAUSTED, naming the limit; fewer keys still work.
-#[tokio::test]
-async fn batch_get_response_limit() {
-    let mut server = start().await;
-    let client = &mut server.client;
-    let max_value = vec![1u8; 25 * 1024 * 1024];
-    let keys: Vec<String> = (0..5).map(|i| format!("huge:{i}")).collect();
-    for key in &keys {
-        client.put(bytes_put(key, &max_value)).await.unwrap();
+crate::rocksdb_only! {
+    "writes 5 values of 25 MiB through Raft: etcd is not made for values that size (its default --max-request-bytes is 1.5 MiB) and times such proposals out under CI load (seen: etcdserver: request timed out)";
+    /// A BatchGet whose values would exceed 100 MiB in one response is
+    /// RESOURCE_EXHAUSTED, naming the limit; fewer keys still work.
+    #[tokio::test]
+    async fn batch_get_response_limit() {
+        let mut server = start().await;
+        let client = &mut server.client;
+        let max_value = vec![1u8; 25 * 1024 * 1024];
+        let keys: Vec<String> = (0..5).map(|i| format!("huge:{i}")).collect();
+        for key in &keys {
+            client.put(bytes_put(key, &max_value)).await.unwrap();
+        }
+        let error = client
+            .batch_get(pb::BatchGetRequest {
+                keys: keys.clone(),
+                r#type: 0,
+                fallback: None,
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(error.code(), Code::ResourceExhausted, "{error:?}");
+        assert!(
+            error.message().contains("the limit is 104857600 bytes"),
+            "{}",
+            error.message()
+        );
+        let three = client
+            .batch_get(pb::BatchGetRequest {
+                keys: keys[..3].to_vec(),
+                r#type: 0,
+                fallback: None,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(three.results.iter().all(|result| result.found));
+        server.stop().await;
     }
-    let error = client
-        .batch_get(pb::BatchGetRequest {
-            keys: keys.clone(),
-            r#type: 0,
-            fallback: None,
-        })
-        .await
-        .unwrap_err();
-    assert_eq!(error.code(), Code::ResourceExhausted, "{error:?}");
-    assert!(
-        error.message().contains("the limit is 104857600 bytes"),
-        "{}",
-        error.message()
-    );
-    let three = client
-        .batch_get(pb::BatchGetRequest {
-            keys: keys[..3].to_vec(),
-            r#type: 0,
-            fallback: None,
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    assert!(three.results.iter().all(|result| result.found));
-    server.stop().await;
 }
 
 /// Expiry with the injected clock: a key is visible until its ttl passes,

@@ -4,7 +4,10 @@
 
 mod common;
 
-use std::sync::Arc;
+// The etcd twin (`<this file>_etcd.rs`) declares its own `rocksdb_only`.
+#[allow(unused_imports)]
+use common::rocksdb_run::rocksdb_only;
+
 use std::time::Duration;
 
 use common::*;
@@ -37,14 +40,7 @@ async fn next(changes: &mut ChangeSubscription) -> ChangeEvent {
 async fn committed_writes_publish_events_in_order() {
     let dir = tempfile::tempdir().unwrap();
     let clock: SharedClock = ManualClock::starting_now();
-    let engine = RocksEngine::open(
-        dir.path(),
-        Namespaces::new(Namespaces::default_prefixes()),
-        RocksOptions::default(),
-        clock.clone(),
-    )
-    .unwrap();
-    let service = KvService::new(Arc::new(engine));
+    let service = KvService::new(common::open_engine(&dir, clock).await);
     let mut changes = service.subscribe_changes();
 
     let first = service.put(put("cache:a")).await.unwrap();
@@ -92,49 +88,52 @@ async fn committed_writes_publish_events_in_order() {
     assert_eq!(changes.try_recv(), Ok(None));
 }
 
-/// A write whose client deadline fires while it waits in the writer's queue
-/// still commits, and is still published: the feed does not depend on the
-/// caller. The writer is held with the engine's test hook so the deadline
-/// fires deterministically while the write is queued.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn write_whose_deadline_fired_while_queued_is_published() {
-    let mut server = start().await;
-    let engine = server.server.engine.clone();
-    let mut changes = server.server.engine.subscribe();
+crate::rocksdb_only! {
+    "pauses the RocksDB writer thread to queue a write (a local-only test hook)";
+    /// A write whose client deadline fires while it waits in the writer's queue
+    /// still commits, and is still published: the feed does not depend on the
+    /// caller. The writer is held with the engine's test hook so the deadline
+    /// fires deterministically while the write is queued.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn write_whose_deadline_fired_while_queued_is_published() {
+        let mut server = start().await;
+        let engine = server.rocks().clone();
+        let mut changes = server.server.engine.subscribe();
 
-    let pause = engine.pause_writer();
-    let mut request = tonic::Request::new(put_text("user:late", "v"));
-    request.set_timeout(Duration::from_millis(300));
-    let mut client = server.client.clone();
-    let call = tokio::spawn(async move { client.put(request).await });
-    // Wait until the write is queued (it holds bytes of the queue's budget).
-    while engine.queued_write_bytes() == 0 {
-        tokio::time::sleep(Duration::from_millis(2)).await;
+        let pause = engine.pause_writer();
+        let mut request = tonic::Request::new(put_text("user:late", "v"));
+        request.set_timeout(Duration::from_millis(300));
+        let mut client = server.client.clone();
+        let call = tokio::spawn(async move { client.put(request).await });
+        // Wait until the write is queued (it holds bytes of the queue's budget).
+        while engine.queued_write_bytes() == 0 {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        let status = call.await.unwrap().unwrap_err();
+        // The server answers DEADLINE_EXCEEDED just before the deadline; the
+        // client's own timer, racing it, reports CANCELLED. Either way the caller
+        // gave up while its write was queued.
+        assert!(
+            matches!(status.code(), Code::DeadlineExceeded | Code::Cancelled),
+            "{status:?}"
+        );
+        assert_eq!(changes.try_recv(), Ok(None), "not committed yet");
+        drop(pause);
+
+        let event = next(&mut changes).await;
+        assert_eq!(&*event.key, "user:late");
+        let Change::Put { version, .. } = event.change else {
+            panic!("expected a put, got {event:?}");
+        };
+        let stored = server
+            .client
+            .get(get("user:late"))
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(stored.found, "the write committed after its caller gave up");
+        assert_eq!(stored.version, version);
     }
-    let status = call.await.unwrap().unwrap_err();
-    // The server answers DEADLINE_EXCEEDED just before the deadline; the
-    // client's own timer, racing it, reports CANCELLED. Either way the caller
-    // gave up while its write was queued.
-    assert!(
-        matches!(status.code(), Code::DeadlineExceeded | Code::Cancelled),
-        "{status:?}"
-    );
-    assert_eq!(changes.try_recv(), Ok(None), "not committed yet");
-    drop(pause);
-
-    let event = next(&mut changes).await;
-    assert_eq!(&*event.key, "user:late");
-    let Change::Put { version, .. } = event.change else {
-        panic!("expected a put, got {event:?}");
-    };
-    let stored = server
-        .client
-        .get(get("user:late"))
-        .await
-        .unwrap()
-        .into_inner();
-    assert!(stored.found, "the write committed after its caller gave up");
-    assert_eq!(stored.version, version);
 }
 
 /// Events arrive in commit order: with many concurrent writers, sequences
@@ -185,61 +184,64 @@ async fn order_matches_versions_under_concurrency() {
     assert_eq!(published, acknowledged);
 }
 
-/// The feed keeps at most `change_feed_max_bytes` (64 MiB by default) of
-/// events for a subscriber that does not read: 16 commits of 10,000 puts with
-/// 500-byte keys (about 93 MB of events) reach a subscriber that reads only
-/// afterwards as what fits plus a lag for the rest. Bounded only in commits
-/// (4,096 of them), the feed kept every one.
-#[tokio::test]
-async fn a_lagging_subscriber_holds_a_bounded_number_of_bytes() {
-    use tierkv::engine::{PutOp, ValueKind, WriteOp};
-    const COMMITS: usize = 16;
-    const OPS: usize = 10_000;
-    let dir = tempfile::tempdir().unwrap();
-    let clock: SharedClock = ManualClock::starting_now();
-    let engine = RocksEngine::open(
-        dir.path(),
-        Namespaces::new(Namespaces::default_prefixes()),
-        RocksOptions::default(),
-        clock,
-    )
-    .unwrap();
-    let mut changes = engine.subscribe();
-    let padding = "k".repeat(490);
-    for commit in 0..COMMITS {
-        let ops = (0..OPS)
-            .map(|op| {
-                WriteOp::Put(PutOp {
-                    key: format!("user:{padding}{commit:02}{op:05}"),
-                    kind: ValueKind::Text,
-                    value: b"v".to_vec(),
-                    metadata: None,
-                    expire_at_millis: None,
-                    schema_version: 1,
-                    precondition: Precondition::None,
+crate::rocksdb_only! {
+    "opens a RocksEngine in-process to fill its feed with its options (the etcd feed has its own tests in tests/engine_etcd_conformance.rs)";
+    /// The feed keeps at most `change_feed_max_bytes` (64 MiB by default) of
+    /// events for a subscriber that does not read: 16 commits of 10,000 puts with
+    /// 500-byte keys (about 93 MB of events) reach a subscriber that reads only
+    /// afterwards as what fits plus a lag for the rest. Bounded only in commits
+    /// (4,096 of them), the feed kept every one.
+    #[tokio::test]
+    async fn a_lagging_subscriber_holds_a_bounded_number_of_bytes() {
+        use tierkv::engine::{PutOp, ValueKind, WriteOp};
+        const COMMITS: usize = 16;
+        const OPS: usize = 10_000;
+        let dir = tempfile::tempdir().unwrap();
+        let clock: SharedClock = ManualClock::starting_now();
+        let engine = RocksEngine::open(
+            dir.path(),
+            Namespaces::new(Namespaces::default_prefixes()),
+            RocksOptions::default(),
+            clock,
+        )
+        .unwrap();
+        let mut changes = engine.subscribe();
+        let padding = "k".repeat(490);
+        for commit in 0..COMMITS {
+            let ops = (0..OPS)
+                .map(|op| {
+                    WriteOp::Put(PutOp {
+                        key: format!("user:{padding}{commit:02}{op:05}"),
+                        kind: ValueKind::Text,
+                        value: b"v".to_vec(),
+                        metadata: None,
+                        expire_at_millis: None,
+                        schema_version: 1,
+                        precondition: Precondition::None,
+                    })
                 })
-            })
-            .collect();
-        engine.write(ops).await.unwrap();
-    }
-    let total = (COMMITS * OPS) as u64;
-    let (mut received, mut missed) = (0u64, 0u64);
-    while received + missed < total {
-        match changes.try_recv() {
-            Ok(Some(_)) => received += 1,
-            Ok(None) => panic!("{received} received and {missed} missed of {total}"),
-            Err(tierkv::engine::RecvError::Lagged { missed: lag }) => missed += lag,
-            Err(error) => panic!("{error}"),
+                .collect();
+            engine.write(ops).await.unwrap();
         }
+        let total = (COMMITS * OPS) as u64;
+        let (mut received, mut missed) = (0u64, 0u64);
+        while received + missed < total {
+            match changes.try_recv() {
+                Ok(Some(_)) => received += 1,
+                Ok(None) => panic!("{received} received and {missed} missed of {total}"),
+                Err(tierkv::engine::RecvError::Lagged { missed: lag }) => missed += lag,
+                Err(error) => panic!("{error}"),
+            }
+        }
+        assert!(
+            missed > 0,
+            "all {received} events were held for the subscriber"
+        );
+        let held = received * 500;
+        assert!(
+            held <= 64 << 20,
+            "{received} events held, {held} bytes of keys"
+        );
+        assert_eq!(received + missed, total);
     }
-    assert!(
-        missed > 0,
-        "all {received} events were held for the subscriber"
-    );
-    let held = received * 500;
-    assert!(
-        held <= 64 << 20,
-        "{received} events held, {held} bytes of keys"
-    );
-    assert_eq!(received + missed, total);
 }

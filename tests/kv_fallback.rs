@@ -5,6 +5,10 @@
 
 mod common;
 
+// The etcd twin (`<this file>_etcd.rs`) declares its own `rocksdb_only`.
+#[allow(unused_imports)]
+use common::rocksdb_run::rocksdb_only;
+
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -97,98 +101,103 @@ async fn missing_and_expired_keys_fall_back() {
     assert_eq!((counts.absent, counts.failed, counts.timed_out), (2, 0, 0));
 }
 
-/// A read that fails answers with the fallback (and, without one, fails as
-/// before); requests that are wrong still fail with a fallback.
-#[tokio::test]
-async fn failed_reads_fall_back() {
-    let mut server = start().await;
-    server
-        .client
-        .put(put_text("config:live", "dark"))
-        .await
-        .unwrap();
-    let fault = server.server.engine.inject_read_fault(None);
+crate::rocksdb_only! {
+    "injects RocksDB read faults (a local-only test hook)";
+    /// A read that fails answers with the fallback (and, without one, fails as
+    /// before); requests that are wrong still fail with a fallback.
+    #[tokio::test]
+    async fn failed_reads_fall_back() {
+        let mut server = start().await;
+        server
+            .client
+            .put(put_text("config:live", "dark"))
+            .await
+            .unwrap();
+        let fault = server.rocks().inject_read_fault(None);
 
-    let response = server
-        .client
-        .get(get_or("config:live", json!("default")))
-        .await
-        .unwrap()
-        .into_inner();
-    assert_fallback(&response, json!("default"));
+        let response = server
+            .client
+            .get(get_or("config:live", json!("default")))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_fallback(&response, json!("default"));
 
-    let status = server.client.get(get("config:live")).await.unwrap_err();
-    assert_ne!(status.code(), Code::Ok);
+        let status = server.client.get(get("config:live")).await.unwrap_err();
+        assert_ne!(status.code(), Code::Ok);
 
-    let batch = server
-        .client
-        .batch_get(batch_get_or(&["config:live", "config:other"], json!(0)))
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(batch.results.len(), 2);
-    for result in &batch.results {
-        assert_fallback(result, json!(0));
+        let batch = server
+            .client
+            .batch_get(batch_get_or(&["config:live", "config:other"], json!(0)))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(batch.results.len(), 2);
+        for result in &batch.results {
+            assert_fallback(result, json!(0));
+        }
+        assert_eq!(batch.results[1].key, "config:other");
+
+        let status = server.client.get(get_or("", json!(1))).await.unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+        let status = server
+            .client
+            .get(get_or("session:s/x", json!(1)))
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+
+        drop(fault);
+        let healed = server
+            .client
+            .get(get_or("config:live", json!("default")))
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(healed.found && !healed.from_fallback);
+        assert_eq!(server.server.stats.fallbacks().failed, 3);
     }
-    assert_eq!(batch.results[1].key, "config:other");
-
-    let status = server.client.get(get_or("", json!(1))).await.unwrap_err();
-    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
-    let status = server
-        .client
-        .get(get_or("session:s/x", json!(1)))
-        .await
-        .unwrap_err();
-    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
-
-    drop(fault);
-    let healed = server
-        .client
-        .get(get_or("config:live", json!("default")))
-        .await
-        .unwrap()
-        .into_inner();
-    assert!(healed.found && !healed.from_fallback);
-    assert_eq!(server.server.stats.fallbacks().failed, 3);
 }
 
-/// A read still running when the client's deadline nears answers with the
-/// fallback in time, not DEADLINE_EXCEEDED.
-#[tokio::test]
-async fn slow_reads_fall_back_before_the_deadline() {
-    let mut server = start().await;
-    server
-        .client
-        .put(put_text("config:live", "dark"))
-        .await
-        .unwrap();
-    let _slow = server
-        .server
-        .engine
-        .inject_read_fault(Some(Duration::from_secs(30)));
+crate::rocksdb_only! {
+    "injects slow RocksDB reads (a local-only test hook)";
+    /// A read still running when the client's deadline nears answers with the
+    /// fallback in time, not DEADLINE_EXCEEDED.
+    #[tokio::test]
+    async fn slow_reads_fall_back_before_the_deadline() {
+        let mut server = start().await;
+        server
+            .client
+            .put(put_text("config:live", "dark"))
+            .await
+            .unwrap();
+        let _slow = server
+            .rocks()
+            .inject_read_fault(Some(Duration::from_secs(30)));
 
-    let mut request = tonic::Request::new(get_or("config:live", json!({"cached": false})));
-    request.set_timeout(Duration::from_millis(500));
-    let started = Instant::now();
-    let response = server.client.get(request).await.unwrap().into_inner();
-    assert_fallback(&response, json!({"cached": false}));
-    assert!(started.elapsed() < Duration::from_secs(5));
+        let mut request = tonic::Request::new(get_or("config:live", json!({"cached": false})));
+        request.set_timeout(Duration::from_millis(500));
+        let started = Instant::now();
+        let response = server.client.get(request).await.unwrap().into_inner();
+        assert_fallback(&response, json!({"cached": false}));
+        assert!(started.elapsed() < Duration::from_secs(5));
 
-    let mut request = tonic::Request::new(batch_get_or(&["config:live"], json!(null)));
-    request.set_timeout(Duration::from_millis(500));
-    let batch = server.client.batch_get(request).await.unwrap().into_inner();
-    assert_fallback(&batch.results[0], json!(null));
+        let mut request = tonic::Request::new(batch_get_or(&["config:live"], json!(null)));
+        request.set_timeout(Duration::from_millis(500));
+        let batch = server.client.batch_get(request).await.unwrap().into_inner();
+        assert_fallback(&batch.results[0], json!(null));
 
-    // Without a fallback the same read fails on its deadline, as before
-    // (the client's own timer may report it first, as CANCELLED).
-    let mut request = tonic::Request::new(get("config:live"));
-    request.set_timeout(Duration::from_millis(300));
-    let status = server.client.get(request).await.unwrap_err();
-    assert!(
-        matches!(status.code(), Code::DeadlineExceeded | Code::Cancelled),
-        "{status:?}"
-    );
-    assert_eq!(server.server.stats.fallbacks().timed_out, 2);
+        // Without a fallback the same read fails on its deadline, as before
+        // (the client's own timer may report it first, as CANCELLED).
+        let mut request = tonic::Request::new(get("config:live"));
+        request.set_timeout(Duration::from_millis(300));
+        let status = server.client.get(request).await.unwrap_err();
+        assert!(
+            matches!(status.code(), Code::DeadlineExceeded | Code::Cancelled),
+            "{status:?}"
+        );
+        assert_eq!(server.server.stats.fallbacks().timed_out, 2);
+    }
 }
 
 /// BatchGet answers the fallback only for the keys that are missing.

@@ -276,7 +276,7 @@ async fn fallbacks_are_counted_by_reason() {
         let response = server.client.get(request).await.unwrap().into_inner();
         assert!(response.from_fallback);
     }
-    let fault = server.server.engine.inject_read_fault(None);
+    let fault = server.rocks().inject_read_fault(None);
     let mut request = get("flags:missing");
     request.fallback = fallback;
     assert!(

@@ -7,6 +7,10 @@
 
 mod common;
 
+// The etcd twin (`<this file>_etcd.rs`) declares its own `rocksdb_only`.
+#[allow(unused_imports)]
+use common::rocksdb_run::rocksdb_only;
+
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -402,6 +406,7 @@ async fn invalid_migration_configs_are_refused_at_start() {
     for (steps, expected) in cases {
         let dir = tempfile::tempdir().unwrap();
         let mut config = test_config(&dir);
+        use_engine(&mut config);
         config.migrations = steps.clone();
         let error = match tierkv::server::RunningServer::start(
             config,
@@ -437,18 +442,21 @@ async fn invalid_migration_configs_are_refused_at_start() {
     assert!(error.to_string().contains("extra"), "{error}");
 }
 
-/// A writer that commits between a lazy read and its write-back wins: the
-/// write-back's compare-and-set fails and is dropped, the writer's value
-/// stays, and no further write follows.
-#[tokio::test]
-async fn concurrent_writer_wins_over_a_lazy_write_back() {
-    let mut server = start_with(seed).await;
-    let mut reader = server.client.clone();
-    writer_wins_over_a_write_back(&mut server, "user:9", || async move {
-        json_of(&read(&mut reader, "user:9").await)
-    })
-    .await;
-    server.stop().await;
+crate::rocksdb_only! {
+    "pauses the RocksDB writer thread to order the race (a local-only test hook)";
+    /// A writer that commits between a lazy read and its write-back wins: the
+    /// write-back's compare-and-set fails and is dropped, the writer's value
+    /// stays, and no further write follows.
+    #[tokio::test]
+    async fn concurrent_writer_wins_over_a_lazy_write_back() {
+        let mut server = start_with(seed).await;
+        let mut reader = server.client.clone();
+        writer_wins_over_a_write_back(&mut server, "user:9", || async move {
+            json_of(&read(&mut reader, "user:9").await)
+        })
+        .await;
+        server.stop().await;
+    }
 }
 
 /// The race of a lazy read against a writer: `key` holds `{"name": "old"}`
@@ -471,7 +479,7 @@ where
         .put(put_json(key, serde_json::json!({"name": "old"}), 1))
         .await
         .unwrap();
-    let engine = server.server.engine.clone();
+    let engine = server.rocks().clone();
     let mut changes = engine.subscribe();
     let pause = engine.pause_writer();
     // The writer's put is queued first...
@@ -746,85 +754,88 @@ async fn one_run_per_prefix_and_a_dropped_call_resumes() {
     server.stop().await;
 }
 
-/// `kill -9` of the real binary in the middle of a batch migration; after a
-/// restart the migration resumes from its checkpoint and every record is
-/// migrated exactly once: the store's version counter advanced by exactly
-/// one write per record.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kill_9_during_a_batch_migration_then_resume_migrates_each_record_once() {
-    const USERS: usize = 3000;
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let file = dir.path().join("tierkv.toml");
-    std::fs::write(
-        &file,
-        format!("[[migrations]]\nprefix = \"user:\"\nfrom = 1\nto = 2\npatch = '{COPY_NAME}'\n"),
-    )
-    .unwrap();
-    let command = || {
-        let mut command = server_command(&data);
-        command.arg("--config").arg(&file);
-        command
-    };
-    let mut server = spawn_server(command());
-    let mut client = connect(&server.endpoint()).await;
-    write_users(&mut client, USERS).await;
-    let before = client
-        .put(put_text("probe", "1"))
-        .await
-        .unwrap()
-        .into_inner()
-        .version;
+crate::rocksdb_only! {
+    "kill -9 of a tierkv binary over its embedded store";
+    /// `kill -9` of the real binary in the middle of a batch migration; after a
+    /// restart the migration resumes from its checkpoint and every record is
+    /// migrated exactly once: the store's version counter advanced by exactly
+    /// one write per record.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn kill_9_during_a_batch_migration_then_resume_migrates_each_record_once() {
+        const USERS: usize = 3000;
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let file = dir.path().join("tierkv.toml");
+        std::fs::write(
+            &file,
+            format!("[[migrations]]\nprefix = \"user:\"\nfrom = 1\nto = 2\npatch = '{COPY_NAME}'\n"),
+        )
+        .unwrap();
+        let command = || {
+            let mut command = server_command(&data);
+            command.arg("--config").arg(&file);
+            command
+        };
+        let mut server = spawn_server(command());
+        let mut client = connect(&server.endpoint()).await;
+        write_users(&mut client, USERS).await;
+        let before = client
+            .put(put_text("probe", "1"))
+            .await
+            .unwrap()
+            .into_inner()
+            .version;
 
-    let mut admin = connect_admin(&server.endpoint()).await;
-    let mut stream = paced_migration(&mut admin, 100, 1000).await;
-    loop {
-        let message = stream.message().await.unwrap().expect("progress");
-        if message.state.unwrap().scanned >= 1000 {
-            break;
+        let mut admin = connect_admin(&server.endpoint()).await;
+        let mut stream = paced_migration(&mut admin, 100, 1000).await;
+        loop {
+            let message = stream.message().await.unwrap().expect("progress");
+            if message.state.unwrap().scanned >= 1000 {
+                break;
+            }
         }
-    }
-    server.child.kill().expect("SIGKILL");
-    server.child.wait().unwrap();
-    drop(stream);
+        server.child.kill().expect("SIGKILL");
+        server.child.wait().unwrap();
+        drop(stream);
 
-    let mut server = spawn_server(command());
-    let mut client = connect(&server.endpoint()).await;
-    let mut admin = connect_admin(&server.endpoint()).await;
-    let saved = migration_state(&mut admin, "user:")
-        .await
-        .unwrap()
-        .into_inner();
-    assert!(!saved.done && !saved.running, "{saved:?}");
-    assert!(
-        saved.scanned >= 1000 && saved.scanned < USERS as u64,
-        "{saved:?}"
-    );
-    let state = last_state(&migrate(&mut admin, migrate_request("user:")).await);
-    assert!(state.done);
-    assert_eq!(state.scanned, USERS as u64, "resumed from the checkpoint");
-    assert_eq!(state.migrated + state.already_current, USERS as u64);
-    let keys = listed(&mut client, "user:").await;
-    assert_eq!(keys.len(), USERS);
-    assert!(keys.iter().all(|key| key.schema_version == 2));
-    let after = client
-        .put(put_text("probe", "2"))
-        .await
-        .unwrap()
-        .into_inner()
-        .version;
-    assert_eq!(
-        after,
-        before + USERS as u64 + 1,
-        "exactly one write per record between the two probes"
-    );
-    let user = read(&mut client, "user:02999").await;
-    assert_eq!(
-        json_of(&user),
-        serde_json::json!({"name": "n2999", "userName": "n2999"})
-    );
-    server.child.kill().unwrap();
-    server.child.wait().unwrap();
+        let mut server = spawn_server(command());
+        let mut client = connect(&server.endpoint()).await;
+        let mut admin = connect_admin(&server.endpoint()).await;
+        let saved = migration_state(&mut admin, "user:")
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(!saved.done && !saved.running, "{saved:?}");
+        assert!(
+            saved.scanned >= 1000 && saved.scanned < USERS as u64,
+            "{saved:?}"
+        );
+        let state = last_state(&migrate(&mut admin, migrate_request("user:")).await);
+        assert!(state.done);
+        assert_eq!(state.scanned, USERS as u64, "resumed from the checkpoint");
+        assert_eq!(state.migrated + state.already_current, USERS as u64);
+        let keys = listed(&mut client, "user:").await;
+        assert_eq!(keys.len(), USERS);
+        assert!(keys.iter().all(|key| key.schema_version == 2));
+        let after = client
+            .put(put_text("probe", "2"))
+            .await
+            .unwrap()
+            .into_inner()
+            .version;
+        assert_eq!(
+            after,
+            before + USERS as u64 + 1,
+            "exactly one write per record between the two probes"
+        );
+        let user = read(&mut client, "user:02999").await;
+        assert_eq!(
+            json_of(&user),
+            serde_json::json!({"name": "n2999", "userName": "n2999"})
+        );
+        server.child.kill().unwrap();
+        server.child.wait().unwrap();
+    }
 }
 
 /// A large record (migrated off the async workers) reads back migrated too,
@@ -851,11 +862,7 @@ async fn large_records_migrate_on_read() {
     assert_eq!(&*next_event(&mut changes).await.key, "user:big");
     let again = read(&mut server.client, "user:big").await;
     assert_eq!(json_of(&again), value);
-    assert!(server
-        .server
-        .engine
-        .value_entry_present("user:big")
-        .unwrap());
+    assert!(server.value_entry_present("user:big").await);
     server.stop().await;
 }
 
@@ -1018,23 +1025,26 @@ async fn cache_reads_migrate_lazily() {
     server.stop().await;
 }
 
-/// Race what you cache: a client write that commits between a cache read's
-/// lazy migration and its write-back wins. The write-back's compare-and-set
-/// fails and is dropped, the client's value stays in the store, and the
-/// cache's next answer is the client's value, not the migrated old one.
-#[tokio::test]
-async fn client_write_wins_over_a_cache_read_write_back() {
-    let mut server = start_with(seed).await;
-    let mut cache = cache_client(&server).await;
-    let mut reader = cache.clone();
-    let written = writer_wins_over_a_write_back(&mut server, "user:9", || async move {
-        cached_json(&cache_read(&mut reader, "user:9").await)
-    })
-    .await;
-    let cached = cache_read(&mut cache, "user:9").await;
-    assert_eq!(cached_json(&cached), serde_json::json!({"userName": "new"}));
-    assert_eq!(cached.version, written.version);
-    server.stop().await;
+crate::rocksdb_only! {
+    "pauses the RocksDB writer thread to order the race (a local-only test hook)";
+    /// Race what you cache: a client write that commits between a cache read's
+    /// lazy migration and its write-back wins. The write-back's compare-and-set
+    /// fails and is dropped, the client's value stays in the store, and the
+    /// cache's next answer is the client's value, not the migrated old one.
+    #[tokio::test]
+    async fn client_write_wins_over_a_cache_read_write_back() {
+        let mut server = start_with(seed).await;
+        let mut cache = cache_client(&server).await;
+        let mut reader = cache.clone();
+        let written = writer_wins_over_a_write_back(&mut server, "user:9", || async move {
+            cached_json(&cache_read(&mut reader, "user:9").await)
+        })
+        .await;
+        let cached = cache_read(&mut cache, "user:9").await;
+        assert_eq!(cached_json(&cached), serde_json::json!({"userName": "new"}));
+        assert_eq!(cached.version, written.version);
+        server.stop().await;
+    }
 }
 
 /// `migratedAt` prints exactly as `google.protobuf.Timestamp` does (the

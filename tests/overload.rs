@@ -19,7 +19,7 @@ use tonic_types::StatusExt;
 async fn calls_over_the_limit_are_shed_at_once_and_admitted_ones_complete() {
     const LIMIT: usize = 4;
     let server = start_with(|config| config.max_calls_in_flight = LIMIT).await;
-    let engine = server.server.engine.clone();
+    let engine = server.rocks().clone();
 
     // Writes hang while the writer is paused: each holds a slot.
     let pause = engine.pause_writer();
@@ -176,7 +176,7 @@ async fn shed_calls_whose_body_comes_later_do_not_reset_or_break_the_connection(
     let server = start_with(|config| config.max_calls_in_flight = 1).await;
     let addr = server.server.addr;
     // One slow write holds the only slot.
-    let pause = server.server.engine.pause_writer();
+    let pause = server.rocks().pause_writer();
     let mut holder = connect(&server.server.endpoint()).await;
     let held = tokio::spawn(async move { holder.put(put_text("user:held", "v")).await });
     while server.server.stats.calls_in_flight() < 1 {
@@ -382,7 +382,7 @@ async fn open_reflection(
 #[tokio::test]
 async fn watch_and_reflection_streams_are_shed_over_the_limit() {
     let server = start_with(|config| config.max_calls_in_flight = 1).await;
-    let pause = server.server.engine.pause_writer();
+    let pause = server.rocks().pause_writer();
     let mut writer = server.client.clone();
     let held = tokio::spawn(async move { writer.put(put_text("user:held", "v")).await });
     while server.server.stats.calls_in_flight() < 1 {

@@ -3,6 +3,10 @@
 
 mod common;
 
+// The etcd twin (`<this file>_etcd.rs`) declares its own `rocksdb_only`.
+#[allow(unused_imports)]
+use common::rocksdb_run::rocksdb_only;
+
 use std::time::Duration;
 
 use common::*;
@@ -645,35 +649,38 @@ async fn resilient_get_with_fallback(
     }
 }
 
-/// Error boundary with the server's fallback: a hit, a miss, a storage
-/// failure and a server that is gone all answer something usable.
-#[tokio::test]
-async fn error_boundary_with_server_fallback() {
-    let server = start().await;
-    let mut client = server.client.clone();
-    let defaults = serde_json::json!({"theme": "light", "maxItems": 10});
-    let put = put_json("config:app", serde_json::json!({"theme": "dark"}), None);
-    client.put(put).await.unwrap();
-    assert_eq!(
-        resilient_get_with_fallback(&mut client, "config:app", defaults.clone()).await,
-        serde_json::json!({"theme": "dark"})
-    );
-    assert_eq!(
-        resilient_get_with_fallback(&mut client, "config:none", defaults.clone()).await,
-        defaults
-    );
-    let fault = server.server.engine.inject_read_fault(None);
-    assert_eq!(
-        resilient_get_with_fallback(&mut client, "config:app", defaults.clone()).await,
-        defaults,
-        "a failed read answers the fallback"
-    );
-    drop(fault);
-    assert_eq!(server.server.stats.fallbacks().total(), 2);
-    server.stop().await;
-    assert_eq!(
-        resilient_get_with_fallback(&mut client, "config:app", defaults.clone()).await,
-        defaults,
-        "UNAVAILABLE falls back"
-    );
+crate::rocksdb_only! {
+    "injects RocksDB read faults (a local-only test hook)";
+    /// Error boundary with the server's fallback: a hit, a miss, a storage
+    /// failure and a server that is gone all answer something usable.
+    #[tokio::test]
+    async fn error_boundary_with_server_fallback() {
+        let server = start().await;
+        let mut client = server.client.clone();
+        let defaults = serde_json::json!({"theme": "light", "maxItems": 10});
+        let put = put_json("config:app", serde_json::json!({"theme": "dark"}), None);
+        client.put(put).await.unwrap();
+        assert_eq!(
+            resilient_get_with_fallback(&mut client, "config:app", defaults.clone()).await,
+            serde_json::json!({"theme": "dark"})
+        );
+        assert_eq!(
+            resilient_get_with_fallback(&mut client, "config:none", defaults.clone()).await,
+            defaults
+        );
+        let fault = server.rocks().inject_read_fault(None);
+        assert_eq!(
+            resilient_get_with_fallback(&mut client, "config:app", defaults.clone()).await,
+            defaults,
+            "a failed read answers the fallback"
+        );
+        drop(fault);
+        assert_eq!(server.server.stats.fallbacks().total(), 2);
+        server.stop().await;
+        assert_eq!(
+            resilient_get_with_fallback(&mut client, "config:app", defaults.clone()).await,
+            defaults,
+            "UNAVAILABLE falls back"
+        );
+    }
 }

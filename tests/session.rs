@@ -5,6 +5,10 @@
 
 mod common;
 
+// The etcd twin (`<this file>_etcd.rs`) declares its own `rocksdb_only`.
+#[allow(unused_imports)]
+use common::rocksdb_run::rocksdb_only;
+
 use std::collections::HashSet;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -544,51 +548,54 @@ async fn concurrent_updates_lose_no_field() {
     server.stop().await;
 }
 
-/// An Update whose session is revoked between its read and its write answers
-/// NOT_FOUND, as it would a moment later, not ABORTED with a "current version
-/// 0" that never existed. The writer is paused so that the Revoke's delete is
-/// queued first and both commit in one group, deterministically.
-#[tokio::test]
-async fn an_update_racing_a_revoke_is_not_found() {
-    let server = start().await;
-    let mut client = sessions(&server).await;
-    for if_version in [true, false] {
-        let created = create(&mut client, create_request("racer")).await;
-        let engine = &server.server.engine;
-        let pause = engine.pause_writer();
-        let queued = engine.queued_write_bytes();
-        let mut revoker = client.clone();
-        let token = created.token.clone();
-        let revoked = tokio::spawn(async move {
-            revoke(
-                &mut revoker,
-                pb::revoke_session_request::Session::Token(token),
-            )
-            .await
-        });
-        while engine.queued_write_bytes() == queued {
-            tokio::time::sleep(Duration::from_millis(1)).await;
+crate::rocksdb_only! {
+    "pauses the RocksDB writer thread to order the race (a local-only test hook)";
+    /// An Update whose session is revoked between its read and its write answers
+    /// NOT_FOUND, as it would a moment later, not ABORTED with a "current version
+    /// 0" that never existed. The writer is paused so that the Revoke's delete is
+    /// queued first and both commit in one group, deterministically.
+    #[tokio::test]
+    async fn an_update_racing_a_revoke_is_not_found() {
+        let server = start().await;
+        let mut client = sessions(&server).await;
+        for if_version in [true, false] {
+            let created = create(&mut client, create_request("racer")).await;
+            let engine = server.rocks();
+            let pause = engine.pause_writer();
+            let queued = engine.queued_write_bytes();
+            let mut revoker = client.clone();
+            let token = created.token.clone();
+            let revoked = tokio::spawn(async move {
+                revoke(
+                    &mut revoker,
+                    pb::revoke_session_request::Session::Token(token),
+                )
+                .await
+            });
+            while engine.queued_write_bytes() == queued {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            let queued = engine.queued_write_bytes();
+            let mut updater = client.clone();
+            let token = created.token.clone();
+            let version = if_version.then_some(created.version);
+            let updated = tokio::spawn(async move {
+                update(&mut updater, &token, json!({"late": true}), version).await
+            });
+            while engine.queued_write_bytes() == queued {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            drop(pause);
+            assert!(revoked.await.unwrap(), "the revoke commits first");
+            let status = updated.await.unwrap().unwrap_err();
+            assert_eq!(
+                status.code(),
+                Code::NotFound,
+                "if_version {if_version}: {status:?}"
+            );
         }
-        let queued = engine.queued_write_bytes();
-        let mut updater = client.clone();
-        let token = created.token.clone();
-        let version = if_version.then_some(created.version);
-        let updated = tokio::spawn(async move {
-            update(&mut updater, &token, json!({"late": true}), version).await
-        });
-        while engine.queued_write_bytes() == queued {
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
-        drop(pause);
-        assert!(revoked.await.unwrap(), "the revoke commits first");
-        let status = updated.await.unwrap().unwrap_err();
-        assert_eq!(
-            status.code(),
-            Code::NotFound,
-            "if_version {if_version}: {status:?}"
-        );
+        server.stop().await;
     }
-    server.stop().await;
 }
 
 /// A made-up token, tokens of the wrong shape, a wrong secret, an expired, a
@@ -666,37 +673,40 @@ fn contains(haystack: &[u8], needle: &str) -> bool {
         .any(|window| window == needle.as_bytes())
 }
 
-/// After a flush, no byte of the data directory holds a token or its secret
-/// (only a hash is stored), yet the tokens still work after a restart.
-#[tokio::test]
-async fn database_files_contain_no_token() {
-    let server = start().await;
-    let mut client = sessions(&server).await;
-    let user = format!("user-{}", tierkv::session::token::issue().session_id);
-    let mut tokens = Vec::new();
-    for n in 0..20 {
-        let created = create(&mut client, create_request(&user)).await;
-        tokens.push(created.token.clone());
-        if n % 4 == 0 {
-            tokens.push(rotate(&mut client, &created.token).await.unwrap().token);
+crate::rocksdb_only! {
+    "reads the RocksDB data directory's files";
+    /// After a flush, no byte of the data directory holds a token or its secret
+    /// (only a hash is stored), yet the tokens still work after a restart.
+    #[tokio::test]
+    async fn database_files_contain_no_token() {
+        let server = start().await;
+        let mut client = sessions(&server).await;
+        let user = format!("user-{}", tierkv::session::token::issue().session_id);
+        let mut tokens = Vec::new();
+        for n in 0..20 {
+            let created = create(&mut client, create_request(&user)).await;
+            tokens.push(created.token.clone());
+            if n % 4 == 0 {
+                tokens.push(rotate(&mut client, &created.token).await.unwrap().token);
+            }
         }
+        drop(client);
+        let server = server.restart().await;
+        let bytes = read_all_files(&server.data_dir());
+        assert!(
+            contains(&bytes, &user),
+            "control: plain session data is visible to this scan"
+        );
+        for token in &tokens {
+            let secret = token.split_once('.').unwrap().1;
+            assert!(!contains(&bytes, token), "a token is stored");
+            assert!(!contains(&bytes, secret), "a token's secret is stored");
+        }
+        let mut client = sessions(&server).await;
+        let last = tokens.last().unwrap();
+        assert!(get_session(&mut client, last).await.is_ok());
+        server.stop().await;
     }
-    drop(client);
-    let server = server.restart().await;
-    let bytes = read_all_files(&server.data_dir());
-    assert!(
-        contains(&bytes, &user),
-        "control: plain session data is visible to this scan"
-    );
-    for token in &tokens {
-        let secret = token.split_once('.').unwrap().1;
-        assert!(!contains(&bytes, token), "a token is stored");
-        assert!(!contains(&bytes, secret), "a token's secret is stored");
-    }
-    let mut client = sessions(&server).await;
-    let last = tokens.last().unwrap();
-    assert!(get_session(&mut client, last).await.is_ok());
-    server.stop().await;
 }
 
 /// Starts the real binary with verbose logs and collects its stderr lines.
@@ -742,57 +752,60 @@ fn spawn_logged_server(
     (child, addr, lines)
 }
 
-/// With every log level on, nothing the server logs holds a token or a
-/// secret, while session ids are logged.
-#[tokio::test]
-async fn server_log_contains_no_token() {
-    use pb::revoke_session_request::Session as Target;
-    let dir = tempfile::tempdir().unwrap();
-    let (mut child, addr, lines) = spawn_logged_server(dir.path());
-    let mut client = connect_sessions(&format!("http://{addr}")).await;
-    let mut tokens = Vec::new();
-    let first = create(&mut client, create_request("alice")).await;
-    tokens.push(first.token.clone());
-    get_session(&mut client, &first.token).await.unwrap();
-    touch(&mut client, &first.token).await.unwrap();
-    update(&mut client, &first.token, json!({"a": 1}), None)
-        .await
-        .unwrap();
-    let rotated = rotate(&mut client, &first.token).await.unwrap();
-    tokens.push(rotated.token.clone());
-    assert!(get_session(&mut client, &first.token).await.is_err());
-    assert!(
-        update(&mut client, &rotated.token, json!({"a": 1}), Some(1))
+crate::rocksdb_only! {
+    "runs the tierkv binary over a RocksDB data directory (tests/replicas_etcd.rs runs it over etcd)";
+    /// With every log level on, nothing the server logs holds a token or a
+    /// secret, while session ids are logged.
+    #[tokio::test]
+    async fn server_log_contains_no_token() {
+        use pb::revoke_session_request::Session as Target;
+        let dir = tempfile::tempdir().unwrap();
+        let (mut child, addr, lines) = spawn_logged_server(dir.path());
+        let mut client = connect_sessions(&format!("http://{addr}")).await;
+        let mut tokens = Vec::new();
+        let first = create(&mut client, create_request("alice")).await;
+        tokens.push(first.token.clone());
+        get_session(&mut client, &first.token).await.unwrap();
+        touch(&mut client, &first.token).await.unwrap();
+        update(&mut client, &first.token, json!({"a": 1}), None)
             .await
-            .is_err()
-    );
-    list(&mut client, "alice", 0).await;
-    let second = create(&mut client, create_request("alice")).await;
-    tokens.push(second.token.clone());
-    revoke(&mut client, Target::Token(second.token.clone())).await;
-    assert!(get_session(&mut client, &second.token).await.is_err());
-    client
-        .revoke_all_for_user(pb::RevokeAllForUserRequest {
-            user_id: "alice".into(),
-            except_session_id: String::new(),
-        })
-        .await
-        .unwrap();
-    assert!(get_session(&mut client, &rotated.token).await.is_err());
-    drop(client);
-    // Let the log thread drain, then stop the server.
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    child.kill().unwrap();
-    child.wait().unwrap();
-    std::thread::sleep(Duration::from_millis(100));
-    let log = lines.lock().unwrap().join("\n");
-    assert!(
-        log.contains(&first.session_id),
-        "control: session ids are logged"
-    );
-    for token in &tokens {
-        let secret = token.split_once('.').unwrap().1;
-        assert!(!log.contains(secret), "a token's secret is in the log");
+            .unwrap();
+        let rotated = rotate(&mut client, &first.token).await.unwrap();
+        tokens.push(rotated.token.clone());
+        assert!(get_session(&mut client, &first.token).await.is_err());
+        assert!(
+            update(&mut client, &rotated.token, json!({"a": 1}), Some(1))
+                .await
+                .is_err()
+        );
+        list(&mut client, "alice", 0).await;
+        let second = create(&mut client, create_request("alice")).await;
+        tokens.push(second.token.clone());
+        revoke(&mut client, Target::Token(second.token.clone())).await;
+        assert!(get_session(&mut client, &second.token).await.is_err());
+        client
+            .revoke_all_for_user(pb::RevokeAllForUserRequest {
+                user_id: "alice".into(),
+                except_session_id: String::new(),
+            })
+            .await
+            .unwrap();
+        assert!(get_session(&mut client, &rotated.token).await.is_err());
+        drop(client);
+        // Let the log thread drain, then stop the server.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        child.kill().unwrap();
+        child.wait().unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+        let log = lines.lock().unwrap().join("\n");
+        assert!(
+            log.contains(&first.session_id),
+            "control: session ids are logged"
+        );
+        for token in &tokens {
+            let secret = token.split_once('.').unwrap().1;
+            assert!(!log.contains(secret), "a token's secret is in the log");
+        }
     }
 }
 

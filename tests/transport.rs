@@ -763,7 +763,7 @@ async fn an_aged_connection_still_busy_after_its_grace_is_closed() {
     })
     .await;
     // The write waits on the paused writer for as long as the test likes.
-    let pause = server.server.engine.pause_writer();
+    let pause = server.rocks().pause_writer();
     let mut client = connect(&server.server.endpoint()).await;
     let started = Instant::now();
     let status = tokio::time::timeout(

@@ -1,9 +1,9 @@
 //! Running a server in the background (tests, embedding) and the signals
 //! that stop it.
 
-use super::{open_and_bind, serve_with_stats, validate, ServerError, ServerStats};
+use super::{open_engine, serve_with_stats, store, validate, Listeners, ServerError, ServerStats};
 use crate::clock::SharedClock;
-use crate::config::Config;
+use crate::config::{Config, EngineKind};
 use crate::engine::{Engine, EngineError, RocksEngine};
 use std::future::Future;
 use std::net::SocketAddr;
@@ -17,8 +17,12 @@ pub struct RunningServer {
     pub addr: SocketAddr,
     /// Where its metrics and probes are served, unless `metrics_listen` is off.
     pub metrics_addr: Option<SocketAddr>,
-    /// The engine it serves.
-    pub engine: RocksEngine,
+    /// The engine it serves, whichever `[engine] kind` names.
+    pub engine: Arc<dyn Engine>,
+    /// The RocksDB engine's own handle when that is the engine: its
+    /// local-only operations (writer pauses, fault injection, history trims)
+    /// exist only there. `None` over etcd.
+    rocks: Option<RocksEngine>,
     /// Its live counters.
     pub stats: ServerStats,
     shutdown: Option<oneshot::Sender<()>>,
@@ -26,17 +30,21 @@ pub struct RunningServer {
 }
 
 impl RunningServer {
-    /// Starts a server for `config` (its `listen` may use port 0).
-    /// Runs the RocksDB engine only (its handle is `engine`): an etcd-backed
-    /// server runs as `tierkv serve` (see tests/replicas_etcd.rs).
+    /// Starts a server for `config` (its `listen` may use port 0) over the
+    /// store `[engine] kind` names: RocksDB in `data_dir`, or the etcd
+    /// cluster (waiting while it is unreachable, as `tierkv serve` does).
+    /// Both engines read `clock`, so a manual clock drives expiry on either.
     pub async fn start(config: Config, clock: SharedClock) -> Result<Self, ServerError> {
         validate(&config)?;
-        if config.engine.kind != crate::config::EngineKind::Rocksdb {
-            return Err(ServerError::Config(crate::config::ConfigError::Invalid(
-                "RunningServer runs the RocksDB engine; run `tierkv serve` for [engine] kind = \"etcd\"".into(),
-            )));
-        }
-        let (engine, listeners) = open_and_bind(&config, Arc::clone(&clock)).await?;
+        // Binding first fails fast on a taken port, before a long open.
+        let listeners = Listeners::bind(&config).await?;
+        let (engine, rocks): (Arc<dyn Engine>, Option<RocksEngine>) = match config.engine.kind {
+            EngineKind::Rocksdb => {
+                let rocks = open_engine(&config, Arc::clone(&clock)).await?;
+                (Arc::new(rocks.clone()), Some(rocks))
+            }
+            EngineKind::Etcd => (store::open_store(&config, Arc::clone(&clock)).await?, None),
+        };
         let addr = listeners
             .grpc
             .local_addr()
@@ -49,11 +57,10 @@ impl RunningServer {
             .as_ref()
             .and_then(|listener| listener.local_addr().ok());
         let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
-        let served: Arc<dyn Engine> = Arc::new(engine.clone());
         let stats = ServerStats::new(&config);
         let task = tokio::spawn(serve_with_stats(
             config,
-            served,
+            Arc::clone(&engine),
             listeners,
             async {
                 let _ = shutdown_rx.await;
@@ -64,10 +71,17 @@ impl RunningServer {
             addr,
             metrics_addr,
             engine,
+            rocks,
             stats,
             shutdown: Some(shutdown_tx),
             task,
         })
+    }
+
+    /// The RocksDB engine, for its local-only operations; `None` when the
+    /// server runs over etcd.
+    pub fn rocks(&self) -> Option<&RocksEngine> {
+        self.rocks.as_ref()
     }
 
     /// The `http://` endpoint clients connect to.

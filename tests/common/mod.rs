@@ -1,5 +1,15 @@
 //! Shared test set-up: a real server on 127.0.0.1:0 over a temporary RocksDB
 //! directory, with a manual clock, reached through the generated client.
+//!
+//! The engine is the test binary's, fixed at compile time: a suite file
+//! (`tests/kv_api.rs`) starts its servers over RocksDB, and its etcd twin
+//! (`tests/kv_api_etcd.rs`, which includes the same file as a module) over
+//! the shared three-member etcd cluster of [`etcd`], every server under a
+//! key prefix of its own. A test binary whose name ends in `_etcd` is an
+//! etcd run ([`ON_ETCD`]). Tests that need the RocksDB engine's local-only
+//! operations are wrapped in `rocksdb_only! { "reason"; ... }`: the suite
+//! file takes the macro that keeps them from [`rocksdb_run`], the twin
+//! declares one that leaves them out. See `docs/development.md`.
 #![allow(dead_code)]
 
 pub mod etcd;
@@ -23,6 +33,39 @@ use tonic::transport::Channel;
 pub use pb::admin_service_client::AdminServiceClient;
 pub use pb::kv_service_client::KvServiceClient;
 pub use pb::session_service_client::SessionServiceClient;
+
+/// Whether this binary's servers run over etcd: its name (Cargo's crate
+/// name of the test target) ends in `_etcd`, as every etcd twin's does.
+pub const ON_ETCD: bool = ends_with(env!("CARGO_CRATE_NAME").as_bytes(), b"_etcd");
+
+const fn ends_with(name: &[u8], suffix: &[u8]) -> bool {
+    if name.len() < suffix.len() {
+        return false;
+    }
+    let start = name.len() - suffix.len();
+    let mut i = 0;
+    while i < suffix.len() {
+        if name[start + i] != suffix[i] {
+            return false;
+        }
+        i += 1;
+    }
+    true
+}
+
+/// What a suite file whose tests include local-only ones declares at its
+/// root: `use common::rocksdb_run::rocksdb_only;`. Its etcd twin declares a
+/// `rocksdb_only` of its own, which leaves those tests out.
+#[allow(unused_macros, unused_imports)] // most suites have no such test
+pub mod rocksdb_run {
+    /// Tests that need the RocksDB engine's local-only operations (writer
+    /// pauses, fault injection, value-entry checks, data-dir inspection),
+    /// with the reason: kept in the RocksDB run.
+    macro_rules! rocksdb_only {
+        ($reason:literal; $($item:item)*) => { $($item)* };
+    }
+    pub(crate) use rocksdb_only;
+}
 
 /// A running server, its clock and a connected client.
 pub struct TestServer {
@@ -56,10 +99,39 @@ pub async fn start() -> TestServer {
     start_with(|_| {}).await
 }
 
-/// Starts a server after `configure` adjusts the test configuration.
+/// Points `config` at this binary's engine: nothing to change for
+/// RocksDB; over etcd, the shared test cluster (started on first use) with
+/// a key prefix no other server of the run uses, and the limits its members
+/// were started with.
+pub fn use_engine(config: &mut Config) {
+    if !ON_ETCD {
+        return;
+    }
+    let cluster = etcd::shared();
+    config.engine.kind = tierkv::config::EngineKind::Etcd;
+    config.engine.etcd.endpoints = cluster.endpoints();
+    config.engine.etcd.prefix = etcd::unique_prefix("suite");
+    config.engine.etcd.max_txn_ops = etcd::TEST_MAX_TXN_OPS;
+    config.engine.etcd.max_request_bytes = etcd::TEST_MAX_REQUEST_BYTES;
+}
+
+/// This binary's engine opened in-process, without a server, for tests of
+/// a service over an engine: RocksDB in `dir`, or a fresh prefix of the
+/// etcd test cluster; `clock` drives either.
+pub async fn open_engine(dir: &TempDir, clock: SharedClock) -> Arc<dyn tierkv::engine::Engine> {
+    let mut config = test_config(dir);
+    use_engine(&mut config);
+    tierkv::server::store::open_store(&config, clock)
+        .await
+        .expect("the engine opens")
+}
+
+/// Starts a server after `configure` adjusts the test configuration, over
+/// this binary's engine ([`use_engine`]).
 pub async fn start_with(configure: impl FnOnce(&mut Config)) -> TestServer {
     let dir = Arc::new(tempfile::tempdir().expect("temp dir"));
     let mut config = test_config(&dir);
+    use_engine(&mut config);
     configure(&mut config);
     launch(config, ManualClock::starting_now(), dir).await
 }
@@ -125,6 +197,39 @@ impl TestServer {
     /// Stops the server gracefully.
     pub async fn stop(self) {
         self.server.stop().await.expect("clean stop");
+    }
+
+    /// The RocksDB engine's handle, for the local-only operations a test
+    /// uses (writer pauses, fault injection, value-entry checks). Such tests
+    /// are `rocksdb_only!` and never run over etcd.
+    pub fn rocks(&self) -> &tierkv::engine::RocksEngine {
+        self.server
+            .rocks()
+            .expect("a local-only operation of the RocksDB engine in an etcd run: mark the test rocksdb_only!")
+    }
+
+    /// Whether the store holds an out-of-line value entry for `key` (large
+    /// values live apart from their record on both engines): RocksDB's
+    /// value column family, or the etcd engine's `<prefix>v/<key>` (its key
+    /// layout, `src/engine/etcd/keys.rs`), read directly from etcd.
+    pub async fn value_entry_present(&self, key: &str) -> bool {
+        if let Some(rocks) = self.server.rocks() {
+            return rocks
+                .value_entry_present(key)
+                .expect("read the value entry");
+        }
+        let etcd = &self.config.engine.etcd;
+        let mut client = etcd_client::Client::connect(&etcd.endpoints, None)
+            .await
+            .expect("connect to etcd");
+        let reply = client
+            .get(
+                format!("{}v/{key}", etcd.prefix),
+                Some(etcd_client::GetOptions::new().with_count_only()),
+            )
+            .await
+            .expect("read etcd");
+        reply.count() > 0
     }
 
     /// The data directory.

@@ -34,9 +34,14 @@ pub(super) const TRIM_INTERVAL: Duration = Duration::from_secs(300);
 const TRIM_PAGE_EVENTS: usize = 10_000;
 
 impl EtcdEngine {
-    /// The retention floor and the feed key's latest revision (0 when
-    /// nothing was ever written), read together.
-    pub(super) async fn history_state(&self) -> Result<(u64, u64), EngineError> {
+    /// The retention floor, the feed key's latest revision (0 when nothing
+    /// was ever written) and the store's revision at this read, read
+    /// together. Revisions are etcd's, shared with whatever else the cluster
+    /// holds, so positions this engine hands out (its revision at open,
+    /// before this prefix's first write) may lie past the feed key's: the
+    /// store's revision is the latest position, since every commit of ours
+    /// up to it is in the history, and the feed's is where a walk ends.
+    pub(super) async fn history_state(&self) -> Result<(u64, u64, u64), EngineError> {
         let keys = &self.inner.keys;
         let txn = Txn::new().and_then([
             TxnOp::get(keys.history_floor(), None),
@@ -51,11 +56,14 @@ impl EtcdEngine {
             .next()
             .flatten()
             .map_or(0, |kv| parse_clock_mark(kv.value()));
-        let latest = found
+        let feed = found
             .next()
             .flatten()
             .map_or(0, |kv| kv.mod_revision().max(0) as u64);
-        Ok((floor, latest))
+        let revision = response
+            .header()
+            .map_or(0, |header| header.revision().max(0) as u64);
+        Ok((floor, feed, feed.max(revision)))
     }
 
     /// Raises the retention floor to `floor` (never lowers it: another
@@ -163,7 +171,7 @@ impl EtcdEngine {
                 current: self.inner.history_id,
             });
         }
-        let (floor, latest) = self.history_state().await?;
+        let (floor, feed, latest) = self.history_state().await?;
         if after.sequence < floor {
             return Err(HistoryError::Compacted { oldest: floor });
         }
@@ -171,7 +179,7 @@ impl EtcdEngine {
             return Err(HistoryError::Ahead { latest });
         }
         let batches = self
-            .walk(after.sequence, latest, max_events.max(1), floor)
+            .walk(after.sequence, feed, max_events.max(1), floor)
             .await?;
         Ok(HistoryPage { batches, latest })
     }
@@ -183,7 +191,7 @@ impl EtcdEngine {
     /// only rises, so they never undo each other.
     pub async fn trim_history(&self) -> Result<u64, EngineError> {
         let options = &self.inner.options;
-        let (floor, latest) = self.history_state().await?;
+        let (floor, latest, _) = self.history_state().await?;
         if options.history_max_events == 0 && options.history_max_age_millis == 0 {
             return Ok(floor);
         }

@@ -24,6 +24,7 @@ mod keys;
 mod lock;
 mod options;
 mod read;
+mod stats;
 mod sweep;
 mod write;
 
@@ -454,7 +455,8 @@ impl Engine for EtcdEngine {
     }
 
     async fn history_bounds(&self) -> Result<(u64, u64), EngineError> {
-        self.history_state().await
+        let (floor, _, latest) = self.history_state().await?;
+        Ok((floor, latest))
     }
 
     async fn read_history(

@@ -13,10 +13,10 @@ use super::keys::version;
 use super::EtcdEngine;
 use crate::engine::namespace::NamespaceId;
 use crate::engine::record::{decode_head, peek_payload_len, value_of_entry, ValuePlace};
-use crate::engine::{EngineError, NamespaceStats, Record, ScanPage, ScanRequest};
+use crate::engine::{EngineError, Record, ScanPage, ScanRequest};
 
 /// Most heads one scan request asks etcd for.
-const SCAN_PAGE: usize = 1000;
+pub(super) const SCAN_PAGE: usize = 1000;
 
 /// A decoded head: the record (its value empty when out of line), where
 /// its value is, and the head's `mod_revision`.
@@ -184,6 +184,13 @@ impl EtcdEngine {
             next.push(0);
             from = from.max(next);
         }
+        // A prefix spanning owned namespaces (the empty one) leaves them out,
+        // as RocksDB does by reading only the spanned column families: a
+        // listing of everything never shows another service's records.
+        let namespaces = &self.inner.namespaces;
+        let spanned = namespaces
+            .has_owners()
+            .then(|| namespaces.spanning(&request.prefix));
         let mut revision: Option<i64> = None;
         let mut heads: Vec<(String, Head)> = Vec::new();
         let mut examined = 0usize;
@@ -205,14 +212,20 @@ impl EtcdEngine {
             let mut last = None;
             for kv in response.take_kvs() {
                 examined += 1;
+                last = Some(kv.key().to_vec());
                 let Some(key) = keys.record_key(kv.key()) else {
                     continue;
                 };
+                if spanned
+                    .as_ref()
+                    .is_some_and(|spanned| !spanned.contains(&namespaces.route(key)))
+                {
+                    continue;
+                }
                 let head = decode(key, &kv)?;
                 if !head.record.is_expired_at(now) {
                     heads.push((key.to_string(), head));
                 }
-                last = Some(kv.key().to_vec());
             }
             let Some(mut last) = last else { break };
             if !more {
@@ -311,43 +324,5 @@ impl EtcdEngine {
                 _ => return Ok(count),
             }
         }
-    }
-
-    /// Estimated sizes: count-only ranges (expired records not yet swept
-    /// included), nested namespaces subtracted; bytes are not estimated.
-    pub(super) async fn stats(&self) -> Result<Vec<NamespaceStats>, EngineError> {
-        let namespaces = &self.inner.namespaces;
-        let mut totals = Vec::with_capacity(namespaces.len());
-        for id in 0..namespaces.len() {
-            let (start, end) = self.inner.keys.head_range(namespaces.prefix(id));
-            let response = self
-                .send_get(
-                    start,
-                    Some(GetOptions::new().with_range(end).with_count_only()),
-                )
-                .await?;
-            totals.push(response.count().max(0) as u64);
-        }
-        let mut stats: Vec<NamespaceStats> = (0..namespaces.len())
-            .map(|id| {
-                let nested: u64 = namespaces
-                    .nested_in(id)
-                    .iter()
-                    .map(|child| totals[*child])
-                    .sum();
-                NamespaceStats {
-                    prefix: namespaces.prefix(id).to_string(),
-                    storage: format!(
-                        "etcd range {}k/{}",
-                        self.inner.options.prefix,
-                        namespaces.prefix(id)
-                    ),
-                    estimated_keys: totals[id].saturating_sub(nested),
-                    estimated_live_bytes: 0,
-                }
-            })
-            .collect();
-        stats[1..].sort_by(|a, b| a.prefix.cmp(&b.prefix));
-        Ok(stats)
     }
 }

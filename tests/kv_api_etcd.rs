@@ -1,0 +1,16 @@
+//! The KV API suite, `tests/kv_api.rs`, over the etcd engine: the same
+//! tests, every server on the shared three-member etcd test cluster
+//! (`tests/common/etcd.rs`) under a key prefix of its own. This binary's
+//! name, ending in `_etcd`, makes `tests/common` start etcd-backed servers.
+
+// What only the left-out tests use is unused here (the RocksDB run uses it).
+#![allow(dead_code, unused_imports)]
+
+/// Leaves out the tests marked `rocksdb_only!` (each names why).
+macro_rules! rocksdb_only {
+    ($reason:literal; $($item:item)*) => {};
+}
+use rocksdb_only;
+
+#[path = "kv_api.rs"]
+mod suite;
