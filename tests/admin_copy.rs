@@ -349,34 +349,41 @@ async fn copy_refuses_a_source_held_by_a_running_server() {
     stop(server);
 }
 
-/// Every key etcd holds under `prefix`.
-async fn etcd_keys(prefix: &str) -> Vec<(String, Vec<u8>)> {
+/// Every key etcd holds under `prefix` (keys only: values may be large).
+async fn etcd_keys(prefix: &str) -> Vec<String> {
     let mut client = etcd_client::Client::connect(etcd::shared().endpoints(), None)
         .await
         .unwrap();
     let reply = client
-        .get(prefix, Some(etcd_client::GetOptions::new().with_prefix()))
+        .get(
+            prefix,
+            Some(
+                etcd_client::GetOptions::new()
+                    .with_prefix()
+                    .with_keys_only(),
+            ),
+        )
         .await
         .unwrap();
     reply
         .kvs()
         .iter()
-        .map(|kv| {
-            (
-                String::from_utf8_lossy(kv.key()).to_string(),
-                kv.value().to_vec(),
-            )
-        })
+        .map(|kv| String::from_utf8_lossy(kv.key()).to_string())
         .collect()
 }
 
 /// The copy's checkpoint in the target, as JSON.
 async fn checkpoint(prefix: &str) -> Option<serde_json::Value> {
-    etcd_keys(prefix)
+    let key = etcd_keys(prefix)
         .await
         .into_iter()
-        .find(|(key, _)| key.ends_with(CHECKPOINT_NAME))
-        .map(|(_, value)| serde_json::from_slice(&value).unwrap())
+        .find(|key| key.ends_with(CHECKPOINT_NAME))?;
+    let mut client = etcd_client::Client::connect(etcd::shared().endpoints(), None)
+        .await
+        .unwrap();
+    let reply = client.get(key, None).await.unwrap();
+    let value = reply.kvs().first()?.value().to_vec();
+    Some(serde_json::from_slice(&value).unwrap())
 }
 
 /// A copy killed (SIGKILL) half-way leaves a checkpoint that is not done;
@@ -494,4 +501,123 @@ async fn copy_killed_half_way_resumes_and_refuses_other_targets() {
     let (output, _, stderr) = run_copy(&other_from, &to, &[]);
     assert_eq!(output.status.code(), Some(3), "{stderr}");
     assert!(stderr.contains("copy of another store"), "{stderr}");
+}
+
+/// Batches fit the target's etcd limits: with etcd's defaults configured
+/// (128 operations and 1.5 MiB per transaction), 300 small records and 30
+/// records of 200 KB (out-of-line values, two operations each) arrive whole,
+/// in batches the copy split to fit; a single record larger than one
+/// request is refused naming it and the flag that raises the limit (exit
+/// 3), and the copy resumes once the limit is raised.
+#[tokio::test]
+async fn copy_batches_fit_the_etcd_limits_and_refuse_a_record_over_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let server = spawn_server(server_command(&data_dir));
+    let mut kv = connect(&server.endpoint()).await;
+    for n in 0..300 {
+        kv.put(text_put(&format!("feature:small:{n:03}"), &format!("s{n}")))
+            .await
+            .unwrap();
+    }
+    let large = |n: usize| format!("{n:03}").repeat(70_000);
+    for n in 0..30 {
+        kv.put(text_put(&format!("feature:large:{n:03}"), &large(n)))
+            .await
+            .unwrap();
+    }
+    // 2 MiB: over a 1.5 MiB request on its own.
+    kv.put(text_put("user:huge", &"h".repeat(2 << 20)))
+        .await
+        .unwrap();
+    stop(server);
+
+    let prefix = etcd::unique_prefix("copy-limits");
+    let from = rocks_config(dir.path(), &data_dir);
+    let to = etcd_config(dir.path(), &prefix);
+    let defaults = std::fs::read_to_string(&to)
+        .unwrap()
+        .replace(
+            &format!("max_txn_ops = {}", etcd::TEST_MAX_TXN_OPS),
+            "max_txn_ops = 128",
+        )
+        .replace(
+            &format!("max_request_bytes = {}", etcd::TEST_MAX_REQUEST_BYTES),
+            "max_request_bytes = 1572864",
+        );
+    std::fs::write(&to, defaults).unwrap();
+    let (output, stdout, stderr) = run_copy(&from, &to, &["--batch-size", "1000"]);
+    assert_eq!(output.status.code(), Some(3), "{stdout}\n{stderr}");
+    assert!(
+        stderr.contains("\"user:huge\"") && stderr.contains("--max-request-bytes"),
+        "{stderr}"
+    );
+    // Namespaces go in order: "feature:" was done before "user:".
+    let point = checkpoint(&prefix).await.unwrap();
+    assert_eq!(point["copied"], 330, "{point}");
+
+    let raised = std::fs::read_to_string(&to)
+        .unwrap()
+        .replace("max_request_bytes = 1572864", "max_request_bytes = 4194304");
+    std::fs::write(&to, raised).unwrap();
+    let (output, stdout, stderr) = run_copy(&from, &to, &[]);
+    assert!(output.status.success(), "{stdout}\n{stderr}");
+    assert_eq!(summary(&stdout)["copied"], 331, "{stdout}");
+
+    let data_dir_2 = tempfile::tempdir().unwrap();
+    let served = etcd::spawn(etcd::server_command(
+        &etcd::shared().endpoints(),
+        &prefix,
+        data_dir_2.path(),
+    ));
+    let mut kv = connect(&served.endpoint()).await;
+    assert_eq!(list_all(&mut kv, "feature:small:").await.len(), 300);
+    assert_eq!(list_all(&mut kv, "feature:large:").await.len(), 30);
+    for n in [0, 17, 29] {
+        let reply = kv
+            .get(get(&format!("feature:large:{n:03}")))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(reply.value, Some(pb::get_response::Value::Text(large(n))));
+    }
+    let huge = kv.get(get("user:huge")).await.unwrap().into_inner();
+    assert_eq!(
+        huge.value,
+        Some(pb::get_response::Value::Text("h".repeat(2 << 20)))
+    );
+}
+
+/// An etcd that cannot be reached fails the copy with exit 4 (unavailable),
+/// saying that running it again resumes.
+#[tokio::test]
+async fn copy_into_an_unreachable_etcd_exits_unavailable() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let server = spawn_server(server_command(&data_dir));
+    connect(&server.endpoint())
+        .await
+        .put(text_put("user:a", "a"))
+        .await
+        .unwrap();
+    stop(server);
+    // A port nothing listens on: bound, then closed.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let to = dir.path().join("unreachable.toml");
+    std::fs::write(
+        &to,
+        format!(
+            "[engine]\nkind = \"etcd\"\n\n[engine.etcd]\nendpoints = [\"http://127.0.0.1:{port}\"]\n\
+             dial_timeout_ms = 500\nrequest_timeout_ms = 1000\n"
+        ),
+    )
+    .unwrap();
+    let from = rocks_config(dir.path(), &data_dir);
+    let (output, stdout, stderr) = run_copy(&from, &to, &[]);
+    assert_eq!(output.status.code(), Some(4), "{stdout}\n{stderr}");
+    assert!(stderr.contains("run the same command again"), "{stderr}");
 }
