@@ -75,9 +75,14 @@ impl Copier<'_> {
                     .filter(|key| namespaces.route(key) == id)
                     .collect();
                 self.copy_keys(keys).await?;
-                self.checkpoint.after_key = next;
+                // An empty last page keeps the key before it: a copy
+                // interrupted now resumes there, not at the namespace's start.
+                let ended = finished || next.is_none();
+                if next.is_some() {
+                    self.checkpoint.after_key = next;
+                }
                 self.save().await?;
-                if finished || self.checkpoint.after_key.is_none() {
+                if ended {
                     break;
                 }
             }
