@@ -1,6 +1,8 @@
-//! A watcher's task: replays the history, then follows the live feed, and
+//! A watcher's task: replays the history, then follows the live feed on
+//! its own until it can join its fan-out group ([`super::fanout`]), and
 //! queues the events under the watcher's prefix for its stream, within its
-//! byte bound.
+//! byte bound. While in the group it only waits to be handed back (the
+//! group's feed lagged or closed, or the client fell behind).
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -11,29 +13,21 @@ use crate::engine::{Change, ChangeEvent, ChangeSubscription, Engine, EngineError
 use crate::kv::value::entry_from_record;
 use crate::kv::ValueType;
 
+use super::fanout::{Groups, Handback, Joined};
 use super::history::{self, Failure};
-use super::{EventKind, Position, WatchError, WatchEvent};
+use super::{Batch, EventKind, Position, WatchError, WatchEvent};
 
 /// Events read from the history per page.
 const REPLAY_PAGE_EVENTS: usize = 1000;
 
-/// The events of one write request under the prefix, queued for the stream.
-#[derive(Debug)]
-pub(super) struct Queued {
-    /// The events (never empty).
-    pub events: Vec<WatchEvent>,
-    /// The request's sequence.
-    pub sequence: u64,
-    /// What they weigh against the buffer.
-    pub bytes: usize,
-}
-
 /// What the task has queued for the stream.
 #[derive(Debug, Default)]
 pub(super) struct Queue {
-    /// Batches not yet taken by the stream.
-    pub items: VecDeque<Queued>,
-    /// Their weight.
+    /// Batches not yet taken by the stream (shared with the other watchers
+    /// of a fan-out group).
+    pub items: VecDeque<Arc<Batch>>,
+    /// Their weight: a shared batch counts in full against every watcher
+    /// that holds it.
     pub bytes: usize,
     /// Every write request up to this sequence is queued or had nothing
     /// under the prefix: once `items` is empty, a heartbeat may carry it.
@@ -57,10 +51,51 @@ impl Shared {
     pub fn lock(&self) -> MutexGuard<'_, Queue> {
         self.queue.lock().unwrap_or_else(|error| error.into_inner())
     }
+
+    /// Queues one batch (or, with `None`, only moves the cursor past a
+    /// request with nothing under the prefix). A live batch that does not
+    /// fit beside what is queued ends the watcher and frees the queue: a
+    /// client that does not read gets no more memory, and writers never
+    /// wait for it.
+    pub fn push(
+        &self,
+        batch: Option<&Arc<Batch>>,
+        sequence: u64,
+        mode: Mode,
+        buffer_bytes: usize,
+        history_id: u64,
+    ) -> Result<(), WatchError> {
+        let mut queue = self.lock();
+        queue.cursor = sequence;
+        let Some(batch) = batch else {
+            // A heartbeat reads the cursor when it is due: no wake-up.
+            return Ok(());
+        };
+        if mode == Mode::Live
+            && queue.bytes > 0
+            && queue.bytes.saturating_add(batch.weight) > buffer_bytes
+        {
+            queue.items.clear();
+            queue.bytes = 0;
+            return Err(WatchError::SlowConsumer {
+                buffer_bytes,
+                // The stream fills in the last position it sent.
+                last_sent: Position {
+                    history_id,
+                    sequence: 0,
+                },
+            });
+        }
+        queue.bytes += batch.weight;
+        queue.items.push_back(Arc::clone(batch));
+        drop(queue);
+        self.ready.notify_one();
+        Ok(())
+    }
 }
 
 /// Which keys a watcher sends.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub(super) struct Filter {
     /// The watched prefix.
     pub prefix: String,
@@ -81,130 +116,20 @@ impl Filter {
     }
 }
 
-/// The task of one watcher.
-pub(super) struct Pump {
+/// Turns the engine's events of one batch into a watcher's events: the
+/// same for every watcher of a (prefix, include_values) group.
+#[derive(Clone)]
+pub(super) struct Converter {
     pub engine: Arc<dyn Engine>,
     pub filter: Filter,
     pub include_values: bool,
-    pub history_id: u64,
-    pub buffer_bytes: usize,
-    pub shared: Arc<Shared>,
 }
 
-/// Whether a batch may be refused for want of room (live) or waits for it
-/// (replay, which the history can repeat).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Mode {
-    Replay,
-    Live,
-}
-
-impl Pump {
-    /// Runs until the feed closes, the history fails or the client falls
-    /// behind, and leaves the reason for the stream.
-    pub async fn run(self, subscription: ChangeSubscription, cursor: u64) {
-        let error = self.follow(subscription, cursor).await;
-        self.shared.lock().end = Some(error);
-        self.shared.ready.notify_one();
-    }
-
-    async fn follow(&self, mut subscription: ChangeSubscription, mut cursor: u64) -> WatchError {
-        loop {
-            if let Err(error) = self.replay(&mut cursor).await {
-                return error;
-            }
-            match self.live(&mut subscription, &mut cursor).await {
-                // The feed dropped events for this watcher: back to the
-                // history. A subscriber hears of a commit (here, of its loss)
-                // as the feed sends it, a moment before the feed counts it
-                // as published, and a history read goes no further than
-                // published: read now, the lost commit could be missed for
-                // good (measured: the last of 200 lagged commits was, now
-                // and then). Subscribing waits for a publication under way
-                // to finish (the feed publishes and subscribes under one
-                // lock), so the history read after it sees the lost commit.
-                Ok(()) => drop(self.engine.subscribe()),
-                Err(error) => return error,
-            }
-        }
-    }
-
-    /// Queues the history's batches after `cursor` until it has caught up
-    /// with the latest commit (which the subscription, taken before, covers
-    /// from there on).
-    async fn replay(&self, cursor: &mut u64) -> Result<(), WatchError> {
-        loop {
-            let page = history::read(
-                self.engine.as_ref(),
-                self.history_id,
-                *cursor,
-                REPLAY_PAGE_EVENTS,
-            )
-            .await
-            .map_err(|failure| self.failure(*cursor, failure))?;
-            let caught_up = page.batches.is_empty();
-            for batch in page.batches {
-                if batch.sequence <= *cursor {
-                    continue;
-                }
-                // Per batch, not per page: with values, one page could hold
-                // far more than the buffer (a batch is bounded by the size
-                // of the one request that wrote it).
-                self.wait_for_room().await;
-                let events = self.convert(&batch.events, false).await?;
-                self.push(events, batch.sequence, Mode::Replay)?;
-                *cursor = batch.sequence;
-            }
-            if caught_up || *cursor >= page.latest {
-                // Nothing after the cursor up to `latest`: sequences without
-                // events of their own are passed too.
-                if caught_up && page.latest > *cursor {
-                    *cursor = page.latest;
-                    self.shared.lock().cursor = *cursor;
-                }
-                return Ok(());
-            }
-        }
-    }
-
-    /// Queues live batches until the feed lags (`Ok`, to replay) or fails.
-    async fn live(
-        &self,
-        subscription: &mut ChangeSubscription,
-        cursor: &mut u64,
-    ) -> Result<(), WatchError> {
-        let mut pending: Vec<ChangeEvent> = Vec::new();
-        loop {
-            match subscription.recv().await {
-                Ok(event) => {
-                    // Already queued by the replay.
-                    if event.sequence <= *cursor {
-                        continue;
-                    }
-                    let last = history::ends_batch(&event);
-                    let sequence = event.sequence;
-                    pending.push(event);
-                    if last {
-                        let batch = std::mem::take(&mut pending);
-                        let events = self.convert(&batch, true).await?;
-                        self.push(events, sequence, Mode::Live)?;
-                        *cursor = sequence;
-                    }
-                }
-                Err(RecvError::Lagged { .. }) => return Ok(()),
-                Err(RecvError::Closed) => {
-                    return Err(WatchError::Engine(EngineError::Unavailable(
-                        "the change feed closed (the store is shutting down)".into(),
-                    )))
-                }
-            }
-        }
-    }
-
+impl Converter {
     /// The events of one batch that go to this watcher, with values when
     /// asked for: from the feed when it carries them, otherwise read from
     /// the store (the value only when the key still holds that version).
-    async fn convert(
+    pub async fn convert(
         &self,
         batch: &[ChangeEvent],
         live: bool,
@@ -272,40 +197,192 @@ impl Pump {
         Ok(events)
     }
 
-    /// Queues one batch (or only moves the cursor when none of it is under
-    /// the prefix). A live batch that does not fit beside what is queued
-    /// ends the watcher and frees the queue: a client that does not read
-    /// gets no more memory, and writers never wait for it.
-    fn push(&self, events: Vec<WatchEvent>, sequence: u64, mode: Mode) -> Result<(), WatchError> {
-        let mut queue = self.shared.lock();
-        if !events.is_empty() {
-            let bytes: usize = events.iter().map(WatchEvent::weight).sum();
-            if mode == Mode::Live
-                && queue.bytes > 0
-                && queue.bytes.saturating_add(bytes) > self.buffer_bytes
-            {
-                queue.items.clear();
-                queue.bytes = 0;
-                return Err(WatchError::SlowConsumer {
-                    buffer_bytes: self.buffer_bytes,
-                    // The stream fills in the last position it sent.
-                    last_sent: Position {
-                        history_id: self.history_id,
-                        sequence: 0,
-                    },
-                });
-            }
-            queue.bytes += bytes;
-            queue.items.push_back(Queued {
-                events,
-                sequence,
-                bytes,
-            });
-        }
-        queue.cursor = sequence;
-        drop(queue);
+    /// [`Self::convert`] as a shared batch, or `None` when nothing of it is
+    /// under the prefix.
+    pub async fn batch(
+        &self,
+        batch: &[ChangeEvent],
+        sequence: u64,
+        live: bool,
+    ) -> Result<Option<Arc<Batch>>, WatchError> {
+        let events = self.convert(batch, live).await?;
+        Ok((!events.is_empty()).then(|| Arc::new(Batch::new(events, sequence))))
+    }
+}
+
+/// The task of one watcher.
+pub(super) struct Pump {
+    pub converter: Converter,
+    pub history_id: u64,
+    pub buffer_bytes: usize,
+    pub shared: Arc<Shared>,
+    pub groups: Arc<Groups>,
+}
+
+/// Whether a batch may be refused for want of room (live) or waits for it
+/// (replay, which the history can repeat).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Mode {
+    Replay,
+    Live,
+}
+
+/// How following the feed on its own ended.
+enum Followed {
+    /// The feed dropped events for this watcher: replay from the history.
+    Lagged,
+    /// Joined the group; wait for it to hand the watcher back.
+    Joined(tokio::sync::oneshot::Receiver<Handback>),
+}
+
+impl Pump {
+    /// Runs until the feed closes, the history fails or the client falls
+    /// behind, and leaves the reason for the stream.
+    pub async fn run(self, subscription: ChangeSubscription, cursor: u64) {
+        let error = self.follow(subscription, cursor).await;
+        self.shared.lock().end = Some(error);
         self.shared.ready.notify_one();
-        Ok(())
+    }
+
+    async fn follow(&self, mut subscription: ChangeSubscription, mut cursor: u64) -> WatchError {
+        loop {
+            if let Err(error) = self.replay(&mut cursor).await {
+                return error;
+            }
+            match self.live(&mut subscription, &mut cursor).await {
+                // The feed dropped events for this watcher: back to the
+                // history. A subscriber hears of a commit (here, of its loss)
+                // as the feed sends it, a moment before the feed counts it
+                // as published, and a history read goes no further than
+                // published: read now, the lost commit could be missed for
+                // good (measured: the last of 200 lagged commits was, now
+                // and then). Subscribing waits for a publication under way
+                // to finish (the feed publishes and subscribes under one
+                // lock), so the history read after it sees the lost commit.
+                Ok(Followed::Lagged) => drop(self.converter.engine.subscribe()),
+                Ok(Followed::Joined(handback)) => {
+                    // Nothing needs this watcher's own feed while the group
+                    // serves it: dropped, so the feed keeps nothing for it.
+                    drop(subscription);
+                    match handback.await {
+                        // Subscribe first, then replay from where the group
+                        // stopped: the same start as a new watcher's.
+                        Ok(Handback::Resume(after)) => {
+                            subscription = self.converter.engine.subscribe();
+                            cursor = after;
+                        }
+                        Ok(Handback::End(error)) => return error,
+                        Err(_) => {
+                            return WatchError::Engine(EngineError::Unavailable(
+                                "the watch fan-out stopped (the store is shutting down)".into(),
+                            ))
+                        }
+                    }
+                }
+                Err(error) => return error,
+            }
+        }
+    }
+
+    /// Queues the history's batches after `cursor` until it has caught up
+    /// with the latest commit (which the subscription, taken before, covers
+    /// from there on).
+    async fn replay(&self, cursor: &mut u64) -> Result<(), WatchError> {
+        let engine = Arc::clone(&self.converter.engine);
+        loop {
+            let page = history::read(
+                engine.as_ref(),
+                self.history_id,
+                *cursor,
+                REPLAY_PAGE_EVENTS,
+            )
+            .await
+            .map_err(|failure| self.failure(*cursor, failure))?;
+            let caught_up = page.batches.is_empty();
+            for batch in page.batches {
+                if batch.sequence <= *cursor {
+                    continue;
+                }
+                // Per batch, not per page: with values, one page could hold
+                // far more than the buffer (a batch is bounded by the size
+                // of the one request that wrote it).
+                self.wait_for_room().await;
+                let shared = self
+                    .converter
+                    .batch(&batch.events, batch.sequence, false)
+                    .await?;
+                self.push(shared.as_ref(), batch.sequence, Mode::Replay)?;
+                *cursor = batch.sequence;
+            }
+            if caught_up || *cursor >= page.latest {
+                // Nothing after the cursor up to `latest`: sequences without
+                // events of their own are passed too.
+                if caught_up && page.latest > *cursor {
+                    *cursor = page.latest;
+                    self.shared.lock().cursor = *cursor;
+                }
+                return Ok(());
+            }
+        }
+    }
+
+    /// Queues live batches from the watcher's own subscription, trying at
+    /// every batch boundary to join the group, until it joins, the feed
+    /// lags or it fails.
+    async fn live(
+        &self,
+        subscription: &mut ChangeSubscription,
+        cursor: &mut u64,
+    ) -> Result<Followed, WatchError> {
+        let mut pending: Vec<ChangeEvent> = Vec::new();
+        let mut tried_at = None;
+        loop {
+            // At a batch boundary everything up to the cursor is queued;
+            // tried once per cursor (the group's state only lets a later
+            // cursor in, not a later look).
+            if pending.is_empty() && tried_at != Some(*cursor) {
+                tried_at = Some(*cursor);
+                let joined = self.groups.join(
+                    &self.converter,
+                    &self.shared,
+                    *cursor,
+                    self.buffer_bytes,
+                    self.history_id,
+                )?;
+                if let Joined::Yes(handback) = joined {
+                    return Ok(Followed::Joined(handback));
+                }
+            }
+            match subscription.recv().await {
+                Ok(event) => {
+                    // Already queued by the replay.
+                    if event.sequence <= *cursor {
+                        continue;
+                    }
+                    let last = history::ends_batch(&event);
+                    let sequence = event.sequence;
+                    pending.push(event);
+                    if last {
+                        let batch = std::mem::take(&mut pending);
+                        let shared = self.converter.batch(&batch, sequence, true).await?;
+                        self.push(shared.as_ref(), sequence, Mode::Live)?;
+                        *cursor = sequence;
+                    }
+                }
+                Err(RecvError::Lagged { .. }) => return Ok(Followed::Lagged),
+                Err(RecvError::Closed) => return Err(feed_closed()),
+            }
+        }
+    }
+
+    fn push(
+        &self,
+        batch: Option<&Arc<Batch>>,
+        sequence: u64,
+        mode: Mode,
+    ) -> Result<(), WatchError> {
+        self.shared
+            .push(batch, sequence, mode, self.buffer_bytes, self.history_id)
     }
 
     /// Waits until at most half the buffer is taken, so a replay reads the
@@ -325,6 +402,13 @@ impl Pump {
     fn failure(&self, after: u64, failure: Failure) -> WatchError {
         failure_error(self.history_id, after, failure)
     }
+}
+
+/// The error of a feed that closed: the store is shutting down.
+pub(super) fn feed_closed() -> WatchError {
+    WatchError::Engine(EngineError::Unavailable(
+        "the change feed closed (the store is shutting down)".into(),
+    ))
 }
 
 /// The error for a history that cannot be read after `after`.

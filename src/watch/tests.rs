@@ -73,10 +73,13 @@ async fn a_lagging_feed_falls_back_to_the_history() {
             .expect("events in time")
             .expect("open")
             .expect("no error: a lag replays instead of failing");
-        let WatchItem::Events { events, .. } = item else {
+        let WatchItem::Events { batches, .. } = item else {
             continue;
         };
-        for event in events {
+        for event in batches
+            .iter()
+            .flat_map(|batch| batch.events.iter().cloned())
+        {
             assert!(!event.value_superseded);
             let value = event
                 .value
