@@ -107,6 +107,12 @@ impl WatchService {
         self.inner.shutdown.send_replace(true);
     }
 
+    /// The fan-out groups (for tests).
+    #[cfg(test)]
+    pub(super) fn groups(&self) -> Arc<Groups> {
+        Arc::clone(&self.inner.groups)
+    }
+
     /// The figures of `/metrics`.
     pub fn counts(&self) -> WatchCounts {
         let latest = self.inner.store.engine().acknowledged_sequence();
