@@ -310,6 +310,9 @@ if [ "$SCENARIO" = watch ]; then
                 kill -TERM "$holder"
                 wait "$holder" || true
                 received="$(sed -n 's/^received \([0-9]*\) events/\1/p' "$WORK/watchers.txt")"
+                # Each stream must see every version of the key once, in order.
+                disorder="$(sed -n 's/^events out of order.*: \([0-9]*\)$/\1/p' "$WORK/watchers.txt")"
+                [ "${disorder:-0}" = 0 ] || echo "WARNING: $disorder events out of order, repeated or missing" >&2
             fi
             IFS='|' read -r rps done_requests mean <<<"$result"
             cpu_us="$(python3 -c "print($ticks / $TICKS_PER_SEC * 1e6 / max($done_requests, 1))")"

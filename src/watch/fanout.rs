@@ -38,7 +38,11 @@ use super::{Batch, WatchError};
 
 /// Most recent batches a group keeps for watchers about to join.
 const RECENT_BATCHES: usize = 256;
-/// Most bytes (by the buffer's weight) of those recent batches.
+/// Most bytes (by the buffer's weight) of those recent batches, and at
+/// most a quarter of one watcher's `buffer_bytes`: a group exists only
+/// while it has members, so this adds at most a quarter to the memory
+/// bound per watcher (and the batches are mostly shared with the
+/// members' queues anyway).
 const RECENT_BYTES: usize = 1024 * 1024;
 /// How often an idle group looks for members that went away.
 const PRUNE_INTERVAL: Duration = Duration::from_secs(1);
@@ -349,7 +353,8 @@ impl Group {
         if let Some(batch) = batch {
             state.recent_bytes += batch.weight;
             state.recent.push_back(batch);
-            while state.recent.len() > RECENT_BATCHES || state.recent_bytes > RECENT_BYTES {
+            let max_bytes = RECENT_BYTES.min(buffer_bytes / 4);
+            while state.recent.len() > RECENT_BATCHES || state.recent_bytes > max_bytes {
                 let Some(old) = state.recent.pop_front() else {
                     break;
                 };

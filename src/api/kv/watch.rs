@@ -246,3 +246,129 @@ pub(crate) async fn proto_events(events: Vec<WatchEvent>) -> Result<Vec<pb::Watc
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::kv::ReadValue;
+    use crate::watch::Position;
+
+    fn event(key: &str, kind: EventKind, value: Option<ReadValue>) -> WatchEvent {
+        let put = kind == EventKind::Put;
+        WatchEvent {
+            key: key.into(),
+            kind,
+            version: if put { 41 } else { 0 },
+            expire_at_millis: put.then_some(1_800_000_000_123),
+            schema_version: u32::from(put),
+            value: value.map(|value| Entry {
+                value,
+                metadata: Some(serde_json::json!({"by": "test", "n": [1, 2.5, null]})),
+                expire_at_millis: Some(1_800_000_000_123),
+                version: 41,
+                schema_version: 1,
+            }),
+            value_superseded: false,
+        }
+    }
+
+    /// A response built from shared, pre-encoded batches is byte for byte
+    /// what prost encodes for the `WatchResponse` the per-watcher path built
+    /// from the same events (every kind of event and value, metadata,
+    /// expiry, `value_superseded`; several batches in one response), and
+    /// decodes with the generated types to those events. A batch is encoded
+    /// once: a second response holding it reuses the same bytes.
+    #[tokio::test]
+    async fn frames_are_the_bytes_prost_encodes() {
+        let mut superseded = event("doc:gone", EventKind::Put, None);
+        superseded.value_superseded = true;
+        let first = vec![
+            event(
+                "doc:text",
+                EventKind::Put,
+                Some(ReadValue::Text("héllo".into())),
+            ),
+            event(
+                "doc:json",
+                EventKind::Put,
+                Some(ReadValue::Json(
+                    br#"{"a":[1,"x",true],"b":{"c":null}}"#.to_vec(),
+                )),
+            ),
+        ];
+        let second = vec![
+            event(
+                "doc:bytes",
+                EventKind::Put,
+                Some(ReadValue::Bytes(vec![0, 255, 7])),
+            ),
+            event("doc:plain", EventKind::Put, None),
+            superseded,
+            event("doc:old", EventKind::Delete, None),
+            event("doc:", EventKind::NamespaceCleared, None),
+        ];
+        let batches = vec![
+            Arc::new(Batch::new(first.clone(), 10)),
+            Arc::new(Batch::new(second.clone(), 12)),
+        ];
+        let position = Position {
+            history_id: 0x3f9c_2a17_d04e_8b61,
+            sequence: 12,
+        };
+        let frame = response(WatchItem::Events {
+            batches: batches.clone(),
+            position,
+        })
+        .await
+        .unwrap();
+        let all: Vec<WatchEvent> = first.into_iter().chain(second).collect();
+        let expected = pb::WatchResponse {
+            kind: Some(pb::watch_response::Kind::Events(pb::WatchEvents {
+                events: proto_events(all).await.unwrap(),
+            })),
+            position: position.to_string(),
+        };
+        assert_eq!(frame.to_vec(), expected.encode_to_vec());
+        let decoded = pb::WatchResponse::decode(frame.to_vec().as_slice()).unwrap();
+        assert_eq!(decoded, expected);
+        let Some(pb::watch_response::Kind::Events(events)) = &decoded.kind else {
+            panic!("events expected: {decoded:?}");
+        };
+        assert_eq!(events.events.len(), 7);
+        assert_eq!(
+            events.events[0].value,
+            Some(pb::watch_event::Value::Text("héllo".into()))
+        );
+        assert!(matches!(
+            events.events[1].value,
+            Some(pb::watch_event::Value::Json(_))
+        ));
+        assert_eq!(
+            events.events[2].value,
+            Some(pb::watch_event::Value::Bytes(vec![0, 255, 7]))
+        );
+        assert!(events.events[4].value_superseded && events.events[4].value.is_none());
+        assert_eq!(
+            events.events[6].r#type,
+            pb::EventType::NamespaceCleared as i32
+        );
+        assert_eq!(decoded.position, "3f9c2a17d04e8b61-12");
+        // The same batch in another watcher's response: not encoded again.
+        let again = response(WatchItem::Events {
+            batches: vec![Arc::clone(&batches[1])],
+            position,
+        })
+        .await
+        .unwrap();
+        assert_eq!(again.parts[0].as_ptr(), frame.parts[1].as_ptr());
+        // A heartbeat, too.
+        let beat = response(WatchItem::Progress { position }).await.unwrap();
+        let expected = pb::WatchResponse {
+            kind: Some(pb::watch_response::Kind::Progress(pb::WatchProgress {})),
+            position: position.to_string(),
+        };
+        assert_eq!(beat.to_vec(), expected.encode_to_vec());
+    }
+}
