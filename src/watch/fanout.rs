@@ -44,6 +44,9 @@ const RECENT_BATCHES: usize = 256;
 /// bound per watcher (and the batches are mostly shared with the
 /// members' queues anyway).
 const RECENT_BYTES: usize = 1024 * 1024;
+/// Most batches handed out together (a busy feed is not drained forever
+/// before the members get anything).
+const MAX_BATCHES_PER_HAND_OUT: usize = 64;
 /// How often an idle group looks for members that went away.
 const PRUNE_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -261,18 +264,33 @@ impl Group {
         let mut pending: Vec<ChangeEvent> = Vec::new();
         let mut prune = tokio::time::interval(PRUNE_INTERVAL);
         prune.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Batches converted since the last hand-out: everything the feed
+        // already holds is handed out together, one queue entry set and one
+        // wake-up per member for all of it (a busy group's members then
+        // wake once per look at the feed, not once per write request).
+        let mut ready: Vec<(Option<Arc<Batch>>, u64)> = Vec::new();
         let stop = loop {
-            let received = tokio::select! {
-                received = subscription.recv() => received,
-                _ = prune.tick() => {
-                    if self.prune() {
-                        break Stop::Empty;
+            let received = if ready.len() >= MAX_BATCHES_PER_HAND_OUT {
+                Ok(None)
+            } else if pending.is_empty() && ready.is_empty() {
+                tokio::select! {
+                    received = subscription.recv() => received.map(Some),
+                    _ = prune.tick() => {
+                        if self.prune() {
+                            break Stop::Empty;
+                        }
+                        continue;
                     }
-                    continue;
                 }
+            } else if pending.is_empty() {
+                subscription.try_recv()
+            } else {
+                // The rest of a batch is on its way: the feed sends a
+                // commit's events together.
+                subscription.recv().await.map(Some)
             };
             match received {
-                Ok(event) => {
+                Ok(Some(event)) => {
                     if event.sequence <= handed_out {
                         continue;
                     }
@@ -285,13 +303,22 @@ impl Group {
                     let events = std::mem::take(&mut pending);
                     match converter.batch(&events, sequence, true).await {
                         Ok(batch) => {
-                            self.hand_out(batch, sequence, buffer_bytes, history_id);
+                            ready.push((batch, sequence));
                             handed_out = sequence;
                         }
-                        Err(_) => break Stop::Resume,
+                        Err(_) => {
+                            // What was converted goes out; the members
+                            // replay the rest (and meet the failure there).
+                            self.hand_out(&mut ready, buffer_bytes, history_id);
+                            break Stop::Resume;
+                        }
                     }
                 }
-                Err(RecvError::Lagged { .. }) => break Stop::Resume,
+                Ok(None) => self.hand_out(&mut ready, buffer_bytes, history_id),
+                Err(RecvError::Lagged { .. }) => {
+                    self.hand_out(&mut ready, buffer_bytes, history_id);
+                    break Stop::Resume;
+                }
                 Err(RecvError::Closed) => break Stop::Closed,
             }
         };
@@ -315,15 +342,18 @@ impl Group {
         }
     }
 
-    /// Queues one batch (or moves the cursor past a request with nothing
-    /// under the prefix) for every member, and keeps it for joiners.
+    /// Queues `ready`'s batches (and moves the cursor past requests with
+    /// nothing under the prefix) for every member, and keeps them for
+    /// joiners; empties `ready`.
     fn hand_out(
         &self,
-        batch: Option<Arc<Batch>>,
-        sequence: u64,
+        ready: &mut Vec<(Option<Arc<Batch>>, u64)>,
         buffer_bytes: usize,
         history_id: u64,
     ) {
+        let Some(&(_, last)) = ready.last() else {
+            return;
+        };
         let mut state = self.state();
         let mut index = 0;
         while index < state.members.len() {
@@ -333,34 +363,31 @@ impl Group {
                 state.members.swap_remove(index);
                 continue;
             }
-            if sequence > member.after {
-                let pushed = member.shared.push(
-                    batch.as_ref(),
-                    sequence,
-                    Mode::Live,
-                    buffer_bytes,
-                    history_id,
-                );
-                if let Err(error) = pushed {
-                    let member = state.members.swap_remove(index);
-                    let _ = member.handback.send(Handback::End(error));
-                    continue;
-                }
+            let after = member.after;
+            let batches = ready.iter().filter(|(_, sequence)| *sequence > after);
+            let pushed = member.shared.push_all(batches, buffer_bytes, history_id);
+            if let Err(error) = pushed {
+                let member = state.members.swap_remove(index);
+                let _ = member.handback.send(Handback::End(error));
+                continue;
             }
             index += 1;
         }
-        state.last = sequence;
-        if let Some(batch) = batch {
+        state.last = last;
+        let max_bytes = RECENT_BYTES.min(buffer_bytes / 4);
+        for (batch, _) in ready.drain(..) {
+            let Some(batch) = batch else {
+                continue;
+            };
             state.recent_bytes += batch.weight;
             state.recent.push_back(batch);
-            let max_bytes = RECENT_BYTES.min(buffer_bytes / 4);
-            while state.recent.len() > RECENT_BATCHES || state.recent_bytes > max_bytes {
-                let Some(old) = state.recent.pop_front() else {
-                    break;
-                };
-                state.recent_bytes -= old.weight;
-                state.floor = old.sequence;
-            }
+        }
+        while state.recent.len() > RECENT_BATCHES || state.recent_bytes > max_bytes {
+            let Some(old) = state.recent.pop_front() else {
+                break;
+            };
+            state.recent_bytes -= old.weight;
+            state.floor = old.sequence;
         }
     }
 

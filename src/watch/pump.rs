@@ -52,6 +52,37 @@ impl Shared {
         self.queue.lock().unwrap_or_else(|error| error.into_inner())
     }
 
+    /// Queues live batches in order (see [`Self::push`]) with one wake-up
+    /// for all of them.
+    pub fn push_all<'a>(
+        &self,
+        batches: impl Iterator<Item = &'a (Option<Arc<Batch>>, u64)>,
+        buffer_bytes: usize,
+        history_id: u64,
+    ) -> Result<(), WatchError> {
+        let mut queue = self.lock();
+        let mut queued = false;
+        for (batch, sequence) in batches {
+            queue.cursor = *sequence;
+            let Some(batch) = batch else {
+                continue;
+            };
+            if queue.bytes > 0 && queue.bytes.saturating_add(batch.weight) > buffer_bytes {
+                queue.items.clear();
+                queue.bytes = 0;
+                return Err(fell_behind(buffer_bytes, history_id));
+            }
+            queue.bytes += batch.weight;
+            queue.items.push_back(Arc::clone(batch));
+            queued = true;
+        }
+        drop(queue);
+        if queued {
+            self.ready.notify_one();
+        }
+        Ok(())
+    }
+
     /// Queues one batch (or, with `None`, only moves the cursor past a
     /// request with nothing under the prefix). A live batch that does not
     /// fit beside what is queued ends the watcher and frees the queue: a
@@ -77,14 +108,7 @@ impl Shared {
         {
             queue.items.clear();
             queue.bytes = 0;
-            return Err(WatchError::SlowConsumer {
-                buffer_bytes,
-                // The stream fills in the last position it sent.
-                last_sent: Position {
-                    history_id,
-                    sequence: 0,
-                },
-            });
+            return Err(fell_behind(buffer_bytes, history_id));
         }
         queue.bytes += batch.weight;
         queue.items.push_back(Arc::clone(batch));
@@ -401,6 +425,18 @@ impl Pump {
 
     fn failure(&self, after: u64, failure: Failure) -> WatchError {
         failure_error(self.history_id, after, failure)
+    }
+}
+
+/// The error of a live watcher whose queue is full.
+fn fell_behind(buffer_bytes: usize, history_id: u64) -> WatchError {
+    WatchError::SlowConsumer {
+        buffer_bytes,
+        // The stream fills in the last position it sent.
+        last_sent: Position {
+            history_id,
+            sequence: 0,
+        },
     }
 }
 
