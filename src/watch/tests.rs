@@ -316,6 +316,5 @@ async fn a_group_takes_over_at_the_watchers_cursor() {
     let joined = groups.join(&other, &late, before, buffer, 7).unwrap();
     assert!(matches!(joined, Joined::No));
     assert_eq!(groups.open(), 2);
-    drop(join);
     assert_eq!(held.len(), 3);
 }
