@@ -32,8 +32,9 @@ use tokio::sync::oneshot;
 
 use crate::engine::{ChangeEvent, ChangeSubscription, RecvError};
 
+use super::convert::{feed_closed, Converter};
 use super::history;
-use super::pump::{feed_closed, Converter, Mode, Shared};
+use super::queue::{Mode, Shared};
 use super::{Batch, WatchError};
 
 /// Most recent batches a group keeps for watchers about to join.

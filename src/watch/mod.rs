@@ -33,11 +33,13 @@
 //! no commit to order an event by. Every PUT event carries its expiry.
 
 pub mod config;
+mod convert;
 mod error;
 mod fanout;
 mod history;
 mod position;
 mod pump;
+mod queue;
 mod service;
 #[cfg(test)]
 mod tests;

@@ -10,9 +10,11 @@ use tokio::time::Instant;
 
 use crate::kv::{validate_prefix, KvError, RecordStore};
 
+use super::convert::{Converter, Filter};
 use super::fanout::Groups;
 use super::history;
-use super::pump::{failure_error, Converter, Filter, Pump, Shared};
+use super::pump::{failure_error, Pump};
+use super::queue::Shared;
 use super::{Position, WatchConfig, WatchError, WatchItem, WatchRequest, MIN_PROGRESS_INTERVAL};
 
 /// Most events one response carries when several batches are queued (one

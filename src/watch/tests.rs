@@ -223,7 +223,7 @@ async fn watchers_join_their_group_without_gap_or_duplicate() {
 
 /// The sequences of the batches queued in `shared`, waiting (with a
 /// generous deadline) until there are `count`.
-async fn queued(shared: &super::pump::Shared, count: usize) -> Vec<u64> {
+async fn queued(shared: &super::queue::Shared, count: usize) -> Vec<u64> {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     loop {
         let sequences: Vec<u64> = shared.lock().items.iter().map(|b| b.sequence).collect();
@@ -242,8 +242,9 @@ async fn queued(shared: &super::pump::Shared, count: usize) -> Vec<u64> {
 /// started after the cursor refuses it for now.
 #[tokio::test]
 async fn a_group_takes_over_at_the_watchers_cursor() {
+    use super::convert::{Converter, Filter};
     use super::fanout::{Groups, Joined};
-    use super::pump::{Converter, Filter, Shared};
+    use super::queue::Shared;
     let dir = tempfile::tempdir().unwrap();
     let engine: Arc<dyn Engine> = Arc::new(
         RocksEngine::open(
