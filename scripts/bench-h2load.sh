@@ -304,17 +304,21 @@ if [ "$SCENARIO" = watch ]; then
             result="$(h2load_run "Put with $watchers watchers" "$TIERKV/tierkv.v1.KvService/Put" put "$CLIENTS" "$STREAMS" "$DURATION")"
             ticks="$(( $(cpu_ticks "$TIERKV_PID") - ticks_before ))"
             received=0
+            disorder=0
             if [ -n "$holder" ]; then
                 # Let the watchers drain what is in flight, then stop them.
                 sleep 1
                 kill -TERM "$holder"
                 wait "$holder" || true
                 received="$(sed -n 's/^received \([0-9]*\) events/\1/p' "$WORK/watchers.txt")"
+                # Each stream must see every version of the key once, in order.
+                disorder="$(sed -n 's/^events out of order.*: \([0-9]*\)$/\1/p' "$WORK/watchers.txt")"
+                [ "${disorder:-0}" = 0 ] || echo "WARNING: $disorder events out of order, repeated or missing" >&2
             fi
             IFS='|' read -r rps done_requests mean <<<"$result"
             cpu_us="$(python3 -c "print($ticks / $TICKS_PER_SEC * 1e6 / max($done_requests, 1))")"
-            printf 'round %d  %4d watchers  Put %9.0f req/s (mean %s) %7.1f us server CPU/req  events received %s (%s puts x %d watchers)\n' \
-                "$round" "$watchers" "$rps" "$mean" "$cpu_us" "${received:-?}" "$done_requests" "$watchers"
+            printf 'round %d  %4d watchers  Put %9.0f req/s (mean %s) %7.1f us server CPU/req  events received %s (%s puts x %d watchers; out of order %s)\n' \
+                "$round" "$watchers" "$rps" "$mean" "$cpu_us" "${received:-?}" "$done_requests" "$watchers" "${disorder:-0}"
             printf '%s|%s|%s\n' "$watchers" "$rps" "$cpu_us" >>"$RESULTS"
         done
     done

@@ -2,8 +2,10 @@
 
 mod rpc;
 mod watch;
+mod watch_codec;
 
 pub use rpc::KvApi;
+pub use watch_codec::KvServer;
 
 use prost::Message as _;
 

@@ -11,11 +11,18 @@
 //!
 //! Each watcher has a task of its own ([`pump`]) that fills a queue bounded
 //! in bytes (`[watch] buffer_bytes`), and the stream the client reads takes
-//! from it ([`Watcher::next`]). Writers never wait for a watcher: a live
-//! watcher whose client does not read is ended with
-//! [`WatchError::SlowConsumer`] (and the last position it sent) and its queue
-//! freed. While replaying history the task waits for room instead, since the
-//! history does not go away.
+//! from it ([`Watcher::next`]). Once a watcher has caught up with the feed it
+//! joins the **fan-out group** ([`fanout`]) of the watchers with the same
+//! prefix and `include_values`: one task per group takes each batch from the
+//! feed once, filters and converts it once into one shared [`Batch`] (whose
+//! wire form the first stream to send it encodes, once, for all) and hands
+//! the same `Arc` to every member's queue. A watcher's cost per batch is then
+//! a reference count, a queue entry and a wake-up, nothing per event. The
+//! hand-over happens at a batch boundary, so nothing is missed or repeated.
+//! Writers never wait for a watcher: a live watcher whose client does not
+//! read is ended with [`WatchError::SlowConsumer`] (and the last position it
+//! sent) and its queue freed. While replaying history the task waits for
+//! room instead, since the history does not go away.
 //!
 //! Positions ([`Position`]) are `<history id>-<sequence>`: a response's
 //! position is the sequence of the last write request it covers (the events
@@ -26,10 +33,13 @@
 //! no commit to order an event by. Every PUT event carries its expiry.
 
 pub mod config;
+mod convert;
 mod error;
+mod fanout;
 mod history;
 mod position;
 mod pump;
+mod queue;
 mod service;
 #[cfg(test)]
 mod tests;
@@ -111,13 +121,42 @@ impl WatchEvent {
     }
 }
 
+/// The events of one write request under a prefix: built once per fan-out
+/// group (or per replaying watcher) and shared by every watcher that sends it.
+#[derive(Debug)]
+pub struct Batch {
+    /// The events (never empty), in commit order.
+    pub events: Vec<WatchEvent>,
+    /// The write request's sequence.
+    pub sequence: u64,
+    /// What the batch weighs against each watcher's buffer that holds it.
+    weight: usize,
+    /// The events' wire form, built by the first stream that sends the batch
+    /// and reused by every other (the transport's business; the domain only
+    /// keeps it beside the events so that it is built once).
+    pub encoded: tokio::sync::OnceCell<bytes::Bytes>,
+}
+
+impl Batch {
+    /// A batch of `events` (not empty) of the request at `sequence`.
+    pub fn new(events: Vec<WatchEvent>, sequence: u64) -> Self {
+        let weight = events.iter().map(WatchEvent::weight).sum();
+        Self {
+            events,
+            sequence,
+            weight,
+            encoded: tokio::sync::OnceCell::new(),
+        }
+    }
+}
+
 /// One message of a watch stream.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub enum WatchItem {
     /// The events of one or more whole write requests; `position` is after them.
     Events {
-        /// The events, in commit order.
-        events: Vec<WatchEvent>,
+        /// The batches, in commit order (each shared with other watchers).
+        batches: Vec<Arc<Batch>>,
         /// Resume after this to get what follows.
         position: Position,
     },

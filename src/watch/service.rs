@@ -10,11 +10,12 @@ use tokio::time::Instant;
 
 use crate::kv::{validate_prefix, KvError, RecordStore};
 
+use super::convert::{Converter, Filter};
+use super::fanout::Groups;
 use super::history;
-use super::pump::{failure_error, Filter, Pump, Shared};
-use super::{
-    Position, WatchConfig, WatchError, WatchEvent, WatchItem, WatchRequest, MIN_PROGRESS_INTERVAL,
-};
+use super::pump::{failure_error, Pump};
+use super::queue::Shared;
+use super::{Position, WatchConfig, WatchError, WatchItem, WatchRequest, MIN_PROGRESS_INTERVAL};
 
 /// Most events one response carries when several batches are queued (one
 /// batch is never split, whatever its size).
@@ -58,6 +59,8 @@ struct Inner {
     /// The last sequence each open watcher sent, for the lag figure.
     sent: Mutex<Vec<Weak<AtomicU64>>>,
     shutdown: watch::Sender<bool>,
+    /// The fan-out groups of caught-up watchers.
+    groups: Arc<Groups>,
 }
 
 impl Inner {
@@ -95,6 +98,7 @@ impl WatchService {
                 ended: Default::default(),
                 sent: Mutex::new(Vec::new()),
                 shutdown: watch::channel(false).0,
+                groups: Arc::default(),
             }),
         }
     }
@@ -103,6 +107,12 @@ impl WatchService {
     /// new ones, for a drain: clients resume on another server.
     pub fn shut_down(&self) {
         self.inner.shutdown.send_replace(true);
+    }
+
+    /// The fan-out groups (for tests).
+    #[cfg(test)]
+    pub(super) fn groups(&self) -> Arc<Groups> {
+        Arc::clone(&self.inner.groups)
     }
 
     /// The figures of `/metrics`.
@@ -187,14 +197,17 @@ impl WatchService {
         let shared = Arc::new(Shared::default());
         shared.lock().cursor = cursor;
         let pump = Pump {
-            engine,
-            filter: Filter {
-                prefix: request.prefix,
+            converter: Converter {
+                engine,
+                filter: Filter {
+                    prefix: request.prefix,
+                },
+                include_values: request.include_values,
             },
-            include_values: request.include_values,
             history_id,
             buffer_bytes: self.inner.config.buffer_bytes,
             shared: Arc::clone(&shared),
+            groups: Arc::clone(&self.inner.groups),
         };
         let task = tokio::spawn(pump.run(subscription, cursor));
         let sent = Arc::new(AtomicU64::new(cursor));
@@ -303,22 +316,25 @@ impl Watcher {
             let cursor = {
                 let mut queue = shared.lock();
                 if !queue.items.is_empty() {
-                    let mut events: Vec<WatchEvent> = Vec::new();
+                    // Whole batches, as many as the caps allow (at least one).
+                    let mut batches = Vec::new();
+                    let mut events = 0usize;
                     let mut bytes = 0usize;
                     let mut sequence = self.last_sent.sequence;
                     while let Some(front) = queue.items.front() {
-                        if !events.is_empty()
-                            && (events.len() + front.events.len() > MAX_EVENTS_PER_RESPONSE
-                                || bytes + front.bytes > MAX_BYTES_PER_RESPONSE)
+                        if !batches.is_empty()
+                            && (events + front.events.len() > MAX_EVENTS_PER_RESPONSE
+                                || bytes + front.weight > MAX_BYTES_PER_RESPONSE)
                         {
                             break;
                         }
-                        let Some(item) = queue.items.pop_front() else {
+                        let Some(batch) = queue.items.pop_front() else {
                             break;
                         };
-                        bytes += item.bytes;
-                        sequence = item.sequence;
-                        events.extend(item.events);
+                        bytes += batch.weight;
+                        events += batch.events.len();
+                        sequence = batch.sequence;
+                        batches.push(batch);
                     }
                     queue.bytes -= bytes;
                     drop(queue);
@@ -326,8 +342,8 @@ impl Watcher {
                     let position = self.sent_up_to(sequence);
                     self.inner
                         .events_sent
-                        .fetch_add(events.len() as u64, Ordering::Relaxed);
-                    return Some(Ok(WatchItem::Events { events, position }));
+                        .fetch_add(events as u64, Ordering::Relaxed);
+                    return Some(Ok(WatchItem::Events { batches, position }));
                 }
                 if let Some(mut error) = queue.end.take() {
                     drop(queue);

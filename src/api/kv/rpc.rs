@@ -36,12 +36,27 @@ impl KvApi {
         self
     }
 
-    /// The tonic service to mount.
-    pub fn into_server(self) -> pb::kv_service_server::KvServiceServer<Self> {
-        use crate::kv::limits::MAX_MESSAGE_BYTES;
-        pb::kv_service_server::KvServiceServer::new(self)
-            .max_decoding_message_size(MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(MAX_MESSAGE_BYTES)
+    /// The tonic service to mount: the generated server, with Watch served
+    /// through its own codec (shared pre-encoded batches).
+    pub fn into_server(self) -> super::watch_codec::KvServer {
+        super::watch_codec::KvServer::new(self)
+    }
+
+    /// A Watch call's encoded responses.
+    pub(super) async fn watch_frames(
+        &self,
+        request: Request<pb::WatchRequest>,
+    ) -> Result<super::watch::FrameStream, Status> {
+        // Read access to every key under the prefix, as List needs.
+        authorize_prefix(&request, Access::Read, &request.get_ref().prefix)?;
+        let request = super::watch::watch_request(request.into_inner())
+            .map_err(|error| kv_status("Watch", error))?;
+        let watcher = self
+            .watch
+            .watch(request)
+            .await
+            .map_err(crate::api::status::watch_status)?;
+        Ok(super::watch::frames(watcher))
     }
 }
 
@@ -53,16 +68,10 @@ impl KvServiceRpc for KvApi {
         &self,
         request: Request<pb::WatchRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
-        // Read access to every key under the prefix, as List needs.
-        authorize_prefix(&request, Access::Read, &request.get_ref().prefix)?;
-        let request = super::watch::watch_request(request.into_inner())
-            .map_err(|error| kv_status("Watch", error))?;
-        let watcher = self
-            .watch
-            .watch(request)
-            .await
-            .map_err(crate::api::status::watch_status)?;
-        Ok(Response::new(super::watch::stream(watcher)))
+        // Served by `KvServer` through its own codec; this is the same
+        // stream for a caller that mounts the generated server itself.
+        let frames = self.watch_frames(request).await?;
+        Ok(Response::new(super::watch::decoded(frames)))
     }
 
     async fn get(
