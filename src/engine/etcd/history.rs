@@ -1,10 +1,11 @@
 //! The change history over etcd: the feed key's own etcd history.
 //!
-//! Every write request puts the feed record (`<root>f`), so each revision of
-//! that key is one [`HistoryBatch`], at the request's sequence (its
-//! revision), with the request's events in order. Reading history is a
-//! `Watch` of the feed key from the position on, stopped at the feed key's
-//! current revision (a known event, so no progress notification is needed).
+//! Every write transaction puts the feed record (`<root>f`), so each revision
+//! of that key holds the [`HistoryBatch`]es of the requests committed in it
+//! (several under group commit), each at its request's sequence, with the
+//! request's events in order. Reading history is a `Watch` of the feed key
+//! from the position's revision on, stopped at the feed key's current
+//! revision (a known event, so no progress notification is needed).
 //!
 //! Retention: etcd keeps history until it is compacted (its
 //! `--auto-compaction-*` flags or a `Compact` call), and the engine keeps a
@@ -34,8 +35,8 @@ pub(super) const TRIM_INTERVAL: Duration = Duration::from_secs(300);
 const TRIM_PAGE_EVENTS: usize = 10_000;
 
 impl EtcdEngine {
-    /// The retention floor and the feed key's latest revision (0 when
-    /// nothing was ever written), read together.
+    /// The retention floor and the sequence at the end of the feed key's
+    /// latest revision (0 when nothing was ever written), read together.
     pub(super) async fn history_state(&self) -> Result<(u64, u64), EngineError> {
         let keys = &self.inner.keys;
         let txn = Txn::new().and_then([
@@ -54,7 +55,7 @@ impl EtcdEngine {
         let latest = found
             .next()
             .flatten()
-            .map_or(0, |kv| kv.mod_revision().max(0) as u64);
+            .map_or(0, |kv| feed::revision_end(kv.mod_revision()));
         Ok((floor, latest))
     }
 
@@ -75,8 +76,8 @@ impl EtcdEngine {
         Ok(())
     }
 
-    /// Batches after `after` up to revision `until`, whole, stopping once
-    /// they hold `max_events` events (at least one batch).
+    /// Batches after sequence `after` up to sequence `until`, whole,
+    /// stopping once they hold `max_events` events (at least one batch).
     async fn walk(
         &self,
         after: u64,
@@ -93,7 +94,10 @@ impl EtcdEngine {
             .client
             .watch_client()
             .max_decoding_message_size(MAX_WATCH_MESSAGE_BYTES);
-        let options = WatchOptions::new().with_start_revision(after as i64 + 1);
+        // The position's revision may hold requests after it (group commit).
+        let start = feed::first_revision_after(after);
+        let last_revision = feed::revision_of(until);
+        let options = WatchOptions::new().with_start_revision(start);
         let mut stream = watch
             .watch(self.inner.keys.feed(), Some(options))
             .await
@@ -116,7 +120,7 @@ impl EtcdEngine {
             if response.canceled() {
                 let compacted = response.compact_revision();
                 if compacted > 0 {
-                    let oldest = floor.max(compacted as u64 - 1);
+                    let oldest = floor.max(feed::revision_end(compacted - 1));
                     // Later readers learn it without asking etcd again.
                     self.raise_floor(oldest).await?;
                     return Err(HistoryError::Compacted { oldest });
@@ -130,7 +134,7 @@ impl EtcdEngine {
             for event in response.events() {
                 let Some(kv) = event.kv() else { continue };
                 let revision = kv.mod_revision();
-                if revision <= after as i64 || revision > until as i64 {
+                if revision < start || revision > last_revision {
                     continue;
                 }
                 let record = feed::decode(kv.value()).ok_or_else(|| {
@@ -138,14 +142,26 @@ impl EtcdEngine {
                         "the feed record of revision {revision} does not decode"
                     ))
                 })?;
-                let batch = HistoryBatch {
-                    sequence: revision as u64,
-                    committed_at_millis: record.committed_at_millis,
-                    events: feed::events(revision, record.entries, |_, _| None),
-                };
-                events += batch.events.len();
-                batches.push(batch);
-                if revision as u64 >= until || events >= max_events {
+                for entries in record.requests {
+                    let batch_events = feed::events(revision, entries, |_, _| None);
+                    let Some(sequence) = batch_events.last().map(|event| event.batch_sequence)
+                    else {
+                        continue;
+                    };
+                    if sequence <= after || sequence > until {
+                        continue;
+                    }
+                    events += batch_events.len();
+                    batches.push(HistoryBatch {
+                        sequence,
+                        committed_at_millis: record.committed_at_millis,
+                        events: batch_events,
+                    });
+                    if events >= max_events {
+                        return Ok(batches);
+                    }
+                }
+                if revision >= last_revision {
                     return Ok(batches);
                 }
             }

@@ -239,7 +239,7 @@ impl EtcdEngine {
                 .await?
                 .kvs()
                 .first()
-                .map_or(0, |kv| kv.mod_revision().max(0) as u64),
+                .map_or(0, |kv| super::feed::revision_end(kv.mod_revision())),
             None => 0,
         };
         if request.include_values {
