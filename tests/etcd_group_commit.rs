@@ -301,3 +301,74 @@ async fn shared_transactions_keep_the_txn_ops_limit() {
         "{largest} requests of 2 puts in one transaction of at most 7 operations"
     );
 }
+
+/// Concurrent blind puts of one key share transactions (each later one
+/// overwrites the earlier, as if committed right after it): every request
+/// gets a version of its own, the key ends with the value of the request
+/// with the highest version, a read sees that version, and the feed
+/// carries every request's event, once, in version order.
+#[tokio::test]
+async fn blind_puts_of_one_key_share_a_transaction_and_the_last_wins() {
+    let engine = open(options("same-key", TEST_MAX_TXN_OPS)).await;
+    let mut changes = engine.subscribe();
+    let mut receipts: Vec<(String, u64)> = Vec::new();
+    let mut grouped = false;
+    for tag in 0..MAX_ROUNDS {
+        let mut writers = JoinSet::new();
+        for n in 0..WRITERS {
+            let engine = Arc::clone(&engine);
+            let value = format!("{tag}/{n}");
+            writers.spawn(async move {
+                let receipt = engine
+                    .write(vec![put("user:same", &value, Precondition::None)])
+                    .await
+                    .expect("a blind put commits");
+                let WriteOutcome::Put { version } = receipt.outcomes[0] else {
+                    panic!("a put's outcome expected");
+                };
+                assert_eq!(version, receipt.sequence);
+                (value, version)
+            });
+        }
+        let mut revisions = HashSet::new();
+        let mut count = 0;
+        while let Some(result) = writers.join_next().await {
+            let (value, version) = result.unwrap();
+            revisions.insert(revision(version));
+            receipts.push((value, version));
+            count += 1;
+        }
+        if revisions.len() < count {
+            grouped = true;
+            break;
+        }
+    }
+    assert!(grouped, "blind puts of one key never shared a transaction");
+    let versions: HashSet<u64> = receipts.iter().map(|(_, version)| *version).collect();
+    assert_eq!(versions.len(), receipts.len(), "every put has its own version");
+    let (last_value, last_version) = receipts.iter().max_by_key(|(_, v)| *v).unwrap().clone();
+    let record = engine
+        .get_many(vec!["user:same".into()])
+        .await
+        .unwrap()
+        .remove(0)
+        .unwrap();
+    assert_eq!(record.version, last_version);
+    assert_eq!(String::from_utf8(record.value).unwrap(), last_value);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut seen = Vec::new();
+    while seen.len() < receipts.len() {
+        let event = tokio::time::timeout_at(deadline.into(), changes.recv())
+            .await
+            .expect("every event arrives")
+            .expect("no lag, no close");
+        let Change::Put { version, .. } = event.change else {
+            panic!("a put event expected");
+        };
+        assert_eq!(event.batch_sequence, version, "each put is its own batch");
+        seen.push(version);
+    }
+    let mut expected: Vec<u64> = versions.into_iter().collect();
+    expected.sort_unstable();
+    assert_eq!(seen, expected, "every put once, in version order");
+}

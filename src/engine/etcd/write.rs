@@ -52,8 +52,11 @@ const MAX_GROUPS_IN_FLIGHT: usize = 2;
 pub(super) struct Pending {
     /// The batch.
     ops: Arc<Vec<WriteOp>>,
-    /// Its distinct keys: no other request of its group may name one.
-    keys: Vec<String>,
+    /// Its distinct keys, each with whether the decision read its state
+    /// (a precondition or a delete). A key it only puts blindly may have
+    /// been written by an earlier request of its group: it overwrites that
+    /// write, as if committed right after it. A key it read may not.
+    keys: Vec<(String, bool)>,
     /// Its compares: the `mod_revision`s its decision read.
     compares: Vec<Compare>,
     /// Its feed entries, indexed from 0.
@@ -187,7 +190,10 @@ impl EtcdEngine {
                 checked.push(op.key());
             }
         }
-        let keys: Vec<String> = distinct_keys(&ops).into_iter().map(String::from).collect();
+        let keys: Vec<(String, bool)> = distinct_keys(&ops)
+            .into_iter()
+            .map(|key| (key.to_string(), checked.contains(&key)))
+            .collect();
         let (required, _, bytes) = self.final_ops(&ops, 0);
         let max_ops = self.inner.options.max_txn_ops.saturating_sub(1);
         if required.len() > max_ops {
@@ -338,12 +344,17 @@ impl EtcdEngine {
     }
 
     /// The final operation of every key of `ops` with their indices shifted
-    /// by `offset` (required, and optional ones), and the bytes they carry.
-    /// A put of an inline value also deletes an out-of-line value an older
-    /// write may have left, while the transaction has room for it (a read
-    /// checks that a value entry belongs to its head, so one left behind is
-    /// never read).
-    fn final_ops(&self, ops: &[WriteOp], offset: u16) -> (Vec<TxnOp>, Vec<TxnOp>, usize) {
+    /// by `offset` (required, and optional ones), each with its etcd key,
+    /// and the bytes they carry. A put of an inline value also deletes an
+    /// out-of-line value an older write may have left, while the transaction
+    /// has room for it (a read checks that a value entry belongs to its head,
+    /// so one left behind is never read).
+    #[allow(clippy::type_complexity)]
+    fn final_ops(
+        &self,
+        ops: &[WriteOp],
+        offset: u16,
+    ) -> (Vec<(Vec<u8>, TxnOp)>, Vec<(Vec<u8>, TxnOp)>, usize) {
         let mut last_of: HashMap<&str, usize> = HashMap::new();
         for (index, op) in ops.iter().enumerate() {
             last_of.insert(op.key(), index);
@@ -365,16 +376,20 @@ impl EtcdEngine {
                         schema_version: put.schema_version,
                     });
                     bytes += 2 * key.len() + stored.len() + 32;
-                    required.push(TxnOp::put(keys.head(key), stored.head, None));
+                    let (head, value) = (keys.head(key), keys.value(key));
+                    required.push((head.clone(), TxnOp::put(head, stored.head, None)));
                     match stored.value_entry {
-                        Some(entry) => required.push(TxnOp::put(keys.value(key), entry, None)),
-                        None => optional.push(TxnOp::delete(keys.value(key), None)),
+                        Some(entry) => {
+                            required.push((value.clone(), TxnOp::put(value, entry, None)))
+                        }
+                        None => optional.push((value.clone(), TxnOp::delete(value, None))),
                     }
                 }
                 WriteOp::Delete(_) => {
                     bytes += 2 * key.len() + 32;
-                    required.push(TxnOp::delete(keys.head(key), None));
-                    required.push(TxnOp::delete(keys.value(key), None));
+                    let (head, value) = (keys.head(key), keys.value(key));
+                    required.push((head.clone(), TxnOp::delete(head, None)));
+                    required.push((value.clone(), TxnOp::delete(value, None)));
                 }
             }
         }
@@ -382,9 +397,10 @@ impl EtcdEngine {
     }
 
     /// Takes from `queue` the requests one transaction can carry: in queue
-    /// order, each whose keys no earlier one of the group names and which
-    /// fits the cluster's limits with them (the first always). The others
-    /// stay queued, in order, for the next group.
+    /// order, each that fits the cluster's limits with the earlier ones (the
+    /// first always) and reads no key an earlier one writes (it may put one
+    /// blindly: see [`Pending::keys`]). The others stay queued, in order,
+    /// for the next group.
     fn take_group(&self, queue: &mut VecDeque<Pending>) -> Vec<Pending> {
         let options = &self.inner.options;
         let max_ops = options.max_txn_ops.saturating_sub(1);
@@ -401,7 +417,10 @@ impl EtcdEngine {
                     && checking + checks < options.max_txn_ops
                     && bytes + pending.bytes <= max_bytes
                     && indices + pending.ops.len() < feed::MAX_INDICES_PER_REVISION
-                    && pending.keys.iter().all(|key| !names.contains(key)));
+                    && pending
+                        .keys
+                        .iter()
+                        .all(|(key, read)| !read || !names.contains(key)));
             if !fits {
                 left.push_back(pending);
                 continue;
@@ -411,7 +430,7 @@ impl EtcdEngine {
             checking += checks;
             bytes += pending.bytes;
             indices += pending.ops.len();
-            names.extend(pending.keys.iter().cloned());
+            names.extend(pending.keys.iter().map(|(key, _)| key.clone()));
             group.push(pending);
         }
         *queue = left;
@@ -421,8 +440,12 @@ impl EtcdEngine {
     /// Commits `group` as one transaction and answers each of its requests.
     async fn commit_group(&self, group: Vec<Pending>) {
         let max_ops = self.inner.options.max_txn_ops.saturating_sub(1);
-        let mut success = Vec::new();
-        let mut optional = Vec::new();
+        // The last operation on each etcd key wins: a later request's blind
+        // put overwrites an earlier one's write of the key (etcd refuses a
+        // transaction naming a key twice). An optional delete that replaces
+        // a required operation becomes required.
+        let mut last: HashMap<Vec<u8>, (TxnOp, bool)> = HashMap::new();
+        let mut order: Vec<Vec<u8>> = Vec::new();
         let mut compares = Vec::new();
         let mut checks = Vec::new();
         let mut requests = Vec::with_capacity(group.len());
@@ -431,8 +454,19 @@ impl EtcdEngine {
         let mut offset = 0u16;
         for pending in &group {
             let (required, spare, _) = self.final_ops(&pending.ops, offset);
-            success.extend(required);
-            optional.extend(spare);
+            let ops = required
+                .into_iter()
+                .map(|(key, op)| (key, op, true))
+                .chain(spare.into_iter().map(|(key, op)| (key, op, false)));
+            for (key, op, required) in ops {
+                match last.get_mut(&key) {
+                    Some(slot) => *slot = (op, required || slot.1),
+                    None => {
+                        order.push(key.clone());
+                        last.insert(key, (op, required));
+                    }
+                }
+            }
             compares.extend(pending.compares.iter().cloned());
             if group.len() > 1 && !pending.compares.is_empty() {
                 checks.push(TxnOp::txn(Txn::new().when(pending.compares.clone())));
@@ -447,6 +481,17 @@ impl EtcdEngine {
             offsets.push(offset);
             now = now.max(pending.now);
             offset += pending.ops.len() as u16;
+        }
+        let mut success = Vec::with_capacity(order.len() + 1);
+        let mut optional = Vec::new();
+        for key in order {
+            if let Some((op, required)) = last.remove(&key) {
+                if required {
+                    success.push(op);
+                } else {
+                    optional.push(op);
+                }
+            }
         }
         let room = max_ops.saturating_sub(success.len());
         success.extend(optional.into_iter().take(room));
