@@ -372,3 +372,53 @@ async fn blind_puts_of_one_key_share_a_transaction_and_the_last_wins() {
     expected.sort_unstable();
     assert_eq!(seen, expected, "every put once, in version order");
 }
+
+/// Concurrent point reads share read transactions, and each gets its own
+/// keys: many tasks each write their key, read it back at once with a
+/// neighbour's (their own write is always seen: the read started after it),
+/// and read a fixed key with a known value; every answer is the right one.
+#[tokio::test]
+async fn concurrent_point_reads_each_get_their_own_keys() {
+    const READERS: usize = 64;
+    let engine = open(options("reads", TEST_MAX_TXN_OPS)).await;
+    engine
+        .write(vec![put("user:fixed", "fixed", Precondition::None)])
+        .await
+        .unwrap();
+    let mut tasks = JoinSet::new();
+    for n in 0..READERS {
+        let engine = Arc::clone(&engine);
+        tasks.spawn(async move {
+            for round in 0..10 {
+                let own = format!("user:reader/{n}");
+                let value = format!("{n}/{round}");
+                let receipt = engine
+                    .write(vec![put(&own, &value, Precondition::None)])
+                    .await
+                    .unwrap();
+                let read = engine
+                    .get_many(vec![
+                        own.clone(),
+                        format!("user:reader/{}", (n + 1) % READERS),
+                        "user:fixed".into(),
+                        own.clone(),
+                    ])
+                    .await
+                    .unwrap();
+                let own_read = read[0].as_ref().expect("its own write is seen");
+                assert_eq!(String::from_utf8(own_read.value.clone()).unwrap(), value);
+                assert!(own_read.version <= receipt.sequence);
+                assert_eq!(read[3].as_ref().map(|r| r.version), Some(own_read.version));
+                if let Some(neighbour) = &read[1] {
+                    let text = String::from_utf8(neighbour.value.clone()).unwrap();
+                    assert!(text.starts_with(&format!("{}/", (n + 1) % READERS)));
+                }
+                let fixed = read[2].as_ref().expect("the fixed key");
+                assert_eq!(fixed.value, b"fixed");
+            }
+        });
+    }
+    while let Some(result) = tasks.join_next().await {
+        result.unwrap();
+    }
+}

@@ -86,6 +86,9 @@ struct Inner {
     /// Where decided write requests wait for a shared transaction
     /// ([`write::commit_groups`]).
     committer: tokio::sync::mpsc::UnboundedSender<write::Pending>,
+    /// Where point reads wait for a shared read transaction
+    /// ([`read::coalesce_reads`]).
+    reader: tokio::sync::mpsc::UnboundedSender<read::PendingRead>,
     tasks: std::sync::Mutex<Vec<JoinHandle<()>>>,
 }
 
@@ -218,6 +221,7 @@ impl EtcdEngine {
             Arc::clone(&persisted_clock),
         )));
         let (committer, committer_queue) = tokio::sync::mpsc::unbounded_channel();
+        let (reader, reader_queue) = tokio::sync::mpsc::unbounded_channel();
         let inner = Arc::new(Inner {
             client,
             keys,
@@ -232,10 +236,15 @@ impl EtcdEngine {
             identity: lock::identity(),
             options,
             committer,
+            reader,
             tasks: std::sync::Mutex::new(Vec::new()),
         });
         tasks.push(tokio::spawn(history::keep_trimmed(Arc::downgrade(&inner))));
         tasks.push(tokio::spawn(sweep::keep_swept(Arc::downgrade(&inner))));
+        tasks.push(tokio::spawn(read::coalesce_reads(
+            Arc::downgrade(&inner),
+            reader_queue,
+        )));
         tasks.push(tokio::spawn(write::commit_groups(
             Arc::downgrade(&inner),
             committer_queue,
