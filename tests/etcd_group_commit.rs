@@ -20,8 +20,8 @@ use common::etcd::{self, TEST_MAX_REQUEST_BYTES, TEST_MAX_TXN_OPS};
 use tierkv::clock::ManualClock;
 use tierkv::engine::conformance::SUITE_NAMESPACES;
 use tierkv::engine::{
-    Change, Engine, EngineError, EtcdEngine, EtcdOptions, HistoryPosition, Namespaces, Precondition,
-    PutOp, ValueKind, WriteOp, WriteOutcome, WriteReceipt,
+    Change, Engine, EngineError, EtcdEngine, EtcdOptions, HistoryPosition, Namespaces,
+    Precondition, PutOp, ValueKind, WriteOp, WriteOutcome, WriteReceipt,
 };
 use tokio::task::JoinSet;
 
@@ -113,7 +113,9 @@ async fn shared_transactions_keep_each_request_its_own_batch() {
                 .or_default()
                 .push(receipt.sequence);
         }
-        shared = by_revision.into_values().find(|sequences| sequences.len() > 1);
+        shared = by_revision
+            .into_values()
+            .find(|sequences| sequences.len() > 1);
         if shared.is_some() {
             break;
         }
@@ -345,7 +347,11 @@ async fn blind_puts_of_one_key_share_a_transaction_and_the_last_wins() {
     }
     assert!(grouped, "blind puts of one key never shared a transaction");
     let versions: HashSet<u64> = receipts.iter().map(|(_, version)| *version).collect();
-    assert_eq!(versions.len(), receipts.len(), "every put has its own version");
+    assert_eq!(
+        versions.len(),
+        receipts.len(),
+        "every put has its own version"
+    );
     let (last_value, last_version) = receipts.iter().max_by_key(|(_, v)| *v).unwrap().clone();
     let record = engine
         .get_many(vec!["user:same".into()])
@@ -420,5 +426,125 @@ async fn concurrent_point_reads_each_get_their_own_keys() {
     }
     while let Some(result) = tasks.join_next().await {
         result.unwrap();
+    }
+}
+
+/// Through a real server over etcd: concurrent BatchWrites share
+/// transactions, yet a Watch receives each whole and once, in sequence
+/// order, and resuming after any request (even one that shared its
+/// revision with the next) delivers exactly the requests after it.
+///
+/// A request's sequence is its last put's version (what BatchWrite
+/// answers), so a resume position is built from it in the documented
+/// `<history id>-<sequence>` form of `Watch` positions.
+#[tokio::test]
+async fn watch_over_shared_transactions_is_whole_and_exactly_once() {
+    use common::{connect, put_text};
+    use tierkv::proto::v1 as pb;
+
+    const WRITERS: usize = 24;
+    const ROUNDS: usize = 6;
+    const PER_BATCH: usize = 3;
+    let dir = tempfile::tempdir().unwrap();
+    let server = etcd::spawn(etcd::server_command(
+        &etcd::shared().endpoints(),
+        &etcd::unique_prefix("watch"),
+        dir.path(),
+    ));
+    let mut client = connect(&server.endpoint()).await;
+    let watch = |start_after: Option<String>| pb::WatchRequest {
+        prefix: "user:w/".into(),
+        start_after,
+        ..Default::default()
+    };
+    let mut live = client.watch(watch(None)).await.unwrap().into_inner();
+    let mut writers = JoinSet::new();
+    for writer in 0..WRITERS {
+        let endpoint = server.endpoint();
+        writers.spawn(async move {
+            let mut client = connect(&endpoint).await;
+            let mut requests = Vec::new();
+            for round in 0..ROUNDS {
+                let keys: Vec<String> = (0..PER_BATCH)
+                    .map(|index| format!("user:w/{writer:02}/{round}/{index}"))
+                    .collect();
+                let mutations = keys
+                    .iter()
+                    .map(|key| pb::Mutation {
+                        operation: Some(pb::mutation::Operation::Put(put_text(key, "v"))),
+                    })
+                    .collect();
+                let reply = client
+                    .batch_write(pb::BatchWriteRequest { mutations })
+                    .await
+                    .unwrap()
+                    .into_inner();
+                let sequence = reply.results.last().unwrap().version;
+                requests.push((sequence, keys));
+            }
+            requests
+        });
+    }
+    let mut requests: Vec<(u64, Vec<String>)> = Vec::new();
+    while let Some(result) = writers.join_next().await {
+        requests.extend(result.unwrap());
+    }
+    requests.sort();
+    let shared: Vec<usize> = (1..requests.len())
+        .filter(|at| revision(requests[at - 1].0) == revision(requests[*at].0))
+        .map(|at| at - 1)
+        .collect();
+    assert!(
+        !shared.is_empty(),
+        "no two BatchWrites shared a transaction"
+    );
+
+    // Reads `expected` keys from a stream; checks each response holds whole
+    // requests; returns the keys in order and the stream's history id.
+    async fn receive(
+        stream: &mut tonic::Streaming<pb::WatchResponse>,
+        expected: usize,
+    ) -> (Vec<String>, String) {
+        let mut keys = Vec::new();
+        let mut history = String::new();
+        while keys.len() < expected {
+            let response = tokio::time::timeout(Duration::from_secs(60), stream.message())
+                .await
+                .expect("a response in time")
+                .expect("no error")
+                .expect("the stream goes on");
+            history = response.position.split('-').next().unwrap().to_string();
+            let Some(pb::watch_response::Kind::Events(events)) = response.kind else {
+                continue;
+            };
+            assert_eq!(events.events.len() % PER_BATCH, 0, "a request was split");
+            keys.extend(events.events.into_iter().map(|event| event.key));
+        }
+        assert_eq!(keys.len(), expected, "nothing more than expected");
+        (keys, history)
+    }
+    let all: Vec<String> = requests.iter().flat_map(|(_, keys)| keys.clone()).collect();
+    let (received, history) = receive(&mut live, all.len()).await;
+    assert_eq!(
+        received, all,
+        "every request once, whole, in sequence order"
+    );
+
+    // Resume between two requests that shared a revision, and at a few others.
+    let mut cuts = vec![shared[0], shared[shared.len() / 2]];
+    cuts.extend([0, requests.len() / 3, requests.len() - 2]);
+    for cut in cuts {
+        let position = format!("{history}-{}", requests[cut].0);
+        let rest: Vec<String> = requests[cut + 1..]
+            .iter()
+            .flat_map(|(_, keys)| keys.clone())
+            .collect();
+        let mut stream = client
+            .watch(watch(Some(position.clone())))
+            .await
+            .unwrap()
+            .into_inner();
+        let (resumed, _) = receive(&mut stream, rest.len()).await;
+        assert_eq!(resumed, rest, "resumed after {position}");
     }
 }

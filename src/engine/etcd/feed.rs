@@ -559,10 +559,7 @@ mod tests {
             .map(|event| (event.sequence, event.batch_sequence))
             .collect();
         let at = |index| version(5, index);
-        assert_eq!(
-            sequences,
-            [(at(0), at(1)), (at(1), at(1)), (at(2), at(2))]
-        );
+        assert_eq!(sequences, [(at(0), at(1)), (at(1), at(1)), (at(2), at(2))]);
         assert!(revision_end(4) < at(0) && at(2) < revision_end(5));
         assert_eq!(revision_of(revision_end(5)), 5);
         assert_eq!(revision_of(at(2)), 5);

@@ -35,9 +35,20 @@ pub(super) const TRIM_INTERVAL: Duration = Duration::from_secs(300);
 const TRIM_PAGE_EVENTS: usize = 10_000;
 
 impl EtcdEngine {
-    /// The retention floor and the sequence at the end of the feed key's
-    /// latest revision (0 when nothing was ever written), read together.
+    /// The retention floor and the latest sequence, read together: the end
+    /// of etcd's current revision. Not the feed key's last revision: the
+    /// feed also publishes revisions without a feed record (the clock mark,
+    /// state, other prefixes), and a watcher started "from now" holds such
+    /// a position; it must resume (and a walk up to it ends at the feed
+    /// key's last record before it).
     pub(super) async fn history_state(&self) -> Result<(u64, u64), EngineError> {
+        let (floor, latest, _) = self.history_marks().await?;
+        Ok((floor, latest))
+    }
+
+    /// [`EtcdEngine::history_state`] and the end of the feed key's last
+    /// revision, where a walk of the history ends.
+    async fn history_marks(&self) -> Result<(u64, u64, u64), EngineError> {
         let keys = &self.inner.keys;
         let txn = Txn::new().and_then([
             TxnOp::get(keys.history_floor(), None),
@@ -52,11 +63,15 @@ impl EtcdEngine {
             .next()
             .flatten()
             .map_or(0, |kv| parse_clock_mark(kv.value()));
-        let latest = found
+        let record = found
             .next()
             .flatten()
             .map_or(0, |kv| feed::revision_end(kv.mod_revision()));
-        Ok((floor, latest))
+        let current = feed::revision_end(response.header().map_or(0, |header| header.revision()));
+        let latest = record
+            .max(current)
+            .max(self.inner.feed.published_sequence());
+        Ok((floor, latest, record))
     }
 
     /// Raises the retention floor to `floor` (never lowers it: another
@@ -179,7 +194,7 @@ impl EtcdEngine {
                 current: self.inner.history_id,
             });
         }
-        let (floor, latest) = self.history_state().await?;
+        let (floor, latest, record) = self.history_marks().await?;
         if after.sequence < floor {
             return Err(HistoryError::Compacted { oldest: floor });
         }
@@ -187,7 +202,7 @@ impl EtcdEngine {
             return Err(HistoryError::Ahead { latest });
         }
         let batches = self
-            .walk(after.sequence, latest, max_events.max(1), floor)
+            .walk(after.sequence, record, max_events.max(1), floor)
             .await?;
         Ok(HistoryPage { batches, latest })
     }
@@ -199,7 +214,7 @@ impl EtcdEngine {
     /// only rises, so they never undo each other.
     pub async fn trim_history(&self) -> Result<u64, EngineError> {
         let options = &self.inner.options;
-        let (floor, latest) = self.history_state().await?;
+        let (floor, _, latest) = self.history_marks().await?;
         if options.history_max_events == 0 && options.history_max_age_millis == 0 {
             return Ok(floor);
         }

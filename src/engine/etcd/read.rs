@@ -158,7 +158,9 @@ impl EtcdEngine {
             reply,
         };
         if self.inner.reader.send(read).is_err() {
-            return Err(EngineError::Unavailable("the etcd engine is closing".into()));
+            return Err(EngineError::Unavailable(
+                "the etcd engine is closing".into(),
+            ));
         }
         answer
             .await

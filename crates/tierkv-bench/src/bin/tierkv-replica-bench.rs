@@ -157,7 +157,9 @@ async fn poll(
                     round_trips_us,
                 });
             }
-            other => return Err(format!("B answered {other:?}, neither {old:?} nor {new:?}").into()),
+            other => {
+                return Err(format!("B answered {other:?}, neither {old:?} nor {new:?}").into())
+            }
         }
         if Instant::now() > deadline {
             return Err(format!("B still served the old value after {SAMPLE_DEADLINE:?}").into());
@@ -259,10 +261,16 @@ async fn main() -> Result<(), BoxError> {
         args.a,
         args.b
     );
-    summary("invalidation delay after A's acknowledgement", &mut from_ack);
+    summary(
+        "invalidation delay after A's acknowledgement",
+        &mut from_ack,
+    );
     summary("invalidation delay after the Put was sent", &mut from_send);
     summary("Put latency through A (for scale)", &mut put_latency);
-    summary("Get round trip on B (the measure's resolution)", &mut round_trips);
+    summary(
+        "Get round trip on B (the measure's resolution)",
+        &mut round_trips,
+    );
     println!(
         "samples where B still served the old value after A acknowledged: {stale_after_ack} of {}",
         args.samples
