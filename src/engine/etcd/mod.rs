@@ -21,6 +21,7 @@
 mod endpoints;
 mod error;
 mod feed;
+mod group;
 mod history;
 mod keys;
 mod lock;
@@ -84,8 +85,8 @@ struct Inner {
     identity: String,
     options: EtcdOptions,
     /// Where decided write requests wait for a shared transaction
-    /// ([`write::commit_groups`]).
-    committer: tokio::sync::mpsc::UnboundedSender<write::Pending>,
+    /// ([`group::commit_groups`]).
+    committer: tokio::sync::mpsc::UnboundedSender<group::Pending>,
     /// Where point reads wait for a shared read transaction
     /// ([`read::coalesce_reads`]).
     reader: tokio::sync::mpsc::UnboundedSender<read::PendingRead>,
@@ -245,7 +246,7 @@ impl EtcdEngine {
             Arc::downgrade(&inner),
             reader_queue,
         )));
-        tasks.push(tokio::spawn(write::commit_groups(
+        tasks.push(tokio::spawn(group::commit_groups(
             Arc::downgrade(&inner),
             committer_queue,
         )));
