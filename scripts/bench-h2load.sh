@@ -18,6 +18,14 @@
 #                                           # (8 per connection); Put req/s per count and its ratio to 0,
 #                                           # and the events the watchers received; WATCH_BIN names the
 #                                           # watcher binary (built with cargo when missing)
+#   SCENARIO=etcd scripts/bench-h2load.sh   # the etcd engine: a 3-member etcd cluster on loopback (data on
+#                                           # /dev/shm when there is one, else the temporary directory) and
+#                                           # two tierkv servers A and B over it; per round KvService Get/Put
+#                                           # and CacheService.Get from memory on A beside A's health check,
+#                                           # and etcd's own Range/Put sent straight to the etcd leader, same
+#                                           # h2load settings; then tierkv-replica-bench (REPLICA_BIN, built
+#                                           # when missing) measures B's cache invalidation delay after writes
+#                                           # through A (SAMPLES, default 500)
 #
 # Every RPC of a round runs against the same server process, one after the other, and rounds interleave
 # (health, Get, Put, BatchGet, health, Get, ...), so slow drifts of the machine hit every RPC alike. The
@@ -46,7 +54,8 @@ case "$SCENARIO" in
     rpcs) ;;
     cache-under-writes) ETCD=0 ;;
     watch) ETCD=0 ;;
-    *) echo "unknown SCENARIO $SCENARIO (rpcs, cache-under-writes, watch)" >&2; exit 1 ;;
+    etcd) ETCD=1 ;;
+    *) echo "unknown SCENARIO $SCENARIO (rpcs, cache-under-writes, watch, etcd)" >&2; exit 1 ;;
 esac
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 
@@ -70,6 +79,12 @@ if [ "$SCENARIO" = watch ] && [ -z "${WATCH_BIN:-}" ]; then
         (cd "$ROOT" && cargo build --release --locked -p tierkv-bench --bin tierkv-watch-bench)
     fi
 fi
+if [ "$SCENARIO" = etcd ] && [ -z "${REPLICA_BIN:-}" ]; then
+    REPLICA_BIN="$TARGET_DIR/release/tierkv-replica-bench"
+    if [ ! -x "$REPLICA_BIN" ]; then
+        (cd "$ROOT" && cargo build --release --locked -p tierkv-bench --bin tierkv-replica-bench)
+    fi
+fi
 if [ -z "${SERVER_BIN:-}" ]; then
     SERVER_BIN="$TARGET_DIR/release/tierkv"
     if [ ! -x "$SERVER_BIN" ]; then
@@ -83,6 +98,7 @@ cleanup() {
     for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
     for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
     rm -rf "$WORK"
+    if [ -n "${ETCD_DIR:-}" ]; then rm -rf "$ETCD_DIR"; fi
 }
 trap cleanup EXIT INT TERM
 
@@ -143,6 +159,8 @@ bodies = {
     # or each round of puts would slow the next rounds' reads.
     "etcd_put": field(1, b"bench:put") + field(2, b'{"user":"adam"}'),
     "etcd_seed": field(1, b"bench:get") + field(2, b'{"user":"adam"}'),
+    # SCENARIO=etcd: tierkv's Put, like etcd's, writes another key than the one Get reads.
+    "put_other": field(1, b"bench:put") + value,
 }
 for name, message in bodies.items():
     with open(f"{out}/{name}.bin", "wb") as f:
@@ -176,6 +194,148 @@ wait_for_port() {
     tail -20 "$log" >&2
     exit 1
 }
+
+# SCENARIO=etcd: the etcd engine, against etcd itself, on one 3-member cluster.
+if [ "$SCENARIO" = etcd ]; then
+    if [ -d /dev/shm ] && [ -w /dev/shm ]; then
+        ETCD_DIR="$(mktemp -d /dev/shm/tierkv-h2load-etcd.XXXXXX)"
+    else
+        ETCD_DIR="$WORK/etcd"
+        mkdir -p "$ETCD_DIR"
+    fi
+    # The members' flags: those of the test cluster (tests/common/etcd.rs).
+    ETCD_FLAGS=(--max-txn-ops 10240 --max-request-bytes 33554432 --heartbeat-interval 50
+        --election-timeout 500 --snapshot-count 10000 --log-level error)
+    MEMBER_CLIENT_PORTS=()
+    MEMBER_PEER_PORTS=()
+    INITIAL_CLUSTER=""
+    for n in 0 1 2; do
+        MEMBER_CLIENT_PORTS+=("$(free_port)")
+        MEMBER_PEER_PORTS+=("$(free_port)")
+        INITIAL_CLUSTER="${INITIAL_CLUSTER:+$INITIAL_CLUSTER,}m$n=http://127.0.0.1:${MEMBER_PEER_PORTS[$n]}"
+    done
+    MEMBER_PIDS=()
+    ENDPOINTS=""
+    for n in 0 1 2; do
+        client="http://127.0.0.1:${MEMBER_CLIENT_PORTS[$n]}"
+        peer="http://127.0.0.1:${MEMBER_PEER_PORTS[$n]}"
+        etcd --name "m$n" --data-dir "$ETCD_DIR/m$n" \
+            --listen-client-urls "$client" --advertise-client-urls "$client" \
+            --listen-peer-urls "$peer" --initial-advertise-peer-urls "$peer" \
+            --initial-cluster "$INITIAL_CLUSTER" --initial-cluster-state new \
+            --initial-cluster-token tierkv-bench "${ETCD_FLAGS[@]}" >"$WORK/etcd-m$n.log" 2>&1 &
+        PIDS+=($!)
+        MEMBER_PIDS+=($!)
+        ENDPOINTS="${ENDPOINTS:+$ENDPOINTS,}$client"
+    done
+    for n in 0 1 2; do wait_for_port "${MEMBER_CLIENT_PORTS[$n]}" "${MEMBER_PIDS[$n]}" "$WORK/etcd-m$n.log"; done
+    # The leader: etcd's own Range and Put are sent to it (the fastest member for both: a linearizable
+    # read on a follower first asks the leader).
+    LEADER=""
+    for _ in $(seq 1 100); do
+        LEADER="$(ETCDCTL_API=3 etcdctl --endpoints "$ENDPOINTS" endpoint status -w json 2>/dev/null | python3 -c '
+import json, sys
+for status in json.load(sys.stdin):
+    header = status["Status"]["header"]
+    if status["Status"]["leader"] == header["member_id"]:
+        print(status["Endpoint"])
+' || true)"
+        [ -n "$LEADER" ] && break
+        sleep 0.1
+    done
+    [ -n "$LEADER" ] || { echo "the etcd cluster elected no leader" >&2; tail -5 "$WORK"/etcd-m*.log >&2; exit 1; }
+    etcd_ticks() { local total=0 pid; for pid in "${MEMBER_PIDS[@]}"; do total=$((total + $(cpu_ticks "$pid"))); done; echo "$total"; }
+
+    start_replica() {
+        local name="$1" port
+        port="$(free_port)"
+        TIERKV_ENGINE_KIND=etcd TIERKV_ENGINE_ETCD_ENDPOINTS="$ENDPOINTS" TIERKV_ENGINE_ETCD_PREFIX=tierkv-bench/ \
+            TIERKV_ENGINE_ETCD_MAX_TXN_OPS=10240 TIERKV_ENGINE_ETCD_MAX_REQUEST_BYTES=33554432 \
+            "$SERVER_BIN" serve --listen "127.0.0.1:$port" --data-dir "$WORK/tierkv-$name" \
+            --metrics-listen 127.0.0.1:0 >"$WORK/tierkv-$name.log" 2>&1 &
+        PIDS+=($!)
+        eval "REPLICA_${name}_PID=$!"
+        eval "REPLICA_${name}_PORT=$port"
+    }
+    start_replica A
+    start_replica B
+    wait_for_port "$REPLICA_A_PORT" "$REPLICA_A_PID" "$WORK/tierkv-A.log"
+    wait_for_port "$REPLICA_B_PORT" "$REPLICA_B_PID" "$WORK/tierkv-B.log"
+    A="http://127.0.0.1:$REPLICA_A_PORT"
+    B="http://127.0.0.1:$REPLICA_B_PORT"
+
+    # name, url, body; in the order each round runs them. tierkv's go to A.
+    ETCD_BENCHES=(
+        "health|$A/grpc.health.v1.Health/Check|health"
+        "Get|$A/tierkv.v1.KvService/Get|get"
+        "etcd Range|$LEADER/etcdserverpb.KV/Range|etcd_range"
+        "Put|$A/tierkv.v1.KvService/Put|put_other"
+        "etcd Put|$LEADER/etcdserverpb.KV/Put|etcd_put"
+        "CacheService/Get memory|$A/tierkv.v1.CacheService/Get|cache_get"
+    )
+    grpc_call "$A/tierkv.v1.KvService/Put" "$WORK/put.bin"
+    grpc_call "$A/tierkv.v1.CacheService/Put" "$WORK/cache_seed.bin"
+    grpc_call "$LEADER/etcdserverpb.KV/Put" "$WORK/etcd_seed.bin"
+    for bench in "${ETCD_BENCHES[@]}"; do
+        IFS='|' read -r _ url body <<<"$bench"
+        grpc_call "$url" "$WORK/$body.bin"
+    done
+
+    echo "etcd: 3 members on 127.0.0.1 (data on $ETCD_DIR; ${ETCD_FLAGS[*]}), leader $LEADER"
+    echo "tierkv: $SERVER_BIN, replicas A $A (pid $REPLICA_A_PID) and B $B (pid $REPLICA_B_PID), prefix tierkv-bench/"
+    echo "$VALUE values; h2load -c $CLIENTS -m $STREAMS -t $THREADS -D $DURATION, $ROUNDS rounds; load average: $(cut -d' ' -f1-3 /proc/loadavg)"
+    RESULTS="$WORK/results.txt"
+    : >"$RESULTS"
+    for round in $(seq 1 "$ROUNDS"); do
+        for bench in "${ETCD_BENCHES[@]}"; do
+            IFS='|' read -r name url body <<<"$bench"
+            a_before="$(cpu_ticks "$REPLICA_A_PID")"
+            etcd_before="$(etcd_ticks)"
+            output="$(h2load -c "$CLIENTS" -m "$STREAMS" -t "$THREADS" -D "$DURATION" \
+                -H 'content-type: application/grpc' -H 'te: trailers' -d "$WORK/$body.bin" "$url" 2>&1)"
+            a_ticks="$(( $(cpu_ticks "$REPLICA_A_PID") - a_before ))"
+            etcd_ticks_run="$(( $(etcd_ticks) - etcd_before ))"
+            rps="$(sed -n 's/^finished in .*, \([0-9.]*\) req\/s.*/\1/p' <<<"$output")"
+            done_requests="$(sed -n 's/^requests: .* \([0-9]*\) succeeded.*/\1/p' <<<"$output")"
+            failed="$(sed -n 's/^requests: .* \([0-9]*\) failed.*/\1/p' <<<"$output")"
+            non2xx="$(sed -n 's/^status codes: .*, \([0-9]*\) 4xx, \([0-9]*\) 5xx/\1 \2/p' <<<"$output")"
+            if [ -z "$rps" ] || [ "${failed:-0}" != 0 ] || [ "$non2xx" != "0 0" ]; then
+                echo "h2load run of $name failed:" >&2
+                echo "$output" >&2
+                exit 1
+            fi
+            a_us="$(python3 -c "print($a_ticks / $TICKS_PER_SEC * 1e6 / max($done_requests, 1))")"
+            etcd_us="$(python3 -c "print($etcd_ticks_run / $TICKS_PER_SEC * 1e6 / max($done_requests, 1))")"
+            printf 'round %d  %-24s %10.0f req/s %9.1f us tierkv A CPU/req %9.1f us etcd CPU/req (3 members)\n' \
+                "$round" "$name" "$rps" "$a_us" "$etcd_us"
+            printf '%s|%s|%s|%s\n' "$name" "$rps" "$a_us" "$etcd_us" >>"$RESULTS"
+        done
+    done
+    echo
+    python3 - "$RESULTS" <<'EOF'
+import statistics, sys
+runs, a_cpu, etcd_cpu = {}, {}, {}
+for line in open(sys.argv[1]):
+    name, rps, a_us, etcd_us = line.rstrip("\n").split("|")
+    runs.setdefault(name, []).append(float(rps))
+    a_cpu.setdefault(name, []).append(float(a_us))
+    etcd_cpu.setdefault(name, []).append(float(etcd_us))
+med = {name: statistics.median(values) for name, values in runs.items()}
+against = {"Get": "etcd Range", "Put": "etcd Put", "CacheService/Get memory": "health"}
+print(f"{'RPC':<26}{'median req/s':>14}{'ratio':>22}{'tierkv CPU us':>15}{'etcd CPU us':>13}   runs (req/s)")
+for name, values in runs.items():
+    ratio = f"{med[name] / med[against[name]]:.2f}x {against[name]}" if name in against else ""
+    print(f"{name:<26}{med[name]:>14,.0f}{ratio:>22}{statistics.median(a_cpu[name]):>15.1f}"
+          f"{statistics.median(etcd_cpu[name]):>13.1f}   " + " ".join(f"{v:,.0f}" for v in values))
+print()
+print("targets (issue 17): Get and Put >= 0.8x etcd Range and Put; CacheService/Get memory >= 0.9x health.")
+print("CPU columns: CPU time per request of tierkv A and of the three etcd members together, same run.")
+EOF
+    echo
+    echo "cross-replica invalidation: $REPLICA_BIN --a $A --b $B --samples ${SAMPLES:-500}"
+    "$REPLICA_BIN" --a "$A" --b "$B" --samples "${SAMPLES:-500}"
+    exit 0
+fi
 
 TIERKV_PORT="$(free_port)"
 "$SERVER_BIN" serve --listen "127.0.0.1:$TIERKV_PORT" --data-dir "$WORK/tierkv" --metrics-listen 127.0.0.1:0 \

@@ -5,10 +5,6 @@
 
 mod common;
 
-// The etcd twin (`<this file>_etcd.rs`) declares its own `rocksdb_only`.
-#[allow(unused_imports)]
-use common::rocksdb_run::rocksdb_only;
-
 use std::time::Duration;
 
 use common::*;
@@ -167,85 +163,82 @@ async fn live_events_are_typed_like_get() {
     );
 }
 
-crate::rocksdb_only! {
-    "open etcd engine bug, not a local-only need: every event of one etcd batch carries the batch's revision as its sequence, so the Watch pump cannot tell a batch's last event and splits and drops batches (docs/replicas.md)";
-    /// The events of one BatchWrite arrive in one response, in order, never
-    /// split, whether live or replayed, while four writers commit concurrently
-    /// (so group commits mix their requests).
-    #[tokio::test]
-    async fn batch_writes_arrive_whole() {
-        const WRITERS: usize = 4;
-        const ROUNDS: usize = 25;
-        // Not a divisor of the 1,000 events a response holds at most, so a
-        // response cut by count rather than by batch would show.
-        const PER_BATCH: usize = 30;
-        let mut server = start().await;
-        let start = server
-            .client
-            .list(pb::ListRequest {
-                prefix: "b:".into(),
-                ..Default::default()
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .position;
-        let live = open(&mut server.client, watch("b:")).await;
-        let mut writers = Vec::new();
-        for writer in 0..WRITERS {
-            let endpoint = server.server.endpoint();
-            writers.push(tokio::spawn(async move {
-                let mut client = connect(&endpoint).await;
-                for round in 0..ROUNDS {
-                    let mutations = (0..PER_BATCH)
-                        .map(|index| pb::Mutation {
-                            operation: Some(pb::mutation::Operation::Put(put_text(
-                                &format!("b:{writer}:{round:02}:{index:03}"),
-                                "v",
-                            ))),
-                        })
-                        .collect();
-                    client
-                        .batch_write(pb::BatchWriteRequest { mutations })
-                        .await
-                        .unwrap();
-                }
-            }));
-        }
-        for writer in writers {
-            writer.await.unwrap();
-        }
-        let replayed = server
-            .client
-            .watch(pb::WatchRequest {
-                start_after: Some(start),
-                ..watch("b:")
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        for (name, mut stream) in [("live", live), ("replayed", replayed)] {
-            let mut total = 0;
-            while total < WRITERS * ROUNDS * PER_BATCH {
-                let response = next(&mut stream).await.unwrap();
-                let keys: Vec<&str> = events(&response).iter().map(|e| e.key.as_str()).collect();
-                total += keys.len();
-                // Whole batches, each in order: runs of PER_BATCH keys of one
-                // request, index 0 to PER_BATCH - 1.
-                assert_eq!(
-                    keys.len() % PER_BATCH,
-                    0,
-                    "{name}: a batch was split: {keys:?}"
-                );
-                for run in keys.chunks(PER_BATCH) {
-                    let request = &run[0][..run[0].len() - 3];
-                    for (index, key) in run.iter().enumerate() {
-                        assert_eq!(*key, format!("{request}{index:03}"), "{name}: {keys:?}");
-                    }
+/// The events of one BatchWrite arrive in one response, in order, never
+/// split, whether live or replayed, while four writers commit concurrently
+/// (so group commits mix their requests).
+#[tokio::test]
+async fn batch_writes_arrive_whole() {
+    const WRITERS: usize = 4;
+    const ROUNDS: usize = 25;
+    // Not a divisor of the 1,000 events a response holds at most, so a
+    // response cut by count rather than by batch would show.
+    const PER_BATCH: usize = 30;
+    let mut server = start().await;
+    let start = server
+        .client
+        .list(pb::ListRequest {
+            prefix: "b:".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .position;
+    let live = open(&mut server.client, watch("b:")).await;
+    let mut writers = Vec::new();
+    for writer in 0..WRITERS {
+        let endpoint = server.server.endpoint();
+        writers.push(tokio::spawn(async move {
+            let mut client = connect(&endpoint).await;
+            for round in 0..ROUNDS {
+                let mutations = (0..PER_BATCH)
+                    .map(|index| pb::Mutation {
+                        operation: Some(pb::mutation::Operation::Put(put_text(
+                            &format!("b:{writer}:{round:02}:{index:03}"),
+                            "v",
+                        ))),
+                    })
+                    .collect();
+                client
+                    .batch_write(pb::BatchWriteRequest { mutations })
+                    .await
+                    .unwrap();
+            }
+        }));
+    }
+    for writer in writers {
+        writer.await.unwrap();
+    }
+    let replayed = server
+        .client
+        .watch(pb::WatchRequest {
+            start_after: Some(start),
+            ..watch("b:")
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    for (name, mut stream) in [("live", live), ("replayed", replayed)] {
+        let mut total = 0;
+        while total < WRITERS * ROUNDS * PER_BATCH {
+            let response = next(&mut stream).await.unwrap();
+            let keys: Vec<&str> = events(&response).iter().map(|e| e.key.as_str()).collect();
+            total += keys.len();
+            // Whole batches, each in order: runs of PER_BATCH keys of one
+            // request, index 0 to PER_BATCH - 1.
+            assert_eq!(
+                keys.len() % PER_BATCH,
+                0,
+                "{name}: a batch was split: {keys:?}"
+            );
+            for run in keys.chunks(PER_BATCH) {
+                let request = &run[0][..run[0].len() - 3];
+                for (index, key) in run.iter().enumerate() {
+                    assert_eq!(*key, format!("{request}{index:03}"), "{name}: {keys:?}");
                 }
             }
-            assert_eq!(total, WRITERS * ROUNDS * PER_BATCH, "{name}");
         }
+        assert_eq!(total, WRITERS * ROUNDS * PER_BATCH, "{name}");
     }
 }
 

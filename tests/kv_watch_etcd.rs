@@ -3,11 +3,5 @@
 //! (`tests/common/etcd.rs`) under a key prefix of its own. This binary's
 //! name, ending in `_etcd`, makes `tests/common` start etcd-backed servers.
 
-/// Leaves out the tests marked `rocksdb_only!` (each names why).
-macro_rules! rocksdb_only {
-    ($reason:literal; $($item:item)*) => {};
-}
-use rocksdb_only;
-
 #[path = "kv_watch.rs"]
 mod suite;

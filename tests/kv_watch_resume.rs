@@ -104,67 +104,64 @@ fn assert_exactly_once(seen: &[(String, u64)], written: &[(String, u64)]) {
     assert!(extra.is_empty(), "unexpected events, e.g. {extra:?}");
 }
 
-crate::rocksdb_only! {
-    "open etcd engine bug, not a local-only need: every event of one etcd batch carries the batch's revision as its sequence, so live batches of 50 reach a watcher split, their other events dropped (the reader then waits in vain; passed once, failed once)";
-    /// A reader that drops its stream every few responses and resumes from the
-    /// last position it processed gets each of 10,000 events exactly once,
-    /// while the writes go on.
-    #[tokio::test]
-    async fn resume_after_disconnects_is_exactly_once_over_10k_events() {
-        let server = start().await;
-        let endpoint = server.server.endpoint();
-        let mut writer = connect(&endpoint).await;
-        // Start from a position taken before any write.
-        let start = list_state(&mut writer, "r:", 10).await.1;
-        let reader = tokio::spawn({
-            let endpoint = endpoint.clone();
-            async move {
-                let mut client = connect(&endpoint).await;
-                let mut position = Some(start);
-                let mut seen: Vec<(String, u64)> = Vec::new();
-                let mut reconnects = 0;
-                while seen.len() < 10_000 {
-                    let mut stream = client
-                        .watch(watch_from("r:", position.clone()))
-                        .await
-                        .expect("resume")
-                        .into_inner();
-                    // 1 to 5 responses, then drop the stream.
-                    for _ in 0..(1 + reconnects % 5) {
-                        let response = next(&mut stream).await.expect("no error").expect("open");
-                        seen.extend(
-                            events(&response)
-                                .iter()
-                                .map(|event| (event.key.clone(), event.version)),
-                        );
-                        position = Some(response.position);
-                        if seen.len() >= 10_000 {
-                            break;
-                        }
+/// A reader that drops its stream every few responses and resumes from the
+/// last position it processed gets each of 10,000 events exactly once,
+/// while the writes go on.
+#[tokio::test]
+async fn resume_after_disconnects_is_exactly_once_over_10k_events() {
+    let server = start().await;
+    let endpoint = server.server.endpoint();
+    let mut writer = connect(&endpoint).await;
+    // Start from a position taken before any write.
+    let start = list_state(&mut writer, "r:", 10).await.1;
+    let reader = tokio::spawn({
+        let endpoint = endpoint.clone();
+        async move {
+            let mut client = connect(&endpoint).await;
+            let mut position = Some(start);
+            let mut seen: Vec<(String, u64)> = Vec::new();
+            let mut reconnects = 0;
+            while seen.len() < 10_000 {
+                let mut stream = client
+                    .watch(watch_from("r:", position.clone()))
+                    .await
+                    .expect("resume")
+                    .into_inner();
+                // 1 to 5 responses, then drop the stream.
+                for _ in 0..(1 + reconnects % 5) {
+                    let response = next(&mut stream).await.expect("no error").expect("open");
+                    seen.extend(
+                        events(&response)
+                            .iter()
+                            .map(|event| (event.key.clone(), event.version)),
+                    );
+                    position = Some(response.position);
+                    if seen.len() >= 10_000 {
+                        break;
                     }
-                    reconnects += 1;
                 }
-                (seen, reconnects)
+                reconnects += 1;
             }
-        });
-        let mut written = write_batches(&mut writer, "r:", 0, 5_000, 50).await;
-        for index in 5_000..10_000 {
-            let key = format!("r:{index:06}");
-            let version = writer
-                .put(put_text(&key, "v"))
-                .await
-                .unwrap()
-                .into_inner()
-                .version;
-            written.push((key, version));
+            (seen, reconnects)
         }
-        let (seen, reconnects) = tokio::time::timeout(Duration::from_secs(300), reader)
+    });
+    let mut written = write_batches(&mut writer, "r:", 0, 5_000, 50).await;
+    for index in 5_000..10_000 {
+        let key = format!("r:{index:06}");
+        let version = writer
+            .put(put_text(&key, "v"))
             .await
-            .expect("the reader finishes")
-            .unwrap();
-        assert!(reconnects > 20, "it did reconnect: {reconnects}");
-        assert_exactly_once(&seen, &written);
+            .unwrap()
+            .into_inner()
+            .version;
+        written.push((key, version));
     }
+    let (seen, reconnects) = tokio::time::timeout(Duration::from_secs(300), reader)
+        .await
+        .expect("the reader finishes")
+        .unwrap();
+    assert!(reconnects > 20, "it did reconnect: {reconnects}");
+    assert_exactly_once(&seen, &written);
 }
 
 crate::rocksdb_only! {

@@ -1,10 +1,11 @@
 //! The change history over etcd: the feed key's own etcd history.
 //!
-//! Every write request puts the feed record (`<root>f`), so each revision of
-//! that key is one [`HistoryBatch`], at the request's sequence (its
-//! revision), with the request's events in order. Reading history is a
-//! `Watch` of the feed key from the position on, stopped at the feed key's
-//! current revision (a known event, so no progress notification is needed).
+//! Every write transaction puts the feed record (`<root>f`), so each revision
+//! of that key holds the [`HistoryBatch`]es of the requests committed in it
+//! (several under group commit), each at its request's sequence, with the
+//! request's events in order. Reading history is a `Watch` of the feed key
+//! from the position's revision on, stopped at the feed key's current
+//! revision (a known event, so no progress notification is needed).
 //!
 //! Retention: etcd keeps history until it is compacted (its
 //! `--auto-compaction-*` flags or a `Compact` call), and the engine keeps a
@@ -34,14 +35,20 @@ pub(super) const TRIM_INTERVAL: Duration = Duration::from_secs(300);
 const TRIM_PAGE_EVENTS: usize = 10_000;
 
 impl EtcdEngine {
-    /// The retention floor, the feed key's latest revision (0 when nothing
-    /// was ever written) and the store's revision at this read, read
-    /// together. Revisions are etcd's, shared with whatever else the cluster
-    /// holds, so positions this engine hands out (its revision at open,
-    /// before this prefix's first write) may lie past the feed key's: the
-    /// store's revision is the latest position, since every commit of ours
-    /// up to it is in the history, and the feed's is where a walk ends.
-    pub(super) async fn history_state(&self) -> Result<(u64, u64, u64), EngineError> {
+    /// The retention floor and the latest sequence, read together: the end
+    /// of etcd's current revision. Not the feed key's last revision: the
+    /// feed also publishes revisions without a feed record (the clock mark,
+    /// state, other prefixes), and a watcher started "from now" holds such
+    /// a position; it must resume (and a walk up to it ends at the feed
+    /// key's last record before it).
+    pub(super) async fn history_state(&self) -> Result<(u64, u64), EngineError> {
+        let (floor, latest, _) = self.history_marks().await?;
+        Ok((floor, latest))
+    }
+
+    /// [`EtcdEngine::history_state`] and the end of the feed key's last
+    /// revision, where a walk of the history ends.
+    async fn history_marks(&self) -> Result<(u64, u64, u64), EngineError> {
         let keys = &self.inner.keys;
         let txn = Txn::new().and_then([
             TxnOp::get(keys.history_floor(), None),
@@ -56,14 +63,15 @@ impl EtcdEngine {
             .next()
             .flatten()
             .map_or(0, |kv| parse_clock_mark(kv.value()));
-        let feed = found
+        let record = found
             .next()
             .flatten()
-            .map_or(0, |kv| kv.mod_revision().max(0) as u64);
-        let revision = response
-            .header()
-            .map_or(0, |header| header.revision().max(0) as u64);
-        Ok((floor, feed, feed.max(revision)))
+            .map_or(0, |kv| feed::revision_end(kv.mod_revision()));
+        let current = feed::revision_end(response.header().map_or(0, |header| header.revision()));
+        let latest = record
+            .max(current)
+            .max(self.inner.feed.published_sequence());
+        Ok((floor, latest, record))
     }
 
     /// Raises the retention floor to `floor` (never lowers it: another
@@ -83,8 +91,8 @@ impl EtcdEngine {
         Ok(())
     }
 
-    /// Batches after `after` up to revision `until`, whole, stopping once
-    /// they hold `max_events` events (at least one batch).
+    /// Batches after sequence `after` up to sequence `until`, whole,
+    /// stopping once they hold `max_events` events (at least one batch).
     async fn walk(
         &self,
         after: u64,
@@ -101,7 +109,10 @@ impl EtcdEngine {
             .client
             .watch_client()
             .max_decoding_message_size(MAX_WATCH_MESSAGE_BYTES);
-        let options = WatchOptions::new().with_start_revision(after as i64 + 1);
+        // The position's revision may hold requests after it (group commit).
+        let start = feed::first_revision_after(after);
+        let last_revision = feed::revision_of(until);
+        let options = WatchOptions::new().with_start_revision(start);
         let mut stream = watch
             .watch(self.inner.keys.feed(), Some(options))
             .await
@@ -124,7 +135,7 @@ impl EtcdEngine {
             if response.canceled() {
                 let compacted = response.compact_revision();
                 if compacted > 0 {
-                    let oldest = floor.max(compacted as u64 - 1);
+                    let oldest = floor.max(feed::revision_end(compacted - 1));
                     // Later readers learn it without asking etcd again.
                     self.raise_floor(oldest).await?;
                     return Err(HistoryError::Compacted { oldest });
@@ -138,7 +149,7 @@ impl EtcdEngine {
             for event in response.events() {
                 let Some(kv) = event.kv() else { continue };
                 let revision = kv.mod_revision();
-                if revision <= after as i64 || revision > until as i64 {
+                if revision < start || revision > last_revision {
                     continue;
                 }
                 let record = feed::decode(kv.value()).ok_or_else(|| {
@@ -146,14 +157,26 @@ impl EtcdEngine {
                         "the feed record of revision {revision} does not decode"
                     ))
                 })?;
-                let batch = HistoryBatch {
-                    sequence: revision as u64,
-                    committed_at_millis: record.committed_at_millis,
-                    events: feed::events(revision, record.entries, |_, _| None),
-                };
-                events += batch.events.len();
-                batches.push(batch);
-                if revision as u64 >= until || events >= max_events {
+                for entries in record.requests {
+                    let batch_events = feed::events(revision, entries, |_, _| None);
+                    let Some(sequence) = batch_events.last().map(|event| event.batch_sequence)
+                    else {
+                        continue;
+                    };
+                    if sequence <= after || sequence > until {
+                        continue;
+                    }
+                    events += batch_events.len();
+                    batches.push(HistoryBatch {
+                        sequence,
+                        committed_at_millis: record.committed_at_millis,
+                        events: batch_events,
+                    });
+                    if events >= max_events {
+                        return Ok(batches);
+                    }
+                }
+                if revision >= last_revision {
                     return Ok(batches);
                 }
             }
@@ -171,7 +194,7 @@ impl EtcdEngine {
                 current: self.inner.history_id,
             });
         }
-        let (floor, feed, latest) = self.history_state().await?;
+        let (floor, latest, record) = self.history_marks().await?;
         if after.sequence < floor {
             return Err(HistoryError::Compacted { oldest: floor });
         }
@@ -179,7 +202,7 @@ impl EtcdEngine {
             return Err(HistoryError::Ahead { latest });
         }
         let batches = self
-            .walk(after.sequence, feed, max_events.max(1), floor)
+            .walk(after.sequence, record, max_events.max(1), floor)
             .await?;
         Ok(HistoryPage { batches, latest })
     }
@@ -191,7 +214,7 @@ impl EtcdEngine {
     /// only rises, so they never undo each other.
     pub async fn trim_history(&self) -> Result<u64, EngineError> {
         let options = &self.inner.options;
-        let (floor, latest, _) = self.history_state().await?;
+        let (floor, _, latest) = self.history_marks().await?;
         if options.history_max_events == 0 && options.history_max_age_millis == 0 {
             return Ok(floor);
         }

@@ -8,7 +8,9 @@
 //!   native `Range`s in byte order;
 //! - a write batch is read, decided and committed as one `Txn` whose
 //!   compares are the `mod_revision`s the decision read ([`write`]);
-//! - versions are `revision << 16 | index`, sequences are revisions;
+//! - versions are `revision << 16 | index`, and so are sequences: a
+//!   request's is its last mutation's, so requests that share a transaction
+//!   (group commit) have sequences of their own;
 //! - the change feed is a `Watch` on the feed record each write puts ([`feed`]);
 //! - the clock's high-water mark, the instance secret and named state live
 //!   under the root too.
@@ -19,6 +21,7 @@
 mod endpoints;
 mod error;
 mod feed;
+mod group;
 mod history;
 mod keys;
 mod lock;
@@ -74,14 +77,20 @@ struct Inner {
     feed: Arc<ChangeFeed>,
     /// How far the feed has published, to wait on.
     position: FeedPosition,
-    /// The highest revision a write of this handle returned (or the store's
-    /// revision at open).
+    /// The highest sequence a write of this handle returned (or the end of
+    /// the store's revision at open).
     acknowledged: AtomicU64,
     /// The change history's id ([`history`]).
     history_id: u64,
     /// Who this process is, written into the locks it holds.
     identity: String,
     options: EtcdOptions,
+    /// Where decided write requests wait for a shared transaction
+    /// ([`group::commit_groups`]).
+    committer: tokio::sync::mpsc::UnboundedSender<group::Pending>,
+    /// Where point reads wait for a shared read transaction
+    /// ([`read::coalesce_reads`]).
+    reader: tokio::sync::mpsc::UnboundedSender<read::PendingRead>,
     tasks: std::sync::Mutex<Vec<JoinHandle<()>>>,
 }
 
@@ -195,7 +204,7 @@ impl EtcdEngine {
         let feed = Arc::new(ChangeFeed::new(
             options.change_feed_capacity,
             options.change_feed_max_bytes,
-            revision as u64,
+            feed::revision_end(revision),
         ));
         let mut tasks = vec![tokio::spawn(feed::run(
             client.clone(),
@@ -213,6 +222,8 @@ impl EtcdEngine {
             Arc::clone(&clock),
             Arc::clone(&persisted_clock),
         )));
+        let (committer, committer_queue) = tokio::sync::mpsc::unbounded_channel();
+        let (reader, reader_queue) = tokio::sync::mpsc::unbounded_channel();
         let inner = Arc::new(Inner {
             client,
             keys,
@@ -222,14 +233,24 @@ impl EtcdEngine {
             secret,
             position: feed.position(),
             feed,
-            acknowledged: AtomicU64::new(revision as u64),
+            acknowledged: AtomicU64::new(feed::revision_end(revision)),
             history_id,
             identity: lock::identity(),
             options,
+            committer,
+            reader,
             tasks: std::sync::Mutex::new(Vec::new()),
         });
         tasks.push(tokio::spawn(history::keep_trimmed(Arc::downgrade(&inner))));
         tasks.push(tokio::spawn(sweep::keep_swept(Arc::downgrade(&inner))));
+        tasks.push(tokio::spawn(read::coalesce_reads(
+            Arc::downgrade(&inner),
+            reader_queue,
+        )));
+        tasks.push(tokio::spawn(group::commit_groups(
+            Arc::downgrade(&inner),
+            committer_queue,
+        )));
         *inner.tasks.lock().unwrap_or_else(|e| e.into_inner()) = tasks;
         Ok(Self { inner })
     }
@@ -455,8 +476,7 @@ impl Engine for EtcdEngine {
     }
 
     async fn history_bounds(&self) -> Result<(u64, u64), EngineError> {
-        let (floor, _, latest) = self.history_state().await?;
-        Ok((floor, latest))
+        self.history_state().await
     }
 
     async fn read_history(

@@ -4,10 +4,19 @@
 //!
 //! A read that needs several etcd requests (many keys, out-of-line values,
 //! several pages) pins the revision of its first, so it sees one snapshot.
+//!
+//! Point reads are coalesced: the keys of concurrent reads that arrive
+//! while [`MAX_READS_IN_FLIGHT`] read transactions are under way go
+//! together in the next one (up to `--max-txn-ops` ranges), one etcd
+//! request for many. Each read still starts after its caller asked, so it
+//! stays linearizable, and each caller gets its own keys at the shared
+//! transaction's revision.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
 
 use etcd_client::{GetOptions, KeyValue, Txn, TxnOp, TxnOpResponse};
+use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use super::keys::version;
 use super::EtcdEngine;
@@ -17,6 +26,60 @@ use crate::engine::{EngineError, Record, ScanPage, ScanRequest};
 
 /// Most heads one scan request asks etcd for.
 pub(super) const SCAN_PAGE: usize = 1000;
+/// Coalesced read transactions in flight at once.
+const MAX_READS_IN_FLIGHT: usize = 2;
+
+/// Keys and their revision, as one read found them.
+type Found = (i64, Vec<Option<KeyValue>>);
+
+/// A point read waiting for a shared read transaction.
+pub(super) struct PendingRead {
+    keys: Vec<Vec<u8>>,
+    reply: oneshot::Sender<Result<Found, EngineError>>,
+}
+
+/// Sends the point reads `queue` receives in shared transactions until the
+/// engine is dropped, [`MAX_READS_IN_FLIGHT`] at a time. Its queue holds at
+/// most one read per caller waiting on it.
+pub(super) async fn coalesce_reads(
+    engine: std::sync::Weak<super::Inner>,
+    mut queue: mpsc::UnboundedReceiver<PendingRead>,
+) {
+    let slots = Arc::new(Semaphore::new(MAX_READS_IN_FLIGHT));
+    let mut waiting: VecDeque<PendingRead> = VecDeque::new();
+    loop {
+        if waiting.is_empty() {
+            match queue.recv().await {
+                Some(read) => waiting.push_back(read),
+                None => return,
+            }
+        }
+        let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
+            return;
+        };
+        while let Ok(read) = queue.try_recv() {
+            waiting.push_back(read);
+        }
+        let Some(inner) = engine.upgrade() else {
+            return;
+        };
+        let engine = EtcdEngine { inner };
+        let max = engine.inner.options.max_txn_ops.max(1);
+        let mut group = Vec::new();
+        let mut keys = 0;
+        while let Some(read) = waiting.front() {
+            if !group.is_empty() && keys + read.keys.len() > max {
+                break;
+            }
+            keys += read.keys.len();
+            group.extend(waiting.pop_front());
+        }
+        tokio::spawn(async move {
+            engine.read_group(group).await;
+            drop(slot);
+        });
+    }
+}
 
 /// A decoded head: the record (its value empty when out of line), where
 /// its value is, and the head's `mod_revision`.
@@ -54,14 +117,64 @@ pub(super) fn decode(key: &str, kv: &KeyValue) -> Result<Head, EngineError> {
 }
 
 impl EtcdEngine {
-    /// Ranges of single keys, in as few transactions as the cluster's
-    /// `--max-txn-ops` allows, at one revision (`revision`, or the first
-    /// transaction's); returns that revision and the key-values in order.
+    /// Reads the keys of every read of `group` in one transaction (or alone,
+    /// one read of more keys than a transaction takes) and answers each.
+    async fn read_group(&self, group: Vec<PendingRead>) {
+        if group.len() == 1 {
+            let read = group.into_iter().next().expect("one read");
+            let _ = read.reply.send(self.get_keys_now(&read.keys, None).await);
+            return;
+        }
+        let all: Vec<Vec<u8>> = group.iter().flat_map(|read| read.keys.clone()).collect();
+        match self.get_keys_now(&all, None).await {
+            Ok((revision, mut found)) => {
+                for read in group.into_iter().rev() {
+                    let own = found.split_off(found.len() - read.keys.len());
+                    let _ = read.reply.send(Ok((revision, own)));
+                }
+            }
+            Err(error) => {
+                for read in group {
+                    let _ = read.reply.send(Err(error.duplicate()));
+                }
+            }
+        }
+    }
+
+    /// Ranges of single keys at one revision (`revision`, or the current
+    /// one): current reads go through the coalescer, so that concurrent
+    /// reads share etcd requests.
     pub(super) async fn get_keys(
         &self,
         keys: &[Vec<u8>],
+        revision: Option<i64>,
+    ) -> Result<Found, EngineError> {
+        if revision.is_some() || keys.is_empty() {
+            return self.get_keys_now(keys, revision).await;
+        }
+        let (reply, answer) = oneshot::channel();
+        let read = PendingRead {
+            keys: keys.to_vec(),
+            reply,
+        };
+        if self.inner.reader.send(read).is_err() {
+            return Err(EngineError::Unavailable(
+                "the etcd engine is closing".into(),
+            ));
+        }
+        answer
+            .await
+            .map_err(|_| EngineError::Unavailable("the etcd engine is closing".into()))?
+    }
+
+    /// Ranges of single keys, in as few transactions as the cluster's
+    /// `--max-txn-ops` allows, at one revision (`revision`, or the first
+    /// transaction's); returns that revision and the key-values in order.
+    async fn get_keys_now(
+        &self,
+        keys: &[Vec<u8>],
         mut revision: Option<i64>,
-    ) -> Result<(i64, Vec<Option<KeyValue>>), EngineError> {
+    ) -> Result<Found, EngineError> {
         let mut found = Vec::with_capacity(keys.len());
         let chunk = self.inner.options.max_txn_ops.max(1);
         for keys in keys.chunks(chunk) {
@@ -252,7 +365,7 @@ impl EtcdEngine {
                 .await?
                 .kvs()
                 .first()
-                .map_or(0, |kv| kv.mod_revision().max(0) as u64),
+                .map_or(0, |kv| super::feed::revision_end(kv.mod_revision())),
             None => 0,
         };
         if request.include_values {
