@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use common::etcd;
 use common::process::{server_command, spawn_server, ServerProcess, BINARY};
-use common::{connect, connect_sessions, get};
+use common::{connect, connect_sessions, get, list_all};
 use tierkv::proto::v1 as pb;
 use tonic::Code;
 
@@ -86,29 +86,16 @@ fn run_copy(from: &Path, to: &Path, extra: &[&str]) -> (Output, String, String) 
     (output, stdout, stderr)
 }
 
-/// Every key a listing of `prefix` returns, page after page.
-async fn list_all(
-    kv: &mut common::KvServiceClient<tonic::transport::Channel>,
-    prefix: &str,
-) -> Vec<String> {
-    let mut keys = Vec::new();
-    let mut page_token = String::new();
-    loop {
-        let page = kv
-            .list(pb::ListRequest {
-                prefix: prefix.into(),
-                page_size: 1000,
-                page_token,
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        keys.extend(page.keys.into_iter().map(|key| key.name));
-        if page.next_page_token.is_empty() {
-            return keys;
-        }
-        page_token = page.next_page_token;
-    }
+/// Starts the real binary over `data_dir`, writes `key` = `text`, and stops
+/// it: a stopped embedded store to copy from.
+async fn stopped_store_with(data_dir: &Path, key: &str, text: &str) {
+    let server = spawn_server(server_command(data_dir));
+    connect(&server.endpoint())
+        .await
+        .put(text_put(key, text))
+        .await
+        .unwrap();
+    stop(server);
 }
 
 fn summary(stdout: &str) -> serde_json::Value {
@@ -269,7 +256,7 @@ async fn copy_moves_an_embedded_store_into_etcd() {
         !kv.get(get("user:short")).await.unwrap().into_inner().found,
         "an expired record was copied"
     );
-    assert_eq!(list_all(&mut kv, "user:many:").await.len(), 150);
+    assert_eq!(list_all(&mut kv, "user:many:", 1000).await.len(), 150);
 
     let mut sessions = connect_sessions(&served.endpoint()).await;
     let found = sessions
@@ -448,7 +435,7 @@ async fn copy_killed_half_way_resumes_and_refuses_other_targets() {
         data_dir_2.path(),
     ));
     let mut kv = connect(&served.endpoint()).await;
-    let listed = list_all(&mut kv, "user:").await;
+    let listed = list_all(&mut kv, "user:", 1000).await;
     let expected: Vec<String> = (0..RECORDS).map(|n| format!("user:{n:04}")).collect();
     assert_eq!(listed, expected);
     for n in [0, 19, 20, 21, 250, RECORDS - 1] {
@@ -490,13 +477,7 @@ async fn copy_killed_half_way_resumes_and_refuses_other_targets() {
     // Another source into the finished target is refused.
     let other_dir = tempfile::tempdir().unwrap();
     let other_data = other_dir.path().join("data");
-    let other = spawn_server(server_command(&other_data));
-    connect(&other.endpoint())
-        .await
-        .put(text_put("user:other", "x"))
-        .await
-        .unwrap();
-    stop(other);
+    stopped_store_with(&other_data, "user:other", "x").await;
     let other_from = rocks_config(other_dir.path(), &other_data);
     let (output, _, stderr) = run_copy(&other_from, &to, &[]);
     assert_eq!(output.status.code(), Some(3), "{stderr}");
@@ -571,8 +552,8 @@ async fn copy_batches_fit_the_etcd_limits_and_refuse_a_record_over_them() {
         data_dir_2.path(),
     ));
     let mut kv = connect(&served.endpoint()).await;
-    assert_eq!(list_all(&mut kv, "feature:small:").await.len(), 300);
-    assert_eq!(list_all(&mut kv, "feature:large:").await.len(), 30);
+    assert_eq!(list_all(&mut kv, "feature:small:", 1000).await.len(), 300);
+    assert_eq!(list_all(&mut kv, "feature:large:", 1000).await.len(), 30);
     for n in [0, 17, 29] {
         let reply = kv
             .get(get(&format!("feature:large:{n:03}")))
@@ -594,13 +575,7 @@ async fn copy_batches_fit_the_etcd_limits_and_refuse_a_record_over_them() {
 async fn copy_into_an_unreachable_etcd_exits_unavailable() {
     let dir = tempfile::tempdir().unwrap();
     let data_dir = dir.path().join("data");
-    let server = spawn_server(server_command(&data_dir));
-    connect(&server.endpoint())
-        .await
-        .put(text_put("user:a", "a"))
-        .await
-        .unwrap();
-    stop(server);
+    stopped_store_with(&data_dir, "user:a", "a").await;
     // A port nothing listens on: bound, then closed.
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
