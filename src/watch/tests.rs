@@ -11,6 +11,19 @@ use crate::engine::{
 };
 use crate::kv::{ReadValue, RecordStore};
 
+/// A RocksDB engine in `dir` with no configured namespaces.
+fn open_engine(dir: &tempfile::TempDir, options: RocksOptions) -> Arc<dyn Engine> {
+    Arc::new(
+        RocksEngine::open(
+            dir.path().join("data"),
+            Namespaces::new(Vec::<String>::new()),
+            options,
+            ManualClock::starting_now(),
+        )
+        .unwrap(),
+    )
+}
+
 fn put(key: &str) -> WriteOp {
     WriteOp::Put(PutOp {
         key: key.into(),
@@ -29,17 +42,12 @@ fn put(key: &str) -> WriteOp {
 #[tokio::test]
 async fn a_lagging_feed_falls_back_to_the_history() {
     let dir = tempfile::tempdir().unwrap();
-    let engine: Arc<dyn Engine> = Arc::new(
-        RocksEngine::open(
-            dir.path().join("data"),
-            Namespaces::new(Vec::<String>::new()),
-            RocksOptions {
-                change_feed_max_bytes: 0,
-                ..RocksOptions::default()
-            },
-            ManualClock::starting_now(),
-        )
-        .unwrap(),
+    let engine = open_engine(
+        &dir,
+        RocksOptions {
+            change_feed_max_bytes: 0,
+            ..RocksOptions::default()
+        },
     );
     let service = WatchService::new(
         RecordStore::new(Arc::clone(&engine)),
@@ -123,15 +131,7 @@ async fn receive_until(watcher: &mut Watcher, last_key: &str) -> Vec<(String, u6
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watchers_join_their_group_without_gap_or_duplicate() {
     let dir = tempfile::tempdir().unwrap();
-    let engine: Arc<dyn Engine> = Arc::new(
-        RocksEngine::open(
-            dir.path().join("data"),
-            Namespaces::new(Vec::<String>::new()),
-            RocksOptions::default(),
-            ManualClock::starting_now(),
-        )
-        .unwrap(),
-    );
+    let engine = open_engine(&dir, RocksOptions::default());
     let service = WatchService::new(
         RecordStore::new(Arc::clone(&engine)),
         WatchConfig::default(),
@@ -246,15 +246,7 @@ async fn a_group_takes_over_at_the_watchers_cursor() {
     use super::fanout::{Groups, Joined};
     use super::queue::Shared;
     let dir = tempfile::tempdir().unwrap();
-    let engine: Arc<dyn Engine> = Arc::new(
-        RocksEngine::open(
-            dir.path().join("data"),
-            Namespaces::new(Vec::<String>::new()),
-            RocksOptions::default(),
-            ManualClock::starting_now(),
-        )
-        .unwrap(),
-    );
+    let engine = open_engine(&dir, RocksOptions::default());
     let groups = Arc::new(Groups::default());
     let converter = Converter {
         engine: Arc::clone(&engine),
