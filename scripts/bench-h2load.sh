@@ -180,6 +180,24 @@ grpc_call() {
     fi
 }
 
+# One h2load run of a body against a URL; prints "req/s|succeeded|mean latency" or fails the script.
+h2load_run() {
+    local name="$1" url="$2" body="$3" clients="$4" streams="$5" duration="$6" output rps done_requests failed non2xx mean
+    output="$(h2load -c "$clients" -m "$streams" -t "$THREADS" -D "$duration" \
+        -H 'content-type: application/grpc' -H 'te: trailers' -d "$WORK/$body.bin" "$url" 2>&1)"
+    rps="$(sed -n 's/^finished in .*, \([0-9.]*\) req\/s.*/\1/p' <<<"$output")"
+    done_requests="$(sed -n 's/^requests: .* \([0-9]*\) succeeded.*/\1/p' <<<"$output")"
+    failed="$(sed -n 's/^requests: .* \([0-9]*\) failed.*/\1/p' <<<"$output")"
+    non2xx="$(sed -n 's/^status codes: .*, \([0-9]*\) 4xx, \([0-9]*\) 5xx/\1 \2/p' <<<"$output")"
+    mean="$(awk '/^time for request:/ {print $6}' <<<"$output")"
+    if [ -z "$rps" ] || [ "${failed:-0}" != 0 ] || [ "$non2xx" != "0 0" ]; then
+        echo "h2load run of $name failed:" >&2
+        echo "$output" >&2
+        exit 1
+    fi
+    echo "$rps|$done_requests|$mean"
+}
+
 # Waits up to 60 s for a listener on the port while the process is alive.
 wait_for_port() {
     local port="$1" pid="$2" log="$3" i
@@ -291,19 +309,10 @@ for status in json.load(sys.stdin):
             IFS='|' read -r name url body <<<"$bench"
             a_before="$(cpu_ticks "$REPLICA_A_PID")"
             etcd_before="$(etcd_ticks)"
-            output="$(h2load -c "$CLIENTS" -m "$STREAMS" -t "$THREADS" -D "$DURATION" \
-                -H 'content-type: application/grpc' -H 'te: trailers' -d "$WORK/$body.bin" "$url" 2>&1)"
+            result="$(h2load_run "$name" "$url" "$body" "$CLIENTS" "$STREAMS" "$DURATION")"
             a_ticks="$(( $(cpu_ticks "$REPLICA_A_PID") - a_before ))"
             etcd_ticks_run="$(( $(etcd_ticks) - etcd_before ))"
-            rps="$(sed -n 's/^finished in .*, \([0-9.]*\) req\/s.*/\1/p' <<<"$output")"
-            done_requests="$(sed -n 's/^requests: .* \([0-9]*\) succeeded.*/\1/p' <<<"$output")"
-            failed="$(sed -n 's/^requests: .* \([0-9]*\) failed.*/\1/p' <<<"$output")"
-            non2xx="$(sed -n 's/^status codes: .*, \([0-9]*\) 4xx, \([0-9]*\) 5xx/\1 \2/p' <<<"$output")"
-            if [ -z "$rps" ] || [ "${failed:-0}" != 0 ] || [ "$non2xx" != "0 0" ]; then
-                echo "h2load run of $name failed:" >&2
-                echo "$output" >&2
-                exit 1
-            fi
+            IFS='|' read -r rps done_requests _ <<<"$result"
             a_us="$(python3 -c "print($a_ticks / $TICKS_PER_SEC * 1e6 / max($done_requests, 1))")"
             etcd_us="$(python3 -c "print($etcd_ticks_run / $TICKS_PER_SEC * 1e6 / max($done_requests, 1))")"
             printf 'round %d  %-24s %10.0f req/s %9.1f us tierkv A CPU/req %9.1f us etcd CPU/req (3 members)\n' \
@@ -386,23 +395,6 @@ for bench in "${BENCHES[@]}"; do
     grpc_call "$url" "$WORK/$body.bin"
 done
 
-# One h2load run of a body against a URL; prints "req/s|succeeded|mean latency" or fails the script.
-h2load_run() {
-    local name="$1" url="$2" body="$3" clients="$4" streams="$5" duration="$6" output rps done_requests failed non2xx mean
-    output="$(h2load -c "$clients" -m "$streams" -t "$THREADS" -D "$duration" \
-        -H 'content-type: application/grpc' -H 'te: trailers' -d "$WORK/$body.bin" "$url" 2>&1)"
-    rps="$(sed -n 's/^finished in .*, \([0-9.]*\) req\/s.*/\1/p' <<<"$output")"
-    done_requests="$(sed -n 's/^requests: .* \([0-9]*\) succeeded.*/\1/p' <<<"$output")"
-    failed="$(sed -n 's/^requests: .* \([0-9]*\) failed.*/\1/p' <<<"$output")"
-    non2xx="$(sed -n 's/^status codes: .*, \([0-9]*\) 4xx, \([0-9]*\) 5xx/\1 \2/p' <<<"$output")"
-    mean="$(awk '/^time for request:/ {print $6}' <<<"$output")"
-    if [ -z "$rps" ] || [ "${failed:-0}" != 0 ] || [ "$non2xx" != "0 0" ]; then
-        echo "h2load run of $name failed:" >&2
-        echo "$output" >&2
-        exit 1
-    fi
-    echo "$rps|$done_requests|$mean"
-}
 
 if [ "$SCENARIO" = cache-under-writes ]; then
     grpc_call "$TIERKV/tierkv.v1.KvService/BatchWrite" "$WORK/cache_writes.bin"
@@ -507,18 +499,9 @@ for round in $(seq 1 "$ROUNDS"); do
     for bench in "${BENCHES[@]}"; do
         IFS='|' read -r name url body pid <<<"$bench"
         ticks_before="$(cpu_ticks "$pid")"
-        output="$(h2load -c "$CLIENTS" -m "$STREAMS" -t "$THREADS" -D "$DURATION" \
-            -H 'content-type: application/grpc' -H 'te: trailers' -d "$WORK/$body.bin" "$url" 2>&1)"
+        result="$(h2load_run "$name" "$url" "$body" "$CLIENTS" "$STREAMS" "$DURATION")"
         ticks="$(( $(cpu_ticks "$pid") - ticks_before ))"
-        rps="$(sed -n 's/^finished in .*, \([0-9.]*\) req\/s.*/\1/p' <<<"$output")"
-        done_requests="$(sed -n 's/^requests: .* \([0-9]*\) succeeded.*/\1/p' <<<"$output")"
-        failed="$(sed -n 's/^requests: .* \([0-9]*\) failed.*/\1/p' <<<"$output")"
-        non2xx="$(sed -n 's/^status codes: .*, \([0-9]*\) 4xx, \([0-9]*\) 5xx/\1 \2/p' <<<"$output")"
-        if [ -z "$rps" ] || [ "${failed:-0}" != 0 ] || [ "$non2xx" != "0 0" ]; then
-            echo "h2load run of $name failed:" >&2
-            echo "$output" >&2
-            exit 1
-        fi
+        IFS='|' read -r rps done_requests _ <<<"$result"
         cpu_us="$(python3 -c "print($ticks / $TICKS_PER_SEC * 1e6 / max($done_requests, 1))")"
         printf 'round %d  %-24s %12.0f req/s %9.1f us server CPU/req\n' "$round" "$name" "$rps" "$cpu_us"
         printf '%s|%s|%s\n' "$name" "$rps" "$cpu_us" >>"$RESULTS"
