@@ -1,8 +1,0 @@
-//! The Watch fan-out suite, `tests/kv_watch_fanout.rs`, over the etcd
-//! engine: the same tests, every server on the shared three-member etcd test
-//! cluster (`tests/common/etcd.rs`) under a key prefix of its own. This
-//! binary's name, ending in `_etcd`, makes `tests/common` start etcd-backed
-//! servers.
-
-#[path = "kv_watch_fanout.rs"]
-mod suite;
