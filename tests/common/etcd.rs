@@ -143,8 +143,36 @@ fn remove_orphaned_dirs(parent: &Path) {
 }
 
 impl EtcdCluster {
-    /// Starts `size` members and waits until every one reports healthy.
+    /// Starts `size` members and waits until every one reports healthy. A
+    /// port chosen free can be taken by another test before etcd binds it
+    /// (seen once in CI): a member that exits at once is started again, with
+    /// the whole cluster, on new ports.
     pub fn start(size: usize) -> Self {
+        for _ in 0..3 {
+            let mut cluster = Self::spawn_all(size);
+            let settled = Instant::now() + Duration::from_secs(2);
+            let mut exited = false;
+            while Instant::now() < settled && !exited {
+                exited = cluster.members.iter_mut().any(|member| {
+                    member
+                        .child
+                        .as_mut()
+                        .is_some_and(|child| matches!(child.try_wait(), Ok(Some(_))))
+                });
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            if !exited {
+                cluster.wait_healthy(&(0..size).collect::<Vec<_>>());
+                return cluster;
+            }
+        }
+        let cluster = Self::spawn_all(size);
+        cluster.wait_healthy(&(0..size).collect::<Vec<_>>());
+        cluster
+    }
+
+    /// Spawns `size` members of a new cluster on free ports.
+    fn spawn_all(size: usize) -> Self {
         let dir = temp_dir();
         let members: Vec<Member> = (0..size)
             .map(|n| Member {
@@ -168,7 +196,6 @@ impl EtcdCluster {
         for n in 0..size {
             cluster.spawn(n);
         }
-        cluster.wait_healthy(&(0..size).collect::<Vec<_>>());
         cluster
     }
 
