@@ -98,6 +98,18 @@ async fn stopped_store_with(data_dir: &Path, key: &str, text: &str) {
     stop(server);
 }
 
+/// `tierkv serve` over the shared etcd cluster under `prefix`, with the
+/// temporary directory it needs (kept alive by the caller).
+fn serve_over_etcd(prefix: &str) -> (etcd::Served, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let served = etcd::spawn(etcd::server_command(
+        &etcd::shared().endpoints(),
+        prefix,
+        dir.path(),
+    ));
+    (served, dir)
+}
+
 fn summary(stdout: &str) -> serde_json::Value {
     serde_json::from_str(stdout).unwrap_or_else(|error| panic!("{error}: {stdout}"))
 }
@@ -220,12 +232,7 @@ async fn copy_moves_an_embedded_store_into_etcd() {
     assert_eq!(report["done"], true, "{report}");
     assert!(stderr.contains("new version"), "{stderr}");
 
-    let data_dir_2 = tempfile::tempdir().unwrap();
-    let served = etcd::spawn(etcd::server_command(
-        &etcd::shared().endpoints(),
-        &prefix,
-        data_dir_2.path(),
-    ));
+    let (served, _data_dir_2) = serve_over_etcd(&prefix);
     let mut kv = connect(&served.endpoint()).await;
     for old in &before {
         let new = kv.get(get(&old.key)).await.unwrap().into_inner();
@@ -428,12 +435,7 @@ async fn copy_killed_half_way_resumes_and_refuses_other_targets() {
     let copied = summary(&stdout)["copied"].as_u64().unwrap();
     assert!(copied >= RECORDS as u64, "{stdout}");
 
-    let data_dir_2 = tempfile::tempdir().unwrap();
-    let served = etcd::spawn(etcd::server_command(
-        &etcd::shared().endpoints(),
-        &prefix,
-        data_dir_2.path(),
-    ));
+    let (served, _data_dir_2) = serve_over_etcd(&prefix);
     let mut kv = connect(&served.endpoint()).await;
     let listed = list_all(&mut kv, "user:", 1000).await;
     let expected: Vec<String> = (0..RECORDS).map(|n| format!("user:{n:04}")).collect();
@@ -453,12 +455,7 @@ async fn copy_killed_half_way_resumes_and_refuses_other_targets() {
     // A target with records of its own (written through the etcd server)
     // and no copy is refused.
     let own_prefix = etcd::unique_prefix("copy-own");
-    let data_dir_3 = tempfile::tempdir().unwrap();
-    let own = etcd::spawn(etcd::server_command(
-        &etcd::shared().endpoints(),
-        &own_prefix,
-        data_dir_3.path(),
-    ));
+    let (own, _data_dir_3) = serve_over_etcd(&own_prefix);
     connect(&own.endpoint())
         .await
         .put(text_put("user:mine", "mine"))
@@ -545,12 +542,7 @@ async fn copy_batches_fit_the_etcd_limits_and_refuse_a_record_over_them() {
     assert!(output.status.success(), "{stdout}\n{stderr}");
     assert_eq!(summary(&stdout)["copied"], 331, "{stdout}");
 
-    let data_dir_2 = tempfile::tempdir().unwrap();
-    let served = etcd::spawn(etcd::server_command(
-        &etcd::shared().endpoints(),
-        &prefix,
-        data_dir_2.path(),
-    ));
+    let (served, _data_dir_2) = serve_over_etcd(&prefix);
     let mut kv = connect(&served.endpoint()).await;
     assert_eq!(list_all(&mut kv, "feature:small:", 1000).await.len(), 300);
     assert_eq!(list_all(&mut kv, "feature:large:", 1000).await.len(), 30);
