@@ -195,6 +195,12 @@ async fn scan_position_is_a_cut_of_history() {
     conformance::scan_position_is_a_cut_of_history(RocksHarness::new()).await;
 }
 
+/// Suite: following the history to each page's latest misses no write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_followed_to_latest_misses_no_write() {
+    conformance::history_followed_to_latest_misses_no_write(RocksHarness::new()).await;
+}
+
 fn open(dir: &TempDir, prefixes: &[&str], clock: SharedClock) -> Result<RocksEngine, EngineError> {
     open_with(dir, prefixes, clock, RocksOptions::default())
 }

@@ -222,6 +222,11 @@ suite_case!(
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     scan_position_is_a_cut_of_history
 );
+suite_case!(
+    /// Suite: following the history to each page's latest misses no write.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    history_followed_to_latest_misses_no_write
+);
 
 /// etcd-only: the sweeper deletes records expired for longer than the
 /// grace from etcd itself (and only them, values out of line included),

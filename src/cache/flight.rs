@@ -6,9 +6,19 @@
 //! wait for; every caller waits on a `watch` channel with its own deadline.
 //! The task removes its key from the table when it ends, panics included, so a
 //! key is never stuck behind a dead flight.
+//!
+//! A caller that read the store before a flight's fill landed, and asks for
+//! a flight only after that flight left the table, would start a second one
+//! for nothing. So each landing is counted (per stripe of keys), and a
+//! caller that took a [`LandingMark`] before its read learns from
+//! [`Flights::try_join_since`] that a flight of its stripe landed meanwhile,
+//! and reads again instead (seen over the etcd engine, whose reads take a
+//! round trip: two refreshes for one stale-while-revalidate window).
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::watch;
@@ -16,17 +26,49 @@ use tokio::sync::watch;
 /// A receiver of a flight's result (`None` until it lands).
 pub type Landing<T> = watch::Receiver<Option<T>>;
 
+/// Stripes of keys whose landings are counted together: few enough to
+/// cost nothing, enough that a landing rarely sends a reader of another
+/// key back to the store.
+const LANDING_STRIPES: usize = 64;
+
 /// The flights in progress, by key.
 #[derive(Debug)]
 pub struct Flights<T> {
     /// A std mutex: held to look up or insert, never across an await.
     in_flight: Mutex<HashMap<String, Landing<T>>>,
+    /// Flights landed so far, per stripe of keys; raised under the table's
+    /// lock as a flight leaves it.
+    landings: [AtomicU64; LANDING_STRIPES],
 }
 
 impl<T> Default for Flights<T> {
     fn default() -> Self {
         Self {
             in_flight: Mutex::new(HashMap::new()),
+            landings: std::array::from_fn(|_| AtomicU64::new(0)),
+        }
+    }
+}
+
+/// How many flights of a key's stripe had landed when it was taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LandingMark {
+    stripe: usize,
+    landed: u64,
+}
+
+fn stripe_of(key: &str) -> usize {
+    let hash = BuildHasherDefault::<DefaultHasher>::default().hash_one(key);
+    (hash % LANDING_STRIPES as u64) as usize
+}
+
+impl<T> Flights<T> {
+    /// A mark to take before reading what a flight of `key` would fill.
+    pub fn mark(&self, key: &str) -> LandingMark {
+        let stripe = stripe_of(key);
+        LandingMark {
+            stripe,
+            landed: self.landings[stripe].load(Ordering::SeqCst),
         }
     }
 }
@@ -63,9 +105,35 @@ impl<T: Clone + Send + Sync + 'static> Flights<T> {
         W: FnOnce() -> Result<F, E>,
         F: Future<Output = T> + Send + 'static,
     {
+        self.try_join_since(key, None, work)
+            .map(|joined| joined.expect("without a mark a flight is always joined or started"))
+    }
+
+    /// [`Flights::try_join`], except that with a `mark` taken before the
+    /// caller read the store, no flight starts if one of the key's stripe
+    /// landed since: `Ok(None)` asks the caller to read again (what it read
+    /// may be older than what that flight stored). A flight in progress is
+    /// joined either way.
+    pub fn try_join_since<F, W, E>(
+        self: &Arc<Self>,
+        key: &str,
+        mark: Option<LandingMark>,
+        work: W,
+    ) -> Result<Option<(Landing<T>, Role)>, E>
+    where
+        W: FnOnce() -> Result<F, E>,
+        F: Future<Output = T> + Send + 'static,
+    {
         let mut in_flight = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(landing) = in_flight.get(key) {
-            return Ok((landing.clone(), Role::Waiter));
+            return Ok(Some((landing.clone(), Role::Waiter)));
+        }
+        if let Some(mark) = mark {
+            // Raised under this lock before a flight leaves the table: a
+            // flight that left since the mark is seen here.
+            if self.landings[mark.stripe].load(Ordering::SeqCst) != mark.landed {
+                return Ok(None);
+            }
         }
         let work = work()?;
         let (sender, landing) = watch::channel(None);
@@ -82,7 +150,7 @@ impl<T: Clone + Send + Sync + 'static> Flights<T> {
             drop(guard);
             let _ = sender.send(Some(result));
         });
-        Ok((landing, Role::Leader))
+        Ok(Some((landing, Role::Leader)))
     }
 
     /// Whether a flight for `key` is in progress.
@@ -102,11 +170,13 @@ struct Landed<T> {
 
 impl<T> Drop for Landed<T> {
     fn drop(&mut self) {
-        self.flights
+        let mut in_flight = self
+            .flights
             .in_flight
             .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&self.key);
+            .unwrap_or_else(|e| e.into_inner());
+        self.flights.landings[stripe_of(&self.key)].fetch_add(1, Ordering::SeqCst);
+        in_flight.remove(&self.key);
     }
 }
 
@@ -151,5 +221,26 @@ mod tests {
         assert_eq!(runs.load(Ordering::SeqCst), 1);
         tokio::task::yield_now().await;
         assert!(!flights.is_flying("k"));
+    }
+
+    /// A caller whose mark predates a landing of its key is asked to read
+    /// again rather than start a flight; with a mark taken after, or while
+    /// a flight is in progress, it starts or joins one as usual.
+    #[tokio::test]
+    async fn a_landing_since_the_mark_sends_the_caller_back_to_read() {
+        let flights: Arc<Flights<u32>> = Arc::default();
+        let before = flights.mark("k");
+        let (landing, _) = flights.join("k", || async { 7 });
+        let in_progress = flights.try_join_since("k", Some(before), || Ok::<_, ()>(async { 0 }));
+        assert_eq!(in_progress.unwrap().unwrap().1, Role::Waiter);
+        assert_eq!(wait(landing).await, Some(7));
+        tokio::task::yield_now().await;
+        let again = flights.try_join_since("k", Some(before), || Ok::<_, ()>(async { 0 }));
+        assert!(again.unwrap().is_none(), "landed since the mark: read again");
+        let after = flights.mark("k");
+        let started = flights.try_join_since("k", Some(after), || Ok::<_, ()>(async { 8 }));
+        let (landing, role) = started.unwrap().unwrap();
+        assert_eq!(role, Role::Leader);
+        assert_eq!(wait(landing).await, Some(8));
     }
 }

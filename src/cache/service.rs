@@ -38,7 +38,7 @@ use super::config::{CacheConfig, OriginConfig};
 use super::entry::{MemoryEntry, StoredMeta, METADATA_FIELD};
 use super::error::{invalid, store_ttl_violations, CacheError, FetchError};
 use super::fence::Fences;
-use super::flight::{self, Flights, Landing, Role};
+use super::flight::{self, Flights, Landing, LandingMark, Role};
 use super::freshness::millis;
 use super::memory::{FillTicket, MemoryTier};
 use super::origin::{OriginClient, OriginError};
@@ -220,77 +220,92 @@ impl CacheService {
                 return answer(key, entry, Tier::Memory, value_type, now).map(Some);
             }
         }
-        let ticket = inner.memory.ticket(key);
-        // Migrated if due, exactly as a KV read returns it.
-        let record = inner.records.get(key).await?;
-        let Some(origin) = inner.config.origin_for(key) else {
-            let Some(record) = record else {
-                CacheStats::count(&inner.stats.misses);
-                return Ok(None);
-            };
-            let meta = StoredMeta::from_metadata(record.metadata.as_deref());
-            let entry = inner.store_hit(
-                key,
-                &record,
-                meta.as_ref(),
-                DEFAULT_MEMORY_TTL,
-                now,
-                ticket,
-                in_memory,
-            );
-            return answer(key, &entry, Tier::Store, value_type, now).map(Some);
-        };
-        let Some(record) = record else {
-            let (landing, role) = self.fetch(key, origin, None)?;
-            return self
-                .await_fetch(key, value_type, landing, role, deadline, None)
-                .await
-                .map(Some);
-        };
-        let meta = StoredMeta::from_metadata(record.metadata.as_deref());
-        let stale_meta = match meta {
-            Some(meta) if !meta.is_fresh_at(now) => meta,
-            // Fresh, or written by someone else than the cache (KvService):
-            // fresh for as long as the record lives.
-            meta => {
+        // Once: a flight of this key that landed while the store was read
+        // sends the read back to the store, which then holds what it stored.
+        let mut read_again_once = true;
+        loop {
+            let ticket = inner.memory.ticket(key);
+            let mark = read_again_once.then(|| inner.flights.mark(key));
+            read_again_once = false;
+            // Migrated if due, exactly as a KV read returns it.
+            let record = inner.records.get(key).await?;
+            let Some(origin) = inner.config.origin_for(key) else {
+                let Some(record) = record else {
+                    CacheStats::count(&inner.stats.misses);
+                    return Ok(None);
+                };
+                let meta = StoredMeta::from_metadata(record.metadata.as_deref());
                 let entry = inner.store_hit(
                     key,
                     &record,
                     meta.as_ref(),
-                    origin.memory_ttl,
+                    DEFAULT_MEMORY_TTL,
                     now,
                     ticket,
                     in_memory,
                 );
                 return answer(key, &entry, Tier::Store, value_type, now).map(Some);
-            }
-        };
-        let stale_entry = MemoryEntry::from_record(&record, Some(&stale_meta), now);
-        if stale_meta.may_revalidate_behind_at(now) {
-            // No room for a refresh now: the stale copy is served all the
-            // same, and a later read refreshes it.
-            if let Ok((_, Role::Leader)) = self.fetch(key, origin, Some((record, stale_meta))) {
-                CacheStats::count(&inner.stats.background_refreshes);
-            }
-            CacheStats::count(&inner.stats.stale_serves);
-            return answer(key, &stale_entry, Tier::Stale, value_type, now).map(Some);
-        }
-        let fallback = stale_meta.may_serve_on_error_at(now).then_some(stale_entry);
-        let (landing, role) = match self.fetch(key, origin, Some((record, stale_meta))) {
-            Ok(flight) => flight,
-            Err(error) => {
-                return match fallback {
-                    Some(stale) if error.allows_stale() => {
-                        CacheStats::count(&inner.stats.stale_serves);
-                        answer(key, &stale, Tier::Stale, value_type, now).map(Some)
-                    }
-                    _ => Err(error),
+            };
+            let Some(record) = record else {
+                let Some((landing, role)) = self.fetch(key, origin, None, mark)? else {
+                    continue;
                 };
+                return self
+                    .await_fetch(key, value_type, landing, role, deadline, None)
+                    .await
+                    .map(Some);
+            };
+            let meta = StoredMeta::from_metadata(record.metadata.as_deref());
+            let stale_meta = match meta {
+                Some(meta) if !meta.is_fresh_at(now) => meta,
+                // Fresh, or written by someone else than the cache (KvService):
+                // fresh for as long as the record lives.
+                meta => {
+                    let entry = inner.store_hit(
+                        key,
+                        &record,
+                        meta.as_ref(),
+                        origin.memory_ttl,
+                        now,
+                        ticket,
+                        in_memory,
+                    );
+                    return answer(key, &entry, Tier::Store, value_type, now).map(Some);
+                }
+            };
+            let stale_entry = MemoryEntry::from_record(&record, Some(&stale_meta), now);
+            if stale_meta.may_revalidate_behind_at(now) {
+                // No room for a refresh now: the stale copy is served all the
+                // same, and a later read refreshes it.
+                match self.fetch(key, origin, Some((record, stale_meta)), mark) {
+                    Ok(None) => continue,
+                    Ok(Some((_, Role::Leader))) => {
+                        CacheStats::count(&inner.stats.background_refreshes)
+                    }
+                    Ok(Some((_, Role::Waiter))) | Err(_) => {}
+                }
+                CacheStats::count(&inner.stats.stale_serves);
+                return answer(key, &stale_entry, Tier::Stale, value_type, now).map(Some);
             }
-        };
-        self.await_fetch(key, value_type, landing, role, deadline, fallback.as_ref())
-            .await
-            .map(Some)
+            let fallback = stale_meta.may_serve_on_error_at(now).then_some(stale_entry);
+            let (landing, role) = match self.fetch(key, origin, Some((record, stale_meta)), mark) {
+                Ok(Some(flight)) => flight,
+                Ok(None) => continue,
+                Err(error) => {
+                    return match fallback {
+                        Some(stale) if error.allows_stale() => {
+                            CacheStats::count(&inner.stats.stale_serves);
+                            answer(key, &stale, Tier::Stale, value_type, now).map(Some)
+                        }
+                        _ => Err(error),
+                    };
+                }
+            };
+            return self
+                .await_fetch(key, value_type, landing, role, deadline, fallback.as_ref())
+                .await
+                .map(Some);
+        }
     }
 
     /// Joins the fetch of `key` in flight, or starts one (only then copying
@@ -298,15 +313,19 @@ impl CacheService {
     /// one takes a permit of the origin's and the global
     /// `max_concurrent_fetches`, held by the fetch until it ends, whether or
     /// not anyone still waits for it; without one, nothing is sent.
+    ///
+    /// With a `mark` taken before the store was read, `Ok(None)` when a
+    /// flight of the key landed since: read the store again first.
     fn fetch(
         &self,
         key: &str,
         origin: &OriginConfig,
         stale: Option<(Record, StoredMeta)>,
-    ) -> Result<(Landing<FetchResult>, Role), CacheError> {
+        mark: Option<LandingMark>,
+    ) -> Result<Option<(Landing<FetchResult>, Role)>, CacheError> {
         self.inner
             .flights
-            .try_join(key, || {
+            .try_join_since(key, mark, || {
                 let permit = self.inner.fetch_limits.try_acquire(origin)?;
                 let inner = Arc::clone(&self.inner);
                 let (key, origin) = (key.to_string(), origin.clone());

@@ -344,3 +344,77 @@ pub async fn scan_position_is_a_cut_of_history<H: Harness>(mut harness: H) {
         assert_eq!(later.len(), missed);
     }
 }
+
+/// A history page's `latest` is a cut: a reader that follows the history
+/// page by page, moving to `latest` whenever a page is empty (as a watcher
+/// does once it has caught up), misses no write made meanwhile. An engine
+/// whose `latest` comes from somewhere the page's read did not look (its
+/// live feed, say, which may have published a commit the read began
+/// before) skips that commit for good; this found it over etcd.
+pub async fn history_followed_to_latest_misses_no_write<H: Harness>(mut harness: H) {
+    const WRITES: usize = 400;
+    let engine = harness.open(ManualClock::new(T0)).await.expect("open");
+    let (_, start) = engine.history_bounds().await.unwrap();
+    let done = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let engine = Arc::clone(&engine);
+        let done = Arc::clone(&done);
+        tokio::spawn(async move {
+            let mut written = Vec::new();
+            for n in 0..WRITES {
+                let key = format!("user:follow/{n:06}");
+                written.push(engine.write(vec![put(&key, "v")]).await.unwrap().sequence);
+            }
+            done.store(true, Ordering::SeqCst);
+            written
+        })
+    };
+    let id = engine.history_id();
+    let mut cursor = start;
+    let mut seen = Vec::new();
+    let mut follow = |page: crate::engine::HistoryPage, cursor: &mut u64| {
+        if page.batches.is_empty() {
+            assert!(page.latest >= *cursor, "latest never goes back");
+            *cursor = page.latest;
+            return true;
+        }
+        for batch in page.batches {
+            assert!(batch.sequence > *cursor, "in order, once");
+            *cursor = batch.sequence;
+            seen.push(batch.sequence);
+        }
+        false
+    };
+    // Read as fast as the writer writes, so that a commit often lands
+    // while a read is under way; then once more after the last write.
+    let mut writing = true;
+    loop {
+        let page = engine
+            .read_history(
+                HistoryPosition {
+                    history_id: id,
+                    sequence: cursor,
+                },
+                1000,
+            )
+            .await
+            .expect("read history");
+        let caught_up = follow(page, &mut cursor);
+        if caught_up && !writing {
+            break;
+        }
+        writing = !done.load(Ordering::SeqCst);
+    }
+    let written = writer.await.unwrap();
+    let missed: Vec<&u64> = written
+        .iter()
+        .filter(|sequence| !seen.contains(sequence))
+        .collect();
+    assert!(
+        missed.is_empty(),
+        "{} of {} writes were skipped by a page's latest: {missed:?}",
+        missed.len(),
+        written.len()
+    );
+    assert_eq!(seen, written, "every write once, in commit order");
+}

@@ -182,4 +182,5 @@ pub async fn run_all<H: Harness>(mut make: impl FnMut() -> H) {
     namespace_cleared_is_in_history(make()).await;
     unresumable_positions_are_refused(make()).await;
     scan_position_is_a_cut_of_history(make()).await;
+    history_followed_to_latest_misses_no_write(make()).await;
 }

@@ -68,9 +68,13 @@ impl EtcdEngine {
             .flatten()
             .map_or(0, |kv| feed::revision_end(kv.mod_revision()));
         let current = feed::revision_end(response.header().map_or(0, |header| header.revision()));
-        let latest = record
-            .max(current)
-            .max(self.inner.feed.published_sequence());
+        // The read's own revision, never the live feed's position: the feed
+        // may have published a commit this read began before, and a reader
+        // told it is up to date with that commit would skip it for good
+        // (seen: a watcher moved its cursor past a put it never sent). The
+        // read is linearizable, so its revision is at least every position
+        // the feed had published when it was sent.
+        let latest = record.max(current);
         Ok((floor, latest, record))
     }
 
