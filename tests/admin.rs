@@ -270,74 +270,73 @@ async fn dropping_the_default_or_an_owned_namespace_needs_force() {
     server.stop().await;
 }
 
-crate::rocksdb_only! {
-    "a RocksDB column family left without a namespace is what the start refuses; over etcd a namespace is only a key range";
-    /// A namespace removed from the configuration while it holds data is refused
-    /// at start, naming the prefix, its key count and how to retire it; after
-    /// dropping its data (re-added), removing it succeeds and its empty column
-    /// family is dropped.
-    #[tokio::test]
-    async fn removed_namespace_with_data_is_refused_at_start() {
-        // The data dir outlives every server of the test.
-        let dir = tempfile::tempdir().unwrap();
-        let mut config = test_config(&dir);
-        with_namespaces(&["user:", "old:", "session:"])(&mut config);
-        let server = tierkv::server::RunningServer::start(
-            config.clone(),
-            tierkv::clock::ManualClock::starting_now(),
-        )
-        .await
-        .unwrap();
-        let mut client = connect(&server.endpoint()).await;
-        put_all(&mut client, &["old:1", "old:2", "old:3", "user:1"]).await;
-        server.stop().await.unwrap();
+/// A namespace removed from the configuration while it holds data is refused
+/// at start, naming the prefix, its key count and how to retire it; after
+/// dropping its data (re-added), removing it succeeds (on RocksDB its empty
+/// column family is dropped; over etcd, where a namespace is only a key
+/// range, the engine remembers the namespaces of the last start).
+#[tokio::test]
+async fn removed_namespace_with_data_is_refused_at_start() {
+    // The data dir outlives every server of the test.
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(&dir);
+    use_engine(&mut config);
+    with_namespaces(&["user:", "old:", "session:"])(&mut config);
+    let server = tierkv::server::RunningServer::start(
+        config.clone(),
+        tierkv::clock::ManualClock::starting_now(),
+    )
+    .await
+    .unwrap();
+    let mut client = connect(&server.endpoint()).await;
+    put_all(&mut client, &["old:1", "old:2", "old:3", "user:1"]).await;
+    server.stop().await.unwrap();
 
-        let mut removed = config.clone();
-        removed.namespaces = vec!["user:".into(), "session:".into()];
-        let refused = tierkv::server::RunningServer::start(
-            removed.clone(),
-            tierkv::clock::ManualClock::starting_now(),
-        )
-        .await
-        .err()
-        .expect("refused")
-        .to_string();
-        assert!(refused.contains("\"old:\""), "{refused}");
-        assert!(refused.contains("3 live keys"), "{refused}");
-        assert!(
-            refused.contains("tierkv admin drop-namespace old: --expected-keys 3"),
-            "{refused}"
-        );
+    let mut removed = config.clone();
+    removed.namespaces = vec!["user:".into(), "session:".into()];
+    let refused = tierkv::server::RunningServer::start(
+        removed.clone(),
+        tierkv::clock::ManualClock::starting_now(),
+    )
+    .await
+    .err()
+    .expect("refused")
+    .to_string();
+    assert!(refused.contains("\"old:\""), "{refused}");
+    assert!(refused.contains("3 live keys"), "{refused}");
+    assert!(
+        refused.contains("tierkv admin drop-namespace old: --expected-keys 3"),
+        "{refused}"
+    );
 
-        // Re-add it, drop its data, remove it.
-        let server =
-            tierkv::server::RunningServer::start(config, tierkv::clock::ManualClock::starting_now())
-                .await
-                .unwrap();
-        let mut admin = connect_admin(&server.endpoint()).await;
-        admin
-            .drop_namespace(pb::DropNamespaceRequest {
-                prefix: "old:".into(),
-                expected_keys: Some(3),
-                ..Default::default()
-            })
+    // Re-add it, drop its data, remove it.
+    let server =
+        tierkv::server::RunningServer::start(config, tierkv::clock::ManualClock::starting_now())
             .await
             .unwrap();
-        server.stop().await.unwrap();
-        let server =
-            tierkv::server::RunningServer::start(removed, tierkv::clock::ManualClock::starting_now())
-                .await
-                .expect("an empty leftover namespace is no obstacle");
-        let mut client = connect(&server.endpoint()).await;
-        assert!(exists(&mut client, "user:1").await);
-        assert!(!exists(&mut client, "old:1").await);
-        let mut admin = connect_admin(&server.endpoint()).await;
-        assert!(namespaces(&mut admin)
+    let mut admin = connect_admin(&server.endpoint()).await;
+    admin
+        .drop_namespace(pb::DropNamespaceRequest {
+            prefix: "old:".into(),
+            expected_keys: Some(3),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    server.stop().await.unwrap();
+    let server =
+        tierkv::server::RunningServer::start(removed, tierkv::clock::ManualClock::starting_now())
             .await
-            .iter()
-            .all(|ns| ns.prefix != "old:"));
-        server.stop().await.unwrap();
-    }
+            .expect("an empty leftover namespace is no obstacle");
+    let mut client = connect(&server.endpoint()).await;
+    assert!(exists(&mut client, "user:1").await);
+    assert!(!exists(&mut client, "old:1").await);
+    let mut admin = connect_admin(&server.endpoint()).await;
+    assert!(namespaces(&mut admin)
+        .await
+        .iter()
+        .all(|ns| ns.prefix != "old:"));
+    server.stop().await.unwrap();
 }
 
 struct Outcome {

@@ -236,7 +236,10 @@ mod tests {
         assert_eq!(wait(landing).await, Some(7));
         tokio::task::yield_now().await;
         let again = flights.try_join_since("k", Some(before), || Ok::<_, ()>(async { 0 }));
-        assert!(again.unwrap().is_none(), "landed since the mark: read again");
+        assert!(
+            again.unwrap().is_none(),
+            "landed since the mark: read again"
+        );
         let after = flights.mark("k");
         let started = flights.try_join_since("k", Some(after), || Ok::<_, ()>(async { 8 }));
         let (landing, role) = started.unwrap().unwrap();

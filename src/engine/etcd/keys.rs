@@ -9,6 +9,7 @@
 //! <root>meta/clock  the clock's high-water mark, 20 decimal digits
 //! <root>meta/secret the instance secret shared by every replica
 //! <root>meta/history_id, history_floor   the change history's identity and retention
+//! <root>meta/namespaces  the namespaces configured at the last open
 //! <root>lock/<name>  locks (one batch migration of a prefix at a time)
 //! ```
 //!
@@ -91,6 +92,11 @@ impl Keys {
     /// The clock's high-water mark.
     pub(crate) fn clock(&self) -> Vec<u8> {
         self.under(b"meta/clock", b"")
+    }
+
+    /// The namespaces configured at the last open (a JSON list of prefixes).
+    pub(crate) fn namespaces(&self) -> Vec<u8> {
+        self.under(b"meta/namespaces", b"")
     }
 
     /// The instance secret.

@@ -27,6 +27,7 @@ mod keys;
 mod lock;
 mod options;
 mod read;
+mod retired;
 mod stats;
 mod sweep;
 mod write;
@@ -109,7 +110,9 @@ impl EtcdEngine {
     /// Connects to the cluster, reads (or creates) the clock mark and the
     /// instance secret under the prefix, and starts the change feed's watch
     /// at the store's current revision. Fails with
-    /// [`EngineError::Unavailable`] when etcd cannot be reached.
+    /// [`EngineError::Unavailable`] when etcd cannot be reached, and with
+    /// [`EngineError::Layout`] when a namespace configured before is not now
+    /// but still holds live records ([`retired`]).
     pub async fn open(
         options: EtcdOptions,
         namespaces: Namespaces,
@@ -252,7 +255,9 @@ impl EtcdEngine {
             committer_queue,
         )));
         *inner.tasks.lock().unwrap_or_else(|e| e.into_inner()) = tasks;
-        Ok(Self { inner })
+        let engine = Self { inner };
+        engine.refuse_removed_namespaces().await?;
+        Ok(engine)
     }
 
     /// What one write request may carry, so that services can refuse a

@@ -18,10 +18,11 @@
 
 use etcd_client::GetOptions;
 
+use super::keys::Keys;
 use super::read::{decode, SCAN_PAGE};
 use super::EtcdEngine;
 use crate::engine::namespace::NamespaceId;
-use crate::engine::{EngineError, NamespaceStats};
+use crate::engine::{EngineError, NamespaceStats, Namespaces};
 
 /// Most heads one namespace's walk reads (a head is at most about 2.5 KiB:
 /// a bounded read however large the namespace is).
@@ -29,15 +30,15 @@ pub(super) const STATS_MAX_EXAMINED: u64 = 10_000;
 
 /// What the walk of one namespace found.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-struct Walked {
+pub(super) struct Walked {
     /// Heads stored in the namespace's own ranges (expired ones included).
-    stored: u64,
+    pub(super) stored: u64,
     /// Heads walked.
-    examined: u64,
+    pub(super) examined: u64,
     /// Of those, live ones.
-    live: u64,
+    pub(super) live: u64,
     /// Bytes of the live ones: key, value and metadata.
-    live_bytes: u64,
+    pub(super) live_bytes: u64,
 }
 
 impl Walked {
@@ -78,32 +79,6 @@ impl EtcdEngine {
         Ok(stats)
     }
 
-    /// The head ranges holding namespace `id`'s own records: its prefix's
-    /// range less those of the namespaces nested directly in it (which are
-    /// disjoint: one nested in another is not directly nested), in order.
-    fn own_ranges(&self, id: NamespaceId) -> Vec<(Vec<u8>, Vec<u8>)> {
-        let namespaces = &self.inner.namespaces;
-        let keys = &self.inner.keys;
-        let (mut from, end) = keys.head_range(namespaces.prefix(id));
-        let mut nested: Vec<(Vec<u8>, Vec<u8>)> = namespaces
-            .nested_in(id)
-            .into_iter()
-            .map(|child| keys.head_range(namespaces.prefix(child)))
-            .collect();
-        nested.sort();
-        let mut ranges = Vec::with_capacity(nested.len() + 1);
-        for (start, stop) in nested {
-            if start > from {
-                ranges.push((from, start));
-            }
-            from = stop;
-        }
-        if from < end {
-            ranges.push((from, end));
-        }
-        ranges
-    }
-
     /// Counts and walks namespace `id`'s own ranges at `revision` (set by
     /// the first request of the whole listing when still `None`).
     async fn walk_namespace(
@@ -112,9 +87,22 @@ impl EtcdEngine {
         now: u64,
         revision: &mut Option<i64>,
     ) -> Result<Walked, EngineError> {
+        let ranges = own_ranges(&self.inner.namespaces, &self.inner.keys, id);
+        self.walk_ranges(ranges, now, revision, STATS_MAX_EXAMINED)
+            .await
+    }
+
+    /// Counts the heads of `ranges`, then walks up to `max_examined` of them
+    /// at `revision` (set by the first request when still `None`).
+    pub(super) async fn walk_ranges(
+        &self,
+        ranges: Vec<(Vec<u8>, Vec<u8>)>,
+        now: u64,
+        revision: &mut Option<i64>,
+        max_examined: u64,
+    ) -> Result<Walked, EngineError> {
         let keys = &self.inner.keys;
         let mut walked = Walked::default();
-        let ranges = self.own_ranges(id);
         for (start, end) in &ranges {
             let mut options = GetOptions::new().with_range(end.clone()).with_count_only();
             if let Some(revision) = *revision {
@@ -126,8 +114,8 @@ impl EtcdEngine {
         }
         for (start, end) in ranges {
             let mut from = start;
-            while walked.examined < STATS_MAX_EXAMINED {
-                let want = (STATS_MAX_EXAMINED - walked.examined).min(SCAN_PAGE as u64);
+            while walked.examined < max_examined {
+                let want = (max_examined - walked.examined).min(SCAN_PAGE as u64);
                 let mut options = GetOptions::new()
                     .with_range(end.clone())
                     .with_limit(want as i64);
@@ -159,6 +147,34 @@ impl EtcdEngine {
         }
         Ok(walked)
     }
+}
+
+/// The head ranges holding namespace `id`'s own records: its prefix's
+/// range less those of the namespaces nested directly in it (which are
+/// disjoint: one nested in another is not directly nested), in order.
+pub(super) fn own_ranges(
+    namespaces: &Namespaces,
+    keys: &Keys,
+    id: NamespaceId,
+) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let (mut from, end) = keys.head_range(namespaces.prefix(id));
+    let mut nested: Vec<(Vec<u8>, Vec<u8>)> = namespaces
+        .nested_in(id)
+        .into_iter()
+        .map(|child| keys.head_range(namespaces.prefix(child)))
+        .collect();
+    nested.sort();
+    let mut ranges = Vec::with_capacity(nested.len() + 1);
+    for (start, stop) in nested {
+        if start > from {
+            ranges.push((from, start));
+        }
+        from = stop;
+    }
+    if from < end {
+        ranges.push((from, end));
+    }
+    ranges
 }
 
 #[cfg(test)]
