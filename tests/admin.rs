@@ -6,10 +6,6 @@
 
 mod common;
 
-// The etcd twin (`<this file>_etcd.rs`) declares its own `rocksdb_only`.
-#[allow(unused_imports)]
-use common::rocksdb_run::rocksdb_only;
-
 use std::process::Command;
 use std::time::Duration;
 
