@@ -220,16 +220,18 @@ impl CacheService {
                 return answer(key, entry, Tier::Memory, value_type, now).map(Some);
             }
         }
+        let origin = inner.config.origin_for(key);
         // Once: a flight of this key that landed while the store was read
         // sends the read back to the store, which then holds what it stored.
-        let mut read_again_once = true;
+        // Only keys under an origin have flights to mark.
+        let mut read_again_once = origin.is_some();
         loop {
             let ticket = inner.memory.ticket(key);
             let mark = read_again_once.then(|| inner.flights.mark(key));
             read_again_once = false;
             // Migrated if due, exactly as a KV read returns it.
             let record = inner.records.get(key).await?;
-            let Some(origin) = inner.config.origin_for(key) else {
+            let Some(origin) = origin else {
                 let Some(record) = record else {
                     CacheStats::count(&inner.stats.misses);
                     return Ok(None);

@@ -148,27 +148,33 @@ impl EtcdCluster {
     /// (seen once in CI): a member that exits at once is started again, with
     /// the whole cluster, on new ports.
     pub fn start(size: usize) -> Self {
-        for _ in 0..3 {
+        const ATTEMPTS: usize = 4;
+        for attempt in 1..=ATTEMPTS {
             let mut cluster = Self::spawn_all(size);
-            let settled = Instant::now() + Duration::from_secs(2);
-            let mut exited = false;
-            while Instant::now() < settled && !exited {
-                exited = cluster.members.iter_mut().any(|member| {
-                    member
-                        .child
-                        .as_mut()
-                        .is_some_and(|child| matches!(child.try_wait(), Ok(Some(_))))
-                });
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            if !exited {
+            if attempt == ATTEMPTS || !cluster.a_member_exits_within(Duration::from_secs(2)) {
                 cluster.wait_healthy(&(0..size).collect::<Vec<_>>());
                 return cluster;
             }
         }
-        let cluster = Self::spawn_all(size);
-        cluster.wait_healthy(&(0..size).collect::<Vec<_>>());
-        cluster
+        unreachable!("the last attempt returns")
+    }
+
+    /// Whether a member process ends within `wait` of its start.
+    fn a_member_exits_within(&mut self, wait: Duration) -> bool {
+        let settled = Instant::now() + wait;
+        while Instant::now() < settled {
+            let exited = self.members.iter_mut().any(|member| {
+                member
+                    .child
+                    .as_mut()
+                    .is_some_and(|child| matches!(child.try_wait(), Ok(Some(_))))
+            });
+            if exited {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        false
     }
 
     /// Spawns `size` members of a new cluster on free ports.
