@@ -453,8 +453,12 @@ if [ "$SCENARIO" = watch ]; then
                 grep -q '^watching' "$WORK/watchers.txt" || { echo "the watchers did not start" >&2; exit 1; }
             fi
             ticks_before="$(cpu_ticks "$TIERKV_PID")"
+            holder_before=0
+            if [ -n "$holder" ]; then holder_before="$(cpu_ticks "$holder")"; fi
             result="$(h2load_run "Put with $watchers watchers" "$TIERKV/tierkv.v1.KvService/Put" put "$CLIENTS" "$STREAMS" "$DURATION")"
             ticks="$(( $(cpu_ticks "$TIERKV_PID") - ticks_before ))"
+            holder_ticks=0
+            if [ -n "$holder" ]; then holder_ticks="$(( $(cpu_ticks "$holder") - holder_before ))"; fi
             received=0
             disorder=0
             if [ -n "$holder" ]; then
@@ -469,8 +473,9 @@ if [ "$SCENARIO" = watch ]; then
             fi
             IFS='|' read -r rps done_requests mean <<<"$result"
             cpu_us="$(python3 -c "print($ticks / $TICKS_PER_SEC * 1e6 / max($done_requests, 1))")"
-            printf 'round %d  %4d watchers  Put %9.0f req/s (mean %s) %7.1f us server CPU/req  events received %s (%s puts x %d watchers; out of order %s)\n' \
-                "$round" "$watchers" "$rps" "$mean" "$cpu_us" "${received:-?}" "$done_requests" "$watchers" "${disorder:-0}"
+            holder_us="$(python3 -c "print($holder_ticks / $TICKS_PER_SEC * 1e6 / max($done_requests, 1))")"
+            printf 'round %d  %4d watchers  Put %9.0f req/s (mean %s) %7.1f us server CPU/req %7.1f us watcher-process CPU/req  events received %s (%s puts x %d watchers; out of order %s)\n' \
+                "$round" "$watchers" "$rps" "$mean" "$cpu_us" "$holder_us" "${received:-?}" "$done_requests" "$watchers" "${disorder:-0}"
             printf '%s|%s|%s\n' "$watchers" "$rps" "$cpu_us" >>"$RESULTS"
         done
     done
