@@ -204,6 +204,13 @@ impl EtcdEngine {
             persisted_clock.fetch_max(now, Ordering::AcqRel);
         }
 
+        // The feed key's version where the watch starts, so that the feed
+        // can tell whether it skips a record from its very first one.
+        let continuity = {
+            let at = GetOptions::new().with_revision(revision).with_keys_only();
+            let response = kv.get(keys.feed(), Some(at)).await.map_err(etcd_error)?;
+            feed::Continuity::from_version(response.kvs().first().map_or(0, |kv| kv.version()))
+        };
         let feed = Arc::new(ChangeFeed::new(
             options.change_feed_capacity,
             options.change_feed_max_bytes,
@@ -214,6 +221,7 @@ impl EtcdEngine {
             keys.clone(),
             Arc::clone(&feed),
             revision,
+            continuity,
         ))];
         tasks.push(tokio::spawn(endpoints::keep_balanced(
             client.clone(),
