@@ -50,6 +50,9 @@ SCENARIO="${SCENARIO:-rpcs}"
 WRITER_CLIENTS="${WRITER_CLIENTS:-2}"
 WRITER_STREAMS="${WRITER_STREAMS:-4}"
 WATCHERS="${WATCHERS:-0 10 100}"
+# Requests per second per h2load client (unset: as fast as answered). A fixed rate every server can
+# sustain makes the CPU per request comparable between two servers without throughput effects.
+RPS="${RPS:-}"
 case "$SCENARIO" in
     rpcs) ;;
     cache-under-writes) ETCD=0 ;;
@@ -183,7 +186,7 @@ grpc_call() {
 # One h2load run of a body against a URL; prints "req/s|succeeded|mean latency" or fails the script.
 h2load_run() {
     local name="$1" url="$2" body="$3" clients="$4" streams="$5" duration="$6" output rps done_requests failed non2xx mean
-    output="$(h2load -c "$clients" -m "$streams" -t "$THREADS" -D "$duration" \
+    output="$(h2load -c "$clients" -m "$streams" -t "$THREADS" -D "$duration" ${RPS:+--rps="$RPS"} \
         -H 'content-type: application/grpc' -H 'te: trailers' -d "$WORK/$body.bin" "$url" 2>&1)"
     rps="$(sed -n 's/^finished in .*, \([0-9.]*\) req\/s.*/\1/p' <<<"$output")"
     done_requests="$(sed -n 's/^requests: .* \([0-9]*\) succeeded.*/\1/p' <<<"$output")"
@@ -460,6 +463,7 @@ if [ "$SCENARIO" = watch ]; then
             holder_ticks=0
             if [ -n "$holder" ]; then holder_ticks="$(( $(cpu_ticks "$holder") - holder_before ))"; fi
             received=0
+            responses=0
             disorder=0
             if [ -n "$holder" ]; then
                 # Let the watchers drain what is in flight, then stop them.
@@ -467,6 +471,7 @@ if [ "$SCENARIO" = watch ]; then
                 kill -TERM "$holder"
                 wait "$holder" || true
                 received="$(sed -n 's/^received \([0-9]*\) events/\1/p' "$WORK/watchers.txt")"
+                responses="$(sed -n 's/^in \([0-9]*\) responses/\1/p' "$WORK/watchers.txt")"
                 # Each stream must see every version of the key once, in order.
                 disorder="$(sed -n 's/^events out of order.*: \([0-9]*\)$/\1/p' "$WORK/watchers.txt")"
                 [ "${disorder:-0}" = 0 ] || echo "WARNING: $disorder events out of order, repeated or missing" >&2
@@ -474,8 +479,8 @@ if [ "$SCENARIO" = watch ]; then
             IFS='|' read -r rps done_requests mean <<<"$result"
             cpu_us="$(python3 -c "print($ticks / $TICKS_PER_SEC * 1e6 / max($done_requests, 1))")"
             holder_us="$(python3 -c "print($holder_ticks / $TICKS_PER_SEC * 1e6 / max($done_requests, 1))")"
-            printf 'round %d  %4d watchers  Put %9.0f req/s (mean %s) %7.1f us server CPU/req %7.1f us watcher-process CPU/req  events received %s (%s puts x %d watchers; out of order %s)\n' \
-                "$round" "$watchers" "$rps" "$mean" "$cpu_us" "$holder_us" "${received:-?}" "$done_requests" "$watchers" "${disorder:-0}"
+            printf 'round %d  %4d watchers  Put %9.0f req/s (mean %s) %7.1f us server CPU/req %7.1f us watcher-process CPU/req  events received %s in %s responses (%s puts x %d watchers; out of order %s)\n' \
+                "$round" "$watchers" "$rps" "$mean" "$cpu_us" "$holder_us" "${received:-?}" "${responses:-?}" "$done_requests" "$watchers" "${disorder:-0}"
             printf '%s|%s|%s\n' "$watchers" "$rps" "$cpu_us" >>"$RESULTS"
         done
     done

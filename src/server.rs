@@ -3,6 +3,7 @@
 
 pub mod auth_layer;
 pub mod banner;
+pub mod coalesce;
 pub mod connections;
 pub mod deadline;
 mod error;

@@ -34,6 +34,7 @@ use tonic::body::Body;
 use tower::util::Oneshot;
 use tracing::Instrument;
 
+use super::coalesce::CoalescingIo;
 use super::load_shed::{Accepted, CallLimit, ConnectionWatches};
 
 /// HTTP/2 settings of every connection.
@@ -234,7 +235,7 @@ async fn serve_connection<IO, S, B>(
         .max_pending_accept_reset_streams(Some(settings.max_pending_accept_reset_streams))
         .max_local_error_reset_streams(Some(settings.max_local_error_reset_streams))
         .max_header_list_size(settings.max_header_list_size);
-    let connection = builder.serve_connection(TokioIo::new(io), service);
+    let connection = builder.serve_connection(TokioIo::new(CoalescingIo::new(io)), service);
     tokio::pin!(connection);
     // Disabled below when there is no maximum age.
     let age = tokio::time::sleep(settings.max_connection_age.unwrap_or_default());

@@ -23,7 +23,8 @@ use std::time::Duration;
 
 use etcd_client::{Compare, CompareOp, GetOptions, Txn, TxnOp, TxnOpResponse, WatchOptions};
 
-use super::feed::{self, MAX_WATCH_MESSAGE_BYTES};
+use super::feed;
+use super::follow::MAX_WATCH_MESSAGE_BYTES;
 use super::keys::{clock_mark, parse_clock_mark};
 use super::{etcd_error, EtcdEngine};
 use crate::clock::Clock;

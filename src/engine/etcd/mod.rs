@@ -21,6 +21,7 @@
 mod endpoints;
 mod error;
 mod feed;
+mod follow;
 mod group;
 mod history;
 mod keys;
@@ -209,14 +210,14 @@ impl EtcdEngine {
         let continuity = {
             let at = GetOptions::new().with_revision(revision).with_keys_only();
             let response = kv.get(keys.feed(), Some(at)).await.map_err(etcd_error)?;
-            feed::Continuity::from_version(response.kvs().first().map_or(0, |kv| kv.version()))
+            follow::Continuity::from_version(response.kvs().first().map_or(0, |kv| kv.version()))
         };
         let feed = Arc::new(ChangeFeed::new(
             options.change_feed_capacity,
             options.change_feed_max_bytes,
             feed::revision_end(revision),
         ));
-        let mut tasks = vec![tokio::spawn(feed::run(
+        let mut tasks = vec![tokio::spawn(follow::run(
             client.clone(),
             keys.clone(),
             Arc::clone(&feed),

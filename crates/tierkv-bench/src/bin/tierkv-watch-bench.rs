@@ -114,6 +114,7 @@ async fn hold(endpoint: &str, watchers: usize, prefix: &str) -> Result<(), BoxEr
     // one key over and over: each stream must see each version once, in
     // order).
     let out_of_order = Arc::new(AtomicU64::new(0));
+    let responses = Arc::new(AtomicU64::new(0));
     let mut streams = Vec::new();
     let mut connection = None;
     for n in 0..watchers {
@@ -137,17 +138,27 @@ async fn hold(endpoint: &str, watchers: usize, prefix: &str) -> Result<(), BoxEr
     for mut stream in streams {
         let received = Arc::clone(&received);
         let out_of_order = Arc::clone(&out_of_order);
+        let responses = Arc::clone(&responses);
         tasks.spawn(async move {
             let mut last: std::collections::HashMap<Vec<u8>, u64> = Default::default();
             while let Ok(Some(response)) = stream.message().await {
                 let mut count = 0;
                 let walked = walk_events(&response, |key, version| {
                     count += 1;
-                    let previous = last.insert(key.to_vec(), version);
-                    if previous.is_some_and(|previous| version != previous + 1) {
-                        out_of_order.fetch_add(1, Ordering::Relaxed);
+                    // Allocates only for a key not seen before.
+                    match last.get_mut(key) {
+                        Some(previous) => {
+                            if version != *previous + 1 {
+                                out_of_order.fetch_add(1, Ordering::Relaxed);
+                            }
+                            *previous = version;
+                        }
+                        None => {
+                            last.insert(key.to_vec(), version);
+                        }
                     }
                 });
+                responses.fetch_add(1, Ordering::Relaxed);
                 if walked.is_err() {
                     out_of_order.fetch_add(1, Ordering::Relaxed);
                 }
@@ -164,6 +175,7 @@ async fn hold(endpoint: &str, watchers: usize, prefix: &str) -> Result<(), BoxEr
         }
     }
     println!("received {} events", received.load(Ordering::Relaxed));
+    println!("in {} responses", responses.load(Ordering::Relaxed));
     println!(
         "events out of order, repeated or missing between two received: {}",
         out_of_order.load(Ordering::Relaxed)
