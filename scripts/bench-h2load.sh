@@ -16,8 +16,11 @@
 #                                           # WATCHERS (default "0 10 100") KvService.Watch streams on its
 #                                           # prefix (bench:) are held by `tierkv-watch-bench --attach`
 #                                           # (8 per connection); Put req/s per count and its ratio to 0,
-#                                           # and the events the watchers received; WATCH_BIN names the
+#                                           # the CPU per Put of the server and of the watchers' process,
+#                                           # and the events (and responses) the watchers received; WATCH_BIN names the
 #                                           # watcher binary (built with cargo when missing)
+#   RPS=1000 scripts/bench-h2load.sh        # every h2load client at a fixed rate (requests/s each), so
+#                                           # two servers' CPU per request compare at the same load
 #   SCENARIO=etcd scripts/bench-h2load.sh   # the etcd engine: a 3-member etcd cluster on loopback (data on
 #                                           # /dev/shm when there is one, else the temporary directory) and
 #                                           # two tierkv servers A and B over it; per round KvService Get/Put
