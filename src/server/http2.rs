@@ -34,7 +34,7 @@ use tonic::body::Body;
 use tower::util::Oneshot;
 use tracing::Instrument;
 
-use super::coalesce::CoalescingIo;
+use super::coalesce::{CoalescingIo, Turns};
 use super::load_shed::{Accepted, CallLimit, ConnectionWatches};
 
 /// HTTP/2 settings of every connection.
@@ -235,7 +235,9 @@ async fn serve_connection<IO, S, B>(
         .max_pending_accept_reset_streams(Some(settings.max_pending_accept_reset_streams))
         .max_local_error_reset_streams(Some(settings.max_local_error_reset_streams))
         .max_header_list_size(settings.max_header_list_size);
-    let connection = builder.serve_connection(TokioIo::new(CoalescingIo::new(io)), service);
+    let turns = Turns::default();
+    let connection =
+        builder.serve_connection(TokioIo::new(CoalescingIo::new(io, turns.clone())), service);
     tokio::pin!(connection);
     // Disabled below when there is no maximum age.
     let age = tokio::time::sleep(settings.max_connection_age.unwrap_or_default());
@@ -243,8 +245,13 @@ async fn serve_connection<IO, S, B>(
     let mut closing = false;
     let mut aged = false;
     loop {
+        // Each poll of the connection is a turn of its socket writes.
+        let polled = std::future::poll_fn(|cx| {
+            turns.advance();
+            connection.as_mut().poll(cx)
+        });
         tokio::select! {
-            result = connection.as_mut() => {
+            result = polled => {
                 if let Err(error) = result {
                     tracing::debug!(%error, "connection ended with an error");
                 }
