@@ -10,16 +10,16 @@
 //!
 //! [`CoalescingIo`] sits between hyper and the socket. Writes below
 //! [`DIRECT_WRITE_BYTES`] are copied into a buffer of at most
-//! [`BUFFER_BYTES`]. Flushes during the poll of the connection in which the
-//! buffer filled do not write: the first asks for the task to be polled
-//! once more, after the tasks already queued (the streams about to hand
-//! over their frames), and the first flush of a later poll ([`Turns`] tells
-//! polls apart) writes everything buffered by then in one call. h2 flushes
-//! at the end of every poll of an open connection and before it shuts the
-//! socket down, so nothing waits for more than that one turn of the
-//! runtime's queue. Larger writes go straight to the socket
-//! (after what is buffered), so big replies are not copied; a full buffer
-//! pushes back on the writer.
+//! [`BUFFER_BYTES`]. The first flush after the buffer filled does not write:
+//! it asks for the connection's task to be polled once more, after the
+//! tasks already queued (the streams about to hand over their frames), and
+//! the next flush writes everything buffered by then in one call: in the
+//! next poll, or in the same one if h2 flushes again (it does after every
+//! DATA frame over 256 bytes). h2 flushes at the end of every poll of an
+//! open connection and before it shuts the socket down, so nothing waits for
+//! more than that one turn of the runtime's queue. Larger writes go straight
+//! to the socket (after what is buffered), so big replies are not copied; a
+//! full buffer pushes back on the writer.
 //!
 //! Measured with h2load (docs/benchmarks.md): 16 connections × 16 streams
 //! of unary calls went from 80–85k to 124–132k health checks a second on
@@ -28,8 +28,6 @@
 
 use std::io::{self, IoSlice};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -40,46 +38,26 @@ pub const DIRECT_WRITE_BYTES: usize = 16 * 1024;
 /// until the buffer is written.
 pub const BUFFER_BYTES: usize = 64 * 1024;
 
-/// Counts the polls of a connection's future: the connection's task
-/// advances it before each poll, and its [`CoalescingIo`] writes at the
-/// first flush of a poll later than the one that buffered.
-#[derive(Debug, Clone, Default)]
-pub struct Turns(Arc<AtomicU64>);
-
-impl Turns {
-    /// A new poll begins.
-    pub fn advance(&self) {
-        self.0.fetch_add(1, Ordering::Relaxed);
-    }
-
-    fn current(&self) -> u64 {
-        self.0.load(Ordering::Relaxed)
-    }
-}
-
 /// An I/O stream whose small writes are gathered into one socket write per
 /// turn of the connection's task (see the module's doc).
 #[derive(Debug)]
 pub struct CoalescingIo<IO> {
     inner: IO,
-    turns: Turns,
     buffer: Vec<u8>,
     /// Bytes at the front of `buffer` already written.
     written: usize,
-    /// The poll in which a flush was answered without writing; a flush of
-    /// a later poll writes.
-    deferred_at: Option<u64>,
+    /// A flush was answered without writing; the next one writes.
+    flush_deferred: bool,
 }
 
 impl<IO> CoalescingIo<IO> {
-    /// Wraps `inner`, whose connection's polls `turns` counts.
-    pub fn new(inner: IO, turns: Turns) -> Self {
+    /// Wraps `inner`.
+    pub fn new(inner: IO) -> Self {
         Self {
             inner,
-            turns,
             buffer: Vec::new(),
             written: 0,
-            deferred_at: None,
+            flush_deferred: false,
         }
     }
 
@@ -154,38 +132,33 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for CoalescingIo<IO> {
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = &mut *self;
         if this.buffered() == 0 {
-            this.deferred_at = None;
+            this.flush_deferred = false;
             return Pin::new(&mut this.inner).poll_flush(cx);
         }
-        let now = this.turns.current();
-        match this.deferred_at {
-            None => {
-                // Polled again after the tasks queued now, which may add
-                // their frames first; that poll's flush writes them all.
-                this.deferred_at = Some(now);
-                cx.waker().wake_by_ref();
-                return Poll::Ready(Ok(()));
-            }
-            // The same poll: h2 may have more frames to hand over.
-            Some(turn) if turn == now => return Poll::Ready(Ok(())),
-            Some(_) => {}
+        if !this.flush_deferred {
+            // Polled again after the tasks queued now, which may add their
+            // frames first; that poll's flush writes them all.
+            this.flush_deferred = true;
+            cx.waker().wake_by_ref();
+            return Poll::Ready(Ok(()));
         }
         ready!(this.poll_drain(cx))?;
-        this.deferred_at = None;
+        this.flush_deferred = false;
         Pin::new(&mut this.inner).poll_flush(cx)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = &mut *self;
         ready!(this.poll_drain(cx))?;
-        this.deferred_at = None;
+        this.flush_deferred = false;
         Pin::new(&mut this.inner).poll_shutdown(cx)
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::AtomicUsize;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
 
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -219,59 +192,44 @@ mod tests {
         }
     }
 
-    type Pair = (
+    fn pair(
+        capacity: usize,
+    ) -> (
         CoalescingIo<Counted<tokio::io::DuplexStream>>,
         tokio::io::DuplexStream,
         Arc<AtomicUsize>,
-        Turns,
-    );
-
-    fn pair(capacity: usize) -> Pair {
+    ) {
         let (near, far) = tokio::io::duplex(capacity);
         let writes = Arc::new(AtomicUsize::new(0));
-        let turns = Turns::default();
-        let io = CoalescingIo::new(
-            Counted {
-                inner: near,
-                writes: Arc::clone(&writes),
-            },
-            turns.clone(),
-        );
-        (io, far, writes, turns)
+        let io = CoalescingIo::new(Counted {
+            inner: near,
+            writes: Arc::clone(&writes),
+        });
+        (io, far, writes)
     }
 
-    /// Small writes and every flush of the poll that buffered them stay
-    /// buffered; the first flush of the next poll writes them all in one
-    /// socket write, in order.
+    /// Small writes and the first flush stay buffered; the next flush
+    /// writes them in one socket write, in order.
     #[tokio::test]
-    async fn small_writes_go_out_together_at_the_next_poll() {
-        let (mut io, mut far, writes, turns) = pair(1 << 20);
-        turns.advance();
+    async fn small_writes_go_out_together_on_the_second_flush() {
+        let (mut io, mut far, writes) = pair(1 << 20);
         for part in [&b"one "[..], b"two ", b"three"] {
             io.write_all(part).await.unwrap();
-            io.flush().await.unwrap();
         }
-        assert_eq!(
-            writes.load(Ordering::Relaxed),
-            0,
-            "flushes of one poll defer"
-        );
-        turns.advance();
+        io.flush().await.unwrap();
+        assert_eq!(writes.load(Ordering::Relaxed), 0, "the first flush defers");
         io.write_all(b" four").await.unwrap();
         io.flush().await.unwrap();
         assert_eq!(writes.load(Ordering::Relaxed), 1);
         let mut received = vec![0; 18];
         far.read_exact(&mut received).await.unwrap();
         assert_eq!(received, b"one two three four");
-        // Nothing buffered: a flush goes straight through.
-        io.flush().await.unwrap();
-        assert_eq!(writes.load(Ordering::Relaxed), 1);
     }
 
     /// A large write goes straight to the socket, after what was buffered.
     #[tokio::test]
     async fn a_large_write_follows_the_buffer_without_a_copy() {
-        let (mut io, mut far, writes, _turns) = pair(1 << 20);
+        let (mut io, mut far, writes) = pair(1 << 20);
         io.write_all(b"head").await.unwrap();
         let large = vec![7u8; DIRECT_WRITE_BYTES];
         io.write_all(&large).await.unwrap();
@@ -286,7 +244,7 @@ mod tests {
     /// bound, and every byte arrives in order; shutdown writes the rest.
     #[tokio::test]
     async fn a_slow_reader_gets_every_byte_in_order_and_memory_stays_bounded() {
-        let (mut io, mut far, _writes, turns) = pair(1024);
+        let (mut io, mut far, _writes) = pair(1024);
         let reader = tokio::spawn(async move {
             let mut all = Vec::new();
             far.read_to_end(&mut all).await.unwrap();
@@ -299,7 +257,6 @@ mod tests {
             sent.extend_from_slice(&part);
             assert!(io.buffer.len() <= BUFFER_BYTES);
             if n % 1000 == 0 {
-                turns.advance();
                 io.flush().await.unwrap();
             }
         }

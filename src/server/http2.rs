@@ -34,7 +34,7 @@ use tonic::body::Body;
 use tower::util::Oneshot;
 use tracing::Instrument;
 
-use super::coalesce::{CoalescingIo, Turns};
+use super::coalesce::CoalescingIo;
 use super::load_shed::{Accepted, CallLimit, ConnectionWatches};
 
 /// HTTP/2 settings of every connection.
@@ -235,9 +235,7 @@ async fn serve_connection<IO, S, B>(
         .max_pending_accept_reset_streams(Some(settings.max_pending_accept_reset_streams))
         .max_local_error_reset_streams(Some(settings.max_local_error_reset_streams))
         .max_header_list_size(settings.max_header_list_size);
-    let turns = Turns::default();
-    let connection =
-        builder.serve_connection(TokioIo::new(CoalescingIo::new(io, turns.clone())), service);
+    let connection = builder.serve_connection(TokioIo::new(CoalescingIo::new(io)), service);
     tokio::pin!(connection);
     // Disabled below when there is no maximum age.
     let age = tokio::time::sleep(settings.max_connection_age.unwrap_or_default());
@@ -245,13 +243,8 @@ async fn serve_connection<IO, S, B>(
     let mut closing = false;
     let mut aged = false;
     loop {
-        // Each poll of the connection is a turn of its socket writes.
-        let polled = std::future::poll_fn(|cx| {
-            turns.advance();
-            connection.as_mut().poll(cx)
-        });
         tokio::select! {
-            result = polled => {
+            result = connection.as_mut() => {
                 if let Err(error) = result {
                     tracing::debug!(%error, "connection ended with an error");
                 }
