@@ -144,6 +144,9 @@ async fn watchers_join_their_group_without_gap_or_duplicate() {
     };
     let mut first = service.watch(request(false, None)).await.unwrap();
     let start = first.position().to_string();
+    // Live from now: opened before the writer starts, or it could miss the
+    // first writes (they would be committed before it was).
+    let mut watchers = vec![service.watch(request(true, None)).await.unwrap()];
     let writer = tokio::spawn({
         let engine = Arc::clone(&engine);
         async move {
@@ -166,7 +169,6 @@ async fn watchers_join_their_group_without_gap_or_duplicate() {
             engine.write(vec![put("k:~end")]).await.unwrap();
         }
     });
-    let mut watchers = vec![service.watch(request(true, None)).await.unwrap()];
     // Started one by one while the writes go on, replaying from the start.
     for round in 0..6 {
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
