@@ -366,8 +366,6 @@ async fn a_client_write_racing_the_sweeper_wins() {
 async fn a_replica_opened_over_earlier_writes_follows_the_feed_without_a_lag() {
     use std::time::Duration;
     use tierkv::clock::ManualClock;
-    use tierkv::engine::{Precondition, PutOp, ValueKind, WriteOp};
-
     let mut harness = EtcdHarness::new("feed-continuity");
     harness.turn = Some(turn().lock_owned().await);
     let clock = ManualClock::new(1_800_000_000_000);
@@ -378,17 +376,7 @@ async fn a_replica_opened_over_earlier_writes_follows_the_feed_without_a_lag() {
             clock.clone(),
         )
     };
-    let put = |key: &str| {
-        vec![WriteOp::Put(PutOp {
-            key: key.into(),
-            kind: ValueKind::Text,
-            value: b"v".to_vec(),
-            metadata: None,
-            expire_at_millis: None,
-            schema_version: 1,
-            precondition: Precondition::None,
-        })]
-    };
+    let put = |key: &str| vec![conformance::put(key, "v")];
     let first = open().await.unwrap();
     for i in 0..5 {
         first.write(put(&format!("user:before-{i}"))).await.unwrap();
